@@ -1,0 +1,37 @@
+from sqlalchemy import inspect, select
+
+from wod_jupyterhub.store import Operation, Store, Student, utcnow
+
+
+def test_upgrade_creates_schema_and_is_idempotent(db_url):
+    store = Store(db_url)
+    store.upgrade()  # a second run (the hub and the service both start) changes nothing
+    tables = set(inspect(store.engine).get_table_names())
+    assert {"wod_students", "wod_operations", "wod_outbox", "wod_completions", "wod_throttle"} <= tables
+    store.dispose()
+
+
+def test_roundtrip_student_and_operation(db_url):
+    store = Store(db_url)
+    with store.session() as s:
+        s.add(Student(number=7, state="active", customer="825", workshop="WKSHP-Sample"))
+        s.add(Operation(id="a" * 32, verb="CREATE", student=7, steps=[{"name": "render"}], status="queued"))
+    st = store.student(7)
+    assert (st.state, st.customer, st.generation, st.active) == ("active", "825", 0, True)
+    with store.session() as s:
+        op = s.scalars(select(Operation).where(Operation.student == 7)).one()
+        assert op.steps == [{"name": "render"}]
+        assert op.created <= utcnow()
+    store.dispose()
+
+
+def test_failed_session_rolls_back(db_url):
+    store = Store(db_url)
+    try:
+        with store.session() as s:
+            s.add(Student(number=3))
+            raise RuntimeError("boom")
+    except RuntimeError:
+        pass
+    assert store.student(3) is None
+    store.dispose()

@@ -1,0 +1,190 @@
+"""The settings every part shares, read from one ``jupyterhub_config.py``.
+
+The authenticator, the spawner and the service each build a :class:`Wod`
+from the same traitlets config, so an admin writes ``c.Wod.students_root``
+once and all three agree. This module is core: it imports nothing from the
+hub process.
+"""
+
+import os
+import re
+from pathlib import Path
+
+from traitlets import Bool, Dict, Integer, List, Unicode, validate
+from traitlets.config import Configurable
+
+#: the ``share/`` folder of a source checkout or of an installed package
+_HERE = Path(__file__).resolve().parent
+
+
+def share_dir() -> Path:
+    """Where the bundled samples, skeleton and page templates live."""
+    for candidate in (_HERE.parent / "share", Path(os.sys.prefix) / "share" / "wod-jupyterhub"):
+        if candidate.is_dir():
+            return candidate
+    return _HERE.parent / "share"
+
+
+# Letters and digits a person can read back without doubt: no 0/O, 1/l/I.
+DEFAULT_ALPHABET = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+
+STUDENT_NAME = re.compile(r"^student([1-9][0-9]*)$")
+
+
+def student_number(name: str):
+    """``student12`` → 12; anything else → None."""
+    m = STUDENT_NAME.match(name or "")
+    return int(m.group(1)) if m else None
+
+
+class Wod(Configurable):
+    """Settings shared by ``WodAuthenticator``, ``WodSpawner`` and the ``wod`` service."""
+
+    db_url = Unicode(
+        "sqlite:///wod.sqlite",
+        help="""SQLAlchemy URL of the database the hub parts and the service share.
+
+        SQLite (the default, a file beside the config) suits one machine;
+        use PostgreSQL (``postgresql+psycopg://…``) when several service
+        processes or hosts share the state.
+        """,
+    ).tag(config=True)
+
+    notebooks = List(
+        Unicode(),
+        help="""Notebooks roots holding ``WKSHP-<Name>`` folders, public first.
+
+        A workshop found in several roots is taken from the first one, as the
+        original did, unless ``prefer_private`` is set. Defaults to the sample
+        workshops shipped in ``share/workshops``.
+        """,
+    ).tag(config=True)
+
+    def _notebooks_default(self):
+        return [str(share_dir() / "workshops")]
+
+    prefer_private = Bool(
+        False,
+        help="Take a workshop found in several notebooks roots from the last root instead of the first.",
+    ).tag(config=True)
+
+    students_root = Unicode(
+        "students",
+        help="""Folder holding every student home ``student<N>``.
+
+        Nothing is ever written outside it; a home that resolves elsewhere
+        (through a symlink) is refused.
+        """,
+    ).tag(config=True)
+
+    @validate("students_root")
+    def _abs_students_root(self, proposal):
+        return str(Path(proposal["value"]).expanduser().absolute())
+
+    skel = Unicode(
+        help="Skeleton files copied into every home before the workshop (like /etc/skel). Defaults to ``share/skel``; empty for none.",
+    ).tag(config=True)
+
+    def _skel_default(self):
+        return str(share_dir() / "skel")
+
+    student_min = Integer(1, help="Lowest student number this backend serves.").tag(config=True)
+    student_max = Integer(2000, help="Highest student number this backend serves.").tag(config=True)
+
+    @validate("student_min", "student_max")
+    def _positive(self, proposal):
+        if proposal["value"] < 1:
+            raise ValueError(f"{proposal['trait'].name} must be 1 or more, not {proposal['value']}")
+        return proposal["value"]
+
+    base_student_id = Integer(
+        0,
+        help="""Offset between this backend's student numbers and the portal's (the original's BASESTDID).
+
+        The portal calls student ``N + base_student_id`` what this backend calls ``student<N>``.
+        """,
+    ).tag(config=True)
+
+    variables = Dict(
+        help="""Global template variables (``BRANDING``, ``WODBEEXTFQDN``, ``JPHUB`` …).
+
+        Per-workshop variable files and the built-ins (``STDID``, ``PASSSTU`` …) win over these.
+        """,
+    ).tag(config=True)
+
+    variables_dirs = List(
+        Unicode(),
+        help="Folders searched, in order, for ``variables_<WKSHP>.yml`` files; a later folder wins.",
+    ).tag(config=True)
+
+    scripts = List(
+        Unicode(),
+        help="Folders searched, public first then private, for the hooks ``create-``, ``post-copy-``, ``cleanup-`` and ``reset-<WKSHP>.sh``.",
+    ).tag(config=True)
+
+    strict_undefined = Bool(
+        True,
+        help="Fail a render that prints an undefined variable (naming it, the file and the line). False renders it empty.",
+    ).tag(config=True)
+
+    clear_outputs = Bool(
+        True,
+        help="Clear every code cell's outputs and execution count when provisioning, so a fresh seat starts at 0 %.",
+    ).tag(config=True)
+
+    password_length = Integer(12, help="Length of the generated student passwords.").tag(config=True)
+
+    @validate("password_length")
+    def _sane_length(self, proposal):
+        if not 8 <= proposal["value"] <= 128:
+            raise ValueError("password_length must be between 8 and 128")
+        return proposal["value"]
+
+    password_alphabet = Unicode(
+        DEFAULT_ALPHABET,
+        help="Characters student passwords are drawn from. The default leaves out look-alikes (0/O, 1/l/I).",
+    ).tag(config=True)
+
+    @validate("password_alphabet")
+    def _alphabet(self, proposal):
+        if len(set(proposal["value"])) < 16:
+            raise ValueError("password_alphabet needs at least 16 distinct characters")
+        return proposal["value"]
+
+    secret_key = Unicode(
+        help="""Key sealing the passwords that wait in the callback outbox and on finished operations.
+
+        The database holds only password hashes and sealed values; the key lives
+        outside it. Read from ``$WOD_SECRET_KEY`` or ``secret_key_file`` when unset.
+        """,
+    ).tag(config=True)
+
+    def _secret_key_default(self):
+        return os.environ.get("WOD_SECRET_KEY", "")
+
+    secret_key_file = Unicode(
+        "wod_secret.key",
+        help="File holding the sealing key when ``secret_key`` is unset; created (mode 0600) if missing.",
+    ).tag(config=True)
+
+    system_users = Bool(
+        False,
+        help="""Run each student as the Linux account ``student<N>`` (uid ``uid_base + N``).
+
+        Needs root. When False every server runs as the hub's own user with
+        its own HOME (demos and tests).
+        """,
+    ).tag(config=True)
+
+    uid_base = Integer(10000, help="With ``system_users``, student N has uid and gid ``uid_base + N``.").tag(config=True)
+
+    readme_notebook = Unicode(
+        "0-ReadMeFirst.ipynb",
+        help="The notebook every workshop must have and that opens first.",
+    ).tag(config=True)
+
+    def home(self, n: int) -> Path:
+        return Path(self.students_root) / f"student{n}"
+
+    def in_range(self, n: int) -> bool:
+        return self.student_min <= n <= self.student_max

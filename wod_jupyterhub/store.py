@@ -1,0 +1,202 @@
+"""The database the hub parts and the service share (SQLAlchemy 2.0).
+
+The schema is owned by Alembic migrations (``wod_jupyterhub/migrations``);
+:meth:`Store.upgrade` brings any database to the newest revision and is safe
+to call from several processes at once. Times are naive UTC, because SQLite
+keeps no time zone and both databases must read alike.
+"""
+
+import datetime
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import JSON, Boolean, DateTime, Integer, String, Text, create_engine, event, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+log = logging.getLogger("wod.store")
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Student(Base):
+    """One pooled seat ``student<N>``: its password hash and who holds it."""
+
+    __tablename__ = "wod_students"
+
+    number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    rotated_at: Mapped[datetime.datetime | None] = mapped_column(DateTime)
+    # Bumped whenever the seat changes hands; a login records the generation
+    # it was made under, and a session from an older one is ended.
+    generation: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    # "free": nobody; "active": customer may log in; "kept": the workshop has
+    # reset: true and the home waits for RESET after CLEANUP.
+    state: Mapped[str] = mapped_column(String(16), default="free", nullable=False)
+    customer: Mapped[str | None] = mapped_column(String(255))
+    email: Mapped[str | None] = mapped_column(String(320))
+    workshop: Mapped[str | None] = mapped_column(String(255))
+    assigned_at: Mapped[datetime.datetime | None] = mapped_column(DateTime)
+    # The per-student lock, a lease in the database so that several service
+    # processes on one PostgreSQL serialize too; a crashed holder's lease ends.
+    lock_owner: Mapped[str | None] = mapped_column(String(255))
+    lock_expires: Mapped[datetime.datetime | None] = mapped_column(DateTime)
+
+    @property
+    def active(self) -> bool:
+        return self.state == "active"
+
+
+class Operation(Base):
+    """One verb (CREATE, CLEANUP, RESET, PURGE), journaled from before it starts to its end."""
+
+    __tablename__ = "wod_operations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    verb: Mapped[str] = mapped_column(String(16), nullable=False)
+    student: Mapped[int | None] = mapped_column(Integer, index=True)
+    # A RESET of a range covers student..student_last.
+    student_last: Mapped[int | None] = mapped_column(Integer)
+    customer: Mapped[str | None] = mapped_column(String(255))
+    email: Mapped[str | None] = mapped_column(String(320))
+    workshop: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), default="queued", nullable=False, index=True)
+    steps: Mapped[list] = mapped_column(JSON, default=list, nullable=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    # Secrets in here are sealed (see passwords.Sealer), never plain.
+    result: Mapped[dict | None] = mapped_column(JSON)
+    created: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    started: Mapped[datetime.datetime | None] = mapped_column(DateTime)
+    finished: Mapped[datetime.datetime | None] = mapped_column(DateTime)
+    owner: Mapped[str | None] = mapped_column(String(255))
+    heartbeat: Mapped[datetime.datetime | None] = mapped_column(DateTime)
+
+
+class OutboxMessage(Base):
+    """A callback to the portal, kept until it is delivered."""
+
+    __tablename__ = "wod_outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # Messages with one key are delivered in id order, one at a time.
+    key: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    operation_id: Mapped[str | None] = mapped_column(String(32))
+    method: Mapped[str] = mapped_column(String(8), default="PUT", nullable=False)
+    path: Mapped[str] = mapped_column(String(255), nullable=False)
+    # Secrets in here are sealed, never plain.
+    body: Mapped[dict] = mapped_column(JSON, nullable=False)
+    created: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    next_attempt: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    delivered: Mapped[datetime.datetime | None] = mapped_column(DateTime, index=True)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class Completion(Base):
+    """A completion ratio measured for a seat: at CLEANUP, at a server stop, or on request."""
+
+    __tablename__ = "wod_completions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    student: Mapped[int] = mapped_column(Integer, nullable=False, index=True)
+    customer: Mapped[str | None] = mapped_column(String(255))
+    workshop: Mapped[str | None] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    ratio: Mapped[int] = mapped_column(Integer, nullable=False)
+    executed: Mapped[int] = mapped_column(Integer, nullable=False)
+    total: Mapped[int] = mapped_column(Integer, nullable=False)
+    detail: Mapped[dict] = mapped_column(JSON, nullable=False)
+    taken_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+
+
+class Throttle(Base):
+    """Failed logins per user name or client address, so that a hub restart forgets nothing."""
+
+    __tablename__ = "wod_throttle"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    window_start: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    locked_until: Mapped[datetime.datetime | None] = mapped_column(DateTime)
+
+
+def _sqlite_pragmas(dbapi_conn, _record):
+    cur = dbapi_conn.cursor()
+    # WAL lets the hub read while the service writes; the busy timeout turns
+    # a brief write lock into a wait instead of an error.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def make_engine(db_url: str, **kwargs):
+    if db_url.startswith("postgresql://"):
+        # psycopg 3 is the driver we ship with; plain URLs should just work.
+        db_url = "postgresql+psycopg://" + db_url[len("postgresql://") :]
+    if db_url.startswith("sqlite"):
+        kwargs.setdefault("connect_args", {"check_same_thread": False, "timeout": 30})
+        engine = create_engine(db_url, **kwargs)
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        kwargs.setdefault("pool_pre_ping", True)
+        engine = create_engine(db_url, **kwargs)
+    return engine
+
+
+class Store:
+    """An engine and a session factory on one database, migrated to the newest schema."""
+
+    def __init__(self, db_url: str, upgrade: bool = True, **engine_kwargs):
+        self.db_url = db_url
+        self.engine = make_engine(db_url, **engine_kwargs)
+        self.Session = sessionmaker(self.engine, expire_on_commit=False)
+        if upgrade:
+            self.upgrade()
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    def upgrade(self) -> None:
+        """Run the Alembic migrations up to head, one process at a time."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as conn:
+            if self.is_postgres:
+                # The hub and the service start together; without the lock both
+                # would try to create the same tables.
+                conn.execute(text("SELECT pg_advisory_xact_lock(7423001)"))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    @contextmanager
+    def session(self):
+        """A session that commits on success and rolls back on error."""
+        with self.Session() as s:
+            try:
+                yield s
+                s.commit()
+            except BaseException:
+                s.rollback()
+                raise
+
+    def student(self, number: int, session=None) -> Student | None:
+        if session is not None:
+            return session.get(Student, number)
+        with self.Session() as s:
+            return s.get(Student, number)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
