@@ -1,0 +1,116 @@
+"""Provisioning speed: one student, the real WKSHP-Docker101, inside one warm process.
+
+Compared with a floor measured in the same run on the same machine: ``cp -a``
+of the workshop folder plus rendering the same template files with Jinja2
+templates compiled once beforehand -- the least any renderer can do. Prints
+both medians and their ratio (goal: <= 1.5). Always exits 0; the verdict is
+printed. ``--profile`` adds a cProfile of the warm provisioning.
+"""
+
+import argparse
+import cProfile
+import pstats
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jinja2
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from wod_jupyterhub import render  # noqa: E402
+from wod_jupyterhub.catalog import load_catalog  # noqa: E402
+from wod_jupyterhub.config import Wod  # noqa: E402
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "wod-notebooks"
+WORKSHOP = "WKSHP-Docker101"
+STUDENT = 1551
+GOAL = 1.5
+
+VARIABLES = {
+    "BRANDING": "WoD Developer",
+    "BRANDINGWOD": "WoD Developer",
+    "BRANDINGLOGO": "![HPEDEVlogo](Pictures/hpe-dev-logo.png)",
+    "BRANDINGURL": "https://wod.io",
+    "SURVEYURL": "https://example.org/survey",
+    "SURVEYCHALURL": "https://example.org/challenge",
+    "WODBEEXTFQDN": "backend.example.org",
+    "HTTPPORT": 14151,
+    "IP-WKSHP-Docker101": "192.0.2.10",
+}
+
+
+def floor_once(src: Path, work: Path, templates, variables) -> float:
+    dst = work / "floor"
+    t = time.perf_counter()
+    subprocess.run(["cp", "-a", str(src), str(dst)], check=True)
+    for rel, tpl in templates:
+        (dst / rel).write_text(tpl.render(variables), encoding="utf-8")
+    elapsed = time.perf_counter() - t
+    shutil.rmtree(dst)
+    return elapsed
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    if not (CORPUS / WORKSHOP).is_dir():
+        print(f"SKIPPED: the public workshops are not at {CORPUS}")
+        return 0
+
+    work = Path(tempfile.mkdtemp(prefix="wod-bench-"))
+    try:
+        wod = Wod(students_root=str(work / "students"), notebooks=[str(CORPUS)], variables=VARIABLES)
+        catalog = load_catalog(wod.notebooks)
+        ws = catalog.get(WORKSHOP)
+        variables = render.template_variables(wod, ws, STUDENT, "Pa55w0rd-bench", hostname="bench")
+        renderer = render.Renderer()
+
+        # floor: the same template files, compiled once by plain Jinja2
+        env = jinja2.Environment(trim_blocks=True, keep_trailing_newline=True)
+        templates = []
+        for path in sorted(ws.path.rglob("*")):
+            if path.is_file() and render.is_templated(path.name):
+                rel = path.relative_to(ws.path)
+                templates.append((rel, env.from_string(path.read_text(encoding="utf-8"))))
+
+        render.provision(wod, ws, STUDENT, variables, renderer=renderer)  # warm: compile + one-off validation
+        floor_once(ws.path, work, templates, variables)
+
+        ours, floor = [], []
+        for _ in range(args.runs):  # interleaved, so both see the same machine state
+            t = time.perf_counter()
+            render.provision(wod, ws, STUDENT, variables, renderer=renderer)
+            ours.append(time.perf_counter() - t)
+            floor.append(floor_once(ws.path, work, templates, variables))
+
+        ours_ms = statistics.median(ours) * 1000
+        floor_ms = statistics.median(floor) * 1000
+        ratio = ours_ms / floor_ms
+        print(f"provision {WORKSHOP} ({len(templates)} template files), median of {args.runs} warm runs")
+        print(f"  ours : {ours_ms:7.2f} ms")
+        print(f"  floor: {floor_ms:7.2f} ms  (cp -a + {len(templates)} precompiled Jinja2 renders)")
+        verdict = "OK" if ratio <= GOAL else "GOAL MISSED"
+        print(f"  ratio: {ratio:.2f}  (goal <= {GOAL})  {verdict}")
+
+        if args.profile:
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(args.runs):
+                render.provision(wod, ws, STUDENT, variables, renderer=renderer)
+            prof.disable()
+            pstats.Stats(prof).sort_stats("tottime").print_stats(15)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
