@@ -11,7 +11,7 @@ import logging
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import JSON, Boolean, DateTime, Integer, String, Text, create_engine, event, text
+from sqlalchemy import JSON, Boolean, DateTime, Index, Integer, String, Text, create_engine, event, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 log = logging.getLogger("wod.store")
@@ -84,6 +84,7 @@ class OutboxMessage(Base):
     """A callback to the portal, kept until it is delivered."""
 
     __tablename__ = "wod_outbox"
+    __table_args__ = (Index("ix_wod_outbox_key_id", "key", "id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     # Messages with one key are delivered in id order, one at a time.
@@ -98,6 +99,12 @@ class OutboxMessage(Base):
     next_attempt: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
     delivered: Mapped[datetime.datetime | None] = mapped_column(DateTime, index=True)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Set when the portal refused the message for good (migration 0002): kept
+    # for the admin, no longer blocking the messages after it.
+    failed: Mapped[datetime.datetime | None] = mapped_column(DateTime)
+    # Who is sending it right now, until when (see portal.Outbox).
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires: Mapped[datetime.datetime | None] = mapped_column(DateTime)
 
 
 class Completion(Base):
