@@ -1,0 +1,275 @@
+"""The completion ratio: executed code cells over code cells, parsed, never grepped."""
+
+import json
+import os
+import shutil
+
+import nbformat
+import pytest
+
+from wod_jupyterhub.completion import completion, notebook_completion, percent
+from wod_jupyterhub.errors import BadRequest, NotFound
+
+
+def code(source, count=None, outputs=()):
+    return {"cell_type": "code", "execution_count": count, "metadata": {}, "outputs": list(outputs), "source": source}
+
+
+def md(source):
+    return {"cell_type": "markdown", "metadata": {}, "source": source}
+
+
+def result(count, text="42"):
+    return {"output_type": "execute_result", "execution_count": count, "data": {"text/plain": text}, "metadata": {}}
+
+
+def write_nb(path, cells, **top):
+    for i, cell in enumerate(cells):
+        cell.setdefault("id", f"cell{i}")
+    nb = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": cells, **top}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # indent=1 as Jupyter writes it: one key per line, which is what grep sees
+    path.write_text(json.dumps(nb, indent=1))
+    return path
+
+
+def grep_ratio(path):
+    """What the original did: count the lines naming execution_count, and those with null."""
+    lines = [line for line in path.read_text().splitlines() if "execution_count" in line]
+    not_run = [line for line in lines if "null" in line]
+    return (len(lines) - len(not_run)) * 100 // len(lines)
+
+
+def reference_count(path):
+    """An independent count through nbformat (slow, validating): (executed, total)."""
+    nb = nbformat.read(path, as_version=4)
+    cells = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
+    return sum(c.execution_count is not None for c in cells), len(cells)
+
+
+# -- the acceptance test: a real notebook run by a real kernel -------------------------------
+
+
+async def test_first_k_cells_run_by_a_real_kernel(tmp_path, corpus):
+    from nbclient import NotebookClient
+
+    src = corpus / "WKSHP-Python101" / "1-WKSHP-Introduction-to-Python.ipynb"
+    path = tmp_path / src.name
+    nb = nbformat.read(src, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nbformat.write(nb, path)
+    assert completion(path)["executed"] == 0
+
+    # The first five code cells print and assign; the sixth waits for input(),
+    # and later ones reach the network, so five run the same way every time.
+    k = 5
+    code_cells = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    total = sum(1 for _, c in code_cells if c.source.strip())
+    assert total == len(code_cells) - 1  # the last code cell of this notebook is empty
+    client = NotebookClient(nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(tmp_path)}})
+    async with client.async_setup_kernel():
+        for index, cell in code_cells[:k]:
+            await client.async_execute_cell(cell, index)
+    nbformat.write(nb, path)
+
+    got = completion(path)
+    assert (got["executed"], got["total"]) == (k, total)
+    assert got["ratio"] == k * 100 // total
+    assert got["notebooks"] == [{"path": path.name, "executed": k, "total": total, "error": None}]
+    # The kernel's results carry an execution_count too: grepping would count them.
+    assert any(o.get("execution_count") for _, c in code_cells[:k] for o in c.outputs)
+    assert grep_ratio(path) != got["ratio"]
+
+
+# -- counting rules ---------------------------------------------------------------------------
+
+
+def test_outputs_execution_count_is_not_a_cell(tmp_path):
+    path = write_nb(tmp_path / "a.ipynb", [code("1 + 1", 1, [result(1)]), code("2 + 2")])
+    assert notebook_completion(path) == {"path": str(path), "executed": 1, "total": 2, "error": None}
+    assert completion(path)["ratio"] == 50
+    assert grep_ratio(path) == 66  # the original's answer: the output counted as a second run cell
+
+
+def test_blank_code_cells_do_not_count(tmp_path):
+    cells = [
+        code("print(1)", 3),
+        code(["x = 1\n", "x"]),
+        code(""),
+        code([]),
+        code(["", "\n", "   "]),
+        code("  \n\t"),
+        code("", 7),  # a count on a blank cell counts neither way
+        md("text that is not code"),
+        {"cell_type": "raw", "metadata": {}, "source": "print(2)"},
+    ]
+    path = write_nb(tmp_path / "a.ipynb", cells)
+    got = notebook_completion(path)
+    assert (got["executed"], got["total"], got["error"]) == (1, 2, None)
+    assert reference_count(path) == (1, 2)
+
+
+def test_list_source_with_content_after_blank_lines(tmp_path):
+    path = write_nb(tmp_path / "a.ipynb", [code(["\n", "  ", "print(1)"], 2)])
+    assert notebook_completion(path)["executed"] == notebook_completion(path)["total"] == 1
+
+
+def test_percent_rounds_down():
+    assert percent(2, 3) == 66
+    assert percent(199, 200) == 99  # 99.5 % is not done
+    assert percent(200, 200) == 100
+    assert percent(0, 0) == 0
+
+
+def test_no_code_cells(tmp_path):
+    path = write_nb(tmp_path / "readme.ipynb", [md("# Hello")])
+    got = completion(path)
+    assert got == {
+        "ratio": 0,
+        "executed": 0,
+        "total": 0,
+        "notebooks": [{"path": "readme.ipynb", "executed": 0, "total": 0, "error": None}],
+    }
+
+
+def test_nbformat_3(tmp_path):
+    nb = {
+        "nbformat": 3,
+        "nbformat_minor": 0,
+        "metadata": {"name": "old"},
+        "worksheets": [
+            {
+                "cells": [
+                    {"cell_type": "code", "input": ["1 + 1"], "language": "python", "prompt_number": 1,
+                     "outputs": [{"output_type": "pyout", "prompt_number": 1, "text": ["2"]}]},
+                    {"cell_type": "code", "input": "x = 2", "language": "python", "outputs": []},
+                    {"cell_type": "code", "input": [], "language": "python", "outputs": []},
+                    {"cell_type": "markdown", "source": ["text"]},
+                ]
+            },
+            {"cells": [{"cell_type": "code", "input": "y = 3", "prompt_number": 4, "outputs": []}]},
+        ],
+    }
+    path = tmp_path / "v3.ipynb"
+    path.write_text(json.dumps(nb, indent=1))
+    got = notebook_completion(path)
+    assert (got["executed"], got["total"], got["error"]) == (2, 3, None)
+
+
+@pytest.mark.parametrize(
+    "content, error",
+    [
+        (b"", "empty file"),
+        (b"  \n", "empty file"),
+        (b"{\"nbformat\": 4, \"cells\": [", "invalid JSON"),
+        (b"this is not JSON", "invalid JSON"),
+        (b"\xff\xfe{}", "invalid JSON"),
+        (b"[1, 2]", "not a notebook"),
+        (b"{\"cells\": []}", "no nbformat"),
+        (b"{\"nbformat\": 2, \"worksheets\": []}", "nbformat 2 is not supported"),
+        (b"{\"nbformat\": 4, \"cells\": {}}", "no list of cells"),
+        (b"{\"nbformat\": 4, \"cells\": [1]}", "a cell is not an object"),
+        (b"{\"nbformat\": 4, \"cells\": [{\"cell_type\": \"code\", \"source\": 5}]}", "source is not text"),
+        (b"{\"nbformat\": 4, \"cells\": [{\"cell_type\": \"code\", \"source\": [5]}]}", "source is not text"),
+        (b"{\"nbformat\": 3, \"worksheets\": 1}", "list of worksheets"),
+        (b"[" * 100000 + b"]" * 100000, "invalid JSON"),
+    ],
+    ids=["empty", "blank", "truncated", "garbage", "not-utf8", "array", "no-version", "nbformat2",
+         "cells-object", "cell-int", "source-int", "source-list-int", "worksheets-int", "deep"],
+)
+def test_unreadable_notebook_is_reported_not_raised(tmp_path, content, error):
+    bad = tmp_path / "ws" / "bad.ipynb"
+    bad.parent.mkdir()
+    bad.write_bytes(content)
+    got = notebook_completion(bad)
+    assert got["error"] and error in got["error"]
+    assert (got["executed"], got["total"]) == (0, 0)
+    # in a workshop, the others still count
+    write_nb(tmp_path / "ws" / "good.ipynb", [code("a", 1), code("b")])
+    ws = completion(tmp_path / "ws")
+    assert (ws["ratio"], ws["executed"], ws["total"]) == (50, 1, 2)
+    assert [(n["path"], bool(n["error"])) for n in ws["notebooks"]] == [("bad.ipynb", True), ("good.ipynb", False)]
+
+
+def test_huge_outputs(tmp_path):
+    blob = "x" * 1_000_000 + "\n"
+    stream = {"output_type": "stream", "name": "stdout", "text": [blob] * 8}
+    cells = [code(f"print({i})", i + 1, [stream, result(i + 1)]) for i in range(4)] + [code("never run")]
+    path = write_nb(tmp_path / "big.ipynb", cells)
+    assert path.stat().st_size > 30_000_000
+    got = notebook_completion(path)
+    assert (got["executed"], got["total"], got["error"]) == (4, 5, None)
+    # beyond the limit it is reported, not parsed
+    capped = notebook_completion(path, max_bytes=1_000_000)
+    assert "too large" in capped["error"] and capped["total"] == 0
+
+
+def test_workshop_breakdown(tmp_path):
+    ws = tmp_path / "WKSHP-Demo"
+    write_nb(ws / "0-ReadMeFirst.ipynb", [md("# Read me")])
+    write_nb(ws / "1-Intro.ipynb", [code("a", 1), code("b", 2), code("c")])
+    write_nb(ws / "sub" / "2-More.ipynb", [code("d", 5), code("e")])
+    write_nb(ws / ".ipynb_checkpoints" / "1-Intro-checkpoint.ipynb", [code("a", 1)] * 10)
+    write_nb(ws / "sub" / ".ipynb_checkpoints" / "2-More-checkpoint.ipynb", [code("a", 1)])
+    (ws / "README.md").write_text("execution_count: 1\n")
+    got = completion(ws)
+    assert got == {
+        "ratio": 60,
+        "executed": 3,
+        "total": 5,
+        "notebooks": [
+            {"path": "0-ReadMeFirst.ipynb", "executed": 0, "total": 0, "error": None},
+            {"path": "1-Intro.ipynb", "executed": 2, "total": 3, "error": None},
+            {"path": "sub/2-More.ipynb", "executed": 1, "total": 2, "error": None},
+        ],
+    }
+    assert json.loads(json.dumps(got)) == got
+    under_home = completion(ws, relative_to=tmp_path)
+    assert [n["path"] for n in under_home["notebooks"]][0] == "WKSHP-Demo/0-ReadMeFirst.ipynb"
+
+
+def test_links_and_special_files_in_a_home_are_not_followed(tmp_path):
+    """A home belongs to its student; the service reads it as root."""
+    outside = write_nb(tmp_path / "elsewhere" / "secret.ipynb", [code("a", 1)] * 3)
+    ws = tmp_path / "WKSHP-Demo"
+    write_nb(ws / "1-Intro.ipynb", [code("a", 1), code("b")])
+    (ws / "link.ipynb").symlink_to(outside)
+    (ws / "zero.ipynb").symlink_to("/dev/zero")
+    (ws / "linked-dir").symlink_to(outside.parent, target_is_directory=True)
+    os.mkfifo(ws / "fifo.ipynb")
+    (ws / "dir.ipynb").mkdir()
+    got = completion(ws)
+    assert (got["executed"], got["total"]) == (1, 2)
+    errors = {n["path"]: n["error"] for n in got["notebooks"]}
+    assert errors["1-Intro.ipynb"] is None
+    assert "symbolic link" in errors["link.ipynb"] and "symbolic link" in errors["zero.ipynb"]
+    assert "not a regular file" in errors["fifo.ipynb"]
+    assert "dir.ipynb" not in errors  # a folder, walked into, holding nothing
+    assert not any("secret" in p for p in errors)
+    # named explicitly, a single notebook is read through its link
+    assert completion(ws / "link.ipynb")["executed"] == 3
+
+
+def test_bad_paths_raise_clear_errors(tmp_path):
+    with pytest.raises(NotFound, match="does not exist"):
+        completion(tmp_path / "nope")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(BadRequest, match="neither a workshop folder nor a notebook"):
+        completion(tmp_path / "notes.txt")
+    (tmp_path / "empty").mkdir()
+    assert completion(tmp_path / "empty") == {"ratio": 0, "executed": 0, "total": 0, "notebooks": []}
+
+
+def test_every_real_notebook_agrees_with_nbformat(tmp_path, corpus):
+    notebooks = sorted(corpus.glob("WKSHP-*/**/*.ipynb"))
+    assert len(notebooks) > 50
+    for path in notebooks:
+        got = notebook_completion(path)
+        assert got["error"] is None, path
+        assert (got["executed"], got["total"]) == reference_count(path), path
+    whole = completion(corpus / "WKSHP-Docker101")
+    assert whole["total"] == sum(reference_count(p)[1] for p in (corpus / "WKSHP-Docker101").glob("*.ipynb"))
+    shutil.copytree(corpus / "WKSHP-Docker101", tmp_path / "copy")
+    assert completion(tmp_path / "copy") == whole
