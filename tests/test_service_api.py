@@ -1,0 +1,407 @@
+"""The wod service end to end: a real hub (its proxy, the managed service), a real loopback portal.
+
+One hub for the module (a start costs ~7 s). Every answer is validated against
+the OpenAPI document the service serves.
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from portal_server import PortalServer
+
+from hubutil import RealHub, write_workshop
+from svcutil import DB, OPENAPI, check
+
+CUSTOMER = "825"
+
+
+@pytest.fixture(scope="module")
+def portal():
+    with PortalServer(workshops=[{"id": 7, "notebook": "WKSHP-Keep"}]) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, portal):
+    root = tmp_path_factory.mktemp("svc")
+    nb = root / "notebooks"
+    write_workshop(nb, "WKSHP-Svc", (1, 10))
+    write_workshop(nb, "WKSHP-Keep", (11, 20), reset=True)
+    write_workshop(nb, "WKSHP-Off", (21, 25), active=False)
+    write_workshop(nb, "WKSHP-Hooked", (26, 30), readme_source="Appliance {{ APPLIANCE_IP }}, password {{ PASSSTU }}")
+    write_workshop(nb, "WKSHP-FailHook", (31, 35))
+    write_workshop(nb, "WKSHP-Undef", (36, 40), readme_source="{{ NOPE }}")
+    write_workshop(nb, "WKSHP-Slow", (41, 45))
+    scripts = root / "scripts"
+    scripts.mkdir()
+    hooks = {
+        "create-WKSHP-Hooked.sh": '#!/bin/sh\necho "create STDID=$STDID CUSTOMER=$CUSTOMER WORKSHOP=$WORKSHOP CHALLENGE=$CHALLENGE"\n'
+        'printf "APPLIANCE_IP: 10.0.0.%s\\n" "$STDID" > "$WOD_VARS_FILE"\n',
+        "post-copy-WKSHP-Hooked.sh": '#!/bin/sh\necho "post-copy $STDID"\n',
+        "cleanup-WKSHP-Hooked.sh": '#!/bin/sh\necho "cleanup $STDID"\n',
+        "create-WKSHP-FailHook.sh": '#!/bin/sh\necho "appliance down for $STDID"\nexit 3\n',
+        "create-WKSHP-Slow.sh": "#!/bin/sh\nsleep 60\n",
+    }
+    for name, text in hooks.items():
+        (scripts / name).write_text(text)
+        (scripts / name).chmod(0o755)
+    hub = RealHub(
+        root / "hub",
+        notebooks=[nb],
+        api_db_url=portal.url,
+        wod_config={"student_min": 1, "student_max": 60, "scripts": [str(scripts)], "skel": ""},
+        service_config={"hook_timeout": 3.0},
+    )
+    with hub:
+        db = DB(hub.db_url)
+        yield hub, db
+        db.dispose()
+
+
+@pytest.fixture
+def hub(env):
+    return env[0]
+
+
+@pytest.fixture
+def db(env):
+    return env[1]
+
+
+@pytest.fixture
+def api(hub):
+    with hub.client() as c:
+        yield c
+
+
+def create(api, n, customer=CUSTOMER, workshop="WKSHP-Svc", wait=60, expect=200):
+    r = api.post(f"api/create?wait={wait}", json={"student": n, "customer": customer, "email": "p@example.com", "workshop": workshop})
+    return check(r, expect)
+
+
+def verb(api, name, body, wait=60, expect=200):
+    return check(api.post(f"api/{name}?wait={wait}", json=body), expect)
+
+
+def home(hub, n):
+    return Path(hub.students_root) / f"student{n}"
+
+
+def puts_for(portal, paths, since=0):
+    return [(c.path, c.body) for c in portal.accepted()[since:] if c.path in paths]
+
+
+# ------------------------------------------------------------------ plumbing
+
+
+def test_health_needs_no_token_and_openapi_is_served(hub):
+    with hub.client(None) as anon:
+        data = check(anon.get("api/health"), 200)
+        assert data["status"] == "ok" and data["database"] == "ok"
+        doc = check(anon.get("api/openapi.json"), 200)
+    assert doc == OPENAPI
+
+
+def test_no_token_is_401_and_token_without_scope_is_403(hub, db):
+    before = db.count_ops()
+    body = {"student": 1, "customer": CUSTOMER, "email": "e@x", "workshop": "WKSHP-Svc"}
+    with hub.client(None) as anon, hub.client("noscope") as noscope:
+        for client, status in ((anon, 401), (noscope, 403)):
+            err = check(client.post("api/create", json=body), status)
+            assert err["message"]
+            check(client.get("api/workshops"), status)
+            check(client.get("api/students/1"), status)
+            check(client.get("api/operations"), status)
+            assert client.get("metrics").status_code == status
+    assert db.count_ops() == before
+
+
+def test_workshops_catalog(api):
+    data = check(api.get("api/workshops"), 200)
+    names = {w["name"] for w in data["workshops"]}
+    assert {"WKSHP-Svc", "WKSHP-Keep", "WKSHP-Off"} <= names
+    ws = check(api.get("api/workshops/WKSHP-Keep"), 200)
+    assert ws["reset"] is True and ws["range"] == [11, 20]
+    assert check(api.get("api/workshops/CHLG-Keep"), 200)["name"] == "WKSHP-Keep"
+    check(api.get("api/workshops/WKSHP-Nope"), 404)
+
+
+# ------------------------------------------------------------------ the verbs
+
+
+def test_create_then_cleanup_through_the_proxy(hub, db, portal):
+    n = 2
+    since = len(portal.accepted())
+    with hub.client(via_proxy=True) as proxied:
+        op = create(proxied, n)
+    assert op["status"] == "succeeded", (op["error"], op["steps"])
+    # Hook steps are journaled only when the workshop has hooks (see the hooks test).
+    assert [s["name"] for s in op["steps"]] == ["rotate", "provision", "assign", "hub"]
+    password = op["result"]["password"]
+    assert password and op["result"]["login_url"].endswith("/hub/login")
+    assert db.password_ok(n, password)
+    readme = json.loads((home(hub, n) / "WKSHP-Svc" / "0-ReadMeFirst.ipynb").read_text())
+    assert f"Your password is {password}" in "".join(readme["cells"][0]["source"])
+    assert (home(hub, n) / ".jupyter").exists() or any(home(hub, n).iterdir())
+    st = db.student(n)
+    assert (st.state, st.customer, st.workshop) == ("active", CUSTOMER, "WKSHP-Svc")
+    generation = st.generation
+    assert hub.hub_api("GET", f"/users/student{n}").status_code == 200
+    # The callbacks of CREATE, in the original's order.
+    assert portal.wait_for(lambda p: len(puts_for(p, {f"/api/student/{n}", f"/api/customer/{CUSTOMER}"}, since)) >= 2, 30)
+    assert puts_for(portal, {f"/api/student/{n}", f"/api/customer/{CUSTOMER}"}, since) == [
+        (f"/api/student/{n}", {"password": password}),
+        (f"/api/customer/{CUSTOMER}", {"active": "true"}),
+    ]
+    # The participant ran one of the three non-empty code cells; and holds an API token.
+    ex = home(hub, n) / "WKSHP-Svc" / "1-Exercise.ipynb"
+    nb = json.loads(ex.read_text())
+    nb["cells"][0]["execution_count"] = 1
+    ex.write_text(json.dumps(nb))
+    r = hub.hub_api("POST", f"/users/student{n}/tokens", json={"note": "participant"})
+    assert r.status_code == 201, r.text
+    token_id = r.json()["id"]
+
+    since = len(portal.accepted())
+    with hub.client() as api:
+        op = verb(api, "cleanup", {"student": n, "customer": CUSTOMER})
+    assert op["status"] == "succeeded", (op["error"], op["steps"])
+    assert op["result"]["completion"]["ratio"] == 33
+    assert op["result"].get("password") is None
+    assert not home(hub, n).exists()
+    st = db.student(n)
+    assert st.state == "free" and st.customer is None and st.generation > generation
+    assert not db.password_ok(n, password)
+    tokens = hub.hub_api("GET", f"/users/student{n}/tokens").json()
+    assert token_id not in [t["id"] for t in tokens.get("api_tokens", [])]
+    want = 4
+    assert portal.wait_for(lambda p: len(puts_for(p, {f"/api/student/{n}", f"/api/customer/{CUSTOMER}"}, since)) >= want, 30)
+    got = puts_for(portal, {f"/api/student/{n}", f"/api/customer/{CUSTOMER}"}, since)
+    assert [path for path, _ in got] == [f"/api/student/{n}", f"/api/customer/{CUSTOMER}", f"/api/student/{n}", f"/api/customer/{CUSTOMER}"]
+    new_password = got[0][1]["password"]
+    assert db.password_ok(n, new_password)
+    assert got[1:] == [
+        (f"/api/customer/{CUSTOMER}", {"completionPercentage": "33"}),
+        (f"/api/student/{n}", {"assigned": "false"}),
+        (f"/api/customer/{CUSTOMER}", {"cleaned": "true"}),
+    ]
+    with hub.client() as api:
+        seat = check(api.get(f"api/students/{n}"), 200)
+        assert seat["state"] == "free" and seat["completion"]["ratio"] == 33 and seat["home_exists"] is False
+        listed = check(api.get(f"api/operations?student={n}"), 200)["operations"]
+        assert [o["verb"] for o in listed[:2]] == ["CLEANUP", "CREATE"]
+        assert check(api.get(f"api/operations/{op['id']}"), 200)["status"] == "succeeded"
+
+
+def test_cleanup_of_a_reset_workshop_keeps_the_home_until_reset(hub, db, portal, api):
+    n, customer = 12, "c-keep"
+    assert create(api, n, customer, "WKSHP-Keep")["status"] == "succeeded"
+    since = len(portal.accepted())
+    op = verb(api, "cleanup", {"student": n, "customer": customer})
+    assert op["status"] == "succeeded", (op["error"], op["steps"])
+    assert db.student(n).state == "kept" and home(hub, n).is_dir()
+    paths = {f"/api/student/{n}", f"/api/customer/{customer}"}
+    assert portal.wait_for(lambda p: len(puts_for(p, paths, since)) >= 5, 30)
+    got = puts_for(portal, paths, since)
+    assert [b for _, b in got[1:]] == [
+        {"completionPercentage": "0"}, {"assigned": "true"}, {"active": "false"}, {"cleaned": "true"},
+    ]
+    # A kept seat is not free for someone else until RESET.
+    check(api.post("api/create", json={"student": n, "customer": "other", "email": "e@x", "workshop": "WKSHP-Keep"}), 409)
+
+    since = len(portal.accepted())
+    op = verb(api, "reset", {"student": n, "customer": customer, "workshop": "WKSHP-Keep"})
+    assert op["status"] == "succeeded", (op["error"], op["steps"])
+    assert db.student(n).state == "free" and not home(hub, n).exists()
+    assert portal.wait_for(lambda p: len(puts_for(p, paths, since)) >= 2, 30)
+    got = puts_for(portal, paths, since)
+    assert db.password_ok(n, got[0][1]["password"]) and got[1][1] == {"assigned": "false"}
+
+    since = len(portal.accepted())
+    op = verb(api, "reset", {"students": [13, 15], "workshop": "WKSHP-Keep"})
+    assert op["status"] == "succeeded" and op["students"] == [13, 15], op
+    assert portal.wait_for(lambda p: any(c.path == "/api/workshop/7" for c in p.accepted()[since:]), 30)
+    assert [c.body for c in portal.accepted()[since:] if c.path == "/api/workshop/7"] == [{"capacity": "3"}]
+    check(api.post("api/reset", json={"student": 3, "workshop": "WKSHP-Svc"}), 422)
+
+
+def test_purge_gets_a_broken_seat_back(hub, db, api):
+    n = 7
+    assert create(api, n, "c-broken")["status"] == "succeeded"
+    # Break it: the home half gone, a stray file in its place.
+    import shutil
+
+    shutil.rmtree(home(hub, n))
+    home(hub, n).write_text("not a folder")
+    op = verb(api, "purge", {"student": n, "customer": "c-broken"})
+    assert op["status"] == "succeeded", (op["error"], op["steps"])
+    assert not home(hub, n).exists() and db.student(n).state == "free"
+    # A seat nobody ever used, naming a workshop that does not exist.
+    op = verb(api, "purge", {"student": 8, "customer": "c-x", "workshop": "WKSHP-Gone"})
+    assert op["status"] == "succeeded", (op["error"], op["steps"])
+
+
+def test_hooks_get_their_environment_and_feed_the_templates(hub, db, api):
+    n = 27
+    op = create(api, n, "c-hook", "CHLG-Hooked")
+    assert op["status"] == "succeeded", (op["error"], op["steps"])
+    steps = {s["name"]: s for s in op["steps"]}
+    out = steps["hooks-create"]["detail"]["runs"][0]["output"]
+    assert f"create STDID={n} CUSTOMER=c-hook WORKSHOP=WKSHP-Hooked CHALLENGE=1" in out
+    assert steps["hooks-post-copy"]["detail"]["runs"][0]["output"].strip() == f"post-copy {n}"
+    readme = (home(hub, n) / "WKSHP-Hooked" / "0-ReadMeFirst.ipynb").read_text()
+    assert f"Appliance 10.0.0.{n}" in readme
+    op = verb(api, "cleanup", {"student": n, "customer": "c-hook"})
+    assert op["status"] == "succeeded"
+    assert {s["name"]: s for s in op["steps"]}["hooks-cleanup"]["detail"]["runs"][0]["output"].strip() == f"cleanup {n}"
+
+
+def test_failing_hook_fails_the_operation_with_its_output(hub, db, api):
+    op = create(api, 32, "c-fail", "WKSHP-FailHook")
+    assert op["status"] == "failed"
+    assert "exited with status 3" in op["error"] and "appliance down for 32" in op["error"]
+    failed = [s for s in op["steps"] if s["status"] == "failed"]
+    assert failed and failed[0]["name"] == "hooks-create"
+    assert db.student(32).state == "free" and not home(hub, 32).exists()
+    op = create(api, 42, "c-slow", "WKSHP-Slow")
+    assert op["status"] == "failed" and "timed out" in op["error"]
+
+
+def test_render_error_fails_cleanly(hub, db, api):
+    op = create(api, 37, "c-undef", "WKSHP-Undef")
+    assert op["status"] == "failed" and "NOPE" in op["error"]
+    assert db.student(37).state == "free" and not home(hub, 37).exists()
+
+
+def test_seat_held_by_another_customer_is_409_and_changes_nothing(hub, db, api):
+    n = 3
+    first = create(api, n, "c-first")
+    assert first["status"] == "succeeded"
+    before = (db.count_ops(), db.student(n).generation, db.student(n).password_hash)
+    err = check(api.post("api/create", json={"student": n, "customer": "c-second", "email": "e@x", "workshop": "WKSHP-Svc"}), 409)
+    assert err["error"] == "conflict"
+    check(api.post("api/cleanup", json={"student": n, "customer": "c-second"}), 409)
+    assert (db.count_ops(), db.student(n).generation, db.student(n).password_hash) == before
+    assert db.password_ok(n, first["result"]["password"])
+    assert verb(api, "cleanup", {"student": n, "customer": "c-first"})["status"] == "succeeded"
+
+
+def test_conflicting_verbs_on_one_student_run_one_at_a_time(hub, db, api):
+    n = 4
+    sequence = [("create", "c-a"), ("cleanup", "c-a"), ("create", "c-b"), ("cleanup", "c-b"), ("create", "c-c")]
+    ids = []
+    for name, customer in sequence:
+        body = {"student": n, "customer": customer}
+        if name == "create":
+            body.update(email="e@x", workshop="WKSHP-Svc")
+        ids.append(check(api.post(f"api/{name}", json=body), 202)["id"])
+    ops = [check(api.get(f"api/operations/{i}?x=1".split("?")[0]), 200) for i in ids]
+    deadline = time.monotonic() + 120
+    while any(o["status"] in ("queued", "running") for o in ops) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        ops = [check(api.get(f"api/operations/{i}"), 200) for i in ids]
+    assert [o["status"] for o in ops] == ["succeeded"] * len(ops), [(o["verb"], o["error"]) for o in ops]
+    spans = [(o["started"], o["finished"]) for o in ops]
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert end <= start, spans  # each one started after the previous one finished
+    st = db.student(n)
+    assert st.state == "active" and st.customer == "c-c"
+    assert db.password_ok(n, ops[-1]["result"]["password"])
+    assert verb(api, "cleanup", {"student": n, "customer": "c-c"})["status"] == "succeeded"
+
+
+def test_wait_zero_answers_202_with_a_queued_or_running_operation(api):
+    op = check(api.post("api/purge?wait=0", json={"student": 9, "customer": "c-w"}), 202)
+    assert op["status"] in ("queued", "running", "succeeded")
+    assert op["result"] is None or op["status"] == "succeeded"
+
+
+# ------------------------------------------------------------------ bad requests
+
+HUGE = b'{"student": 1, "customer": "' + b"x" * (10 * 1024 * 1024) + b'"}'
+
+BAD = [
+    ("create", b"{", 400),
+    ("create", b"[1, 2]", 400),
+    ("create", b"", 400),
+    ("create", b"\xff\xfe", 400),
+    ("create", {"student": 1, "customer": CUSTOMER, "workshop": "WKSHP-Svc"}, 400),
+    ("create", {"student": "1", "customer": CUSTOMER, "email": "e", "workshop": "WKSHP-Svc"}, 400),
+    ("create", {"student": True, "customer": CUSTOMER, "email": "e", "workshop": "WKSHP-Svc"}, 400),
+    ("create", {"student": 1.5, "customer": CUSTOMER, "email": "e", "workshop": "WKSHP-Svc"}, 400),
+    ("create", {"student": 1, "customer": 825, "email": "e", "workshop": "WKSHP-Svc"}, 400),
+    ("create", {"student": 1, "customer": "", "email": "e", "workshop": "WKSHP-Svc"}, 400),
+    ("create", {"student": 1, "customer": "c" * 300, "email": "e", "workshop": "WKSHP-Svc"}, 400),
+    ("create", {"student": 1, "customer": CUSTOMER, "email": "e", "workshop": "WKSHP-Svc", "extra": 1}, 400),
+    ("create", {"student": 1, "customer": CUSTOMER, "email": "e", "workshop": "../../etc"}, 400),
+    ("create", {"student": 1, "customer": CUSTOMER, "email": "e", "workshop": "WKSHP-Nope"}, 404),
+    ("create", {"student": 21, "customer": CUSTOMER, "email": "e", "workshop": "WKSHP-Off"}, 422),
+    ("create", {"student": 15, "customer": CUSTOMER, "email": "e", "workshop": "WKSHP-Svc"}, 422),
+    ("create", {"student": 999, "customer": CUSTOMER, "email": "e", "workshop": "WKSHP-Svc"}, 422),
+    ("create", {"student": 0, "customer": CUSTOMER, "email": "e", "workshop": "WKSHP-Svc"}, 422),
+    ("create", {"student": -1, "customer": CUSTOMER, "email": "e", "workshop": "WKSHP-Svc"}, 422),
+    ("create?wait=abc", {"student": 1, "customer": CUSTOMER, "email": "e", "workshop": "WKSHP-Svc"}, 400),
+    ("create?wait=-1", {"student": 1, "customer": CUSTOMER, "email": "e", "workshop": "WKSHP-Svc"}, 400),
+    ("create", HUGE, 413),
+    ("cleanup", {"student": 1}, 400),
+    ("cleanup", {"student": 1000, "customer": CUSTOMER}, 422),
+    ("cleanup", {"student": 1, "customer": CUSTOMER, "workshop": "a/b"}, 400),
+    ("reset", {"student": 11}, 400),
+    ("reset", {"student": 11, "students": [11, 12], "workshop": "WKSHP-Keep"}, 400),
+    ("reset", {"students": [11], "workshop": "WKSHP-Keep"}, 400),
+    ("reset", {"students": [15, 11], "workshop": "WKSHP-Keep"}, 422),
+    ("reset", {"students": [11, 30], "workshop": "WKSHP-Keep"}, 422),
+    ("reset", {"student": 1, "workshop": "WKSHP-Svc"}, 422),
+    ("purge", {"customer": CUSTOMER}, 400),
+    ("purge", {"student": None, "customer": CUSTOMER}, 400),
+]
+
+
+@pytest.mark.parametrize("path,body,status", BAD, ids=[f"{p}-{s}-{i}" for i, (p, _, s) in enumerate(BAD)])
+def test_bad_verb_requests_change_nothing(hub, db, api, path, body, status):
+    before = db.count_ops()
+    seats = {n: (s.state, s.generation) for n in range(1, 61) if (s := db.student(n))}
+    if isinstance(body, bytes):
+        r = api.post(f"api/{path}", content=body, headers={"Content-Type": "application/json"})
+    else:
+        r = api.post(f"api/{path}", json=body)
+    err = check(r, status)
+    assert err["error"] and len(err["message"]) > 10, err
+    assert "Traceback" not in r.text
+    assert db.count_ops() == before
+    assert {n: (s.state, s.generation) for n in range(1, 61) if (s := db.student(n))} == seats
+
+
+BAD_READS = [
+    ("api/operations/not-an-id", 404),
+    ("api/operations/" + "0" * 32, 404),
+    ("api/operations?status=bogus", 400),
+    ("api/operations?student=x", 400),
+    ("api/operations?limit=0", 400),
+    ("api/operations?verb=DROP", 400),
+    ("api/students/9999", 422),
+    ("api/students/0", 422),
+    ("api/workshops/WKSHP-Nope", 404),
+    ("api/workshops/bad..name", 400),
+]
+
+
+@pytest.mark.parametrize("path,status", BAD_READS)
+def test_bad_reads(api, path, status):
+    err = check(api.get(path), status)
+    assert err["message"]
+
+
+def test_unknown_endpoint_is_a_json_404(api):
+    r = api.get("api/nothing")
+    assert r.status_code == 404 and r.json()["error"] == "not_found"
+
+
+def test_metrics(api):
+    r = api.get("metrics")
+    assert r.status_code == 200
+    assert "wod_operations_finished" in r.text and "wod_operation_seconds_bucket" in r.text

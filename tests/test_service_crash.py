@@ -1,0 +1,193 @@
+"""SIGKILL the service at random points of CREATE and CLEANUP; after a restart every seat is consistent.
+
+The hub knows the ``wod`` service by URL and token only (not managed), so the
+test runs the service itself, kills it with SIGKILL a random time after
+sending a batch of CREATEs and CLEANUPs, restarts it, lets it recover, and
+checks every seat:
+
+* no operation stays queued or running, none failed, no student lease is left;
+* the assignment matches the home: ``active`` ⇔ the rendered workshop is there,
+  ``free`` ⇔ no home, and no half-built or half-erased folder is left behind;
+* the password hash matches the last password reported to the portal (the
+  last password callback in the outbox, and what the portal got in the end)
+  and, for a seat given by CREATE, the password that CREATE's result reports.
+"""
+
+import random
+import time
+from pathlib import Path
+
+import pytest
+from portal_server import PortalServer
+
+from hubutil import RealHub, free_port, write_workshop
+from svcutil import DB
+from wod_jupyterhub import passwords
+from wod_jupyterhub.portal import SEALED
+
+TRIALS = 20
+STUDENTS = list(range(1, 9))
+WORKSHOP = "WKSHP-Crash"
+
+
+def _hooks(folder: Path):
+    # Short sleeps widen the windows a kill can land in: inside hooks, between steps.
+    for kind in ("create", "post-copy", "cleanup"):
+        path = folder / f"{kind}-{WORKSHOP}.sh"
+        path.write_text("#!/bin/sh\nsleep 0.05\necho done\n")
+        path.chmod(0o755)
+
+
+def crash_env(root: Path, portal, db_url=None, **kwargs) -> RealHub:
+    nb = root / "notebooks"
+    write_workshop(nb, WORKSHOP, (1, 20))
+    scripts = root / "scripts"
+    scripts.mkdir(parents=True)
+    _hooks(scripts)
+    return RealHub(
+        root / "hub",
+        db_url=db_url,
+        notebooks=[nb],
+        managed_service=False,
+        api_db_url=portal.url,
+        wod_config={"student_min": 1, "student_max": 20, "scripts": [str(scripts)], "skel": ""},
+        # A dead process's claim on a callback ends with its lease (3 × timeout + 30 s).
+        extra_config="c.WodPortal.timeout = 2.0\nc.WodPortal.retry_initial = 0.2\n",
+        **kwargs,
+    )
+
+
+def send_batch(api, db, rng):
+    """CREATE the free seats, CLEANUP the held ones, in a random order; return how many were sent."""
+    sent = 0
+    students = list(STUDENTS)
+    rng.shuffle(students)
+    for n in students[: rng.randint(3, len(students))]:
+        st = db.student(n)
+        if st is not None and st.state == "active":
+            body = {"student": n, "customer": st.customer}
+            r = api.post("api/cleanup", json=body)
+        else:
+            body = {"student": n, "customer": f"cust-{n}-{rng.randint(0, 10**6)}", "email": "e@x", "workshop": WORKSHOP}
+            r = api.post("api/create", json=body)
+        assert r.status_code == 202, r.text
+        sent += 1
+    return sent
+
+
+def wait_settled(db, timeout=90):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not [o for o in db.ops() if o.status in ("queued", "running")]:
+            return
+        time.sleep(0.05)
+    stuck = [(o.id, o.verb, o.student, o.status, [s["name"] for s in o.steps]) for o in db.ops() if o.status in ("queued", "running")]
+    raise AssertionError(f"operations stuck after recovery: {stuck}")
+
+
+def check_consistent(hub: RealHub, db: DB, sealer):
+    ops = db.ops()
+    failed = [(o.verb, o.student, o.error) for o in ops if o.status != "succeeded"]
+    assert not failed, failed
+    root = Path(hub.students_root)
+    leftovers = [p.name for p in root.glob(".student*")] if root.exists() else []
+    assert not leftovers, f"half-built or half-erased folders left: {leftovers}"
+    for n in STUDENTS:
+        st = db.student(n)
+        if st is None:
+            continue
+        assert st.lock_owner is None, (n, st.lock_owner)
+        home = root / f"student{n}"
+        if st.state == "active":
+            assert (home / WORKSHOP / "0-ReadMeFirst.ipynb").is_file(), f"student{n} is active without its workshop"
+        else:
+            assert st.state == "free", (n, st.state)
+            assert not home.exists(), f"student{n} is free but its home is still there"
+        mine = [o for o in ops if o.student == n]
+        if not mine:
+            continue
+        # The last password reported: the newest password callback of the student.
+        reported = [m for m in db.outbox(n) if "password" in m.body]
+        assert reported, f"no password was ever reported for student{n}"
+        last = sealer.open(reported[-1].body["password"][SEALED])
+        assert passwords.verify_password(last, st.password_hash), f"student{n}: the hash is not the last reported password"
+        if st.state == "active":
+            create = [o for o in mine if o.verb == "CREATE"][-1]
+            assert passwords.verify_password(sealer.open(create.result["password"]), st.password_hash)
+
+
+def run_trials(hub, db, portal, trials, seed, check_portal=True):
+    """Two service processes share the database; each trial SIGKILLs one of them (every fourth: both).
+
+    The survivor takes over the victim's operations at once (same host: the
+    victim's pid is gone), so trials need not wait for a restart; the victim
+    restarts meanwhile. When both die, the restarted one recovers everything.
+    """
+    rng = random.Random(seed)
+    sealer = passwords.Sealer(hub.secret_key)
+    services = [hub.service_process("service-0.log"), hub.service_process("service-1.log", port=free_port())]
+    kills = []
+    try:
+        for s in services:
+            s.start()
+        for trial in range(trials):
+            for s in services:
+                if not s.alive:
+                    s.start(wait=False)  # a restart takes seconds: the other process serves meanwhile
+            both = trial % 4 == 3
+            ready = [s for s in services if s.ready()]
+            if both or not ready:
+                for s in services:
+                    s.wait_ready()
+                ready = services
+            entry = rng.choice(ready)
+            with hub.client(base_url=entry.url) as api:
+                sent = send_batch(api, db, rng)
+            delay = rng.uniform(0.0, 0.6)
+            time.sleep(delay)
+            running = sum(1 for o in db.ops() if o.status == "running")
+            victims = services if both else [rng.choice(services)]
+            for v in victims:
+                v.kill9()
+            kills.append((trial, sent, round(delay, 3), running, len(victims)))
+            if both:
+                services[0].start()
+            wait_settled(db)
+            check_consistent(hub, db, sealer)
+        # Every callback reaches the portal (a dead process's claims wait for their lease),
+        # and the portal's last password per student is the one the hash checks.
+        for s in services:
+            if not s.alive:
+                s.start()
+        if not check_portal:
+            return kills
+        assert portal.wait_for(lambda p: not [m for m in db.outbox() if m.delivered is None], 120), "callbacks left undelivered"
+        for n in STUDENTS:
+            st = db.student(n)
+            if st is None or st.password_hash is None:
+                continue
+            got = [c.body["password"] for c in portal.accepted() if c.path == f"/api/student/{n}" and "password" in c.body]
+            assert got and passwords.verify_password(got[-1], st.password_hash), f"portal's last password for student{n} is stale"
+    finally:
+        for s in services:
+            s.stop()
+    # The kills must have hit operations in flight, or the test proves nothing.
+    assert sum(1 for k in kills if k[3] > 0) >= trials // 2, kills
+    return kills
+
+
+@pytest.fixture(scope="module")
+def portal():
+    with PortalServer() as p:
+        yield p
+
+
+def test_sigkill_during_create_and_cleanup_sqlite(tmp_path_factory, portal):
+    root = tmp_path_factory.mktemp("crash")
+    with crash_env(root, portal) as hub:
+        db = DB(hub.db_url)
+        try:
+            kills = run_trials(hub, db, portal, TRIALS, seed=20261122)
+        finally:
+            db.dispose()
+    assert len(kills) == TRIALS

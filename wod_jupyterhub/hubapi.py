@@ -1,0 +1,147 @@
+"""A small async client for the JupyterHub REST API, with the service's own token.
+
+The service manages the hub users ``student<N>`` through it: makes sure the
+user exists, stops and starts its server, and revokes every token issued to
+it when the seat changes hands. The hub grants the service the scopes
+``admin:users`` (create users), ``servers`` (start, stop, read servers) and
+``tokens`` (list and revoke a user's tokens).
+"""
+
+import asyncio
+import logging
+import os
+import time
+from urllib.parse import quote
+
+import httpx
+
+
+class HubAPIError(Exception):
+    """The hub could not be reached or refused a call; the message says which and why."""
+
+
+class HubAPI:
+    def __init__(self, api_url: str | None = None, token: str | None = None, timeout: float = 30, log=None):
+        self.api_url = (api_url or os.environ.get("JUPYTERHUB_API_URL", "")).rstrip("/")
+        self.token = token or os.environ.get("JUPYTERHUB_API_TOKEN", "")
+        self.log = log or logging.getLogger("wod.hubapi")
+        self._client = httpx.AsyncClient(
+            timeout=timeout,
+            headers={"Authorization": f"token {self.token}"},
+        )
+        # Users known to exist: the pool's accounts are created once and reused for years.
+        self._known: set[str] = set()
+        self._pending: dict[str, asyncio.Future] = {}
+        self._flush: asyncio.Task | None = None
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.api_url and self.token)
+
+    async def close(self):
+        await self._client.aclose()
+
+    async def _request(self, method: str, path: str, ok=(200,), **kwargs) -> httpx.Response:
+        if not self.configured:
+            raise HubAPIError("the hub API is not configured (JUPYTERHUB_API_URL and JUPYTERHUB_API_TOKEN are unset)")
+        url = self.api_url + path
+        try:
+            r = await self._client.request(method, url, **kwargs)
+        except httpx.HTTPError as e:
+            raise HubAPIError(f"cannot reach the hub API at {self.api_url}: {e.__class__.__name__}: {e}") from e
+        if r.status_code not in ok:
+            try:
+                detail = r.json().get("message") or r.text
+            except ValueError:
+                detail = r.text
+            raise HubAPIError(f"{method} {path} answered {r.status_code}: {detail[:300]}")
+        return r
+
+    async def user(self, name: str) -> dict | None:
+        """The hub's user model, or None when there is no such user."""
+        r = await self._request("GET", f"/users/{quote(name)}", ok=(200, 404))
+        return r.json() if r.status_code == 200 else None
+
+    async def load_users(self, page: int = 200) -> int:
+        """Learn which users the hub has (all pages), so ensure_user need not ask; return how many."""
+        offset = 0
+        while True:
+            r = await self._request("GET", "/users", params={"offset": offset, "limit": page})
+            users = r.json()
+            if isinstance(users, dict):  # the paginated form
+                users = users.get("items", [])
+            self._known.update(u["name"] for u in users)
+            if len(users) < page:
+                return len(self._known)
+            offset += len(users)
+
+    async def ensure_user(self, name: str) -> bool:
+        """Make sure the hub has user ``name``; True if this call created it (so it has no tokens yet).
+
+        Concurrent calls are batched into one ``POST /users`` (a burst of
+        CREATEs would otherwise queue 100 calls on the hub's single thread).
+        """
+        if name in self._known:
+            return False
+        future = self._pending.get(name)
+        if future is None:
+            future = self._pending[name] = asyncio.get_running_loop().create_future()
+            if self._flush is None or self._flush.done():
+                self._flush = asyncio.ensure_future(self._create_pending())
+        return await asyncio.shield(future)
+
+    async def _create_pending(self):
+        # One batch in flight at a time; names asked for meanwhile form the next batch.
+        while self._pending:
+            await asyncio.sleep(0.005)  # let the other CREATEs of a burst join
+            batch, self._pending = self._pending, {}
+            try:
+                # Existing users are skipped by the hub; 409 means all of them existed.
+                r = await self._request("POST", "/users", ok=(201, 409), json={"usernames": sorted(batch)})
+            except HubAPIError as e:
+                for future in batch.values():
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            created = {u["name"] for u in r.json()} if r.status_code == 201 else set()
+            if created:
+                self.log.info("Created hub users %s", ", ".join(sorted(created)))
+            self._known.update(batch)
+            for name, future in batch.items():
+                if not future.done():
+                    future.set_result(name in created)
+
+    async def stop_server(self, name: str, timeout: float = 60) -> bool:
+        """Stop the default server of ``name`` and wait until it is gone; True if one was running."""
+        model = await self.user(name)
+        if model is None:
+            return False
+        if not model.get("servers") and not model.get("server") and not model.get("pending"):
+            return False
+        # 400: not running (it stopped meanwhile); 404: the user went away.
+        r = await self._request("DELETE", f"/users/{quote(name)}/server", ok=(202, 204, 400, 404))
+        if r.status_code in (400, 404):
+            return False
+        deadline = time.monotonic() + timeout
+        while True:
+            model = await self.user(name)
+            if model is None or (not model.get("pending") and not model.get("servers") and not model.get("server")):
+                return True
+            if time.monotonic() > deadline:
+                raise HubAPIError(f"the server of {name} did not stop within {timeout:.0f} s")
+            await asyncio.sleep(0.2)
+
+    async def start_server(self, name: str) -> None:
+        # 400: already running or pending, which is what we want.
+        await self._request("POST", f"/users/{quote(name)}/server", ok=(201, 202, 400))
+
+    async def revoke_tokens(self, name: str) -> int:
+        """Delete every API token of ``name`` (OAuth tokens of its sessions included); return how many."""
+        r = await self._request("GET", f"/users/{quote(name)}/tokens", ok=(200, 404))
+        if r.status_code == 404:
+            return 0
+        data = r.json()
+        tokens = data.get("api_tokens", []) + data.get("oauth_tokens", []) if isinstance(data, dict) else data
+        for token in tokens:
+            await self._request("DELETE", f"/users/{quote(name)}/tokens/{quote(token['id'])}", ok=(204, 404))
+        return len(tokens)
