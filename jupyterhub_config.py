@@ -1,0 +1,211 @@
+"""The working demo configuration of wod-jupyterhub: ``make demo`` runs the hub with it.
+
+One file configures all three parts: the hub (``c.JupyterHub``), the
+student login (``c.WodAuthenticator``), the servers (``c.WodSpawner``) and
+the ``wod`` service (``c.WodService``, ``c.WodPortal``, ``c.Hooks``), plus
+the settings they share (``c.Wod``). The service reads this same file
+(``--config``), so keep it free of side effects other than the ones below.
+
+Demo choices, to change for production (each is marked "production:"):
+SQLite files beside this file, single-user mode (every server runs as the
+hub's own user), the sample workshops bundled in ``share/workshops``, the hub
+on http://127.0.0.1:8000.
+"""
+
+import os
+import secrets
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# Every file the demo writes (databases, homes, keys) goes here; the demo's
+# self-check (`python -m wod_jupyterhub.demo --check`) points it at a temporary folder.
+STATE = Path(os.environ.get("WOD_STATE_DIR", HERE)).resolve()
+
+c = get_config()  # noqa: F821 - provided by the config loader
+
+# ---------------------------------------------------------------------------
+# The hub itself
+# ---------------------------------------------------------------------------
+
+# Where students and the portal reach the hub (the proxy listens here).
+# production: the public https URL, e.g. "https://wod.example.com".
+c.JupyterHub.bind_url = os.environ.get("WOD_HUB_URL", "http://127.0.0.1:8000")
+# The hub's internal API and the proxy's control API; their defaults
+# (8081, 8001) unless $WOD_HUB_API_URL / $WOD_PROXY_API_URL say otherwise,
+# so that a second hub on this machine (a test) can pick free ports.
+if os.environ.get("WOD_HUB_API_URL"):
+    c.JupyterHub.hub_bind_url = os.environ["WOD_HUB_API_URL"]
+if os.environ.get("WOD_PROXY_API_URL"):
+    c.ConfigurableHTTPProxy.api_url = os.environ["WOD_PROXY_API_URL"]
+
+# The hub's own database (users, servers, tokens); not the wod database below.
+# production: PostgreSQL, like c.Wod.db_url.
+c.JupyterHub.db_url = f"sqlite:///{STATE / 'jupyterhub.sqlite'}"
+c.JupyterHub.cookie_secret_file = str(STATE / "jupyterhub_cookie_secret")
+c.ConfigurableHTTPProxy.pid_file = str(STATE / "jupyterhub-proxy.pid")
+
+# The login cookie lasts one workshop, not JupyterHub's two weeks. The hub
+# checks this age against the signed cookie on every request, and it is also
+# the lifetime of the OAuth tokens behind the single-user servers' cookies
+# (JupyterHub.oauth_token_expires_in defaults to it). A seat that changes
+# hands ends its sessions earlier still (see wod_jupyterhub/auth.py).
+WORKSHOP_HOURS = float(os.environ.get("WOD_SESSION_HOURS", "4"))
+c.JupyterHub.cookie_max_age_days = WORKSHOP_HOURS / 24
+# ... and the browser forgets the cookies then too (tornado's default is 30 days).
+c.JupyterHub.tornado_settings = {"cookie_options": {"expires_days": WORKSHOP_HOURS / 24}}
+
+# Servers nobody uses are not stopped by the hub: the workshop's CLEANUP does it.
+# A server gets this long to come up (a lab server needs ~6 s on a small VM).
+c.Spawner.start_timeout = 120
+c.Spawner.http_timeout = 60
+
+# ---------------------------------------------------------------------------
+# Settings every part shares (wod_jupyterhub/config.py documents each one)
+# ---------------------------------------------------------------------------
+
+# The database the authenticator, the spawner and the service share.
+# production: "postgresql+psycopg://wod:...@db/wod" when several service
+# processes or machines share the state.
+c.Wod.db_url = os.environ.get("WOD_DB_URL", f"sqlite:///{STATE / 'wod.sqlite'}")
+
+# Student homes: <students_root>/student<N>.  production: e.g. "/home".
+c.Wod.students_root = str(STATE / "students")
+
+# Workshops: the samples shipped in share/workshops are the default
+# (c.Wod.notebooks); $WOD_NOTEBOOKS (folders separated by ":") points the
+# demo elsewhere. production: the public and private notebooks roots,
+# e.g. ["/opt/wod-notebooks", "/opt/wod-private/notebooks"].
+if os.environ.get("WOD_NOTEBOOKS"):
+    c.Wod.notebooks = os.environ["WOD_NOTEBOOKS"].split(os.pathsep)
+
+# Seats this backend serves; each workshop's wod.yml narrows them further.
+c.Wod.student_min = 1
+c.Wod.student_max = 100
+
+# Offset between the portal's student ids and ours (the original's BASESTDID).
+c.Wod.base_student_id = 0
+
+# Key sealing the passwords that wait in the database for the portal.
+# production: set $WOD_SECRET_KEY or keep this file out of backups.
+c.Wod.secret_key_file = str(STATE / "wod_secret.key")
+
+# Single-user mode: servers run as the hub's user, HOME=<students_root>/student<N>.
+# production: True, after `wod users create` (as root) made the accounts
+# student<N> with uid uid_base + N.
+c.Wod.system_users = False
+c.Wod.uid_base = 10000
+
+# Global template variables of the workshops.
+c.Wod.variables = {
+    "BRANDING": "HPE Developer Community",
+    "BRANDINGWOD": "Workshops-on-Demand",
+    "BRANDINGURL": "https://developer.hpe.com",
+    "WODBEFQDN": "127.0.0.1",
+    "WODBEEXTFQDN": "127.0.0.1:8000",
+    "JPHUB": c.JupyterHub.bind_url,
+}
+
+# ---------------------------------------------------------------------------
+# Login: WodAuthenticator (wod_jupyterhub/auth.py)
+# ---------------------------------------------------------------------------
+
+c.JupyterHub.authenticator_class = "wod"
+
+# Guessing is throttled per user name and per client address; the state
+# lives in c.Wod.db_url, so a hub restart does not reset it.
+c.WodAuthenticator.throttle_failures = 5  # per user name ...
+c.WodAuthenticator.throttle_ip_failures = 30  # ... and per address (a room shares one NAT address)
+c.WodAuthenticator.throttle_window = 600  # seconds over which failures add up
+c.WodAuthenticator.throttle_lockout = 300  # seconds a name or an address stays locked
+
+# Admin accounts: names in admin_users, password hashes from
+# `wod hash-password` (never the password itself). The demo has one admin,
+# "admin", when $WOD_ADMIN_HASH holds its hash.
+if os.environ.get("WOD_ADMIN_HASH"):
+    c.Authenticator.admin_users = {"admin"}
+    c.WodAuthenticator.admin_password_hashes = {"admin": os.environ["WOD_ADMIN_HASH"]}
+
+# How often (seconds) the hub re-checks a logged-in student's seat; a session
+# from before the seat changed hands ends at the next check. The default,
+# 0.001, checks on practically every request (one primary-key read).
+# c.WodAuthenticator.auth_refresh_age = 0.001
+
+# ---------------------------------------------------------------------------
+# Servers: WodSpawner (wod_jupyterhub/spawner.py)
+# ---------------------------------------------------------------------------
+
+c.JupyterHub.spawner_class = "wod"
+# Where the browser lands: the workshop's ReadMeFirst notebook.
+c.WodSpawner.start_url = "/lab/tree/{workshop}/{readme}"
+
+# ---------------------------------------------------------------------------
+# The wod service: the REST API the portal calls (wod_jupyterhub/service.py)
+# ---------------------------------------------------------------------------
+
+# Start each student's server at the end of CREATE (step 7 of the design).
+c.WodService.start_server = False
+
+# The portal's token: $WOD_API_TOKEN, or a fresh one printed at each start
+# (production: set WOD_API_TOKEN, so that the portal's copy stays valid).
+# The service process reads this file too; it does not need the token.
+IN_SERVICE = bool(os.environ.get("JUPYTERHUB_SERVICE_NAME"))
+PORTAL_TOKEN = os.environ.get("WOD_API_TOKEN", "")
+if not PORTAL_TOKEN and not IN_SERVICE:
+    PORTAL_TOKEN = secrets.token_hex(32)
+    print(f"wod: generated the portal token (set WOD_API_TOKEN to keep one): {PORTAL_TOKEN}", file=sys.stderr)
+
+c.JupyterHub.services = [
+    {
+        # A managed service: the hub starts it, restarts it, stops it.
+        "name": "wod",
+        "url": os.environ.get("WOD_SERVICE_URL", "http://127.0.0.1:10101"),
+        "command": [sys.executable, "-m", "wod_jupyterhub.service", "--config", str(Path(__file__).resolve())],
+        "cwd": str(STATE),
+        # The service reads this file again: it needs the same WOD_* settings.
+        "environment": {k: v for k, v in os.environ.items() if k.startswith("WOD_")},
+        # Nobody logs in to the service through the browser.
+        "oauth_no_confirm": True,
+    },
+    {
+        # Not a process: the identity of the registration portal's token.
+        "name": "wod-portal",
+        "api_token": PORTAL_TOKEN or secrets.token_hex(32),
+    },
+]
+
+# Callbacks to the registration portal (the original api-db contract, see
+# wod_jupyterhub/portal.py). Off while the URL is empty, as in the demo.
+# production: the portal's base URL and the backend's account on it.
+c.WodPortal.url = os.environ.get("WOD_PORTAL_URL", "")
+c.WodPortal.username = os.environ.get("WOD_PORTAL_USER", "")
+# The password comes from $WOD_PORTAL_PASSWORD (WodPortal.password's default),
+# so it never has to be written in this file.
+
+# Scopes the service checks on its callers.
+c.JupyterHub.custom_scopes = {
+    "custom:wod:operate": {"description": "Run CREATE, CLEANUP, RESET and PURGE on workshop seats."},
+    "custom:wod:read": {"description": "Read workshop seats, operations and the workshop catalog."},
+}
+
+c.JupyterHub.load_roles = [
+    {
+        # The service manages the student users: creates them, starts and
+        # stops their servers, revokes their tokens when a seat changes hands.
+        "name": "wod-service",
+        "services": ["wod"],
+        "scopes": ["admin:users", "admin:servers", "tokens", "read:users"],
+    },
+    {
+        # The portal may call the service's API and nothing else of the hub.
+        "name": "wod-portal",
+        "services": ["wod-portal"],
+        "scopes": ["custom:wod:operate", "custom:wod:read", "access:services!service=wod"],
+    },
+    {
+        # Admins may use the service's API from their own tokens too.
+        "name": "wod-admins",
+        "users": sorted(c.Authenticator.admin_users) if "admin_users" in c.Authenticator else [],
+        "scopes": ["custom:wod:operate", "custom:wod:read", "access:services!service=wod"],
+    },
+]

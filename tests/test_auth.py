@@ -1,0 +1,283 @@
+"""WodAuthenticator on a real database (SQLite and PostgreSQL) and JupyterHub's real ORM.
+
+The hub-level behaviour (login form, 429 shown on the form, cookies ending
+when the seat changes hands) is in test_e2e_hub.py; here the same code runs
+in-process, where every branch is cheap to reach.
+"""
+
+import asyncio
+import datetime
+
+import pytest
+from jupyterhub import orm
+from jupyterhub.user import User
+from sqlalchemy import select, update
+from tornado import web
+from traitlets import TraitError
+from traitlets.config import Config
+
+from wod_jupyterhub.auth import SESSION_TAG, WodAuthenticator, new_cookie_id, session_generation
+from wod_jupyterhub.passwords import hash_password
+from wod_jupyterhub.store import Student, Throttle, utcnow
+
+ADMIN_HASH = hash_password("admin-secret-pw", cost=11)
+
+
+def make_auth(db_url, **options):
+    c = Config()
+    c.Wod.db_url = db_url
+    c.Wod.student_min = 1
+    c.Wod.student_max = 40
+    c.Authenticator.admin_users = {"boss"}
+    c.WodAuthenticator.admin_password_hashes = {"boss": ADMIN_HASH}
+    for k, v in options.items():
+        setattr(c.WodAuthenticator, k, v)
+    return WodAuthenticator(config=c)
+
+
+def seat(auth, n, password="pw-" + "x" * 10, state="active", generation=1):
+    with auth.store.session() as s:
+        row = s.get(Student, n) or Student(number=n)
+        row.password_hash = hash_password(password)
+        row.state = state
+        row.generation = generation
+        row.workshop = "WKSHP-Sample"
+        row.customer = "c1"
+        s.merge(row)
+    return password
+
+
+def bump(auth, n):
+    with auth.store.session() as s:
+        s.execute(update(Student).where(Student.number == n).values(generation=Student.generation + 1))
+
+
+async def login(auth, name, password, ip=None):
+    """authenticate() without a request: what the hub calls, minus the handler-only parts."""
+    if ip is None:
+        return await auth.authenticate(None, {"username": name, "password": password})
+    outcome = await asyncio.to_thread(auth.check_login, name, password, ip)
+    return outcome
+
+
+@pytest.fixture
+def auth(db_url):
+    a = make_auth(db_url)
+    yield a
+    a.store.dispose()
+
+
+async def test_student_logs_in_only_with_current_password(auth):
+    pw = seat(auth, 3)
+    assert await login(auth, "student3", pw) == {"name": "student3"}
+    assert await login(auth, "  Student3 ", pw) == {"name": "student3"}  # what people type
+    assert await login(auth, "student3", pw + "x") is None
+    assert await login(auth, "student3", "") is None
+    new = seat(auth, 3, password="rotated-pass-1")
+    assert await login(auth, "student3", pw) is None
+    assert await login(auth, "student3", new) == {"name": "student3"}
+
+
+async def test_inactive_seat_refused_with_a_sentence_only_after_the_right_password(auth):
+    pw = seat(auth, 4, state="free")
+    with pytest.raises(web.HTTPError) as e:
+        await login(auth, "student4", pw)
+    assert e.value.status_code == 403 and "no workshop booked" in e.value.log_message
+    # a wrong password tells nothing about the seat
+    assert await login(auth, "student4", "wrong") is None
+    seat(auth, 4, password=pw, state="kept")
+    with pytest.raises(web.HTTPError):
+        await login(auth, "student4", pw)
+
+
+async def test_out_of_range_unknown_and_unprovisioned_names_refused(auth):
+    pw = seat(auth, 39)
+    with auth.store.session() as s:  # a row for 41 exists, but 41 is outside student_max=40
+        s.add(Student(number=41, password_hash=hash_password(pw), state="active", generation=1))
+    assert await login(auth, "student41", pw) is None
+    assert await login(auth, "student0", pw) is None
+    assert await login(auth, "student039", pw) is None
+    assert await login(auth, "teacher", pw) is None
+    assert await login(auth, "student7", pw) is None  # in range, never provisioned: no row
+    assert auth.check_allowed("student39") and not auth.check_allowed("student41")
+    assert not auth.check_allowed("teacher") and auth.check_allowed("boss")
+    assert auth.allow_all is False
+
+
+async def test_admin_logs_in_with_configured_hash(auth):
+    assert await login(auth, "boss", "admin-secret-pw") == {"name": "boss"}
+    assert await login(auth, "boss", "admin-secret") is None
+    assert auth.is_admin(None, {"name": "boss"}) is True
+    assert auth.is_admin(None, {"name": "student3"}) is None
+
+
+def test_admin_hash_config_is_validated(db_url):
+    with pytest.raises(TraitError, match="student name"):
+        make_auth(db_url, admin_password_hashes={"student5": ADMIN_HASH})
+    with pytest.raises(TraitError, match="wod hash-password"):
+        make_auth(db_url, admin_password_hashes={"root": "plaintext"})
+    with pytest.raises(TraitError, match="0 or more"):
+        make_auth(db_url, throttle_lockout=-1)
+
+
+async def test_throttle_locks_name_then_survives_restart(db_url):
+    auth = make_auth(db_url, throttle_failures=3, throttle_ip_failures=0)
+    pw = seat(auth, 5)
+    for _ in range(3):
+        assert await login(auth, "student5", "guess") is None
+    with pytest.raises(web.HTTPError) as e:
+        await login(auth, "student5", pw)  # even the right password, while locked
+    assert e.value.status_code == 429
+    assert "Too many failed logins" in e.value.log_message and "minute" in e.value.log_message
+    # other names are not affected
+    pw6 = seat(auth, 6)
+    assert await login(auth, "student6", pw6) == {"name": "student6"}
+    auth.store.dispose()
+
+    restarted = make_auth(db_url, throttle_failures=3, throttle_ip_failures=0)
+    with pytest.raises(web.HTTPError) as e:
+        await login(restarted, "student5", pw)
+    assert e.value.status_code == 429
+    # the lockout ends (moved into the past instead of sleeping through it)
+    with restarted.store.session() as s:
+        s.execute(update(Throttle).values(locked_until=utcnow() - datetime.timedelta(seconds=1)))
+    assert await login(restarted, "student5", pw) == {"name": "student5"}
+    restarted.store.dispose()
+
+
+async def test_failures_outside_the_window_start_a_new_count(db_url):
+    auth = make_auth(db_url, throttle_failures=2, throttle_ip_failures=0, throttle_window=60)
+    pw = seat(auth, 8)
+    assert await login(auth, "student8", "nope") is None
+    with auth.store.session() as s:
+        s.execute(update(Throttle).values(window_start=utcnow() - datetime.timedelta(seconds=120)))
+    assert await login(auth, "student8", "nope") is None  # first failure of a new window
+    assert await login(auth, "student8", pw) == {"name": "student8"}
+    # a success forgives the name's earlier failures
+    with auth.store.session() as s:
+        assert s.get(Throttle, "user:student8") is None
+    auth.store.dispose()
+
+
+async def test_throttle_per_client_address(db_url):
+    auth = make_auth(db_url, throttle_failures=0, throttle_ip_failures=4)
+    pw = seat(auth, 9)
+    for i in range(4):  # spread over names: only the address adds up
+        assert (await login(auth, f"student{10 + i}", "guess", ip="192.0.2.7"))["kind"] == "bad"
+    assert (await login(auth, "student9", pw, ip="192.0.2.7"))["kind"] == "locked"
+    assert (await login(auth, "student9", pw, ip="192.0.2.8")) == {"kind": "student", "generation": 1}
+    auth.store.dispose()
+
+
+async def test_concurrent_failures_are_all_counted(db_url):
+    auth = make_auth(db_url, throttle_failures=1000, throttle_ip_failures=1000)
+    seat(auth, 11)
+    results = await asyncio.gather(*(login(auth, "student11", f"bad{i}", ip="198.51.100.1") for i in range(24)))
+    assert all(r["kind"] == "bad" for r in results)
+    with auth.store.session() as s:
+        counts = {t.key: t.failures for t in s.scalars(select(Throttle))}
+    assert counts == {"user:student11": 24, "ip:198.51.100.1": 24}
+    auth.store.dispose()
+
+
+# -- sessions end when the seat changes hands (JupyterHub's own ORM) --------
+
+
+@pytest.fixture
+def hubdb():
+    db = orm.new_session_factory("sqlite://")()
+    db.add(orm.OAuthClient(identifier="jupyterhub"))
+    db.add(orm.OAuthClient(identifier="jupyterhub-user-student3"))
+    db.commit()
+    yield db
+    db.close()
+
+
+def hub_user(hubdb, name):
+    u = orm.User(name=name)
+    hubdb.add(u)
+    hubdb.commit()
+    return User(u, settings={}, db=hubdb)
+
+
+def test_cookie_id_carries_the_generation():
+    assert session_generation(new_cookie_id(12)) == 12
+    assert new_cookie_id(3) != new_cookie_id(3)
+    assert session_generation("e6fb7c272c834802a1d7b480ed34a01b") is None
+    assert session_generation(SESSION_TAG + "x.abc") is None
+
+
+async def test_add_user_tags_new_student_with_current_generation(auth, hubdb):
+    seat(auth, 3, generation=7)
+    user = hub_user(hubdb, "student3")
+    await auth.add_user(user)
+    assert session_generation(user.orm_user.cookie_id) == 7
+    tagged = user.orm_user.cookie_id
+    await auth.add_user(user)  # idempotent (runs for every user at each hub start)
+    assert user.orm_user.cookie_id == tagged
+    boss = hub_user(hubdb, "boss")
+    await auth.add_user(boss)
+    assert session_generation(boss.orm_user.cookie_id) is None
+
+
+async def test_seat_change_rotates_cookie_and_revokes_personal_tokens(auth, hubdb):
+    seat(auth, 3, generation=1)
+    user = hub_user(hubdb, "student3")
+    await auth.add_user(user)
+    first_cookie = user.orm_user.cookie_id
+    user.orm_user.new_api_token(note="Server at /user/student3/")
+    user.orm_user.new_api_token(note="made on the token page")
+    user.orm_user.new_api_token(client_id="jupyterhub-user-student3")  # behind the server's cookie
+    assert await auth.refresh_user(user) is True
+    assert user.orm_user.cookie_id == first_cookie
+
+    bump(auth, 3)  # CLEANUP
+    assert await auth.refresh_user(user) is False
+    assert user.orm_user.cookie_id != first_cookie
+    assert session_generation(user.orm_user.cookie_id) == 2
+    assert hubdb.query(orm.User).filter_by(cookie_id=first_cookie).first() is None
+    assert [t.note for t in user.orm_user.api_tokens] == ["Server at /user/student3/"]
+
+    # still no active assignment: refused without another rotation
+    seat(auth, 3, state="free", generation=2)
+    rotated = user.orm_user.cookie_id
+    assert await auth.refresh_user(user) is False
+    assert user.orm_user.cookie_id == rotated
+
+
+async def test_login_after_seat_change_gets_a_fresh_cookie_id(auth, hubdb):
+    seat(auth, 3, generation=1)
+    user = hub_user(hubdb, "student3")
+    await auth.add_user(user)
+    old = user.orm_user.cookie_id
+    auth.begin_session(hubdb, "student3", 1)  # same participant logs in again: sessions kept
+    assert user.orm_user.cookie_id == old
+    auth.begin_session(hubdb, "student3", 3)  # the seat changed hands twice since
+    assert user.orm_user.cookie_id != old and session_generation(user.orm_user.cookie_id) == 3
+    # the next participant's session is then current
+    seat(auth, 3, generation=3)
+    assert await auth.refresh_user(user) is True
+
+
+async def test_admins_are_never_refreshed_out(auth, hubdb):
+    boss = hub_user(hubdb, "boss")
+    assert await auth.refresh_user(boss) is True
+
+
+async def test_unreachable_database_is_a_503_sentence_and_ends_sessions(tmp_path, hubdb):
+    # a real database that goes away: its file is replaced by a folder
+    db = tmp_path / "gone.sqlite"
+    auth = make_auth(f"sqlite:///{db}")
+    seat(auth, 3)
+    user = hub_user(hubdb, "student3")
+    await auth.add_user(user)
+    auth.store.dispose()
+    for f in tmp_path.glob("gone.sqlite*"):
+        f.unlink()
+    db.mkdir()
+    with pytest.raises(web.HTTPError) as e:
+        await auth.authenticate(None, {"username": "student3", "password": "x"})
+    assert e.value.status_code == 503 and "try again" in e.value.log_message
+    assert await auth.refresh_user(user) is False
+    assert auth.auth_refresh_age < 1  # sessions are re-checked on practically every request
+    assert auth.auth_refresh_strict is True  # token requests too

@@ -1,0 +1,346 @@
+"""Students in a real JupyterHub: real proxy, real wod service, real single-user servers and kernels.
+
+One hub serves the whole module (a start costs ~7 s, a lab server ~6 s);
+the tests book different seats so that they do not depend on each other's
+order, except the restart test, which runs last and restarts the hub.
+"""
+
+import asyncio
+import datetime
+import json
+import re
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select, update
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
+
+import nbformat
+from hubutil import RealHub
+from wod_jupyterhub.passwords import hash_password
+from wod_jupyterhub.store import Completion, Store, Student
+
+WORKSHOP = "WKSHP-E2E"
+ADMIN_PASSWORD = "admin-pass-for-e2e"
+THROTTLE = 3
+
+
+def write_workshop(root: Path, name: str, rng) -> None:
+    """ReadMeFirst: 1 code cell; exercise: 2 code cells and a blank one (which does not count)."""
+    v4 = nbformat.v4
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "wod.yml").write_text(f"name: e2e\nactive: true\ncapacity: 30\nrange: [{rng[0]},{rng[1]}]\nreset: false\n")
+    readme = v4.new_notebook(cells=[v4.new_markdown_cell("# {{ WORKSHOP }} for student{{ STDID }}"), v4.new_code_cell("print('hello')")])
+    exercise = v4.new_notebook(cells=[v4.new_code_cell("1 + 1"), v4.new_code_cell("2 + 2"), v4.new_code_cell("")])
+    nbformat.write(readme, folder / "0-ReadMeFirst.ipynb")
+    nbformat.write(exercise, folder / "1-Exercise.ipynb")
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    notebooks = root / "notebooks"
+    write_workshop(notebooks, WORKSHOP, (1, 30))
+    extra = "\n".join(
+        [
+            "c.JupyterHub.cookie_max_age_days = 4 / 24",
+            f"c.WodAuthenticator.admin_password_hashes = {{'admin': {hash_password(ADMIN_PASSWORD)!r}}}",
+            f"c.WodAuthenticator.throttle_failures = {THROTTLE}",
+            # every test logs in from 127.0.0.1; the per-address limit is unit-tested
+            "c.WodAuthenticator.throttle_ip_failures = 0",
+        ]
+    )
+    with RealHub(
+        root,
+        notebooks=[notebooks],
+        authenticator_class="wod",
+        spawner_class="wod",
+        extra_config=extra,
+        wod_config={"student_max": 40},
+    ) as h:
+        yield h
+
+
+# -- helpers: what a browser does ------------------------------------------
+
+
+def create(hub, n, customer=None):
+    customer = customer or f"cust-{uuid.uuid4().hex[:8]}"
+    with hub.client("portal", via_proxy=True) as c:
+        r = c.post("api/create?wait=60", json={"student": n, "customer": customer, "email": f"{customer}@example.com", "workshop": WORKSHOP})
+    assert r.status_code == 200, r.text
+    op = r.json()
+    assert op["status"] == "succeeded", (op["error"], op["steps"])
+    return op["result"]["password"], customer
+
+
+def cleanup(hub, n, customer):
+    with hub.client("portal", via_proxy=True) as c:
+        r = c.post("api/cleanup?wait=60", json={"student": n, "customer": customer})
+    assert r.status_code == 200, r.text
+    op = r.json()
+    assert op["status"] == "succeeded", (op["error"], op["steps"])
+    return op
+
+
+def browser(hub) -> httpx.Client:
+    return httpx.Client(base_url=hub.url.rstrip("/"), timeout=60, follow_redirects=False)
+
+
+def login_form(client, name, password):
+    """GET the login page (xsrf token and cookie), POST the form like a browser."""
+    page = client.get("/hub/login")
+    assert page.status_code == 200
+    xsrf = re.search(r'name="_xsrf"\s+value="([^"]+)"', page.text).group(1)
+    return client.post("/hub/login", data={"username": name, "password": password, "_xsrf": xsrf})
+
+
+def logged_in(hub, name, password) -> httpx.Client:
+    c = browser(hub)
+    r = login_form(c, name, password)
+    assert r.status_code == 302, (r.status_code, r.text[-500:])
+    return c
+
+
+def whoami(client):
+    """The hub's answer to the cookie: the user name, or None when it sends the login page."""
+    r = client.get("/hub/home")
+    if r.status_code == 302 and "/hub/login" in r.headers["location"]:
+        return None
+    assert r.status_code == 200, r.status_code
+    me = client.get("/hub/api/user", headers={"Referer": str(client.base_url) + "/hub/home"})
+    assert me.status_code == 200
+    return me.json()["name"]
+
+
+def spawn(hub, client, name, timeout=90):
+    r = client.get("/hub/spawn")
+    assert r.status_code == 302, r.status_code
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        server = hub.hub_api("GET", f"/users/{name}").json()["servers"].get("")
+        if server and server.get("ready"):
+            return server
+        time.sleep(0.3)
+    raise AssertionError(f"the server of {name} did not become ready:\n" + Path(hub.log_path).read_text()[-3000:])
+
+
+def server_get(client, name, path):
+    """A GET on a user's server with the browser's cookies, following redirects (the OAuth dance)."""
+    client.follow_redirects = True
+    try:
+        return client.get(f"/user/{name}/{path}")
+    finally:
+        client.follow_redirects = False
+
+
+def open_lab(client, name):
+    """What a browser does first: open the lab page, which logs in to the server through the hub (OAuth)."""
+    return server_get(client, name, "lab")
+
+
+async def run_cells(hub, client, name, sources):
+    """Run ``sources`` in a real kernel of ``name``'s server over its websocket; their execution counts."""
+    base = f"/user/{name}"
+    open_lab(client, name)  # sets the server's _xsrf cookie
+    xsrf = next(c.value for c in client.cookies.jar if c.name == "_xsrf" and c.path.startswith(base))
+    headers = {"X-XSRFToken": xsrf}
+    r = client.post(f"{base}/api/kernels", json={"name": "python3"}, headers=headers)
+    assert r.status_code == 201, (r.status_code, r.text)
+    kernel = r.json()["id"]
+    cookie = "; ".join(f"{c.name}={c.value}" for c in client.cookies.jar)
+    ws_url = hub.url.replace("http", "ws").rstrip("/") + f"{base}/api/kernels/{kernel}/channels"
+    ws = await websocket_connect(HTTPRequest(ws_url, headers={"Cookie": cookie}))
+    session = uuid.uuid4().hex
+    counts = []
+    try:
+        for code in sources:
+            msg_id = uuid.uuid4().hex
+            ws.write_message(
+                json.dumps(
+                    {
+                        "header": {"msg_id": msg_id, "username": name, "session": session, "msg_type": "execute_request", "version": "5.3", "date": datetime.datetime.now(datetime.timezone.utc).isoformat()},
+                        "parent_header": {},
+                        "metadata": {},
+                        "content": {"code": code, "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
+                        "channel": "shell",
+                        "buffers": [],
+                    }
+                )
+            )
+            while True:
+                msg = json.loads(await asyncio.wait_for(ws.read_message(), 60))
+                if msg.get("parent_header", {}).get("msg_id") == msg_id and msg["header"]["msg_type"] == "execute_reply":
+                    assert msg["content"]["status"] == "ok", msg["content"]
+                    counts.append(msg["content"]["execution_count"])
+                    break
+    finally:
+        ws.close()
+        client.delete(f"{base}/api/kernels/{kernel}", headers=headers)
+    return counts, headers
+
+
+# -- the tests ---------------------------------------------------------------
+
+
+def test_create_login_spawn_run_cleanup(hub):
+    n, name = 1, "student1"
+    password, customer = create(hub, n)
+    c = logged_in(hub, name, password)
+    assert whoami(c) == name
+    spawn(hub, c, name)
+
+    # the server serves the ReadMeFirst rendered into the student's home
+    home = Path(hub.students_root) / name
+    lab = open_lab(c, name)
+    assert lab.status_code == 200 and lab.url.path == f"/user/{name}/lab"
+    r = server_get(c, name, f"api/contents/{WORKSHOP}/0-ReadMeFirst.ipynb")
+    assert r.status_code == 200, r.text[:500]
+    model = r.json()
+    assert model["type"] == "notebook"
+    assert f"for student{n}" in "".join(model["content"]["cells"][0]["source"])
+    assert (home / WORKSHOP / "0-ReadMeFirst.ipynb").is_file()
+
+    # a real kernel runs the ReadMeFirst's code cell and the first exercise cell
+    readme = model["content"]
+    exercise = server_get(c, name, f"api/contents/{WORKSHOP}/1-Exercise.ipynb").json()["content"]
+    code_cells = [readme["cells"][1], exercise["cells"][0]]
+    counts, headers = asyncio.run(run_cells(hub, c, name, ["".join(cell["source"]) for cell in code_cells]))
+    assert counts == [1, 2]
+    for cell, count in zip(code_cells, counts):
+        cell["execution_count"] = count
+    for nb_name, nb in (("0-ReadMeFirst.ipynb", readme), ("1-Exercise.ipynb", exercise)):
+        r = c.put(f"/user/{name}/api/contents/{WORKSHOP}/{nb_name}", json={"type": "notebook", "format": "json", "content": nb}, headers=headers)
+        assert r.status_code == 200, r.text
+
+    op = cleanup(hub, n, customer)
+    # 2 of the 3 counted code cells ran (the blank one does not count)
+    assert (op["result"]["completion"]["executed"], op["result"]["completion"]["total"], op["result"]["completion"]["ratio"]) == (2, 3, 66)
+    store = Store(hub.db_url)
+    with store.session() as s:
+        rows = s.scalars(select(Completion).where(Completion.student == n)).all()
+    store.dispose()
+    kinds = {row.kind: (row.executed, row.total, row.customer) for row in rows}
+    assert kinds["snapshot"] == (2, 3, customer)  # WodSpawner.post_stop_hook, at the server's stop
+    # the old password is refused, the server is stopped, the home wiped
+    assert login_form(browser(hub), name, password).status_code == 403
+    assert hub.hub_api("GET", f"/users/{name}").json()["servers"] == {}
+    assert not home.exists() or not any(home.iterdir())
+    # and the session from before the CLEANUP is over
+    assert whoami(c) is None
+
+
+def test_previous_participants_session_ends_and_others_stay_out(hub):
+    n, name = 2, "student2"
+    old_password, old_customer = create(hub, n)
+    old = logged_in(hub, name, old_password)
+    assert whoami(old) == name
+    old_cookies = dict(old.cookies)
+    # the old participant also made an API token on the hub
+    xsrf = old.cookies.get("_xsrf", path="/hub/")
+    r = old.post(f"/hub/api/users/{name}/tokens", json={"note": "mine"}, headers={"X-XSRFToken": xsrf, "Referer": hub.url + "hub/token"})
+    assert r.status_code == 201, r.text
+    old_token = r.json()["token"]
+    assert httpx.get(hub.api_url + "/user", headers={"Authorization": f"token {old_token}"}).json()["name"] == name
+    cleanup(hub, n, old_customer)
+    new_password, _ = create(hub, n)
+    assert new_password != old_password
+
+    def stale_browser():
+        b = browser(hub)
+        b.cookies.update(old_cookies)
+        return b
+
+    # the old browser, with every cookie it had, gets the login page ...
+    assert whoami(stale_browser()) is None
+    # ... before and after the new participant logged in and started the server
+    new = logged_in(hub, name, new_password)
+    spawn(hub, new, name)
+    assert open_lab(new, name).status_code == 200
+    assert server_get(new, name, f"api/contents/{WORKSHOP}").status_code == 200
+    stale = stale_browser()
+    assert whoami(stale) is None
+    r = open_lab(stale, name)
+    assert r.url.path == "/hub/login" and r.status_code == 200
+    r = server_get(stale, name, f"api/contents/{WORKSHOP}/0-ReadMeFirst.ipynb")
+    assert r.status_code == 403 and "cells" not in r.text
+    # nor does the old API token
+    assert httpx.get(hub.api_url + "/user", headers={"Authorization": f"token {old_token}"}).status_code == 403
+    # the new participant is not logged out by any of it
+    assert whoami(new) == name
+
+    # another student, logged in, cannot reach student2's server either
+    pw3, _ = create(hub, 3)
+    s3 = logged_in(hub, "student3", pw3)
+    r = open_lab(s3, name)
+    assert r.status_code == 403, (r.status_code, r.url)
+    r = server_get(s3, name, f"api/contents/{WORKSHOP}/0-ReadMeFirst.ipynb")
+    assert r.status_code == 403 and "cells" not in r.text
+    assert s3.get(f"/hub/api/users/{name}", headers={"Referer": hub.url + "hub/home"}).status_code in (403, 404)
+    hub.hub_api("DELETE", f"/users/{name}/server")
+
+
+def test_admin_login_and_refusals(hub):
+    admin = logged_in(hub, "admin", ADMIN_PASSWORD)
+    me = admin.get("/hub/api/user", headers={"Referer": hub.url + "hub/home"}).json()
+    assert me["name"] == "admin" and me["admin"] is True
+    assert login_form(browser(hub), "admin", "not-it").status_code == 403
+
+    # an unassigned seat, an out-of-range one and a stranger: the generic refusal
+    for name in ("student5", "student41", "nobody"):
+        r = login_form(browser(hub), name, "whatever-pass")
+        assert r.status_code == 403 and "Invalid username or password" in r.text
+
+    # a seat whose workshop ended: the right password gets a sentence saying why
+    pw, customer = create(hub, 6)
+    store = Store(hub.db_url)
+    with store.session() as s:  # a RESET-kept seat: the home waits, nobody logs in
+        s.execute(update(Student).where(Student.number == 6).values(state="kept"))
+    store.dispose()
+    r = login_form(browser(hub), "student6", pw)
+    assert r.status_code == 403 and "no workshop booked" in r.text
+
+
+def test_throttle_shows_429_on_the_form_and_survives_a_restart(hub):
+    pw, _ = create(hub, 7)
+    for _ in range(THROTTLE):
+        assert login_form(browser(hub), "student7", "guessing").status_code == 403
+    r = login_form(browser(hub), "student7", pw)
+    assert r.status_code == 429
+    assert "Too many failed logins" in r.text and 'name="username"' in r.text  # shown on the login form
+
+    # a session opened before the restart survives it; the lockout too
+    pw8, _ = create(hub, 8)
+    kept = logged_in(hub, "student8", pw8)
+    hub.stop()
+    hub.start()
+    assert login_form(browser(hub), "student7", pw).status_code == 429
+    assert whoami(kept) == "student8"
+
+
+def test_make_demo_path_books_a_seat_and_logs_in(tmp_path):
+    """What `make demo` runs, in its self-check mode: the repository's jupyterhub_config.py, free ports."""
+    import subprocess
+    import sys
+
+    from hubutil import _env
+
+    r = subprocess.run(
+        [sys.executable, "-m", "wod_jupyterhub.demo", "--check", "--state", str(tmp_path / "state")],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr[-4000:]
+    assert re.search(r"student\s+student\d+", r.stdout)
+    assert re.search(r"password\s+\S{12}", r.stdout)
+    assert re.search(r"portal token\s+[0-9a-f]{64}", r.stdout)
+    assert "logged in through the login form" in r.stdout
+    # everything it wrote stayed in its state folder
+    assert (tmp_path / "state" / "wod.sqlite").exists() and (tmp_path / "state" / "students").is_dir()

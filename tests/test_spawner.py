@@ -1,0 +1,206 @@
+"""WodSpawner's own steps on a real database and JupyterHub's real ORM objects.
+
+Starting real servers through a real hub is in test_e2e_hub.py; here the
+computed environment, arguments, working folder and hooks are checked.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from jupyterhub import orm
+from jupyterhub.objects import Hub
+from jupyterhub.user import User
+from sqlalchemy import select
+from tornado import web
+from traitlets.config import Config
+
+from wod_jupyterhub import users
+from wod_jupyterhub.spawner import WodSpawner
+from wod_jupyterhub.store import Completion, Store, Student
+
+
+@pytest.fixture
+def hubdb():
+    db = orm.new_session_factory("sqlite://")()
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def setup(db_url, tmp_path):
+    c = Config()
+    c.Wod.db_url = db_url
+    c.Wod.students_root = str(tmp_path / "students")
+    c.Wod.student_max = 50
+    store = Store(db_url)
+    yield c, store, tmp_path / "students"
+    store.dispose()
+
+
+def book(store, root, n, workshop="WKSHP-Sample", customer="cust-1", state="active", make_home=True):
+    with store.session() as s:
+        s.merge(Student(number=n, state=state, workshop=workshop, customer=customer, generation=1))
+    home = root / f"student{n}"
+    if make_home:
+        (home / workshop.replace("CHLG-", "WKSHP-")).mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def spawner(hubdb, config, name="student3"):
+    u = orm.User(name=name)
+    hubdb.add(u)
+    hubdb.commit()
+    orm_spawner = orm.Spawner(name="", user=u)
+    hubdb.add(orm_spawner)
+    hubdb.commit()
+    user = User(u, settings={}, db=hubdb)
+    sp = WodSpawner(user=user, hub=Hub(), config=config, orm_spawner=orm_spawner)
+    sp.api_token = "not-a-real-token"
+    return sp
+
+
+def notebook(path, cells):
+    """cells: list of (source, execution_count)."""
+    nb = {
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {},
+        "cells": [
+            {"cell_type": "code", "id": f"c{i}", "source": src, "execution_count": count, "outputs": [], "metadata": {}}
+            for i, (src, count) in enumerate(cells)
+        ],
+    }
+    path.write_text(json.dumps(nb))
+
+
+async def test_active_seat_starts_in_its_home_on_the_readme(hubdb, setup):
+    config, store, root = setup
+    home = book(store, root, 3)
+    sp = spawner(hubdb, config)
+    await sp.run_pre_spawn_hook()
+    env = sp.get_env()
+    assert env["HOME"] == str(home) and env["USER"] == "student3"
+    assert env["JUPYTERHUB_ROOT_DIR"] == str(home)
+    assert env["JUPYTERHUB_DEFAULT_URL"] == "/lab/tree/WKSHP-Sample/0-ReadMeFirst.ipynb"
+    # the process really starts in the home (the preexec function, run by a real fork)
+    out = subprocess.run(["pwd"], preexec_fn=sp.make_preexec_fn("student3"), env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(home)
+    assert sp.cmd == [sys.executable, "-m", "jupyterhub.singleuser"]
+    assert ("--allow-root" in sp.get_args()) == (os.geteuid() == 0)
+
+
+async def test_challenge_opens_the_workshop_folder(hubdb, setup):
+    config, store, root = setup
+    book(store, root, 4, workshop="CHLG-Sample")
+    sp = spawner(hubdb, config, "student4")
+    await sp.run_pre_spawn_hook()
+    assert sp.get_env()["JUPYTERHUB_DEFAULT_URL"] == "/lab/tree/WKSHP-Sample/0-ReadMeFirst.ipynb"
+
+
+async def test_system_users_mode_needs_the_account_and_does_not_add_allow_root(hubdb, setup):
+    config, store, root = setup
+    config.Wod.system_users = True
+    book(store, root, 3)
+    sp = spawner(hubdb, config)
+    assert "--allow-root" not in sp.get_args()
+    with pytest.raises(web.HTTPError) as e:  # no Linux account student3 on this machine
+        await sp.run_pre_spawn_hook()
+    assert e.value.status_code == 409 and "wod users create" in e.value.log_message
+    # an account that exists with another uid (root's uid 0 is not uid_base + N) is refused too
+    config.Wod.uid_base = 5
+    root_sp = spawner(hubdb, config, "root")
+    with pytest.raises(web.HTTPError) as e:
+        root_sp.check_account(3)
+    assert e.value.status_code == 409 and "has uid 0, not 8" in e.value.log_message
+
+
+@pytest.mark.parametrize(
+    "name, state, make_home, message",
+    [
+        ("boss", None, False, "not a workshop seat"),
+        ("student51", None, False, "not a workshop seat"),
+        ("student5", None, False, "no workshop booked"),
+        ("student5", "free", True, "no workshop booked"),
+        ("student5", "kept", True, "no workshop booked"),
+        ("student5", "active", False, "home of student5 is missing"),
+    ],
+)
+async def test_pre_spawn_refuses_with_a_sentence(hubdb, setup, name, state, make_home, message):
+    config, store, root = setup
+    if state:
+        book(store, root, 5, state=state, make_home=make_home)
+    sp = spawner(hubdb, config, name)
+    with pytest.raises(web.HTTPError) as e:
+        await sp.run_pre_spawn_hook()
+    assert e.value.status_code in (403, 409)
+    assert message in e.value.log_message
+
+
+async def test_configured_pre_spawn_hook_still_runs(hubdb, setup):
+    config, store, root = setup
+    book(store, root, 3)
+    seen = []
+    config.Spawner.pre_spawn_hook = lambda sp: seen.append(sp.default_url)
+    sp = spawner(hubdb, config)
+    await sp.run_pre_spawn_hook()
+    assert seen == ["/lab/tree/WKSHP-Sample/0-ReadMeFirst.ipynb"]
+
+
+async def test_post_stop_records_a_snapshot_for_the_participant_who_used_it(hubdb, setup):
+    config, store, root = setup
+    home = book(store, root, 3, customer="alice")
+    notebook(home / "WKSHP-Sample" / "0-ReadMeFirst.ipynb", [("print(1)", 1), ("x = 2", None), ("", None)])
+    notebook(home / "WKSHP-Sample" / "1-More.ipynb", [("y = 3", 4), ("z", None)])
+    sp = spawner(hubdb, config)
+    await sp.run_pre_spawn_hook()
+    state = sp.get_state()
+
+    # the hub restarts while the server runs, then the seat is handed over
+    # before the server stops: the snapshot still belongs to alice
+    book(store, root, 3, customer="bob")
+    sp2 = WodSpawner(user=sp.user, hub=Hub(), config=config, orm_spawner=sp.orm_spawner)
+    sp2.load_state(state)
+    sp2.clear_state()  # poll() does this when the process is gone, before the hook
+    await sp2.run_post_stop_hook()
+    with store.session() as s:
+        snaps = s.scalars(select(Completion)).all()
+    assert [(c.student, c.customer, c.kind, c.executed, c.total, c.ratio) for c in snaps] == [(3, "alice", "snapshot", 2, 4, 50)]
+    assert {n["path"] for n in snaps[0].detail["notebooks"]} == {"0-ReadMeFirst.ipynb", "1-More.ipynb"}
+    # once recorded, a second stop records nothing more
+    await sp2.run_post_stop_hook()
+    with store.session() as s:
+        assert len(s.scalars(select(Completion)).all()) == 1
+
+
+async def test_post_stop_without_the_workshop_folder_records_nothing(hubdb, setup):
+    config, store, root = setup
+    home = book(store, root, 3)
+    sp = spawner(hubdb, config)
+    await sp.run_pre_spawn_hook()
+    (home / "WKSHP-Sample").rmdir()  # wiped by CLEANUP before the stop finished
+    await sp.run_post_stop_hook()
+    with store.session() as s:
+        assert s.scalars(select(Completion)).all() == []
+
+
+def test_users_create_plans_accounts_and_refuses_conflicts(tmp_path, capsys):
+    cfg = tmp_path / "jupyterhub_config.py"
+    cfg.write_text(f"c.Wod.students_root = {str(tmp_path / 'homes')!r}\nc.Wod.uid_base = 61000\nc.Wod.student_max = 9\n")
+    assert users.main(["create", "--config", str(cfg), "--from", "2", "--to", "3", "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "groupadd --gid 61002 student2" in out
+    assert f"useradd --uid 61003 --gid 61003 --no-create-home --home-dir {tmp_path / 'homes' / 'student3'} --shell /bin/bash student3" in out
+
+    assert users.main(["create", "--config", str(cfg), "--from", "8", "--to", "12", "--dry-run"]) == 2
+    assert "not a range within 1..9" in capsys.readouterr().err
+
+    cfg.write_text("c.Wod.uid_base = -1\n")  # student1 would get uid 0, which root holds
+    assert users.main(["create", "--config", str(cfg), "--from", "1", "--to", "1", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "uid 0 for student1 is taken by root" in err and "nothing was changed" in err
+
+    assert users.main(["create", "--config", str(tmp_path / "missing.py")]) == 2
+    assert "is not a file" in capsys.readouterr().err

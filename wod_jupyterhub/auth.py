@@ -1,0 +1,401 @@
+"""``WodAuthenticator``: pooled ``student<N>`` accounts log in with the password the service rotated last.
+
+Enable with ``c.JupyterHub.authenticator_class = "wod"``. The shared
+settings (``c.Wod.db_url``, the student range …) come from :class:`Wod`;
+the options below are this authenticator's own.
+
+How a session ends when the seat changes hands
+----------------------------------------------
+The hub's login cookie holds nothing but the user's ``orm.User.cookie_id``
+(signed); a cookie is valid while that value matches the row. So the
+generation of the seat a session was opened under is written into the
+``cookie_id`` itself (``wodg<generation>.<random token>``), in the hub's own
+database. Whenever the hub sees that ``Student.generation`` (bumped by the
+service on every CREATE, CLEANUP, PURGE and RESET) differs from the one in
+the ``cookie_id``, it draws a new ``cookie_id``: every cookie issued before
+stops matching, in every browser at once, and the user must log in again
+with the new participant's password. The same step deletes the tokens the
+previous holder could still use (OAuth tokens behind the server's cookie,
+tokens made on the token page), keeping only running servers' own tokens,
+which the service ends by stopping the server.
+
+It happens in two places: in :meth:`authenticate`, before the hub sets the
+new participant's cookie, and in :meth:`refresh_user`, which the hub calls
+at most every ``auth_refresh_age`` seconds (practically every request here, a primary-key read)
+for each user making requests, returning False so the old cookie gets the
+login page. ``refresh_user`` alone could not do it: it is asked about a
+user, not a cookie, so it cannot tell the old participant's cookie from the
+new one's; the ``cookie_id`` can. Keeping the generation in the hub's
+database (not in memory) means a hub restart neither logs everyone out nor
+forgets a change. The service, for its part, stops the server and revokes
+the user's tokens through the hub API when the seat changes hands.
+
+The login cookie's lifetime is the hub's ``c.JupyterHub.cookie_max_age_days``
+(checked against the signed timestamp in the cookie on every request; also
+the default lifetime of the OAuth tokens behind the servers' cookies), set
+to the length of a workshop in ``jupyterhub_config.py``: 4 hours
+(``4 / 24``), not JupyterHub's two weeks.
+"""
+
+import asyncio
+import datetime
+import math
+import os
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from jupyterhub import orm
+from jupyterhub.auth import Authenticator
+from jupyterhub.utils import new_token
+from sqlalchemy import case, delete, or_, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import object_session
+from tornado import web
+from traitlets import Dict, Float, Integer, TraitError, Unicode, default, validate
+
+from .config import Wod, student_number
+from .passwords import STUDENT_COST, hash_password, verify_password
+from .store import Store, Throttle, utcnow
+
+#: prefix of a ``cookie_id`` that carries the seat generation it was issued under
+SESSION_TAG = "wodg"
+
+#: tokens that belong to a server process rather than to a person (see user.py in JupyterHub)
+SERVER_TOKEN_NOTES = ("Server at ", "retrieved from spawner")
+
+
+def session_generation(cookie_id: str | None):
+    """The seat generation a hub ``cookie_id`` was issued under; None if it carries none."""
+    if not cookie_id or not cookie_id.startswith(SESSION_TAG):
+        return None
+    head, _, _ = cookie_id[len(SESSION_TAG) :].partition(".")
+    return int(head) if head.isdigit() else None
+
+
+def new_cookie_id(generation: int) -> str:
+    return f"{SESSION_TAG}{generation}.{new_token()}"
+
+
+class WodAuthenticator(Authenticator):
+    """Students log in with their current seat password; admins with hashes from the config."""
+
+    throttle_failures = Integer(
+        5,
+        help="""Failed logins for one user name, within ``throttle_window`` seconds, that lock that name.
+
+        Locked, the name is refused (even with the right password) for
+        ``throttle_lockout`` seconds, and the login form says so with a 429.
+        0 disables the per-name throttle.
+        """,
+    ).tag(config=True)
+
+    throttle_ip_failures = Integer(
+        30,
+        help="""Failed logins from one client address, within ``throttle_window`` seconds, that lock that address.
+
+        Higher than ``throttle_failures`` because a workshop room usually
+        reaches the hub through one NAT address: a few typos from forty
+        people must not lock the whole room out. 0 disables it.
+        """,
+    ).tag(config=True)
+
+    throttle_window = Integer(
+        600,
+        help="Seconds over which failed logins are counted for the throttle.",
+    ).tag(config=True)
+
+    throttle_lockout = Integer(
+        300,
+        help="Seconds a user name or client address stays locked once it reached its failure limit.",
+    ).tag(config=True)
+
+    @validate("throttle_failures", "throttle_ip_failures", "throttle_window", "throttle_lockout")
+    def _not_negative(self, proposal):
+        if proposal["value"] < 0:
+            raise TraitError(f"{proposal['trait'].name} must be 0 or more, not {proposal['value']}")
+        return proposal["value"]
+
+    admin_password_hashes = Dict(
+        key_trait=Unicode(),
+        value_trait=Unicode(),
+        help="""Password hashes of the admin accounts, ``{name: "scrypt$..."}``.
+
+        Make a hash with ``wod hash-password`` (it never stores the
+        password). The names must also be in ``admin_users`` to get admin
+        rights; an admin without a hash here cannot log in. Student names are
+        refused here: a seat's password comes only from the service.
+        """,
+    ).tag(config=True)
+
+    @validate("admin_password_hashes")
+    def _admin_hashes(self, proposal):
+        for name, stored in proposal["value"].items():
+            if student_number(name) is not None:
+                raise TraitError(f"admin_password_hashes: {name!r} is a student name; students get their password from the service")
+            if not stored.startswith("scrypt$") or stored.count("$") != 5:
+                raise TraitError(f"admin_password_hashes[{name!r}] is not a hash from `wod hash-password` (scrypt$...)")
+        return proposal["value"]
+
+    auth_refresh_age = Float(
+        0.001,
+        help="""Seconds between two checks of a logged-in user's seat (JupyterHub's option, here in seconds as a float).
+
+        JupyterHub calls ``refresh_user`` when the last check of a user is
+        older than this. The default checks on practically every request
+        to the hub (one primary-key read, ~1 ms): with a whole second, a
+        CLEANUP and a CREATE that finish within it would leave the
+        previous participant's cookie working until the next check. 0
+        disables the checks, and with them the end of old sessions.
+        """,
+    ).tag(config=True)
+
+    @default("auth_refresh_strict")
+    def _strict(self):
+        # A token request for a seat that changed hands is refused too, not
+        # let through with a warning (JupyterHub's default since 6.1).
+        return True
+
+    @default("any_allow_config")
+    def _allow_config_present(self):
+        # check_allowed below is the allow configuration; no "nobody can log in" warning.
+        return True
+
+    hash_threads = Integer(
+        help="""Threads that check passwords (scrypt, which runs outside the GIL). Defaults to the number of CPUs.
+
+        The hash is pure CPU work: more threads than cores only makes every
+        login of a burst slower, and a pool of its own leaves the hub's
+        other threads free while a room logs in at once.
+        """,
+    ).tag(config=True)
+
+    @default("hash_threads")
+    def _cpus(self):
+        return os.cpu_count() or 2
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.executor = ThreadPoolExecutor(max(1, self.hash_threads), thread_name_prefix="wod-auth")
+        self.wod = Wod(config=self.config)
+        self.store = Store(self.wod.db_url)
+        # Unknown names and free seats are checked against this, so a refusal
+        # costs as long as a real check and tells nothing about the seat.
+        self._dummy_hash = hash_password(secrets.token_urlsafe(16), STUDENT_COST)
+        self._last_sweep = 0.0
+        missing = sorted(set(self.admin_users) - set(self.admin_password_hashes))
+        if missing:
+            self.log.warning("Admin users without a password hash cannot log in: %s", ", ".join(missing))
+
+    # -- login ----------------------------------------------------------
+
+    async def authenticate(self, handler, data):
+        name = (data.get("username") or "").strip().lower()
+        password = data.get("password") or ""
+        ip = handler.request.remote_ip if handler is not None else None
+        started = time.perf_counter()
+        try:
+            outcome, work_ms = await asyncio.get_running_loop().run_in_executor(self.executor, self._timed_check, name, password, ip)
+        except SQLAlchemyError as e:
+            self.log.error("Login of %r failed: the wod database is unavailable: %s", name[:32], e.__class__.__name__)
+            raise web.HTTPError(503, "Logging in is not possible right now. Please try again in a minute.") from None
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        kind = outcome["kind"]
+        if kind == "locked":
+            self.log.warning("Refused login for %r from %s: throttled for %d s more", name[:32], ip, outcome["seconds"])
+            minutes = max(1, math.ceil(outcome["seconds"] / 60))
+            raise web.HTTPError(
+                429,
+                f"Too many failed logins for this name or from this address. Try again in {minutes} minute{'s' if minutes > 1 else ''}.",
+            )
+        if kind == "bad":
+            self.log.warning("Failed login for %r from %s (%.1f ms, %.1f ms of work)", name[:32], ip, elapsed_ms, work_ms)
+            return None
+        if kind == "inactive":
+            self.log.warning("Refused login for %s: no active workshop on this seat", name)
+            raise web.HTTPError(403, f"{name} has no workshop booked at the moment, so it cannot log in. Use the link and password from your latest workshop mail.")
+        if kind == "student" and handler is not None:
+            self.begin_session(handler.db, name, outcome["generation"])
+        # The work is the check itself; the rest of the time it waited for a hashing thread.
+        self.log.info("Authenticated %s (%.1f ms, %.1f ms of work)", name, elapsed_ms, work_ms)
+        return {"name": name}
+
+    def _timed_check(self, name, password, ip):
+        started = time.perf_counter()
+        outcome = self.check_login(name, password, ip)
+        return outcome, (time.perf_counter() - started) * 1000
+
+    def check_login(self, name: str, password: str, ip: str | None) -> dict:
+        """The whole check, blocking (run in a thread): throttle, then the hash, then the bookkeeping.
+
+        Returns ``{"kind": "locked", "seconds"}``, ``{"kind": "bad"}``,
+        ``{"kind": "inactive"}``, ``{"kind": "admin"}`` or
+        ``{"kind": "student", "generation"}``.
+        """
+        keys = self.throttle_keys(name, ip)
+        now = utcnow()
+        # One short read for both look-ups; nothing is held during the hash.
+        with self.store.session() as s:
+            rows = {t.key: t for t in s.scalars(select(Throttle).where(Throttle.key.in_(list(keys))))} if keys else {}
+            locked = [t.locked_until for t in rows.values() if t.locked_until and t.locked_until > now]
+            if locked:
+                return {"kind": "locked", "seconds": math.ceil((max(locked) - now).total_seconds())}
+            stored, student = self.stored_hash(name, s)
+
+        # Always hash, even for a name that has no hash: equal time for every refusal.
+        ok = verify_password(password, stored or self._dummy_hash) and stored is not None
+        if not ok:
+            self.record_failure(keys)
+            return {"kind": "bad"}
+        user_key = f"user:{name[:200]}"
+        if user_key in rows:  # a success forgives the name's earlier typos, not the address's
+            self._retry(lambda s: s.execute(delete(Throttle).where(Throttle.key == user_key)))
+        if student is None:
+            return {"kind": "admin"}
+        if not student["active"]:
+            return {"kind": "inactive"}
+        return {"kind": "student", "generation": student["generation"]}
+
+    def stored_hash(self, name: str, session=None):
+        """(hash or None, student facts or None) for a login name."""
+        if name in self.admin_password_hashes:
+            return self.admin_password_hashes[name], None
+        n = student_number(name)
+        if n is None or not self.wod.in_range(n):
+            return None, None
+        row = self.store.student(n, session)
+        if row is None or not row.password_hash:
+            return None, None
+        return row.password_hash, {"active": row.active, "generation": row.generation}
+
+    # -- throttle (in the shared database: a hub restart forgets nothing) --
+
+    def throttle_keys(self, name: str, ip: str | None) -> dict:
+        """``{key: failure limit}`` for the keys a login counts against; a limit of 0 is left out."""
+        keys = {}
+        if self.throttle_failures:
+            keys[f"user:{name[:200]}"] = self.throttle_failures
+        if ip and self.throttle_ip_failures:
+            keys[f"ip:{ip}"] = self.throttle_ip_failures
+        return keys
+
+    def record_failure(self, keys: dict) -> None:
+        def count(s):
+            now = utcnow()
+            cutoff = now - datetime.timedelta(seconds=self.throttle_window)
+            for key, limit in keys.items():
+                # Writes only, no read first: SQLite cannot turn a reader into
+                # a writer once another login committed in between.
+                expired = Throttle.window_start < cutoff
+                changed = s.execute(
+                    update(Throttle)
+                    .where(Throttle.key == key)
+                    .values(
+                        failures=case((expired, 1), else_=Throttle.failures + 1),
+                        window_start=case((expired, now), else_=Throttle.window_start),
+                    )
+                ).rowcount
+                if not changed:
+                    s.add(Throttle(key=key, failures=1, window_start=now))
+                    s.flush()
+                # Reaching the limit locks and starts a fresh count for after the lockout.
+                s.execute(
+                    update(Throttle)
+                    .where(Throttle.key == key, Throttle.failures >= limit)
+                    .values(locked_until=now + datetime.timedelta(seconds=self.throttle_lockout), failures=0, window_start=now)
+                )
+            if time.monotonic() - self._last_sweep > 60:
+                self._last_sweep = time.monotonic()
+                s.execute(
+                    delete(Throttle).where(
+                        Throttle.window_start < cutoff, or_(Throttle.locked_until.is_(None), Throttle.locked_until < now)
+                    )
+                )
+
+        if keys:
+            self._retry(count)
+
+    def _retry(self, work, attempts: int = 5) -> None:
+        """Run ``work(session)`` in a transaction; two first failures at once may both insert a row."""
+        for attempt in range(attempts):
+            try:
+                with self.store.session() as s:
+                    work(s)
+                return
+            except (IntegrityError, OperationalError):
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+
+    def clear_throttle(self) -> None:
+        """Forget every failure and lockout (for admins and tests)."""
+        self._retry(lambda s: s.execute(delete(Throttle)))
+
+    # -- allow ------------------------------------------------------------
+
+    def check_allowed(self, username, authentication=None):
+        # allow_all stays False (JupyterHub 5+): exactly the configured admins
+        # and in-range students, whose password and assignment authenticate()
+        # has just checked.
+        if username in self.admin_users:
+            return True
+        n = student_number(username)
+        return n is not None and self.wod.in_range(n)
+
+    def validate_username(self, username):
+        return super().validate_username(username) and (
+            username in self.admin_users or username in self.admin_password_hashes or student_number(username) is not None
+        )
+
+    # -- sessions end when the seat changes hands --------------------------
+
+    def begin_session(self, db, name: str, generation: int) -> None:
+        """Before the hub sets the login cookie: a new generation gets a new ``cookie_id``."""
+        orm_user = orm.User.find(db, name)
+        if orm_user is not None and session_generation(orm_user.cookie_id) != generation:
+            self.end_sessions(db, orm_user, generation)
+        # A user the hub has not seen yet is tagged in add_user.
+
+    def end_sessions(self, db, orm_user, generation: int) -> None:
+        """Invalidate every cookie and personal token of ``orm_user``; new sessions carry ``generation``."""
+        old = session_generation(orm_user.cookie_id)
+        orm_user.cookie_id = new_cookie_id(generation)
+        revoked = 0
+        for token in list(orm_user.api_tokens):
+            if not (token.note or "").startswith(SERVER_TOKEN_NOTES):
+                db.delete(token)
+                revoked += 1
+        db.commit()
+        self.log.info(
+            "Ended the sessions of %s (seat generation %s -> %d, %d token(s) revoked)", orm_user.name, old, generation, revoked
+        )
+
+    async def add_user(self, user):
+        super().add_user(user)
+        n = student_number(user.name)
+        orm_user = getattr(user, "orm_user", user)
+        if n is None or session_generation(orm_user.cookie_id) is not None:
+            return
+        row = await asyncio.to_thread(self.store.student, n)
+        orm_user.cookie_id = new_cookie_id(row.generation if row is not None else 0)
+        db = object_session(orm_user)
+        if db is not None:
+            db.commit()
+
+    async def refresh_user(self, user, handler=None):
+        n = student_number(user.name)
+        if n is None:
+            return True
+        try:
+            row = await asyncio.to_thread(self.store.student, n)
+        except SQLAlchemyError as e:
+            # Fail closed: without the seat's state, no session is known to be current.
+            self.log.error("Cannot check the seat of %s: the wod database is unavailable: %s", user.name, e.__class__.__name__)
+            return False
+        generation = row.generation if row is not None else 0
+        if session_generation(user.orm_user.cookie_id) != generation:
+            self.end_sessions(user.db, user.orm_user, generation)
+            return False
+        if row is None or not row.active:
+            return False
+        return True

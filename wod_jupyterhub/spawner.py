@@ -1,0 +1,199 @@
+"""``WodSpawner``: each student's server runs in its seat's home and opens the workshop's ReadMeFirst.
+
+Enable with ``c.JupyterHub.spawner_class = "wod"``. Built on JupyterHub's
+``LocalProcessSpawner``; two modes, chosen by ``c.Wod.system_users``:
+
+- system users: the server runs as the Linux account ``student<N>`` (uid and
+  gid ``uid_base + N``, made by ``wod users create``), as the original did;
+- single-user mode (the default): every server runs as the hub's own user,
+  with ``HOME`` set to the seat's home. For demos, tests and containers.
+  When that user is root, jupyter-server needs ``--allow-root`` (without it
+  JupyterHub only reports a 500 ``InvalidStateError``).
+
+Each step is a small method, so a deployment can override one of them
+(oauthenticator style) without copying the rest.
+"""
+
+import asyncio
+import os
+import pwd
+import sys
+import threading
+
+from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
+from jupyterhub.utils import maybe_future
+from tornado import web
+from traitlets import Unicode, default
+
+from . import completion
+from .catalog import parse_workshop_name
+from .config import Wod, student_number
+from .store import Completion, Store
+
+
+_STORES: dict[str, Store] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def workshop_folder(workshop: str) -> str:
+    """The folder a booked workshop lives in: a ``CHLG-<Name>`` request renders into ``WKSHP-<Name>``."""
+    return parse_workshop_name(workshop)[0]
+
+
+class WodSpawner(LocalProcessSpawner):
+    """Local process spawner that knows about seats, homes and workshops."""
+
+    start_url = Unicode(
+        "/lab/tree/{workshop}/{readme}",
+        help="""Where a student's browser lands when the server starts.
+
+        ``{workshop}`` is the workshop folder (``WKSHP-<Name>``, also for a
+        challenge) and ``{readme}`` is ``c.Wod.readme_notebook``.
+        """,
+    ).tag(config=True)
+
+    shell = Unicode("/bin/bash", help="SHELL given to the student's terminals in single-user mode.").tag(config=True)
+
+    @default("cmd")
+    def _cmd_default(self):
+        # The hub's own interpreter: jupyterhub-singleuser need not be on PATH.
+        return [sys.executable, "-m", "jupyterhub.singleuser"]
+
+    @default("env_keep")
+    def _env_keep_default(self):
+        return super()._env_keep_default() + ["LANGUAGE", "TZ"]
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.wod = Wod(config=self.config)
+        self._assignment = None
+
+    @property
+    def store(self) -> Store:
+        # One engine per hub process, shared by every student's spawner.
+        with _STORES_LOCK:
+            if self.wod.db_url not in _STORES:
+                _STORES[self.wod.db_url] = Store(self.wod.db_url)
+            return _STORES[self.wod.db_url]
+
+    @property
+    def number(self):
+        return student_number(self.user.name)
+
+    @property
+    def home(self) -> str:
+        return str(self.wod.home(self.number))
+
+    # -- before the start ------------------------------------------------
+
+    def load_assignment(self) -> dict:
+        """The seat's current assignment, or a clear refusal."""
+        n = self.number
+        if n is None or not self.wod.in_range(n):
+            raise web.HTTPError(403, f"{self.user.name} is not a workshop seat of this hub, so it has no server here.")
+        row = self.store.student(n)
+        if row is None or not row.active or not row.workshop:
+            raise web.HTTPError(403, f"{self.user.name} has no workshop booked at the moment, so its server cannot start.")
+        if not os.path.isdir(self.home):
+            raise web.HTTPError(409, f"The home of {self.user.name} is missing ({self.home}); the workshop was not provisioned. Ask the organizers to book the seat again.")
+        if self.wod.system_users:
+            self.check_account(n)
+        return {"student": n, "customer": row.customer, "workshop": row.workshop, "generation": row.generation}
+
+    def check_account(self, n: int) -> None:
+        """In system-users mode the Linux account must exist with the expected uid."""
+        name, uid = self.user.name, self.wod.uid_base + n
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            raise web.HTTPError(409, f"The Linux account {name} does not exist; an admin must run `wod users create` (as root).") from None
+        if entry.pw_uid != uid:
+            raise web.HTTPError(409, f"The Linux account {name} has uid {entry.pw_uid}, not {uid} (uid_base + {n}); fix the account or c.Wod.uid_base.")
+
+    def apply_assignment(self, assignment: dict) -> None:
+        folder = workshop_folder(assignment["workshop"])
+        self.notebook_dir = self.home
+        self.default_url = self.start_url.format(workshop=folder, readme=self.wod.readme_notebook)
+
+    async def run_pre_spawn_hook(self):
+        self._assignment = await asyncio.to_thread(self.load_assignment)
+        self.apply_assignment(self._assignment)
+        return await maybe_future(super().run_pre_spawn_hook())
+
+    # -- the process -------------------------------------------------------
+
+    def make_preexec_fn(self, name):
+        home = self.home
+        if self.wod.system_users:
+            setuid = set_user_setuid(name, chdir=False)
+
+            def preexec():
+                setuid()
+                os.chdir(home)
+
+            return preexec
+
+        def preexec():
+            os.chdir(home)
+
+        return preexec
+
+    def user_env(self, env):
+        env["USER"] = self.user.name
+        env["HOME"] = self.home
+        env["SHELL"] = self.shell
+        return env
+
+    def get_args(self):
+        args = list(super().get_args())
+        if not self.wod.system_users and os.geteuid() == 0 and "--allow-root" not in args:
+            args.append("--allow-root")
+        return args
+
+    # The assignment a server was started for outlives a hub restart, so the
+    # snapshot at its stop names the participant who used it.
+    def get_state(self):
+        state = super().get_state()
+        if self._assignment:
+            state["wod_assignment"] = self._assignment
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self._assignment = state.get("wod_assignment") or self._assignment
+
+    # -- after the stop -----------------------------------------------------
+
+    def snapshot(self, assignment: dict) -> dict | None:
+        """Record the completion ratio of the workshop folder as it is now (a progress snapshot)."""
+        folder = os.path.join(self.home, workshop_folder(assignment["workshop"]))
+        if not os.path.isdir(folder):
+            self.log.info("No completion snapshot for %s: %s is gone", self.user.name, folder)
+            return None
+        ratio = completion.completion(folder)
+        with self.store.session() as s:
+            s.add(
+                Completion(
+                    student=assignment["student"],
+                    customer=assignment["customer"],
+                    workshop=assignment["workshop"],
+                    kind="snapshot",
+                    ratio=ratio["ratio"],
+                    executed=ratio["executed"],
+                    total=ratio["total"],
+                    detail=ratio,
+                )
+            )
+        self.log.info("Completion snapshot for %s: %d%% (%d/%d cells)", self.user.name, ratio["ratio"], ratio["executed"], ratio["total"])
+        return ratio
+
+    async def run_post_stop_hook(self):
+        assignment = self._assignment
+        if assignment is not None:
+            try:
+                await asyncio.to_thread(self.snapshot, assignment)
+            except Exception:  # noqa: BLE001 - a snapshot must never keep a server from stopping
+                self.log.exception("Completion snapshot failed for %s", self.user.name)
+        # Not in clear_state: poll() clears the state before this hook runs.
+        self._assignment = None
+        return await maybe_future(super().run_post_stop_hook())
