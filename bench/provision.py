@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import jinja2
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -32,17 +33,8 @@ WORKSHOP = "WKSHP-Docker101"
 STUDENT = 1551
 GOAL = 1.5
 
-VARIABLES = {
-    "BRANDING": "WoD Developer",
-    "BRANDINGWOD": "WoD Developer",
-    "BRANDINGLOGO": "![HPEDEVlogo](Pictures/hpe-dev-logo.png)",
-    "BRANDINGURL": "https://wod.io",
-    "SURVEYURL": "https://example.org/survey",
-    "SURVEYCHALURL": "https://example.org/challenge",
-    "WODBEEXTFQDN": "backend.example.org",
-    "HTTPPORT": 14151,
-    "IP-WKSHP-Docker101": "192.0.2.10",
-}
+# The variable set the tests document for the public workshops.
+VARIABLES = yaml.safe_load((Path(__file__).resolve().parents[1] / "tests" / "corpus_variables.yml").read_text())
 
 
 def floor_once(src: Path, work: Path, templates, variables) -> float:

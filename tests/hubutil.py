@@ -77,7 +77,23 @@ def _tail(path: Path, n: int = 60) -> str:
         return "(no log)"
 
 
-class ServiceProcess:
+class _Subprocess:
+    """A child process group with its log file, stopped on leaving a ``with`` block."""
+
+    def stop(self):
+        if self.proc is not None:
+            _stop_group(self.proc)
+            self._log.close()
+            self.proc = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class ServiceProcess(_Subprocess):
     """The wod service run by a test (not by the hub): start, wait ready, SIGKILL, restart."""
 
     def __init__(self, hub: "RealHub", log_name: str = "service.log", port: int | None = None):
@@ -129,20 +145,9 @@ class ServiceProcess:
             self._log.close()
             self.proc = None
 
-    def stop(self):
-        if self.proc is not None:
-            _stop_group(self.proc)
-            self._log.close()
-            self.proc = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
-class RealHub:
+class RealHub(_Subprocess):
     """``jupyterhub -f <tmp>/jupyterhub_config.py`` as a subprocess, ready to take API calls."""
 
     def __init__(
@@ -338,17 +343,6 @@ class RealHub:
     def service_process(self, log_name: str = "service.log", port: int | None = None) -> ServiceProcess:
         return ServiceProcess(self, log_name, port)
 
-    def stop(self):
-        if self.proc is not None:
-            _stop_group(self.proc)
-            self._log.close()
-            self.proc = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
 
     # ---- clients
 

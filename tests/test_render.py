@@ -21,34 +21,14 @@ from pathlib import Path
 import jinja2
 import nbformat
 import pytest
+import yaml
 
 from wod_jupyterhub import errors, render
 from wod_jupyterhub.catalog import load_catalog
 from wod_jupyterhub.config import Wod, share_dir
 
-VARS = {
-    "BRANDING": "WoD Developer",
-    "BRANDINGWOD": "WoD Developer",
-    "BRANDINGLOGO": "![HPEDEVlogo](Pictures/hpe-dev-logo.png)",
-    "BRANDINGURL": "https://wod.io",
-    "SURVEYURL": "https://example.org/survey",
-    "SURVEYCHALURL": "https://example.org/challenge",
-    "WODBEEXTFQDN": "backend.example.org",
-    "JPHUB": "/opt/jupyterhub",
-    "HTTPPORT": 14151,
-    "SPARKPORT": 17101,
-    "IP-WKSHP-Docker101": "192.0.2.10",
-    "IP-WKSHP-Podman101": "192.0.2.11",
-    "IP-WKSHP-Ansible101": "192.0.2.12",
-    "HTTPPORT-WKSHP-Ansible101": 16051,
-    "DATAVISUTOK": "datavisu-token",
-    "MLTOK": "ml-token",
-    "SPARKTOK": "spark-token",
-    "TENSORFLOWTOK": "tf-token",
-    "LLM101_API_KEY": "sk-test",
-    "LLM101_BASE_URL": "https://llm.example.org/v1",
-    "LLM101_MODEL_NAME": "test-model",
-}
+# The documented variable set (shared with bench/provision.py).
+VARS = yaml.safe_load((Path(__file__).parent / "corpus_variables.yml").read_text())
 PASSWORD = "Pa55word-x"
 HOST = "wodhost"
 
