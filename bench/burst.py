@@ -15,6 +15,7 @@ import asyncio
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -115,6 +116,28 @@ def summarize(label, results, wall):
     }
 
 
+def service_pid(marker: str) -> int | None:
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                cmd = open(f"/proc/{entry.name}/cmdline", "rb").read()
+            except OSError:
+                continue
+            if b"wod_jupyterhub.service" in cmd and marker.encode() in cmd:
+                return int(entry.name)
+    return None
+
+
+def start_profile(marker: str, out: Path):
+    """py-spy on the service for one burst (only the thread holding the GIL: where the CPU goes)."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    cmd = [exe, "record", "--pid", str(service_pid(marker)), *(["--gil"] if os.environ.get("BURST_PROFILE_GIL", "1") == "1" else []), "--nonblocking", "--rate", "250",
+           "--format", "raw", "--output", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # py-spy attaches
+    return proc
+
+
 def cpu_seconds(marker: str) -> dict:
     """CPU seconds (user + system) used so far by the processes whose command line holds ``marker``."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -170,6 +193,8 @@ def main() -> int:
     ap.add_argument("--cold", action="store_true", help="a fresh hub: the burst creates the 100 hub users too")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (hub and service logs) for a look")
     ap.add_argument("--postgres", default="", help="a PostgreSQL URL for the service's database (default: SQLite)")
+    ap.add_argument("--profile", metavar="DIR", default="",
+                    help="record each burst of the service with py-spy (pip install py-spy) into DIR/<round>.txt (collapsed stacks)")
     args = ap.parse_args()
     if not (CORPUS / WORKSHOP).is_dir():
         print(f"SKIPPED: the public workshops are not at {CORPUS}")
@@ -202,9 +227,17 @@ def main() -> int:
                 ("CLEANUP", "cleanup", 4),
                 ("CREATE, recycled seats", "create", 2),
             ):
+                spy = None
+                if args.profile:
+                    Path(args.profile).mkdir(parents=True, exist_ok=True)
+                    out = Path(args.profile) / (re.sub(r"[^a-z]+", "-", label.lower()).strip("-") + ".txt")
+                    spy = start_profile(str(hub.config_path), out)
                 cpu0 = cpu_seconds(str(hub.config_path))
                 results, wall = asyncio.run(burst(hub, verb, args.count, args.wait))
                 cpu1 = cpu_seconds(str(hub.config_path))
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)
+                    spy.wait()
                 sent += callbacks * args.count
                 r = summarize(label, results, wall)
                 r["cpu"] = {k: cpu1[k] - cpu0.get(k, 0) for k in cpu1}

@@ -3,6 +3,8 @@
 import asyncio
 import datetime
 import logging
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -398,6 +400,29 @@ async def test_a_message_leased_by_another_process_waits_for_its_lease(store, po
         s.execute(update(OutboxMessage).where(OutboxMessage.id == head).values(lease_expires=utcnow().replace(year=2000)))
     assert await outbox.deliver_once() == 2
     assert [c.body for c in portal.accepted()] == [{"assigned": "true"}, {"assigned": "false"}]
+    await outbox.close()
+
+
+async def test_a_message_leased_by_a_dead_process_of_this_host_is_taken_over_at_once(store, portal):
+    # A real process of this host claims the head, then dies (as if SIGKILLed mid-send).
+    script = "from wod_jupyterhub.owners import make_owner; print(make_owner())"
+    dead = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip()
+    outbox = make_outbox(store, portal.url)
+    alive = make_outbox(store, portal.url).owner  # this very process: alive
+    with store.session() as s:
+        outbox.student_assigned(s, 12, True)
+        outbox.student_assigned(s, 12, False)
+    head = rows(store)[0].id
+    next_year = utcnow().replace(year=utcnow().year + 1)
+    with store.session() as s:
+        s.execute(update(OutboxMessage).where(OutboxMessage.id == head).values(lease_owner=alive, lease_expires=next_year))
+    assert await outbox.deliver_once() == 0 and portal.calls == []  # a live holder keeps its lease
+    with store.session() as s:
+        s.execute(update(OutboxMessage).where(OutboxMessage.id == head).values(lease_owner=dead, lease_expires=next_year))
+    assert await asyncio.to_thread(outbox._next_due_in) <= 0  # the loop does not sleep until the lease ends
+    assert await outbox.deliver_once() == 2
+    assert [c.body for c in portal.accepted()] == [{"assigned": "true"}, {"assigned": "false"}]
+    assert all(m.delivered and not m.lease_owner for m in rows(store))
     await outbox.close()
 
 

@@ -91,6 +91,12 @@ def home(hub, n):
     return Path(hub.students_root) / f"student{n}"
 
 
+def settled(portal, db) -> int:
+    """How many callbacks the portal took, once every one queued so far went out (an operation may end before)."""
+    assert portal.wait_for(lambda p: all(m.delivered or m.failed for m in db.outbox()), 30), "callbacks still pending"
+    return len(portal.accepted())
+
+
 def puts_for(portal, paths, since=0):
     return [(c.path, c.body) for c in portal.accepted()[since:] if c.path in paths]
 
@@ -135,7 +141,7 @@ def test_workshops_catalog(api):
 
 def test_create_then_cleanup_through_the_proxy(hub, db, portal):
     n = 2
-    since = len(portal.accepted())
+    since = settled(portal, db)
     with hub.client(via_proxy=True) as proxied:
         op = create(proxied, n)
     assert op["status"] == "succeeded", (op["error"], op["steps"])
@@ -166,7 +172,7 @@ def test_create_then_cleanup_through_the_proxy(hub, db, portal):
     assert r.status_code == 201, r.text
     token_id = r.json()["id"]
 
-    since = len(portal.accepted())
+    since = settled(portal, db)
     with hub.client() as api:
         op = verb(api, "cleanup", {"student": n, "customer": CUSTOMER})
     assert op["status"] == "succeeded", (op["error"], op["steps"])
@@ -200,7 +206,7 @@ def test_create_then_cleanup_through_the_proxy(hub, db, portal):
 def test_cleanup_of_a_reset_workshop_keeps_the_home_until_reset(hub, db, portal, api):
     n, customer = 12, "c-keep"
     assert create(api, n, customer, "WKSHP-Keep")["status"] == "succeeded"
-    since = len(portal.accepted())
+    since = settled(portal, db)
     op = verb(api, "cleanup", {"student": n, "customer": customer})
     assert op["status"] == "succeeded", (op["error"], op["steps"])
     assert db.student(n).state == "kept" and home(hub, n).is_dir()
@@ -213,7 +219,7 @@ def test_cleanup_of_a_reset_workshop_keeps_the_home_until_reset(hub, db, portal,
     # A kept seat is not free for someone else until RESET.
     check(api.post("api/create", json={"student": n, "customer": "other", "email": "e@x", "workshop": "WKSHP-Keep"}), 409)
 
-    since = len(portal.accepted())
+    since = settled(portal, db)
     op = verb(api, "reset", {"student": n, "customer": customer, "workshop": "WKSHP-Keep"})
     assert op["status"] == "succeeded", (op["error"], op["steps"])
     assert db.student(n).state == "free" and not home(hub, n).exists()
@@ -221,7 +227,7 @@ def test_cleanup_of_a_reset_workshop_keeps_the_home_until_reset(hub, db, portal,
     got = puts_for(portal, paths, since)
     assert db.password_ok(n, got[0][1]["password"]) and got[1][1] == {"assigned": "false"}
 
-    since = len(portal.accepted())
+    since = settled(portal, db)
     op = verb(api, "reset", {"students": [13, 15], "workshop": "WKSHP-Keep"})
     assert op["status"] == "succeeded" and op["students"] == [13, 15], op
     assert portal.wait_for(lambda p: any(c.path == "/api/workshop/7" for c in p.accepted()[since:]), 30)

@@ -14,7 +14,12 @@ How an operation lives:
 3. Each step commits its effects, its journal entry and the callbacks it
    enqueues in one transaction, so a crash leaves the operation at a step
    boundary (or inside a step whose effects are idempotent: hooks,
-   provisioning, erasing).
+   provisioning, erasing). A step whose only effects are such idempotent
+   ones (files on disk, hub calls) may be journaled with the next commit
+   instead of its own (``Context.deferred``): a crash before that commit
+   just does it again. The last commit of an operation may also record its
+   end (``end=True``), so a CREATE costs four write transactions: submit,
+   claim, rotate, assign.
 4. A process that finds an operation ``running`` under an owner that is dead
    (same host: the pid is gone; elsewhere: its heartbeat is older than the
    lease) takes it over and resumes it from the first step not journaled.
@@ -30,7 +35,6 @@ import datetime
 import json
 import os
 import signal
-import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +50,7 @@ from . import passwords
 from .errors import Conflict, NotFound, Unprocessable, WodError
 from .hooks import HookFailed, new_vars_file, read_vars_file
 from .hubapi import HubAPIError
+from .owners import make_owner, owner_alive_locally
 from .store import Completion, Operation, Student, utcnow
 
 VERBS = ("CREATE", "CLEANUP", "RESET", "PURGE")
@@ -58,32 +63,12 @@ def _iso(t: datetime.datetime | None) -> str | None:
     return t.isoformat(timespec="milliseconds") + "Z" if t else None
 
 
-def _proc_start_time(pid: int) -> str | None:
-    """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/pid/stat), or None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode(errors="replace")
-    except OSError:
-        return None
-    # The command name may hold spaces and parentheses; fields resume after the last ")".
-    return stat.rsplit(")", 1)[1].split()[19]
+_NO_SYNC = {"synchronize_session": False}
 
 
-def make_owner() -> str:
-    """``host:pid:start:random``: enough for a process on the same host to tell whether we still live."""
-    pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_proc_start_time(pid) or 0}:{uuid.uuid4().hex[:8]}"
-
-
-def owner_alive_locally(owner: str) -> bool | None:
-    """True/False when ``owner`` ran on this host (we can look); None when it ran elsewhere."""
-    try:
-        host, pid, start, _ = owner.split(":")
-    except ValueError:
-        return None
-    if host != socket.gethostname():
-        return None
-    return _proc_start_time(int(pid)) == start
+def _release(lock: str):
+    """The UPDATE that frees every student leased under ``lock``."""
+    return update(Student).where(Student.lock_owner == lock).values(lock_owner=None, lock_expires=None)
 
 
 def kill_uid_processes(uid: int) -> int:
@@ -121,7 +106,10 @@ class Context:
         self.done = {s["name"] for s in self.steps if s.get("status") == "done"}
         self.recoveries = sum(1 for s in (op.steps or []) if s.get("name") == "recover")
         self.lock = lock
-        self.last_step = None
+        # Entries of steps done but not journaled yet: they go with the next commit.
+        self.deferred: list[dict] = []
+        # The operation's end was committed with its last step.
+        self.ended = False
 
     @property
     def students(self) -> range:
@@ -253,7 +241,8 @@ class Operations(LoggingConfigurable):
         return workshop
 
     def _ensure_students(self, s, numbers):
-        have = set(s.scalars(select(Student.number).where(Student.number.in_(list(numbers)))))
+        # Whole rows: the checks that follow find them in the session instead of asking again.
+        have = {st.number for st in s.scalars(select(Student).where(Student.number.in_(list(numbers))))}
         for n in numbers:
             if n not in have:
                 s.add(Student(number=n, state="free", generation=0))
@@ -374,12 +363,16 @@ class Operations(LoggingConfigurable):
             "finished": _iso(op.finished),
         }
 
-    async def wait(self, op_id: str, timeout: float) -> Operation:
-        """The operation once finished, or as it is when ``timeout`` runs out."""
+    async def wait(self, op_id: str, timeout: float, op: Operation | None = None) -> Operation:
+        """The operation once finished, or as it is when ``timeout`` runs out.
+
+        ``op``: the row as the caller just read or wrote it (unfinished), which spares one read.
+        """
         deadline = time.monotonic() + timeout
         event = self._events.get(op_id)
         while True:
-            op = self.get(op_id)
+            if op is None or op.id != op_id:
+                op = self.get(op_id)
             left = deadline - time.monotonic()
             if op.status not in UNFINISHED or left <= 0:
                 return op
@@ -391,6 +384,7 @@ class Operations(LoggingConfigurable):
                     await asyncio.sleep(min(left, 0.2))
             except asyncio.TimeoutError:
                 pass
+            op = None
 
     # -------------------------------------------------------------- lifecycle
 
@@ -599,7 +593,8 @@ class Operations(LoggingConfigurable):
             self.log.exception("Operation %s (%s) failed unexpectedly", op_id, verb)
             error = f"internal error: {e.__class__.__name__}: {e}"
         try:
-            self._finish(op_id, lock, status, error, ctx if status == "succeeded" else None)
+            if not (ctx is not None and ctx.ended):
+                self._finish(op_id, lock, status, error, ctx)
         except Exception:
             self.log.exception("Recording the end of operation %s failed", op_id)
         self._running.pop(op_id, None)
@@ -616,13 +611,14 @@ class Operations(LoggingConfigurable):
 
     def _finish(self, op_id, lock, status, error, ctx=None):
         values = {"status": status, "error": error, "finished": utcnow()}
-        if ctx is not None and ctx.last_step is not None:
-            values.update(steps=ctx.steps + [ctx.last_step], result=dict(ctx.result))
-        with self.store.session() as s:
-            s.execute(update(Operation).where(Operation.id == op_id).values(**values))
-            s.execute(
-                update(Student).where(Student.lock_owner == lock).values(lock_owner=None, lock_expires=None)
-            )
+        if ctx is not None and ctx.deferred:
+            values["steps"] = ctx.steps + ctx.deferred
+            if status == "succeeded":
+                values["result"] = dict(ctx.result)
+        # Core statements: nothing in a session to keep in sync, so no ORM work.
+        with self.store.engine.begin() as conn:
+            conn.execute(update(Operation).where(Operation.id == op_id).values(**values))
+            conn.execute(_release(lock))
         self.outbox.notify()
 
     @staticmethod
@@ -635,21 +631,32 @@ class Operations(LoggingConfigurable):
             entry["error"] = error
         return entry
 
-    def _journal(self, ctx, name, fn=None, *, started=None, detail=None, status="done", error=None):
-        """Commit one step: its effects (``fn(session)``), its journal entry, and the callbacks it enqueues."""
-        steps = ctx.steps + [self._entry(name, started, detail, status, error)]
+    def _journal(self, ctx, name, fn=None, *, started=None, detail=None, status="done", error=None, after=(), end=False):
+        """Commit one step: its effects (``fn(session)``), its journal entry, and the callbacks it enqueues.
+
+        The deferred entries of steps done before it go first, ``after`` (entries
+        of steps already done, journaled after it) last. ``end``: this is the
+        operation's last step, so the same commit records its success and
+        frees its students.
+        """
+        entries = [*ctx.deferred, self._entry(name, started, detail, status, error), *after]
+        steps = ctx.steps + entries
         with self.store.session() as s:
             if fn is not None:
                 fn(s)
-            # A plain UPDATE: the context already knows the row, no need to load it.
-            s.execute(
-                update(Operation)
-                .where(Operation.id == ctx.id)
-                .values(steps=steps, result=dict(ctx.result), workshop=ctx.workshop, heartbeat=utcnow())
-            )
+            # After fn: it may add to the result (a sealed password) and set the workshop.
+            now = utcnow()
+            values = {"steps": steps, "result": dict(ctx.result), "workshop": ctx.workshop, "heartbeat": now}
+            if end:
+                values.update(status="succeeded", error=None, finished=now)
+            # Plain UPDATEs: the context already knows the row, no need to load it or keep a session in sync.
+            s.execute(update(Operation).where(Operation.id == ctx.id).values(**values), execution_options=_NO_SYNC)
+            if end:
+                s.execute(_release(ctx.lock), execution_options=_NO_SYNC)
         ctx.steps = steps
-        if status == "done":
-            ctx.done.add(name)
+        ctx.deferred = []
+        ctx.done.update(e["name"] for e in entries if e["status"] == "done")
+        ctx.ended = end
         self.outbox.notify()
 
     async def _blocking(self, fn, *args):
@@ -743,7 +750,9 @@ class Operations(LoggingConfigurable):
 
         # The hub's part (make sure the user exists, revoke the previous holder's tokens) runs
         # beside the provisioning: the hub is another process, with its own core.
+        hub_started = utcnow()
         hub_part = asyncio.ensure_future(self._hub_part(ctx)) if "hub" not in ctx.done else None
+        hub_detail = None
 
         try:
             if "hooks-create" not in ctx.done:
@@ -772,10 +781,16 @@ class Operations(LoggingConfigurable):
                 await self._blocking(
                     lambda: render.provision(self.wod, ws, n, variables, renderer=self.renderer, uid=uid, gid=uid)
                 )
-                self._journal(ctx, "provision", started=started)
+                # Files only, swapped in whole: journaled with the next commit (a crash before it provisions again).
+                ctx.deferred.append(self._entry("provision", started))
 
             if "hooks-post-copy" not in ctx.done:
                 await self._hook_step(ctx, "post-copy", folder, ws, mode, n)
+
+            if hub_part is not None and "assign" not in ctx.done:
+                # Before the assignment: the new participant hears of the seat once the previous
+                # holder's tokens are gone, and a hub that fails leaves no seat half given.
+                hub_detail = await hub_part
         except BaseException as e:
             if hub_part is not None:
                 hub_part.cancel()
@@ -784,6 +799,8 @@ class Operations(LoggingConfigurable):
                 await self._undo_create(n)
             raise
 
+        ctx.result["login_url"] = self.login_url.format(user=f"student{n}", student=n)
+        start = self.start_server and self.hub.configured
         if "assign" not in ctx.done:
 
             def assign(s):
@@ -796,18 +813,19 @@ class Operations(LoggingConfigurable):
                 self.outbox.student_password(s, n, password, operation_id=ctx.id)
                 self.outbox.customer_active(s, n, ctx.customer, True, operation_id=ctx.id)
 
+            if hub_detail is not None and not start:
+                # The hub's part is done: one commit for the assignment, its journal and the end.
+                self._journal(ctx, "assign", assign, after=[self._entry("hub", hub_started, hub_detail)], end=True)
+                return
             self._journal(ctx, "assign", assign)
 
         if "hub" not in ctx.done:
-            started = utcnow()
-            detail = await hub_part
-            if self.start_server and self.hub.configured:
+            detail = hub_detail if hub_detail is not None else await hub_part
+            if start:
                 await self.hub.start_server(f"student{n}")
                 detail["started"] = True
-            ctx.result["login_url"] = self.login_url.format(user=f"student{n}", student=n)
-            # Journaled with the operation's end: one commit less per CREATE, and a crash
-            # before it just does the (idempotent) hub part again.
-            ctx.last_step = self._entry("hub", started, detail)
+            # Journaled with the operation's end: a crash before it just does the (idempotent) hub part again.
+            ctx.deferred.append(self._entry("hub", hub_started, detail))
 
     async def _hub_part(self, ctx) -> dict:
         n = ctx.student

@@ -26,12 +26,14 @@ Guarantees:
   a lease (a conditional ``UPDATE`` on ``lease_owner``/``lease_expires``,
   atomic on PostgreSQL's row lock and SQLite's single writer), so several
   service processes on one database never send a message at the same time.
-  A whole attempt is cut off well before its lease ends; a crashed holder's
-  lease simply expires (clocks of the hosts must agree to within
+  A whole attempt is cut off well before its lease ends. A crashed holder's
+  lease is taken over at once when the holder ran on this host (its pid and
+  start time show it is gone, see :mod:`~wod_jupyterhub.owners`); on another
+  host it simply expires (clocks of the hosts must agree to within
   ``LEASE_MARGIN``).
 * **At least once, in practice once.** The message is marked delivered right
-  after the 2xx. A crash between the two resends it once after the lease
-  ends; the portal's PUTs set fields to values, so a repeat is harmless.
+  after the 2xx. A crash between the two resends it once (at once from this
+  host, after the lease from another); the portal's PUTs set fields to values, so a repeat is harmless.
 
 Passwords wait sealed (``{"password": {"$sealed": "…"}}``, see
 :class:`~wod_jupyterhub.passwords.Sealer`), are opened only in memory just
@@ -44,9 +46,7 @@ import logging
 import os
 import random
 import re
-import socket
 import time
-import uuid
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
@@ -55,6 +55,7 @@ from sqlalchemy import delete, func, or_, select, update
 from traitlets import Float, Integer, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
+from .owners import make_owner, owner_alive_locally
 from .store import OutboxMessage, utcnow
 
 SEALED = "$sealed"
@@ -301,6 +302,11 @@ def _pending():
     return (OutboxMessage.delivered.is_(None), OutboxMessage.failed.is_(None))
 
 
+def _lease_held(owner, expires, now) -> bool:
+    """Whether a claim still stands: unexpired, and not held by a process of this host that is gone."""
+    return expires is not None and expires > now and owner_alive_locally(owner or "") is not False
+
+
 class Outbox:
     """Durable portal callbacks: builders that enqueue, and the loop that delivers."""
 
@@ -313,7 +319,7 @@ class Outbox:
         if portal.enabled and sealer is None:
             raise ValueError("Outbox needs a Sealer when WodPortal.url is set: passwords wait sealed")
         self.client = PortalClient(portal, self.log)
-        self.owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = make_owner()
         # Every attempt (login, workshop lookup, request, re-login, retry) ends
         # before its lease does, so no two processes ever hold one message.
         self.attempt_limit = 3 * portal.timeout
@@ -406,13 +412,13 @@ class Outbox:
             }
 
     def _heads(self):
-        """The oldest pending message of each key: (key, next_attempt, lease_expires), oldest first."""
+        """The oldest pending message of each key: (key, next_attempt, lease_owner, lease_expires), oldest first."""
         heads = (
             select(func.min(OutboxMessage.id).label("id")).where(*_pending()).group_by(OutboxMessage.key).subquery()
         )
         with self.store.session() as s:
             return s.execute(
-                select(OutboxMessage.key, OutboxMessage.next_attempt, OutboxMessage.lease_expires)
+                select(OutboxMessage.key, OutboxMessage.next_attempt, OutboxMessage.lease_owner, OutboxMessage.lease_expires)
                 .join(heads, OutboxMessage.id == heads.c.id)
                 .order_by(OutboxMessage.id)
             ).all()
@@ -421,43 +427,54 @@ class Outbox:
         now = utcnow()
         return [
             key
-            for key, next_attempt, lease_expires in self._heads()
-            if next_attempt <= now and (lease_expires is None or lease_expires <= now)
+            for key, next_attempt, owner, expires in self._heads()
+            if next_attempt <= now and not _lease_held(owner, expires, now)
         ]
 
     def _next_due_in(self):
         """Seconds until some head becomes due, or None when nothing is pending."""
-        times = [max(n, l) if l else n for _, n, l in self._heads()]
+        now = utcnow()
+        times = [max(n, e) if _lease_held(o, e, now) else n for _, n, o, e in self._heads()]
         if not times:
             return None
         return (min(times) - utcnow()).total_seconds()
 
     def _claim_head(self, key: str):
         now = utcnow()
-        with self.store.session() as s:
-            head = s.scalars(
-                select(OutboxMessage).where(OutboxMessage.key == key, *_pending()).order_by(OutboxMessage.id).limit(1)
+        m = OutboxMessage
+        # Core statements throughout: plain rows, no ORM identity map to fill and keep in sync.
+        with self.store.engine.connect() as conn:
+            head = conn.execute(
+                select(m.id, m.key, m.method, m.path, m.body, m.attempts, m.next_attempt, m.lease_owner, m.lease_expires)
+                .where(m.key == key, *_pending())
+                .order_by(m.id)
+                .limit(1)
             ).first()
-            if head is None or head.next_attempt > now or (head.lease_expires and head.lease_expires > now):
+            if head is None or head.next_attempt > now or _lease_held(head.lease_owner, head.lease_expires, now):
                 return None
             message = _Message(head.id, head.key, head.method, head.path, dict(head.body), head.attempts)
+            # Taken over only from the holder seen dead just now: if it changed since, someone else won.
+            stale = head.lease_owner if head.lease_expires is not None and head.lease_expires > now else None
+        free = [OutboxMessage.lease_expires.is_(None), OutboxMessage.lease_expires <= now]
+        if stale is not None:
+            free.append(OutboxMessage.lease_owner == stale)
         # A separate, write-first transaction: on SQLite a read that turns into
         # a write can fail at once instead of waiting for the lock.
-        with self.store.session() as s:
-            claimed = s.execute(
+        with self.store.engine.begin() as conn:
+            claimed = conn.execute(
                 update(OutboxMessage)
                 .where(
                     OutboxMessage.id == message.id,
                     *_pending(),
-                    or_(OutboxMessage.lease_expires.is_(None), OutboxMessage.lease_expires <= now),
+                    or_(*free),
                 )
                 .values(lease_owner=self.owner, lease_expires=now + self.lease)
             ).rowcount
         return message if claimed == 1 else None
 
     def _finish(self, message: _Message, **values):
-        with self.store.session() as s:
-            s.execute(
+        with self.store.engine.begin() as conn:
+            conn.execute(
                 update(OutboxMessage)
                 .where(OutboxMessage.id == message.id, OutboxMessage.lease_owner == self.owner)
                 .values(lease_owner=None, lease_expires=None, **values)
@@ -465,8 +482,8 @@ class Outbox:
 
     def _mark_delivered(self, message: _Message):
         # Whoever holds the lease now, the portal has it: record that.
-        with self.store.session() as s:
-            s.execute(
+        with self.store.engine.begin() as conn:
+            conn.execute(
                 update(OutboxMessage)
                 .where(OutboxMessage.id == message.id)
                 .values(delivered=utcnow(), lease_owner=None, lease_expires=None)

@@ -233,7 +233,7 @@ class VerbHandler(BaseHandler):
         )
         self.app.m_requests.labels(self.verb).inc()
         if wait:
-            op = await self.ops.wait(op.id, wait)
+            op = await self.ops.wait(op.id, wait, op)
             if op.status in ("succeeded", "failed"):
                 return self.send(self.ops.to_json(op, reveal=self.can_operate), 200)
         self.set_header("Location", f"{self.app.prefix}api/operations/{op.id}")

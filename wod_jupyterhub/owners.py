@@ -1,0 +1,50 @@
+"""Owner strings for leases in the database, and whether their process still lives.
+
+An owner is ``host:pid:start:random``: ``start`` is the process's start time
+(clock ticks since boot), so a process on the same host can tell at once
+that the owner is gone, even when its pid was reused since. Owners from
+other hosts cannot be looked at; their leases end by time.
+"""
+
+import hashlib
+import os
+import socket
+import uuid
+
+# Owners must fit the shortest column they are stored in (wod_outbox.lease_owner, 64).
+_HOST_MAX = 32
+
+
+def _host() -> str:
+    host = socket.gethostname()
+    # A long name is hashed rather than cut, so two hosts sharing a prefix never pass for one.
+    return host if len(host) <= _HOST_MAX else hashlib.sha256(host.encode()).hexdigest()[:_HOST_MAX]
+
+
+def _proc_start_time(pid: int) -> str | None:
+    """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/pid/stat), or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses; fields resume after the last ")".
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def make_owner() -> str:
+    """``host:pid:start:random``: enough for a process on the same host to tell whether we still live."""
+    pid = os.getpid()
+    return f"{_host()}:{pid}:{_proc_start_time(pid) or 0}:{uuid.uuid4().hex[:8]}"
+
+
+def owner_alive_locally(owner: str) -> bool | None:
+    """True/False when ``owner`` ran on this host (we can look); None when it ran elsewhere or is not ours to read."""
+    try:
+        host, pid, start, _ = owner.split(":")
+        pid = int(pid)
+    except ValueError:
+        return None
+    if host != _host():
+        return None
+    return _proc_start_time(pid) == start
