@@ -25,6 +25,16 @@ class BadRequest(WodError):
     code = "bad_request"
 
 
+class Unauthorized(WodError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(WodError):
+    status = 403
+    code = "forbidden"
+
+
 class NotFound(WodError):
     status = 404
     code = "not_found"
@@ -40,3 +50,8 @@ class Unprocessable(WodError):
 
     status = 422
     code = "unprocessable"
+
+
+class PayloadTooLarge(WodError):
+    status = 413
+    code = "payload_too_large"

@@ -31,7 +31,7 @@ from traitlets.config import Application
 
 from . import __version__
 from .config import Wod
-from .errors import BadRequest, NotFound, WodError
+from .errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, Unauthorized, WodError
 from .hooks import Hooks
 from .operations import Operations
 from .portal import WodPortal
@@ -40,21 +40,6 @@ SCOPE_OPERATE = "custom:wod:operate"
 SCOPE_READ = "custom:wod:read"
 OPENAPI_FILE = Path(__file__).resolve().parent / "openapi.json"
 OP_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-class PayloadTooLarge(WodError):
-    status = 413
-    code = "payload_too_large"
-
-
-class Unauthorized(WodError):
-    status = 401
-    code = "unauthorized"
-
-
-class Forbidden(WodError):
-    status = 403
-    code = "forbidden"
 
 
 # ---------------------------------------------------------------------- handlers
