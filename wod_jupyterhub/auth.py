@@ -178,7 +178,7 @@ class WodAuthenticator(Authenticator):
         super().__init__(**kwargs)
         self.executor = ThreadPoolExecutor(max(1, self.hash_threads), thread_name_prefix="wod-auth")
         self.wod = Wod(config=self.config)
-        self.store = Store(self.wod.db_url)
+        self.store = Store.shared(self.wod.db_url)
         # Unknown names and free seats are checked against this, so a refusal
         # costs as long as a real check and tells nothing about the seat.
         self._dummy_hash = hash_password(secrets.token_urlsafe(16), STUDENT_COST)

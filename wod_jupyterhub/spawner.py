@@ -18,7 +18,6 @@ import asyncio
 import os
 import pwd
 import sys
-import threading
 
 from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
 from jupyterhub.utils import maybe_future
@@ -31,8 +30,6 @@ from .config import Wod, student_number
 from .store import Completion, Store
 
 
-_STORES: dict[str, Store] = {}
-_STORES_LOCK = threading.Lock()
 
 
 def workshop_folder(workshop: str) -> str:
@@ -70,11 +67,8 @@ class WodSpawner(LocalProcessSpawner):
 
     @property
     def store(self) -> Store:
-        # One engine per hub process, shared by every student's spawner.
-        with _STORES_LOCK:
-            if self.wod.db_url not in _STORES:
-                _STORES[self.wod.db_url] = Store(self.wod.db_url)
-            return _STORES[self.wod.db_url]
+        # One engine per hub process, shared with the authenticator.
+        return Store.shared(self.wod.db_url)
 
     @property
     def number(self):

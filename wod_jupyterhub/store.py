@@ -8,6 +8,7 @@ keeps no time zone and both databases must read alike.
 
 import datetime
 import logging
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -159,8 +160,20 @@ def make_engine(db_url: str, **kwargs):
     return engine
 
 
+_SHARED: dict[str, "Store"] = {}
+_SHARED_LOCK = threading.Lock()
+
+
 class Store:
     """An engine and a session factory on one database, migrated to the newest schema."""
+
+    @classmethod
+    def shared(cls, db_url: str) -> "Store":
+        """One Store per database and process: the hub's authenticator and every spawner share its pool."""
+        with _SHARED_LOCK:
+            if db_url not in _SHARED:
+                _SHARED[db_url] = cls(db_url)
+            return _SHARED[db_url]
 
     def __init__(self, db_url: str, upgrade: bool = True, **engine_kwargs):
         self.db_url = db_url
