@@ -281,16 +281,9 @@ class Operations(LoggingConfigurable):
                 with self.store.session() as s:
                     self._ensure_students(s, numbers)
                     s.flush()
-                    if verb == "CREATE":
+                    if verb in ("CREATE", "CLEANUP"):
                         st = s.get(Student, student)
-                        holder = self._holder_after_pending(s, student, st)
-                        if holder is not None and holder != customer:
-                            raise Conflict(f"student {student} is held by another customer; CLEANUP or PURGE it first")
-                    elif verb == "CLEANUP":
-                        st = s.get(Student, student)
-                        holder = self._holder_after_pending(s, student, st)
-                        if holder is not None and holder != customer:
-                            raise Conflict(f"student {student} is held by another customer, not by {customer}")
+                        self._check_holder(student, self._holder_after_pending(s, student, st), customer)
                     op = Operation(
                         id=uuid.uuid4().hex,
                         verb=verb,
@@ -696,6 +689,20 @@ class Operations(LoggingConfigurable):
         # The generation ends every session issued before the seat changed hands.
         st.generation = (st.generation or 0) + 1
 
+    @staticmethod
+    def _check_holder(n: int, holder, customer) -> None:
+        if holder is not None and holder != customer:
+            raise Conflict(f"student {n} is held by another customer, not by {customer}; CLEANUP or PURGE it first")
+
+    def _rotate(self, s, ctx, n: int, password: str, hashed: str, check_holder: bool = False) -> Student:
+        """The rotate step's common part: the new hash on the seat, the password sealed on the operation."""
+        st = s.get(Student, n)
+        if check_holder:
+            self._check_holder(n, st.customer if st.state in HELD else None, ctx.customer)
+        self._set_password(st, hashed)
+        ctx.result["password"] = self.sealer.seal(password)
+        return st
+
     def _password(self, ctx) -> str:
         return self.sealer.open(ctx.result["password"])
 
@@ -739,11 +746,7 @@ class Operations(LoggingConfigurable):
             password, hashed = await self._new_password()
 
             def rotate(s):
-                st = s.get(Student, n)
-                if st.state in HELD and st.customer != ctx.customer:
-                    raise Conflict(f"student {n} is held by another customer; CLEANUP or PURGE it first")
-                self._set_password(st, hashed)
-                ctx.result["password"] = self.sealer.seal(password)
+                self._rotate(s, ctx, n, password, hashed, check_holder=True)
 
             self._journal(ctx, "rotate", rotate, started=started)
         password = self._password(ctx)
@@ -880,15 +883,11 @@ class Operations(LoggingConfigurable):
             password, hashed = await self._new_password()
 
             def rotate(s):
-                st = s.get(Student, n)
-                if st.state in HELD and st.customer != ctx.customer:
-                    raise Conflict(f"student {n} is held by another customer, not by {ctx.customer}")
+                st = self._rotate(s, ctx, n, password, hashed, check_holder=True)
                 if st.workshop and not ctx.workshop:
                     ctx.workshop = st.workshop
-                self._set_password(st, hashed)
                 # From here no one logs in as N: the assignment ends with the old password.
                 st.state = "cleaning"
-                ctx.result["password"] = self.sealer.seal(password)
                 self.outbox.student_password(s, n, password, operation_id=ctx.id)
 
             self._journal(ctx, "rotate", rotate, started=started)
@@ -1016,12 +1015,10 @@ class Operations(LoggingConfigurable):
             password, hashed = await self._new_password()
 
             def rotate(s):
-                st = s.get(Student, n)
+                st = self._rotate(s, ctx, n, password, hashed)
                 if st.workshop and not ctx.workshop:
                     ctx.workshop = st.workshop
-                self._set_password(st, hashed)
                 st.state = "cleaning"
-                ctx.result["password"] = self.sealer.seal(password)
 
             self._journal(ctx, "rotate", rotate, started=started)
         password = self._password(ctx)
