@@ -146,6 +146,15 @@ c.WodSpawner.start_url = "/lab/tree/{workshop}/{readme}"
 # Start each student's server at the end of CREATE (step 7 of the design).
 c.WodService.start_server = False
 
+# Staged seats: while the service is idle, each free seat gets a copy of its
+# workshop's files except the templated ones, so a CREATE only renders the
+# templates (milliseconds) instead of copying the whole workshop. Costs the
+# disk of one workshop copy per free seat; seats in two workshops' ranges are
+# not staged. A finished CLEANUP/PURGE/RESET queues its seats at once; a full
+# look at the free seats happens every stage_rescan seconds.
+# c.Operations.stage_seats = True
+# c.Operations.stage_rescan = 60
+
 # The portal's token: $WOD_API_TOKEN, or a fresh one printed at each start
 # (production: set WOD_API_TOKEN, so that the portal's copy stays valid).
 # The service process reads this file too; it does not need the token.

@@ -170,6 +170,17 @@ def wait_callbacks(portal_url, want, timeout=120) -> float:
     return time.perf_counter() - t
 
 
+def wait_settled(hub, timeout=300) -> float:
+    """Wait until the service has compiled its templates and looked at every free seat; return the seconds."""
+    t = time.perf_counter()
+    while time.perf_counter() - t < timeout:
+        health = httpx.get(hub.service_url + "api/health").json()
+        if health.get("warm") and not health.get("stage_pending") and not health.get("running"):
+            break
+        time.sleep(0.1)
+    return time.perf_counter() - t
+
+
 def floor(work: Path, runs: int):
     wod = Wod(students_root=str(work / "floor-students"), notebooks=[str(work / "notebooks")], variables=VARIABLES)
     ws = load_catalog(wod.notebooks).get(WORKSHOP)
@@ -191,6 +202,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=None, help="c.WodService.workers (default: the service's)")
     ap.add_argument("--threads", type=int, default=None, help="c.WodService.threads (default: the service's)")
     ap.add_argument("--cold", action="store_true", help="a fresh hub: the burst creates the 100 hub users too")
+    ap.add_argument("--no-stage", action="store_true",
+                    help="c.Operations.stage_seats = False: every CREATE copies the whole workshop while the caller waits")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (hub and service logs) for a look")
     ap.add_argument("--postgres", default="", help="a PostgreSQL URL for the service's database (default: SQLite)")
     ap.add_argument("--profile", metavar="DIR", default="",
@@ -210,6 +223,7 @@ def main() -> int:
             api_db_url=portal_url,
             wod_config={"student_min": 1, "student_max": args.count, "variables": VARIABLES, "skel": ""},
             service_config={k: v for k, v in (("workers", args.workers), ("threads", args.threads)) if v},
+            extra_config="c.Operations.stage_seats = False" if args.no_stage else "",
         )
         rounds = []
         with hub:
@@ -217,9 +231,6 @@ def main() -> int:
                 # A pool in use: its accounts exist on the hub, as after `wod users create` or any earlier use.
                 users = [f"student{n}" for n in range(1, args.count + 1)]
                 hub.hub_api("POST", "/users", json={"usernames": users}).raise_for_status()
-            deadline = time.monotonic() + 120
-            while not httpx.get(hub.service_url + "api/health").json().get("warm") and time.monotonic() < deadline:
-                time.sleep(0.2)
             # CREATE on seats never used, CLEANUP them, CREATE on the recycled seats (the steady state).
             sent = 0
             for label, verb, callbacks in (
@@ -227,6 +238,9 @@ def main() -> int:
                 ("CLEANUP", "cleanup", 4),
                 ("CREATE, recycled seats", "create", 2),
             ):
+                # Each burst starts on a settled service: templates compiled, free seats staged (as between two
+                # workshops); the time that took is printed, it is not part of the burst.
+                settled = wait_settled(hub)
                 spy = None
                 if args.profile:
                     Path(args.profile).mkdir(parents=True, exist_ok=True)
@@ -240,6 +254,7 @@ def main() -> int:
                     spy.wait()
                 sent += callbacks * args.count
                 r = summarize(label, results, wall)
+                r["settled"] = settled
                 r["cpu"] = {k: cpu1[k] - cpu0.get(k, 0) for k in cpu1}
                 r["callbacks"] = wall + wait_callbacks(portal_url, sent)
                 r["delivered"] = delivered(portal_url)
@@ -256,10 +271,11 @@ def main() -> int:
 
     floor_p50 = statistics.median(floors)
     print(f"burst: {args.count} concurrent operations on {WORKSHOP} via the HTTP API (?wait=), portal callbacks on, "
-          f"{'PostgreSQL' if args.postgres else 'SQLite'}, hub users {'created by the first burst' if args.cold else 'existing'}")
+          f"{'PostgreSQL' if args.postgres else 'SQLite'}, hub users {'created by the first burst' if args.cold else 'existing'}, "
+          f"{'no staging (every CREATE copies the workshop)' if args.no_stage else 'free seats staged between bursts'}")
     print(f"floor (1 seat): p50 {floor_p50 * 1000:.1f} ms (cp -a + precompiled Jinja, same files); 100 x floor = {100 * floor_p50:.2f} s")
     for r in rounds:
-        print(f"- {r['label']}")
+        print(f"- {r['label']}  (service settled {r['settled']:.2f} s before it)")
         print(f"  wall time      : {r['wall']:6.2f} s for all {args.count}" + ("  (goal < 3 s)" if "CREATE" in r["label"] else ""))
         print(f"  per operation  : p50 {r['p50'] * 1000:7.1f} ms   p99 {r['p99'] * 1000:7.1f} ms   p50/floor {r['p50'] / floor_p50:6.1f}x")
         print("  where it goes  : " + ", ".join(f"{k} {v * 1000:.0f}" for k, v in r["phases"].items()) + " (ms, medians)")
@@ -267,8 +283,7 @@ def main() -> int:
         print(f"  callbacks      : {r['delivered']}/{r['expected']} delivered {r['callbacks']:.2f} s after the burst began")
         print(f"  errors         : {len(r['errors'])}" + (f"  e.g. {r['errors'][:3]}" if r["errors"] else ""))
     create = [r for r in rounds if "CREATE" in r["label"]]
-    best = min(create, key=lambda r: r["wall"])
-    ok = all(not r["errors"] for r in rounds) and best["wall"] < GOAL_SECONDS
+    ok = all(not r["errors"] for r in rounds) and all(r["wall"] < GOAL_SECONDS for r in create)
     print(f"verdict: {'OK' if ok else 'GOAL MISSED'} (CREATE bursts: " + ", ".join(f"{r['wall']:.2f} s" for r in create) + ")")
     return 0
 

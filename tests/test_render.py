@@ -446,3 +446,142 @@ def test_template_variables_layers(tmp_path):
     assert "cannot be read" in e.value.message
     with pytest.raises(errors.BadRequest):
         render.template_variables(wod, ws, 3, "pw", modews="OTHER")
+
+
+# -- staged seats -------------------------------------------------------------
+
+
+def modes(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.lstat().st_mode for p in folder.rglob("*")}
+
+
+def staged(wod) -> list:
+    return sorted(n for n in os.listdir(wod.students_root) if ".staged-" in n)
+
+
+def own_workshop(tmp_path, name="WKSHP-PythonBasics"):
+    """A private copy of a sample workshop, to edit, with a binary (copied) file beside its templates."""
+    root = tmp_path / "nb"
+    shutil.copytree(share_dir() / "workshops" / name, root / name)
+    (root / name / "Pictures").mkdir(exist_ok=True)
+    (root / name / "Pictures" / "logo.png").write_bytes(bytes(range(256)) * 64)
+    return root, load_catalog([root]).get(name)
+
+
+def test_a_staged_seat_comes_out_exactly_as_a_full_provision(tmp_path):
+    root, ws = own_workshop(tmp_path)
+    full = make_wod(tmp_path / "full", variables={"BRANDING": "B", "BRANDINGWOD": "W"})
+    fast = make_wod(tmp_path / "fast", variables={"BRANDING": "B", "BRANDINGWOD": "W"})
+    info = {}
+    provision(full, ws, 3, info=info)
+    assert info == {"staged": False}
+
+    assert render.stage(fast, ws, 3) is True
+    assert render.stage(fast, ws, 3) is False  # already there: nothing copied twice
+    [stage] = staged(fast)
+    # Only what the CREATE will not render: the copied files, no rendered notebook.
+    assert (Path(fast.students_root) / stage / ws.name / "Pictures" / "logo.png").is_file()
+    assert not (Path(fast.students_root) / stage / ws.name / "0-ReadMeFirst.ipynb").exists()
+    assert not (Path(fast.students_root) / "student3").exists()
+
+    info = {}
+    home = provision(fast, ws, 3, info=info)
+    assert info == {"staged": True}
+    reference = Path(full.students_root) / "student3"
+    assert snapshot(home) == snapshot(reference)
+    assert modes(home) == modes(reference)
+    assert leftovers(fast) == []
+
+
+def test_the_real_corpus_staged(corpus, tmp_path):
+    ws = load_catalog([corpus]).get("WKSHP-Docker101")
+    full, fast = make_wod(tmp_path / "full"), make_wod(tmp_path / "fast")
+    n = ws.range[0]
+    provision(full, ws, n)
+    render.stage(fast, ws, n)
+    info = {}
+    home = provision(fast, ws, n, info=info)
+    assert info["staged"] and snapshot(home) == snapshot(Path(full.students_root) / f"student{n}")
+
+
+@pytest.mark.parametrize("change", ["edit a copied file", "add a file", "new boot", "other workshop"])
+def test_an_outdated_stage_is_never_used(tmp_path, monkeypatch, change):
+    root, ws = own_workshop(tmp_path)
+    wod = make_wod(tmp_path, variables={"BRANDING": "B", "BRANDINGWOD": "W"})
+    render.stage(wod, ws, 5)
+    [old] = staged(wod)
+    if change == "edit a copied file":
+        (root / ws.name / "Pictures" / "logo.png").write_bytes(b"a new picture")
+    elif change == "add a file":
+        (root / ws.name / "notes.txt").write_text("added after the stage")
+    elif change == "new boot":
+        # unsynced bytes may be lost in a crash of the machine, which also changes the boot id
+        monkeypatch.setattr(render, "_boot_id", lambda: "another-boot")
+    else:
+        ws = load_catalog([share_dir() / "workshops"]).get("WKSHP-StdlibData")
+    info = {}
+    home = provision(wod, ws, 5, info=info)
+    assert info == {"staged": False}
+    if change == "edit a copied file":
+        assert (home / ws.name / "Pictures" / "logo.png").read_bytes() == b"a new picture"
+    if change == "add a file":
+        assert (home / ws.name / "notes.txt").read_text() == "added after the stage"
+    assert leftovers(wod) == []  # the outdated stage is gone with the provisioning
+
+
+def test_restaging_an_edited_workshop_replaces_the_old_stage(tmp_path):
+    root, ws = own_workshop(tmp_path)
+    wod = make_wod(tmp_path)
+    render.stage(wod, ws, 6)
+    [first] = staged(wod)
+    (root / ws.name / "Pictures" / "logo.png").write_bytes(b"v2")
+    assert render.stage(wod, ws, 6) is True
+    [second] = staged(wod)
+    assert second != first
+    assert (Path(wod.students_root) / second / ws.name / "Pictures" / "logo.png").read_bytes() == b"v2"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing owners needs root")
+def test_a_stage_belongs_to_the_service_until_the_create_hands_it_over(tmp_path):
+    root, ws = own_workshop(tmp_path)
+    wod = make_wod(tmp_path, variables={"BRANDING": "B", "BRANDINGWOD": "W"})
+    render.stage(wod, ws, 8)
+    [stage] = staged(wod)
+    top = Path(wod.students_root) / stage
+    assert {p.lstat().st_uid for p in [top, *top.rglob("*")]} == {os.geteuid()}
+    home = provision(wod, ws, 8, uid=43210, gid=43211)
+    assert {(p.lstat().st_uid, p.lstat().st_gid) for p in [home, *home.rglob("*")]} == {(43210, 43211)}
+
+
+def test_a_failed_render_on_a_stage_leaves_the_home_and_nothing_else(tmp_path):
+    wod = make_wod(tmp_path)
+    good = load_catalog([share_dir() / "workshops"]).get("WKSHP-PythonBasics")
+    home = provision(wod, good, 1)
+    before = snapshot(home)
+    ws = bad_workshop(tmp_path / "nb", "{{ NOT_DEFINED_ANYWHERE }}")
+    render.stage(wod, ws, 1)  # the copied part stages fine; the template fails at the CREATE
+    assert len(staged(wod)) == 1
+    with pytest.raises(render.RenderError, match="NOT_DEFINED_ANYWHERE"):
+        provision(wod, ws, 1)
+    assert snapshot(home) == before
+    assert leftovers(wod) == []
+
+
+def test_erasing_a_seat_removes_its_stage(tmp_path):
+    _, ws = own_workshop(tmp_path)
+    wod = make_wod(tmp_path)
+    render.stage(wod, ws, 9)
+    render.stage(wod, ws, 10)
+    render.erase_home(wod, 9)
+    assert [n.split(".staged-")[0] for n in leftovers(wod)] == [".student10"]
+
+
+def test_staging_refuses_what_provisioning_refuses(tmp_path):
+    wod = make_wod(tmp_path)
+    ws = bad_workshop(tmp_path / "nb", "x")
+    (Path(ws.path) / "out").symlink_to("/etc")
+    with pytest.raises(render.RenderError, match="leading out of the notebooks root"):
+        render.stage(wod, ws, 1)
+    with pytest.raises(errors.BadRequest):
+        render.stage(wod, ws, 0)
+    assert leftovers(wod) == []

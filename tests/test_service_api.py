@@ -203,6 +203,49 @@ def test_create_then_cleanup_through_the_proxy(hub, db, portal):
         assert check(api.get(f"api/operations/{op['id']}"), 200)["status"] == "succeeded"
 
 
+def stages(hub) -> dict:
+    """Seat number -> its staged folders (``.student<N>.staged-<key>``)."""
+    out: dict = {}
+    for name in os.listdir(hub.students_root):
+        if ".staged-" in name:
+            out.setdefault(int(name[len(".student") :].split(".", 1)[0]), []).append(name)
+    return out
+
+
+def stager_done(hub, timeout=60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        health = check(httpx.get(hub.service_url + "api/health"), 200)
+        if health["stage_pending"] == 0 and health["running"] == 0:
+            return health
+        time.sleep(0.1)
+    raise AssertionError(f"the stager still has seats to look at after {timeout} s: {health}")
+
+
+def test_free_seats_are_staged_and_a_create_renders_into_its_stage(hub, db, api):
+    stager_done(hub)
+    staged = stages(hub)
+    # Every free seat of an active workshop, one stage each; none for the inactive WKSHP-Off (21..25).
+    free = [n for n in range(1, 46) if (st := db.student(n)) is None or st.state == "free"]
+    assert all(len(staged.get(n, [])) == 1 for n in free if not 21 <= n <= 25), (free, staged)
+    assert not any(21 <= n <= 25 for n in staged)
+    n = 6
+    assert n in staged
+    op = create(api, n, "c-staged")
+    assert op["status"] == "succeeded", op["error"]
+    [provision] = [s for s in op["steps"] if s["name"] == "provision"]
+    assert provision["detail"] == {"staged": True}
+    assert n not in stages(hub)  # the stage became the home
+    assert "Your password is " + op["result"]["password"] in (home(hub, n) / "WKSHP-Svc" / "0-ReadMeFirst.ipynb").read_text()
+    # An active seat is not staged again; once CLEANUP frees it, it is.
+    stager_done(hub)
+    assert n not in stages(hub)
+    assert verb(api, "cleanup", {"student": n, "customer": "c-staged"})["status"] == "succeeded"
+    stager_done(hub)
+    assert len(stages(hub).get(n, [])) == 1
+    assert not home(hub, n).exists()
+
+
 def test_cleanup_of_a_reset_workshop_keeps_the_home_until_reset(hub, db, portal, api):
     n, customer = 12, "c-keep"
     assert create(api, n, customer, "WKSHP-Keep")["status"] == "succeeded"

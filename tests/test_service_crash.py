@@ -8,12 +8,16 @@ checks every seat:
 * no operation stays queued or running, none failed, no student lease is left;
 * the assignment matches the home: ``active`` ⇔ the rendered workshop is there,
   ``free`` ⇔ no home, and no half-built or half-erased folder is left behind;
+  a staged seat (``.student<N>.staged-*``) is whole, and what a killed
+  stager left is removed by the next look at the free seats;
 * the password hash matches the last password reported to the portal (the
   last password callback in the outbox, and what the portal got in the end)
   and, for a seat given by CREATE, the password that CREATE's result reports.
 """
 
+import os
 import random
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +26,9 @@ from portal_server import PortalServer
 
 from hubutil import RealHub, free_port, write_workshop
 from svcutil import DB
-from wod_jupyterhub import passwords
+from wod_jupyterhub import passwords, render
+from wod_jupyterhub.catalog import load_catalog
+from wod_jupyterhub.config import Wod
 from wod_jupyterhub.portal import SEALED
 
 TRIALS = 20
@@ -52,7 +58,8 @@ def crash_env(root: Path, portal, db_url=None, **kwargs) -> RealHub:
         api_db_url=portal.url,
         wod_config={"student_min": 1, "student_max": 20, "scripts": [str(scripts)], "skel": ""},
         # A callback claimed by a killed process is taken over at once (same host), not after its lease.
-        extra_config="c.WodPortal.timeout = 2.0\nc.WodPortal.retry_initial = 0.2\n",
+        # The stager looks at the free seats every second, so what a killed one left goes quickly.
+        extra_config="c.WodPortal.timeout = 2.0\nc.WodPortal.retry_initial = 0.2\nc.Operations.stage_rescan = 1.0\n",
         **kwargs,
     )
 
@@ -85,13 +92,48 @@ def wait_settled(db, timeout=90):
     raise AssertionError(f"operations stuck after recovery: {stuck}")
 
 
+def tree(folder: Path) -> dict:
+    return {
+        str(p.relative_to(folder)): (None if p.is_dir() else p.read_bytes(), p.lstat().st_mode)
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+_reference = {}
+
+
+def check_stages(hub: RealHub, root: Path, timeout=20):
+    """Every stage is whole (what render.stage builds); a stage left half-built by a killed stager goes soon."""
+    if "tree" not in _reference:
+        ws = load_catalog(hub.notebooks).get(WORKSHOP)
+        with tempfile.TemporaryDirectory() as tmp:
+            ref = Wod(students_root=tmp, skel="")
+            render.stage(ref, ws, 1)
+            [name] = [n for n in os.listdir(tmp) if ".staged-" in n]
+            _reference["tree"] = tree(Path(tmp) / name)
+    deadline = time.monotonic() + timeout
+    while True:
+        dead = [p.name for p in root.glob(".student*.staging-*") if render._dead_staging(str(p))]
+        if not dead:
+            break
+        assert time.monotonic() < deadline, f"half-built stages of killed processes still there: {dead}"
+        time.sleep(0.1)
+    for p in root.glob(".student*.staged-*"):
+        try:
+            got = tree(p)
+        except FileNotFoundError:
+            continue  # a CREATE took it, or an erase removed it, while we looked
+        assert got == _reference["tree"], f"{p.name} is not a whole stage"
+
+
 def check_consistent(hub: RealHub, db: DB, sealer):
     ops = db.ops()
     failed = [(o.verb, o.student, o.error) for o in ops if o.status != "succeeded"]
     assert not failed, failed
     root = Path(hub.students_root)
-    leftovers = [p.name for p in root.glob(".student*")] if root.exists() else []
+    leftovers = [p.name for p in root.glob(".student*") if ".staged-" not in p.name and ".staging-" not in p.name]
     assert not leftovers, f"half-built or half-erased folders left: {leftovers}"
+    check_stages(hub, root)
     for n in STUDENTS:
         st = db.student(n)
         if st is None:
@@ -143,7 +185,7 @@ def run_trials(hub, db, portal, trials, seed, check_portal=True):
             entry = rng.choice(ready)
             with hub.client(base_url=entry.url) as api:
                 sent = send_batch(api, db, rng)
-            delay = rng.uniform(0.0, 0.6)
+            delay = rng.uniform(0.0, 0.3)
             time.sleep(delay)
             running = sum(1 for o in db.ops() if o.status == "running")
             victims = services if both else [rng.choice(services)]
@@ -188,6 +230,9 @@ def test_sigkill_during_create_and_cleanup_sqlite(tmp_path_factory, portal):
         db = DB(hub.db_url)
         try:
             kills = run_trials(hub, db, portal, TRIALS, seed=20261122)
+            # Both ways of provisioning ran under the kills: into a staged seat and from scratch.
+            provisions = [s.get("detail", {}).get("staged") for o in db.ops(verb="CREATE") for s in o.steps if s["name"] == "provision"]
+            assert True in provisions and False in provisions, provisions
         finally:
             db.dispose()
     assert len(kills) == TRIALS

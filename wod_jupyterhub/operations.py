@@ -130,6 +130,21 @@ class Operations(LoggingConfigurable):
     catalog_ttl = Float(5.0, help="Seconds the workshop catalog is cached before wod.yml files are read again.").tag(config=True)
     max_recoveries = Integer(3, help="An operation taken over after a crash this many times fails instead of resuming again.").tag(config=True)
     stop_timeout = Float(60, help="Seconds to wait for a student's server to stop.").tag(config=True)
+    stage_seats = Bool(
+        True,
+        help="""Copy ahead, for every free seat, the files of its workshop that a CREATE does not render.
+
+        A CREATE then renders only the templated files and swaps the seat in: a
+        few ms instead of the time it takes to copy the whole workshop (its
+        pictures and data files). Staging runs in one thread, only while this
+        process has no operation to run, so it never slows a burst. It takes
+        the disk of one more copy of the workshop per free seat. Seats in the
+        range of two active workshops are not staged.
+        """,
+    ).tag(config=True)
+    stage_rescan = Float(
+        60, help="Seconds between looks for free seats to stage; a finished CLEANUP, PURGE or RESET queues its seats at once."
+    ).tag(config=True)
 
     def __init__(self, wod, store, sealer, outbox, hub, hooks, renderer, hostname=None, **kwargs):
         super().__init__(**kwargs)
@@ -145,6 +160,12 @@ class Operations(LoggingConfigurable):
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="wod-op")
         # Hashing gets its own threads (scrypt releases the GIL): a rotation must not queue behind provisionings.
         self.hash_pool = ThreadPoolExecutor(2, thread_name_prefix="wod-hash")
+        self.stage_pool = ThreadPoolExecutor(1, thread_name_prefix="wod-stage")
+        # Seats to stage, in order (a dict as an ordered set); the next full look at the free seats.
+        self._stage_queue: dict[int, None] = {}
+        self._stage_scan_at = 0.0
+        self._last_busy = 0.0
+        self._seat_map = (None, {})
         self._events: dict[str, asyncio.Event] = {}
         self._running: dict[str, asyncio.Task] = {}
         self._wake = asyncio.Event()
@@ -304,6 +325,7 @@ class Operations(LoggingConfigurable):
                 if attempt == 4:
                     raise
         self._events[op.id] = asyncio.Event()
+        self._last_busy = time.monotonic()
         self._wake.set()
         self.log.info("Queued %s %s for student %s", op.id, verb, student if student_last is None else f"{student}..{last}")
         return op
@@ -387,13 +409,15 @@ class Operations(LoggingConfigurable):
             asyncio.ensure_future(self._dispatch_loop()),
             asyncio.ensure_future(self._heartbeat_loop()),
         ]
+        if self.stage_seats:
+            self._loops.append(asyncio.ensure_future(self._stage_loop()))
 
     async def stop(self):
         for t in self._loops + list(self._running.values()):
             t.cancel()
         await asyncio.gather(*self._loops, *self._running.values(), return_exceptions=True)
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        self.hash_pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self.pool, self.hash_pool, self.stage_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def wake(self):
         self._wake.set()
@@ -456,6 +480,7 @@ class Operations(LoggingConfigurable):
             if op_id in self._running or any(a <= last and first <= b for a, b in blocked):
                 blocked.append((first, last))
                 continue
+            self._last_busy = time.monotonic()
             if self._claim(op_id, first, last, created):
                 self._launch(op_id)
                 free -= 1
@@ -557,6 +582,74 @@ class Operations(LoggingConfigurable):
         task = asyncio.ensure_future(self._execute(op_id, recovered_from))
         self._running[op_id] = task
 
+    # ----------------------------------------------------------------- staging
+
+    @property
+    def stage_pending(self) -> int:
+        """Seats waiting to be looked at by the stager (a full look not done yet counts as one)."""
+        if not self.stage_seats:
+            return 0
+        return len(self._stage_queue) + (1 if time.monotonic() >= self._stage_scan_at else 0)
+
+    def _idle(self) -> bool:
+        # A short quiet time first: requests of a burst arrive over a few ms.
+        return not self._running and time.monotonic() - self._last_busy > 0.2
+
+    def _seat_workshops(self) -> dict:
+        """Seat number -> the one active workshop whose range holds it (seats of two workshops left out)."""
+        catalog = self.catalog()
+        if self._seat_map[0] is not catalog:
+            seats: dict = {}
+            for ws in catalog.workshops.values():
+                if not (ws.active and ws.valid and ws.range):
+                    continue
+                for n in range(max(ws.range[0], self.wod.student_min), min(ws.range[1], self.wod.student_max) + 1):
+                    seats[n] = None if n in seats else ws
+            self._seat_map = (catalog, {n: ws for n, ws in seats.items() if ws is not None})
+        return self._seat_map[1]
+
+    async def _stage_loop(self):
+        while True:
+            await asyncio.sleep(0.1)
+            try:
+                if not self._idle():
+                    continue
+                if time.monotonic() >= self._stage_scan_at:
+                    self._stage_scan_at = time.monotonic() + self.stage_rescan
+                    self._stage_queue.update(dict.fromkeys(sorted(self._seat_workshops())))
+                while self._stage_queue and self._idle():
+                    n = next(iter(self._stage_queue))
+                    del self._stage_queue[n]
+                    await self._stage_one(n)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("Staging free seats failed; trying again later")
+
+    async def _stage_one(self, n: int) -> bool:
+        from . import render
+
+        ws = self._seat_workshops().get(n)
+        if ws is None:
+            return False
+        with self.store.Session() as s:
+            state = s.scalar(select(Student.state).where(Student.number == n))
+        if state not in (None, "free"):
+            return False
+        try:
+            built = await asyncio.get_running_loop().run_in_executor(self.stage_pool, render.stage, self.wod, ws, n)
+        except FileNotFoundError as e:
+            # A CREATE of this seat removed our half-built stage: it will not need it.
+            self.log.debug("Staging student %s for %s stopped: %s", n, ws.name, e)
+            return False
+        except (OSError, WodError) as e:
+            # Only ever an optimization: the CREATE copies what it needs itself.
+            self.log.warning("Staging student %s for %s failed: %s", n, ws.name, e)
+            return False
+        if built:
+            self.log.debug("Staged student %s for %s", n, ws.name)
+        return built
+
     # --------------------------------------------------------------- running
 
     async def _execute(self, op_id, recovered_from=None):
@@ -591,6 +684,10 @@ class Operations(LoggingConfigurable):
         except Exception:
             self.log.exception("Recording the end of operation %s failed", op_id)
         self._running.pop(op_id, None)
+        self._last_busy = time.monotonic()
+        if ctx is not None and self.stage_seats:
+            # Seats an operation left free get staged next; the stager skips the others.
+            self._stage_queue.update(dict.fromkeys(ctx.students))
         elapsed = time.monotonic() - started
         self.counts[status] += 1
         self.durations.append((verb, elapsed))
@@ -781,11 +878,12 @@ class Operations(LoggingConfigurable):
                     self.wod, ws, n, password, modews=mode, hook_vars=hook_vars, hostname=self.hostname
                 )
                 uid = self._uid(n)
+                info = {}
                 await self._blocking(
-                    lambda: render.provision(self.wod, ws, n, variables, renderer=self.renderer, uid=uid, gid=uid)
+                    lambda: render.provision(self.wod, ws, n, variables, renderer=self.renderer, uid=uid, gid=uid, info=info)
                 )
                 # Files only, swapped in whole: journaled with the next commit (a crash before it provisions again).
-                ctx.deferred.append(self._entry("provision", started))
+                ctx.deferred.append(self._entry("provision", started, info))
 
             if "hooks-post-copy" not in ctx.done:
                 await self._hook_step(ctx, "post-copy", folder, ws, mode, n)

@@ -339,49 +339,35 @@ class Renderer:
             return RenderError(f"{where}: template syntax error: {_clause(e.message)}.", file=rel, line=line)
         return RenderError(f"{where}: the template failed: {type(e).__name__}: {_clause(e)}.", file=rel, line=line)
 
-    def render_tree(self, src: Path, dst: Path, variables: dict, root: Path | None = None) -> None:
-        """Render or copy every file of ``src`` into the new folder ``dst``.
+    def render_tree(
+        self, src: Path, dst: Path, variables: dict, root: Path | None = None, part: str = "all", entries=None
+    ) -> list[str]:
+        """Render or copy the files of ``src`` into the folder ``dst``; return the paths written.
 
         A symlink is followed only when it stays inside ``root`` (the
         notebooks root); one leading out is refused, so nothing is read
-        from outside.
+        from outside. ``part``: ``"all"`` builds ``dst``; ``"static"`` builds
+        it with the copied files only (a staged seat, see :func:`stage`);
+        ``"templates"`` renders the templated files into a ``dst`` that
+        ``"static"`` built. ``entries``: :func:`source_tree` of ``src``, when
+        the caller has it already.
         """
         src = Path(src)
-        root_real = os.path.realpath(root if root is not None else src)
-        seen = set()
-        self._walk(src, Path(dst), "", variables, root_real, seen, src.name)
-
-    def _walk(self, src: Path, dst: Path, rel: str, variables, root_real: str, seen: set, top: str) -> None:
-        real = os.path.realpath(src)
-        if real in seen:
-            raise RenderError(f"{top}/{rel} is a symlink loop.", file=f"{top}/{rel}")
-        seen.add(real)
-        os.mkdir(dst, 0o755)
-        with os.scandir(src) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        for entry in entries:
-            name = entry.name
-            erel = f"{rel}/{name}" if rel else name
-            shown = f"{top}/{erel}"
-            target = entry.path
-            if entry.is_symlink():
-                target = os.path.realpath(entry.path)
-                if os.path.commonpath([target, root_real]) != root_real or not os.path.exists(target):
-                    raise RenderError(
-                        f"{shown} is a symlink leading out of the notebooks root (or nowhere); it is refused.",
-                        file=shown,
-                    )
-                is_dir = os.path.isdir(target)
-            else:
-                is_dir = entry.is_dir(follow_symlinks=False)
-                if not is_dir and not entry.is_file(follow_symlinks=False):
-                    continue  # sockets, fifos, devices: never copied
-            out = os.path.join(dst, name)
+        if entries is None:
+            entries = source_tree(src, root)
+        top = src.name
+        written = []
+        if part != "templates":
+            os.mkdir(dst, 0o755)
+        for rel, target, is_dir in entries:
+            out = os.path.join(dst, rel)
             if is_dir:
-                self._walk(Path(target), Path(out), erel, variables, root_real, seen, top)
-            elif is_templated(name):
-                text = self.render_file(Path(target), shown, variables)
-                data = text.encode("utf-8")
+                if part != "templates":
+                    os.mkdir(out, 0o755)
+            elif is_templated(os.path.basename(rel)):
+                if part == "static":
+                    continue
+                data = self.render_file(Path(target), f"{top}/{rel}", variables).encode("utf-8")
                 fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o755 if _executable(target) else 0o644)
                 try:
                     view = memoryview(data)
@@ -389,8 +375,54 @@ class Renderer:
                         view = view[os.write(fd, view) :]
                 finally:
                     os.close(fd)
-            else:
+                written.append(out)
+            elif part != "templates":
                 _copy_file(target, out)
+                written.append(out)
+        return written
+
+
+def source_tree(src: Path, root: Path | None = None) -> list[tuple[str, str, bool]]:
+    """Every file and folder of a workshop as ``(relative path, path to read, is a folder)``, folders first.
+
+    Symlinks are followed only inside ``root`` (default ``src``): one leading
+    out, or nowhere, or in a loop raises :class:`RenderError`; sockets, fifos
+    and devices are left out.
+    """
+    src = Path(src)
+    root_real = os.path.realpath(root if root is not None else src)
+    top = src.name
+    out: list[tuple[str, str, bool]] = []
+    seen: set = set()
+
+    def walk(folder, rel):
+        real = os.path.realpath(folder)
+        if real in seen:
+            raise RenderError(f"{top}/{rel} is a symlink loop.", file=f"{top}/{rel}")
+        seen.add(real)
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            erel = f"{rel}/{entry.name}" if rel else entry.name
+            target = entry.path
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                if os.path.commonpath([target, root_real]) != root_real or not os.path.exists(target):
+                    raise RenderError(
+                        f"{top}/{erel} is a symlink leading out of the notebooks root (or nowhere); it is refused.",
+                        file=f"{top}/{erel}",
+                    )
+                is_dir = os.path.isdir(target)
+            else:
+                is_dir = entry.is_dir(follow_symlinks=False)
+                if not is_dir and not entry.is_file(follow_symlinks=False):
+                    continue  # sockets, fifos, devices: never copied
+            out.append((erel, target, is_dir))
+            if is_dir:
+                walk(target, erel)
+
+    walk(src, "")
+    return out
 
 
 def _executable(path: str) -> bool:
@@ -641,6 +673,130 @@ def default_renderer(wod) -> Renderer:
     return r
 
 
+def _check_workshop(wod, workshop) -> None:
+    if not Path(workshop.path).is_dir():
+        raise errors.NotFound(f"Workshop folder {workshop.path} does not exist.", code="no_workshop")
+    if not (Path(workshop.path) / wod.readme_notebook).is_file():
+        raise errors.Unprocessable(
+            f"Workshop {workshop.name} has no {wod.readme_notebook}, the notebook that opens first.", code="no_readme"
+        )
+
+
+@functools.lru_cache(maxsize=1)
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _stage_key(wod, workshop, entries) -> str:
+    """What a staged seat's copied files depend on, as a short digest.
+
+    The workshop's folders and file names, and for every copied file its
+    size, mtime and exec bit; the skeleton's files likewise; the workspace. Editing a workshop changes the key, so an outdated stage is
+    never used. The boot id is in it too: a stage is written without fsync
+    (like any copy), and only a crash of the machine can lose unsynced
+    bytes, which also changes the boot id.
+    """
+    h = hashlib.sha256()
+    h.update(json.dumps([_boot_id(), workshop.name, os.path.realpath(workshop.path), wod.readme_notebook]).encode())
+    for rel, target, is_dir in entries:
+        if is_dir or is_templated(os.path.basename(rel)):
+            h.update(f"{rel}\0{is_dir}\n".encode())
+        else:
+            st = os.stat(target)
+            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode & 0o111}\n".encode())
+    if wod.skel and os.path.isdir(wod.skel):
+        for dirpath, dirnames, filenames in os.walk(wod.skel):
+            dirnames.sort()
+            for name in sorted(filenames):
+                st = os.lstat(os.path.join(dirpath, name))
+                h.update(f"skel/{os.path.relpath(os.path.join(dirpath, name), wod.skel)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def _staged_path(wod, student: int, key: str) -> str:
+    return os.path.join(wod.students_root, f".student{student}.staged-{key}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _dead_staging(path: str) -> bool:
+    """A ``.student<N>.staging-<pid>-*`` folder whose process is gone (killed while staging)."""
+    try:
+        return not _pid_alive(int(path.rsplit(".staging-", 1)[1].split("-", 1)[0]))
+    except (IndexError, ValueError):
+        return True
+
+
+def _build(wod, workshop, new: str, entries, renderer: Renderer, variables, part: str, uid, gid) -> None:
+    """Fill the empty folder ``new``: skeleton, ``<WKSHP>/``, the workspace (``part`` as in ``render_tree``)."""
+    os.chmod(new, 0o755)
+    if wod.skel and os.path.isdir(wod.skel):
+        _copy_skel(wod.skel, new)
+    renderer.render_tree(
+        Path(workshop.path), Path(new) / workshop.name, variables, root=Path(workshop.root), part=part, entries=entries
+    )
+    wsdir = os.path.join(new, WORKSPACE_DIR)
+    os.makedirs(wsdir, 0o755, exist_ok=True)
+    with open(os.path.join(wsdir, WORKSPACE_FILE), "w", encoding="utf-8") as f:
+        f.write(_workspace(workshop.name, wod.readme_notebook))
+    if uid is not None:
+        _chown_tree(new, uid, gid if gid is not None else uid)
+
+
+def stage(wod, workshop, student: int) -> bool:
+    """Copy ahead, for a free seat, everything of ``workshop`` that its CREATE will not render.
+
+    A CREATE then only renders the templated files into it and swaps it in
+    (:func:`provision`), instead of copying the workshop's every byte while
+    the participant waits: the copy is most of a provisioning's cost, and
+    all of it for workshops with large pictures or data files. The stage
+    is the hidden folder ``.student<N>.staged-<key>`` beside the homes,
+    built under another name and renamed when complete, so a stage is
+    either whole or absent, and belongs to the service's user until a
+    CREATE hands it to the student: no student can write into a stage,
+    even one finished after its seat was given. Return False when a
+    current stage was there already. Any erase or provisioning of the
+    seat removes a stage it does not use.
+    """
+    _check_workshop(wod, workshop)
+    home_path(wod, student)
+    root = Path(wod.students_root)
+    root.mkdir(parents=True, exist_ok=True)
+    entries = source_tree(Path(workshop.path), Path(workshop.root))
+    target = _staged_path(wod, student, _stage_key(wod, workshop, entries))
+    for old in _stale(wod, student):
+        if (".staged-" in old and old != target) or (".staging-" in old and _dead_staging(old)):
+            _remove(old)  # an earlier version of the workshop; a stager killed mid-way
+    if not os.path.isdir(target):
+        # The pid in the name tells a later stager whether this one still runs.
+        tmp = tempfile.mkdtemp(prefix=f".student{student}.staging-{os.getpid()}-", dir=root)
+        try:
+            _build(wod, workshop, tmp, entries, default_renderer(wod), None, "static", None, None)
+            os.rename(tmp, target)
+        except OSError:
+            _remove(tmp)
+            if not os.path.isdir(target):  # not another process staging the same seat: a real failure
+                raise
+            return False
+        except BaseException:
+            _remove(tmp)
+            raise
+        return True
+    return False
+
+
 def provision(
     wod,
     workshop,
@@ -649,36 +805,45 @@ def provision(
     renderer: Renderer | None = None,
     uid: int | None = None,
     gid: int | None = None,
+    info: dict | None = None,
 ) -> Path:
     """Give ``student<N>`` a fresh home: skeleton, ``<WKSHP>/`` rendered, a workspace opening the ReadMeFirst.
 
     Everything is built in a temporary folder beside the home and swapped in
     at once; on any failure the previous home is left exactly as it was.
+    A current stage of the seat (:func:`stage`) is used when there is one:
+    then only the templated files are rendered here. ``info`` (a dict, if
+    given) gets ``staged``: whether one was.
     """
     renderer = renderer or default_renderer(wod)
     home = home_path(wod, student)
-    if not Path(workshop.path).is_dir():
-        raise errors.NotFound(f"Workshop folder {workshop.path} does not exist.", code="no_workshop")
-    if not (Path(workshop.path) / wod.readme_notebook).is_file():
-        raise errors.Unprocessable(
-            f"Workshop {workshop.name} has no {wod.readme_notebook}, the notebook that opens first.", code="no_readme"
-        )
+    _check_workshop(wod, workshop)
     root = Path(wod.students_root)
     root.mkdir(parents=True, exist_ok=True)
-    for leftover in _stale(wod, student):
-        _remove(leftover)  # from a process that died mid-way
+    entries = source_tree(Path(workshop.path), Path(workshop.root))
+    stale = _stale(wod, student)
     new = tempfile.mkdtemp(prefix=f".student{student}.new-", dir=root)
     try:
-        os.chmod(new, 0o755)
-        if wod.skel and os.path.isdir(wod.skel):
-            _copy_skel(wod.skel, new)
-        renderer.render_tree(Path(workshop.path), Path(new) / workshop.name, variables, root=Path(workshop.root))
-        wsdir = os.path.join(new, WORKSPACE_DIR)
-        os.makedirs(wsdir, 0o755, exist_ok=True)
-        with open(os.path.join(wsdir, WORKSPACE_FILE), "w", encoding="utf-8") as f:
-            f.write(_workspace(workshop.name, wod.readme_notebook))
-        if uid is not None:
-            _chown_tree(new, uid, gid if gid is not None else uid)
+        staged = False
+        if any(".staged-" in p for p in stale):
+            try:
+                # Onto the empty folder: the stage is ours, or it was not there.
+                os.rename(_staged_path(wod, student, _stage_key(wod, workshop, entries)), new)
+                staged = True
+            except OSError:
+                pass
+        for leftover in stale:
+            _remove(leftover)  # from a process that died mid-way, or an outdated stage (a used one is gone)
+        if info is not None:
+            info["staged"] = staged
+        if staged:
+            renderer.render_tree(
+                Path(workshop.path), Path(new) / workshop.name, variables, root=Path(workshop.root), part="templates", entries=entries
+            )
+            if uid is not None:
+                _chown_tree(new, uid, gid if gid is not None else uid)
+        else:
+            _build(wod, workshop, new, entries, renderer, variables, "all", uid, gid)
         # the check again, right before the swap: the home may have changed meanwhile
         home_path(wod, student)
         if os.path.lexists(home) and not os.path.islink(home) and _exchange(new, str(home)):
