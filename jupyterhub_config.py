@@ -146,14 +146,16 @@ c.WodSpawner.start_url = "/lab/tree/{workshop}/{readme}"
 # Start each student's server at the end of CREATE (step 7 of the design).
 c.WodService.start_server = False
 
-# Staged seats: while the service is idle, each free seat gets a copy of its
-# workshop's files except the templated ones, so a CREATE only renders the
-# templates (milliseconds) instead of copying the whole workshop. Costs the
-# disk of one workshop copy per free seat; seats in two workshops' ranges are
-# not staged. A finished CLEANUP/PURGE/RESET queues its seats at once; a full
-# look at the free seats happens every stage_rescan seconds.
+# Free seats are prepared while the service is idle, so that a CREATE does
+# little while its caller waits: what a seat's hub user may have left on the
+# hub (a server, tokens) is ended, and the workshop's files except the
+# templated ones are copied ahead ("staged"), so a CREATE only renders the
+# templates (milliseconds) instead of copying the whole workshop. Staging
+# costs the disk of one workshop copy per free seat; seats in two workshops'
+# ranges are not staged. A finished operation queues its seats at once; a
+# full look at the free seats happens every prepare_rescan seconds.
 # c.Operations.stage_seats = True
-# c.Operations.stage_rescan = 60
+# c.Operations.prepare_rescan = 60
 
 # The portal's token: $WOD_API_TOKEN, or a fresh one printed at each start
 # (production: set WOD_API_TOKEN, so that the portal's copy stays valid).

@@ -175,7 +175,7 @@ def wait_settled(hub, timeout=300) -> float:
     t = time.perf_counter()
     while time.perf_counter() - t < timeout:
         health = httpx.get(hub.service_url + "api/health").json()
-        if health.get("warm") and not health.get("stage_pending") and not health.get("running"):
+        if health.get("warm") and not health.get("prepare_pending") and not health.get("running"):
             break
         time.sleep(0.1)
     return time.perf_counter() - t
@@ -238,7 +238,7 @@ def main() -> int:
                 ("CLEANUP", "cleanup", 4),
                 ("CREATE, recycled seats", "create", 2),
             ):
-                # Each burst starts on a settled service: templates compiled, free seats staged (as between two
+                # Each burst starts on a settled service: templates compiled, free seats prepared (as between two
                 # workshops); the time that took is printed, it is not part of the burst.
                 settled = wait_settled(hub)
                 spy = None
@@ -272,7 +272,7 @@ def main() -> int:
     floor_p50 = statistics.median(floors)
     print(f"burst: {args.count} concurrent operations on {WORKSHOP} via the HTTP API (?wait=), portal callbacks on, "
           f"{'PostgreSQL' if args.postgres else 'SQLite'}, hub users {'created by the first burst' if args.cold else 'existing'}, "
-          f"{'no staging (every CREATE copies the workshop)' if args.no_stage else 'free seats staged between bursts'}")
+          f"{'no staging (every CREATE copies the workshop)' if args.no_stage else 'free seats prepared and staged between bursts'}")
     print(f"floor (1 seat): p50 {floor_p50 * 1000:.1f} ms (cp -a + precompiled Jinja, same files); 100 x floor = {100 * floor_p50:.2f} s")
     for r in rounds:
         print(f"- {r['label']}  (service settled {r['settled']:.2f} s before it)")

@@ -55,6 +55,8 @@ def env(tmp_path_factory, portal):
         api_db_url=portal.url,
         wod_config={"student_min": 1, "student_max": 60, "scripts": [str(scripts)], "skel": ""},
         service_config={"hook_timeout": 3.0},
+        # Free seats are looked at every 2 s (not 60), so the preparation test need not wait long.
+        extra_config="c.Operations.prepare_rescan = 2.0",
     )
     with hub:
         db = DB(hub.db_url)
@@ -216,7 +218,7 @@ def stager_done(hub, timeout=60) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         health = check(httpx.get(hub.service_url + "api/health"), 200)
-        if health["stage_pending"] == 0 and health["running"] == 0:
+        if health["prepare_pending"] == 0 and health["running"] == 0:
             return health
         time.sleep(0.1)
     raise AssertionError(f"the stager still has seats to look at after {timeout} s: {health}")
@@ -244,6 +246,38 @@ def test_free_seats_are_staged_and_a_create_renders_into_its_stage(hub, db, api)
     stager_done(hub)
     assert len(stages(hub).get(n, [])) == 1
     assert not home(hub, n).exists()
+
+
+def test_a_free_seat_has_its_hub_sessions_ended_ahead_so_its_create_need_not(hub, db, api):
+    from sqlalchemy import update
+
+    from wod_jupyterhub.store import Student
+
+    n = 10
+    stager_done(hub)
+    assert db.student(n).sessions_ended  # looked at at start-up: no hub user then, nothing to end
+    # As with a database that is new while the hub still has the pool's users from an earlier life:
+    # a user with a token, and a seat whose history the service does not know.
+    assert hub.hub_api("POST", f"/users/student{n}").status_code == 201
+    r = hub.hub_api("POST", f"/users/student{n}/tokens", json={"note": "from an earlier life"})
+    assert r.status_code == 201, r.text
+    token = r.json()["token"]
+    with db.engine.begin() as conn:
+        conn.execute(update(Student).where(Student.number == n).values(sessions_ended=False))
+    # The next look at the free seats (every 2 s here) ends it while the service is idle.
+    deadline = time.monotonic() + 30
+    while not db.student(n).sessions_ended:
+        assert time.monotonic() < deadline, "the free seat was not prepared"
+        time.sleep(0.1)
+    assert httpx.get(hub.api_url + "/user", headers={"Authorization": f"token {token}"}).status_code == 403
+    assert hub.hub_api("GET", f"/users/student{n}/tokens").json()["api_tokens"] == []
+    op = create(api, n, "c-ahead")
+    assert op["status"] == "succeeded", op["error"]
+    [step] = [s for s in op["steps"] if s["name"] == "hub"]
+    assert step["detail"] == {"revoked": "already: at the seat's last CLEANUP, PURGE or RESET, or while it was free"}
+    assert db.student(n).sessions_ended is False  # the participant may log in: the next CREATE must ask
+    assert verb(api, "cleanup", {"student": n, "customer": "c-ahead"})["status"] == "succeeded"
+    assert db.student(n).sessions_ended is True
 
 
 def test_cleanup_of_a_reset_workshop_keeps_the_home_until_reset(hub, db, portal, api):

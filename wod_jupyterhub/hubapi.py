@@ -21,14 +21,18 @@ class HubAPIError(Exception):
 
 
 class HubAPI:
-    def __init__(self, api_url: str | None = None, token: str | None = None, timeout: float = 30, log=None):
+    def __init__(self, api_url: str | None = None, token: str | None = None, timeout: float = 30, log=None, concurrency: int = 8):
         self.api_url = (api_url or os.environ.get("JUPYTERHUB_API_URL", "")).rstrip("/")
         self.token = token or os.environ.get("JUPYTERHUB_API_TOKEN", "")
         self.log = log or logging.getLogger("wod.hubapi")
         self._client = httpx.AsyncClient(
             timeout=timeout,
             headers={"Authorization": f"token {self.token}"},
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
         )
+        # The hub answers on one thread: a burst's hundred calls at once would only queue there, and
+        # httpx's pool pays for every waiting request on every turn. A few at a time, the rest wait here.
+        self._slots = asyncio.Semaphore(concurrency)
         # Users known to exist: the pool's accounts are created once and reused for years.
         self._known: set[str] = set()
         self._pending: dict[str, asyncio.Future] = {}
@@ -46,7 +50,8 @@ class HubAPI:
             raise HubAPIError("the hub API is not configured (JUPYTERHUB_API_URL and JUPYTERHUB_API_TOKEN are unset)")
         url = self.api_url + path
         try:
-            r = await self._client.request(method, url, **kwargs)
+            async with self._slots:
+                r = await self._client.request(method, url, **kwargs)
         except httpx.HTTPError as e:
             raise HubAPIError(f"cannot reach the hub API at {self.api_url}: {e.__class__.__name__}: {e}") from e
         if r.status_code not in ok:

@@ -142,8 +142,14 @@ class Operations(LoggingConfigurable):
         range of two active workshops are not staged.
         """,
     ).tag(config=True)
-    stage_rescan = Float(
-        60, help="Seconds between looks for free seats to stage; a finished CLEANUP, PURGE or RESET queues its seats at once."
+    prepare_rescan = Float(
+        60,
+        help="""Seconds between looks at every free seat of the active workshops, to prepare it while idle.
+
+        Preparing a free seat: end what its hub user may have left on the hub
+        (a server, tokens) unless already known ended, and stage its files
+        (stage_seats). A finished operation queues its seats at once.
+        """,
     ).tag(config=True)
 
     def __init__(self, wod, store, sealer, outbox, hub, hooks, renderer, hostname=None, **kwargs):
@@ -161,9 +167,9 @@ class Operations(LoggingConfigurable):
         # Hashing gets its own threads (scrypt releases the GIL): a rotation must not queue behind provisionings.
         self.hash_pool = ThreadPoolExecutor(2, thread_name_prefix="wod-hash")
         self.stage_pool = ThreadPoolExecutor(1, thread_name_prefix="wod-stage")
-        # Seats to stage, in order (a dict as an ordered set); the next full look at the free seats.
-        self._stage_queue: dict[int, None] = {}
-        self._stage_scan_at = 0.0
+        # Seats to prepare, in order (a dict as an ordered set); the next full look at the free seats.
+        self._prepare_queue: dict[int, None] = {}
+        self._prepare_scan_at = 0.0
         self._last_busy = 0.0
         self._seat_map = (None, {})
         self._events: dict[str, asyncio.Event] = {}
@@ -409,8 +415,7 @@ class Operations(LoggingConfigurable):
             asyncio.ensure_future(self._dispatch_loop()),
             asyncio.ensure_future(self._heartbeat_loop()),
         ]
-        if self.stage_seats:
-            self._loops.append(asyncio.ensure_future(self._stage_loop()))
+        self._loops.append(asyncio.ensure_future(self._prepare_loop()))
 
     async def stop(self):
         for t in self._loops + list(self._running.values()):
@@ -582,60 +587,82 @@ class Operations(LoggingConfigurable):
         task = asyncio.ensure_future(self._execute(op_id, recovered_from))
         self._running[op_id] = task
 
-    # ----------------------------------------------------------------- staging
+    # ------------------------------------------------------- preparing free seats
 
     @property
-    def stage_pending(self) -> int:
-        """Seats waiting to be looked at by the stager (a full look not done yet counts as one)."""
-        if not self.stage_seats:
-            return 0
-        return len(self._stage_queue) + (1 if time.monotonic() >= self._stage_scan_at else 0)
+    def prepare_pending(self) -> int:
+        """Free seats waiting to be prepared (a full look at the free seats not done yet counts as one)."""
+        return len(self._prepare_queue) + (1 if time.monotonic() >= self._prepare_scan_at else 0)
 
     def _idle(self) -> bool:
         # A short quiet time first: requests of a burst arrive over a few ms.
         return not self._running and time.monotonic() - self._last_busy > 0.2
 
     def _seat_workshops(self) -> dict:
-        """Seat number -> the one active workshop whose range holds it (seats of two workshops left out)."""
+        """Seat number -> the active workshops whose range holds it (within this backend's range)."""
         catalog = self.catalog()
         if self._seat_map[0] is not catalog:
             seats: dict = {}
             for ws in catalog.workshops.values():
-                if not (ws.active and ws.valid and ws.range):
-                    continue
-                for n in range(max(ws.range[0], self.wod.student_min), min(ws.range[1], self.wod.student_max) + 1):
-                    seats[n] = None if n in seats else ws
-            self._seat_map = (catalog, {n: ws for n, ws in seats.items() if ws is not None})
+                if ws.active and ws.valid and ws.range:
+                    for n in range(max(ws.range[0], self.wod.student_min), min(ws.range[1], self.wod.student_max) + 1):
+                        seats.setdefault(n, []).append(ws)
+            self._seat_map = (catalog, seats)
         return self._seat_map[1]
 
-    async def _stage_loop(self):
+    async def _prepare_loop(self):
+        """Do, while this process has nothing to run, what a CREATE would otherwise do while its caller waits."""
         while True:
             await asyncio.sleep(0.1)
             try:
                 if not self._idle():
                     continue
-                if time.monotonic() >= self._stage_scan_at:
-                    self._stage_scan_at = time.monotonic() + self.stage_rescan
-                    self._stage_queue.update(dict.fromkeys(sorted(self._seat_workshops())))
-                while self._stage_queue and self._idle():
-                    n = next(iter(self._stage_queue))
-                    del self._stage_queue[n]
-                    await self._stage_one(n)
+                if time.monotonic() >= self._prepare_scan_at:
+                    self._prepare_scan_at = time.monotonic() + self.prepare_rescan
+                    self._prepare_queue.update(dict.fromkeys(sorted(self._seat_workshops())))
+                while self._prepare_queue and self._idle():
+                    n = next(iter(self._prepare_queue))
+                    del self._prepare_queue[n]
+                    await self._prepare_seat(n)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                self.log.exception("Staging free seats failed; trying again later")
+                self.log.exception("Preparing free seats failed; trying again later")
 
-    async def _stage_one(self, n: int) -> bool:
+    async def _prepare_seat(self, n: int) -> None:
+        """End the hub sessions of free seat ``n`` if not known ended; stage its workshop's files."""
+        workshops = self._seat_workshops().get(n)
+        if not workshops:
+            return
+        with self.store.Session() as s:
+            row = s.execute(select(Student.state, Student.sessions_ended).where(Student.number == n)).first()
+        if row is not None and row.state != "free":
+            return
+        if not (row is not None and row.sessions_ended) and self.hub.configured:
+            await self._end_sessions_ahead(n)
+        if self.stage_seats and len(workshops) == 1:
+            await self._stage(n, workshops[0])
+
+    async def _end_sessions_ahead(self, n: int) -> None:
+        try:
+            detail = await self._end_sessions(n, stop=True)
+        except HubAPIError as e:
+            self.log.warning("Ending the hub sessions of free seat %s failed (its CREATE will try again): %s", n, e)
+            return
+        with self.store.session() as s:
+            self._ensure_students(s, [n])
+            s.flush()
+            # Only while still free: a CREATE that began meanwhile asks the hub itself.
+            s.execute(
+                update(Student).where(Student.number == n, Student.state == "free").values(sessions_ended=True),
+                execution_options=_NO_SYNC,
+            )
+        if detail.get("stopped") or detail.get("revoked"):
+            self.log.info("Ended what was left on the hub of free seat %s: %s", n, detail)
+
+    async def _stage(self, n: int, ws) -> bool:
         from . import render
 
-        ws = self._seat_workshops().get(n)
-        if ws is None:
-            return False
-        with self.store.Session() as s:
-            state = s.scalar(select(Student.state).where(Student.number == n))
-        if state not in (None, "free"):
-            return False
         try:
             built = await asyncio.get_running_loop().run_in_executor(self.stage_pool, render.stage, self.wod, ws, n)
         except FileNotFoundError as e:
@@ -685,9 +712,9 @@ class Operations(LoggingConfigurable):
             self.log.exception("Recording the end of operation %s failed", op_id)
         self._running.pop(op_id, None)
         self._last_busy = time.monotonic()
-        if ctx is not None and self.stage_seats:
-            # Seats an operation left free get staged next; the stager skips the others.
-            self._stage_queue.update(dict.fromkeys(ctx.students))
+        if ctx is not None:
+            # Seats an operation left free are prepared next; the others are skipped there.
+            self._prepare_queue.update(dict.fromkeys(ctx.students))
         elapsed = time.monotonic() - started
         self.counts[status] += 1
         self.durations.append((verb, elapsed))
@@ -907,6 +934,7 @@ class Operations(LoggingConfigurable):
             def assign(s):
                 st = s.get(Student, n)
                 st.state = "active"
+                st.sessions_ended = False  # from now on the participant may log in
                 st.customer = ctx.customer
                 st.email = ctx.email
                 st.workshop = ctx.workshop
@@ -936,29 +964,23 @@ class Operations(LoggingConfigurable):
         if created:
             return {"created": True}  # a new user has no token to revoke
         if not self._needs_revoke(ctx):
-            return {"revoked": "at the end of the previous seat"}
+            return {"revoked": "already: at the seat's last CLEANUP, PURGE or RESET, or while it was free"}
         return await self._end_sessions(n, stop=False)
 
     def _needs_revoke(self, ctx) -> bool:
-        """False when the seat's last successful operation ended every session already (CLEANUP, PURGE, RESET).
+        """False when the seat's sessions were ended on the hub already (``Student.sessions_ended``).
 
-        Between then and now no one could log in (the seat was not active), so
-        there is nothing new to revoke; any other history gets a revocation.
+        CLEANUP, PURGE and RESET end them, and so does the preparation of a
+        free seat while the service is idle; since then no one could log in
+        (the seat was not active), so there is nothing new to revoke.
         """
-        n = ctx.student
         with self.store.Session() as s:
-            last = s.execute(
-                select(Operation.verb)
-                .where(
-                    Operation.status == "succeeded",
-                    Operation.id != ctx.id,
-                    Operation.student <= n,
-                    func.coalesce(Operation.student_last, Operation.student) >= n,
-                )
-                .order_by(Operation.finished.desc())
-                .limit(1)
-            ).first()
-        return last is None or last[0] not in ("CLEANUP", "PURGE", "RESET")
+            return not s.scalar(select(Student.sessions_ended).where(Student.number == ctx.student))
+
+    @staticmethod
+    def _sessions_ended(detail: dict) -> bool:
+        """Whether ``_end_sessions`` (or a PURGE's attempt) reached the hub and ended everything."""
+        return "skipped" not in detail and "warning" not in detail
 
     async def _undo_create(self, n: int):
         """A CREATE that failed before the assignment leaves no half-provisioned home behind."""
@@ -1013,7 +1035,11 @@ class Operations(LoggingConfigurable):
         if "stop-server" not in ctx.done:
             started = utcnow()
             detail = await self._end_sessions(n, stop=True)
-            self._journal(ctx, "stop-server", started=started, detail=detail)
+
+            def ended(s):
+                s.get(Student, n).sessions_ended = self._sessions_ended(detail)
+
+            self._journal(ctx, "stop-server", ended, started=started, detail=detail)
 
         if "release" not in ctx.done:
             started = utcnow()
@@ -1074,7 +1100,12 @@ class Operations(LoggingConfigurable):
         if "stop-servers" not in ctx.done:
             started = utcnow()
             detail = {str(n): await self._end_sessions(n, stop=True) for n in numbers}
-            self._journal(ctx, "stop-servers", started=started, detail=detail)
+
+            def ended(s):
+                for n in numbers:
+                    s.get(Student, n).sessions_ended = self._sessions_ended(detail[str(n)])
+
+            self._journal(ctx, "stop-servers", ended, started=started, detail=detail)
 
         if "hooks-reset" not in ctx.done:
             await self._hook_step(ctx, "reset", folder, ws, mode, ctx.student)
@@ -1106,7 +1137,11 @@ class Operations(LoggingConfigurable):
             except HubAPIError as e:
                 # PURGE must get the seat back even when the hub side is broken too.
                 detail = {"warning": str(e)}
-            self._journal(ctx, "stop-server", started=started, detail=detail)
+
+            def ended(s):
+                s.get(Student, n).sessions_ended = self._sessions_ended(detail)
+
+            self._journal(ctx, "stop-server", ended, started=started, detail=detail)
 
         if "rotate" not in ctx.done:
             started = utcnow()

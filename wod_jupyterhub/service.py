@@ -307,7 +307,7 @@ class HealthHandler(BaseHandler):
                 "database": database,
                 "running": len(self.ops._running),
                 "warm": self.app.warm or not self.app.warm_up,
-                "stage_pending": self.ops.stage_pending,
+                "prepare_pending": self.ops.prepare_pending,
             },
             200 if database == "ok" else 503,
         )

@@ -12,7 +12,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import JSON, Boolean, DateTime, Index, Integer, String, Text, create_engine, event, text
+from sqlalchemy import JSON, Boolean, DateTime, Index, Integer, String, Text, create_engine, event, false, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 log = logging.getLogger("wod.store")
@@ -50,6 +50,9 @@ class Student(Base):
     # processes on one PostgreSQL serialize too; a crashed holder's lease ends.
     lock_owner: Mapped[str | None] = mapped_column(String(255))
     lock_expires: Mapped[datetime.datetime | None] = mapped_column(DateTime)
+    # The hub user's server is stopped and its tokens revoked, and nobody could
+    # log in since: the next CREATE need not ask the hub. A CREATE clears it.
+    sessions_ended: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(), nullable=False)
 
     @property
     def active(self) -> bool:
