@@ -585,3 +585,16 @@ def test_staging_refuses_what_provisioning_refuses(tmp_path):
     with pytest.raises(errors.BadRequest):
         render.stage(wod, ws, 0)
     assert leftovers(wod) == []
+
+
+def test_what_a_killed_stager_left_is_swept_whatever_the_seat(tmp_path):
+    _, ws = own_workshop(tmp_path)
+    wod = make_wod(tmp_path)
+    render.stage(wod, ws, 11)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    root = Path(wod.students_root)
+    (root / f".student12.staging-{dead.pid}-abc").mkdir()  # killed while staging seat 12
+    (root / f".student13.staging-{os.getpid()}-abc").mkdir()  # a live stager at work: left alone
+    assert render.sweep_stages(wod) == 1
+    assert sorted(n.split("-")[0] for n in leftovers(wod)) == [".student11.staged", ".student13.staging"]

@@ -64,6 +64,8 @@ def _iso(t: datetime.datetime | None) -> str | None:
 
 
 _NO_SYNC = {"synchronize_session": False}
+# The lease of a free seat being prepared (no operation): "<owner>/prepare-<N>".
+PREPARE = "prepare-"
 
 
 def _release(lock: str):
@@ -540,7 +542,14 @@ class Operations(LoggingConfigurable):
                 return False
 
     def _recover(self):
-        """Take over operations whose owner died; resume them."""
+        """Take over operations whose owner died; resume them. Free the seats a dead process was preparing."""
+        with self.store.Session() as s:
+            preparing = s.scalars(select(Student.lock_owner).where(Student.lock_owner.like(f"%/{PREPARE}%"))).all()
+        for lock in set(preparing):
+            if owner_alive_locally(lock.rsplit("/", 1)[0]) is False:
+                with self.store.session() as s:
+                    s.execute(_release(lock), execution_options=_NO_SYNC)
+                self.log.warning("Released seat lease %s of a process that died while preparing the seat", lock)
         with self.store.Session() as s:
             rows = s.execute(
                 select(Operation.id, Operation.owner, Operation.heartbeat, Operation.student, Operation.student_last).where(
@@ -620,6 +629,10 @@ class Operations(LoggingConfigurable):
                 if time.monotonic() >= self._prepare_scan_at:
                     self._prepare_scan_at = time.monotonic() + self.prepare_rescan
                     self._prepare_queue.update(dict.fromkeys(sorted(self._seat_workshops())))
+                    if self.stage_seats:
+                        from . import render
+
+                        await asyncio.get_running_loop().run_in_executor(self.stage_pool, render.sweep_stages, self.wod)
                 while self._prepare_queue and self._idle():
                     n = next(iter(self._prepare_queue))
                     del self._prepare_queue[n]
@@ -644,21 +657,40 @@ class Operations(LoggingConfigurable):
             await self._stage(n, workshops[0])
 
     async def _end_sessions_ahead(self, n: int) -> None:
-        try:
-            detail = await self._end_sessions(n, stop=True)
-        except HubAPIError as e:
-            self.log.warning("Ending the hub sessions of free seat %s failed (its CREATE will try again): %s", n, e)
-            return
+        # Under the seat's lease, as an operation would be: a CREATE arriving meanwhile waits for
+        # it, so this never stops the server or revokes the tokens of the participant it gives
+        # the seat to. A process killed here leaves a lease that _recover releases.
+        lock = f"{self.owner}/{PREPARE}{n}"
+        now = utcnow()
         with self.store.session() as s:
             self._ensure_students(s, [n])
             s.flush()
-            # Only while still free: a CREATE that began meanwhile asks the hub itself.
-            s.execute(
-                update(Student).where(Student.number == n, Student.state == "free").values(sessions_ended=True),
+            got = s.execute(
+                update(Student)
+                .where(
+                    Student.number == n,
+                    Student.state == "free",
+                    or_(Student.lock_owner.is_(None), Student.lock_expires < now),
+                )
+                .values(lock_owner=lock, lock_expires=now + datetime.timedelta(seconds=self.lease_seconds)),
                 execution_options=_NO_SYNC,
-            )
-        if detail.get("stopped") or detail.get("revoked"):
-            self.log.info("Ended what was left on the hub of free seat %s: %s", n, detail)
+            ).rowcount
+        if got != 1:
+            return  # an operation holds it: that one talks to the hub itself
+        ended = False
+        try:
+            detail = await self._end_sessions(n, stop=True)
+            ended = True
+            if detail.get("stopped") or detail.get("revoked"):
+                self.log.info("Ended what was left on the hub of free seat %s: %s", n, detail)
+        except HubAPIError as e:
+            self.log.warning("Ending the hub sessions of free seat %s failed (its CREATE will try again): %s", n, e)
+        finally:
+            with self.store.session() as s:
+                s.execute(
+                    _release(lock).values(sessions_ended=True) if ended else _release(lock), execution_options=_NO_SYNC
+                )
+            self._wake.set()  # an operation may have waited for the seat
 
     async def _stage(self, n: int, ws) -> bool:
         from . import render

@@ -739,6 +739,20 @@ def _dead_staging(path: str) -> bool:
         return True
 
 
+def sweep_stages(wod) -> int:
+    """Remove what stagers killed mid-way left, for every seat (a seat given since is not staged again); return how many."""
+    removed = 0
+    try:
+        with os.scandir(wod.students_root) as it:
+            dead = [e.path for e in it if e.name.startswith(".student") and ".staging-" in e.name and _dead_staging(e.path)]
+    except FileNotFoundError:
+        return 0
+    for path in dead:
+        _remove(path)
+        removed += 1
+    return removed
+
+
 def _build(wod, workshop, new: str, entries, renderer: Renderer, variables, part: str, uid, gid) -> None:
     """Fill the empty folder ``new``: skeleton, ``<WKSHP>/``, the workspace (``part`` as in ``render_tree``)."""
     os.chmod(new, 0o755)

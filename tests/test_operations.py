@@ -1,0 +1,99 @@
+"""The lease a free seat's preparation takes, on SQLite and PostgreSQL.
+
+The hub side here is a stand-in whose calls wait on an event the test
+sets: the point is the order of things while the preparation is inside its
+hub calls, which a real hub answers too fast to catch. The real hub path of
+the preparation is tested in test_service_api.py.
+"""
+
+import asyncio
+import subprocess
+
+from wod_jupyterhub.config import Wod
+from wod_jupyterhub.operations import PREPARE, Operations
+from wod_jupyterhub.owners import _host
+from wod_jupyterhub.store import Operation, Store, Student, utcnow
+
+
+class GatedHub:
+    """Answers like a hub with nothing to end, once the test opens the gate."""
+
+    configured = True
+
+    def __init__(self):
+        self.gate = asyncio.Event()
+        self.calls = []
+
+    async def stop_server(self, name, timeout=60):
+        self.calls.append(("stop", name))
+        await self.gate.wait()
+        return False
+
+    async def revoke_tokens(self, name):
+        self.calls.append(("revoke", name))
+        return 0
+
+
+def operations(db_url, tmp_path, hub=None) -> Operations:
+    wod = Wod(students_root=str(tmp_path / "students"), db_url=db_url)
+    return Operations(wod, Store(db_url), None, None, hub, None, None)
+
+
+def queue_create(store, n) -> Operation:
+    with store.session() as s:
+        op = Operation(id=f"{n:032d}", verb="CREATE", student=n, customer="c", status="queued", steps=[], result={}, created=utcnow())
+        s.add(op)
+    return op
+
+
+async def test_a_create_waits_for_the_preparation_of_its_seat(db_url, tmp_path):
+    hub = GatedHub()
+    ops = operations(db_url, tmp_path, hub)
+    try:
+        preparing = asyncio.ensure_future(ops._end_sessions_ahead(4))
+        while not hub.calls:
+            await asyncio.sleep(0.01)
+        # Inside the hub calls: the seat is leased, so a CREATE for it cannot be claimed yet.
+        st = ops.store.student(4)
+        assert st.lock_owner == f"{ops.owner}/{PREPARE}4" and not st.sessions_ended
+        op = queue_create(ops.store, 4)
+        assert ops._claim(op.id, 4, 4, op.created) is False
+        hub.gate.set()
+        await preparing
+        st = ops.store.student(4)
+        assert st.lock_owner is None and st.sessions_ended is True
+        assert hub.calls == [("stop", "student4"), ("revoke", "student4")]
+        assert ops._claim(op.id, 4, 4, op.created) is True
+    finally:
+        ops.store.dispose()
+
+
+async def test_a_seat_an_operation_holds_is_not_prepared(db_url, tmp_path):
+    hub = GatedHub()
+    hub.gate.set()
+    ops = operations(db_url, tmp_path, hub)
+    try:
+        op = queue_create(ops.store, 5)
+        with ops.store.session() as s:
+            s.add(Student(number=5, state="free"))
+        assert ops._claim(op.id, 5, 5, op.created) is True
+        await ops._end_sessions_ahead(5)
+        assert hub.calls == [] and ops.store.student(5).sessions_ended is False
+        assert ops.store.student(5).lock_owner == f"{ops.owner}/{op.id}"
+    finally:
+        ops.store.dispose()
+
+
+def test_the_lease_of_a_process_killed_while_preparing_is_released(db_url, tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    ops = operations(db_url, tmp_path)
+    try:
+        with ops.store.session() as s:
+            s.add(Student(number=6, state="free", lock_owner=f"{_host()}:{dead.pid}:1:dead/{PREPARE}6", lock_expires=utcnow()))
+            s.add(Student(number=7, state="free", lock_owner=f"{ops.owner}/{PREPARE}7", lock_expires=utcnow()))
+        ops._recover()
+        assert ops.store.student(6).lock_owner is None  # its process is gone: at once, not after the lease
+        assert ops.store.student(7).lock_owner == f"{ops.owner}/{PREPARE}7"  # ours, alive
+    finally:
+        ops.store.dispose()
