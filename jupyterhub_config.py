@@ -147,13 +147,14 @@ c.WodSpawner.start_url = "/lab/tree/{workshop}/{readme}"
 c.WodService.start_server = False
 
 # Free seats are prepared while the service is idle, so that a CREATE does
-# little while its caller waits: what a seat's hub user may have left on the
-# hub (a server, tokens) is ended, and the workshop's files except the
-# templated ones are copied ahead ("staged"), so a CREATE only renders the
-# templates (milliseconds) instead of copying the whole workshop. Staging
-# costs the disk of one workshop copy per free seat; seats in two workshops'
-# ranges are not staged. A finished operation queues its seats at once; a
-# full look at the free seats happens every prepare_rescan seconds.
+# little while its caller waits: the pool's hub users are created, what a
+# seat's hub user may have left on the hub (a server, tokens) is ended, and
+# the workshop's files except the templated ones are copied ahead
+# ("staged"), so a CREATE only renders the templates (milliseconds) instead
+# of copying the whole workshop. Staging costs the disk of one workshop copy
+# per free seat; seats in two workshops' ranges are not staged. A finished
+# operation queues its seats at once; a full look at the free seats happens
+# every prepare_rescan seconds.
 # c.Operations.stage_seats = True
 # c.Operations.prepare_rescan = 60
 

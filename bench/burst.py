@@ -201,7 +201,8 @@ def main() -> int:
     ap.add_argument("--wait", type=float, default=60)
     ap.add_argument("--workers", type=int, default=None, help="c.WodService.workers (default: the service's)")
     ap.add_argument("--threads", type=int, default=None, help="c.WodService.threads (default: the service's)")
-    ap.add_argument("--cold", action="store_true", help="a fresh hub: the burst creates the 100 hub users too")
+    ap.add_argument("--cold", action="store_true",
+                    help="a fresh hub without the 100 users (the service creates the pool's users while idle, before the burst)")
     ap.add_argument("--no-stage", action="store_true",
                     help="c.Operations.stage_seats = False: every CREATE copies the whole workshop while the caller waits")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (hub and service logs) for a look")
@@ -271,7 +272,7 @@ def main() -> int:
 
     floor_p50 = statistics.median(floors)
     print(f"burst: {args.count} concurrent operations on {WORKSHOP} via the HTTP API (?wait=), portal callbacks on, "
-          f"{'PostgreSQL' if args.postgres else 'SQLite'}, hub users {'created by the first burst' if args.cold else 'existing'}, "
+          f"{'PostgreSQL' if args.postgres else 'SQLite'}, hub users {'made by the service at its start' if args.cold else 'existing'}, "
           f"{'no staging (every CREATE copies the workshop)' if args.no_stage else 'free seats prepared and staged between bursts'}")
     print(f"floor (1 seat): p50 {floor_p50 * 1000:.1f} ms (cp -a + precompiled Jinja, same files); 100 x floor = {100 * floor_p50:.2f} s")
     for r in rounds:

@@ -256,9 +256,10 @@ def test_a_free_seat_has_its_hub_sessions_ended_ahead_so_its_create_need_not(hub
     n = 10
     stager_done(hub)
     assert db.student(n).sessions_ended  # looked at at start-up: no hub user then, nothing to end
+    # The pool's hub users were made at start-up, before any booking.
+    assert hub.hub_api("GET", f"/users/student{n}").status_code == 200
     # As with a database that is new while the hub still has the pool's users from an earlier life:
     # a user with a token, and a seat whose history the service does not know.
-    assert hub.hub_api("POST", f"/users/student{n}").status_code == 201
     r = hub.hub_api("POST", f"/users/student{n}/tokens", json={"note": "from an earlier life"})
     assert r.status_code == 201, r.text
     token = r.json()["token"]

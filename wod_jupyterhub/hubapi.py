@@ -95,23 +95,31 @@ class HubAPI:
                 self._flush = asyncio.ensure_future(self._create_pending())
         return await asyncio.shield(future)
 
+    async def ensure_users(self, names) -> set[str]:
+        """Create, in one call, those of ``names`` the hub is not known to have; return the names created."""
+        missing = sorted(set(names) - self._known)
+        if not missing:
+            return set()
+        # Existing users are skipped by the hub; 409 means all of them existed.
+        r = await self._request("POST", "/users", ok=(201, 409), json={"usernames": missing})
+        created = {u["name"] for u in r.json()} if r.status_code == 201 else set()
+        if created:
+            self.log.info("Created hub users %s", ", ".join(sorted(created)))
+        self._known.update(missing)
+        return created
+
     async def _create_pending(self):
         # One batch in flight at a time; names asked for meanwhile form the next batch.
         while self._pending:
             await asyncio.sleep(0.005)  # let the other CREATEs of a burst join
             batch, self._pending = self._pending, {}
             try:
-                # Existing users are skipped by the hub; 409 means all of them existed.
-                r = await self._request("POST", "/users", ok=(201, 409), json={"usernames": sorted(batch)})
+                created = await self.ensure_users(batch)
             except HubAPIError as e:
                 for future in batch.values():
                     if not future.done():
                         future.set_exception(e)
                 continue
-            created = {u["name"] for u in r.json()} if r.status_code == 201 else set()
-            if created:
-                self.log.info("Created hub users %s", ", ".join(sorted(created)))
-            self._known.update(batch)
             for name, future in batch.items():
                 if not future.done():
                     future.set_result(name in created)

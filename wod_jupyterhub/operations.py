@@ -148,9 +148,11 @@ class Operations(LoggingConfigurable):
         60,
         help="""Seconds between looks at every free seat of the active workshops, to prepare it while idle.
 
-        Preparing a free seat: end what its hub user may have left on the hub
-        (a server, tokens) unless already known ended, and stage its files
-        (stage_seats). A finished operation queues its seats at once.
+        Each look also creates, in one call, the hub users of the seats that
+        have none yet (the pool's accounts). Preparing a free seat: end what
+        its hub user may have left on the hub (a server, tokens) unless
+        already known ended, and stage its files (stage_seats). A finished
+        operation queues its seats at once.
         """,
     ).tag(config=True)
 
@@ -628,7 +630,14 @@ class Operations(LoggingConfigurable):
                     continue
                 if time.monotonic() >= self._prepare_scan_at:
                     self._prepare_scan_at = time.monotonic() + self.prepare_rescan
-                    self._prepare_queue.update(dict.fromkeys(sorted(self._seat_workshops())))
+                    seats = sorted(self._seat_workshops())
+                    self._prepare_queue.update(dict.fromkeys(seats))
+                    if self.hub.configured:
+                        # The pool's accounts, as the original kept them: a CREATE then finds its user there.
+                        try:
+                            await self.hub.ensure_users(f"student{n}" for n in seats)
+                        except HubAPIError as e:
+                            self.log.warning("Creating the pool's hub users failed (CREATEs will): %s", e)
                     if self.stage_seats:
                         from . import render
 
