@@ -231,7 +231,9 @@ def main() -> int:
             if not args.cold:
                 # A pool in use: its accounts exist on the hub, as after `wod users create` or any earlier use.
                 users = [f"student{n}" for n in range(1, args.count + 1)]
-                hub.hub_api("POST", "/users", json={"usernames": users}).raise_for_status()
+                r = hub.hub_api("POST", "/users", json={"usernames": users})
+                if r.status_code != 409:  # 409: all there already (the service makes the pool's users at its start)
+                    r.raise_for_status()
             # CREATE on seats never used, CLEANUP them, CREATE on the recycled seats (the steady state).
             sent = 0
             for label, verb, callbacks in (
