@@ -25,6 +25,12 @@ How an operation lives:
    lease) takes it over and resumes it from the first step not journaled.
    An operation recovered too often fails, so nothing stays running forever.
 
+While a process has no operation to run, it prepares the free seats of the
+active workshops, so that a CREATE does little while its caller waits: it
+creates the pool's hub users, ends what a seat's hub user may have left on
+the hub (under the seat's lease, recorded in ``Student.sessions_ended``) and
+stages the seat's files (``render.stage``).
+
 Secrets: the rotated password is sealed (``passwords.Sealer``) in
 ``Operation.result`` in the very transaction that stores its hash, so a
 resumed operation reports the same password that the hash checks.
@@ -1019,9 +1025,18 @@ class Operations(LoggingConfigurable):
             return not s.scalar(select(Student.sessions_ended).where(Student.number == ctx.student))
 
     @staticmethod
-    def _sessions_ended(detail: dict) -> bool:
-        """Whether ``_end_sessions`` (or a PURGE's attempt) reached the hub and ended everything."""
-        return "skipped" not in detail and "warning" not in detail
+    def _record_sessions(details: dict):
+        """The journal effect of a step that ended sessions on the hub: ``Student.sessions_ended`` per seat.
+
+        ``details``: seat number -> what ``_end_sessions`` (or a PURGE's attempt)
+        said; a skipped or failed attempt leaves the next CREATE to ask the hub.
+        """
+
+        def record(s):
+            for n, detail in details.items():
+                s.get(Student, n).sessions_ended = "skipped" not in detail and "warning" not in detail
+
+        return record
 
     async def _undo_create(self, n: int):
         """A CREATE that failed before the assignment leaves no half-provisioned home behind."""
@@ -1076,11 +1091,7 @@ class Operations(LoggingConfigurable):
         if "stop-server" not in ctx.done:
             started = utcnow()
             detail = await self._end_sessions(n, stop=True)
-
-            def ended(s):
-                s.get(Student, n).sessions_ended = self._sessions_ended(detail)
-
-            self._journal(ctx, "stop-server", ended, started=started, detail=detail)
+            self._journal(ctx, "stop-server", self._record_sessions({n: detail}), started=started, detail=detail)
 
         if "release" not in ctx.done:
             started = utcnow()
@@ -1141,12 +1152,9 @@ class Operations(LoggingConfigurable):
         if "stop-servers" not in ctx.done:
             started = utcnow()
             detail = {str(n): await self._end_sessions(n, stop=True) for n in numbers}
-
-            def ended(s):
-                for n in numbers:
-                    s.get(Student, n).sessions_ended = self._sessions_ended(detail[str(n)])
-
-            self._journal(ctx, "stop-servers", ended, started=started, detail=detail)
+            self._journal(
+                ctx, "stop-servers", self._record_sessions({n: detail[str(n)] for n in numbers}), started=started, detail=detail
+            )
 
         if "hooks-reset" not in ctx.done:
             await self._hook_step(ctx, "reset", folder, ws, mode, ctx.student)
@@ -1178,11 +1186,7 @@ class Operations(LoggingConfigurable):
             except HubAPIError as e:
                 # PURGE must get the seat back even when the hub side is broken too.
                 detail = {"warning": str(e)}
-
-            def ended(s):
-                s.get(Student, n).sessions_ended = self._sessions_ended(detail)
-
-            self._journal(ctx, "stop-server", ended, started=started, detail=detail)
+            self._journal(ctx, "stop-server", self._record_sessions({n: detail}), started=started, detail=detail)
 
         if "rotate" not in ctx.done:
             started = utcnow()
