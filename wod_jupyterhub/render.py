@@ -790,25 +790,25 @@ def stage(wod, workshop, student: int) -> bool:
     root.mkdir(parents=True, exist_ok=True)
     entries = source_tree(Path(workshop.path), Path(workshop.root))
     target = _staged_path(wod, student, _stage_key(wod, workshop, entries))
+    if os.path.isdir(target):
+        return False  # the common case of a periodic look: one walk and a stat per file, no copy
     for old in _stale(wod, student):
         if (".staged-" in old and old != target) or (".staging-" in old and _dead_staging(old)):
             _remove(old)  # an earlier version of the workshop; a stager killed mid-way
-    if not os.path.isdir(target):
-        # The pid in the name tells a later stager whether this one still runs.
-        tmp = tempfile.mkdtemp(prefix=f".student{student}.staging-{os.getpid()}-", dir=root)
-        try:
-            _build(wod, workshop, tmp, entries, default_renderer(wod), None, "static", None, None)
-            os.rename(tmp, target)
-        except OSError:
-            _remove(tmp)
-            if not os.path.isdir(target):  # not another process staging the same seat: a real failure
-                raise
-            return False
-        except BaseException:
-            _remove(tmp)
+    # The pid in the name tells a later stager whether this one still runs.
+    tmp = tempfile.mkdtemp(prefix=f".student{student}.staging-{os.getpid()}-", dir=root)
+    try:
+        _build(wod, workshop, tmp, entries, default_renderer(wod), None, "static", None, None)
+        os.rename(tmp, target)
+    except OSError:
+        _remove(tmp)
+        if not os.path.isdir(target):  # not another process staging the same seat: a real failure
             raise
-        return True
-    return False
+        return False
+    except BaseException:
+        _remove(tmp)
+        raise
+    return True
 
 
 def provision(
