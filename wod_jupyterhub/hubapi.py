@@ -37,6 +37,9 @@ class HubAPI:
         self._known: set[str] = set()
         self._pending: dict[str, asyncio.Future] = {}
         self._flush: asyncio.Task | None = None
+        # Callers waiting for the list of users with a server (one GET serves a whole burst of them).
+        self._active_waiters: list[asyncio.Future] = []
+        self._active_fetch: asyncio.Task | None = None
 
     @property
     def configured(self) -> bool:
@@ -67,18 +70,50 @@ class HubAPI:
         r = await self._request("GET", f"/users/{quote(name)}", ok=(200, 404))
         return r.json() if r.status_code == 200 else None
 
-    async def load_users(self, page: int = 200) -> int:
-        """Learn which users the hub has (all pages), so ensure_user need not ask; return how many."""
-        offset = 0
+    async def _list_users(self, page: int = 200, **params) -> list[dict]:
+        """Every user model the hub lists for ``params`` (all pages)."""
+        out: list[dict] = []
         while True:
-            r = await self._request("GET", "/users", params={"offset": offset, "limit": page})
+            r = await self._request("GET", "/users", params={**params, "offset": len(out), "limit": page})
             users = r.json()
             if isinstance(users, dict):  # the paginated form
                 users = users.get("items", [])
-            self._known.update(u["name"] for u in users)
+            out.extend(users)
             if len(users) < page:
-                return len(self._known)
-            offset += len(users)
+                return out
+
+    async def load_users(self) -> int:
+        """Learn which users the hub has, so ensure_user need not ask; return how many."""
+        self._known.update(u["name"] for u in await self._list_users())
+        return len(self._known)
+
+    async def has_server(self, name: str) -> bool:
+        """Whether ``name`` has a server running or starting.
+
+        Concurrent calls share one ``GET /users?state=active``: a burst of
+        CLEANUPs asks the hub once instead of once per student.
+        """
+        future = asyncio.get_running_loop().create_future()
+        self._active_waiters.append(future)
+        if self._active_fetch is None or self._active_fetch.done():
+            self._active_fetch = asyncio.ensure_future(self._fetch_active())
+        return name in await asyncio.shield(future)
+
+    async def _fetch_active(self):
+        # Callers who arrive while a list is on its way wait for the next one: theirs must be fresh.
+        while self._active_waiters:
+            await asyncio.sleep(0.005)  # let the other calls of a burst join
+            waiters, self._active_waiters = self._active_waiters, []
+            try:
+                active = {u["name"] for u in await self._list_users(state="active")}
+            except HubAPIError as e:
+                for future in waiters:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            for future in waiters:
+                if not future.done():
+                    future.set_result(active)
 
     async def ensure_user(self, name: str) -> bool:
         """Make sure the hub has user ``name``; True if this call created it (so it has no tokens yet).
@@ -126,10 +161,7 @@ class HubAPI:
 
     async def stop_server(self, name: str, timeout: float = 60) -> bool:
         """Stop the default server of ``name`` and wait until it is gone; True if one was running."""
-        model = await self.user(name)
-        if model is None:
-            return False
-        if not model.get("servers") and not model.get("server") and not model.get("pending"):
+        if not await self.has_server(name):
             return False
         # 400: not running (it stopped meanwhile); 404: the user went away.
         r = await self._request("DELETE", f"/users/{quote(name)}/server", ok=(202, 204, 400, 404))
