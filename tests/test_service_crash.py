@@ -134,6 +134,11 @@ def check_consistent(hub: RealHub, db: DB, sealer):
     leftovers = [p.name for p in root.glob(".student*") if ".staged-" not in p.name and ".staging-" not in p.name]
     assert not leftovers, f"half-built or half-erased folders left: {leftovers}"
     check_stages(hub, root)
+    # A live process may be preparing a free seat under its lease for a few ms, and a lease of a process
+    # killed while preparing is released by the next look for dead owners (every second): wait for both.
+    deadline = time.monotonic() + 20
+    while any((st := db.student(n)) is not None and st.lock_owner for n in STUDENTS) and time.monotonic() < deadline:
+        time.sleep(0.05)
     for n in STUDENTS:
         st = db.student(n)
         if st is None:
