@@ -118,6 +118,8 @@ class Context:
         self.deferred: list[dict] = []
         # The operation's end was committed with its last step.
         self.ended = False
+        # Student.sessions_ended as the rotate step read it (None: not read in this run).
+        self.sessions_ended: bool | None = None
 
     @property
     def students(self) -> range:
@@ -917,7 +919,7 @@ class Operations(LoggingConfigurable):
             password, hashed = await self._new_password()
 
             def rotate(s):
-                self._rotate(s, ctx, n, password, hashed, check_holder=True)
+                ctx.sessions_ended = self._rotate(s, ctx, n, password, hashed, check_holder=True).sessions_ended
 
             self._journal(ctx, "rotate", rotate, started=started)
         password = self._password(ctx)
@@ -1021,6 +1023,8 @@ class Operations(LoggingConfigurable):
         free seat while the service is idle; since then no one could log in
         (the seat was not active), so there is nothing new to revoke.
         """
+        if ctx.sessions_ended is not None:  # read with the seat in the rotate step; the lease kept it since
+            return not ctx.sessions_ended
         with self.store.Session() as s:
             return not s.scalar(select(Student.sessions_ended).where(Student.number == ctx.student))
 

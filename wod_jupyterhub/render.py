@@ -741,7 +741,6 @@ def _dead_staging(path: str) -> bool:
 
 def sweep_stages(wod) -> int:
     """Remove what stagers killed mid-way left, for every seat (a seat given since is not staged again); return how many."""
-    removed = 0
     try:
         with os.scandir(wod.students_root) as it:
             dead = [e.path for e in it if e.name.startswith(".student") and ".staging-" in e.name and _dead_staging(e.path)]
@@ -749,22 +748,26 @@ def sweep_stages(wod) -> int:
         return 0
     for path in dead:
         _remove(path)
-        removed += 1
-    return removed
+    return len(dead)
 
 
 def _build(wod, workshop, new: str, entries, renderer: Renderer, variables, part: str, uid, gid) -> None:
-    """Fill the empty folder ``new``: skeleton, ``<WKSHP>/``, the workspace (``part`` as in ``render_tree``)."""
-    os.chmod(new, 0o755)
-    if wod.skel and os.path.isdir(wod.skel):
-        _copy_skel(wod.skel, new)
+    """Fill ``new``: skeleton, ``<WKSHP>/``, the workspace; ``part`` as in ``render_tree``.
+
+    ``"templates"`` fills a stage, which holds the skeleton and the workspace already.
+    """
+    if part != "templates":
+        os.chmod(new, 0o755)
+        if wod.skel and os.path.isdir(wod.skel):
+            _copy_skel(wod.skel, new)
     renderer.render_tree(
         Path(workshop.path), Path(new) / workshop.name, variables, root=Path(workshop.root), part=part, entries=entries
     )
-    wsdir = os.path.join(new, WORKSPACE_DIR)
-    os.makedirs(wsdir, 0o755, exist_ok=True)
-    with open(os.path.join(wsdir, WORKSPACE_FILE), "w", encoding="utf-8") as f:
-        f.write(_workspace(workshop.name, wod.readme_notebook))
+    if part != "templates":
+        wsdir = os.path.join(new, WORKSPACE_DIR)
+        os.makedirs(wsdir, 0o755, exist_ok=True)
+        with open(os.path.join(wsdir, WORKSPACE_FILE), "w", encoding="utf-8") as f:
+            f.write(_workspace(workshop.name, wod.readme_notebook))
     if uid is not None:
         _chown_tree(new, uid, gid if gid is not None else uid)
 
@@ -793,8 +796,8 @@ def stage(wod, workshop, student: int) -> bool:
     if os.path.isdir(target):
         return False  # the common case of a periodic look: one walk and a stat per file, no copy
     for old in _stale(wod, student):
-        if (".staged-" in old and old != target) or (".staging-" in old and _dead_staging(old)):
-            _remove(old)  # an earlier version of the workshop; a stager killed mid-way
+        if ".staged-" in old:
+            _remove(old)  # an earlier version of the workshop (what killed stagers left: sweep_stages)
     # The pid in the name tells a later stager whether this one still runs.
     tmp = tempfile.mkdtemp(prefix=f".student{student}.staging-{os.getpid()}-", dir=root)
     try:
@@ -850,14 +853,7 @@ def provision(
             _remove(leftover)  # from a process that died mid-way, or an outdated stage (a used one is gone)
         if info is not None:
             info["staged"] = staged
-        if staged:
-            renderer.render_tree(
-                Path(workshop.path), Path(new) / workshop.name, variables, root=Path(workshop.root), part="templates", entries=entries
-            )
-            if uid is not None:
-                _chown_tree(new, uid, gid if gid is not None else uid)
-        else:
-            _build(wod, workshop, new, entries, renderer, variables, "all", uid, gid)
+        _build(wod, workshop, new, entries, renderer, variables, "templates" if staged else "all", uid, gid)
         # the check again, right before the swap: the home may have changed meanwhile
         home_path(wod, student)
         if os.path.lexists(home) and not os.path.islink(home) and _exchange(new, str(home)):
