@@ -33,7 +33,9 @@ sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "bench")]
 from hubutil import RealHub  # noqa: E402
 from provision import CORPUS, VARIABLES, floor_once  # noqa: E402
 
-from wod_jupyterhub import render  # noqa: E402
+from wod_jupyterhub import homes  # noqa: E402
+from wod_jupyterhub.templating import Renderer, is_templated  # noqa: E402
+from wod_jupyterhub.variables import template_variables  # noqa: E402
 from wod_jupyterhub.catalog import load_catalog  # noqa: E402
 from wod_jupyterhub.config import Wod  # noqa: E402
 
@@ -184,12 +186,12 @@ def wait_settled(hub, timeout=300) -> float:
 def floor(work: Path, runs: int):
     wod = Wod(students_root=str(work / "floor-students"), notebooks=[str(work / "notebooks")], variables=VARIABLES)
     ws = load_catalog(wod.notebooks).get(WORKSHOP)
-    variables = render.template_variables(wod, ws, 1, "Pa55w0rd-bench", hostname="bench")
+    variables = template_variables(wod, ws, 1, "Pa55w0rd-bench", hostname="bench")
     env = jinja2.Environment(trim_blocks=True, keep_trailing_newline=True)
     templates = [
         (p.relative_to(ws.path), env.from_string(p.read_text(encoding="utf-8")))
         for p in sorted(ws.path.rglob("*"))
-        if p.is_file() and render.is_templated(p.name)
+        if p.is_file() and is_templated(p.name)
     ]
     floor_once(ws.path, work, templates, variables)
     return [floor_once(ws.path, work, templates, variables) for _ in range(runs)]

@@ -5,7 +5,7 @@ of the workshop folder plus rendering the same template files with Jinja2
 templates compiled once beforehand -- the least any renderer can do. Prints
 both medians and their ratio (goal: <= 1.5). Always exits 0; the verdict is
 printed. Also prints a provisioning into a seat staged ahead
-(``render.stage``, what the service does for free seats while idle): the
+(``homes.stage``, what the service does for free seats while idle): the
 time a CREATE then spends on files. ``--profile`` adds a cProfile of the
 warm provisioning.
 """
@@ -27,7 +27,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from wod_jupyterhub import render  # noqa: E402
+from wod_jupyterhub import homes  # noqa: E402
+from wod_jupyterhub.templating import Renderer, is_templated  # noqa: E402
+from wod_jupyterhub.variables import template_variables  # noqa: E402
 from wod_jupyterhub.catalog import load_catalog  # noqa: E402
 from wod_jupyterhub.config import Wod  # noqa: E402
 
@@ -65,34 +67,34 @@ def main() -> int:
         wod = Wod(students_root=str(work / "students"), notebooks=[str(CORPUS)], variables=VARIABLES)
         catalog = load_catalog(wod.notebooks)
         ws = catalog.get(WORKSHOP)
-        variables = render.template_variables(wod, ws, STUDENT, "Pa55w0rd-bench", hostname="bench")
-        renderer = render.Renderer()
+        variables = template_variables(wod, ws, STUDENT, "Pa55w0rd-bench", hostname="bench")
+        renderer = Renderer()
 
         # floor: the same template files, compiled once by plain Jinja2
         env = jinja2.Environment(trim_blocks=True, keep_trailing_newline=True)
         templates = []
         for path in sorted(ws.path.rglob("*")):
-            if path.is_file() and render.is_templated(path.name):
+            if path.is_file() and is_templated(path.name):
                 rel = path.relative_to(ws.path)
                 templates.append((rel, env.from_string(path.read_text(encoding="utf-8"))))
 
-        render.provision(wod, ws, STUDENT, variables, renderer=renderer)  # warm: compile + one-off validation
+        homes.provision(wod, ws, STUDENT, variables, renderer=renderer)  # warm: compile + one-off validation
         floor_once(ws.path, work, templates, variables)
 
         ours, floor, staged = [], [], []
         for _ in range(args.runs):  # interleaved, so all see the same machine state
             # Each timing starts with no earlier home still being erased in the background (the floor
             # removes its copy untimed too): what is measured is the work the caller waits for.
-            render.drain()
+            homes.drain()
             t = time.perf_counter()
-            render.provision(wod, ws, STUDENT, variables, renderer=renderer)
+            homes.provision(wod, ws, STUDENT, variables, renderer=renderer)
             ours.append(time.perf_counter() - t)
             floor.append(floor_once(ws.path, work, templates, variables))
-            render.stage(wod, ws, STUDENT)  # ahead of the booking: not timed
-            render.drain()
+            homes.stage(wod, ws, STUDENT)  # ahead of the booking: not timed
+            homes.drain()
             info = {}
             t = time.perf_counter()
-            render.provision(wod, ws, STUDENT, variables, renderer=renderer, info=info)
+            homes.provision(wod, ws, STUDENT, variables, renderer=renderer, info=info)
             staged.append(time.perf_counter() - t)
             assert info["staged"], "the stage was not used"
 
@@ -111,7 +113,7 @@ def main() -> int:
             prof = cProfile.Profile()
             prof.enable()
             for _ in range(args.runs):
-                render.provision(wod, ws, STUDENT, variables, renderer=renderer)
+                homes.provision(wod, ws, STUDENT, variables, renderer=renderer)
             prof.disable()
             pstats.Stats(prof).sort_stats("tottime").print_stats(15)
     finally:

@@ -196,17 +196,11 @@ def demo_root(tmp_path):
     return root
 
 
-needs_render = pytest.mark.skipif(
-    importlib.util.find_spec("wod_jupyterhub.render") is None, reason="wod_jupyterhub/render.py is not written yet"
-)
-
-
 def _readme_text(home, folder="WKSHP-Demo"):
     nb = json.loads((home / folder / "0-ReadMeFirst.ipynb").read_text())
     return nb, "".join(nb["cells"][0]["source"])
 
 
-@needs_render
 @pytest.mark.parametrize("home_name", ["student3", "somewhere"])
 def test_render(tmp_path, demo_root, home_name):
     out = tmp_path / "out" / home_name
@@ -235,7 +229,6 @@ def test_render(tmp_path, demo_root, home_name):
         assert (out / "mine.txt").exists()
 
 
-@needs_render
 def test_render_vars_file_and_var_wins(tmp_path, demo_root):
     vars_file = tmp_path / "vars.yml"
     vars_file.write_text("BRANDING: FromFile\nOTHER: 1\n")
@@ -250,7 +243,6 @@ def test_render_vars_file_and_var_wins(tmp_path, demo_root):
     assert _readme_text(out2)[1] == "You are student 1 on FromVar."
 
 
-@needs_render
 def test_render_lenient(tmp_path, demo_root):
     out = tmp_path / "student7"
     r = wod("render", "WKSHP-Undefined", "--notebooks", demo_root, "--student", 7, "--out", out, "--lenient")
@@ -258,7 +250,6 @@ def test_render_lenient(tmp_path, demo_root):
     assert _readme_text(out, "WKSHP-Undefined")[1] == ""
 
 
-@needs_render
 def test_render_bad_input_writes_nothing(tmp_path, demo_root):
     area = tmp_path / "area"
     area.mkdir()

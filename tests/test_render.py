@@ -23,9 +23,11 @@ import nbformat
 import pytest
 import yaml
 
-from wod_jupyterhub import errors, render
+from wod_jupyterhub import errors, homes
 from wod_jupyterhub.catalog import load_catalog
 from wod_jupyterhub.config import Wod, share_dir
+from wod_jupyterhub.templating import Renderer, RenderError, is_templated
+from wod_jupyterhub.variables import template_variables
 
 # The documented variable set (shared with bench/provision.py).
 VARS = yaml.safe_load((Path(__file__).parent / "corpus_variables.yml").read_text())
@@ -48,14 +50,14 @@ def snapshot(folder: Path) -> dict:
 
 
 def leftovers(wod):
-    render.drain()
+    homes.drain()
     return [n for n in os.listdir(wod.students_root) if n.startswith(".")]
 
 
 def provision(wod, ws, n=None, password=PASSWORD, modews="WKSHP", renderer=None, **kw):
     n = ws.range[0] if n is None else n
-    variables = render.template_variables(wod, ws, n, password, modews=modews, hostname=HOST)
-    return render.provision(wod, ws, n, variables, renderer=renderer, **kw)
+    variables = template_variables(wod, ws, n, password, modews=modews, hostname=HOST)
+    return homes.provision(wod, ws, n, variables, renderer=renderer, **kw)
 
 
 def expected_marks(source: str) -> int:
@@ -88,7 +90,7 @@ def test_every_public_workshop_renders(corpus, tmp_path, modews):
     for name, ws in sorted(cat.workshops.items()):
         try:
             home = provision(wod, ws, modews=modews)
-        except render.RenderError as e:
+        except RenderError as e:
             failures[name] = e
             continue
         rendered = home / name
@@ -98,7 +100,7 @@ def test_every_public_workshop_renders(corpus, tmp_path, modews):
                 continue
             out = rendered / tpl.relative_to(ws.path)
             assert out.is_file(), out
-            if not render.is_templated(tpl.name):
+            if not is_templated(tpl.name):
                 assert out.read_bytes() == tpl.read_bytes()
                 continue
             text = out.read_text()
@@ -112,7 +114,7 @@ def test_every_public_workshop_renders(corpus, tmp_path, modews):
             marks = text.count("{{") + text.count("{%")
             assert marks == expected_marks(tpl.read_text()), f"template syntax left in {out}"
         assert notebooks >= 2
-        assert (home / render.WORKSPACE_DIR / render.WORKSPACE_FILE).is_file()
+        assert (home / homes.WORKSPACE_DIR / homes.WORKSPACE_FILE).is_file()
     # No public workshop is invalid once rendered with this documented variable
     # set (checked with JSON escaping on); a failure would name its file.
     assert failures == {}, {k: str(v) for k, v in failures.items()}
@@ -127,15 +129,15 @@ def _reference_render(path: Path, variables: dict) -> str:
 def test_byte_identical_to_plain_jinja_without_clearing(corpus, tmp_path):
     """Reference: plain Jinja2 with Ansible's options; the Ansible test below checks that reference against Ansible."""
     wod = make_wod(tmp_path, clear_outputs=False)
-    renderer = render.Renderer(clear_outputs=False)
+    renderer = Renderer(clear_outputs=False)
     cat = load_catalog([corpus])
     compared = 0
     for name, ws in sorted(cat.workshops.items()):
         n = ws.range[0]
-        variables = render.template_variables(wod, ws, n, PASSWORD, hostname=HOST)
-        home = render.provision(wod, ws, n, variables, renderer=renderer)
+        variables = template_variables(wod, ws, n, PASSWORD, hostname=HOST)
+        home = homes.provision(wod, ws, n, variables, renderer=renderer)
         for tpl in ws.path.rglob("*"):
-            if tpl.is_file() and render.is_templated(tpl.name):
+            if tpl.is_file() and is_templated(tpl.name):
                 got = (home / name / tpl.relative_to(ws.path)).read_bytes()
                 assert got == _reference_render(tpl, variables).encode(), tpl
                 compared += 1
@@ -164,8 +166,8 @@ def test_byte_identical_to_ansible(corpus, tmp_path):
     tasks, hostvars = [], {}
     for name in names:
         ws = cat.get(name)
-        variables = render.template_variables(wod, ws, ws.range[0], PASSWORD, hostname=HOST)
-        render.provision(wod, ws, ws.range[0], variables, renderer=render.Renderer(clear_outputs=False))
+        variables = template_variables(wod, ws, ws.range[0], PASSWORD, hostname=HOST)
+        homes.provision(wod, ws, ws.range[0], variables, renderer=Renderer(clear_outputs=False))
         out = tmp_path / "ansible" / name
         out.mkdir(parents=True)
         simple = {k: v for k, v in variables.items() if k.isidentifier() and k not in ("hostvars", "inventory_hostname")}
@@ -207,11 +209,11 @@ def test_sample_provision_layout_and_escaping(tmp_path):
     home = provision(wod, ws, 3, password=password)
     assert home == Path(wod.students_root) / "student3"
     assert (home / ".bashrc").is_file() and (home / ".jupyter").is_dir()
-    workspace = json.loads((home / render.WORKSPACE_DIR / render.WORKSPACE_FILE).read_text())
+    workspace = json.loads((home / homes.WORKSPACE_DIR / homes.WORKSPACE_FILE).read_text())
     layout = workspace["data"]["layout-restorer:data"]["main"]
     assert layout["current"] == "notebook:WKSHP-PythonBasics/0-ReadMeFirst.ipynb"
     assert workspace["metadata"]["id"] == "default"
-    assert render.WORKSPACE_FILE == "default-37a8.jupyterlab-workspace"
+    assert homes.WORKSPACE_FILE == "default-37a8.jupyterlab-workspace"
     nb = nbformat.read(str(home / "WKSHP-PythonBasics" / "0-ReadMeFirst.ipynb"), as_version=4)
     nbformat.validate(nb)
     intro = nb.cells[0].source
@@ -255,14 +257,14 @@ def test_reprovision_replaces_home_and_uid(tmp_path):
 def test_lenient_undefined(tmp_path):
     wod = make_wod(tmp_path, variables={}, strict_undefined=False)
     ws = load_catalog([share_dir() / "workshops"]).get("WKSHP-PythonBasics")
-    home = provision(wod, ws, 5, renderer=render.Renderer(strict_undefined=False))
+    home = provision(wod, ws, 5, renderer=Renderer(strict_undefined=False))
     assert "brought to you by ." in (home / "WKSHP-PythonBasics" / "0-ReadMeFirst.ipynb").read_text()
 
 
 def test_renderer_cache(tmp_path):
     f = tmp_path / "x.sh"
     f.write_text("echo {{ STDID }}\n")
-    r = render.Renderer()
+    r = Renderer()
     assert r.render_file(f, "x.sh", {"STDID": 1}) == "echo 1\n"
     assert r.prepare(f, "x.sh") is r.prepare(f, "x.sh")
     f.write_text("echo again {{ STDID }}\n")
@@ -316,8 +318,8 @@ def test_bad_templates_leave_home_untouched(tmp_path, line, words, strict):
     home = provision(wod, good, 1)
     before = snapshot(home)
     ws = bad_workshop(tmp_path / "nb", line)
-    with pytest.raises(render.RenderError) as e:
-        provision(wod, ws, 1, renderer=render.Renderer(strict_undefined=strict))
+    with pytest.raises(RenderError) as e:
+        provision(wod, ws, 1, renderer=Renderer(strict_undefined=strict))
     assert "WKSHP-Bad/0-ReadMeFirst.ipynb" in e.value.message and words in e.value.message, e.value.message
     assert e.value.status == 422 and e.value.code == "render_failed"
     assert e.value.file == "WKSHP-Bad/0-ReadMeFirst.ipynb"
@@ -328,7 +330,7 @@ def test_bad_templates_leave_home_untouched(tmp_path, line, words, strict):
 def test_undefined_names_variable_file_and_line(tmp_path):
     wod = make_wod(tmp_path)
     ws = bad_workshop(tmp_path / "nb", extra={"setup.sh": "#!/bin/sh\necho ok\necho {{ MISSING_VAR }}\n"})
-    with pytest.raises(render.RenderError) as e:
+    with pytest.raises(RenderError) as e:
         provision(wod, ws, 1)
     assert (e.value.file, e.value.line, e.value.variable) == ("WKSHP-Bad/setup.sh", 3, "MISSING_VAR")
     assert e.value.to_json()["variable"] == "MISSING_VAR"
@@ -349,7 +351,7 @@ def test_undefined_names_variable_file_and_line(tmp_path):
 def test_renders_to_invalid_notebook(tmp_path, raw, words):
     wod = make_wod(tmp_path, variables={"BRANDING": "fancy"})
     ws = bad_workshop(tmp_path / "nb", raw_text=raw)
-    with pytest.raises(render.RenderError) as e:
+    with pytest.raises(RenderError) as e:
         provision(wod, ws, 1)
     assert words in e.value.message and "WKSHP-Bad/0-ReadMeFirst.ipynb" in e.value.message
     assert not (Path(wod.students_root) / "student1").exists()
@@ -375,7 +377,7 @@ def test_symlinked_home_outside_is_refused(tmp_path):
     Path(wod.students_root).mkdir()
     (Path(wod.students_root) / "student1").symlink_to(outside)
     ws = load_catalog([share_dir() / "workshops"]).get("WKSHP-PythonBasics")
-    for action in (lambda: provision(wod, ws, 1), lambda: render.erase_home(wod, 1), lambda: render.home_path(wod, 1)):
+    for action in (lambda: provision(wod, ws, 1), lambda: homes.erase_home(wod, 1), lambda: homes.home_path(wod, 1)):
         with pytest.raises(errors.BadRequest) as e:
             action()
         assert "outside the students folder" in e.value.message
@@ -389,7 +391,7 @@ def test_symlink_out_of_notebooks_root_is_refused(tmp_path):
     ws = bad_workshop(tmp_path / "nb")
     (ws.path / "leak.txt").symlink_to(secret)
     wod = make_wod(tmp_path)
-    with pytest.raises(render.RenderError) as e:
+    with pytest.raises(RenderError) as e:
         provision(wod, ws, 1)
     assert "WKSHP-Bad/leak.txt is a symlink leading out of the notebooks root" in e.value.message
     assert not (Path(wod.students_root) / "student1").exists()
@@ -416,18 +418,18 @@ def test_missing_workshop_folder_or_readme(tmp_path):
 
 def test_erase_home(tmp_path):
     wod = make_wod(tmp_path, variables={"BRANDING": "B", "BRANDINGWOD": "W"})
-    render.erase_home(wod, 7)  # nothing there yet: fine
+    homes.erase_home(wod, 7)  # nothing there yet: fine
     ws = load_catalog([share_dir() / "workshops"]).get("WKSHP-PythonBasics")
     home = provision(wod, ws, 7)
     target = tmp_path / "elsewhere"
     target.mkdir()
     (target / "f").write_text("x")
     (home / "link").symlink_to(target)
-    render.erase_home(wod, 7)
+    homes.erase_home(wod, 7)
     assert not os.path.lexists(home) and (target / "f").read_text() == "x"
     assert leftovers(wod) == []
     with pytest.raises(errors.BadRequest):
-        render.erase_home(wod, 0)
+        homes.erase_home(wod, 0)
 
 
 def test_template_variables_layers(tmp_path):
@@ -436,16 +438,16 @@ def test_template_variables_layers(tmp_path):
     (vdir / "variables_WKSHP-PythonBasics.yml").write_text("%YAML 1.1\n---\nBRANDING: from-file\nX: file\nSTDID: 999\n")
     wod = make_wod(tmp_path, variables={"BRANDING": "global", "X": "global", "Y": "global"}, variables_dirs=[str(vdir)])
     ws = load_catalog([share_dir() / "workshops"]).get("WKSHP-PythonBasics")
-    v = render.template_variables(wod, ws, 3, "pw", modews="CHLG", hook_vars={"X": "hook"}, hostname="h1")
+    v = template_variables(wod, ws, 3, "pw", modews="CHLG", hook_vars={"X": "hook"}, hostname="h1")
     assert (v["BRANDING"], v["X"], v["Y"], v["STDID"], v["PASSSTU"]) == ("from-file", "hook", "global", 3, "pw")
     assert (v["MODEWS"], v["WORKSHOP"], v["DIR"], v["CHALLENGE"]) == ("CHLG", "WKSHP-PythonBasics", "", True)
     assert v["inventory_hostname"] == "h1" and v["hostvars"]["h1"]["X"] == "hook"
     (vdir / "variables_WKSHP-PythonBasics.yml").write_text("- not\n- a mapping\n")
     with pytest.raises(errors.Unprocessable) as e:
-        render.template_variables(wod, ws, 3, "pw")
+        template_variables(wod, ws, 3, "pw")
     assert "cannot be read" in e.value.message
     with pytest.raises(errors.BadRequest):
-        render.template_variables(wod, ws, 3, "pw", modews="OTHER")
+        template_variables(wod, ws, 3, "pw", modews="OTHER")
 
 
 # -- staged seats -------------------------------------------------------------
@@ -476,8 +478,8 @@ def test_a_staged_seat_comes_out_exactly_as_a_full_provision(tmp_path):
     provision(full, ws, 3, info=info)
     assert info == {"staged": False}
 
-    assert render.stage(fast, ws, 3) is True
-    assert render.stage(fast, ws, 3) is False  # already there: nothing copied twice
+    assert homes.stage(fast, ws, 3) is True
+    assert homes.stage(fast, ws, 3) is False  # already there: nothing copied twice
     [stage] = staged(fast)
     # Only what the CREATE will not render: the copied files, no rendered notebook.
     assert (Path(fast.students_root) / stage / ws.name / "Pictures" / "logo.png").is_file()
@@ -498,7 +500,7 @@ def test_the_real_corpus_staged(corpus, tmp_path):
     full, fast = make_wod(tmp_path / "full"), make_wod(tmp_path / "fast")
     n = ws.range[0]
     provision(full, ws, n)
-    render.stage(fast, ws, n)
+    homes.stage(fast, ws, n)
     info = {}
     home = provision(fast, ws, n, info=info)
     assert info["staged"] and snapshot(home) == snapshot(Path(full.students_root) / f"student{n}")
@@ -508,7 +510,7 @@ def test_the_real_corpus_staged(corpus, tmp_path):
 def test_an_outdated_stage_is_never_used(tmp_path, monkeypatch, change):
     root, ws = own_workshop(tmp_path)
     wod = make_wod(tmp_path, variables={"BRANDING": "B", "BRANDINGWOD": "W"})
-    render.stage(wod, ws, 5)
+    homes.stage(wod, ws, 5)
     [old] = staged(wod)
     if change == "edit a copied file":
         (root / ws.name / "Pictures" / "logo.png").write_bytes(b"a new picture")
@@ -516,7 +518,7 @@ def test_an_outdated_stage_is_never_used(tmp_path, monkeypatch, change):
         (root / ws.name / "notes.txt").write_text("added after the stage")
     elif change == "new boot":
         # unsynced bytes may be lost in a crash of the machine, which also changes the boot id
-        monkeypatch.setattr(render, "_boot_id", lambda: "another-boot")
+        monkeypatch.setattr(homes, "_boot_id", lambda: "another-boot")
     else:
         ws = load_catalog([share_dir() / "workshops"]).get("WKSHP-StdlibData")
     info = {}
@@ -532,10 +534,10 @@ def test_an_outdated_stage_is_never_used(tmp_path, monkeypatch, change):
 def test_restaging_an_edited_workshop_replaces_the_old_stage(tmp_path):
     root, ws = own_workshop(tmp_path)
     wod = make_wod(tmp_path)
-    render.stage(wod, ws, 6)
+    homes.stage(wod, ws, 6)
     [first] = staged(wod)
     (root / ws.name / "Pictures" / "logo.png").write_bytes(b"v2")
-    assert render.stage(wod, ws, 6) is True
+    assert homes.stage(wod, ws, 6) is True
     [second] = staged(wod)
     assert second != first
     assert (Path(wod.students_root) / second / ws.name / "Pictures" / "logo.png").read_bytes() == b"v2"
@@ -545,7 +547,7 @@ def test_restaging_an_edited_workshop_replaces_the_old_stage(tmp_path):
 def test_a_stage_belongs_to_the_service_until_the_create_hands_it_over(tmp_path):
     root, ws = own_workshop(tmp_path)
     wod = make_wod(tmp_path, variables={"BRANDING": "B", "BRANDINGWOD": "W"})
-    render.stage(wod, ws, 8)
+    homes.stage(wod, ws, 8)
     [stage] = staged(wod)
     top = Path(wod.students_root) / stage
     assert {p.lstat().st_uid for p in [top, *top.rglob("*")]} == {os.geteuid()}
@@ -559,9 +561,9 @@ def test_a_failed_render_on_a_stage_leaves_the_home_and_nothing_else(tmp_path):
     home = provision(wod, good, 1)
     before = snapshot(home)
     ws = bad_workshop(tmp_path / "nb", "{{ NOT_DEFINED_ANYWHERE }}")
-    render.stage(wod, ws, 1)  # the copied part stages fine; the template fails at the CREATE
+    homes.stage(wod, ws, 1)  # the copied part stages fine; the template fails at the CREATE
     assert len(staged(wod)) == 1
-    with pytest.raises(render.RenderError, match="NOT_DEFINED_ANYWHERE"):
+    with pytest.raises(RenderError, match="NOT_DEFINED_ANYWHERE"):
         provision(wod, ws, 1)
     assert snapshot(home) == before
     assert leftovers(wod) == []
@@ -570,9 +572,9 @@ def test_a_failed_render_on_a_stage_leaves_the_home_and_nothing_else(tmp_path):
 def test_erasing_a_seat_removes_its_stage(tmp_path):
     _, ws = own_workshop(tmp_path)
     wod = make_wod(tmp_path)
-    render.stage(wod, ws, 9)
-    render.stage(wod, ws, 10)
-    render.erase_home(wod, 9)
+    homes.stage(wod, ws, 9)
+    homes.stage(wod, ws, 10)
+    homes.erase_home(wod, 9)
     assert [n.split(".staged-")[0] for n in leftovers(wod)] == [".student10"]
 
 
@@ -580,21 +582,21 @@ def test_staging_refuses_what_provisioning_refuses(tmp_path):
     wod = make_wod(tmp_path)
     ws = bad_workshop(tmp_path / "nb", "x")
     (Path(ws.path) / "out").symlink_to("/etc")
-    with pytest.raises(render.RenderError, match="leading out of the notebooks root"):
-        render.stage(wod, ws, 1)
+    with pytest.raises(RenderError, match="leading out of the notebooks root"):
+        homes.stage(wod, ws, 1)
     with pytest.raises(errors.BadRequest):
-        render.stage(wod, ws, 0)
+        homes.stage(wod, ws, 0)
     assert leftovers(wod) == []
 
 
 def test_what_a_killed_stager_left_is_swept_whatever_the_seat(tmp_path):
     _, ws = own_workshop(tmp_path)
     wod = make_wod(tmp_path)
-    render.stage(wod, ws, 11)
+    homes.stage(wod, ws, 11)
     dead = subprocess.Popen(["true"])
     dead.wait()
     root = Path(wod.students_root)
     (root / f".student12.staging-{dead.pid}-abc").mkdir()  # killed while staging seat 12
     (root / f".student13.staging-{os.getpid()}-abc").mkdir()  # a live stager at work: left alone
-    assert render.sweep_stages(wod) == 1
+    assert homes.sweep_stages(wod) == 1
     assert sorted(n.split("-")[0] for n in leftovers(wod)) == [".student11.staged", ".student13.staging"]

@@ -26,7 +26,7 @@ from portal_server import PortalServer
 
 from hubutil import RealHub, free_port, write_workshop
 from svcutil import DB
-from wod_jupyterhub import passwords, render
+from wod_jupyterhub import homes, passwords
 from wod_jupyterhub.catalog import load_catalog
 from wod_jupyterhub.config import Wod
 from wod_jupyterhub.portal import SEALED
@@ -103,17 +103,17 @@ _reference = {}
 
 
 def check_stages(hub: RealHub, root: Path, timeout=20):
-    """Every stage is whole (what render.stage builds); a stage left half-built by a killed stager goes soon."""
+    """Every stage is whole (what homes.stage builds); a stage left half-built by a killed stager goes soon."""
     if "tree" not in _reference:
         ws = load_catalog(hub.notebooks).get(WORKSHOP)
         with tempfile.TemporaryDirectory() as tmp:
             ref = Wod(students_root=tmp, skel="")
-            render.stage(ref, ws, 1)
+            homes.stage(ref, ws, 1)
             [name] = [n for n in os.listdir(tmp) if ".staged-" in n]
             _reference["tree"] = tree(Path(tmp) / name)
     deadline = time.monotonic() + timeout
     while True:
-        dead = [p.name for p in root.glob(".student*.staging-*") if render._dead_staging(str(p))]
+        dead = [p.name for p in root.glob(".student*.staging-*") if homes._dead_staging(str(p))]
         if not dead:
             break
         assert time.monotonic() < deadline, f"half-built stages of killed processes still there: {dead}"

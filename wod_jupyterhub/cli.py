@@ -144,32 +144,35 @@ def cmd_render(args) -> int:
     if not workshop.valid:
         raise Unprocessable(f"workshop {workshop.name} cannot be provisioned: {'; '.join(workshop.blocking)}")
     catalog.check_student(workshop, args.student, wod)
-    from . import render  # heavy (nbformat, jsonschema): only once the input is known good
+    # heavy (nbformat, jsonschema): only once the input is known good
+    from .homes import drain, provision
+    from .templating import default_renderer
+    from .variables import template_variables
 
     password = args.password or generate(wod.password_length, wod.password_alphabet)
     # computed for the real students root: templates may print STDDIR/WODSTUDDIR
-    values = render.template_variables(wod, workshop, args.student, password, modews=modews)
-    renderer = render.default_renderer(wod)
+    values = template_variables(wod, workshop, args.student, password, modews=modews)
+    renderer = default_renderer(wod)
 
     created = _missing_parents(out.parent)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         if direct:
-            home = render.provision(wod, workshop, args.student, values, renderer=renderer)
+            home = provision(wod, workshop, args.student, values, renderer=renderer)
         else:
             # provision() writes students_root/student<N>: give it a scratch root
             # beside --out (same file system) and move the finished home in.
             scratch = tempfile.mkdtemp(prefix=".wod-render-", dir=out.parent)
             try:
                 scratch_wod = Wod(**{**settings, "students_root": scratch})
-                built = render.provision(scratch_wod, workshop, args.student, values, renderer=renderer)
+                built = provision(scratch_wod, workshop, args.student, values, renderer=renderer)
                 if out.is_dir():
                     out.rmdir()  # checked empty above
                 os.replace(built, out)
                 home = out
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
-        render.drain()  # a replaced home is erased in the background: finish before exiting
+        drain()  # a replaced home is erased in the background: finish before exiting
     except BaseException:
         if created:
             shutil.rmtree(created, ignore_errors=True)

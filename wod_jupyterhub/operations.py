@@ -29,7 +29,7 @@ While a process has no operation to run, it prepares the free seats of the
 active workshops, so that a CREATE does little while its caller waits: it
 creates the pool's hub users, ends what a seat's hub user may have left on
 the hub (under the seat's lease, recorded in ``Student.sessions_ended``) and
-stages the seat's files (``render.stage``).
+stages the seat's files (``homes.stage``).
 
 Secrets: the rotated password is sealed (``passwords.Sealer``) in
 ``Operation.result`` in the very transaction that stores its hash, so a
@@ -227,7 +227,7 @@ class Operations(LoggingConfigurable):
 
     def warm_up(self) -> int:
         """Compile the templates of every active workshop now (blocking), so the first CREATEs do not pay it."""
-        from . import render
+        from .templating import is_templated
 
         compiled = 0
         for ws in self.catalog().workshops.values():
@@ -235,7 +235,7 @@ class Operations(LoggingConfigurable):
                 continue
             for dirpath, _dirs, files in os.walk(ws.path):
                 for name in files:
-                    if render.is_templated(name):
+                    if is_templated(name):
                         path = Path(dirpath) / name
                         try:
                             self.renderer.prepare(path, f"{ws.name}/{path.relative_to(ws.path)}")
@@ -647,9 +647,9 @@ class Operations(LoggingConfigurable):
                         except HubAPIError as e:
                             self.log.warning("Creating the pool's hub users failed (CREATEs will): %s", e)
                     if self.stage_seats:
-                        from . import render
+                        from . import homes
 
-                        await asyncio.get_running_loop().run_in_executor(self.stage_pool, render.sweep_stages, self.wod)
+                        await asyncio.get_running_loop().run_in_executor(self.stage_pool, homes.sweep_stages, self.wod)
                 while self._prepare_queue and self._idle():
                     n = next(iter(self._prepare_queue))
                     del self._prepare_queue[n]
@@ -710,10 +710,10 @@ class Operations(LoggingConfigurable):
             self._wake.set()  # an operation may have waited for the seat
 
     async def _stage(self, n: int, ws) -> bool:
-        from . import render
+        from . import homes
 
         try:
-            built = await asyncio.get_running_loop().run_in_executor(self.stage_pool, render.stage, self.wod, ws, n)
+            built = await asyncio.get_running_loop().run_in_executor(self.stage_pool, homes.stage, self.wod, ws, n)
         except FileNotFoundError as e:
             # A CREATE of this seat removed our half-built stage: it will not need it.
             self.log.debug("Staging student %s for %s stopped: %s", n, ws.name, e)
@@ -897,16 +897,17 @@ class Operations(LoggingConfigurable):
 
     def _wipe(self, n: int) -> dict:
         """Erase the home and kill the student's leftover processes (blocking)."""
-        from . import render
+        from . import homes
 
-        render.erase_home(self.wod, n)
+        homes.erase_home(self.wod, n)
         killed = kill_uid_processes(self._uid(n)) if self.wod.system_users else 0
         return {"killed": killed}
 
     # ------------------------------------------------------------------ CREATE
 
     async def _run_create(self, ctx: Context):
-        from . import render
+        from . import homes
+        from .variables import template_variables
 
         n = ctx.student
         ws, folder, mode = self.workshop(ctx.workshop)
@@ -950,13 +951,13 @@ class Operations(LoggingConfigurable):
 
             if "provision" not in ctx.done:
                 started = utcnow()
-                variables = render.template_variables(
+                variables = template_variables(
                     self.wod, ws, n, password, modews=mode, hook_vars=hook_vars, hostname=self.hostname
                 )
                 uid = self._uid(n)
                 info = {}
                 await self._blocking(
-                    lambda: render.provision(self.wod, ws, n, variables, renderer=self.renderer, uid=uid, gid=uid, info=info)
+                    lambda: homes.provision(self.wod, ws, n, variables, renderer=self.renderer, uid=uid, gid=uid, info=info)
                 )
                 # Files only, swapped in whole: journaled with the next commit (a crash before it provisions again).
                 ctx.deferred.append(self._entry("provision", started, info))

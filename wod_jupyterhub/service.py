@@ -438,7 +438,7 @@ class WodService(Application):
         from jupyterhub.services.auth import HubAuth
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-        from . import render
+        from .templating import Renderer
         from .hubapi import HubAPI
         from .passwords import Sealer
         from .portal import Outbox
@@ -452,7 +452,7 @@ class WodService(Application):
         self.hub_auth = HubAuth(cache_max_age=60)
         hooks = Hooks(self.wod, config=self.config, log=self.log)
         hooks.timeout = self.hook_timeout
-        renderer = render.Renderer(strict_undefined=self.wod.strict_undefined, clear_outputs=self.wod.clear_outputs)
+        renderer = Renderer(strict_undefined=self.wod.strict_undefined, clear_outputs=self.wod.clear_outputs)
         self.operations = Operations(
             self.wod, self.store, self.sealer, self.outbox, self.hub, hooks, renderer,
             hostname=self.hostname, config=self.config, log=self.log,

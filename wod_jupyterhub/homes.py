@@ -1,0 +1,374 @@
+"""Homes: the life of a student's home ``<students_root>/student<N>``.
+
+Provision a seat (:func:`provision`): build the home in a temporary folder
+beside it and swap it in atomically (``renameat2``), so a failed render
+never leaves a half-written home; the previous home is erased in the
+background (:func:`drain` waits for it). Stage a free seat ahead
+(:func:`stage`), erase a home (:func:`erase_home`), sweep what killed
+stagers left (:func:`sweep_stages`). Rendering is :mod:`.templating`,
+walking and copying the workshop's tree :mod:`.trees`. This module is core:
+it imports nothing from the hub process, and it needs no shared filesystem
+with the hub (it can run in an init container).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import hashlib
+import json
+import os
+import shutil
+import stat
+import tempfile
+import threading
+from pathlib import Path
+
+from . import errors
+from .templating import Renderer, default_renderer, is_templated
+from .trees import chown_tree, copy_skel, source_tree, write_tree
+
+
+#: JupyterLab (jupyterlab_server.workspaces_handler.slugify) stores the
+#: workspace named "default" -- the one ``/lab`` opens -- in
+#: ``<jupyter_config_dir>/lab/workspaces/default-<sha256("default")[:4]>.jupyterlab-workspace``;
+#: with HOME set to the student home and no JUPYTER_CONFIG_DIR, that is ``~/.jupyter/lab/workspaces``.
+WORKSPACE_FILE = "default-" + hashlib.sha256(b"default").hexdigest()[:4] + ".jupyterlab-workspace"
+WORKSPACE_DIR = Path(".jupyter") / "lab" / "workspaces"
+
+
+def _check_student(student) -> int:
+    if isinstance(student, bool) or not isinstance(student, int) or student < 1:
+        raise errors.BadRequest(f"Student number must be a positive integer, not {student!r}.", code="bad_student")
+    return student
+
+
+def home_path(wod, student: int) -> Path:
+    """``<students_root>/student<N>``, refused when it resolves outside ``students_root``."""
+    _check_student(student)
+    root = Path(wod.students_root)
+    home = root / f"student{student}"
+    if os.path.lexists(home):
+        root_real = os.path.realpath(root)
+        real = os.path.realpath(home)
+        if real == root_real or os.path.commonpath([real, root_real]) != root_real:
+            raise errors.BadRequest(
+                f"The home of student{student} resolves to {real}, outside the students folder {root}; refused.",
+                code="unsafe_home",
+            )
+    return home
+
+
+def _remove(path: str) -> None:
+    """Remove a file, a symlink or a tree without following any symlink."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        # rmtree works on file descriptors here and never follows symlinks;
+        # errors are ignored only for a hidden leftover a deferred erasure may be removing too
+        shutil.rmtree(path, ignore_errors=os.path.basename(path).startswith(".student"))
+    else:
+        os.unlink(path)
+
+
+def _stale(wod, student: int):
+    root = Path(wod.students_root)
+    prefix = f".student{student}."
+    try:
+        with os.scandir(root) as it:
+            return [e.path for e in it if e.name.startswith(prefix)]
+    except FileNotFoundError:
+        return []
+
+
+def erase_home(wod, student: int) -> None:
+    """Erase a home without following symlinks; a missing home is fine."""
+    home = home_path(wod, student)
+    for leftover in _stale(wod, student):
+        _remove(leftover)
+    if not os.path.lexists(home):
+        return
+    if os.path.islink(home) or not os.path.isdir(home):
+        os.unlink(home)
+        return
+    # Move it aside first: the name is gone at once, the bytes go after.
+    trash = tempfile.mkdtemp(prefix=f".student{student}.trash-", dir=wod.students_root)
+    os.rename(home, os.path.join(trash, "home"))
+    _remove(trash)
+
+
+_eraser = None
+_eraser_lock = threading.Lock()
+
+
+def _erase_later(path: str) -> None:
+    """Free the bytes of a previous home after the swap, off the caller's path.
+
+    The old home already left ``student<N>`` atomically; deleting its files
+    is the slowest part of a re-provisioning and nobody waits for it. One
+    worker thread does it in order; a process that dies first leaves a
+    hidden ``.student<N>.*`` folder that the next provision or erase of N
+    removes. :func:`drain` waits for the pending erasures.
+    """
+    global _eraser
+    with _eraser_lock:
+        if _eraser is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _eraser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wod-erase")
+        _eraser.submit(shutil.rmtree, path, True)
+
+
+def drain() -> None:
+    """Wait until every deferred erasure of a previous home is done."""
+    with _eraser_lock:
+        eraser = _eraser
+    if eraser is not None:
+        eraser.submit(lambda: None).result()
+
+
+_libc = None
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two paths atomically (renameat2 RENAME_EXCHANGE); False when the kernel or libc cannot."""
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            _libc.renameat2  # noqa: B018 - probe
+        except (OSError, AttributeError):
+            _libc = False
+    if not _libc:
+        return False
+    AT_FDCWD, RENAME_EXCHANGE = -100, 2
+    rc = _libc.renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE)
+    return rc == 0
+
+
+@functools.lru_cache(maxsize=256)
+def _workspace(workshop_name: str, readme: str) -> str:
+    target = f"{workshop_name}/{readme}"
+    widget = f"notebook:{target}"
+    return json.dumps(
+        {
+            "data": {
+                "layout-restorer:data": {
+                    "main": {
+                        "dock": {"type": "tab-area", "currentIndex": 0, "widgets": [widget]},
+                        "current": widget,
+                    },
+                    "down": {"size": 0, "widgets": []},
+                    "left": {"collapsed": False, "visible": True, "current": "filebrowser", "widgets": ["filebrowser"]},
+                    "right": {"collapsed": True, "visible": True, "widgets": []},
+                    "relativeSizes": [0.2, 0.8, 0],
+                },
+                widget: {"data": {"path": target, "factory": "Notebook"}},
+                "file-browser-filebrowser:cwd": {"path": workshop_name},
+            },
+            "metadata": {"id": "default"},
+        },
+        indent=1,
+    )
+
+
+def _check_workshop(wod, workshop) -> None:
+    if not Path(workshop.path).is_dir():
+        raise errors.NotFound(f"Workshop folder {workshop.path} does not exist.", code="no_workshop")
+    if not (Path(workshop.path) / wod.readme_notebook).is_file():
+        raise errors.Unprocessable(
+            f"Workshop {workshop.name} has no {wod.readme_notebook}, the notebook that opens first.", code="no_readme"
+        )
+
+
+@functools.lru_cache(maxsize=1)
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _stage_key(wod, workshop, entries) -> str:
+    """What a staged seat's copied files depend on, as a short digest.
+
+    The workshop's folders and file names, and for every copied file its
+    size, mtime and exec bit; the skeleton's files likewise; the workspace. Editing a workshop changes the key, so an outdated stage is
+    never used. The boot id is in it too: a stage is written without fsync
+    (like any copy), and only a crash of the machine can lose unsynced
+    bytes, which also changes the boot id.
+    """
+    h = hashlib.sha256()
+    h.update(json.dumps([_boot_id(), workshop.name, os.path.realpath(workshop.path), wod.readme_notebook]).encode())
+    for rel, target, is_dir in entries:
+        if is_dir or is_templated(os.path.basename(rel)):
+            h.update(f"{rel}\0{is_dir}\n".encode())
+        else:
+            st = os.stat(target)
+            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode & 0o111}\n".encode())
+    if wod.skel and os.path.isdir(wod.skel):
+        for dirpath, dirnames, filenames in os.walk(wod.skel):
+            dirnames.sort()
+            for name in sorted(filenames):
+                st = os.lstat(os.path.join(dirpath, name))
+                h.update(f"skel/{os.path.relpath(os.path.join(dirpath, name), wod.skel)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def _staged_path(wod, student: int, key: str) -> str:
+    return os.path.join(wod.students_root, f".student{student}.staged-{key}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _dead_staging(path: str) -> bool:
+    """A ``.student<N>.staging-<pid>-*`` folder whose process is gone (killed while staging)."""
+    try:
+        return not _pid_alive(int(path.rsplit(".staging-", 1)[1].split("-", 1)[0]))
+    except (IndexError, ValueError):
+        return True
+
+
+def sweep_stages(wod) -> int:
+    """Remove what stagers killed mid-way left, for every seat (a seat given since is not staged again); return how many."""
+    try:
+        with os.scandir(wod.students_root) as it:
+            dead = [e.path for e in it if e.name.startswith(".student") and ".staging-" in e.name and _dead_staging(e.path)]
+    except FileNotFoundError:
+        return 0
+    for path in dead:
+        _remove(path)
+    return len(dead)
+
+
+def _build(wod, workshop, new: str, entries, renderer: Renderer, variables, part: str, uid, gid) -> None:
+    """Fill ``new``: skeleton, ``<WKSHP>/``, the workspace; ``part`` as in :func:`.trees.write_tree`.
+
+    ``"templates"`` fills a stage, which holds the skeleton and the workspace already.
+    """
+    if part != "templates":
+        os.chmod(new, 0o755)
+        if wod.skel and os.path.isdir(wod.skel):
+            copy_skel(wod.skel, new)
+    write_tree(
+        renderer, Path(workshop.path), Path(new) / workshop.name, variables, root=Path(workshop.root), part=part, entries=entries
+    )
+    if part != "templates":
+        wsdir = os.path.join(new, WORKSPACE_DIR)
+        os.makedirs(wsdir, 0o755, exist_ok=True)
+        with open(os.path.join(wsdir, WORKSPACE_FILE), "w", encoding="utf-8") as f:
+            f.write(_workspace(workshop.name, wod.readme_notebook))
+    if uid is not None:
+        chown_tree(new, uid, gid if gid is not None else uid)
+
+
+def stage(wod, workshop, student: int) -> bool:
+    """Copy ahead, for a free seat, everything of ``workshop`` that its CREATE will not render.
+
+    A CREATE then only renders the templated files into it and swaps it in
+    (:func:`provision`), instead of copying the workshop's every byte while
+    the participant waits: the copy is most of a provisioning's cost, and
+    all of it for workshops with large pictures or data files. The stage
+    is the hidden folder ``.student<N>.staged-<key>`` beside the homes,
+    built under another name and renamed when complete, so a stage is
+    either whole or absent, and belongs to the service's user until a
+    CREATE hands it to the student: no student can write into a stage,
+    even one finished after its seat was given. Return False when a
+    current stage was there already. Any erase or provisioning of the
+    seat removes a stage it does not use.
+    """
+    _check_workshop(wod, workshop)
+    home_path(wod, student)
+    root = Path(wod.students_root)
+    root.mkdir(parents=True, exist_ok=True)
+    entries = source_tree(Path(workshop.path), Path(workshop.root))
+    target = _staged_path(wod, student, _stage_key(wod, workshop, entries))
+    if os.path.isdir(target):
+        return False  # the common case of a periodic look: one walk and a stat per file, no copy
+    for old in _stale(wod, student):
+        if ".staged-" in old:
+            _remove(old)  # an earlier version of the workshop (what killed stagers left: sweep_stages)
+    # The pid in the name tells a later stager whether this one still runs.
+    tmp = tempfile.mkdtemp(prefix=f".student{student}.staging-{os.getpid()}-", dir=root)
+    try:
+        _build(wod, workshop, tmp, entries, default_renderer(wod), None, "static", None, None)
+        os.rename(tmp, target)
+    except OSError:
+        _remove(tmp)
+        if not os.path.isdir(target):  # not another process staging the same seat: a real failure
+            raise
+        return False
+    except BaseException:
+        _remove(tmp)
+        raise
+    return True
+
+
+def provision(
+    wod,
+    workshop,
+    student: int,
+    variables: dict,
+    renderer: Renderer | None = None,
+    uid: int | None = None,
+    gid: int | None = None,
+    info: dict | None = None,
+) -> Path:
+    """Give ``student<N>`` a fresh home: skeleton, ``<WKSHP>/`` rendered, a workspace opening the ReadMeFirst.
+
+    Everything is built in a temporary folder beside the home and swapped in
+    at once; on any failure the previous home is left exactly as it was.
+    A current stage of the seat (:func:`stage`) is used when there is one:
+    then only the templated files are rendered here. ``info`` (a dict, if
+    given) gets ``staged``: whether one was.
+    """
+    renderer = renderer or default_renderer(wod)
+    home = home_path(wod, student)
+    _check_workshop(wod, workshop)
+    root = Path(wod.students_root)
+    root.mkdir(parents=True, exist_ok=True)
+    entries = source_tree(Path(workshop.path), Path(workshop.root))
+    stale = _stale(wod, student)
+    new = tempfile.mkdtemp(prefix=f".student{student}.new-", dir=root)
+    try:
+        staged = False
+        if any(".staged-" in p for p in stale):
+            try:
+                # Onto the empty folder: the stage is ours, or it was not there.
+                os.rename(_staged_path(wod, student, _stage_key(wod, workshop, entries)), new)
+                staged = True
+            except OSError:
+                pass
+        for leftover in stale:
+            _remove(leftover)  # from a process that died mid-way, or an outdated stage (a used one is gone)
+        if info is not None:
+            info["staged"] = staged
+        _build(wod, workshop, new, entries, renderer, variables, "templates" if staged else "all", uid, gid)
+        # the check again, right before the swap: the home may have changed meanwhile
+        home_path(wod, student)
+        if os.path.lexists(home) and not os.path.islink(home) and _exchange(new, str(home)):
+            _erase_later(new)  # now holds the previous home, already out of the student's path
+        else:
+            if os.path.lexists(home):
+                old = tempfile.mkdtemp(prefix=f".student{student}.old-", dir=root)
+                os.rename(home, os.path.join(old, "home"))
+                os.rename(new, home)
+                _erase_later(old)
+            else:
+                os.rename(new, home)
+    except BaseException:
+        _remove(new)
+        raise
+    return home

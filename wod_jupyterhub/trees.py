@@ -1,0 +1,147 @@
+"""Workshop trees: walk a workshop's folder safely, and write it out rendered or copied.
+
+A symlink is followed only inside the notebooks root; sockets, fifos and
+devices are never copied; copies use ``sendfile`` and keep only the exec
+bit. :mod:`.homes` builds a student's home with these; :mod:`.templating`
+renders the templated files. Core: nothing from the hub process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from .templating import Renderer, RenderError, is_templated
+
+log = logging.getLogger(__name__)
+
+
+def write_tree(
+    renderer: Renderer, src: Path, dst: Path, variables: dict, root: Path | None = None, part: str = "all", entries=None
+) -> list[str]:
+    """Render or copy the files of ``src`` into the folder ``dst``; return the paths written.
+
+    A symlink is followed only when it stays inside ``root`` (the
+    notebooks root); one leading out is refused, so nothing is read
+    from outside. ``part``: ``"all"`` builds ``dst``; ``"static"`` builds
+    it with the copied files only (a staged seat, see :func:`.homes.stage`);
+    ``"templates"`` renders the templated files into a ``dst`` that
+    ``"static"`` built. ``entries``: :func:`source_tree` of ``src``, when
+    the caller has it already.
+    """
+    src = Path(src)
+    if entries is None:
+        entries = source_tree(src, root)
+    top = src.name
+    written = []
+    if part != "templates":
+        os.mkdir(dst, 0o755)
+    for rel, target, is_dir in entries:
+        out = os.path.join(dst, rel)
+        if is_dir:
+            if part != "templates":
+                os.mkdir(out, 0o755)
+        elif is_templated(os.path.basename(rel)):
+            if part == "static":
+                continue
+            data = renderer.render_file(Path(target), f"{top}/{rel}", variables).encode("utf-8")
+            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o755 if _executable(target) else 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+            written.append(out)
+        elif part != "templates":
+            copy_file(target, out)
+            written.append(out)
+    return written
+
+
+def source_tree(src: Path, root: Path | None = None) -> list[tuple[str, str, bool]]:
+    """Every file and folder of a workshop as ``(relative path, path to read, is a folder)``, folders first.
+
+    Symlinks are followed only inside ``root`` (default ``src``): one leading
+    out, or nowhere, or in a loop raises :class:`RenderError`; sockets, fifos
+    and devices are left out.
+    """
+    src = Path(src)
+    root_real = os.path.realpath(root if root is not None else src)
+    top = src.name
+    out: list[tuple[str, str, bool]] = []
+    seen: set = set()
+
+    def walk(folder, rel):
+        real = os.path.realpath(folder)
+        if real in seen:
+            raise RenderError(f"{top}/{rel} is a symlink loop.", file=f"{top}/{rel}")
+        seen.add(real)
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            erel = f"{rel}/{entry.name}" if rel else entry.name
+            target = entry.path
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                if os.path.commonpath([target, root_real]) != root_real or not os.path.exists(target):
+                    raise RenderError(
+                        f"{top}/{erel} is a symlink leading out of the notebooks root (or nowhere); it is refused.",
+                        file=f"{top}/{erel}",
+                    )
+                is_dir = os.path.isdir(target)
+            else:
+                is_dir = entry.is_dir(follow_symlinks=False)
+                if not is_dir and not entry.is_file(follow_symlinks=False):
+                    continue  # sockets, fifos, devices: never copied
+            out.append((erel, target, is_dir))
+            if is_dir:
+                walk(target, erel)
+
+    walk(src, "")
+    return out
+
+
+def _executable(path: str) -> bool:
+    return bool(os.stat(path).st_mode & 0o111)
+
+
+def copy_file(src: str, dst: str) -> None:
+    """Copy bytes (sendfile in the kernel); the copy belongs to the home, writable, keeping only the exec bit."""
+    fin = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        st = os.fstat(fin)
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o755 if st.st_mode & 0o111 else 0o644)
+        try:
+            offset = 0
+            while offset < st.st_size:
+                sent = os.sendfile(fd, fin, offset, st.st_size - offset)
+                if sent == 0:
+                    break
+                offset += sent
+        finally:
+            os.close(fd)
+    finally:
+        os.close(fin)
+
+
+def copy_skel(skel: str, dst: str) -> None:
+    """Regular files and folders of the skeleton; symlinks in it are skipped, never followed."""
+    with os.scandir(skel) as it:
+        for entry in it:
+            out = os.path.join(dst, entry.name)
+            if entry.is_symlink():
+                log.warning("skeleton %s: symlink skipped", entry.path)
+            elif entry.is_dir(follow_symlinks=False):
+                os.mkdir(out, 0o755)
+                copy_skel(entry.path, out)
+            elif entry.is_file(follow_symlinks=False):
+                copy_file(entry.path, out)
+
+
+def chown_tree(top: str, uid: int, gid: int) -> None:
+    os.lchown(top, uid, gid)
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            os.lchown(os.path.join(dirpath, name), uid, gid)
