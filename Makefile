@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CHP := node_modules/.bin/configurable-http-proxy
 
-.PHONY: demo test bench deps chromium clean
+.PHONY: demo test lint bench deps chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,14 +24,20 @@ chromium:
 
 deps: $(VENV)/.installed $(CHP)
 
-test: deps chromium
+# ruff (the `test` extra) with the settings of pyproject.toml; `make test` runs it first.
+lint: deps
+	$(BIN)/ruff check .
+
+test: deps chromium lint
 	PATH="$(CURDIR)/node_modules/.bin:$$PATH" $(BIN)/pytest -q -ra $(PYTEST_ARGS)
 
 demo: deps
 	PATH="$(CURDIR)/node_modules/.bin:$$PATH" $(BIN)/python -m wod_jupyterhub.demo
 
+# Each benchmark runs as a module from the repository root, so it imports
+# the test helpers as `tests.<module>` (see bench/__init__.py).
 bench: deps
-	PATH="$(CURDIR)/node_modules/.bin:$$PATH"; for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	PATH="$(CURDIR)/node_modules/.bin:$$PATH"; for b in bench/[!_]*.py; do n=$$(basename $$b .py); echo "== bench.$$n"; $(BIN)/python -m bench.$$n || exit 1; done
 
 clean:
 	rm -rf $(VENV) node_modules students wod.sqlite* wod_secret.key jupyterhub.sqlite jupyterhub_cookie_secret

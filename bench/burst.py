@@ -27,17 +27,12 @@ from pathlib import Path
 import httpx
 import jinja2
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "bench")]
-
-from hubutil import RealHub  # noqa: E402
-from provision import CORPUS, VARIABLES, floor_once  # noqa: E402
-
-from wod_jupyterhub import homes  # noqa: E402
-from wod_jupyterhub.templating import Renderer, is_templated  # noqa: E402
-from wod_jupyterhub.variables import template_variables  # noqa: E402
-from wod_jupyterhub.catalog import load_catalog  # noqa: E402
-from wod_jupyterhub.config import Wod  # noqa: E402
+from bench.provision import CORPUS, VARIABLES, floor_once
+from tests.hubutil import RealHub
+from wod_jupyterhub.catalog import load_catalog
+from wod_jupyterhub.config import Wod
+from wod_jupyterhub.templating import is_templated
+from wod_jupyterhub.variables import template_variables
 
 WORKSHOP = "WKSHP-Docker101"
 GOAL_SECONDS = 3.0
@@ -61,7 +56,7 @@ def make_notebooks(work: Path, count: int) -> Path:
 
 def start_portal():
     proc = subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "portal_server.py"), "--port", "0"],
+        [sys.executable, "-m", "tests.portal_server", "--port", "0"],
         stdout=subprocess.PIPE, text=True,
     )
     url = proc.stdout.readline().strip()
@@ -133,7 +128,8 @@ def service_pid(marker: str) -> int | None:
 def start_profile(marker: str, out: Path):
     """py-spy on the service for one burst (only the thread holding the GIL: where the CPU goes)."""
     exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    cmd = [exe, "record", "--pid", str(service_pid(marker)), *(["--gil"] if os.environ.get("BURST_PROFILE_GIL", "1") == "1" else []), "--nonblocking", "--rate", "250",
+    gil = ["--gil"] if os.environ.get("BURST_PROFILE_GIL", "1") == "1" else []
+    cmd = [exe, "record", "--pid", str(service_pid(marker)), *gil, "--nonblocking", "--rate", "250",
            "--format", "raw", "--output", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)  # py-spy attaches
@@ -155,7 +151,15 @@ def cpu_seconds(marker: str) -> dict:
         fields = stat.rsplit(")", 1)[1].split()
         if marker.encode() not in b" ".join(cmd):
             continue
-        name = "service" if b"wod_jupyterhub.service" in cmd else "hub" if b"jupyterhub" in b" ".join(cmd) else "proxy" if b"configurable-http-proxy" in b" ".join(cmd) or b"node" in cmd[0] else cmd[0].decode()
+        line = b" ".join(cmd)
+        if b"wod_jupyterhub.service" in cmd:
+            name = "service"
+        elif b"jupyterhub" in line:
+            name = "hub"
+        elif b"configurable-http-proxy" in line or b"node" in cmd[0]:
+            name = "proxy"
+        else:
+            name = cmd[0].decode()
         out[name] = out.get(name, 0) + (int(fields[11]) + int(fields[12])) / tick
     return out
 

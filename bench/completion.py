@@ -19,10 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+from wod_jupyterhub.completion import completion, find_notebooks
 
-from wod_jupyterhub.completion import completion, find_notebooks  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 CORPUS = Path(os.environ.get("WOD_NOTEBOOKS", HERE.parent.parent / "shared" / "wod-notebooks"))
 WORKSHOP = "WKSHP-Docker101"

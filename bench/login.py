@@ -33,11 +33,8 @@ from pathlib import Path
 
 import httpx
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-from wod_jupyterhub import passwords  # noqa: E402
-from wod_jupyterhub.demo import DemoHub  # noqa: E402
+from wod_jupyterhub import passwords
+from wod_jupyterhub.demo import DemoHub
 
 LOGINS = 50
 WORKSHOP = "WKSHP-Bench"

@@ -24,14 +24,11 @@ from pathlib import Path
 import jinja2
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from wod_jupyterhub import homes  # noqa: E402
-from wod_jupyterhub.templating import Renderer, is_templated  # noqa: E402
-from wod_jupyterhub.variables import template_variables  # noqa: E402
-from wod_jupyterhub.catalog import load_catalog  # noqa: E402
-from wod_jupyterhub.config import Wod  # noqa: E402
+from wod_jupyterhub import homes
+from wod_jupyterhub.catalog import load_catalog
+from wod_jupyterhub.config import Wod
+from wod_jupyterhub.templating import Renderer, is_templated
+from wod_jupyterhub.variables import template_variables
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "wod-notebooks"
 WORKSHOP = "WKSHP-Docker101"

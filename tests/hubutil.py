@@ -233,12 +233,18 @@ class RealHub(_Subprocess):
         if self.notebooks:
             wod["notebooks"] = self.notebooks
         wod.update(self.wod_config)
+        services = [
+            service,
+            {"name": "wod-portal", "api_token": self.portal_token},
+            {"name": "test-noscope", "api_token": self.noscope_token},
+            {"name": "test-admin", "api_token": self.admin_token},
+        ]
         lines = [
             "# written by tests/hubutil.py",
             "c = get_config()  # noqa",
-            f"c.JupyterHub.ip = '127.0.0.1'",
+            "c.JupyterHub.ip = '127.0.0.1'",
             f"c.JupyterHub.port = {self.port}",
-            f"c.JupyterHub.hub_ip = '127.0.0.1'",
+            "c.JupyterHub.hub_ip = '127.0.0.1'",
             f"c.JupyterHub.hub_port = {self.hub_port}",
             f"c.ConfigurableHTTPProxy.api_url = 'http://127.0.0.1:{self.proxy_api_port}'",
             f"c.JupyterHub.db_url = {('sqlite:///' + str(self.root / 'jupyterhub.sqlite'))!r}",
@@ -252,7 +258,7 @@ class RealHub(_Subprocess):
             "    'custom:wod:operate': {'description': 'Run the wod verbs: CREATE, CLEANUP, RESET, PURGE.'},",
             "    'custom:wod:read': {'description': 'Read wod operations, students and workshops.'},",
             "}",
-            f"c.JupyterHub.services = {json.dumps([service, {'name': 'wod-portal', 'api_token': self.portal_token}, {'name': 'test-noscope', 'api_token': self.noscope_token}, {'name': 'test-admin', 'api_token': self.admin_token}])}",
+            f"c.JupyterHub.services = {json.dumps(services)}",
             "c.JupyterHub.load_roles = [",
             "    {'name': 'wod-service', 'scopes': ['admin:users', 'servers', 'tokens'], 'services': ['wod']},",
             "    {'name': 'wod-portal', 'scopes': ['custom:wod:operate', 'custom:wod:read', 'access:services!service=wod'], 'services': ['wod-portal']},",

@@ -24,7 +24,7 @@ In a test::
     with PortalServer(workshops=[{"id": 3, "notebook": "WKSHP-Sample"}]) as portal:
         ... portal.url ... portal.calls ...
 
-From another process (a bench): ``python tests/portal_server.py --port 0``
+From another process (a bench): ``python -m tests.portal_server --port 0`` (from the repository root)
 prints the URL; ``GET /_calls`` answers the record as JSON and
 ``POST /_control`` takes ``{"fail": 503|null, "down_for": seconds,
 "expire_tokens": true, "reset": true}``.

@@ -5,11 +5,11 @@ import re
 from pathlib import Path
 
 from openapi_schema_validator import OAS31Validator
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from wod_jupyterhub import passwords
-from wod_jupyterhub.store import OutboxMessage, Operation, Student, make_engine
+from wod_jupyterhub.store import Operation, OutboxMessage, Student, make_engine
 
 OPENAPI = json.loads((Path(__file__).resolve().parent.parent / "wod_jupyterhub" / "openapi.json").read_text())
 _ROUTES = [

@@ -11,7 +11,7 @@ import uuid
 import httpx
 import pytest
 
-from hubutil import REPO, RealHub
+from tests.hubutil import REPO, RealHub
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "artifacts"

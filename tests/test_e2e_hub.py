@@ -14,13 +14,13 @@ import uuid
 from pathlib import Path
 
 import httpx
+import nbformat
 import pytest
 from sqlalchemy import select, update
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-import nbformat
-from hubutil import RealHub
+from tests.hubutil import RealHub
 from wod_jupyterhub.passwords import hash_password
 from wod_jupyterhub.store import Completion, Store, Student
 
@@ -164,7 +164,10 @@ async def run_cells(hub, client, name, sources):
             ws.write_message(
                 json.dumps(
                     {
-                        "header": {"msg_id": msg_id, "username": name, "session": session, "msg_type": "execute_request", "version": "5.3", "date": datetime.datetime.now(datetime.timezone.utc).isoformat()},
+                        "header": {
+                            "msg_id": msg_id, "username": name, "session": session, "msg_type": "execute_request",
+                            "version": "5.3", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                        },
                         "parent_header": {},
                         "metadata": {},
                         "content": {"code": code, "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
@@ -328,7 +331,7 @@ def test_make_demo_path_books_a_seat_and_logs_in(tmp_path):
     import subprocess
     import sys
 
-    from hubutil import _env
+    from tests.hubutil import _env
 
     r = subprocess.run(
         [sys.executable, "-m", "wod_jupyterhub.demo", "--check", "--state", str(tmp_path / "state")],

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
-from portal_server import DEFAULT_PASSWORD, DEFAULT_USERNAME, PortalServer
 from sqlalchemy import select, text, update
 from traitlets import TraitError
 
+from tests.portal_server import DEFAULT_PASSWORD, DEFAULT_USERNAME, PortalServer
 from wod_jupyterhub.config import Wod
 from wod_jupyterhub.passwords import Sealer, generate
 from wod_jupyterhub.portal import Outbox, WodPortal

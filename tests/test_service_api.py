@@ -11,10 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from portal_server import PortalServer
 
-from hubutil import RealHub, write_workshop
-from svcutil import DB, OPENAPI, check
+from tests.hubutil import RealHub, write_workshop
+from tests.portal_server import PortalServer
+from tests.svcutil import DB, OPENAPI, check
 
 CUSTOMER = "825"
 

@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 import pytest
-from portal_server import PortalServer
 
-from hubutil import RealHub, free_port, write_workshop
-from svcutil import DB
+from tests.hubutil import RealHub, free_port, write_workshop
+from tests.portal_server import PortalServer
+from tests.svcutil import DB
 from wod_jupyterhub import homes, passwords
 from wod_jupyterhub.catalog import load_catalog
 from wod_jupyterhub.config import Wod

@@ -8,12 +8,12 @@ running by a killed process is taken over by the survivor.
 import time
 
 import pytest
-from conftest import pg_database
-from portal_server import PortalServer
 
-from hubutil import free_port
-from svcutil import DB, check
-from test_service_crash import WORKSHOP, crash_env, run_trials
+from tests.conftest import pg_database
+from tests.hubutil import free_port
+from tests.portal_server import PortalServer
+from tests.svcutil import DB, check
+from tests.test_service_crash import WORKSHOP, crash_env, run_trials
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_verbs_on_one_student_through_two_processes_run_one_at_a_time(env, two):
     n = 5
     ids = []
     with hub.client(base_url=a.url) as ca, hub.client(base_url=b.url) as cb:
-        for i, customer in enumerate(["pa", "pb", "pc", "pd"]):
+        for customer in ["pa", "pb", "pc", "pd"]:
             for verb in ("create", "cleanup"):
                 body = {"student": n, "customer": customer}
                 if verb == "create":

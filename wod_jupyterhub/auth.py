@@ -213,7 +213,10 @@ class WodAuthenticator(Authenticator):
             return None
         if kind == "inactive":
             self.log.warning("Refused login for %s: no active workshop on this seat", name)
-            raise web.HTTPError(403, f"{name} has no workshop booked at the moment, so it cannot log in. Use the link and password from your latest workshop mail.")
+            raise web.HTTPError(
+                403,
+                f"{name} has no workshop booked at the moment, so it cannot log in. Use the link and password from your latest workshop mail.",
+            )
         if kind == "student" and handler is not None:
             self.begin_session(handler.db, name, outcome["generation"])
         # The work is the check itself; the rest of the time it waited for a hashing thread.

@@ -29,7 +29,6 @@ from . import errors
 from .templating import Renderer, default_renderer, is_templated
 from .trees import chown_tree, copy_skel, source_tree, write_tree
 
-
 #: JupyterLab (jupyterlab_server.workspaces_handler.slugify) stores the
 #: workspace named "default" -- the one ``/lab`` opens -- in
 #: ``<jupyter_config_dir>/lab/workspaces/default-<sha256("default")[:4]>.jupyterlab-workspace``;

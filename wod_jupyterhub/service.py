@@ -438,11 +438,11 @@ class WodService(Application):
         from jupyterhub.services.auth import HubAuth
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-        from .templating import Renderer
         from .hubapi import HubAPI
         from .passwords import Sealer
         from .portal import Outbox
         from .store import Store
+        from .templating import Renderer
 
         self.store = Store(self.wod.db_url)
         self.sealer = Sealer.from_settings(self.wod)

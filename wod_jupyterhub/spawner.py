@@ -30,8 +30,6 @@ from .config import Wod, student_number
 from .store import Completion, Store
 
 
-
-
 def workshop_folder(workshop: str) -> str:
     """The folder a booked workshop lives in: a ``CHLG-<Name>`` request renders into ``WKSHP-<Name>``."""
     return parse_workshop_name(workshop)[0]
@@ -89,7 +87,11 @@ class WodSpawner(LocalProcessSpawner):
         if row is None or not row.active or not row.workshop:
             raise web.HTTPError(403, f"{self.user.name} has no workshop booked at the moment, so its server cannot start.")
         if not os.path.isdir(self.home):
-            raise web.HTTPError(409, f"The home of {self.user.name} is missing ({self.home}); the workshop was not provisioned. Ask the organizers to book the seat again.")
+            raise web.HTTPError(
+                409,
+                f"The home of {self.user.name} is missing ({self.home}); the workshop was not provisioned."
+                " Ask the organizers to book the seat again.",
+            )
         if self.wod.system_users:
             self.check_account(n)
         return {"student": n, "customer": row.customer, "workshop": row.workshop, "generation": row.generation}

@@ -9,9 +9,9 @@ again after widening the range; an account with another uid is an error
 """
 
 import argparse
+import grp
 import os
 import pwd
-import grp
 import subprocess
 import sys
 
