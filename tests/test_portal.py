@@ -257,7 +257,8 @@ async def test_a_refused_callback_does_not_block_the_next(store, portal, caplog)
     assert [m.body for m in dead] == [{"active": "true"}, {"completionPercentage": "50"}]
     assert all("HTTP 404" in m.last_error and m.delivered is None for m in dead)
     assert outbox.pending() == 0
-    assert outbox.stats() == {"pending": 0, "failed": 2, "delivered": 2}
+    everything = rows(store)
+    assert (sum(m.failed is not None for m in everything), sum(m.delivered is not None for m in everything)) == (2, 2)
     assert "refused callback" in caplog.text and "/api/customer/404" in caplog.text
     await outbox.close()
 

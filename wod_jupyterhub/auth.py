@@ -330,10 +330,6 @@ class WodAuthenticator(Authenticator):
                     raise
                 time.sleep(0.01 * (attempt + 1))
 
-    def clear_throttle(self) -> None:
-        """Forget every failure and lockout (for admins and tests)."""
-        self._retry(lambda s: s.execute(delete(Throttle)))
-
     # -- allow ------------------------------------------------------------
 
     def check_allowed(self, username, authentication=None):

@@ -245,9 +245,8 @@ def _inside(path: Path, root: Path) -> bool:
 class Catalog:
     """The workshops of one or more notebooks roots, by folder name."""
 
-    def __init__(self, workshops: dict[str, Workshop] | None = None, roots: list | None = None):
+    def __init__(self, workshops: dict[str, Workshop] | None = None):
         self.workshops = dict(workshops or {})
-        self.roots = [Path(r) for r in roots or []]
 
     def get(self, name: str) -> Workshop:
         folder, _mode = parse_workshop_name(name)
@@ -311,6 +310,6 @@ def load_catalog(roots: list, prefer_private: bool = False) -> Catalog:
                 log.warning("ignoring folder %s: not a valid workshop name", entry.path)
                 continue
             found[entry.name] = load_workshop(Path(entry.path), root)
-    catalog = Catalog(found, roots)
+    catalog = Catalog(found)
     catalog._report_overlaps()
     return catalog

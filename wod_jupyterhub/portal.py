@@ -400,17 +400,6 @@ class Outbox:
         with self.store.session() as s:
             return s.scalar(select(func.count()).select_from(OutboxMessage).where(*_pending()))
 
-    def stats(self) -> dict:
-        """Counts for metrics: pending, failed (refused for good), delivered."""
-        with self.store.session() as s:
-            return {
-                "pending": s.scalar(select(func.count()).select_from(OutboxMessage).where(*_pending())),
-                "failed": s.scalar(select(func.count()).select_from(OutboxMessage).where(OutboxMessage.failed.is_not(None))),
-                "delivered": s.scalar(
-                    select(func.count()).select_from(OutboxMessage).where(OutboxMessage.delivered.is_not(None))
-                ),
-            }
-
     def _heads(self):
         """The oldest pending message of each key: (key, next_attempt, lease_owner, lease_expires), oldest first."""
         heads = (
