@@ -26,7 +26,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,40 +33,10 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parent.parent
-NODE_BIN = REPO / "node_modules" / ".bin"
+# One way to start and stop a hub, shared with `make demo` (wod_jupyterhub/hubprocess.py).
+from wod_jupyterhub.hubprocess import free_port, hub_env, start_hub, stop_group
+
 SERVICE_PREFIX = "/services/wod/"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PATH"] = f"{NODE_BIN}:{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    env.pop("JUPYTERHUB_API_TOKEN", None)
-    return env
-
-
-def _stop_group(proc: subprocess.Popen, timeout: float = 15) -> None:
-    """SIGTERM the process (it cleans up its children), then SIGKILL whatever is left of its group."""
-    if proc.poll() is None:
-        try:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 def _tail(path: Path, n: int = 60) -> str:
@@ -82,7 +51,7 @@ class _Subprocess:
 
     def stop(self):
         if self.proc is not None:
-            _stop_group(self.proc)
+            stop_group(self.proc)
             self._log.close()
             self.proc = None
 
@@ -112,8 +81,7 @@ class ServiceProcess(_Subprocess):
         return self.proc is not None and self.proc.poll() is None
 
     def start(self, wait: bool = True, extra_args=()):
-        env = _env()
-        env.update(self.hub.service_env())
+        env = hub_env(self.hub.service_env())
         env["JUPYTERHUB_SERVICE_URL"] = f"http://127.0.0.1:{self.port}"
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
@@ -299,14 +267,7 @@ class RealHub(_Subprocess):
     def start(self):
         self.config_path.write_text(self.config_text())
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterhub", "-f", str(self.config_path)],
-            cwd=self.root,
-            env=_env(),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.proc = start_hub(self.config_path, self.root, hub_env(), self._log)
         try:
             self._wait_ready()
         except BaseException:

@@ -11,7 +11,8 @@ import uuid
 import httpx
 import pytest
 
-from tests.hubutil import REPO, RealHub
+from tests.hubutil import RealHub
+from wod_jupyterhub.hubprocess import REPO
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "artifacts"

@@ -331,11 +331,11 @@ def test_make_demo_path_books_a_seat_and_logs_in(tmp_path):
     import subprocess
     import sys
 
-    from tests.hubutil import _env
+    from wod_jupyterhub.hubprocess import hub_env
 
     r = subprocess.run(
         [sys.executable, "-m", "wod_jupyterhub.demo", "--check", "--state", str(tmp_path / "state")],
-        env=_env(),
+        env=hub_env(),
         capture_output=True,
         text=True,
         timeout=300,

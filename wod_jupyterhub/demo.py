@@ -20,7 +20,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,13 +28,7 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .hubprocess import REPO, free_port, hub_env, start_hub, stop_group
 
 
 def wait_for(url: str, proc: subprocess.Popen, timeout: float, what: str, headers=None) -> None:
@@ -101,7 +94,7 @@ def login(hub_url: str, name: str, password: str) -> httpx.Client:
 
 
 class DemoHub:
-    """``jupyterhub -f jupyterhub_config.py`` as a child process (used by the demo and bench/login.py).
+    """``jupyterhub -f jupyterhub_config.py`` as a child process (:mod:`.hubprocess`; used by the demo and bench/login.py).
 
     ``private=True`` gives it free ports, so it runs beside a demo or a hub
     already on this machine; ``log`` is a file for the hub's output (None:
@@ -110,9 +103,7 @@ class DemoHub:
 
     def __init__(self, config=REPO / "jupyterhub_config.py", state=None, url=None, private=False, log=None, extra_env=None):
         self.config = Path(config).resolve()
-        env = dict(os.environ)
-        env["PATH"] = os.pathsep.join([str(REPO / "node_modules" / ".bin"), str(Path(sys.executable).parent), env.get("PATH", "")])
-        env.update(extra_env or {})
+        env = hub_env(extra_env)
         self.token = env.get("WOD_API_TOKEN") or secrets.token_hex(32)
         env["WOD_API_TOKEN"] = self.token
         state = state or env.get("WOD_STATE_DIR")
@@ -134,14 +125,7 @@ class DemoHub:
         if not shutil.which("configurable-http-proxy", path=self.env["PATH"]):
             raise RuntimeError("configurable-http-proxy is missing: run `make deps` (npm install)")
         self._log = open(self.log_path, "w") if self.log_path else None
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterhub", "-f", str(self.config)],
-            cwd=self.cwd,
-            env=self.env,
-            start_new_session=True,  # Ctrl-C reaches us; we stop the hub in order
-            stdout=self._log,
-            stderr=self._log,
-        )
+        self.proc = start_hub(self.config, self.cwd, self.env, self._log)  # its own session: Ctrl-C reaches us
         wait_for(f"{self.url}/hub/health", self.proc, timeout, "the hub")
         wait_for(f"{self.url}/services/wod/api/health", self.proc, timeout, "the wod service")
         return self
@@ -154,13 +138,8 @@ class DemoHub:
         return self.log_path.read_text(errors="replace")[-chars:]
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # the hub stops its proxy, service and servers
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        if self.proc is not None:
+            stop_group(self.proc, timeout=60)
         if getattr(self, "_log", None):
             self._log.close()
             self._log = None
