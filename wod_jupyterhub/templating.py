@@ -163,7 +163,7 @@ class _Skeleton:
 class _Prepared:
     """One template file, compiled once, with what the hot path needs to check its output."""
 
-    __slots__ = ("template", "source", "notebook", "skeleton", "cleared_before", "clear_after", "invalid")
+    __slots__ = ("template", "source", "notebook", "skeleton", "cleared_before", "clear_after")
 
     def __init__(self):
         self.template = None
@@ -172,7 +172,6 @@ class _Prepared:
         self.skeleton = None
         self.cleared_before = False
         self.clear_after = False
-        self.invalid = None
 
 
 class Renderer:
