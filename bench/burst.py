@@ -205,12 +205,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=100)
     ap.add_argument("--wait", type=float, default=60)
-    ap.add_argument("--workers", type=int, default=None, help="c.WodService.workers (default: the service's)")
-    ap.add_argument("--threads", type=int, default=None, help="c.WodService.threads (default: the service's)")
+    ap.add_argument("--workers", type=int, default=None, help="c.WodOperations.workers (default: the service's)")
+    ap.add_argument("--threads", type=int, default=None, help="c.WodOperations.threads (default: the service's)")
     ap.add_argument("--cold", action="store_true",
                     help="a fresh hub without the 100 users (the service creates the pool's users while idle, before the burst)")
     ap.add_argument("--no-stage", action="store_true",
-                    help="c.Operations.stage_seats = False: every CREATE copies the whole workshop while the caller waits")
+                    help="c.WodOperations.stage_seats = False: every CREATE copies the whole workshop while the caller waits")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (hub and service logs) for a look")
     ap.add_argument("--postgres", default="", help="a PostgreSQL URL for the service's database (default: SQLite)")
     ap.add_argument("--profile", metavar="DIR", default="",
@@ -229,8 +229,8 @@ def main() -> int:
             notebooks=[notebooks],
             api_db_url=portal_url,
             wod_config={"student_min": 1, "student_max": args.count, "variables": VARIABLES, "skel": ""},
-            service_config={k: v for k, v in (("workers", args.workers), ("threads", args.threads)) if v},
-            extra_config="c.Operations.stage_seats = False" if args.no_stage else "",
+            service_config={f"WodOperations.{k}": v for k, v in (("workers", args.workers), ("threads", args.threads)) if v},
+            extra_config="c.WodOperations.stage_seats = False" if args.no_stage else "",
         )
         rounds = []
         with hub:

@@ -240,7 +240,8 @@ class RealHub(_Subprocess):
         for key, value in wod.items():
             lines.append(f"c.Wod.{key} = {value!r}")
         for key, value in self.service_config.items():
-            lines.append(f"c.WodService.{key} = {value!r}")
+            # "name" is c.WodService.name; "Section.name" (WodOperations.workers) is c.Section.name.
+            lines.append(f"c.{key if '.' in key else 'WodService.' + key} = {value!r}")
         if self.api_db_url:
             lines += [
                 f"c.WodPortal.url = {self.api_db_url!r}",

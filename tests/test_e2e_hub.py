@@ -350,7 +350,7 @@ def test_make_demo_path_books_a_seat_and_logs_in(tmp_path):
 
 
 def test_create_can_start_the_students_server(tmp_path):
-    """c.WodService.start_server: CREATE ends with the participant's server starting; CLEANUP stops it."""
+    """c.WodOperations.start_server: CREATE ends with the participant's server starting; CLEANUP stops it."""
     notebooks = tmp_path / "notebooks"
     write_workshop(notebooks, WORKSHOP, (1, 5))
     with RealHub(
@@ -359,13 +359,13 @@ def test_create_can_start_the_students_server(tmp_path):
         authenticator_class="wod",
         spawner_class="wod",
         wod_config={"student_max": 5},
-        service_config={"start_server": True},
+        service_config={"WodOperations.start_server": True},
     ) as hub:
         n, name = 3, "student3"
         password, customer = create(hub, n)
         with hub.client("portal") as c:
             [op] = c.get(f"api/operations?student={n}").json()["operations"]
-        [step] = [s for s in op["steps"] if s["name"] == "hub"]
+        [step] = [s for s in op["steps"] if s["name"] == "start-server"]
         assert step["detail"].get("started") is True, step
         # Started by the service, not by a login: ready without anyone asking.
         deadline = time.monotonic() + 90
@@ -378,6 +378,6 @@ def test_create_can_start_the_students_server(tmp_path):
         r = server_get(c, name, f"api/contents/{WORKSHOP}/0-ReadMeFirst.ipynb")
         assert r.status_code == 200 and f"for student{n}" in json.dumps(r.json()["content"]), r.text[:300]
         op = cleanup(hub, n, customer)
-        [stop] = [s for s in op["steps"] if s["name"] == "stop-server"]
+        [stop] = [s for s in op["steps"] if s["name"] == "end-sessions"]
         assert stop["detail"]["stopped"] is True
         assert hub.hub_api("GET", f"/users/{name}").json()["servers"] == {}

@@ -7,10 +7,12 @@ the preparation is tested in test_service_api.py.
 """
 
 import asyncio
+import logging
 import subprocess
 
+from wod_jupyterhub.catalog import CatalogCache
 from wod_jupyterhub.config import Wod
-from wod_jupyterhub.operations import PREPARE, Operations
+from wod_jupyterhub.operations import PREPARE, Engine, Preparer, SeatWork, WodOperations
 from wod_jupyterhub.owners import _host
 from wod_jupyterhub.store import Operation, Store, Student, utcnow
 
@@ -34,9 +36,24 @@ class GatedHub:
         return 0
 
 
-def operations(db_url, tmp_path, hub=None) -> Operations:
-    wod = Wod(students_root=str(tmp_path / "students"), db_url=db_url)
-    return Operations(wod, Store(db_url), None, None, hub, None, None)
+class Parts:
+    """An engine and its preparer on a real database; no hooks, renderer, sealer or portal (not used here)."""
+
+    def __init__(self, db_url, tmp_path, hub=None):
+        log = logging.getLogger("test")
+        wod = Wod(students_root=str(tmp_path / "students"), db_url=db_url)
+        settings = WodOperations()
+        self.store = Store(db_url)
+        work = SeatWork(
+            wod, settings, catalog=CatalogCache(wod), hub=hub, hooks=None, renderer=None, sealer=None, outbox=None, log=log
+        )
+        self.engine = Engine(settings, self.store, work, log=log)
+        self.preparer = Preparer(settings, self.store, work, self.engine, log=log)
+        self.owner = self.engine.owner
+
+
+def operations(db_url, tmp_path, hub=None) -> Parts:
+    return Parts(db_url, tmp_path, hub)
 
 
 def queue_create(store, n) -> Operation:
@@ -50,20 +67,20 @@ async def test_a_create_waits_for_the_preparation_of_its_seat(db_url, tmp_path):
     hub = GatedHub()
     ops = operations(db_url, tmp_path, hub)
     try:
-        preparing = asyncio.ensure_future(ops._end_sessions_ahead(4))
+        preparing = asyncio.ensure_future(ops.preparer.end_sessions_ahead(4))
         while not hub.calls:
             await asyncio.sleep(0.01)
         # Inside the hub calls: the seat is leased, so a CREATE for it cannot be claimed yet.
         st = ops.store.student(4)
         assert st.lock_owner == f"{ops.owner}/{PREPARE}4" and not st.sessions_ended
         op = queue_create(ops.store, 4)
-        assert ops._claim(op.id, 4, 4, op.created) is False
+        assert ops.engine.claim(op.id, 4, 4, op.created) is False
         hub.gate.set()
         await preparing
         st = ops.store.student(4)
         assert st.lock_owner is None and st.sessions_ended is True
         assert hub.calls == [("stop", "student4"), ("revoke", "student4")]
-        assert ops._claim(op.id, 4, 4, op.created) is True
+        assert ops.engine.claim(op.id, 4, 4, op.created) is True
     finally:
         ops.store.dispose()
 
@@ -76,8 +93,8 @@ async def test_a_seat_an_operation_holds_is_not_prepared(db_url, tmp_path):
         op = queue_create(ops.store, 5)
         with ops.store.session() as s:
             s.add(Student(number=5, state="free"))
-        assert ops._claim(op.id, 5, 5, op.created) is True
-        await ops._end_sessions_ahead(5)
+        assert ops.engine.claim(op.id, 5, 5, op.created) is True
+        await ops.preparer.end_sessions_ahead(5)
         assert hub.calls == [] and ops.store.student(5).sessions_ended is False
         assert ops.store.student(5).lock_owner == f"{ops.owner}/{op.id}"
     finally:
@@ -92,7 +109,7 @@ def test_the_lease_of_a_process_killed_while_preparing_is_released(db_url, tmp_p
         with ops.store.session() as s:
             s.add(Student(number=6, state="free", lock_owner=f"{_host()}:{dead.pid}:1:dead/{PREPARE}6", lock_expires=utcnow()))
             s.add(Student(number=7, state="free", lock_owner=f"{ops.owner}/{PREPARE}7", lock_expires=utcnow()))
-        ops._recover()
+        ops.engine.recover()
         assert ops.store.student(6).lock_owner is None  # its process is gone: at once, not after the lease
         assert ops.store.student(7).lock_owner == f"{ops.owner}/{PREPARE}7"  # ours, alive
     finally:

@@ -59,7 +59,7 @@ def crash_env(root: Path, portal, db_url=None, **kwargs) -> RealHub:
         wod_config={"student_min": 1, "student_max": 20, "scripts": [str(scripts)], "skel": ""},
         # A callback claimed by a killed process is taken over at once (same host), not after its lease.
         # The stager looks at the free seats every second, so what a killed one left goes quickly.
-        extra_config="c.WodPortal.timeout = 2.0\nc.WodPortal.retry_initial = 0.2\nc.Operations.prepare_rescan = 1.0\n",
+        extra_config="c.WodPortal.timeout = 2.0\nc.WodPortal.retry_initial = 0.2\nc.WodOperations.prepare_rescan = 1.0\n",
         **kwargs,
     )
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from wod_jupyterhub.operations import kill_uid_processes
+from wod_jupyterhub.processes import kill_uid_processes
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="running processes under other uids needs root")
 

@@ -150,12 +150,6 @@ class WodAuthenticator(Authenticator):
         """,
     ).tag(config=True)
 
-    @default("auth_refresh_strict")
-    def _strict(self):
-        # A token request for a seat that changed hands is refused too, not
-        # let through with a warning (JupyterHub's default since 6.1).
-        return True
-
     @default("any_allow_config")
     def _allow_config_present(self):
         # check_allowed below is the allow configuration; no "nobody can log in" warning.

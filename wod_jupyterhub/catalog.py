@@ -12,16 +12,19 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from . import errors
+from .config import check_student_number
 
 log = logging.getLogger(__name__)
 
 WORKSHOP_NAME = re.compile(r"^(WKSHP|CHLG)-[A-Za-z0-9._-]+$")
+#: the default of ``c.Wod.readme_notebook``, for callers without settings
 README = "0-ReadMeFirst.ipynb"
 META_FILE = "wod.yml"
 
@@ -185,7 +188,7 @@ def read_meta(path: Path) -> dict:
     return data
 
 
-def load_workshop(folder: Path, root: Path) -> Workshop:
+def load_workshop(folder: Path, root: Path, readme: str = README) -> Workshop:
     ws = Workshop(name=folder.name, path=folder, root=root)
     if folder.is_symlink():
         try:
@@ -228,9 +231,9 @@ def load_workshop(folder: Path, root: Path) -> Workshop:
                         f"capacity {cap} exceeds the {ws.range[1] - ws.range[0] + 1} students of range "
                         f"[{ws.range[0]}, {ws.range[1]}]."
                     )
-    readme = folder / README
-    if not readme.is_file() or (readme.is_symlink() and not _inside(readme, root)):
-        ws.problem(f"{README} is missing: it is the notebook that opens first.", blocking=True)
+    path = folder / readme
+    if not path.is_file() or (path.is_symlink() and not _inside(path, root)):
+        ws.problem(f"{readme} is missing: it is the notebook that opens first.", blocking=True)
     return ws
 
 
@@ -256,14 +259,12 @@ class Catalog:
             raise errors.NotFound(f"No workshop {folder} in the notebooks roots.", code="no_workshop") from None
 
     def check_student(self, workshop: Workshop | str, n: int, wod=None) -> None:
+        """Student ``n`` may take ``workshop``: it is in the workshop's range (and, given ``wod``, this backend's)."""
         ws = workshop if isinstance(workshop, Workshop) else self.get(workshop)
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise errors.BadRequest(f"Student number must be an integer, not {n!r}.", code="bad_student")
-        if wod is not None and not wod.in_range(n):
-            raise errors.Unprocessable(
-                f"Student {n} is outside this backend's students {wod.student_min}..{wod.student_max}.",
-                code="student_out_of_range",
-            )
+        if wod is not None:
+            wod.check_student(n)
+        else:
+            check_student_number(n)
         if ws.range is None:
             raise errors.Unprocessable(
                 f"Workshop {ws.name} has no usable range in its {META_FILE}, so no student can take it.",
@@ -290,7 +291,7 @@ class Catalog:
                     )
 
 
-def load_catalog(roots: list, prefer_private: bool = False) -> Catalog:
+def load_catalog(roots: list, prefer_private: bool = False, readme: str = README) -> Catalog:
     """Load every ``WKSHP-*`` folder of ``roots`` (public first); never raises for a bad workshop."""
     roots = [Path(r).expanduser().absolute() for r in roots]
     found: dict[str, Workshop] = {}
@@ -309,7 +310,39 @@ def load_catalog(roots: list, prefer_private: bool = False) -> Catalog:
             if not WORKSHOP_NAME.fullmatch(entry.name):
                 log.warning("ignoring folder %s: not a valid workshop name", entry.path)
                 continue
-            found[entry.name] = load_workshop(Path(entry.path), root)
+            found[entry.name] = load_workshop(Path(entry.path), root, readme)
     catalog = Catalog(found)
     catalog._report_overlaps()
     return catalog
+
+
+class CatalogCache:
+    """The catalog of ``wod.notebooks`` for a long-running process: read again once older than ``ttl`` seconds."""
+
+    def __init__(self, wod, ttl: float = 5.0):
+        self.wod = wod
+        self.ttl = ttl
+        self._catalog: Catalog | None = None
+        self._read_at = 0.0
+
+    def get(self) -> Catalog:
+        now = time.monotonic()
+        if self._catalog is None or now - self._read_at > self.ttl:
+            self._catalog = load_catalog(self.wod.notebooks, self.wod.prefer_private, self.wod.readme_notebook)
+            self._read_at = now
+        return self._catalog
+
+    def workshop(self, name: str) -> tuple[Workshop, str, str]:
+        """(Workshop, folder, mode) for a requested ``WKSHP-``/``CHLG-`` name; NotFound if absent."""
+        folder, mode = parse_workshop_name(name)
+        return self.get().get(folder), folder, mode
+
+    def workshop_or_none(self, name: str | None) -> tuple[Workshop | None, str | None, str]:
+        """Like ``workshop``, but (None, folder or None, mode) for a name gone from the catalog or unusable."""
+        if not name:
+            return None, None, "WKSHP"
+        try:
+            folder, mode = parse_workshop_name(name)
+        except errors.WodError:
+            return None, None, "WKSHP"
+        return self.get().workshops.get(folder), folder, mode

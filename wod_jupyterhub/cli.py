@@ -139,7 +139,7 @@ def cmd_render(args) -> int:
         strict_undefined=not args.lenient,
     )
     wod = Wod(**settings)
-    catalog = load_catalog(roots, prefer_private=args.prefer_private)
+    catalog = load_catalog(roots, prefer_private=args.prefer_private, readme=wod.readme_notebook)
     workshop = catalog.get(folder)
     if not workshop.valid:
         raise Unprocessable(f"workshop {workshop.name} cannot be provisioned: {'; '.join(workshop.blocking)}")

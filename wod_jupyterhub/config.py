@@ -10,8 +10,10 @@ import os
 import re
 from pathlib import Path
 
-from traitlets import Bool, Dict, Integer, List, Unicode, validate
+from traitlets import Bool, Dict, Integer, List, TraitError, Unicode, default, validate
 from traitlets.config import Configurable
+
+from .errors import BadRequest, Unprocessable
 
 #: the ``share/`` folder of a source checkout or of an installed package
 _HERE = Path(__file__).resolve().parent
@@ -37,6 +39,13 @@ def student_number(name: str):
     return int(m.group(1)) if m else None
 
 
+def check_student_number(n) -> int:
+    """``n`` when it is a whole number; else 400 ``bad_student`` (``Wod.check_student`` also checks the range)."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise BadRequest(f"Student number must be a whole number, not {n!r}.", code="bad_student")
+    return n
+
+
 class Wod(Configurable):
     """Settings shared by ``WodAuthenticator``, ``WodSpawner`` and the ``wod`` service."""
 
@@ -60,6 +69,7 @@ class Wod(Configurable):
         """,
     ).tag(config=True)
 
+    @default("notebooks")
     def _notebooks_default(self):
         return [str(share_dir() / "workshops")]
 
@@ -85,6 +95,7 @@ class Wod(Configurable):
         help="Skeleton files copied into every home before the workshop (like /etc/skel). Defaults to ``share/skel``; empty for none.",
     ).tag(config=True)
 
+    @default("skel")
     def _skel_default(self):
         return str(share_dir() / "skel")
 
@@ -94,7 +105,7 @@ class Wod(Configurable):
     @validate("student_min", "student_max")
     def _positive(self, proposal):
         if proposal["value"] < 1:
-            raise ValueError(f"{proposal['trait'].name} must be 1 or more, not {proposal['value']}")
+            raise TraitError(f"{proposal['trait'].name} must be 1 or more, not {proposal['value']}")
         return proposal["value"]
 
     base_student_id = Integer(
@@ -137,7 +148,7 @@ class Wod(Configurable):
     @validate("password_length")
     def _sane_length(self, proposal):
         if not 8 <= proposal["value"] <= 128:
-            raise ValueError("password_length must be between 8 and 128")
+            raise TraitError("password_length must be between 8 and 128")
         return proposal["value"]
 
     password_alphabet = Unicode(
@@ -148,7 +159,7 @@ class Wod(Configurable):
     @validate("password_alphabet")
     def _alphabet(self, proposal):
         if len(set(proposal["value"])) < 16:
-            raise ValueError("password_alphabet needs at least 16 distinct characters")
+            raise TraitError("password_alphabet needs at least 16 distinct characters")
         return proposal["value"]
 
     secret_key = Unicode(
@@ -159,6 +170,7 @@ class Wod(Configurable):
         """,
     ).tag(config=True)
 
+    @default("secret_key")
     def _secret_key_default(self):
         return os.environ.get("WOD_SECRET_KEY", "")
 
@@ -188,3 +200,17 @@ class Wod(Configurable):
 
     def in_range(self, n: int) -> bool:
         return self.student_min <= n <= self.student_max
+
+    def check_student(self, n) -> int:
+        """The one check of a student number a request names; ``n`` when it is one this backend serves.
+
+        Not a whole number: 400 ``bad_student``. Outside ``student_min..student_max``
+        (0 and negative numbers included): 422 ``student_out_of_range``.
+        """
+        check_student_number(n)
+        if not self.in_range(n):
+            raise Unprocessable(
+                f"Student {n} is outside this backend's students {self.student_min}..{self.student_max}.",
+                code="student_out_of_range",
+            )
+        return n

@@ -20,6 +20,8 @@ import yaml
 from traitlets import Dict, Float, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
+from .waiting import within
+
 KINDS = ("create", "post-copy", "cleanup", "reset")
 
 
@@ -30,12 +32,18 @@ class HookFailed(Exception):
         super().__init__(message)
         self.runs = runs
 
+    @property
+    def journal(self) -> dict:
+        """What the operation's journal keeps of the failed hook step."""
+        return {"runs": self.runs}
 
-class Hooks(LoggingConfigurable):
-    """Finds and runs the hooks of a workshop."""
 
-    # Set from c.WodService.hook_timeout, where admins configure it.
-    timeout = Float(600, help="Seconds a hook may run before it and its children are killed and the operation fails.")
+class WodHooks(LoggingConfigurable):
+    """Finds and runs the hooks of a workshop (``c.WodHooks``)."""
+
+    timeout = Float(
+        600, help="Seconds a hook may run before it and its children are killed and its operation fails."
+    ).tag(config=True)
 
     max_output = Integer(
         65536,
@@ -136,8 +144,8 @@ class Hooks(LoggingConfigurable):
         )
         timed_out = False
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), self.timeout)
-        except asyncio.TimeoutError:
+            out, _ = await within(proc.communicate(), self.timeout)
+        except TimeoutError:
             timed_out = True
             self._kill_group(proc.pid)
             out, _ = await proc.communicate()

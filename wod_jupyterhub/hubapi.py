@@ -46,6 +46,12 @@ class HubAPI:
         return bool(self.api_url and self.token)
 
     async def close(self):
+        """Cancel the shared look-ups in flight (their callers get CancelledError) and close the connections."""
+        for task in (self._flush, self._active_fetch):
+            if task is not None:
+                task.cancel()
+        for future in [*self._pending.values(), *self._active_waiters]:
+            future.cancel()
         await self._client.aclose()
 
     async def _request(self, method: str, path: str, ok=(200,), **kwargs) -> httpx.Response:

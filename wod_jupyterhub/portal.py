@@ -52,11 +52,12 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 from sqlalchemy import delete, func, or_, select, update
-from traitlets import Float, Integer, TraitError, Unicode, validate
+from traitlets import Float, Integer, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from .owners import make_owner, owner_alive_locally
 from .store import OutboxMessage, utcnow
+from .waiting import nap, within
 
 SEALED = "$sealed"
 #: tolerated clock difference between service hosts sharing a database
@@ -98,6 +99,7 @@ class WodPortal(LoggingConfigurable):
         help="""Password for ``username``; never logged. Defaults to ``$WOD_PORTAL_PASSWORD``.""",
     ).tag(config=True)
 
+    @default("password")
     def _password_default(self):
         return os.environ.get("WOD_PORTAL_PASSWORD", "")
 
@@ -540,7 +542,7 @@ class Outbox:
             return path
 
         try:
-            return await asyncio.wait_for(attempt(), self.attempt_limit)
+            return await within(attempt(), self.attempt_limit)
         except TimeoutError:
             raise _Transient(f"{message.method} {message.path}: no answer within {self.attempt_limit:g} s") from None
 
@@ -657,10 +659,7 @@ class Outbox:
                 else:
                     failures = 0
                     wait = self.portal.poll_interval if delay is None else min(max(delay, 0.01), self.portal.poll_interval)
-                try:
-                    await asyncio.wait_for(self._wake.wait(), wait)
-                except TimeoutError:
-                    pass
+                await nap(self._wake, wait)
         finally:
             self._wake = None
             self._loop = None

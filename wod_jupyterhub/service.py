@@ -5,7 +5,8 @@ The hub starts it from its ``c.JupyterHub.services`` entry::
     python -m wod_jupyterhub.service --config jupyterhub_config.py
 
 It reads the same ``jupyterhub_config.py`` as the hub (``c.Wod.*`` shared
-settings, ``c.WodService.*`` its own, ``c.WodPortal.*`` the callbacks),
+settings, ``c.WodService.*`` its own, ``c.WodOperations.*`` the verbs,
+``c.WodHooks.*`` the hooks, ``c.WodPortal.*`` the callbacks),
 listens on ``$JUPYTERHUB_SERVICE_URL`` and serves under
 ``$JUPYTERHUB_SERVICE_PREFIX`` (``/services/wod/``). Callers authenticate with
 a JupyterHub API token; the token's owner needs the custom scope
@@ -20,6 +21,7 @@ import re
 import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -32,9 +34,11 @@ from traitlets.config import Application
 from . import __version__
 from .config import Wod
 from .errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, Unauthorized, WodError
-from .hooks import Hooks
-from .operations import Operations
+from .hooks import WodHooks
+from .operations import WodOperations
 from .portal import WodPortal
+from .store import Status
+from .waiting import settle, within
 
 SCOPE_OPERATE = "custom:wod:operate"
 SCOPE_READ = "custom:wod:read"
@@ -54,8 +58,12 @@ class BaseHandler(web.RequestHandler):
         return self.settings["wod_service"]
 
     @property
-    def ops(self):
-        return self.app.operations
+    def engine(self):
+        return self.app.engine
+
+    @property
+    def views(self):
+        return self.app.views
 
     def set_default_headers(self):
         self.set_header("Content-Type", "application/json")
@@ -126,16 +134,24 @@ def _code(status: int) -> str:
     }.get(status, "internal" if status >= 500 else "error")
 
 
-# The body fields each verb takes: name → (types, required)
 _INT = (int,)
 _STR = (str,)
-VERB_FIELDS = {
-    "CREATE": {"student": (_INT, True), "customer": (_STR, True), "email": (_STR, True), "workshop": (_STR, True)},
-    "CLEANUP": {"student": (_INT, True), "customer": (_STR, True), "workshop": (_STR, False), "email": (_STR, False)},
-    "RESET": {"student": (_INT, False), "students": ((list,), False), "customer": (_STR, False), "workshop": (_STR, True), "email": (_STR, False)},
-    "PURGE": {"student": (_INT, True), "customer": (_STR, True), "workshop": (_STR, False), "email": (_STR, False)},
-}
+_TYPES = {"integer": _INT, "string": _STR, "array": (list,)}
 MAX_TEXT = 255
+
+
+def verb_fields(openapi: dict) -> dict:
+    """The body fields each verb takes, read from the OpenAPI document: verb → {name: (types, required)}."""
+    fields = {}
+    for verb in ("CREATE", "CLEANUP", "RESET", "PURGE"):
+        schema = openapi["components"]["schemas"][f"{verb.capitalize()}Request"]
+        required = set(schema.get("required", ()))
+        fields[verb] = {name: (_TYPES[p["type"]], name in required) for name, p in schema["properties"].items()}
+    return fields
+
+
+OPENAPI = json.loads(OPENAPI_FILE.read_text())
+VERB_FIELDS = verb_fields(OPENAPI)
 
 
 @web.stream_request_body
@@ -213,23 +229,24 @@ class VerbHandler(BaseHandler):
                 first, last = pair
                 if last == first:
                     last = None
-        op = await self.ops.submit(
+        # The engine runs the verb: VERBS[verb] in operations/verbs.py.
+        op = await self.engine.submit(
             self.verb, first, last, customer=body.get("customer"), email=body.get("email"), workshop=body.get("workshop")
         )
-        self.app.m_requests.labels(self.verb).inc()
+        self.app.metrics.request(self.verb)
         if wait:
-            op = await self.ops.wait(op.id, wait, op)
-            if op.status in ("succeeded", "failed"):
-                return self.send(self.ops.to_json(op, reveal=self.can_operate), 200)
+            op = await self.engine.wait(op.id, wait, op)
+            if op.status in Status.FINISHED:
+                return self.send(self.views.operation_json(op, reveal=self.can_operate), 200)
         self.set_header("Location", f"{self.app.prefix}api/operations/{op.id}")
-        self.send(self.ops.to_json(op, reveal=self.can_operate), 202)
+        self.send(self.views.operation_json(op, reveal=self.can_operate), 202)
 
 
 class OperationHandler(BaseHandler):
     async def get(self, op_id):
         if not OP_ID.match(op_id):
             raise NotFound(f"There is no operation {op_id!r}.")
-        self.send(self.ops.to_json(self.ops.get(op_id), reveal=self.can_operate))
+        self.send(self.views.operation_json(self.views.operation(op_id), reveal=self.can_operate))
 
 
 class OperationsHandler(BaseHandler):
@@ -237,19 +254,19 @@ class OperationsHandler(BaseHandler):
         student = self.int_argument("student", low=0, high=10**9)
         limit = self.int_argument("limit", 100, low=1, high=1000)
         status = self.get_query_argument("status", None) or None
-        if status and status not in ("queued", "running", "succeeded", "failed"):
+        if status and status not in Status.ALL:
             raise BadRequest(f"Query parameter status must be queued, running, succeeded or failed, not {status!r}.")
         verb = (self.get_query_argument("verb", None) or "").upper() or None
         if verb and verb not in VERB_FIELDS:
             raise BadRequest(f"Query parameter verb must be CREATE, CLEANUP, RESET or PURGE, not {verb!r}.")
-        ops = self.ops.list(student=student, status=status, verb=verb, limit=limit)
-        self.send({"operations": [self.ops.to_json(op, reveal=self.can_operate) for op in ops]})
+        ops = self.views.operations(student=student, status=status, verb=verb, limit=limit)
+        self.send({"operations": [self.views.operation_json(op, reveal=self.can_operate) for op in ops]})
 
 
 class StudentHandler(BaseHandler):
     async def get(self, number):
         n = int(number)
-        data = self.ops.student_json(n)
+        data = self.views.student_json(n)
         data["server"] = None
         hub = self.app.hub
         if hub.configured:
@@ -272,12 +289,12 @@ class StudentHandler(BaseHandler):
 
 class WorkshopsHandler(BaseHandler):
     async def get(self):
-        self.send({"workshops": self.ops.catalog().to_json()})
+        self.send({"workshops": self.app.catalog.get().to_json()})
 
 
 class WorkshopHandler(BaseHandler):
     async def get(self, name):
-        ws, _, _ = self.ops.workshop(name)
+        ws, _, _ = self.app.catalog.workshop(name)
         self.send(ws.to_json())
 
 
@@ -305,9 +322,9 @@ class HealthHandler(BaseHandler):
                 "status": "ok" if database == "ok" else "degraded",
                 "version": __version__,
                 "database": database,
-                "running": len(self.ops._running),
+                "running": self.engine.running,
                 "warm": self.app.warm or not self.app.warm_up,
-                "prepare_pending": self.ops.prepare_pending,
+                "prepare_pending": self.app.preparer.pending,
             },
             200 if database == "ok" else 503,
         )
@@ -318,11 +335,10 @@ class MetricsHandler(BaseHandler):
         self.set_header("Cache-Control", "no-store")
 
     async def get(self):
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        self.app.update_gauges()
-        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.finish(generate_latest(self.app.registry))
+        app = self.app
+        body = app.metrics.render(store=app.store, running=self.engine.running, outbox=app.outbox if app.portal.enabled else None)
+        self.set_header("Content-Type", app.metrics.content_type)
+        self.finish(body)
 
 
 class NotFoundHandler(BaseHandler):
@@ -341,7 +357,7 @@ class WodService(Application):
     name = "wod-service"
     description = __doc__
     version = __version__
-    classes = [Wod, Hooks, Operations, WodPortal]
+    classes = [Wod, WodHooks, WodOperations, WodPortal]
     aliases = {
         "config": "WodService.config_file",
         "f": "WodService.config_file",
@@ -365,7 +381,7 @@ class WodService(Application):
 
     config_file = Unicode(
         "jupyterhub_config.py",
-        help="The hub's configuration file; the service reads c.Wod, c.WodService, c.WodPortal and c.Hooks from it.",
+        help="The hub's configuration file; the service reads c.Wod, c.WodService, c.WodOperations, c.WodHooks and c.WodPortal from it.",
     ).tag(config=True)
 
     url = Unicode(
@@ -388,28 +404,17 @@ class WodService(Application):
     def _slashes(self, proposal):
         return "/" + proposal["value"].strip("/") + "/" if proposal["value"].strip("/") else "/"
 
-    start_server = Bool(False, help="Start the student's single-user server at the end of CREATE.").tag(config=True)
-    hook_timeout = Float(600, help="Seconds a hook may run before it is killed and its operation fails.").tag(config=True)
     max_body_size = Integer(1024 * 1024, help="Largest request body in bytes; a larger one gets 413.").tag(config=True)
     max_wait = Float(300, help="Longest ?wait=SECONDS a caller may ask for.").tag(config=True)
-    workers = Integer(32, help="Operations this process runs at once (each on its own students).").tag(config=True)
-    threads = Integer(
-        4, help="Threads for blocking work (provisioning, erasing, completion, password hashing)."
+    shutdown_grace = Float(
+        10,
+        help="""Seconds running operations get to finish at shutdown; the rest resume at the next start.
+
+        The service exits within this + 5 s of SIGTERM or SIGINT, whatever it is doing.
+        """,
     ).tag(config=True)
-    lease_seconds = Float(60, help="A student's lock lease; a service process that stops renewing it loses it after this long.").tag(config=True)
-    poll_interval = Float(1.0, help="Seconds between looks for work other processes queued or left behind by a crash.").tag(config=True)
-    shutdown_grace = Float(10, help="Seconds running operations get to finish at shutdown; the rest resume at the next start.").tag(config=True)
     warm_up = Bool(True, help="Compile the templates of the active workshops at start-up, in the background.").tag(config=True)
     warm = False
-
-    login_url = Unicode(
-        help="Login URL a finished CREATE reports; {user} and {student} are replaced. Defaults to the hub's public URL + /hub/login.",
-    ).tag(config=True)
-
-    @default("login_url")
-    def _login_url_default(self):
-        public = os.environ.get("JUPYTERHUB_PUBLIC_HUB_URL") or os.environ.get("JUPYTERHUB_BASE_URL", "/") + "hub/"
-        return public.rstrip("/") + "/login"
 
     hostname = Unicode(
         help="The hub's name for the templates (Ansible's inventory_hostname); defaults to this host's name.",
@@ -430,15 +435,21 @@ class WodService(Application):
         elif "config_file" in self.config.get("WodService", {}) or (argv and any("config" in a for a in argv)):
             print(f"wod service: configuration file {self.config_file} does not exist", file=sys.stderr)
             raise SystemExit(2)
+        renamed = renamed_settings(self.config)
+        if renamed:
+            print(f"wod service: {self.config_file}: " + "; ".join(renamed), file=sys.stderr)
+            raise SystemExit(2)
         self.wod = Wod(config=self.config)
 
     # ---- building the parts
 
     def build(self):
         from jupyterhub.services.auth import HubAuth
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+        from .catalog import CatalogCache
         from .hubapi import HubAPI
+        from .metrics import Metrics
+        from .operations import Engine, Preparer, SeatWork, Views
         from .passwords import Sealer
         from .portal import Outbox
         from .store import Store
@@ -446,50 +457,23 @@ class WodService(Application):
 
         self.store = Store(self.wod.db_url)
         self.sealer = Sealer.from_settings(self.wod)
-        self.portal = WodPortal(config=self.config, log=self.log)
+        self.portal = WodPortal(parent=self, log=self.log)
         self.outbox = Outbox(self.store, self.sealer, self.portal, self.wod, log=self.log)
         self.hub = HubAPI(log=self.log)
         self.hub_auth = HubAuth(cache_max_age=60)
-        hooks = Hooks(self.wod, config=self.config, log=self.log)
-        hooks.timeout = self.hook_timeout
-        renderer = Renderer(strict_undefined=self.wod.strict_undefined, clear_outputs=self.wod.clear_outputs)
-        self.operations = Operations(
-            self.wod, self.store, self.sealer, self.outbox, self.hub, hooks, renderer,
-            hostname=self.hostname, config=self.config, log=self.log,
-            workers=self.workers, threads=self.threads, lease_seconds=self.lease_seconds,
-            poll_interval=self.poll_interval, start_server=self.start_server, login_url=self.login_url,
+        self.metrics = Metrics()
+        settings = WodOperations(parent=self)
+        self.catalog = CatalogCache(self.wod, ttl=settings.catalog_ttl)
+        self.work = SeatWork(
+            self.wod, settings, catalog=self.catalog, hub=self.hub, hooks=WodHooks(self.wod, parent=self, log=self.log),
+            renderer=Renderer(strict_undefined=self.wod.strict_undefined, clear_outputs=self.wod.clear_outputs),
+            sealer=self.sealer, outbox=self.outbox, hostname=self.hostname, log=self.log,
         )
-        self.openapi = json.loads(OPENAPI_FILE.read_text())
-
-        self.registry = CollectorRegistry()
-        self.m_requests = Counter("wod_requests", "Verb requests accepted", ["verb"], registry=self.registry)
-        self.m_ops = Gauge("wod_operations_finished", "Operations finished by this process", ["status"], registry=self.registry)
-        self.m_running = Gauge("wod_operations_running", "Operations running in this process", registry=self.registry)
-        self.m_queued = Gauge("wod_operations_queued", "Operations waiting in the database", registry=self.registry)
-        self.m_outbox = Gauge("wod_outbox_pending", "Portal callbacks not delivered yet", registry=self.registry)
-        self.m_duration = Histogram(
-            "wod_operation_seconds", "Duration of finished operations", ["verb"], registry=self.registry,
-            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
-        )
-        self._observed = 0
-
-    def update_gauges(self):
-        from sqlalchemy import func, select
-
-        from .store import Operation
-
-        ops = self.operations
-        for status in ("succeeded", "failed", "recovered"):
-            self.m_ops.labels(status).set(ops.counts[status])
-        self.m_running.set(len(ops._running))
-        with self.store.Session() as s:
-            self.m_queued.set(s.scalar(select(func.count()).select_from(Operation).where(Operation.status == "queued")))
-        if self.portal.enabled:
-            self.m_outbox.set(self.outbox.pending())
-        new = ops.durations[self._observed :] if self._observed <= len(ops.durations) else ops.durations
-        for verb, seconds in new:
-            self.m_duration.labels(verb).observe(seconds)
-        self._observed = len(ops.durations)
+        self.engine = Engine(settings, self.store, self.work, log=self.log)
+        self.engine.on_end(self.metrics.operation_ended)
+        self.preparer = Preparer(settings, self.store, self.work, self.engine, log=self.log)
+        self.views = Views(self.wod, self.store, self.sealer)
+        self.openapi = OPENAPI
 
     def make_app(self) -> web.Application:
         p = re.escape(self.prefix)
@@ -527,25 +511,36 @@ class WodService(Application):
         # beyond that tornado just closes the connection.
         server = HTTPServer(self.make_app(), max_body_size=max(self.max_body_size * 64, 64 * 1024 * 1024), xheaders=True)
         server.listen(port, host)
-        self.operations.start()
+        self.engine.start()
+        self.preparer.start()
+        background = [asyncio.ensure_future(self.outbox.run())]
         if self.warm_up:
-            self._warm = asyncio.ensure_future(self._warm_up())
-        outbox_task = asyncio.ensure_future(self.outbox.run())
+            background.append(asyncio.ensure_future(self._warm_up()))
         if self.hub.configured:
-            self._users = asyncio.ensure_future(self._load_users())
+            background.append(asyncio.ensure_future(self._load_users()))
         self.log.info("wod service %s listening on %s%s (database %s)", __version__, self.url.rstrip("/"), self.prefix, _safe_url(self.wod.db_url))
         await self._stopping.wait()
         self.log.info("Stopping: no new requests; running operations get %.0f s to finish", self.shutdown_grace)
+        # Whatever hangs below (a thread stuck in a system call, a bug), the process ends in time.
+        watchdog = threading.Timer(self.shutdown_grace + 4, self._stop_now)
+        watchdog.daemon = True
+        watchdog.start()
         server.stop()
-        running = list(self.operations._running.values())
-        if running:
-            await asyncio.wait(running, timeout=self.shutdown_grace)
-        await self.operations.stop()
-        outbox_task.cancel()
-        await asyncio.gather(outbox_task, return_exceptions=True)
-        await self.outbox.close()
-        await self.hub.close()
+        await self.preparer.stop()
+        await self.engine.stop(self.shutdown_grace)
+        if await settle(background, timeout=1):
+            self.log.warning("Some background work did not stop when cancelled")
+        for close in (self.outbox.close, self.hub.close):
+            try:
+                await within(close(), 1)
+            except Exception as e:  # noqa: BLE001 - closing connections: nothing left to do about it
+                self.log.warning("Closing %s failed: %s", close.__qualname__, e or e.__class__.__name__)
         self.store.dispose()
+        self.log.info("Stopped")
+
+    def _stop_now(self):
+        self.log.error("Still not stopped %.0f s after the signal: exiting now", self.shutdown_grace + 4)
+        os._exit(1)
 
     async def _load_users(self):
         from .hubapi import HubAPIError
@@ -558,7 +553,9 @@ class WodService(Application):
     async def _warm_up(self):
         started = time.monotonic()
         try:
-            n = await asyncio.get_running_loop().run_in_executor(self.operations.pool, self.operations.warm_up)
+            from .operations import warm_up
+
+            n = await self.work.blocking(warm_up, self.work)
         except Exception:
             self.log.exception("Compiling the workshop templates ahead failed; CREATEs compile them as they go")
         else:
@@ -567,6 +564,28 @@ class WodService(Application):
 
     def start(self):
         asyncio.run(self.run())
+
+
+#: settings that moved: (section, name or None for the whole section) → where they live now
+RENAMED = {
+    ("Operations", None): "c.WodOperations",
+    ("Hooks", None): "c.WodHooks",
+    **{("WodService", k): f"c.WodOperations.{k}" for k in ("workers", "threads", "lease_seconds", "poll_interval", "start_server", "login_url")},
+    ("WodService", "hook_timeout"): "c.WodHooks.timeout",
+}
+
+
+def renamed_settings(config) -> list[str]:
+    """A sentence per setting of ``config`` written under a name that moved (empty: none)."""
+    found = []
+    for (section, name), now in RENAMED.items():
+        if section not in config:
+            continue
+        names = [name] if name else sorted(config[section])
+        for n in names:
+            if n in config[section]:
+                found.append(f"c.{section}.{n} is now {now if name else f'{now}.{n}'}")
+    return found
 
 
 def _safe_url(url: str) -> str:

@@ -24,6 +24,29 @@ def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
 
 
+class Seat:
+    """The states of a seat (``Student.state``)."""
+
+    FREE = "free"  # nobody holds it
+    ACTIVE = "active"  # its customer may log in
+    KEPT = "kept"  # CLEANUP of a reset: true workshop: the home waits for RESET
+    CLEANING = "cleaning"  # a CLEANUP, RESET or PURGE rotated its password and is taking it back
+    #: the states in which a seat belongs to its customer
+    HELD = (ACTIVE, KEPT, CLEANING)
+
+
+class Status:
+    """The statuses of an operation (``Operation.status``)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    UNFINISHED = (QUEUED, RUNNING)
+    FINISHED = (SUCCEEDED, FAILED)
+    ALL = (QUEUED, RUNNING, SUCCEEDED, FAILED)
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -39,9 +62,8 @@ class Student(Base):
     # Bumped whenever the seat changes hands; a login records the generation
     # it was made under, and a session from an older one is ended.
     generation: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
-    # "free": nobody; "active": customer may log in; "kept": the workshop has
-    # reset: true and the home waits for RESET after CLEANUP.
-    state: Mapped[str] = mapped_column(String(16), default="free", nullable=False)
+    # One of Seat.*.
+    state: Mapped[str] = mapped_column(String(16), default=Seat.FREE, nullable=False)
     customer: Mapped[str | None] = mapped_column(String(255))
     email: Mapped[str | None] = mapped_column(String(320))
     workshop: Mapped[str | None] = mapped_column(String(255))
@@ -56,7 +78,7 @@ class Student(Base):
 
     @property
     def active(self) -> bool:
-        return self.state == "active"
+        return self.state == Seat.ACTIVE
 
 
 class Operation(Base):
@@ -72,7 +94,8 @@ class Operation(Base):
     customer: Mapped[str | None] = mapped_column(String(255))
     email: Mapped[str | None] = mapped_column(String(320))
     workshop: Mapped[str | None] = mapped_column(String(255))
-    status: Mapped[str] = mapped_column(String(16), default="queued", nullable=False, index=True)
+    # One of Status.*.
+    status: Mapped[str] = mapped_column(String(16), default=Status.QUEUED, nullable=False, index=True)
     steps: Mapped[list] = mapped_column(JSON, default=list, nullable=False)
     error: Mapped[str | None] = mapped_column(Text)
     # Secrets in here are sealed (see passwords.Sealer), never plain.

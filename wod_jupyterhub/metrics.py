@@ -1,0 +1,59 @@
+"""Every Prometheus metric of the ``wod`` service, in one registry (served at ``/metrics``).
+
+Counters and the duration histogram are observed when their event happens
+(a request accepted, an operation ended or taken over), never rebuilt from
+lists at scrape time; the gauges are read at scrape time from their source.
+"""
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from sqlalchemy import func, select
+
+from .store import Operation, Status
+
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class Metrics:
+    """The service's metrics; ``operation_ended`` listens to the engine (``Engine.on_end``), the API calls ``request``."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("wod_requests", "Verb requests accepted", ["verb"], registry=r)
+        self.finished = Counter("wod_operations_finished", "Operations finished by this process", ["status"], registry=r)
+        self.recovered = Counter(
+            "wod_operations_recovered", "Operations this process took over from a dead one and ended", registry=r
+        )
+        self.duration = Histogram(
+            "wod_operation_seconds", "Duration of finished operations", ["verb"], registry=r, buckets=DURATION_BUCKETS
+        )
+        self.running = Gauge("wod_operations_running", "Operations running in this process", registry=r)
+        self.queued = Gauge("wod_operations_queued", "Operations waiting in the database", registry=r)
+        self.outbox = Gauge("wod_outbox_pending", "Portal callbacks not delivered yet", registry=r)
+        for status in Status.FINISHED:
+            self.finished.labels(status)  # exported at 0 before the first operation ends
+
+    # ---- events
+
+    def request(self, verb: str) -> None:
+        self.requests.labels(verb).inc()
+
+    def operation_ended(self, run, verb: str, status: str, seconds: float, recovered_from=None) -> None:
+        """An operation this process ran ended (the signature of an ``Engine.on_end`` listener)."""
+        self.finished.labels(status).inc()
+        self.duration.labels(verb).observe(seconds)
+        if recovered_from:
+            self.recovered.inc()
+
+    # ---- scrape
+
+    def render(self, *, store, running: int, outbox=None) -> bytes:
+        """The text exposition, gauges read now: ``running`` operations, queued ones from ``store``, ``outbox`` pending."""
+        self.running.set(running)
+        with store.Session() as s:
+            self.queued.set(s.scalar(select(func.count()).select_from(Operation).where(Operation.status == Status.QUEUED)))
+        if outbox is not None:
+            self.outbox.set(outbox.pending())
+        return generate_latest(self.registry)

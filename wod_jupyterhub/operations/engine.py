@@ -1,0 +1,386 @@
+"""The engine: a durable queue of operations in the database, run by every service process sharing it.
+
+It knows no verb: it runs ``VERBS[op.verb]`` (``operations/verbs.py``).
+How an operation lives:
+
+1. ``submit`` has the request checked (a user's mistake raises a
+   ``WodError`` and changes nothing), then writes the ``Operation`` row
+   (``queued``) in the same transaction that makes sure the student rows exist.
+2. The dispatcher of any service process sharing the database claims it
+   (``claim``): in one transaction it takes the lease of every student the
+   operation touches (a conditional UPDATE on
+   ``Student.lock_owner``/``lock_expires``, so it works across processes on
+   PostgreSQL and SQLite), checks that no older unfinished operation touches
+   one of them (first come, first served) and flips it to ``running``.
+3. The verb runs its steps through ``Run.step`` (``operations/journal.py``),
+   which commits each step's effects with its journal entry.
+4. A process that finds an operation ``running`` under an owner that is dead
+   (same host: the pid is gone; elsewhere: its heartbeat is older than the
+   lease) takes it over (``recover``) and resumes it from the first step not
+   journaled. An operation recovered too often fails, so nothing stays
+   running forever.
+"""
+
+import asyncio
+import datetime
+import time
+import uuid
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from ..errors import Unprocessable, WodError
+from ..hooks import HookFailed
+from ..hubapi import HubAPIError
+from ..owners import make_owner, owner_alive_locally
+from ..store import Operation, Seat, Status, Student, utcnow
+from ..waiting import nap, settle
+from .admission import check_request, check_seat, overlapping
+from .journal import Run, release
+from .verbs import VERBS
+
+# The lease of a free seat being prepared (no operation): "<owner>/prepare-<N>".
+PREPARE = "prepare-"
+_NO_SYNC = {"synchronize_session": False}
+
+
+def ensure_students(s, numbers) -> None:
+    """Add the missing ``Student`` rows of ``numbers`` (free) to session ``s``."""
+    # Whole rows: the checks that follow find them in the session instead of asking again.
+    have = {st.number for st in s.scalars(select(Student).where(Student.number.in_(list(numbers))))}
+    for n in numbers:
+        if n not in have:
+            s.add(Student(number=n, state=Seat.FREE, generation=0))
+
+
+class Engine:
+    """Queues, claims, runs, journals and recovers operations for one service process."""
+
+    def __init__(self, settings, store, work, *, verbs=None, log):
+        self.settings = settings
+        self.store = store
+        self.work = work  # what the verbs use (operations/seatwork.py)
+        self.verbs = VERBS if verbs is None else verbs  # a test may run verbs of its own
+        self.log = log
+        self.owner = make_owner()
+        self._events: dict[str, asyncio.Event] = {}
+        self._running: dict[str, asyncio.Task] = {}
+        self._wake = asyncio.Event()
+        self._loops: list[asyncio.Task] = []
+        self._listeners: list = []
+        self._last_busy = 0.0
+        self._stopping = False
+
+    # ------------------------------------------------------------- public seams
+
+    @property
+    def running(self) -> int:
+        """Operations this process runs now."""
+        return len(self._running)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing to run, and nothing submitted for a short while (the requests of a burst arrive over a few ms)."""
+        return not self._running and not self._stopping and time.monotonic() - self._last_busy > 0.2
+
+    def wake(self) -> None:
+        """Look for work now (a seat lease was released; another process may have queued something)."""
+        self._wake.set()
+
+    def on_end(self, listener) -> None:
+        """Call ``listener(run, verb, status, seconds, recovered_from)`` when an operation this process ran ends.
+
+        ``run``: None when the operation could not be read; ``recovered_from``: the dead owner it was taken over from.
+        """
+        self._listeners.append(listener)
+
+    # ------------------------------------------------------------------ submit
+
+    async def submit(self, verb, student, student_last=None, customer=None, email=None, workshop=None) -> Operation:
+        """Queue an operation; a request the verb refuses raises its ``WodError`` and changes nothing."""
+        if verb not in self.verbs:
+            raise Unprocessable(f"unknown verb {verb!r}")
+        workshop = check_request(self.work, verb, student, student_last, workshop)
+        last = student_last if student_last is not None else student
+        numbers = list(range(student, last + 1))
+        for attempt in range(5):
+            try:
+                with self.store.session() as s:
+                    ensure_students(s, numbers)
+                    s.flush()
+                    check_seat(self.work, s, verb, student, customer)
+                    op = Operation(
+                        id=uuid.uuid4().hex, verb=verb, student=student, student_last=student_last,
+                        customer=customer, email=email, workshop=workshop, status=Status.QUEUED,
+                        steps=[], result={}, created=utcnow(),
+                    )
+                    s.add(op)
+                break
+            except IntegrityError:
+                # Another process created the same student row in between: try again.
+                if attempt == 4:
+                    raise
+        self._events[op.id] = asyncio.Event()
+        self._last_busy = time.monotonic()
+        self._wake.set()
+        self.log.info("Queued %s %s for student %s", op.id, verb, student if student_last is None else f"{student}..{last}")
+        return op
+
+    async def wait(self, op_id: str, timeout: float, op: Operation | None = None) -> Operation:
+        """The operation once finished, or as it is when ``timeout`` runs out.
+
+        ``op``: the row as the caller just read or wrote it (unfinished), which spares one read.
+        """
+        deadline = time.monotonic() + timeout
+        event = self._events.get(op_id)
+        while True:
+            if op is None or op.id != op_id:
+                with self.store.Session() as s:
+                    op = s.get(Operation, op_id)
+            left = deadline - time.monotonic()
+            if op is None or op.status not in Status.UNFINISHED or left <= 0:
+                return op
+            # Another process may run it: our event never fires then, so look at the database now and then.
+            await nap(event, min(left, 2.0)) if event is not None else await asyncio.sleep(min(left, 0.2))
+            op = None
+
+    # -------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Start the dispatcher and the heartbeat (call from the running event loop)."""
+        self._loops = [asyncio.ensure_future(self._dispatch_loop()), asyncio.ensure_future(self._heartbeat_loop())]
+
+    async def stop(self, grace: float = 0) -> None:
+        """Take no more work; give running operations ``grace`` seconds, then cancel them (they resume at the next start).
+
+        Returns within about ``grace`` + 2 s whatever the operations and loops are doing.
+        """
+        self._stopping = True
+        self._wake.set()
+        running = list(self._running.values())
+        if running and grace > 0:
+            await asyncio.wait(running, timeout=grace)
+        left = await settle([*self._loops, *self._running.values()], timeout=2)
+        if left:
+            self.log.warning("%d operation tasks did not end when cancelled; leaving them", len(left))
+        self.work.close()
+
+    async def _dispatch_loop(self):
+        last_recovery = 0.0
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                if time.monotonic() - last_recovery >= self.settings.poll_interval:
+                    last_recovery = time.monotonic()
+                    self.recover()
+                self._dispatch()
+            except Exception:
+                self.log.exception("Dispatching operations failed; trying again shortly")
+            await nap(self._wake, self.settings.poll_interval)
+
+    async def _heartbeat_loop(self):
+        lease = self.settings.lease_seconds
+        while not self._stopping:
+            await asyncio.sleep(lease / 4)
+            if not self._running:
+                continue
+            try:
+                now = utcnow()
+                with self.store.session() as s:
+                    s.execute(
+                        update(Student)
+                        .where(Student.lock_owner.like(self.owner + "/%"))
+                        .values(lock_expires=now + datetime.timedelta(seconds=lease))
+                    )
+                    s.execute(
+                        update(Operation)
+                        .where(Operation.owner == self.owner, Operation.status == Status.RUNNING)
+                        .values(heartbeat=now)
+                    )
+            except Exception:
+                self.log.exception("Renewing the student leases failed")
+
+    # ------------------------------------------------------- claim and recover
+
+    def _dispatch(self):
+        free = self.settings.workers - len(self._running)
+        if free <= 0 or self._stopping:
+            return
+        with self.store.Session() as s:
+            rows = s.execute(
+                select(Operation.id, Operation.student, Operation.student_last, Operation.created)
+                .where(Operation.status == Status.QUEUED)
+                .order_by(Operation.created, Operation.id)
+                .limit(free * 4 + 32)
+            ).all()
+        blocked: list[tuple[int, int]] = []
+        for op_id, first, last, created in rows:
+            if free <= 0:
+                break
+            last = last if last is not None else first
+            if op_id in self._running or any(a <= last and first <= b for a, b in blocked):
+                blocked.append((first, last))
+                continue
+            self._last_busy = time.monotonic()
+            if self.claim(op_id, first, last, created):
+                self._launch(op_id)
+                free -= 1
+            else:
+                blocked.append((first, last))
+
+    def claim(self, op_id: str, first: int, last: int, created) -> bool:
+        """Take queued operation ``op_id``: its students' leases and ``running``, in one transaction; False if not now."""
+        lock = f"{self.owner}/{op_id}"
+        now = utcnow()
+        lease = datetime.timedelta(seconds=self.settings.lease_seconds)
+        with self.store.engine.connect() as conn:
+            trans = conn.begin()
+            try:
+                got = conn.execute(
+                    update(Student)
+                    .where(
+                        Student.number.between(first, last),
+                        or_(Student.lock_owner.is_(None), Student.lock_expires < now),
+                    )
+                    .values(lock_owner=lock, lock_expires=now + lease)
+                ).rowcount
+                if got != last - first + 1:
+                    trans.rollback()
+                    return False
+                older = conn.execute(
+                    select(Operation.id)
+                    .where(
+                        Operation.status.in_(Status.UNFINISHED),
+                        Operation.id != op_id,
+                        overlapping(first, last),
+                        or_(Operation.created < created, and_(Operation.created == created, Operation.id < op_id)),
+                    )
+                    .limit(1)
+                ).first()
+                if older is not None:
+                    trans.rollback()
+                    return False
+                got = conn.execute(
+                    update(Operation)
+                    .where(Operation.id == op_id, Operation.status == Status.QUEUED)
+                    .values(status=Status.RUNNING, owner=self.owner, started=now, heartbeat=now)
+                ).rowcount
+                if got != 1:
+                    trans.rollback()
+                    return False
+                trans.commit()
+                return True
+            except DBAPIError as e:
+                # PostgreSQL may pick us as a deadlock victim between overlapping ranges: just retry later.
+                trans.rollback()
+                self.log.debug("Claiming %s failed (%s); will retry", op_id, e.__class__.__name__)
+                return False
+
+    def recover(self) -> None:
+        """Take over operations whose owner died and resume them; free the seats a dead process was preparing."""
+        with self.store.Session() as s:
+            preparing = s.scalars(select(Student.lock_owner).where(Student.lock_owner.like(f"%/{PREPARE}%"))).all()
+        for lock in set(preparing):
+            if owner_alive_locally(lock.rsplit("/", 1)[0]) is False:
+                with self.store.session() as s:
+                    s.execute(release(lock), execution_options=_NO_SYNC)
+                self.log.warning("Released seat lease %s of a process that died while preparing the seat", lock)
+        with self.store.Session() as s:
+            rows = s.execute(
+                select(Operation.id, Operation.owner, Operation.heartbeat, Operation.student, Operation.student_last).where(
+                    Operation.status == Status.RUNNING, Operation.owner != self.owner
+                )
+            ).all()
+        now = utcnow()
+        lease = datetime.timedelta(seconds=self.settings.lease_seconds)
+        for op_id, owner, heartbeat, first, last in rows:
+            if op_id in self._running or len(self._running) >= self.settings.workers or self._stopping:
+                continue
+            alive = owner_alive_locally(owner or "")
+            if alive is None:
+                alive = heartbeat is not None and heartbeat > now - lease
+            if alive:
+                continue
+            last = last if last is not None else first
+            with self.store.session() as s:
+                got = s.execute(
+                    update(Operation)
+                    .where(Operation.id == op_id, Operation.owner == owner, Operation.status == Status.RUNNING)
+                    .values(owner=self.owner, heartbeat=now)
+                ).rowcount
+                if got != 1:
+                    continue
+                s.execute(
+                    update(Student)
+                    .where(
+                        Student.number.between(first, last),
+                        or_(Student.lock_owner.is_(None), Student.lock_owner.like(f"{owner}/%"), Student.lock_expires < now),
+                    )
+                    .values(lock_owner=f"{self.owner}/{op_id}", lock_expires=now + lease)
+                )
+            self.log.warning("Taking over operation %s left running by %s (dead)", op_id, owner)
+            self._launch(op_id, recovered_from=owner)
+
+    def _launch(self, op_id, recovered_from=None):
+        self._events.setdefault(op_id, asyncio.Event())
+        self._running[op_id] = asyncio.ensure_future(self._execute(op_id, recovered_from))
+
+    # ------------------------------------------------------------------ running
+
+    async def _execute(self, op_id, recovered_from=None):
+        started = time.monotonic()
+        lock = f"{self.owner}/{op_id}"
+        status, error = Status.FAILED, None
+        verb, run = "?", None
+        try:
+            with self.store.Session() as s:
+                run = Run(s.get(Operation, op_id), lock, self.store, self.work.outbox.notify)
+            verb = run.verb
+            if recovered_from:
+                if run.recoveries >= self.settings.max_recoveries:
+                    raise WodError(f"given up after {run.recoveries} crashes while it ran")
+                run.record("recover", {"from": recovered_from, "resumes_after": run.resumes_after()})
+            await self.verbs[verb](run, self.work)
+            status = Status.SUCCEEDED
+        except asyncio.CancelledError:
+            # Shutdown: the operation stays running under our name and the next start resumes it.
+            self._running.pop(op_id, None)
+            raise
+        except (WodError, HookFailed, HubAPIError) as e:
+            error = getattr(e, "message", None) or str(e)
+        except Exception as e:  # our bug: keep the traceback for the admin, fail the operation
+            self.log.exception("Operation %s (%s) failed unexpectedly", op_id, verb)
+            error = f"internal error: {e.__class__.__name__}: {e}"
+        try:
+            self._finish(op_id, lock, status, error, run)
+        except Exception:
+            self.log.exception("Recording the end of operation %s failed", op_id)
+        self._running.pop(op_id, None)
+        self._last_busy = time.monotonic()
+        elapsed = time.monotonic() - started
+        log = self.log.info if status == Status.SUCCEEDED else self.log.warning
+        log("Operation %s %s %s in %.0f ms%s", op_id, verb, status, elapsed * 1000, f": {error}" if error else "")
+        for listener in self._listeners:
+            try:
+                listener(run, verb, status, elapsed, recovered_from)
+            except Exception:
+                self.log.exception("A listener of the end of operation %s failed", op_id)
+        event = self._events.pop(op_id, None)
+        if event is not None:
+            event.set()
+        self._wake.set()
+
+    def _finish(self, op_id, lock, status, error, run: Run | None):
+        end = {"status": status, "error": error, "finished": utcnow()}
+        if run is not None:
+            try:
+                run.commit(end)
+                return
+            except WodError as e:
+                # The effects of the last step were refused (a Conflict found in the transaction): that fails it.
+                end.update(status=Status.FAILED, error=e.message)
+        # Core statements: nothing in a session to keep in sync, so no ORM work.
+        with self.store.engine.begin() as conn:
+            conn.execute(update(Operation).where(Operation.id == op_id).values(**end))
+            conn.execute(release(lock))
+        self.work.outbox.notify()

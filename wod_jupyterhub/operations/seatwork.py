@@ -1,0 +1,102 @@
+"""The work the verbs and the preparation of free seats do on a seat, outside the database.
+
+A new password (hashed in threads of its own), the hub side of a seat (end
+its sessions), erasing a home and its processes, running a workshop's hooks,
+and the thread pools all that blocking work runs in. It holds the parts the
+service built, so a verb gets everything it needs from one object.
+"""
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from .. import passwords
+from ..processes import kill_uid_processes
+
+
+class SeatWork:
+    """The parts a verb works with (``wod``, ``catalog``, ``hub``, ``hooks``, ``renderer``, ``sealer``, ``outbox``) and their blocking work."""
+
+    def __init__(self, wod, settings, *, catalog, hub, hooks, renderer, sealer, outbox, log, hostname=None):
+        self.wod = wod
+        self.log = log
+        self.settings = settings
+        self.catalog = catalog
+        self.hub = hub
+        self.hooks = hooks
+        self.renderer = renderer
+        self.sealer = sealer
+        self.outbox = outbox
+        self.hostname = hostname
+        self.pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="wod-op")
+        # Hashing gets its own threads (scrypt releases the GIL): a rotation must not queue behind provisionings.
+        self.hash_pool = ThreadPoolExecutor(2, thread_name_prefix="wod-hash")
+        # Staging free seats and compiling templates ahead: one thread, never in a burst's way.
+        self.stage_pool = ThreadPoolExecutor(1, thread_name_prefix="wod-stage")
+        #: set when the service stops: long blocking work (the warm-up) stops between files
+        self.closing = threading.Event()
+
+    async def blocking(self, fn, *args):
+        """``fn(*args)`` in an operation thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def in_background(self, fn, *args):
+        """``fn(*args)`` in the one background thread (staging, warm-up)."""
+        return await asyncio.get_running_loop().run_in_executor(self.stage_pool, fn, *args)
+
+    def close(self) -> None:
+        """Stop taking blocking work; queued work is dropped, running work ends on its own."""
+        self.closing.set()
+        for pool in (self.pool, self.hash_pool, self.stage_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    # ---- the password
+
+    async def new_password(self) -> tuple[str, str]:
+        """A fresh password and its hash."""
+        password = passwords.generate(self.wod.password_length, self.wod.password_alphabet)
+        hashed = await asyncio.get_running_loop().run_in_executor(self.hash_pool, passwords.hash_password, password)
+        return password, hashed
+
+    # ---- the hub
+
+    async def end_sessions(self, n: int, stop: bool = True) -> dict:
+        """Stop the server (if asked) and revoke every token of ``student<n>`` on the hub."""
+        name = f"student{n}"
+        if not self.hub.configured:
+            return {"skipped": "no hub API configured"}
+        detail = {}
+        if stop:
+            detail["stopped"] = await self.hub.stop_server(name, timeout=self.settings.stop_timeout)
+        detail["revoked"] = await self.hub.revoke_tokens(name)
+        return detail
+
+    # ---- the home
+
+    def uid(self, n: int) -> int | None:
+        return self.wod.uid_base + n if self.wod.system_users else None
+
+    def wipe(self, n: int) -> dict:
+        """Erase the home and kill the student's leftover processes (blocking)."""
+        from .. import homes
+
+        homes.erase_home(self.wod, n)
+        killed = kill_uid_processes(self.uid(n)) if self.wod.system_users else 0
+        return {"killed": killed}
+
+    # ---- the hooks
+
+    def hook_skip(self, kind: str, folder: str | None) -> str | None:
+        """Why the ``kind`` hooks step of workshop ``folder`` is skipped (None: there are scripts to run)."""
+        if not folder:
+            return "no workshop"
+        if not self.hooks.find(kind, folder):
+            return f"no {kind}-{folder}.sh in the scripts folders"
+        return None
+
+    async def run_hooks(self, kind, folder, ws, mode, student, customer, vars_file=None) -> dict:
+        """Run the ``kind`` hooks; the step's detail. A failing hook raises ``HookFailed`` (its runs in ``journal``)."""
+        runs = await self.hooks.run(
+            kind, folder, student=student, customer=customer, challenge=(mode == "CHLG"), workshop=ws, vars_file=vars_file
+        )
+        return {"runs": runs}

@@ -1,0 +1,299 @@
+"""The four verbs: what each does to a seat, step by step. The engine runs ``VERBS[op.verb](run, work)``.
+
+Each verb is a function whose docstring lists its steps in order; each step
+is one ``run.step(name, work, effects)`` (``operations/journal.py``): its
+work outside the database, then its database effects, journaled together.
+The steps several verbs share are in ``operations/steps.py``.
+
+Every verb rotates the password before it ends the hub sessions: from the
+rotation on, no one logs in with the old password, so nothing can start a
+session the ``end-sessions`` step would miss.
+"""
+
+import asyncio
+import json
+import os
+
+from .. import completion as completion_mod
+from ..errors import Unprocessable
+from ..hooks import new_vars_file, read_vars_file
+from ..store import Completion, Seat, Student, utcnow
+from .admission import check_active
+from .steps import end_sessions_step, free_seat, hooks_step, rotate_step
+
+# ---------------------------------------------------------------- CREATE
+
+
+async def create(run, work):
+    """CREATE: give seat N to a customer, with fresh notebooks and a new password.
+
+    Steps, in order:
+      rotate           a new password: its hash on the seat, sealed on the operation
+      hub              the hub user exists and the previous holder's tokens are revoked
+                       (beside the next three steps: the hub is another process, with its own core)
+      hooks-create     the workshop's create hooks; they may hand variables to the templates
+      provision        the home rendered from the workshop (a staged seat only renders its templates)
+      hooks-post-copy  the workshop's post-copy hooks
+      assign           the seat is the customer's; the portal hears the password. After ``hub``: the
+                       participant hears of the seat once the previous holder's tokens are gone, and a
+                       hub that fails leaves no seat half given
+      start-server     the participant's server starts (``c.WodOperations.start_server`` only)
+
+    A CREATE that fails before ``assign`` erases what it provisioned.
+    """
+    from .. import homes
+    from ..variables import template_variables
+
+    n = run.student
+    ws, folder, mode = work.catalog.workshop(run.workshop)
+
+    def still_open():
+        # The workshop may have changed since the request was queued.
+        check_active(ws, folder)
+        work.catalog.get().check_student(ws, n, work.wod)
+
+    await rotate_step(run, work, [n], check=still_open, owner_only=True)
+    password = work.sealer.open(run.result["password"])
+    hub = asyncio.ensure_future(run.step("hub", lambda: _hub_part(run, work)))
+    try:
+
+        async def hooks_create():
+            vars_file = new_vars_file()
+            try:
+                detail = await work.run_hooks("create", folder, ws, mode, n, run.customer, vars_file)
+                hook_vars = read_vars_file(vars_file)
+            except ValueError as e:
+                raise Unprocessable(str(e)) from e
+            finally:
+                os.unlink(vars_file)
+            if hook_vars:
+                run.result["hook_vars"] = work.sealer.seal(json.dumps(hook_vars))
+            return detail
+
+        await run.step("hooks-create", hooks_create, skip=work.hook_skip("create", folder))
+
+        async def provision():
+            sealed = run.result.get("hook_vars")
+            variables = template_variables(
+                work.wod, ws, n, password, modews=mode, hook_vars=json.loads(work.sealer.open(sealed)) if sealed else None,
+                hostname=work.hostname,
+            )
+            uid, info = work.uid(n), {}
+            await work.blocking(
+                lambda: homes.provision(work.wod, ws, n, variables, renderer=work.renderer, uid=uid, gid=uid, info=info)
+            )
+            return info
+
+        await run.step("provision", provision)
+        await hooks_step(run, work, "post-copy", folder, ws, mode, n)
+        await hub
+    except BaseException as e:
+        hub.cancel()
+        await asyncio.gather(hub, return_exceptions=True)
+        if not isinstance(e, asyncio.CancelledError):
+            await _undo_create(run, work)
+        raise
+
+    run.result["login_url"] = work.settings.login_url.format(user=f"student{n}", student=n)
+
+    def assign(s, _detail):
+        st = s.get(Student, n)
+        st.state = Seat.ACTIVE
+        st.sessions_ended = False  # from now on the participant may log in
+        st.customer = run.customer
+        st.email = run.email
+        st.workshop = run.workshop
+        st.assigned_at = utcnow()
+        work.outbox.student_password(s, n, password, operation_id=run.id)
+        work.outbox.customer_active(s, n, run.customer, True, operation_id=run.id)
+
+    await run.step("assign", None, assign)
+    if work.settings.start_server and work.hub.configured:
+
+        async def start_server():
+            await work.hub.start_server(f"student{n}")
+            return {"started": True}
+
+        await run.step("start-server", start_server)
+
+
+async def _hub_part(run, work) -> dict:
+    n = run.student
+    if not work.hub.configured:
+        return {"skipped": "no hub API configured"}
+    if await work.hub.ensure_user(f"student{n}"):
+        return {"created": True}  # a new user has no token to revoke
+    if not _needs_revoke(run):
+        return {"revoked": "already: at the seat's last CLEANUP, PURGE or RESET, or while it was free"}
+    return await work.end_sessions(n, stop=False)
+
+
+def _needs_revoke(run) -> bool:
+    """False when the seat's sessions were ended on the hub already (``Student.sessions_ended``).
+
+    CLEANUP, PURGE and RESET end them, and so does the preparation of a
+    free seat while the service is idle; since then no one could log in
+    (the seat was not active), so there is nothing new to revoke.
+    """
+    seen = run.seat
+    if seen is not None:  # read by this run's rotate step; the lease kept the seat since
+        return not seen["sessions_ended"]
+    with run.store.Session() as s:
+        return not s.get(Student, run.student).sessions_ended
+
+
+async def _undo_create(run, work):
+    """A CREATE that failed before the assignment leaves no half-provisioned home behind."""
+    with run.store.Session() as s:
+        st = s.get(Student, run.student)
+        held = st is not None and st.state in Seat.HELD
+    if not held:
+        try:
+            await work.blocking(work.wipe, run.student)
+        except Exception:
+            work.log.exception("Erasing the home of student %s after a failed CREATE failed", run.student)
+
+
+# ---------------------------------------------------------------- CLEANUP
+
+
+async def cleanup(run, work):
+    """CLEANUP: take seat N back from its customer, measuring how far they got.
+
+    Steps, in order:
+      rotate         a new password; the seat is ``cleaning``; the portal hears the password
+      hooks-cleanup  the workshop's cleanup hooks
+      completion     the completion ratio of the home, stored and sent to the portal
+      end-sessions   the server stopped, the tokens revoked
+      release        the home erased and the seat free; or, for a reset: true workshop, kept for RESET
+
+    The hooks and the measure read the home as the participant left it; the
+    rotation before them already stopped anyone from starting a new session.
+    """
+    n, outbox = run.student, work.outbox
+
+    def cleaning(st, password, s):
+        st.state = Seat.CLEANING  # from here no one logs in as N: the assignment ends with the old password
+        outbox.student_password(s, n, password, operation_id=run.id)
+
+    await rotate_step(run, work, [n], owner_only=True, seat=cleaning)
+    ws, folder, mode = work.catalog.workshop_or_none(run.workshop)
+    await hooks_step(run, work, "cleanup", folder, ws, mode, n)
+
+    async def measure():
+        ratio = await work.blocking(_completion, work.wod, n, folder)
+        run.result["completion"] = ratio
+        return {"ratio": ratio["ratio"]}
+
+    def store_completion(s, _detail):
+        ratio = run.result["completion"]
+        s.add(
+            Completion(
+                student=n, customer=run.customer, workshop=run.workshop, kind="cleanup",
+                ratio=ratio["ratio"], executed=ratio["executed"], total=ratio["total"], detail=ratio,
+            )
+        )
+        outbox.customer_completion(s, n, run.customer, ratio["ratio"], operation_id=run.id)
+
+    await run.step("completion", measure, store_completion)
+    await end_sessions_step(run, work, [n])
+    keep = ws is not None and ws.reset
+
+    async def release():
+        detail = {"kept": keep}
+        if not keep:
+            detail.update(await work.blocking(work.wipe, n))
+        return detail
+
+    def released(s, _detail):
+        st = s.get(Student, n)
+        if keep:
+            st.state = Seat.KEPT
+            outbox.student_assigned(s, n, True, operation_id=run.id)
+            outbox.customer_active(s, n, run.customer, False, operation_id=run.id)
+        else:
+            free_seat(st)
+            outbox.student_assigned(s, n, False, operation_id=run.id)
+        outbox.customer_cleaned(s, n, run.customer, operation_id=run.id)
+
+    await run.step("release", release, released)
+
+
+def _completion(wod, n: int, folder: str | None) -> dict:
+    path = wod.home(n) / folder if folder else None
+    if path is None or not path.is_dir():
+        return {"ratio": 0, "executed": 0, "total": 0, "notebooks": []}
+    return completion_mod.completion(path)
+
+
+# ---------------------------------------------------------------- RESET
+
+
+async def reset(run, work):
+    """RESET: erase seats N..M of a reset: true workshop and free them, whoever held them.
+
+    Steps, in order:
+      rotate        a new password per seat; the seats are ``cleaning``; the portal hears the passwords
+      end-sessions  the servers stopped, the tokens revoked
+      hooks-reset   the workshop's reset hooks
+      erase         the homes erased, the seats free; the portal hears the workshop's capacity (for a range)
+    """
+    ws, folder, mode = work.catalog.workshop(run.workshop)
+    numbers, outbox = list(run.students), work.outbox
+
+    def cleaning(st, password, s):
+        st.state = Seat.CLEANING
+        outbox.student_password(s, st.number, password, operation_id=run.id)
+
+    await rotate_step(run, work, numbers, seat=cleaning)
+    await end_sessions_step(run, work, numbers)
+    await hooks_step(run, work, "reset", folder, ws, mode, run.student)
+
+    async def erase():
+        for n in numbers:
+            await work.blocking(work.wipe, n)
+
+    def erased(s, _detail):
+        for n in numbers:
+            free_seat(s.get(Student, n))
+            outbox.student_assigned(s, n, False, operation_id=run.id)
+        if run.last != run.student:
+            outbox.workshop_capacity(s, folder, len(numbers), operation_id=run.id)
+        run.result["students"] = [run.student, run.last]
+
+    await run.step("erase", erase, erased)
+
+
+# ---------------------------------------------------------------- PURGE
+
+
+async def purge(run, work):
+    """PURGE: take seat N back at once, whatever state it and the hub are in.
+
+    Steps, in order:
+      rotate        a new password; the seat is ``cleaning``
+      end-sessions  the server stopped, the tokens revoked; a hub error is kept as a warning, not a failure
+      erase         the home erased, the seat free; the portal hears the new password
+    """
+    n, outbox = run.student, work.outbox
+
+    def cleaning(st, _password, _s):
+        st.state = Seat.CLEANING
+
+    await rotate_step(run, work, [n], seat=cleaning)
+    # PURGE must get the seat back even when the hub side is broken too.
+    await end_sessions_step(run, work, [n], tolerate_hub_errors=True)
+
+    async def erase():
+        return await work.blocking(work.wipe, n)
+
+    def erased(s, _detail):
+        free_seat(s.get(Student, n))
+        outbox.student_assigned(s, n, False, operation_id=run.id)
+        outbox.student_password(s, n, work.sealer.open(run.result["password"]), operation_id=run.id)
+
+    await run.step("erase", erase, erased)
+
+
+#: verb -> the function that runs it; the engine runs ``VERBS[op.verb](run, work)``.
+VERBS = {"CREATE": create, "CLEANUP": cleanup, "RESET": reset, "PURGE": purge}
