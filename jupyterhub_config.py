@@ -2,7 +2,8 @@
 
 One file configures all three parts: the hub (``c.JupyterHub``), the
 student login (``c.WodAuthenticator``), the servers (``c.WodSpawner``) and
-the ``wod`` service (``c.WodService``, ``c.WodPortal``, ``c.Hooks``), plus
+the ``wod`` service (``c.WodService``, ``c.WodOperations``, ``c.WodHooks``,
+``c.WodPortal``), plus
 the settings they share (``c.Wod``). The service reads this same file
 (``--config``), so keep it free of side effects other than the ones below.
 
@@ -143,8 +144,15 @@ c.WodSpawner.start_url = "/lab/tree/{workshop}/{readme}"
 # The wod service: the REST API the portal calls (wod_jupyterhub/service.py)
 # ---------------------------------------------------------------------------
 
-# Start each student's server at the end of CREATE (step 7 of the design).
-c.WodService.start_server = False
+# The verbs: c.WodOperations (wod_jupyterhub/operations/settings.py documents
+# each option: workers, threads, lease_seconds, poll_interval, max_recoveries,
+# stop_timeout, login_url ...). Start each student's server at the end of
+# CREATE (step 7 of the design):
+c.WodOperations.start_server = False
+# The hooks: c.WodHooks (wod_jupyterhub/hooks.py): timeout, appliance addresses.
+# c.WodHooks.timeout = 600
+# The service itself: c.WodService (wod_jupyterhub/service.py): shutdown_grace,
+# max_body_size, max_wait, warm_up ...
 
 # Free seats are prepared while the service is idle, so that a CREATE does
 # little while its caller waits: the pool's hub users are created, what a
@@ -155,8 +163,8 @@ c.WodService.start_server = False
 # per free seat; seats in two workshops' ranges are not staged. A finished
 # operation queues its seats at once; a full look at the free seats happens
 # every prepare_rescan seconds.
-# c.Operations.stage_seats = True
-# c.Operations.prepare_rescan = 60
+# c.WodOperations.stage_seats = True
+# c.WodOperations.prepare_rescan = 60
 
 # The portal's token: $WOD_API_TOKEN, or a fresh one printed at each start
 # (production: set WOD_API_TOKEN, so that the portal's copy stays valid).

@@ -150,6 +150,13 @@ class WodAuthenticator(Authenticator):
         """,
     ).tag(config=True)
 
+    @default("auth_refresh_strict")
+    def _strict(self):
+        # JupyterHub's own option (Authenticator.auth_refresh_strict, 6.1+; not dead code):
+        # a token request for a seat that changed hands is refused too, not let through
+        # with a warning (JupyterHub's default since 6.1). test_auth checks it.
+        return True
+
     @default("any_allow_config")
     def _allow_config_present(self):
         # check_allowed below is the allow configuration; no "nobody can log in" warning.
