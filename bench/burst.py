@@ -97,15 +97,14 @@ def summarize(label, results, wall):
     errors = [(n, status, body.get("error"), body.get("message")) for n, status, body, _ in results
               if status != 200 or body.get("status") != "succeeded"]
     latencies = [e for *_, e in results]
-    # Where an operation's time goes: queued (waiting for its turn), then each step.
+    # Where an operation's time goes: queued (waiting for its turn), then each step from its start to its
+    # end (CREATE's hub step runs beside hooks-create, provision and hooks-post-copy).
     phases: dict[str, list] = {}
     for _, _, body, _ in results:
         if body.get("started") and body.get("steps"):
             phases.setdefault("queued", []).append((_ts(body["started"]) - _ts(body["created"])).total_seconds())
-            prev = _ts(body["started"])
             for step in body["steps"]:
-                phases.setdefault(step["name"], []).append((_ts(step["finished"]) - prev).total_seconds())
-                prev = _ts(step["finished"])
+                phases.setdefault(step["name"], []).append((_ts(step["finished"]) - _ts(step["started"])).total_seconds())
     return {
         "label": label, "wall": wall, "errors": errors,
         "p50": statistics.median(latencies), "p99": pct(latencies, 99),

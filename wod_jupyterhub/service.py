@@ -238,25 +238,26 @@ class WodService(Application):
         self.log.info("wod service %s listening on %s%s (database %s)", __version__, self.url.rstrip("/"), self.prefix, _safe_url(self.wod.db_url))
         await self._stopping.wait()
         self.log.info("Stopping: no new requests; running operations get %.0f s to finish", self.shutdown_grace)
-        # Whatever hangs below (a thread stuck in a system call, a bug), the process ends in time.
-        watchdog = threading.Timer(self.shutdown_grace + 4, self._stop_now)
+        # Each part below is bounded (at most grace + 3.5 s in all); whatever still hangs (a bug),
+        # the process ends in time.
+        watchdog = threading.Timer(self.shutdown_grace + 4.5, self._stop_now)
         watchdog.daemon = True
         watchdog.start()
         server.stop()
         await self.preparer.stop()
         await self.engine.stop(self.shutdown_grace)
-        if await settle(background, timeout=1):
+        if await settle(background, timeout=0.5):
             self.log.warning("Some background work did not stop when cancelled")
         for close in (self.outbox.close, self.hub.close):
             try:
-                await within(close(), 1)
+                await within(close(), 0.5)
             except Exception as e:  # noqa: BLE001 - closing connections: nothing left to do about it
                 self.log.warning("Closing %s failed: %s", close.__qualname__, e or e.__class__.__name__)
         self.store.dispose()
         self.log.info("Stopped")
 
     def _stop_now(self):
-        self.log.error("Still not stopped %.0f s after the signal: exiting now", self.shutdown_grace + 4)
+        self.log.error("Still not stopped %.1f s after the signal: exiting now", self.shutdown_grace + 4.5)
         os._exit(1)
 
     async def _load_users(self):

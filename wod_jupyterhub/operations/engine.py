@@ -153,14 +153,14 @@ class Engine:
     async def stop(self, grace: float = 0) -> None:
         """Take no more work; give running operations ``grace`` seconds, then cancel them (they resume at the next start).
 
-        Returns within about ``grace`` + 2 s whatever the operations and loops are doing.
+        Returns within about ``grace`` + 1 s whatever the operations and loops are doing.
         """
         self._stopping = True
         self._wake.set()
         running = list(self._running.values())
         if running and grace > 0:
             await asyncio.wait(running, timeout=grace)
-        left = await settle([*self._loops, *self._running.values()], timeout=2)
+        left = await settle([*self._loops, *self._running.values()], timeout=1)
         if left:
             self.log.warning("%d operation tasks did not end when cancelled; leaving them", len(left))
         self.work.close()

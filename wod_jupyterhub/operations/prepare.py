@@ -56,7 +56,7 @@ class Preparer:
 
     async def stop(self) -> None:
         """Stop at once: a seat half prepared is only an optimization not done (its lease is released)."""
-        if await settle([self._task], timeout=2):
+        if await settle([self._task], timeout=1):
             self.log.warning("The preparation of free seats did not stop when cancelled")
 
     def seat_workshops(self) -> dict:
