@@ -56,6 +56,8 @@ def rotate_step(run, work, seats, *, check=None, owner_only=False, seat=None):
 def end_sessions_step(run, work, seats, *, tolerate_hub_errors=False):
     """The ``end-sessions`` step: stop the servers and revoke the tokens of ``seats`` on the hub.
 
+    Its detail: what the hub said for the one seat, or per seat (``{"11": {...}, ...}``) for several.
+
     Records ``Student.sessions_ended`` per seat; a skipped or failed attempt leaves the next CREATE to ask the hub.
     """
 
