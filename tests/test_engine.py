@@ -17,8 +17,7 @@ import subprocess
 import pytest
 from cryptography.fernet import Fernet
 
-from hubutil import write_workshop
-from wod_jupyterhub import render
+from tests.hubutil import write_workshop
 from wod_jupyterhub.catalog import CatalogCache
 from wod_jupyterhub.config import Wod
 from wod_jupyterhub.errors import BadRequest, Unprocessable
@@ -30,6 +29,7 @@ from wod_jupyterhub.owners import _host
 from wod_jupyterhub.passwords import Sealer, verify_password
 from wod_jupyterhub.portal import Outbox, WodPortal
 from wod_jupyterhub.store import Operation, Seat, Status, Store, Student, utcnow
+from wod_jupyterhub.templating import Renderer
 
 LOG = logging.getLogger("test")
 WORKSHOP = "WKSHP-Unit"
@@ -47,7 +47,7 @@ class Parts:
         outbox = Outbox(self.store, self.sealer, WodPortal(), self.wod, log=LOG)  # no portal URL: callbacks off
         self.work = SeatWork(
             self.wod, self.settings, catalog=CatalogCache(self.wod), hub=HubAPI(api_url="", token="", log=LOG),
-            hooks=WodHooks(self.wod, log=LOG), renderer=render.Renderer(), sealer=self.sealer, outbox=outbox, log=LOG,
+            hooks=WodHooks(self.wod, log=LOG), renderer=Renderer(), sealer=self.sealer, outbox=outbox, log=LOG,
         )
         self.engine = Engine(self.settings, self.store, self.work, verbs=verbs, log=LOG)
         self.views = Views(self.wod, self.store, self.sealer)

@@ -36,7 +36,7 @@ def test_every_moved_setting_exists_under_its_new_name():
     from wod_jupyterhub.service import WodService
 
     owners = {"c.WodOperations": WodOperations, "c.WodHooks": WodHooks}
-    for (section, name), now in RENAMED.items():
+    for (_section, name), now in RENAMED.items():
         if name is None:
             assert now in owners
             continue

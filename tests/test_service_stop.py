@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hubutil import RealHub, write_workshop
+from tests.hubutil import RealHub, write_workshop
 
 GRACE = 2.0
 WORKSHOP = "WKSHP-Stop"
