@@ -420,7 +420,7 @@ async def test_a_message_leased_by_a_dead_process_of_this_host_is_taken_over_at_
     assert await outbox.deliver_once() == 0 and portal.calls == []  # a live holder keeps its lease
     with store.session() as s:
         s.execute(update(OutboxMessage).where(OutboxMessage.id == head).values(lease_owner=dead, lease_expires=next_year))
-    assert await asyncio.to_thread(outbox._next_due_in) <= 0  # the loop does not sleep until the lease ends
+    assert await asyncio.to_thread(outbox.queue.next_due_in) <= 0  # the loop does not sleep until the lease ends
     assert await outbox.deliver_once() == 2
     assert [c.body for c in portal.accepted()] == [{"assigned": "true"}, {"assigned": "false"}]
     assert all(m.delivered and not m.lease_owner for m in rows(store))

@@ -129,7 +129,7 @@ class OutboxMessage(Base):
     # Set when the portal refused the message for good (migration 0002): kept
     # for the admin, no longer blocking the messages after it.
     failed: Mapped[datetime.datetime | None] = mapped_column(DateTime)
-    # Who is sending it right now, until when (see portal.Outbox).
+    # Who is sending it right now, until when (see outbox.OutboxQueue).
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_expires: Mapped[datetime.datetime | None] = mapped_column(DateTime)
 
