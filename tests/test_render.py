@@ -428,8 +428,9 @@ def test_erase_home(tmp_path):
     homes.erase_home(wod, 7)
     assert not os.path.lexists(home) and (target / "f").read_text() == "x"
     assert leftovers(wod) == []
-    with pytest.raises(errors.BadRequest):
+    with pytest.raises(errors.Unprocessable) as e:
         homes.erase_home(wod, 0)
+    assert e.value.code == "student_out_of_range"
 
 
 def test_template_variables_layers(tmp_path):
@@ -584,8 +585,9 @@ def test_staging_refuses_what_provisioning_refuses(tmp_path):
     (Path(ws.path) / "out").symlink_to("/etc")
     with pytest.raises(RenderError, match="leading out of the notebooks root"):
         homes.stage(wod, ws, 1)
-    with pytest.raises(errors.BadRequest):
+    with pytest.raises(errors.Unprocessable) as e:
         homes.stage(wod, ws, 0)
+    assert e.value.code == "student_out_of_range"
     assert leftovers(wod) == []
 
 

@@ -264,8 +264,8 @@ class WodAuthenticator(Authenticator):
         """(hash or None, student facts or None) for a login name."""
         if name in self.admin_password_hashes:
             return self.admin_password_hashes[name], None
-        n = student_number(name)
-        if n is None or not self.wod.in_range(n):
+        n = self.wod.seat(name)
+        if n is None:
             return None, None
         row = self.store.student(n, session)
         if row is None or not row.password_hash:
@@ -339,8 +339,7 @@ class WodAuthenticator(Authenticator):
         # has just checked.
         if username in self.admin_users:
             return True
-        n = student_number(username)
-        return n is not None and self.wod.in_range(n)
+        return self.wod.seat(username) is not None
 
     def validate_username(self, username):
         return super().validate_username(username) and (

@@ -201,6 +201,11 @@ class Wod(Configurable):
     def in_range(self, n: int) -> bool:
         return self.student_min <= n <= self.student_max
 
+    def seat(self, name: str):
+        """The student number of login name ``name`` when it is one of this backend's seats, else None."""
+        n = student_number(name)
+        return n if n is not None and self.in_range(n) else None
+
     def check_student(self, n) -> int:
         """The one check of a student number a request names; ``n`` when it is one this backend serves.
 

@@ -37,15 +37,9 @@ WORKSPACE_FILE = "default-" + hashlib.sha256(b"default").hexdigest()[:4] + ".jup
 WORKSPACE_DIR = Path(".jupyter") / "lab" / "workspaces"
 
 
-def _check_student(student) -> int:
-    if isinstance(student, bool) or not isinstance(student, int) or student < 1:
-        raise errors.BadRequest(f"Student number must be a positive integer, not {student!r}.", code="bad_student")
-    return student
-
-
 def home_path(wod, student: int) -> Path:
-    """``<students_root>/student<N>``, refused when it resolves outside ``students_root``."""
-    _check_student(student)
+    """``<students_root>/student<N>``; refused for a student this backend does not serve (``Wod.check_student``) and when it resolves outside ``students_root``."""
+    wod.check_student(student)
     root = Path(wod.students_root)
     home = root / f"student{student}"
     if os.path.lexists(home):

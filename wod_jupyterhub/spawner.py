@@ -80,8 +80,8 @@ class WodSpawner(LocalProcessSpawner):
 
     def load_assignment(self) -> dict:
         """The seat's current assignment, or a clear refusal."""
-        n = self.number
-        if n is None or not self.wod.in_range(n):
+        n = self.wod.seat(self.user.name)
+        if n is None:
             raise web.HTTPError(403, f"{self.user.name} is not a workshop seat of this hub, so it has no server here.")
         row = self.store.student(n)
         if row is None or not row.active or not row.workshop:
