@@ -38,7 +38,11 @@ WORKSPACE_DIR = Path(".jupyter") / "lab" / "workspaces"
 
 
 def home_path(wod, student: int) -> Path:
-    """``<students_root>/student<N>``; refused for a student this backend does not serve (``Wod.check_student``) and when it resolves outside ``students_root``."""
+    """``<students_root>/student<N>``.
+
+    Refused for a student this backend does not serve (``Wod.check_student``)
+    and when it resolves outside ``students_root``.
+    """
     wod.check_student(student)
     root = Path(wod.students_root)
     home = root / f"student{student}"

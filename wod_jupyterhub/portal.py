@@ -163,7 +163,7 @@ class Outbox:
         m = OutboxMessage
         self.queue = OutboxQueue(store, m, self.attempt_limit + LEASE_MARGIN, columns=(m.key, m.method, m.path, m.body))
         self.owner = self.queue.owner
-        self.loop = DeliveryLoop(self.log)
+        self.delivery = DeliveryLoop(self.log)
         self._unreachable = False
 
     # ------------------------------------------------------------------ builders
@@ -352,7 +352,7 @@ class Outbox:
 
     def notify(self) -> None:
         """Wake the delivery loop (after committing new callbacks); safe from any thread."""
-        self.loop.notify()
+        self.delivery.notify()
 
     async def run(self) -> None:
         """Deliver until cancelled; survives any error (logs it, backs off, goes on)."""
@@ -360,7 +360,7 @@ class Outbox:
             self.log.info("Portal callbacks are off (c.WodPortal.url is empty)")
             return
         self.log.info("Delivering portal callbacks to %s", self.portal.url)
-        await self.loop.run(
+        await self.delivery.run(
             self._pass,
             self.queue.next_due_in,
             lambda: self.queue.prune(self.portal.retention_days),
