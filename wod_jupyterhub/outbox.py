@@ -204,7 +204,7 @@ class DeliveryLoop:
         else:
             loop.call_soon_threadsafe(wake.set)
 
-    async def run(self, deliver, next_due_in, prune, poll_interval: float, backoff, what: str) -> None:
+    async def run(self, deliver, *, next_due_in, prune, poll_interval: float, backoff, what: str) -> None:
         """Loop until cancelled; survives any error (logs it, backs off, goes on).
 
         ``deliver()`` is a coroutine answering (delivered, errors); ``next_due_in``

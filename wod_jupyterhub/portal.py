@@ -362,11 +362,11 @@ class Outbox:
         self.log.info("Delivering portal callbacks to %s", self.portal.url)
         await self.delivery.run(
             self._pass,
-            self.queue.next_due_in,
-            lambda: self.queue.prune(self.portal.retention_days),
-            self.portal.poll_interval,
-            self._backoff,
-            "Portal outbox",
+            next_due_in=self.queue.next_due_in,
+            prune=lambda: self.queue.prune(self.portal.retention_days),
+            poll_interval=self.portal.poll_interval,
+            backoff=self._backoff,
+            what="Portal outbox",
         )
 
     async def close(self) -> None:
