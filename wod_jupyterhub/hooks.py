@@ -133,26 +133,31 @@ class WodHooks(LoggingConfigurable):
     async def _run_one(self, script: Path, env: dict) -> dict:
         started = time.monotonic()
         self.log.info("Running hook %s for student %s", script, env.get("STDID"))
-        proc = await asyncio.create_subprocess_exec(
-            str(script),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-            cwd=str(script.parent),
-            start_new_session=True,
-        )
-        timed_out = False
-        try:
-            out, _ = await within(proc.communicate(), self.timeout)
-        except TimeoutError:
-            timed_out = True
-            self._kill_group(proc.pid)
-            out, _ = await proc.communicate()
-        except asyncio.CancelledError:
-            self._kill_group(proc.pid)
-            raise
-        text = (out or b"")[-self.max_output :].decode("utf-8", "replace")
+        # Output goes to an unlinked file, not a pipe: a child that leaves the
+        # group (setsid) and keeps the pipe open would hold a reader waiting
+        # for EOF past the timeout, and the seat with it. Waiting on the
+        # hook's own exit is bounded by the timeout whatever its children do.
+        with tempfile.TemporaryFile(prefix="wod-hook-") as out:
+            proc = await asyncio.create_subprocess_exec(
+                str(script),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                cwd=str(script.parent),
+                start_new_session=True,
+            )
+            timed_out = False
+            try:
+                await within(proc.wait(), self.timeout)
+            except TimeoutError:
+                timed_out = True
+                self._kill_group(proc.pid)
+                await proc.wait()
+            except asyncio.CancelledError:
+                self._kill_group(proc.pid)
+                raise
+            text = _tail(out, self.max_output)
         return {
             "script": str(script),
             "exit": proc.returncode if not timed_out else -1,
@@ -167,6 +172,13 @@ class WodHooks(LoggingConfigurable):
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def _tail(f, limit: int) -> str:
+    """The last ``limit`` bytes written to ``f`` (a child may still be writing: read what is there)."""
+    size = os.fstat(f.fileno()).st_size
+    f.seek(max(0, size - limit))
+    return f.read(limit).decode("utf-8", "replace")
 
 
 def new_vars_file() -> str:
