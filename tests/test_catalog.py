@@ -87,6 +87,11 @@ def test_lenient_tab_and_dash_range(tmp_path):
     assert ws.range == (3, 4) and ws.active and ws.meta["name"] == "Tabbed"
 
 
+LAUGHS = "%YAML 1.1\n---\nname: 'x'\nrange: [1,2]\nl0: &l0 [lol]\n" + "".join(
+    f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10)
+)
+
+
 @pytest.mark.parametrize(
     "content,words",
     [
@@ -100,6 +105,10 @@ def test_lenient_tab_and_dash_range(tmp_path):
         (yml("[1,2,3]"), "must be written [min, max]"),
         (yml("12"), "must be written [min, max]"),
         ("%YAML 1.1\n---\nname: 'x'\n", "range is missing"),
+        # A billion laughs (issue 8 #14): nine levels of aliases, each repeating the previous nine times.
+        (LAUGHS, "an alias (*l0) is not allowed"),
+        (yml("[1,2]", "base: &b {x: 1}\nmore:\n  <<: *b\n"), "an alias (*b) is not allowed"),
+        ("name: 'x'\nrange: [1,2]\n#" + "x" * (256 * 1024) + "\n", "larger than 262144 bytes"),
     ],
 )
 def test_bad_wod_yml_is_reported_not_raised(tmp_path, content, words):

@@ -61,3 +61,12 @@ def test_the_output_tail_is_kept(tmp_path):
     hooks.max_output = 1000
     (record,) = asyncio.run(hooks.run("create", "WKSHP-X", student=1))
     assert record["exit"] == 0 and len(record["output"]) == 1000 and record["output"].endswith("END\n")
+
+
+def test_vars_file_aliases_are_refused(tmp_path):
+    from wod_jupyterhub.hooks import read_vars_file
+
+    path = tmp_path / "vars.yml"
+    path.write_text("a: &a [x, x, x]\nb: [*a, *a, *a]\n")
+    with pytest.raises(ValueError, match=r"alias \(\*a\) is not allowed"):
+        read_vars_file(str(path))

@@ -441,6 +441,9 @@ BAD = [
     ("create?wait=abc", {"student": 1, "customer": CUSTOMER, "email": "e", "workshop": "WKSHP-Svc"}, 400),
     ("create?wait=-1", {"student": 1, "customer": CUSTOMER, "email": "e", "workshop": "WKSHP-Svc"}, 400),
     ("create", HUGE, 413),
+    # Nested past the JSON decoder's recursion limit (issue 8 #13): a 400, not a 500.
+    ("create", b"[" * 100_000, 400),
+    ("create", b'{"student": ' + b"[" * 100_000, 400),
     ("cleanup", {"student": 1}, 400),
     ("cleanup", {"student": 1000, "customer": CUSTOMER}, 422),
     ("cleanup", {"student": 1, "customer": CUSTOMER, "workshop": "a/b"}, 400),

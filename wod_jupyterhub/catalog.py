@@ -165,15 +165,45 @@ def _parse_bool(meta: dict, key: str, ws: Workshop) -> bool:
     return False
 
 
+#: A wod.yml (or variables file) larger than this is a problem, not read: real ones are a few hundred bytes.
+MAX_META_BYTES = 256 * 1024
+
+
+class NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses aliases.
+
+    An alias (``*a``) repeats the node of its anchor (``&a``); nested, they
+    grow exponentially (431 bytes became a 55 MiB catalog answer that held
+    the service for seconds). No real wod.yml or variables file needs one.
+    """
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"an alias (*{event.anchor}) is not allowed: write the value out", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text):
+    """``yaml.safe_load`` without aliases (see :class:`NoAliasLoader`)."""
+    return yaml.load(text, Loader=NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_meta(path: Path) -> dict:
     """Parse one wod.yml leniently; raise ValueError with a sentence when it cannot be read."""
+    with open(path, "rb") as f:
+        raw = f.read(MAX_META_BYTES + 1)
+    if len(raw) > MAX_META_BYTES:
+        raise ValueError(f"{path.name} is larger than {MAX_META_BYTES} bytes; it is not read.")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"{path.name} is not UTF-8 text ({e.reason}).") from None
     text = _TAB_AFTER_COLON.sub(r"\1: ", text)
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
         where = ""
         mark = getattr(e, "problem_mark", None)

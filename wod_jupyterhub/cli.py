@@ -92,10 +92,12 @@ def cmd_workshops(args) -> int:
 
 
 def _variables(args) -> dict:
+    from .catalog import load_yaml
+
     variables = {}
     if args.vars_file:
         with open(args.vars_file, encoding="utf-8") as f:
-            loaded = yaml.safe_load(f)
+            loaded = load_yaml(f.read())
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -162,6 +162,9 @@ class VerbHandler(BaseHandler):
             body = json.loads(raw or b"null")
         except (ValueError, UnicodeDecodeError) as e:
             raise BadRequest(f"The request body is not valid JSON: {e}.", code="bad_json") from None
+        except RecursionError:
+            # json's C decoder recurses once per nesting level: a body of "[" * 100000 ends here.
+            raise BadRequest("The request body is not valid JSON: it is nested too deeply.", code="bad_json") from None
         if not isinstance(body, dict):
             raise BadRequest("The request body must be a JSON object.", code="bad_json")
         fields = VERB_FIELDS[self.verb]

@@ -20,6 +20,7 @@ import yaml
 from traitlets import Dict, Float, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
+from .catalog import load_yaml
 from .waiting import within
 
 KINDS = ("create", "post-copy", "cleanup", "reset")
@@ -200,7 +201,7 @@ def read_vars_file(path: str) -> dict:
     if not text.strip():
         return {}
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
         raise ValueError(f"the create hook wrote invalid YAML to WOD_VARS_FILE: {e}") from e
     if data is None:
