@@ -39,6 +39,7 @@ to the length of a workshop in ``jupyterhub_config.py``: 4 hours
 
 import asyncio
 import datetime
+import ipaddress
 import math
 import os
 import secrets
@@ -52,7 +53,7 @@ from sqlalchemy import case, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import object_session
 from tornado import web
-from traitlets import Dict, Float, Integer, TraitError, Unicode, default, validate
+from traitlets import Dict, Float, Integer, List, TraitError, Unicode, default, validate
 
 from .config import Wod, student_number
 from .passwords import STUDENT_COST, hash_password, verify_password
@@ -63,6 +64,44 @@ SESSION_TAG = "wodg"
 
 #: tokens that belong to a server process rather than to a person (see user.py in JupyterHub)
 SERVER_TOKEN_NOTES = ("Server at ", "retrieved from spawner")
+
+
+def hash_params(stored: str) -> tuple:
+    """``(cost, r, p)`` of an ``scrypt$cost$r$p$salt$key`` hash; the students' when it is not one."""
+    parts = stored.split("$")
+    try:
+        return int(parts[1]), int(parts[2]), int(parts[3])
+    except (IndexError, ValueError):
+        return STUDENT_COST, 8, 1
+
+
+def forwarded_client(peer: str, forwarded_for: str | None, trusted: list) -> str:
+    """The client address: ``peer``, or while the hop is a trusted proxy, the entry it appended to X-Forwarded-For.
+
+    Read from the right: each trusted proxy appends the address it was
+    reached from, so the first untrusted entry is the one a trusted proxy
+    saw; what the client itself wrote further left is never reached. A hop
+    that is not an address (a proxy's bug) stops the walk at the last one
+    that was.
+    """
+    address = peer
+    hops = [h.strip() for h in (forwarded_for or "").split(",")]
+    while _is_trusted(address, trusted) and hops:
+        hop = hops.pop()
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            break
+        address = hop
+    return address
+
+
+def _is_trusted(address: str, trusted: list) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
 
 
 def session_generation(cookie_id: str | None):
@@ -82,11 +121,16 @@ class WodAuthenticator(Authenticator):
 
     throttle_failures = Integer(
         5,
-        help="""Failed logins for one user name, within ``throttle_window`` seconds, that lock that name.
+        help="""Failed logins for one user name from one client address, within ``throttle_window`` seconds, that lock that pair.
 
-        Locked, the name is refused (even with the right password) for
+        Locked, the pair is refused (even with the right password) for
         ``throttle_lockout`` seconds, and the login form says so with a 429.
-        0 disables the per-name throttle.
+        The same number of failures for the name from any addresses locks
+        the name: then every address still gets one try at it, and one that
+        fails is locked out of that name until the name's lock ends. So a
+        lock never refuses the right password from an address that has not
+        failed, and guesses from elsewhere cannot lock the owner out. 0
+        disables both.
         """,
     ).tag(config=True)
 
@@ -94,9 +138,11 @@ class WodAuthenticator(Authenticator):
         30,
         help="""Failed logins from one client address, within ``throttle_window`` seconds, that lock that address.
 
-        Higher than ``throttle_failures`` because a workshop room usually
-        reaches the hub through one NAT address: a few typos from forty
-        people must not lock the whole room out. 0 disables it.
+        Locked, the address still gets one try per name, and a name that
+        fails from it then waits until the address's lock ends. So a room
+        behind one NAT address still logs in (only those who mistype after
+        the lock wait), and a guesser going through names from one address
+        gets one try per name. 0 disables it.
         """,
     ).tag(config=True)
 
@@ -107,13 +153,41 @@ class WodAuthenticator(Authenticator):
 
     throttle_lockout = Integer(
         300,
-        help="Seconds a user name or client address stays locked once it reached its failure limit.",
+        help="Seconds a name, a client address or a pair of both stays locked once it reached its failure limit.",
     ).tag(config=True)
 
     @validate("throttle_failures", "throttle_ip_failures", "throttle_window", "throttle_lockout")
     def _not_negative(self, proposal):
         if proposal["value"] < 0:
             raise TraitError(f"{proposal['trait'].name} must be 0 or more, not {proposal['value']}")
+        return proposal["value"]
+
+    trusted_proxies = List(
+        Unicode(),
+        ["127.0.0.0/8", "::1"],
+        help="""Addresses or networks (CIDR) of the proxies in front of the hub, whose ``X-Forwarded-For`` is believed.
+
+        The client address the throttle counts is the one the nearest
+        untrusted hop was seen from: the hub's TCP peer, and while that peer
+        is a trusted proxy, the entry it appended to ``X-Forwarded-For``
+        (configurable-http-proxy appends the address it saw), read from the
+        right. ``X-Real-Ip``, which tornado prefers and any client can send,
+        is ignored. The default trusts loopback, where the hub's own proxy
+        connects from; add the address of a load balancer in front of the
+        proxy. Note that a process on the hub's machine connects from
+        loopback too (in system-users mode, a student's), so it could name
+        any address; that can give it more guesses, never lock out a name
+        from an address that has not failed.
+        """,
+    ).tag(config=True)
+
+    @validate("trusted_proxies")
+    def _networks(self, proposal):
+        for item in proposal["value"]:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise TraitError(f"trusted_proxies: {item!r} is not an address or a network (CIDR)") from None
         return proposal["value"]
 
     admin_password_hashes = Dict(
@@ -180,9 +254,18 @@ class WodAuthenticator(Authenticator):
         self.executor = ThreadPoolExecutor(max(1, self.hash_threads), thread_name_prefix="wod-auth")
         self.wod = Wod(config=self.config)
         self.store = Store.shared(self.wod.db_url)
-        # Unknown names and free seats are checked against this, so a refusal
-        # costs as long as a real check and tells nothing about the seat.
-        self._dummy_hash = hash_password(secrets.token_urlsafe(16), STUDENT_COST)
+        self._trusted = [ipaddress.ip_network(item, strict=False) for item in self.trusted_proxies]
+        # One hash of a random password per hash cost in use: the students' and
+        # each admin's (admins' hashes cost far more). Every refusal checks the
+        # password once at each of these costs, whatever the name, so neither
+        # the time nor the work of a refusal tells an admin name from a
+        # student's or from nobody's (item 11 of issue 8: 131 ms against 5.6).
+        self._dummies = {}
+        for stored in [f"scrypt${STUDENT_COST}$8$1$"] + sorted(self.admin_password_hashes.values()):
+            params = hash_params(stored)
+            if params not in self._dummies:
+                self._dummies[params] = hash_password(secrets.token_urlsafe(16), *params)
+        self._dummy_hash = self._dummies[hash_params(f"scrypt${STUDENT_COST}$8$1$")]
         self._last_sweep = 0.0
         missing = sorted(set(self.admin_users) - set(self.admin_password_hashes))
         if missing:
@@ -193,7 +276,7 @@ class WodAuthenticator(Authenticator):
     async def authenticate(self, handler, data):
         name = (data.get("username") or "").strip().lower()
         password = data.get("password") or ""
-        ip = handler.request.remote_ip if handler is not None else None
+        ip = self.client_address(handler) if handler is not None else None
         started = time.perf_counter()
         try:
             outcome, work_ms = await asyncio.get_running_loop().run_in_executor(self.executor, self._timed_check, name, password, ip)
@@ -238,27 +321,39 @@ class WodAuthenticator(Authenticator):
         """
         keys = self.throttle_keys(name, ip)
         now = utcnow()
-        # One short read for both look-ups; nothing is held during the hash.
+        # One short read for every look-up; nothing is held during the hash.
         with self.store.session() as s:
             rows = {t.key: t for t in s.scalars(select(Throttle).where(Throttle.key.in_(list(keys))))} if keys else {}
-            locked = [t.locked_until for t in rows.values() if t.locked_until and t.locked_until > now]
-            if locked:
-                return {"kind": "locked", "seconds": math.ceil((max(locked) - now).total_seconds())}
+            seconds, lock_pair_until = self.locks(keys, rows, now) if keys else (0, None)
+            if seconds:
+                return {"kind": "locked", "seconds": seconds}
             stored, student = self.stored_hash(name, s)
 
-        # Always hash, even for a name that has no hash: equal time for every refusal.
-        ok = verify_password(password, stored or self._dummy_hash) and stored is not None
+        # Always hash, even for a name that has no hash, and a refusal hashes at every cost in use.
+        checked = stored or self._dummy_hash
+        ok = verify_password(password, checked) and stored is not None
         if not ok:
-            self.record_failure(keys)
+            self.equalize_refusal(password, checked)
+            self.record_failure(keys, lock_pair_until)
             return {"kind": "bad"}
-        user_key = f"user:{name[:200]}"
-        if user_key in rows:  # a success forgives the name's earlier typos, not the address's
-            self._retry(lambda s: s.execute(delete(Throttle).where(Throttle.key == user_key)))
+        # A success forgives the typos of this name from this address (and the
+        # name's count), not the address's failures for other names.
+        # A lock of the name stays: the owner's success must not hand guessers elsewhere a new round.
+        forgiven = [k for k, t in rows.items() if k.startswith("pair:") or (k.startswith("user:") and not (t.locked_until and t.locked_until > now))]
+        if forgiven:
+            self._retry(lambda s: s.execute(delete(Throttle).where(Throttle.key.in_(forgiven))))
         if student is None:
             return {"kind": "admin"}
         if not student["active"]:
             return {"kind": "inactive"}
         return {"kind": "student", "generation": student["generation"]}
+
+    def equalize_refusal(self, password: str, checked: str) -> None:
+        """Check ``password`` against the dummy hash of every cost in use but the one of ``checked``."""
+        done = hash_params(checked)
+        for params, dummy in self._dummies.items():
+            if params != done:
+                verify_password(password, dummy)
 
     def stored_hash(self, name: str, session=None):
         """(hash or None, student facts or None) for a login name."""
@@ -274,16 +369,50 @@ class WodAuthenticator(Authenticator):
 
     # -- throttle (in the shared database: a hub restart forgets nothing) --
 
+    def client_address(self, handler) -> str | None:
+        """The address the nearest untrusted hop was seen from (see ``trusted_proxies``)."""
+        request = handler.request
+        context = getattr(request.connection, "context", None)
+        # The TCP peer as tornado saw it, before xheaders=True replaced
+        # remote_ip with whatever X-Real-Ip the client sent.
+        peer = getattr(context, "_orig_remote_ip", None) or request.remote_ip
+        return forwarded_client(peer, request.headers.get("X-Forwarded-For"), self._trusted)
+
     def throttle_keys(self, name: str, ip: str | None) -> dict:
         """``{key: failure limit}`` for the keys a login counts against; a limit of 0 is left out."""
         keys = {}
+        name = name[:200]
+        if self.throttle_failures or (ip and self.throttle_ip_failures):
+            # With throttle_failures = 0 the pair is still counted (the address
+            # lock needs to know which names failed from it), never locked by itself.
+            keys[f"pair:{name}@{ip or ''}"] = self.throttle_failures or 2**31 - 1
         if self.throttle_failures:
-            keys[f"user:{name[:200]}"] = self.throttle_failures
+            keys[f"user:{name}"] = self.throttle_failures
         if ip and self.throttle_ip_failures:
             keys[f"ip:{ip}"] = self.throttle_ip_failures
         return keys
 
-    def record_failure(self, keys: dict) -> None:
+    @staticmethod
+    def locks(keys: dict, rows: dict, now) -> tuple:
+        """(seconds the pair is locked for or 0, end of the name's or the address's lock or None).
+
+        Only a locked pair (name, address) refuses a login. The name locked,
+        or the address locked, refuses nothing by itself: every pair gets its
+        try, and a pair that fails during such a lock is locked until that
+        lock ends. So an address that has not failed for a name is always
+        heard (guesses from elsewhere never lock its owner out), and a room
+        behind one NAT address keeps logging in: only those who mistype
+        after the address is locked wait.
+        """
+        pair = next(k for k in keys if k.startswith("pair:"))
+        until = {k: t.locked_until for k, t in rows.items() if t.locked_until and t.locked_until > now}
+        seconds = math.ceil((until[pair] - now).total_seconds()) if pair in until else 0
+        others = [v for k, v in until.items() if k != pair]
+        return seconds, max(others) if others else None
+
+    def record_failure(self, keys: dict, lock_pair_until=None) -> None:
+        """Count a failure on every key; a failure while the name or the address is locked locks the pair as long."""
+
         def count(s):
             now = utcnow()
             cutoff = now - datetime.timedelta(seconds=self.throttle_window)
@@ -307,6 +436,13 @@ class WodAuthenticator(Authenticator):
                     update(Throttle)
                     .where(Throttle.key == key, Throttle.failures >= limit)
                     .values(locked_until=now + datetime.timedelta(seconds=self.throttle_lockout), failures=0, window_start=now)
+                )
+            if lock_pair_until is not None:
+                pair = next(k for k in keys if k.startswith("pair:"))
+                s.execute(
+                    update(Throttle)
+                    .where(Throttle.key == pair, or_(Throttle.locked_until.is_(None), Throttle.locked_until < lock_pair_until))
+                    .values(locked_until=lock_pair_until)
                 )
             if time.monotonic() - self._last_sweep > 60:
                 self._last_sweep = time.monotonic()

@@ -103,12 +103,12 @@ def _variables(args) -> dict:
         if not isinstance(loaded, dict):
             raise BadRequest(f"{args.vars_file} must hold a mapping of variable names to values")
         for key in loaded:
-            if not isinstance(key, str) or not VARIABLE_NAME.match(key):
+            if not isinstance(key, str) or not VARIABLE_NAME.fullmatch(key):
                 raise BadRequest(f"{args.vars_file}: {key!r} is not a valid variable name")
         variables.update(loaded)
     for item in args.var or ():
         key, sep, value = item.partition("=")
-        if not sep or not VARIABLE_NAME.match(key):
+        if not sep or not VARIABLE_NAME.fullmatch(key):
             raise BadRequest(f"--var {item!r}: expected KEY=VALUE with KEY a variable name")
         variables[key] = value
     return variables

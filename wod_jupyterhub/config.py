@@ -30,12 +30,13 @@ def share_dir() -> Path:
 # Letters and digits a person can read back without doubt: no 0/O, 1/l/I.
 DEFAULT_ALPHABET = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 
-STUDENT_NAME = re.compile(r"^student([1-9][0-9]*)$")
+# fullmatch, not match with $: "$" also matches before a final newline ("student1\n").
+STUDENT_NAME = re.compile(r"student([1-9][0-9]*)")
 
 
 def student_number(name: str):
     """``student12`` → 12; anything else → None."""
-    m = STUDENT_NAME.match(name or "")
+    m = STUDENT_NAME.fullmatch(name) if isinstance(name, str) else None
     return int(m.group(1)) if m else None
 
 

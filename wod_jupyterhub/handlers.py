@@ -19,7 +19,7 @@ from .store import Status
 SCOPE_OPERATE = "custom:wod:operate"
 SCOPE_READ = "custom:wod:read"
 OPENAPI_FILE = Path(__file__).resolve().parent / "openapi.json"
-OP_ID = re.compile(r"^[0-9a-f]{32}$")
+OP_ID = re.compile(r"[0-9a-f]{32}")  # fullmatch: "$" would let a final newline through
 
 
 class BaseHandler(web.RequestHandler):
@@ -221,7 +221,7 @@ class VerbHandler(BaseHandler):
 
 class OperationHandler(BaseHandler):
     async def get(self, op_id):
-        if not OP_ID.match(op_id):
+        if not OP_ID.fullmatch(op_id):
             raise NotFound(f"There is no operation {op_id!r}.")
         self.send(self.views.operation_json(self.views.operation(op_id), reveal=self.can_operate))
 

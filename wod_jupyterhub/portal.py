@@ -220,7 +220,7 @@ class Outbox:
 
     def workshop_capacity(self, session, workshop_folder, capacity: int, operation_id=None):
         """``PUT /api/workshop/{id}`` ``{"capacity": "<int>"}``; the id is looked up when sent."""
-        if not _WORKSHOP_NAME.match(workshop_folder or ""):
+        if not _WORKSHOP_NAME.fullmatch(workshop_folder or ""):
             raise ValueError(f"not a workshop folder name: {workshop_folder!r}")
         return self._enqueue(
             session,
@@ -259,7 +259,7 @@ class Outbox:
 
         async def attempt():
             path = message.path
-            m = _WORKSHOP_PATH.match(path)
+            m = _WORKSHOP_PATH.fullmatch(path)
             if not m:
                 await self.client.call(message.method, path, body, secrets)
                 return path
