@@ -273,3 +273,222 @@ def test_every_real_notebook_agrees_with_nbformat(tmp_path, corpus):
     assert whole["total"] == sum(reference_count(p)[1] for p in (corpus / "WKSHP-Docker101").glob("*.ipynb"))
     shutil.copytree(corpus / "WKSHP-Docker101", tmp_path / "copy")
     assert completion(tmp_path / "copy") == whole
+
+
+# -- a home is the student's: hostile content (issue 8 #2, #3, #4, #5) -------------------------
+
+
+def test_a_linked_workshop_folder_is_not_walked(tmp_path):
+    """``~/WKSHP-X -> /`` or ``-> a neighbour's folder``: the walk never leaves the folder it was given."""
+    neighbour = tmp_path / "student2" / "WKSHP-Demo"
+    write_nb(neighbour / "1-Intro.ipynb", [code("a", 1), code("b", 2)])
+    home = tmp_path / "student3"
+    home.mkdir()
+    for target in ("/", neighbour):
+        link = home / "WKSHP-Demo"
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(target, target_is_directory=True)
+        got = completion(link)
+        assert (got["ratio"], got["executed"], got["total"], got["notebooks"]) == (0, 0, 0, [])
+        assert "symbolic link" in got["problems"][0]
+        known = completion(link, notebooks=["1-Intro.ipynb"])
+        assert known["total"] == 0 and "symbolic link" in known["notebooks"][0]["error"]
+
+
+def test_a_linked_folder_inside_is_not_walked_and_a_linked_component_not_opened(tmp_path):
+    neighbour = write_nb(tmp_path / "student2" / "WKSHP-Demo" / "sub" / "2-More.ipynb", [code("a", 1)] * 4)
+    ws = tmp_path / "student3" / "WKSHP-Demo"
+    write_nb(ws / "1-Intro.ipynb", [code("a", 1), code("b")])
+    (ws / "sub").symlink_to(neighbour.parent, target_is_directory=True)
+    got = completion(ws)
+    assert (got["executed"], got["total"]) == (1, 2) and [n["path"] for n in got["notebooks"]] == ["1-Intro.ipynb"]
+    known = completion(ws, notebooks=["1-Intro.ipynb", "sub/2-More.ipynb"])
+    assert (known["executed"], known["total"]) == (1, 2)
+    assert "symbolic link" in known["notebooks"][1]["error"]
+
+
+def test_only_the_named_notebooks_count(tmp_path):
+    """Issue 8 #12: a fabricated notebook in the folder gave 100 %."""
+    ws = tmp_path / "WKSHP-Demo"
+    write_nb(ws / "0-ReadMeFirst.ipynb", [md("# Read me")])
+    write_nb(ws / "1-Intro.ipynb", [code("a", 1), code("b"), code("c")])
+    write_nb(ws / "fabricated.ipynb", [code("x", 1)] * 100)
+    got = completion(ws, notebooks=["0-ReadMeFirst.ipynb", "1-Intro.ipynb", "gone/2-Deleted.ipynb"])
+    assert (got["ratio"], got["executed"], got["total"]) == (33, 1, 3)
+    assert [n["path"] for n in got["notebooks"]] == ["0-ReadMeFirst.ipynb", "1-Intro.ipynb", "gone/2-Deleted.ipynb"]
+    assert "No such file" in got["notebooks"][2]["error"]
+    for bad in ("../student2/x.ipynb", "/etc/passwd", "a//b.ipynb"):
+        assert "not a path inside" in completion(ws, notebooks=[bad])["notebooks"][0]["error"]
+
+
+def test_a_3000_deep_tree_is_walked_without_recursion(tmp_path):
+    ws = tmp_path / "WKSHP-Deep"
+    write_nb(ws / "1-Intro.ipynb", [code("a", 1), code("b")])
+    # Relative mkdir in a loop: the full path would pass PATH_MAX long before 3,000 levels.
+    fd = os.open(ws, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(3000):
+            os.mkdir("d", dir_fd=fd)
+            new = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = new
+        with open(os.open("deep.ipynb", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "w") as f:
+            f.write(json.dumps({"nbformat": 4, "cells": [code("z", 1)]}))
+    finally:
+        os.close(fd)
+    write_nb(ws / "d" / "d" / "2-Near.ipynb", [code("c", 3)])
+    got = completion(ws)
+    assert (got["executed"], got["total"]) == (2, 3)
+    assert [n["path"] for n in got["notebooks"]] == ["1-Intro.ipynb", "d/d/2-Near.ipynb"]
+    assert any("deeper than 64 folders" in p for p in got["problems"])
+    subprocess_rm(ws)
+
+
+def subprocess_rm(path):
+    """rm -rf (iterative in C): shutil.rmtree recursed too deep here before Python 3.12."""
+    import subprocess
+
+    subprocess.run(["rm", "-rf", str(path)], check=True)
+
+
+def test_too_many_entries_are_reported(tmp_path):
+    from wod_jupyterhub import completion as c
+
+    ws = tmp_path / "WKSHP-Many"
+    for i in range(30):
+        (ws / f"f{i:02d}").mkdir(parents=True)
+    write_nb(ws / "1-Intro.ipynb", [code("a", 1)])
+    got = c.completion(ws, max_entries=10)
+    assert any("more than 10 entries" in p for p in got["problems"])
+
+
+GOOD_CELL = {"cell_type": "code", "source": "x", "execution_count": 1}
+MALFORMED = [
+    {"nbformat": 3, "worksheets": [{"cells": 5}]},  # the one of issue 8 #4 (a TypeError out of the CLEANUP)
+    {"nbformat": 3, "worksheets": [{"cells": None}]},
+    {"nbformat": 3, "worksheets": [{"cells": "abc"}]},
+    {"nbformat": 3, "worksheets": [{"cells": [5]}]},
+    {"nbformat": 3, "worksheets": [{"cells": [{"cell_type": "code", "input": {"a": 1}}]}]},
+    {"nbformat": 3, "worksheets": {}},
+    {"nbformat": 4, "cells": None},
+    {"nbformat": 4, "cells": "abc"},
+    {"nbformat": 4, "cells": [None]},
+    {"nbformat": 4, "cells": [[]]},
+    {"nbformat": 4, "cells": [{"cell_type": ["code"], "source": "x"}]},
+    {"nbformat": 4, "cells": [{"cell_type": {"a": 1}, "source": "x"}]},
+    {"nbformat": 4, "cells": [{"cell_type": "code", "source": None}]},
+    {"nbformat": 4, "cells": [{"cell_type": "code", "source": [None]}]},
+    {"nbformat": 4, "cells": [{"cell_type": "code", "source": [["x"]]}]},
+    {"nbformat": 4, "cells": [{"cell_type": "code", "source": 1.5}]},
+    {"nbformat": [4], "cells": []},
+    {"nbformat": {"v": 4}, "cells": []},
+    {"nbformat": True, "cells": [GOOD_CELL]},
+    {"nbformat": "4", "cells": []},
+    {"nbformat": 4.0, "cells": [GOOD_CELL]},
+    {"nbformat": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[4]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]},
+    {"nbformat": 1e308, "cells": []},
+    {"nbformat": None},
+    [],
+    "notebook",
+    12,
+    None,
+]
+
+
+@pytest.mark.parametrize("nb", MALFORMED, ids=[f"m{i}" for i in range(len(MALFORMED))])
+def test_malformed_notebooks_are_reported_on_themselves(tmp_path, nb):
+    ws = tmp_path / "WKSHP-Bad"
+    ws.mkdir()
+    (ws / "bad.ipynb").write_text(json.dumps(nb))
+    write_nb(ws / "good.ipynb", [code("a", 1), code("b")])
+    got = completion(ws)
+    by_path = {n["path"]: n for n in got["notebooks"]}
+    assert by_path["good.ipynb"]["error"] is None and (got["executed"], got["total"]) >= (1, 2)
+    bad = by_path["bad.ipynb"]
+    if bad["error"] is None:  # a few are odd but readable (nbformat 4.0): then they count what they hold
+        assert bad["total"] <= 1
+    else:
+        assert bad["error"] and (bad["executed"], bad["total"]) == (0, 0)
+
+
+def test_fuzzed_notebooks_never_raise(tmp_path):
+    """Random mutations of a real notebook's structure: every one gives an entry, none raises."""
+    import random
+
+    rng = random.Random(8)
+    base = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [code("a", 1), code(["b\n", "c"]), md("m")]}
+    v3 = {"nbformat": 3, "worksheets": [{"cells": [{"cell_type": "code", "input": "x", "prompt_number": 1}]}]}
+    values = [None, 0, 1, -1, 3, 4, 5, 1.5, True, "", "code", [], {}, [None], [{}], {"cells": 1}, "x" * 50, [[[]]]]
+
+    def mutate(node, depth=0):
+        if rng.random() < 0.15 or depth > 4:
+            return rng.choice(values)
+        if isinstance(node, dict):
+            node = {k: mutate(v, depth + 1) if rng.random() < 0.5 else v for k, v in node.items() if rng.random() > 0.1}
+        elif isinstance(node, list):
+            node = [mutate(v, depth + 1) if rng.random() < 0.5 else v for v in node if rng.random() > 0.1]
+        return node
+
+    ws = tmp_path / "WKSHP-Fuzz"
+    ws.mkdir()
+    for i in range(400):
+        (ws / f"n{i:03d}.ipynb").write_text(json.dumps(mutate(base if i % 2 else v3)))
+    got = completion(ws)
+    assert len(got["notebooks"]) == 400
+    assert all((n["executed"], n["total"]) == (0, 0) for n in got["notebooks"] if n["error"])
+    assert any(n["error"] for n in got["notebooks"]) and any(n["error"] is None for n in got["notebooks"])
+
+
+# -- the worker: bounds, memory, failures ----------------------------------------------------
+
+
+def test_measure_runs_in_a_worker_and_agrees(tmp_path):
+    from wod_jupyterhub.completion import measure
+
+    ws = tmp_path / "WKSHP-Demo"
+    write_nb(ws / "1-Intro.ipynb", [code("a", 1), code("b"), code("c")])
+    write_nb(ws / "sub" / "2-More.ipynb", [code("d", 5), code("e")])
+    assert measure(ws) == completion(ws)
+    assert measure(ws, notebooks=["sub/2-More.ipynb"]) == completion(ws, notebooks=["sub/2-More.ipynb"])
+    assert measure(ws, relative_to=tmp_path)["notebooks"][0]["path"] == "WKSHP-Demo/1-Intro.ipynb"
+    gone = measure(tmp_path / "nope")
+    assert gone["total"] == 0 and "does not exist" in gone["error"]
+
+
+def test_a_notebook_that_needs_too_much_memory_is_reported_not_parsed(tmp_path):
+    """Issue 8 #3: ``[{},{},…]`` costs ~25 times its size parsed; the worker's address space is bounded."""
+    from wod_jupyterhub.completion import measure
+
+    ws = tmp_path / "WKSHP-Mem"
+    ws.mkdir()
+    n = 8 * 1024 * 1024  # 24 MiB of "{}," -> about 600 MiB of dicts
+    (ws / "big.ipynb").write_bytes(b'{"nbformat": 4, "cells": [' + b"{}," * n + b"{}]}")
+    write_nb(ws / "good.ipynb", [code("a", 1), code("b")])
+    got = measure(ws, memory_bytes=256 * 1024 * 1024)
+    by_path = {e["path"]: e for e in got["notebooks"]}
+    assert "memory" in by_path["big.ipynb"]["error"]
+    assert (got["executed"], got["total"]) == (1, 2) and by_path["good.ipynb"]["error"] is None
+
+
+def test_the_bounds_per_notebook_and_per_folder(tmp_path):
+    from wod_jupyterhub.completion import measure
+
+    ws = tmp_path / "WKSHP-Sizes"
+    for i in range(4):
+        write_nb(ws / f"{i}.ipynb", [code("x" * 1000, 1)] * 10)
+    size = (ws / "0.ipynb").stat().st_size
+    got = measure(ws, max_notebook_bytes=size - 1)
+    assert all("too large to read" in e["error"] for e in got["notebooks"])
+    got = measure(ws, max_total_bytes=size * 2 + 10)
+    assert [e["error"] is None for e in got["notebooks"]] == [True, True, False, False]
+    assert "in all" in got["notebooks"][2]["error"] and got["total"] == 20
+
+
+def test_a_worker_that_fails_is_reported(tmp_path):
+    from wod_jupyterhub.completion import measure
+
+    ws = tmp_path / "WKSHP-Demo"
+    write_nb(ws / "1-Intro.ipynb", [code("a", 1)])
+    got = measure(ws, timeout=0.001)  # no worker starts that fast
+    assert (got["ratio"], got["total"], got["notebooks"]) == (0, 0, []) and "more than 0.001 s" in got["error"]

@@ -4,6 +4,7 @@ Starting real servers through a real hub is in test_e2e_hub.py; here the
 computed environment, arguments, working folder and hooks are checked.
 """
 
+import asyncio
 import json
 import os
 import subprocess
@@ -35,6 +36,13 @@ def setup(db_url, tmp_path):
     c.Wod.db_url = db_url
     c.Wod.students_root = str(tmp_path / "students")
     c.Wod.student_max = 50
+    # The workshop the seats are booked for: its notebooks are the ones a snapshot counts.
+    source = tmp_path / "notebooks" / "WKSHP-Sample"
+    source.mkdir(parents=True)
+    (source / "wod.yml").write_text("name: sample\nactive: true\nrange: [1, 50]\n")
+    for name in ("0-ReadMeFirst.ipynb", "1-More.ipynb"):
+        notebook(source / name, [("x", None)])
+    c.Wod.notebooks = [str(tmp_path / "notebooks")]
     store = Store(db_url)
     yield c, store, tmp_path / "students"
     store.dispose()
@@ -184,6 +192,32 @@ async def test_post_stop_without_the_workshop_folder_records_nothing(hubdb, setu
     await sp.run_post_stop_hook()
     with store.session() as s:
         assert s.scalars(select(Completion)).all() == []
+
+
+async def test_snapshot_counts_only_the_workshops_notebooks_and_parses_outside_the_hub(hubdb, setup, monkeypatch):
+    """Issue 8 #2, #3, #12: a snapshot reads the workshop's own notebooks, in a worker process, without following links."""
+    import wod_jupyterhub.completion as completion_mod
+
+    config, store, root = setup
+    home = book(store, root, 3, customer="alice")
+    notebook(home / "WKSHP-Sample" / "0-ReadMeFirst.ipynb", [("print(1)", 1), ("x = 2", None)])
+    notebook(home / "WKSHP-Sample" / "fabricated.ipynb", [("y", 1)] * 50)
+    (home / "WKSHP-Sample" / "1-More.ipynb").symlink_to("/dev/zero")
+    (home / "WKSHP-Sample" / "sub").symlink_to("/", target_is_directory=True)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a student's notebook was parsed inside the hub process")
+
+    monkeypatch.setattr(completion_mod, "_measure_one", refuse)
+    try:
+        sp = spawner(hubdb, config)
+        await sp.run_pre_spawn_hook()
+        ratio = await asyncio.to_thread(sp.snapshot, sp._assignment)
+    finally:
+        monkeypatch.undo()
+    assert (ratio["executed"], ratio["total"], ratio["ratio"]) == (1, 2, 50)
+    by_path = {n["path"]: n["error"] for n in ratio["notebooks"]}
+    assert set(by_path) == {"0-ReadMeFirst.ipynb", "1-More.ipynb"} and "symbolic link" in by_path["1-More.ipynb"]
 
 
 def test_users_create_plans_accounts_and_refuses_conflicts(tmp_path, capsys):

@@ -10,7 +10,7 @@ import os
 import re
 from pathlib import Path
 
-from traitlets import Bool, Dict, Integer, List, TraitError, Unicode, default, validate
+from traitlets import Bool, Dict, Float, Integer, List, TraitError, Unicode, default, validate
 from traitlets.config import Configurable
 
 from .errors import BadRequest, Unprocessable
@@ -195,6 +195,50 @@ class Wod(Configurable):
         "0-ReadMeFirst.ipynb",
         help="The notebook every workshop must have and that opens first.",
     ).tag(config=True)
+
+    notebook_max_bytes = Integer(
+        64 * 1024 * 1024,
+        help="""Largest notebook the completion ratio reads; a larger one is reported on its entry and counts 0 of 0.
+
+        Parsing costs many times a notebook's size in memory; a real
+        workshop notebook is well under a MiB.
+        """,
+    ).tag(config=True)
+
+    completion_max_bytes = Integer(
+        256 * 1024 * 1024,
+        help="Bytes of notebooks one completion ratio reads in all (one seat's workshop); the notebooks past it are reported, not read.",
+    ).tag(config=True)
+
+    completion_memory = Integer(
+        1024 * 1024 * 1024,
+        help="""Address space (bytes, ``RLIMIT_AS``) of the worker process that measures a completion ratio. 0: no limit.
+
+        The service and the hub parse a student's notebooks in a short-lived
+        worker, never in their own process: a notebook that needs more is
+        reported on its entry, the others still count.
+        """,
+    ).tag(config=True)
+
+    completion_timeout = Float(
+        120,
+        help="Seconds a completion ratio may take; past it the worker is killed and the ratio is reported as not measured (0 %).",
+    ).tag(config=True)
+
+    @validate("notebook_max_bytes", "completion_max_bytes", "completion_memory", "completion_timeout")
+    def _bounds(self, proposal):
+        if proposal["value"] < 0 or (proposal["value"] == 0 and proposal["trait"].name != "completion_memory"):
+            raise TraitError(f"{proposal['trait'].name} must be more than 0, not {proposal['value']}")
+        return proposal["value"]
+
+    def completion_limits(self) -> dict:
+        """The keyword arguments of ``completion.measure`` these settings give."""
+        return {
+            "max_notebook_bytes": self.notebook_max_bytes,
+            "max_total_bytes": self.completion_max_bytes,
+            "memory_bytes": self.completion_memory,
+            "timeout": self.completion_timeout,
+        }
 
     def home(self, n: int) -> Path:
         return Path(self.students_root) / f"student{n}"

@@ -25,8 +25,9 @@ from tornado import web
 from traitlets import Unicode, default
 
 from . import completion
-from .catalog import parse_workshop_name
+from .catalog import load_catalog, parse_workshop_name
 from .config import Wod, student_number
+from .errors import WodError
 from .store import Completion, Store
 
 
@@ -166,7 +167,14 @@ class WodSpawner(LocalProcessSpawner):
         if not os.path.isdir(folder):
             self.log.info("No completion snapshot for %s: %s is gone", self.user.name, folder)
             return None
-        ratio = completion.completion(folder)
+        try:
+            workshop = load_catalog(self.wod.notebooks, prefer_private=self.wod.prefer_private).get(assignment["workshop"])
+        except WodError:
+            self.log.info("No completion snapshot for %s: workshop %s is gone", self.user.name, assignment["workshop"])
+            return None
+        # In a worker process (bounded memory and time), never in the hub: json.loads
+        # of a student's notebook in a thread stalled the hub's event loop.
+        ratio = completion.measure(folder, notebooks=completion.provisioned_notebooks(workshop), **self.wod.completion_limits())
         with self.store.session() as s:
             s.add(
                 Completion(
