@@ -170,10 +170,14 @@ c.WodOperations.start_server = False
 # (production: set WOD_API_TOKEN, so that the portal's copy stays valid).
 # The service process reads this file too; it does not need the token.
 IN_SERVICE = bool(os.environ.get("JUPYTERHUB_SERVICE_NAME"))
+# Variables only the hub needs; the wod service never gets them.
+HUB_ONLY_ENV = {"WOD_API_TOKEN", "WOD_ADMIN_HASH"}
 PORTAL_TOKEN = os.environ.get("WOD_API_TOKEN", "")
 if not PORTAL_TOKEN and not IN_SERVICE:
+    # Not printed: the hub's output is its log. Set WOD_API_TOKEN to give the
+    # portal a token; `make demo` does, and prints it on the terminal.
     PORTAL_TOKEN = secrets.token_hex(32)
-    print(f"wod: generated the portal token (set WOD_API_TOKEN to keep one): {PORTAL_TOKEN}", file=sys.stderr)
+    print("wod: WOD_API_TOKEN is not set: the portal has a random token nobody knows; set it to call the API", file=sys.stderr)
 
 c.JupyterHub.services = [
     {
@@ -182,8 +186,11 @@ c.JupyterHub.services = [
         "url": os.environ.get("WOD_SERVICE_URL", "http://127.0.0.1:10101"),
         "command": [sys.executable, "-m", "wod_jupyterhub.service", "--config", str(Path(__file__).resolve())],
         "cwd": str(STATE),
-        # The service reads this file again: it needs the same WOD_* settings.
-        "environment": {k: v for k, v in os.environ.items() if k.startswith("WOD_")},
+        # The service reads this file again: it needs the same WOD_* settings,
+        # not the hub's own secrets (the portal's token, the admins' hashes).
+        # It drops the secrets it reads (WOD_SECRET_KEY, WOD_PORTAL_PASSWORD …)
+        # from its environment once read: templates render in that process.
+        "environment": {k: v for k, v in os.environ.items() if k.startswith("WOD_") and k not in HUB_ONLY_ENV},
         # Nobody logs in to the service through the browser.
         "oauth_no_confirm": True,
     },

@@ -191,6 +191,11 @@ class WodService(Application):
         self.preparer = Preparer(settings, self.store, self.work, self.engine, log=self.log)
         self.views = Views(self.wod, self.store, self.sealer)
         self.openapi = OPENAPI
+        # Workshop templates render in this process: once the secrets are read
+        # (the sealing key, the portal's password), the environment a template
+        # escape could print holds none of them (issue 8 #9).
+        _ = self.portal.password
+        drop_secrets(os.environ)
 
     def make_app(self) -> web.Application:
         p = re.escape(self.prefix)
@@ -312,6 +317,15 @@ def renamed_settings(config) -> list[str]:
             if n in config[section]:
                 found.append(f"c.{section}.{n} is now {now if name else f'{now}.{n}'}")
     return found
+
+
+#: Environment variables the service reads once at start and then drops (see ``WodService.build``).
+SECRET_ENV = ("WOD_SECRET_KEY", "WOD_PORTAL_PASSWORD", "WOD_API_TOKEN", "WOD_ADMIN_HASH", "WOD_DB_URL")
+
+
+def drop_secrets(environ) -> list:
+    """Remove the secret variables from ``environ``; return the names removed."""
+    return [name for name in SECRET_ENV if environ.pop(name, None) is not None]
 
 
 def _safe_url(url: str) -> str:
