@@ -94,9 +94,13 @@ def load_or_create_key(path: str) -> str:
 
     p = Path(path)
     try:
-        return p.read_text().strip()
+        key = p.read_text().strip()
     except FileNotFoundError:
         pass
+    else:
+        if p.stat().st_mode & 0o077:  # made readable by others (a copy, an older version): owner only again
+            p.chmod(0o600)
+        return key
     key = Fernet.generate_key().decode()
     # O_EXCL: two processes starting at once must end up with one key, not two.
     try:

@@ -8,6 +8,7 @@ keeps no time zone and both databases must read alike.
 
 import datetime
 import logging
+import os
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -172,6 +173,30 @@ def _sqlite_pragmas(dbapi_conn, _record):
     cur.close()
 
 
+def private_sqlite_file(path: str) -> None:
+    """Create the SQLite file readable by its owner only (0600), or make an existing one so.
+
+    It holds password hashes and sealed passwords; SQLite gives its -wal and
+    -shm files the mode of the database file, so they follow. Existing -wal
+    and -shm files (made 0644 by an older version) are tightened too.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except OSError:
+        return  # a folder that does not exist: SQLite's own error says it better
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm", "-journal"):
+        try:
+            if os.stat(path + suffix).st_mode & 0o077:
+                os.chmod(path + suffix, 0o600)
+        except FileNotFoundError:
+            pass
+
+
 def make_engine(db_url: str, **kwargs):
     if db_url.startswith("postgresql://"):
         # psycopg 3 is the driver we ship with; plain URLs should just work.
@@ -179,6 +204,8 @@ def make_engine(db_url: str, **kwargs):
     if db_url.startswith("sqlite"):
         kwargs.setdefault("connect_args", {"check_same_thread": False, "timeout": 30})
         engine = create_engine(db_url, **kwargs)
+        if engine.url.database and engine.url.database != ":memory:":
+            private_sqlite_file(engine.url.database)
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         kwargs.setdefault("pool_pre_ping", True)
