@@ -11,7 +11,7 @@ import re
 import httpx
 import pytest
 
-from hubutil import RealHub
+from tests.hubutil import RealHub
 from wod_jupyterhub.passwords import hash_password
 from wod_jupyterhub.store import Store, Student
 

@@ -380,7 +380,7 @@ def provisioned_notebooks(workshop) -> list[str]:
     (a fabricated notebook at 100 %) does not count; a provisioned one the
     student deleted counts 0 of 0 with its error.
     """
-    from .render import source_tree
+    from .trees import source_tree
 
     return [
         rel
