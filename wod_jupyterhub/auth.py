@@ -253,6 +253,11 @@ class WodAuthenticator(Authenticator):
         super().__init__(**kwargs)
         self.executor = ThreadPoolExecutor(max(1, self.hash_threads), thread_name_prefix="wod-auth")
         self.wod = Wod(config=self.config)
+        exposed = self.wod.check_exposure(getattr(self.parent, "bind_url", "") or "") if self.parent is not None else None
+        if exposed:
+            # The authenticator is made while the hub starts: this stops it, with the sentence and no traceback.
+            self.log.critical(exposed)
+            raise SystemExit(1)
         self.store = Store.shared(self.wod.db_url)
         self._trusted = [ipaddress.ip_network(item, strict=False) for item in self.trusted_proxies]
         # One hash of a random password per hash cost in use: the students' and

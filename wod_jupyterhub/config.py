@@ -6,9 +6,11 @@ once and all three agree. This module is core: it imports nothing from the
 hub process.
 """
 
+import ipaddress
 import os
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from traitlets import Bool, Dict, Float, Integer, List, TraitError, Unicode, default, validate
 from traitlets.config import Configurable
@@ -188,6 +190,37 @@ class Wod(Configurable):
         its own HOME (demos and tests).
         """,
     ).tag(config=True)
+
+    single_user_on_network = Bool(
+        False,
+        help="""Let the hub listen on an address other than loopback while ``system_users`` is False.
+
+        In single-user mode every student's server and terminal runs as the
+        hub's own account: a student can read the wod database, the key file,
+        the cookie secret and the hub's environment, and act as any other
+        student. That is fine for a demo on 127.0.0.1, not for a room. The
+        hub refuses to start in that mode on any other address unless this
+        is set, to say that every participant is trusted.
+        """,
+    ).tag(config=True)
+
+    def check_exposure(self, bind_url: str) -> str | None:
+        """A sentence when single-user mode would be reachable from the network (see ``single_user_on_network``)."""
+        if self.system_users or self.single_user_on_network:
+            return None
+        host = urlsplit(bind_url).hostname or ""
+        if host == "localhost":
+            return None
+        try:
+            if ipaddress.ip_address(host).is_loopback:
+                return None
+        except ValueError:
+            pass
+        return (
+            f"The hub would listen on {bind_url} in single-user mode (c.Wod.system_users = False), where every "
+            "student runs as the hub's own account and can read its secrets. Use system users, bind the hub to "
+            "127.0.0.1, or set c.Wod.single_user_on_network = True if every participant is trusted."
+        )
 
     uid_base = Integer(10000, help="With ``system_users``, student N has uid and gid ``uid_base + N``.").tag(config=True)
 
