@@ -92,6 +92,8 @@ c.Wod.base_student_id = 0
 c.Wod.secret_key_file = str(STATE / "wod_secret.key")
 
 # Single-user mode: servers run as the hub's user, HOME=<students_root>/student<N>.
+# Every student can then read the hub's secrets, so the hub refuses to start
+# in this mode on an address other than loopback (c.Wod.single_user_on_network).
 # production: True, after `wod users create` (as root) made the accounts
 # student<N> with uid uid_base + N.
 c.Wod.system_users = False
@@ -113,12 +115,17 @@ c.Wod.variables = {
 
 c.JupyterHub.authenticator_class = "wod"
 
-# Guessing is throttled per user name and per client address; the state
-# lives in c.Wod.db_url, so a hub restart does not reset it.
-c.WodAuthenticator.throttle_failures = 5  # per user name ...
-c.WodAuthenticator.throttle_ip_failures = 30  # ... and per address (a room shares one NAT address)
+# Guessing is throttled per (user name, client address) pair, per name and
+# per address; only a locked pair is refused, so guesses from elsewhere never
+# lock a student out. The state lives in c.Wod.db_url, so a hub restart does
+# not reset it.
+c.WodAuthenticator.throttle_failures = 5  # per name from one address, and per name
+c.WodAuthenticator.throttle_ip_failures = 30  # per address (a room shares one NAT address)
 c.WodAuthenticator.throttle_window = 600  # seconds over which failures add up
-c.WodAuthenticator.throttle_lockout = 300  # seconds a name or an address stays locked
+c.WodAuthenticator.throttle_lockout = 300  # seconds a pair, a name or an address stays locked
+# The client address is what the hub's proxy saw (its X-Forwarded-For entry);
+# production: add the address of a load balancer in front of the proxy.
+# c.WodAuthenticator.trusted_proxies = ["127.0.0.0/8", "::1"]
 
 # Admin accounts: names in admin_users, password hashes from
 # `wod hash-password` (never the password itself). The demo has one admin,
