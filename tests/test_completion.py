@@ -444,7 +444,7 @@ def test_fuzzed_notebooks_never_raise(tmp_path):
 
 
 def test_measure_runs_in_a_worker_and_agrees(tmp_path):
-    from wod_jupyterhub.completion import measure
+    from wod_jupyterhub.completion_worker import measure
 
     ws = tmp_path / "WKSHP-Demo"
     write_nb(ws / "1-Intro.ipynb", [code("a", 1), code("b"), code("c")])
@@ -458,7 +458,7 @@ def test_measure_runs_in_a_worker_and_agrees(tmp_path):
 
 def test_a_notebook_that_needs_too_much_memory_is_reported_not_parsed(tmp_path):
     """Issue 8 #3: ``[{},{},…]`` costs ~25 times its size parsed; the worker's address space is bounded."""
-    from wod_jupyterhub.completion import measure
+    from wod_jupyterhub.completion_worker import measure
 
     ws = tmp_path / "WKSHP-Mem"
     ws.mkdir()
@@ -472,7 +472,7 @@ def test_a_notebook_that_needs_too_much_memory_is_reported_not_parsed(tmp_path):
 
 
 def test_the_bounds_per_notebook_and_per_folder(tmp_path):
-    from wod_jupyterhub.completion import measure
+    from wod_jupyterhub.completion_worker import measure
 
     ws = tmp_path / "WKSHP-Sizes"
     for i in range(4):
@@ -486,9 +486,18 @@ def test_the_bounds_per_notebook_and_per_folder(tmp_path):
 
 
 def test_a_worker_that_fails_is_reported(tmp_path):
-    from wod_jupyterhub.completion import measure
+    from wod_jupyterhub import completion_worker
+    from wod_jupyterhub.completion_worker import measure
 
     ws = tmp_path / "WKSHP-Demo"
     write_nb(ws / "1-Intro.ipynb", [code("a", 1)])
-    got = measure(ws, timeout=0.001)  # no worker starts that fast
-    assert (got["ratio"], got["total"], got["notebooks"]) == (0, 0, []) and "more than 0.001 s" in got["error"]
+    got = measure(ws, timeout=0)
+    assert (got["ratio"], got["total"], got["notebooks"]) == (0, 0, []) and "more than 0 s" in got["error"]
+    # A kept worker that died in between is reported once, then replaced.
+    assert measure(ws, memory_bytes=512 * 1024 * 1024)["ratio"] == 100
+    (worker,) = completion_worker._idle[512 * 1024 * 1024]
+    worker.proc.kill()
+    worker.proc.wait()
+    got = measure(ws, memory_bytes=512 * 1024 * 1024)
+    assert got["ratio"] == 0 and "the worker failed" in got["error"]
+    assert measure(ws, memory_bytes=512 * 1024 * 1024)["ratio"] == 100

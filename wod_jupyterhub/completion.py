@@ -34,10 +34,9 @@ reported, not a ``RecursionError``) and an entry bound.
 Parsing costs memory many times a notebook's size (a 99 MiB notebook of
 ``[{},{},…]`` took 2.6 GB) and, in a thread, holds the GIL of the process
 that runs it (the hub's event loop stalled 1.2 s on a 77 MiB one). So the
-service and the hub measure through :func:`measure`, which runs the walk
-and the parse in a short-lived worker process under an address-space limit
-(``RLIMIT_AS``) and a timeout; what goes wrong there is reported on the
-result, never raised.
+service and the hub measure through ``completion_worker.measure``, which
+runs this module's walk and parse in a worker process under an
+address-space limit (``RLIMIT_AS``) and a timeout.
 
 ``json.loads`` and not ``nbformat.reads``: the latter validates the whole
 schema on every call, which costs many times the parse itself, and a ratio
@@ -50,8 +49,6 @@ import errno
 import json
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 from .errors import BadRequest, NotFound
@@ -393,72 +390,3 @@ def _relative(path: str, base) -> str:
     rel = os.path.relpath(path, base)
     # outside relative_to: keep the full path rather than a chain of ../
     return path if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
-
-
-# -- the worker process -------------------------------------------------------------------
-
-
-def measure(path, *, notebooks=None, relative_to=None, max_notebook_bytes: int = MAX_NOTEBOOK_BYTES,
-            max_total_bytes: int = MAX_TOTAL_BYTES, memory_bytes: int = 1024**3, timeout: float = 120) -> dict:
-    """:func:`completion` in a worker process limited to ``memory_bytes`` of address space and ``timeout`` seconds.
-
-    Blocking (run it in a thread). Never raises for what the folder holds:
-    a worker that fails, runs out of time or dies is reported as the
-    result's ``error`` with a ratio of 0. A ``path`` that does not exist
-    gives a result with no notebooks.
-    """
-    request = {
-        "path": os.fspath(path),
-        "notebooks": list(notebooks) if notebooks is not None else None,
-        "relative_to": os.fspath(relative_to) if relative_to is not None else None,
-        "max_notebook_bytes": max_notebook_bytes,
-        "max_total_bytes": max_total_bytes,
-        "memory_bytes": memory_bytes,
-    }
-    package_parent = str(Path(__file__).resolve().parent.parent)
-    # -I -S: no environment, no site-packages, no current folder on the path: only
-    # the standard library and this package, whatever the student put around.
-    code = f"import sys; sys.path.insert(0, {package_parent!r}); from wod_jupyterhub.completion import _worker; _worker()"
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-I", "-S", "-c", code],
-            input=json.dumps(request).encode(),
-            capture_output=True,
-            timeout=timeout,
-            cwd="/",
-            env={"PATH": os.defpath, "LC_ALL": "C.UTF-8"},
-        )
-    except subprocess.TimeoutExpired:
-        return _failed(f"the completion was not measured: it took more than {timeout:g} s")
-    except OSError as e:
-        return _failed(f"the completion was not measured: the worker did not start ({e.strerror or e})")
-    if proc.returncode != 0:
-        tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
-        return _failed(f"the completion was not measured: the worker failed ({tail[0][:300]})")
-    try:
-        return json.loads(proc.stdout)
-    except ValueError:
-        return _failed("the completion was not measured: the worker's answer was not JSON")
-
-
-def _failed(message: str) -> dict:
-    return {"ratio": 0, "executed": 0, "total": 0, "notebooks": [], "error": message}
-
-
-def _worker() -> None:
-    """The worker's side of :func:`measure`: limits first, then the request from stdin, the result to stdout."""
-    import resource
-
-    request = json.loads(sys.stdin.buffer.read())
-    memory = int(request["memory_bytes"])
-    if memory > 0:
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    path = request["path"]
-    budget = Budget(int(request["max_notebook_bytes"]), int(request["max_total_bytes"]))
-    try:
-        result = completion(path, request["relative_to"], notebooks=request["notebooks"], budget=budget)
-    except NotFound:
-        result = {"ratio": 0, "executed": 0, "total": 0, "notebooks": [], "error": f"{path} does not exist"}
-    except BadRequest as e:
-        result = _failed(str(e))
-    sys.stdout.write(json.dumps(result))

@@ -24,7 +24,7 @@ from jupyterhub.utils import maybe_future
 from tornado import web
 from traitlets import Unicode, default
 
-from . import completion
+from . import completion, completion_worker
 from .catalog import load_catalog, parse_workshop_name
 from .config import Wod, student_number
 from .errors import WodError
@@ -174,7 +174,7 @@ class WodSpawner(LocalProcessSpawner):
             return None
         # In a worker process (bounded memory and time), never in the hub: json.loads
         # of a student's notebook in a thread stalled the hub's event loop.
-        ratio = completion.measure(folder, notebooks=completion.provisioned_notebooks(workshop), **self.wod.completion_limits())
+        ratio = completion_worker.measure(folder, notebooks=completion.provisioned_notebooks(workshop), **self.wod.completion_limits())
         with self.store.session() as s:
             s.add(
                 Completion(
