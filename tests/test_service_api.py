@@ -209,6 +209,32 @@ def test_create_then_cleanup_through_the_proxy(hub, db, portal):
         assert check(api.get(f"api/operations/{op['id']}"), 200)["status"] == "succeeded"
 
 
+def test_cleanup_of_a_hostile_home_succeeds_and_counts_only_the_workshops_notebooks(hub, db, api):
+    """Issue 8 #2, #4, #12: malformed notebooks, a fabricated one at 100 %, a link to / in the workshop folder."""
+    n = 5
+    assert create(api, n, "c-hostile")["status"] == "succeeded"
+    ws = home(hub, n) / "WKSHP-Svc"
+    ex = ws / "1-Exercise.ipynb"
+    nb = json.loads(ex.read_text())
+    nb["cells"][0]["execution_count"] = 1
+    ex.write_text(json.dumps(nb))
+    malformed = '{"nbformat": 3, "worksheets": [{"cells": 5}]}'
+    (ws / "0-ReadMeFirst.ipynb").write_text(malformed)  # a provisioned notebook the student broke
+    (ws / "malformed.ipynb").write_text(malformed)
+    cell = {"cell_type": "code", "source": "x", "execution_count": 1}
+    (ws / "fabricated.ipynb").write_text(json.dumps({"nbformat": 4, "cells": [cell] * 100}))
+    (ws / "root").symlink_to("/", target_is_directory=True)
+    op = verb(api, "cleanup", {"student": n, "customer": "c-hostile"})
+    assert op["status"] == "succeeded", (op["error"], op["steps"])
+    ratio = op["result"]["completion"]
+    assert (ratio["executed"], ratio["total"], ratio["ratio"]) == (1, 2, 50)
+    assert {e["path"]: bool(e["error"]) for e in ratio["notebooks"]} == {"0-ReadMeFirst.ipynb": True, "1-Exercise.ipynb": False}
+    # Read once the student's server is stopped (DESIGN.md: completion before erase).
+    names = [s["name"] for s in op["steps"]]
+    assert names.index("stop-server") < names.index("completion") < names.index("release"), names
+    assert not home(hub, n).exists() and db.student(n).state == "free"
+
+
 def stages(hub) -> dict:
     """Seat number -> its staged folders (``.student<N>.staged-<key>``)."""
     out: dict = {}
