@@ -380,7 +380,8 @@ class WodAuthenticator(Authenticator):
         context = getattr(request.connection, "context", None)
         # The TCP peer as tornado saw it, before xheaders=True replaced
         # remote_ip with whatever X-Real-Ip the client sent.
-        peer = getattr(context, "_orig_remote_ip", None) or request.remote_ip
+        address = getattr(context, "address", None)
+        peer = getattr(context, "_orig_remote_ip", None) or (address[0] if isinstance(address, tuple) else request.remote_ip)
         return forwarded_client(peer, request.headers.get("X-Forwarded-For"), self._trusted)
 
     def throttle_keys(self, name: str, ip: str | None) -> dict:
