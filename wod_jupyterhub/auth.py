@@ -391,7 +391,7 @@ class WodAuthenticator(Authenticator):
         if self.throttle_failures or (ip and self.throttle_ip_failures):
             # With throttle_failures = 0 the pair is still counted (the address
             # lock needs to know which names failed from it), never locked by itself.
-            keys[f"pair:{name}@{ip or ''}"] = self.throttle_failures or 2**31 - 1
+            keys[f"pair:{name}@{(ip or '')[:49]}"] = self.throttle_failures or 2**31 - 1  # fits the key's 255
         if self.throttle_failures:
             keys[f"user:{name}"] = self.throttle_failures
         if ip and self.throttle_ip_failures:
