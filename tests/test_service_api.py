@@ -231,7 +231,7 @@ def test_cleanup_of_a_hostile_home_succeeds_and_counts_only_the_workshops_notebo
     assert {e["path"]: bool(e["error"]) for e in ratio["notebooks"]} == {"0-ReadMeFirst.ipynb": True, "1-Exercise.ipynb": False}
     # Read once the student's server is stopped (DESIGN.md: completion before erase).
     names = [s["name"] for s in op["steps"]]
-    assert names.index("stop-server") < names.index("completion") < names.index("release"), names
+    assert names.index("end-sessions") < names.index("completion") < names.index("release"), names
     assert not home(hub, n).exists() and db.student(n).state == "free"
 
 

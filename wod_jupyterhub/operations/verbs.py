@@ -15,7 +15,8 @@ import json
 import os
 
 from .. import completion as completion_mod
-from ..errors import Unprocessable
+from .. import completion_worker
+from ..errors import Unprocessable, WodError
 from ..hooks import new_vars_file, read_vars_file
 from ..store import Completion, Seat, Student, utcnow
 from .admission import check_active
@@ -163,12 +164,14 @@ async def cleanup(run, work):
     Steps, in order:
       rotate         a new password; the seat is ``cleaning``; the portal hears the password
       hooks-cleanup  the workshop's cleanup hooks
-      completion     the completion ratio of the home, stored and sent to the portal
       end-sessions   the server stopped, the tokens revoked
+      completion     the completion ratio of the workshop's own notebooks, stored and sent to the portal
       release        the home erased and the seat free; or, for a reset: true workshop, kept for RESET
 
-    The hooks and the measure read the home as the participant left it; the
-    rotation before them already stopped anyone from starting a new session.
+    The hooks read the home as the participant left it; the rotation before
+    them already stopped anyone from starting a new session. The ratio is
+    read once the server is stopped (DESIGN.md only asks for it before the
+    erase): a running server could still write the notebooks it counts.
     """
     n, outbox = run.student, work.outbox
 
@@ -180,8 +183,12 @@ async def cleanup(run, work):
     ws, folder, mode = work.catalog.workshop_or_none(run.workshop)
     await hooks_step(run, work, "cleanup", folder, ws, mode, n)
 
+    # Stop, then measure, then erase (issue 8 #12): what the participant's server
+    # could still write is written before the ratio is read.
+    await end_sessions_step(run, work, [n])
+
     async def measure():
-        ratio = await work.blocking(_completion, work.wod, n, folder)
+        ratio = await work.blocking(_completion, work.wod, n, folder, ws)
         run.result["completion"] = ratio
         return {"ratio": ratio["ratio"]}
 
@@ -196,7 +203,6 @@ async def cleanup(run, work):
         outbox.customer_completion(s, n, run.customer, ratio["ratio"], operation_id=run.id)
 
     await run.step("completion", measure, store_completion)
-    await end_sessions_step(run, work, [n])
     keep = ws is not None and ws.reset
 
     async def release():
@@ -219,11 +225,21 @@ async def cleanup(run, work):
     await run.step("release", release, released)
 
 
-def _completion(wod, n: int, folder: str | None) -> dict:
-    path = wod.home(n) / folder if folder else None
-    if path is None or not path.is_dir():
-        return {"ratio": 0, "executed": 0, "total": 0, "notebooks": []}
-    return completion_mod.completion(path)
+def _completion(wod, n: int, folder: str | None, ws) -> dict:
+    """The ratio of the notebooks the workshop provisions in seat N's home, measured in a bounded worker.
+
+    Only those count (a notebook the participant added gave 100 %); none
+    is ever followed through a link, and nothing the home holds raises.
+    """
+    if not folder:
+        return completion_worker.failed("no workshop on this seat: nothing to measure")
+    if ws is None:
+        return completion_worker.failed(f"{folder} is not in the catalog any more: its notebooks are not known")
+    try:
+        notebooks = completion_mod.provisioned_notebooks(ws)
+    except WodError as e:  # the workshop's own folder broke since the CREATE (an admin's matter)
+        return completion_worker.failed(f"the notebooks of {folder} cannot be listed: {e}")
+    return completion_worker.measure(wod.home(n) / folder, notebooks=notebooks, **wod.completion_limits())
 
 
 # ---------------------------------------------------------------- RESET
