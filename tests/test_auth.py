@@ -17,9 +17,10 @@ from tornado import web
 from traitlets import TraitError
 from traitlets.config import Config
 
-from wod_jupyterhub.auth import SESSION_TAG, WodAuthenticator, forwarded_client, new_cookie_id, session_generation
+from wod_jupyterhub.auth import SESSION_TAG, WodAuthenticator, new_cookie_id, session_generation
+from wod_jupyterhub.client_address import forwarded_client
 from wod_jupyterhub.config import student_number
-from wod_jupyterhub.passwords import hash_password
+from wod_jupyterhub.passwords import hash_params, hash_password
 from wod_jupyterhub.store import Student, Throttle, utcnow
 
 ADMIN_HASH = hash_password("admin-secret-pw", cost=11)
@@ -377,7 +378,7 @@ def test_every_refusal_does_the_same_work(db_url, monkeypatch):
     real = auth_mod.verify_password
 
     def recording(password, stored):
-        calls.append(auth_mod.hash_params(stored))
+        calls.append(hash_params(stored))
         return real(password, stored)
 
     monkeypatch.setattr(auth_mod, "verify_password", recording)

@@ -39,7 +39,6 @@ to the length of a workshop in ``jupyterhub_config.py``: 4 hours
 
 import asyncio
 import datetime
-import ipaddress
 import math
 import os
 import secrets
@@ -55,8 +54,9 @@ from sqlalchemy.orm import object_session
 from tornado import web
 from traitlets import Dict, Float, Integer, List, TraitError, Unicode, default, validate
 
+from .client_address import forwarded_client, networks
 from .config import Wod, student_number
-from .passwords import STUDENT_COST, hash_password, verify_password
+from .passwords import STUDENT_COST, hash_params, hash_password, verify_password
 from .store import Store, Throttle, utcnow
 
 #: prefix of a ``cookie_id`` that carries the seat generation it was issued under
@@ -64,44 +64,6 @@ SESSION_TAG = "wodg"
 
 #: tokens that belong to a server process rather than to a person (see user.py in JupyterHub)
 SERVER_TOKEN_NOTES = ("Server at ", "retrieved from spawner")
-
-
-def hash_params(stored: str) -> tuple:
-    """``(cost, r, p)`` of an ``scrypt$cost$r$p$salt$key`` hash; the students' when it is not one."""
-    parts = stored.split("$")
-    try:
-        return int(parts[1]), int(parts[2]), int(parts[3])
-    except (IndexError, ValueError):
-        return STUDENT_COST, 8, 1
-
-
-def forwarded_client(peer: str, forwarded_for: str | None, trusted: list) -> str:
-    """The client address: ``peer``, or while the hop is a trusted proxy, the entry it appended to X-Forwarded-For.
-
-    Read from the right: each trusted proxy appends the address it was
-    reached from, so the first untrusted entry is the one a trusted proxy
-    saw; what the client itself wrote further left is never reached. A hop
-    that is not an address (a proxy's bug) stops the walk at the last one
-    that was.
-    """
-    address = peer
-    hops = [h.strip() for h in (forwarded_for or "").split(",")]
-    while _is_trusted(address, trusted) and hops:
-        hop = hops.pop()
-        try:
-            ipaddress.ip_address(hop)
-        except ValueError:
-            break
-        address = hop
-    return address
-
-
-def _is_trusted(address: str, trusted: list) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in network for network in trusted)
 
 
 def session_generation(cookie_id: str | None):
@@ -183,11 +145,10 @@ class WodAuthenticator(Authenticator):
 
     @validate("trusted_proxies")
     def _networks(self, proposal):
-        for item in proposal["value"]:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                raise TraitError(f"trusted_proxies: {item!r} is not an address or a network (CIDR)") from None
+        try:
+            networks(proposal["value"])
+        except ValueError as e:
+            raise TraitError(f"trusted_proxies: {e}") from None
         return proposal["value"]
 
     admin_password_hashes = Dict(
@@ -259,7 +220,7 @@ class WodAuthenticator(Authenticator):
             self.log.critical(exposed)
             raise SystemExit(1)
         self.store = Store.shared(self.wod.db_url)
-        self._trusted = [ipaddress.ip_network(item, strict=False) for item in self.trusted_proxies]
+        self._trusted = networks(self.trusted_proxies)
         # One hash of a random password per hash cost in use: the students' and
         # each admin's (admins' hashes cost far more). Every refusal checks the
         # password once at each of these costs, whatever the name, so neither

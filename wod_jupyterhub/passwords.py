@@ -46,6 +46,15 @@ def hash_password(password: str, cost: int = STUDENT_COST, r: int = 8, p: int = 
     return f"scrypt${cost}${r}${p}${_b64(salt)}${_b64(key)}"
 
 
+def hash_params(stored: str) -> tuple:
+    """``(cost, r, p)`` of an ``scrypt$cost$r$p$salt$key`` hash; the students' when it is not one."""
+    parts = stored.split("$")
+    try:
+        return int(parts[1]), int(parts[2]), int(parts[3])
+    except (IndexError, ValueError):
+        return STUDENT_COST, 8, 1
+
+
 def verify_password(password: str, stored: str) -> bool:
     """Constant-time check of ``password`` against a stored hash; False for any malformed hash."""
     if not password or not stored:

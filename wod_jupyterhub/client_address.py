@@ -1,0 +1,49 @@
+"""The address a login comes from: the TCP peer, or what the trusted proxies in front of the hub saw.
+
+The hub runs tornado with ``xheaders=True``, which takes ``X-Real-Ip`` (or
+the last ``X-Forwarded-For`` entry) from any client: a guesser could name a
+new address on every try. Only entries appended by trusted proxies are
+believed here. This module is core: it imports nothing from the hub process.
+"""
+
+import ipaddress
+
+
+def networks(items) -> list:
+    """``ip_network`` of each address or CIDR; ValueError naming the first that is neither."""
+    out = []
+    for item in items:
+        try:
+            out.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an address or a network (CIDR)") from None
+    return out
+
+
+def forwarded_client(peer: str, forwarded_for: str | None, trusted: list) -> str:
+    """The client address: ``peer``, or while the hop is a trusted proxy, the entry it appended to X-Forwarded-For.
+
+    Read from the right: each trusted proxy appends the address it was
+    reached from, so the first untrusted entry is the one a trusted proxy
+    saw; what the client itself wrote further left is never reached. A hop
+    that is not an address (a proxy's bug) stops the walk at the last one
+    that was.
+    """
+    address = peer
+    hops = [h.strip() for h in (forwarded_for or "").split(",")]
+    while is_trusted(address, trusted) and hops:
+        hop = hops.pop()
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            break
+        address = hop
+    return address
+
+
+def is_trusted(address: str, trusted: list) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
