@@ -6,6 +6,7 @@ The verbs' handler hands each request to the engine: ``VerbHandler.post`` →
 OpenAPI document (``openapi.json``), the one place they are written.
 """
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -266,12 +267,13 @@ class StudentHandler(BaseHandler):
 
 class WorkshopsHandler(BaseHandler):
     async def get(self):
-        self.send({"workshops": self.app.catalog.get().to_json()})
+        # Reading every wod.yml (when the cache is stale) and building the answer happen off the event loop.
+        self.send({"workshops": await asyncio.to_thread(lambda: self.app.catalog.get().to_json())})
 
 
 class WorkshopHandler(BaseHandler):
     async def get(self, name):
-        ws, _, _ = self.app.catalog.workshop(name)
+        ws, _, _ = await asyncio.to_thread(self.app.catalog.workshop, name)
         self.send(ws.to_json())
 
 
