@@ -288,6 +288,33 @@ def test_previous_participants_session_ends_and_others_stay_out(hub):
     hub.hub_api("DELETE", f"/users/{name}/server")
 
 
+def test_a_token_noted_like_a_servers_ends_with_the_seat_generation(hub):
+    """Issue 8 #16: the hub keeps a running server's own token, recognised by what it knows, not by a note."""
+    n, name = 21, "student21"
+    password, _ = create(hub, n)
+    c = logged_in(hub, name, password)
+    xsrf = c.cookies.get("_xsrf", path="/hub/")
+    # users choose their own notes: this one claims to be a server's
+    r = c.post(f"/hub/api/users/{name}/tokens", json={"note": f"Server at /user/{name}/"}, headers={"X-XSRFToken": xsrf, "Referer": hub.url + "hub/token"})
+    assert r.status_code == 201, r.text
+    token = r.json()["token"]
+
+    def me():
+        return httpx.get(hub.api_url + "/user", headers={"Authorization": f"token {token}"}).status_code
+
+    assert me() == 200
+    # the seat changes hands in the wod database before the service got to the hub (its revoke call
+    # failed or is yet to come): the hub alone must end what the participant had
+    store = Store(hub.db_url)
+    with store.session() as s:
+        s.execute(update(Student).where(Student.number == n).values(generation=Student.generation + 1))
+    store.dispose()
+    assert me() == 403
+    assert me() == 403  # not only refused once: the token is gone
+    tokens = hub.hub_api("GET", f"/users/{name}/tokens").json()["api_tokens"]
+    assert not [t for t in tokens if (t.get("note") or "").startswith("Server at")], tokens
+
+
 def test_admin_login_and_refusals(hub):
     admin = logged_in(hub, "admin", ADMIN_PASSWORD)
     me = admin.get("/hub/api/user", headers={"Referer": hub.url + "hub/home"}).json()
@@ -381,3 +408,17 @@ def test_create_can_start_the_students_server(tmp_path):
         [stop] = [s for s in op["steps"] if s["name"] == "end-sessions"]
         assert stop["detail"]["stopped"] is True
         assert hub.hub_api("GET", f"/users/{name}").json()["servers"] == {}
+
+        # The seat's next participant: the login ends the previous generation's sessions, and keeps
+        # the token the hub gave the server the service started for this one (issue 8 #16).
+        password, customer = create(hub, n)
+        deadline = time.monotonic() + 90
+        while not hub.hub_api("GET", f"/users/{name}").json()["servers"].get("", {}).get("ready"):
+            assert time.monotonic() < deadline, hub.hub_api("GET", f"/users/{name}").json()
+            time.sleep(0.5)
+        c = logged_in(hub, name, password)
+        assert open_lab(c, name).status_code == 200
+        assert server_get(c, name, f"api/contents/{WORKSHOP}/0-ReadMeFirst.ipynb").status_code == 200
+        tokens = hub.hub_api("GET", f"/users/{name}/tokens").json()["api_tokens"]
+        assert [t for t in tokens if t["note"] == f"Server at /user/{name}/"], tokens  # the hub's, not a user's
+        cleanup(hub, n, customer)

@@ -62,8 +62,6 @@ from .store import Store, Throttle, utcnow
 #: prefix of a ``cookie_id`` that carries the seat generation it was issued under
 SESSION_TAG = "wodg"
 
-#: tokens that belong to a server process rather than to a person (see user.py in JupyterHub)
-SERVER_TOKEN_NOTES = ("Server at ", "retrieved from spawner")
 
 
 def session_generation(cookie_id: str | None):
@@ -463,14 +461,38 @@ class WodAuthenticator(Authenticator):
         old = session_generation(orm_user.cookie_id)
         orm_user.cookie_id = new_cookie_id(generation)
         revoked = 0
+        keep = self.server_token_ids(orm_user, generation)
         for token in list(orm_user.api_tokens):
-            if not (token.note or "").startswith(SERVER_TOKEN_NOTES):
+            if token.id not in keep:
                 db.delete(token)
                 revoked += 1
         db.commit()
         self.log.info(
             "Ended the sessions of %s (seat generation %s -> %d, %d token(s) revoked)", orm_user.name, old, generation, revoked
         )
+
+    def server_token_ids(self, orm_user, generation: int) -> set:
+        """Ids of the API tokens held by ``orm_user``'s servers that run for seat ``generation``.
+
+        Recognised by what the hub itself knows, never by a token's note
+        (users write their own notes: a personal token noted "Server at …"
+        must end with the session like any other). A ``WodSpawner`` records
+        the id of the token the hub issued to it, and the generation it was
+        started for, in its state (kept across hub restarts); only a server
+        started for the current generation keeps its token, so a server left
+        from a previous participant loses its access to the hub too.
+        """
+        users = getattr(self.parent, "users", None)
+        user = users.get(orm_user.id) if isinstance(users, dict) else None
+        if user is None:
+            return set()
+        keep = set()
+        for spawner in getattr(user, "spawners", {}).values():
+            token_id = getattr(spawner, "server_token_id", None)
+            assignment = getattr(spawner, "_assignment", None) or {}
+            if token_id is not None and spawner.active and assignment.get("generation") == generation:
+                keep.add(token_id)
+        return keep
 
     async def add_user(self, user):
         super().add_user(user)

@@ -63,6 +63,9 @@ class WodSpawner(LocalProcessSpawner):
         super().__init__(**kwargs)
         self.wod = Wod(config=self.config)
         self._assignment = None
+        # The id (not the secret) of the API token the hub issued to this server: WodAuthenticator keeps
+        # that token, and no other, when it ends the user's sessions (a note says nothing: users write them).
+        self.server_token_id = None
 
     @property
     def store(self) -> Store:
@@ -115,6 +118,7 @@ class WodSpawner(LocalProcessSpawner):
     async def run_pre_spawn_hook(self):
         self._assignment = await asyncio.to_thread(self.load_assignment)
         self.apply_assignment(self._assignment)
+        self.server_token_id = self.find_server_token_id()
         return await maybe_future(super().run_pre_spawn_hook())
 
     # -- the process -------------------------------------------------------
@@ -153,11 +157,24 @@ class WodSpawner(LocalProcessSpawner):
         state = super().get_state()
         if self._assignment:
             state["wod_assignment"] = self._assignment
+        if self.server_token_id is not None:
+            state["wod_server_token"] = self.server_token_id
         return state
 
     def load_state(self, state):
         super().load_state(state)
         self._assignment = state.get("wod_assignment") or self._assignment
+        self.server_token_id = state.get("wod_server_token", self.server_token_id)
+
+    def find_server_token_id(self):
+        """The database id of ``self.api_token``, the token the hub made for this server start."""
+        from jupyterhub import orm
+
+        db = getattr(self.user, "db", None)
+        if db is None or not self.api_token:
+            return None
+        token = orm.APIToken.find(db, self.api_token)
+        return token.id if token is not None else None
 
     # -- after the stop -----------------------------------------------------
 
@@ -200,4 +217,5 @@ class WodSpawner(LocalProcessSpawner):
                 self.log.exception("Completion snapshot failed for %s", self.user.name)
         # Not in clear_state: poll() clears the state before this hook runs.
         self._assignment = None
+        self.server_token_id = None
         return await maybe_future(super().run_post_stop_hook())
