@@ -1,0 +1,183 @@
+"""What a student's uid leaves outside its home, found and removed when the seat changes hands.
+
+A participant can leave more than files in their home: files in the shared
+temporary folders (``/tmp``, ``/var/tmp``, ``/dev/shm``, POSIX message
+queues), System V IPC objects (shared memory, semaphores, message queues),
+a crontab or ``at`` jobs (which would run as ``student<N>`` during the next
+participant's session). :func:`remove_leftovers` removes all of them for one
+uid; its processes are :mod:`uidkill`'s job, done before this.
+
+Removal is safe against a student who shaped these places: the temporary
+folders are walked by descriptor without following any link, a folder is
+entered only when the uid could have written into it (its own, or writable
+by all or by its group), and what belongs to the uid is erased by
+:func:`fdtrees.erase_tree` relative to that descriptor.
+
+Core module: imports nothing of the hub or the service.
+"""
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import stat
+
+from .fdtrees import erase_tree
+
+log = logging.getLogger("wod.leftovers")
+
+#: where a process may leave files outside its home without being given a place
+TEMP_FOLDERS = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue")
+#: crontab and at spools (Debian, then Red Hat layouts); files named or owned by the student go
+SPOOLS = ("/var/spool/cron/crontabs", "/var/spool/cron/atjobs", "/var/spool/cron/atspool", "/var/spool/cron", "/var/spool/at")
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _writable_by(st: os.stat_result, uid: int, gid: int) -> bool:
+    if st.st_uid == uid:
+        return True
+    return bool(st.st_mode & stat.S_IWOTH) or (st.st_gid == gid and bool(st.st_mode & stat.S_IWGRP))
+
+
+def _erase_at(dir_fd: int, name: str) -> None:
+    """Erase ``name`` (file, link or tree) in the open folder ``dir_fd``, following no link."""
+    # /proc/self/fd/N names the folder itself (not a path someone could swap above it).
+    erase_tree(os.path.join(f"/proc/self/fd/{dir_fd}", name))
+
+
+def remove_temp_files(uid: int, gid: int | None = None, folders=TEMP_FOLDERS) -> int:
+    """Remove every file, link and folder that ``uid`` owns in the shared temporary ``folders``; return how many.
+
+    A folder of another owner is searched only when ``uid`` could have
+    written into it (``/tmp`` itself, a world-writable folder inside it),
+    so the walk stays within what a student can reach; the student's own
+    folders go whole.
+    """
+    gid = uid if gid is None else gid
+    removed = 0
+    for folder in folders:
+        try:
+            top = os.open(folder, _DIR_FLAGS)
+        except OSError:
+            continue  # not on this system (no /dev/mqueue mounted, say)
+        stack = [top]
+        try:
+            while stack:
+                fd = stack.pop()
+                try:
+                    with os.scandir(fd) as it:
+                        entries = [e.name for e in it]
+                    for name in entries:
+                        try:
+                            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                        except FileNotFoundError:
+                            continue
+                        if st.st_uid == uid:
+                            try:
+                                _erase_at(fd, name)
+                                removed += 1
+                            except FileNotFoundError:
+                                pass
+                        elif stat.S_ISDIR(st.st_mode) and _writable_by(st, uid, gid):
+                            try:
+                                stack.append(os.open(name, _DIR_FLAGS, dir_fd=fd))
+                            except OSError:
+                                pass
+                finally:
+                    os.close(fd)
+        finally:
+            for fd in stack:
+                os.close(fd)
+    return removed
+
+
+# -- System V IPC ---------------------------------------------------------------
+
+_IPC_RMID = 0
+_IPC_TABLES = (("shm", "shmid"), ("sem", "semid"), ("msg", "msqid"))
+_libc = None
+
+
+def _ipc_remove(kind: str, ident: int) -> bool:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if kind == "shm":
+        rc = _libc.shmctl(ident, _IPC_RMID, None)
+    elif kind == "sem":
+        rc = _libc.semctl(ident, 0, _IPC_RMID)
+    else:
+        rc = _libc.msgctl(ident, _IPC_RMID, None)
+    return rc == 0
+
+
+def ipc_objects(uid: int) -> list[tuple[str, int]]:
+    """(kind, id) of the System V IPC objects that ``uid`` owns or created (``/proc/sysvipc``)."""
+    found = []
+    for kind, id_column in _IPC_TABLES:
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                header = f.readline().split()
+                rows = [line.split() for line in f]
+        except OSError:
+            continue
+        try:
+            at_id, at_uid, at_cuid = header.index(id_column), header.index("uid"), header.index("cuid")
+        except ValueError:
+            log.warning("/proc/sysvipc/%s has no %s/uid/cuid columns; its objects are not checked", kind, id_column)
+            continue
+        for row in rows:
+            try:
+                if int(row[at_uid]) == uid or int(row[at_cuid]) == uid:
+                    found.append((kind, int(row[at_id])))
+            except (IndexError, ValueError):
+                continue
+    return found
+
+
+def remove_ipc(uid: int) -> int:
+    """Remove the System V shared memory, semaphores and message queues of ``uid``; return how many."""
+    return sum(_ipc_remove(kind, ident) for kind, ident in ipc_objects(uid))
+
+
+# -- cron and at ------------------------------------------------------------------
+
+
+def remove_spooled_jobs(uid: int, name: str, spools=SPOOLS) -> int:
+    """Remove the crontab and the ``at`` jobs of ``uid`` (files it owns, or named ``name``) from the spools."""
+    removed = 0
+    for spool in spools:
+        try:
+            fd = os.open(spool, _DIR_FLAGS)
+        except OSError:
+            continue
+        try:
+            with os.scandir(fd) as it:
+                entries = [e.name for e in it]
+            for entry in entries:
+                try:
+                    st = os.stat(entry, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    continue
+                if st.st_uid == uid or entry == name:
+                    os.unlink(entry, dir_fd=fd)
+                    removed += 1
+        finally:
+            os.close(fd)
+    return removed
+
+
+def remove_leftovers(uid: int, gid: int, name: str, temp_folders=TEMP_FOLDERS) -> dict:
+    """Everything of ``uid`` outside its home: temporary files, IPC objects, crontab and ``at`` jobs.
+
+    Run after its processes are gone (none can make more meanwhile);
+    returns what was removed, for the operation's journal.
+    """
+    return {
+        "temp_files": remove_temp_files(uid, gid, temp_folders),
+        "ipc": remove_ipc(uid),
+        "jobs": remove_spooled_jobs(uid, name),
+    }
