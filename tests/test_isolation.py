@@ -7,14 +7,14 @@ Each test plays the student with a real process under the student's uid
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from sysusers import Hopper, as_student, ensure_accounts, require_root, uid  # noqa: F401 - require_root is a fixture
-from wod_jupyterhub import fdtrees as trees, leftovers, uidkill
+from tests.sysusers import Hopper, as_student, ensure_accounts, require_root, uid  # noqa: F401 - require_root is a fixture
+from wod_jupyterhub import fdtrees as trees
+from wod_jupyterhub import leftovers, uidkill
 
 pytestmark = pytest.mark.usefixtures("require_root")
 
@@ -198,7 +198,8 @@ def test_temp_files_ipc_objects_and_jobs_of_the_uid_go_and_no_one_elses(accounts
         "import ctypes\n"
         "libc = ctypes.CDLL(None, use_errno=True)\n"
         "IPC_PRIVATE, IPC_CREAT = 0, 0o1000\n"
-        "ids = [libc.shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0o600), libc.semget(IPC_PRIVATE, 1, IPC_CREAT | 0o600), libc.msgget(IPC_PRIVATE, IPC_CREAT | 0o600)]\n"
+        "ids = [libc.shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0o600), libc.semget(IPC_PRIVATE, 1, IPC_CREAT | 0o600),\n"
+        "       libc.msgget(IPC_PRIVATE, IPC_CREAT | 0o600)]\n"
         "assert min(ids) >= 0, ctypes.get_errno()\n"
         "print(*ids)\n",
     )
@@ -214,6 +215,10 @@ def test_temp_files_ipc_objects_and_jobs_of_the_uid_go_and_no_one_elses(accounts
     assert leftovers.ipc_objects(uid(B)) == []
 
 
+# Schedules a job with the command of argv; prints its exit status and what it said.
+TRY_JOB = "import subprocess, sys; r = subprocess.run(sys.argv[1:], input='* * * * * true\\n', text=True, capture_output=True); print(r.returncode, r.stderr)"
+
+
 def test_users_create_refuses_cron_and_at_and_the_wipe_removes_spooled_jobs(accounts, tmp_path):
     import shutil
 
@@ -221,9 +226,9 @@ def test_users_create_refuses_cron_and_at_and_the_wipe_removes_spooled_jobs(acco
         pytest.fail("cron and at must be installed (make system-tools)")
     deny = Path("/etc/cron.deny").read_text().split()
     assert f"student{B}" in deny and f"student{B}" in Path("/etc/at.deny").read_text().split()
-    r = as_student(B, "import subprocess; r = subprocess.run(['crontab', '-'], input='* * * * * true\\n', text=True, capture_output=True); print(r.returncode, r.stderr)")
+    r = as_student(B, TRY_JOB, "crontab", "-")
     assert r.stdout.split()[0] != "0" and "not allowed" in r.stdout, r.stdout
-    r = as_student(B, "import subprocess; r = subprocess.run(['at', 'now + 1 hour'], input='true\\n', text=True, capture_output=True); print(r.returncode, r.stderr)")
+    r = as_student(B, TRY_JOB, "at", "now + 1 hour")
     assert r.stdout.split()[0] != "0" and "permission" in r.stdout, r.stdout
     # a job spooled before the refusal (or by someone else for them) goes with the wipe
     spool = tmp_path / "crontabs"
