@@ -14,7 +14,10 @@ import pytest
 
 from tests.sysusers import Hopper, as_student, ensure_accounts, require_root, uid  # noqa: F401 - require_root is a fixture
 from wod_jupyterhub import fdtrees as trees
-from wod_jupyterhub import leftovers, uidkill
+from wod_jupyterhub import homes, leftovers, uidkill
+from wod_jupyterhub.catalog import load_catalog
+from wod_jupyterhub.config import Wod, share_dir
+from wod_jupyterhub.variables import template_variables
 
 pytestmark = pytest.mark.usefixtures("require_root")
 
@@ -48,6 +51,44 @@ def student_dir(place: Path, n: int, name: str = None) -> Path:
     d.mkdir()
     os.chown(d, uid(n), uid(n))
     return d
+
+
+# -- item 1: a home is its student's alone -------------------------------------------------------
+
+# Tries to list a folder and read a file; prints what it managed ("listed", "read") or the errors.
+PEEK = """
+import os, sys
+folder, path = sys.argv[1], sys.argv[2]
+out = []
+for what, act in (("listed", lambda: os.listdir(folder)), ("read", lambda: open(path).read())):
+    try:
+        act()
+        out.append(what)
+    except OSError as e:
+        out.append(type(e).__name__)
+print(" ".join(out))
+"""
+
+
+def test_another_student_cannot_list_a_home_or_read_the_password_in_its_readme(accounts, place):
+    wod = Wod(students_root=str(place / "students"), uid_base=10000, system_users=True, variables={"BRANDING": "B", "BRANDINGWOD": "W"})
+    ws = load_catalog([share_dir() / "workshops"]).get("WKSHP-PythonBasics")
+    password = "Secret-of-A-42"
+    variables = template_variables(wod, ws, A, password, modews="WKSHP", hostname="wodhost")
+    home = homes.provision(wod, ws, A, variables, uid=uid(A), gid=uid(A))
+    readme = home / ws.name / "0-ReadMeFirst.ipynb"
+    assert password in readme.read_text()  # the ReadMeFirst does carry it
+
+    # student A reads their own; student B neither lists the home nor reads the notebook
+    assert as_student(A, PEEK, home, readme).stdout.split() == ["listed", "read"]
+    assert as_student(B, PEEK, home, readme).stdout.split() == ["PermissionError", "PermissionError"]
+    assert as_student(B, PEEK, home / ws.name, readme).stdout.split() == ["PermissionError", "PermissionError"]
+    # nor the folder of the homes (which seats are in use), while each student still reaches their own
+    assert as_student(B, PEEK, wod.students_root, readme).stdout.split()[0] == "PermissionError"
+    # and nothing inside gives the group or others a bit, should the student open their home's top
+    loose = [str(p) for p in [home, *home.rglob("*")] if not p.is_symlink() and p.lstat().st_mode & 0o077]
+    assert loose == []
+    homes.drain()
 
 
 # -- item 6: no process of the uid survives ------------------------------------------------------

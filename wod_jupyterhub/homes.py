@@ -19,15 +19,14 @@ import functools
 import hashlib
 import json
 import os
-import shutil
-import stat
 import tempfile
 import threading
 from pathlib import Path
 
 from . import errors
+from .fdtrees import chown_tree, erase_tree
 from .templating import Renderer, default_renderer, is_templated
-from .trees import chown_tree, copy_skel, source_tree, write_tree
+from .trees import DIR_MODE, copy_skel, source_tree, write_tree
 
 #: JupyterLab (jupyterlab_server.workspaces_handler.slugify) stores the
 #: workspace named "default" -- the one ``/lab`` opens -- in
@@ -58,17 +57,23 @@ def home_path(wod, student: int) -> Path:
 
 
 def _remove(path: str) -> None:
-    """Remove a file, a symlink or a tree without following any symlink."""
+    """Remove a file, a symlink or a tree: by descriptor, at any depth, without following any symlink."""
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        # rmtree works on file descriptors here and never follows symlinks;
-        # errors are ignored only for a hidden leftover a deferred erasure may be removing too
-        shutil.rmtree(path, ignore_errors=os.path.basename(path).startswith(".student"))
-    else:
-        os.unlink(path)
+        erase_tree(path)
+    except OSError:
+        # Only a hidden leftover may be removed by a deferred erasure at the same time.
+        if not os.path.basename(path).startswith(".student"):
+            raise
+
+
+def _students_root(wod) -> Path:
+    """The folder of the homes, made ``0711`` when missing: every student may pass through it to their
+    home, none may list it (the names of the seats in use, of the stages)."""
+    root = Path(wod.students_root)
+    if not root.is_dir():
+        root.mkdir(mode=0o711, parents=True, exist_ok=True)
+        root.chmod(0o711)  # mkdir's mode is cut by the umask
+    return root
 
 
 def _stale(wod, student: int):
@@ -116,7 +121,7 @@ def _erase_later(path: str) -> None:
             from concurrent.futures import ThreadPoolExecutor
 
             _eraser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wod-erase")
-        _eraser.submit(shutil.rmtree, path, True)
+        _eraser.submit(_remove, path)
 
 
 def drain() -> None:
@@ -256,7 +261,7 @@ def _build(wod, workshop, new: str, entries, renderer: Renderer, variables, part
     ``"templates"`` fills a stage, which holds the skeleton and the workspace already.
     """
     if part != "templates":
-        os.chmod(new, 0o755)
+        os.chmod(new, DIR_MODE)
         if wod.skel and os.path.isdir(wod.skel):
             copy_skel(wod.skel, new)
     write_tree(
@@ -264,8 +269,9 @@ def _build(wod, workshop, new: str, entries, renderer: Renderer, variables, part
     )
     if part != "templates":
         wsdir = os.path.join(new, WORKSPACE_DIR)
-        os.makedirs(wsdir, 0o755, exist_ok=True)
-        with open(os.path.join(wsdir, WORKSPACE_FILE), "w", encoding="utf-8") as f:
+        os.makedirs(wsdir, DIR_MODE, exist_ok=True)
+        fd = os.open(os.path.join(wsdir, WORKSPACE_FILE), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "w", encoding="utf-8") as f:
             f.write(_workspace(workshop.name, wod.readme_notebook))
     if uid is not None:
         chown_tree(new, uid, gid if gid is not None else uid)
@@ -288,8 +294,7 @@ def stage(wod, workshop, student: int) -> bool:
     """
     _check_workshop(wod, workshop)
     home_path(wod, student)
-    root = Path(wod.students_root)
-    root.mkdir(parents=True, exist_ok=True)
+    root = _students_root(wod)
     entries = source_tree(Path(workshop.path), Path(workshop.root))
     target = _staged_path(wod, student, _stage_key(wod, workshop, entries))
     if os.path.isdir(target):
@@ -334,8 +339,7 @@ def provision(
     renderer = renderer or default_renderer(wod)
     home = home_path(wod, student)
     _check_workshop(wod, workshop)
-    root = Path(wod.students_root)
-    root.mkdir(parents=True, exist_ok=True)
+    root = _students_root(wod)
     entries = source_tree(Path(workshop.path), Path(workshop.root))
     stale = _stale(wod, student)
     new = tempfile.mkdtemp(prefix=f".student{student}.new-", dir=root)

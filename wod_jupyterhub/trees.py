@@ -2,8 +2,9 @@
 
 A symlink is followed only inside the notebooks root; sockets, fifos and
 devices are never copied; copies use ``sendfile`` and keep only the exec
-bit. :mod:`.homes` builds a student's home with these; :mod:`.templating`
-renders the templated files. Core: nothing from the hub process.
+bit, for the owner alone (folders ``0700``, files ``0600``). :mod:`.homes`
+builds a student's home with these; :mod:`.templating` renders the
+templated files. Core: nothing from the hub process.
 """
 
 from __future__ import annotations
@@ -15,6 +16,14 @@ from pathlib import Path
 from .templating import Renderer, RenderError, is_templated
 
 log = logging.getLogger(__name__)
+
+# A home is its student's alone: ReadMeFirsts carry the student's password ({{ PASSSTU }}), and in
+# system-users mode every other account is another participant. No bits for the group or others.
+DIR_MODE = 0o700
+
+
+def _file_mode(executable) -> int:
+    return 0o700 if executable else 0o600
 
 
 def write_tree(
@@ -36,17 +45,17 @@ def write_tree(
     top = src.name
     written = []
     if part != "templates":
-        os.mkdir(dst, 0o755)
+        os.mkdir(dst, DIR_MODE)
     for rel, target, is_dir in entries:
         out = os.path.join(dst, rel)
         if is_dir:
             if part != "templates":
-                os.mkdir(out, 0o755)
+                os.mkdir(out, DIR_MODE)
         elif is_templated(os.path.basename(rel)):
             if part == "static":
                 continue
             data = renderer.render_file(Path(target), f"{top}/{rel}", variables).encode("utf-8")
-            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o755 if _executable(target) else 0o644)
+            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _file_mode(_executable(target)))
             try:
                 view = memoryview(data)
                 while view:
@@ -112,7 +121,7 @@ def copy_file(src: str, dst: str) -> None:
     fin = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         st = os.fstat(fin)
-        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o755 if st.st_mode & 0o111 else 0o644)
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _file_mode(st.st_mode & 0o111))
         try:
             offset = 0
             while offset < st.st_size:
@@ -134,14 +143,7 @@ def copy_skel(skel: str, dst: str) -> None:
             if entry.is_symlink():
                 log.warning("skeleton %s: symlink skipped", entry.path)
             elif entry.is_dir(follow_symlinks=False):
-                os.mkdir(out, 0o755)
+                os.mkdir(out, DIR_MODE)
                 copy_skel(entry.path, out)
             elif entry.is_file(follow_symlinks=False):
                 copy_file(entry.path, out)
-
-
-def chown_tree(top: str, uid: int, gid: int) -> None:
-    os.lchown(top, uid, gid)
-    for dirpath, dirnames, filenames in os.walk(top):
-        for name in dirnames + filenames:
-            os.lchown(os.path.join(dirpath, name), uid, gid)
