@@ -224,6 +224,37 @@ class Wod(Configurable):
 
     uid_base = Integer(10000, help="With ``system_users``, student N has uid and gid ``uid_base + N``.").tag(config=True)
 
+    home_size_limit = Integer(
+        0,
+        help="""Bytes a seat's home may take on disk; 0 for no limit.
+
+        Checked when a seat is cleaned up: the home of a ``reset: true``
+        workshop, kept until its RESET, is erased all the same when it is
+        over the limit (the seat stays kept), so one participant cannot hold
+        the homes' disk full for the others. During a session only the file
+        system can stop a student: where it has quotas (ext4 or XFS mounted
+        with ``usrquota``), give each ``uid_base + N`` a quota of this size
+        (``setquota``); the default ext4 mount has none.
+        """,
+    ).tag(config=True)
+
+    @validate("home_size_limit")
+    def _size_limit(self, proposal):
+        if proposal["value"] < 0:
+            raise TraitError(f"home_size_limit is a number of bytes, 0 for none; not {proposal['value']}")
+        return proposal["value"]
+
+    temp_folders = List(
+        Unicode(),
+        ["/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue"],
+        help="""Folders every account may write into, cleared of a seat's files when it is wiped (system-users mode).
+
+        What the seat's uid owns there goes, searched by descriptor without
+        following links, entering only folders the uid could write into.
+        Add any other world-writable folder your machine has.
+        """,
+    ).tag(config=True)
+
     readme_notebook = Unicode(
         "0-ReadMeFirst.ipynb",
         help="The notebook every workshop must have and that opens first.",

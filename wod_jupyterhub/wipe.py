@@ -1,0 +1,51 @@
+"""Wiping a seat for its next participant: its processes, its home, what its uid left elsewhere.
+
+The order matters. The processes go first, whatever the rest does: a
+home the erase cannot finish (or a hook that failed before) must not leave
+a participant's programs running into the next session, and once they are
+gone nothing can write into the home or the temporary folders while they
+are cleared. Then the home (unless the workshop keeps it for its RESET),
+then the uid's files in the shared temporary folders, its IPC objects and
+spooled jobs. Processes and leftovers exist only in system-users mode:
+otherwise every server runs as the hub's own user, which nothing may kill.
+
+A kept home is measured first: one over ``c.Wod.home_size_limit`` is
+erased all the same (the seat stays kept), so a participant cannot keep
+the homes' disk filled until the workshop's RESET.
+
+Core module: imports nothing of the hub or the service.
+"""
+
+from __future__ import annotations
+
+from . import homes
+from .fdtrees import tree_size
+from .leftovers import remove_leftovers
+from .uidkill import kill_uid
+
+
+def home_bytes(wod, n: int) -> int:
+    """Bytes the home of ``student<n>`` takes on disk (its allocated blocks; links not followed)."""
+    return tree_size(str(homes.home_path(wod, n)))
+
+
+def wipe_seat(wod, n: int, keep_home: bool = False) -> dict:
+    """Kill, erase (or keep) and clear seat ``n``; return what was done, for the operation's journal."""
+    detail: dict = {}
+    uid = wod.uid_base + n if wod.system_users else None
+    if uid is not None:
+        detail["killed"] = kill_uid(uid)
+    try:
+        if keep_home and wod.home_size_limit:
+            size = home_bytes(wod, n)
+            detail["home_bytes"] = size
+            if size > wod.home_size_limit:
+                detail["over_limit"] = True
+                keep_home = False
+        if not keep_home:
+            homes.erase_home(wod, n)
+            detail["erased"] = True
+    finally:
+        if uid is not None:
+            detail.update(remove_leftovers(uid, uid, f"student{n}", wod.temp_folders))
+    return detail
