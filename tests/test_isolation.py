@@ -281,3 +281,38 @@ def test_users_create_refuses_cron_and_at_and_the_wipe_removes_spooled_jobs(acco
     os.chown(owned, uid(B), uid(B))
     assert leftovers.remove_spooled_jobs(uid(B), f"student{B}", spools=[str(spool)]) == 2
     assert sorted(p.name for p in spool.iterdir()) == ["other"]
+
+
+# -- the wipe: processes first, whatever the erase does; a kept home over its size limit goes ---------
+
+
+def test_the_wipe_kills_and_clears_even_when_the_erase_fails(accounts, place):
+    from wod_jupyterhub import errors
+    from wod_jupyterhub.wipe import wipe_seat
+
+    wod = Wod(students_root=str(place / "students"), uid_base=10000, system_users=True, temp_folders=[str(place / "tmp")])
+    (place / "students").mkdir(mode=0o711)
+    (place / "tmp").mkdir(mode=0o1777)
+    (place / "tmp").chmod(0o1777)
+    (place / "students" / f"student{B}").symlink_to(place)  # a home the erase refuses (it leads out)
+    assert as_student(B, "import sys; open(sys.argv[1] + '/b-tmp', 'w').write('x')", place / "tmp").returncode == 0
+    with Hopper(B, student_dir(place, B)) as hopper:
+        with pytest.raises(errors.BadRequest, match="outside the students folder"):
+            wipe_seat(wod, B)
+        assert not hopper.alive(1.0)
+    assert list((place / "tmp").iterdir()) == []
+
+
+def test_a_kept_home_over_the_size_limit_is_erased_and_one_under_it_kept(accounts, place):
+    from wod_jupyterhub.wipe import wipe_seat
+
+    wod = Wod(students_root=str(place / "students"), uid_base=10000, system_users=True, temp_folders=[], home_size_limit=1 << 20)
+    for n, size in ((A, 4096), (B, 3 << 20)):
+        home = place / "students" / f"student{n}"
+        home.mkdir(parents=True)
+        (home / "data").write_bytes(os.urandom(size))
+    kept = wipe_seat(wod, A, keep_home=True)
+    assert kept["home_bytes"] < 1 << 20 and "erased" not in kept and (place / "students" / f"student{A}" / "data").exists()
+    full = wipe_seat(wod, B, keep_home=True)
+    assert full["over_limit"] is True and full["erased"] is True and full["home_bytes"] > 3 << 20
+    assert not (place / "students" / f"student{B}").exists()
