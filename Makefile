@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CHP := node_modules/.bin/configurable-http-proxy
+# System-users mode runs each server as student<N>: with a Python every account may execute
+# (the one of $(VENV) may sit under /root). Put STUDENT_VENV where all can reach it.
+STUDENT_PYTHON ?= /usr/bin/python3
+STUDENT_VENV ?= $(CURDIR)/.venv-students
 
-.PHONY: demo test lint bench deps chromium clean
+.PHONY: demo test lint bench deps chromium system-users clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,15 +28,32 @@ chromium:
 
 deps: $(VENV)/.installed $(CHP)
 
+# The students' Python: the hub's versions of jupyterhub, jupyterlab and ipykernel, readable by all.
+$(STUDENT_VENV)/.installed: $(VENV)/.installed
+	$(STUDENT_PYTHON) -m venv $(STUDENT_VENV)
+	$(STUDENT_VENV)/bin/pip install -q --upgrade pip
+	$(STUDENT_VENV)/bin/pip install -q $$($(BIN)/pip freeze | grep -iE '^(jupyterhub|jupyterlab|ipykernel)==')
+	chmod -R a+rX $(STUDENT_VENV)
+	touch $@
+
+# As root, what system-users mode and its tests need: the students' Python, and cron and at
+# (the tests show that `wod users create` refuses them to students). Not root: those tests skip.
+system-users: deps
+	@if [ "$$(id -u)" = 0 ]; then \
+	  { command -v crontab && command -v at; } >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cron at >/dev/null; }; \
+	  $(MAKE) --no-print-directory $(STUDENT_VENV)/.installed; \
+	else echo "system-users: not root; the system-users tests will be skipped"; fi
+
 # ruff (the `test` extra) with the settings of pyproject.toml; `make test` runs it first.
 lint: deps
 	$(BIN)/ruff check .
 
-test: deps chromium lint
-	PATH="$(CURDIR)/node_modules/.bin:$$PATH" $(BIN)/pytest -q -ra $(PYTEST_ARGS)
+test: deps chromium lint system-users
+	PATH="$(CURDIR)/node_modules/.bin:$$PATH" WOD_STUDENT_PYTHON="$(STUDENT_VENV)/bin/python" $(BIN)/pytest -q -ra $(PYTEST_ARGS)
 
-demo: deps
-	PATH="$(CURDIR)/node_modules/.bin:$$PATH" $(BIN)/python -m wod_jupyterhub.demo
+# WOD_SYSTEM_USERS=1 make demo (as root): the accounts of the demo's range, every server as its student.
+demo: deps $(if $(filter-out 0,$(WOD_SYSTEM_USERS)),system-users)
+	PATH="$(CURDIR)/node_modules/.bin:$$PATH" WOD_STUDENT_PYTHON="$(STUDENT_VENV)/bin/python" $(BIN)/python -m wod_jupyterhub.demo
 
 # Each benchmark runs as a module from the repository root, so it imports
 # the test helpers as `tests.<module>` (see bench/__init__.py).
@@ -40,4 +61,4 @@ bench: deps
 	PATH="$(CURDIR)/node_modules/.bin:$$PATH"; for b in bench/[!_]*.py; do n=$$(basename $$b .py); echo "== bench.$$n"; $(BIN)/python -m bench.$$n || exit 1; done
 
 clean:
-	rm -rf $(VENV) node_modules students wod.sqlite* wod_secret.key jupyterhub.sqlite jupyterhub_cookie_secret
+	rm -rf $(VENV) $(STUDENT_VENV) node_modules students wod.sqlite* wod_secret.key jupyterhub.sqlite jupyterhub_cookie_secret

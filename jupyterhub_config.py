@@ -22,6 +22,8 @@ HERE = Path(__file__).resolve().parent
 # Every file the demo writes (databases, homes, keys) goes here; the demo's
 # self-check (`python -m wod_jupyterhub.demo --check`) points it at a temporary folder.
 STATE = Path(os.environ.get("WOD_STATE_DIR", HERE)).resolve()
+# The wod service reads this file too (with the hub's JUPYTERHUB_SERVICE_NAME set).
+IN_SERVICE = bool(os.environ.get("JUPYTERHUB_SERVICE_NAME"))
 
 c = get_config()  # noqa: F821 - provided by the config loader
 
@@ -95,9 +97,29 @@ c.Wod.secret_key_file = str(STATE / "wod_secret.key")
 # Every student can then read the hub's secrets, so the hub refuses to start
 # in this mode on an address other than loopback (c.Wod.single_user_on_network).
 # production: True, after `wod users create` (as root) made the accounts
-# student<N> with uid uid_base + N.
-c.Wod.system_users = False
+# student<N> with uid uid_base + N. `WOD_SYSTEM_USERS=1 make demo` (as root)
+# runs the demo so: it makes the accounts of this range and every server
+# runs as its student (README, "Security model").
+SYSTEM_USERS = os.environ.get("WOD_SYSTEM_USERS", "0").lower() not in ("", "0", "false", "no")
+c.Wod.system_users = SYSTEM_USERS
 c.Wod.uid_base = 10000
+if SYSTEM_USERS:
+    # The servers run as student<N>: with a Python every account may execute
+    # (`make system-users` builds one in .venv-students; the hub's own may sit under /root).
+    c.Spawner.cmd = [os.environ.get("WOD_STUDENT_PYTHON") or sys.executable, "-m", "jupyterhub.singleuser"]
+    # Every student passes through the state folder to the homes; none may list it.
+    if not IN_SERVICE:
+        STATE.chmod(0o711)
+    # The hub's database holds its users and token hashes: the hub's alone (SQLite gives its
+    # journal files the database's mode). The wod database, the sealing key and the cookie secret
+    # are made 0600 by their owners.
+    HUB_DB = STATE / "jupyterhub.sqlite"
+    if not HUB_DB.exists():
+        os.close(os.open(HUB_DB, os.O_WRONLY | os.O_CREAT, 0o600))
+
+# Bytes a seat's home may take; checked at CLEANUP (a kept home over it is erased).
+# production: a size, and file-system quotas per uid where the file system has them.
+c.Wod.home_size_limit = 2 * 1024**3
 
 # Global template variables of the workshops.
 c.Wod.variables = {
@@ -176,7 +198,6 @@ c.WodOperations.start_server = False
 # The portal's token: $WOD_API_TOKEN, or a fresh one printed at each start
 # (production: set WOD_API_TOKEN, so that the portal's copy stays valid).
 # The service process reads this file too; it does not need the token.
-IN_SERVICE = bool(os.environ.get("JUPYTERHUB_SERVICE_NAME"))
 # Variables only the hub needs; the wod service never gets them.
 HUB_ONLY_ENV = {"WOD_API_TOKEN", "WOD_ADMIN_HASH"}
 PORTAL_TOKEN = os.environ.get("WOD_API_TOKEN", "")

@@ -9,6 +9,12 @@ portal token, then prints the student name, its password, the portal token
 and the login URL. Ctrl-C (or SIGTERM) stops the hub, which stops the
 proxy, the service and the students' servers.
 
+``WOD_SYSTEM_USERS=1`` (as root) runs it in system-users mode: the
+accounts ``student<N>`` of the configuration's range are made first
+(``wod users create``, idempotent) and every server runs as its student,
+with the Python of ``$WOD_STUDENT_PYTHON`` (``make system-users`` builds one
+every account may execute).
+
 The portal token is ``$WOD_API_TOKEN`` or one made here and handed to the
 hub. ``--state DIR`` (``$WOD_STATE_DIR``) says where the databases and homes
 go; ``--check`` uses a temporary folder and free ports unless told otherwise.
@@ -151,6 +157,24 @@ class DemoHub:
         self.stop()
 
 
+def system_users_requested(env=os.environ) -> bool:
+    return env.get("WOD_SYSTEM_USERS", "0").lower() not in ("", "0", "false", "no")
+
+
+def make_accounts(config: str, env: dict) -> None:
+    """System-users mode: the accounts of the configuration's range (``wod users create``), or a clear error."""
+    if os.geteuid() != 0:
+        raise RuntimeError("WOD_SYSTEM_USERS=1 needs root: the servers run as the accounts student<N>")
+    python = env.get("WOD_STUDENT_PYTHON") or sys.executable
+    probe = subprocess.run([python, "-c", "import jupyterhub"], user=65534, group=65534, extra_groups=[], capture_output=True)
+    if probe.returncode != 0:
+        raise RuntimeError(f"{python} cannot run jupyterhub as another account; run `make system-users` or set WOD_STUDENT_PYTHON")
+    r = subprocess.run([sys.executable, "-m", "wod_jupyterhub.users", "create", "--config", config], env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"wod users create failed: {r.stderr.strip() or r.stdout.strip()}")
+    print(r.stdout.strip(), flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m wod_jupyterhub.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(REPO / "jupyterhub_config.py"), help="hub configuration (default: %(default)s)")
@@ -169,6 +193,8 @@ def main(argv=None) -> int:
         hub.log_path = Path(hub.cwd) / "hub.log"
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
     try:
+        if system_users_requested(hub.env):
+            make_accounts(str(hub.config), hub.env)
         hub.start()
         op = book_seat(hub.url, hub.token, customer="demo", email="demo@example.com")
         result = op.get("result") or {}
