@@ -36,6 +36,7 @@ def env(tmp_path_factory, portal):
     write_workshop(nb, "WKSHP-FailHook", (31, 35))
     write_workshop(nb, "WKSHP-Undef", (36, 40), readme_source="{{ NOPE }}")
     write_workshop(nb, "WKSHP-Slow", (41, 45))
+    write_workshop(nb, "WKSHP-Over", (16, 17))  # inside WKSHP-Keep's range: seats two workshops share
     scripts = root / "scripts"
     scripts.mkdir()
     hooks = {
@@ -341,6 +342,26 @@ def test_cleanup_of_a_reset_workshop_keeps_the_home_until_reset(hub, db, portal,
     assert portal.wait_for(lambda p: any(c.path == "/api/workshop/7" for c in p.accepted()[since:]), 30)
     assert [c.body for c in portal.accepted()[since:] if c.path == "/api/workshop/7"] == [{"capacity": "3"}]
     check(api.post("api/reset", json={"student": 3, "workshop": "WKSHP-Svc"}), 422)
+
+
+def test_reset_of_a_range_touches_only_the_seats_kept_for_its_workshop(hub, db, api):
+    """Issue 8 #17: seat 16 is in session for another workshop whose range overlaps; 18 is free."""
+    password = create(api, 16, "c-over", "WKSHP-Over")["result"]["password"]
+    (home(hub, 16) / "work.txt").write_text("in session")
+    assert create(api, 17, "c-kept", "WKSHP-Keep")["status"] == "succeeded"
+    assert verb(api, "cleanup", {"student": 17, "customer": "c-kept"})["status"] == "succeeded"
+    assert db.student(17).state == "kept"
+    generation = db.student(16).generation
+    op = verb(api, "reset", {"students": [16, 18], "workshop": "WKSHP-Keep"})
+    assert op["status"] == "succeeded", (op["error"], op["steps"])
+    [seats] = [s for s in op["steps"] if s["name"] == "seats"]
+    assert seats["detail"]["seats"] == [17]
+    # the other workshop's participant keeps seat, home, password and session
+    st = db.student(16)
+    assert (st.state, st.customer, st.workshop, st.generation) == ("active", "c-over", "WKSHP-Over", generation)
+    assert db.password_ok(16, password) and (home(hub, 16) / "work.txt").read_text() == "in session"
+    assert db.student(17).state == "free" and not home(hub, 17).exists()
+    assert verb(api, "cleanup", {"student": 16, "customer": "c-over"})["status"] == "succeeded"
 
 
 def test_purge_gets_a_broken_seat_back(hub, db, api):

@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from wod_jupyterhub.processes import kill_uid_processes
+from wod_jupyterhub.uidkill import kill_uid
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="running processes under other uids needs root")
 
-STUDENT_UID, OTHER_UID = 54321, 54322
+STUDENT_UID, OTHER_UID = 10245, 10246  # students 245 and 246 of tests/sysusers.py's range
 
 
 def sleeper(uid: int) -> subprocess.Popen:
@@ -25,12 +25,12 @@ def test_every_process_of_the_students_uid_is_killed_and_no_other():
     mine = [sleeper(STUDENT_UID) for _ in range(3)]
     other = sleeper(OTHER_UID)
     try:
-        assert kill_uid_processes(STUDENT_UID) == 3
+        assert kill_uid(STUDENT_UID) == 3
         for p in mine:
             assert p.wait(timeout=10) == -9  # SIGKILL: nothing a student can trap
         time.sleep(0.2)
         assert other.poll() is None
-        assert kill_uid_processes(STUDENT_UID) == 0  # nothing left: nothing to do
+        assert kill_uid(STUDENT_UID) == 0  # nothing left: nothing to do
     finally:
         for p in [*mine, other]:
             if p.poll() is None:

@@ -50,18 +50,26 @@ def holder_after_pending(work, s, n: int):
     """Who holds seat ``n`` once the operations already queued for it have run (None: free)."""
     st = s.get(Student, n)
     holder = st.customer if st is not None and st.state in Seat.HELD else None
+    # The workshop the seat is kept for, if it is: only a RESET of that one frees it.
+    kept = st.workshop if st is not None and st.state == Seat.KEPT else None
     pending = s.scalars(
         select(Operation).where(Operation.status.in_(Status.UNFINISHED), overlapping(n)).order_by(Operation.created, Operation.id)
     ).all()
     for op in pending:
         if op.verb == "CREATE":
-            holder = op.customer
+            holder, kept = op.customer, None
         elif op.verb == "CLEANUP":
-            ws, _, _ = work.catalog.workshop_or_none(op.workshop or (st.workshop if st else None))
-            if not (ws is not None and ws.reset):
+            name = op.workshop or (st.workshop if st else None)
+            ws, _, _ = work.catalog.workshop_or_none(name)
+            if ws is not None and ws.reset:
+                kept = name
+            else:
                 holder = None
+        elif op.verb == "RESET":
+            if kept is not None and work.catalog.workshop_or_none(kept)[1] == work.catalog.workshop_or_none(op.workshop)[1]:
+                holder, kept = None, None
         else:
-            holder = None
+            holder, kept = None, None
     return holder
 
 

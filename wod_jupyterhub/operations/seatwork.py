@@ -11,7 +11,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import passwords
-from ..processes import kill_uid_processes
+from ..wipe import wipe_seat
 
 
 class SeatWork:
@@ -76,13 +76,9 @@ class SeatWork:
     def uid(self, n: int) -> int | None:
         return self.wod.uid_base + n if self.wod.system_users else None
 
-    def wipe(self, n: int) -> dict:
-        """Erase the home and kill the student's leftover processes (blocking)."""
-        from .. import homes
-
-        homes.erase_home(self.wod, n)
-        killed = kill_uid_processes(self.uid(n)) if self.wod.system_users else 0
-        return {"killed": killed}
+    def wipe(self, n: int, keep_home: bool = False) -> dict:
+        """Kill the seat's processes, erase (or keep) its home, clear what its uid left elsewhere (blocking)."""
+        return wipe_seat(self.wod, n, keep_home)
 
     # ---- the hooks
 

@@ -14,6 +14,8 @@ import asyncio
 import json
 import os
 
+from sqlalchemy import select
+
 from .. import completion as completion_mod
 from .. import completion_worker
 from ..errors import Unprocessable, WodError
@@ -207,8 +209,8 @@ async def cleanup(run, work):
 
     async def release():
         detail = {"kept": keep}
-        if not keep:
-            detail.update(await work.blocking(work.wipe, n))
+        # Every CLEANUP kills and clears the uid's leftovers; a kept home stays (unless over its size limit).
+        detail.update(await work.blocking(work.wipe, n, keep))
         return detail
 
     def released(s, _detail):
@@ -246,16 +248,25 @@ def _completion(wod, n: int, folder: str | None, ws) -> dict:
 
 
 async def reset(run, work):
-    """RESET: erase seats N..M of a reset: true workshop and free them, whoever held them.
+    """RESET: erase the seats of N..M kept for a reset: true workshop and free them, whoever held them.
 
     Steps, in order:
+      seats         which seats of the range are kept for this workshop: the only ones it touches
+                    (not a free seat, not a seat of another workshop whose range overlaps)
       rotate        a new password per seat; the seats are ``cleaning``; the portal hears the passwords
       end-sessions  the servers stopped, the tokens revoked
       hooks-reset   the workshop's reset hooks
       erase         the homes erased, the seats free; the portal hears the workshop's capacity (for a range)
     """
     ws, folder, mode = work.catalog.workshop(run.workshop)
-    numbers, outbox = list(run.students), work.outbox
+    outbox = work.outbox
+
+    async def choose():
+        # Under the range's leases: no other operation changes these seats until this one ends.
+        with run.store.Session() as s:
+            return {"seats": kept_for(work, s, list(run.students), folder)}
+
+    numbers = (await run.step("seats", choose))["seats"]
 
     def cleaning(st, password, s):
         st.state = Seat.CLEANING
@@ -274,10 +285,16 @@ async def reset(run, work):
             free_seat(s.get(Student, n))
             outbox.student_assigned(s, n, False, operation_id=run.id)
         if run.last != run.student:
-            outbox.workshop_capacity(s, folder, len(numbers), operation_id=run.id)
+            outbox.workshop_capacity(s, folder, run.last - run.student + 1, operation_id=run.id)
         run.result["students"] = [run.student, run.last]
 
     await run.step("erase", erase, erased)
+
+
+def kept_for(work, s, numbers, folder) -> list:
+    """The seats of ``numbers`` kept for workshop ``folder`` (their workshop may be named ``CHLG-…``)."""
+    rows = s.scalars(select(Student).where(Student.number.in_(numbers), Student.state == Seat.KEPT)).all()
+    return sorted(st.number for st in rows if st.workshop and work.catalog.workshop_or_none(st.workshop)[1] == folder)
 
 
 # ---------------------------------------------------------------- PURGE

@@ -1,0 +1,233 @@
+"""System-users mode end to end (issue 8): real accounts, the real hub, its proxy and servers, student B an adversary.
+
+Two seats of one workshop are booked over REST: A (``student210``) and B
+(``student211``), Linux accounts made by ``wod users create``. B logs in and
+its server runs as B's uid; from B's own kernel, B tries to read A's home
+and the hub's secrets. Then B, as B's uid, leaves what a participant could
+leave: a forking process, files in ``/tmp`` and ``/dev/shm``, a System V
+shared memory segment, a symlink ``~/WKSHP-Iso -> A's home``, a 3,000-deep
+tree and a malformed notebook. B's CLEANUP must succeed, report B's own
+ratio (not A's), leave no process and no file of B's uid, and free the
+seat; A's home must be byte for byte what it was; B's next CREATE must
+give a clean home.
+
+Two parts hold only with the other half of issue 8 (branch of helper 8a)
+merged: the completion that never follows the workshop folder's link and
+never fails on a malformed notebook or a deep tree (items 2, 4, 5 of its
+walk), and the wod database created ``0600`` (item 10).
+
+The hub's folder is made as a production one would be: passable by all
+(the homes are inside), listable by none, its configuration the hub's alone.
+"""
+
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.hubutil import RealHub, write_workshop
+from tests.sysusers import REPO, Hopper, as_student, ensure_accounts, require_root, uid  # noqa: F401 - require_root is a fixture
+from tests.test_e2e_hub import logged_in, run_cells, spawn
+from wod_jupyterhub import fdtrees
+from wod_jupyterhub.leftovers import ipc_objects
+from wod_jupyterhub.uidkill import kill_uid, live_pids
+
+pytestmark = pytest.mark.usefixtures("require_root")
+
+A, B = 210, 211
+WORKSHOP = "WKSHP-Iso"
+STUDENT_PYTHON = os.environ.get("WOD_STUDENT_PYTHON") or str(REPO / ".venv-students" / "bin" / "python")
+
+
+@pytest.fixture(scope="module")
+def place():
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    top = Path("/tmp") / f"wod-sysusers-{uuid.uuid4().hex[:8]}"
+    top.mkdir(mode=0o711)
+    top.chmod(0o711)
+    yield top
+    for n in (A, B):
+        kill_uid(uid(n))
+    fdtrees.erase_tree(str(top))
+
+
+@pytest.fixture(scope="module")
+def hub(place):
+    if not os.access(STUDENT_PYTHON, os.X_OK):
+        pytest.fail(f"{STUDENT_PYTHON} is missing: `make system-users` builds the students' Python")
+    root = place / "hub"
+    root.mkdir(mode=0o711)
+    root.chmod(0o711)
+    notebooks = root / "notebooks"
+    notebooks.mkdir(mode=0o700)
+    write_workshop(notebooks, WORKSHOP, (A, B))
+    ensure_accounts(A, B, root / "students")
+    with RealHub(
+        root,
+        notebooks=[notebooks],
+        authenticator_class="wod",
+        spawner_class="wod",
+        wod_config={
+            "system_users": True,
+            "uid_base": 10000,
+            "student_min": 200,
+            "student_max": 249,
+            "secret_key": "",
+            "secret_key_file": str(root / "wod_secret.key"),
+        },
+        extra_config=f"c.Spawner.cmd = [{STUDENT_PYTHON!r}, '-m', 'jupyterhub.singleuser']\nc.WodAuthenticator.throttle_ip_failures = 0",
+    ) as h:
+        # Its configuration holds the tokens; the log is the hub's business.
+        for private in (h.config_path, h.log_path):
+            private.chmod(0o600)
+        yield h
+
+
+def book(hub, n):
+    customer = f"cust-{uuid.uuid4().hex[:8]}"
+    with hub.client("portal", via_proxy=True) as c:
+        r = c.post("api/create?wait=90", json={"student": n, "customer": customer, "email": f"{customer}@example.com", "workshop": WORKSHOP})
+    assert r.status_code == 200, r.text
+    op = r.json()
+    assert op["status"] == "succeeded", (op["error"], op["steps"])
+    return op["result"]["password"], customer
+
+
+def cleanup(hub, n, customer):
+    with hub.client("portal", via_proxy=True) as c:
+        r = c.post("api/cleanup?wait=120", json={"student": n, "customer": customer})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def snapshot(home: Path) -> dict:
+    """Every entry below ``home``: its bytes (files), its link target (links), its mode and owner."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(home):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            st = p.lstat()
+            content = os.readlink(p) if p.is_symlink() else (p.read_bytes() if p.is_file() else None)
+            out[str(p.relative_to(home))] = (content, st.st_mode, st.st_uid, st.st_gid)
+    return out
+
+
+def files_of(u: int, *folders) -> list[str]:
+    r = subprocess.run(["find", *map(str, folders), "-xdev", "-uid", str(u)], capture_output=True, text=True)
+    return r.stdout.split()
+
+
+# What B's kernel tries: each path, listed or read; "PermissionError" is the expected answer.
+PROBE = """
+import json, os
+out = {}
+for what, path in PATHS:
+    try:
+        os.listdir(path) if what == "list" else open(path, "rb").read(1)
+        out[path] = "ok"
+    except OSError as e:
+        out[path] = type(e).__name__
+json.dump({"uid": os.getuid(), "results": out}, open(os.path.expanduser("~/probe.json"), "w"))
+"""
+
+# B's leftovers: files in the shared temporary folders, a SysV segment, its workshop folder
+# replaced by a link to A's home, a 3,000-deep tree and a malformed notebook in its home.
+LEAVE = """
+import ctypes, os, sys
+home, a_home, tag, workshop = sys.argv[1:5]
+open(f"/tmp/{tag}-file", "w").write("B was here")
+os.makedirs(f"/tmp/{tag}-dir/inner")
+open(f"/dev/shm/{tag}-shm", "w").write("x")
+assert ctypes.CDLL(None).shmget(0, 4096, 0o1000 | 0o600) >= 0
+os.rename(f"{home}/{workshop}", f"{home}/mine")
+os.symlink(a_home, f"{home}/{workshop}")
+open(f"{home}/mine/1-Exercise.ipynb", "w").write('{"nbformat":3,"worksheets":[{"cells":5}]}')
+fd = os.open(f"{home}/mine", os.O_RDONLY)
+for _ in range(3000):
+    os.mkdir("d", dir_fd=fd)
+    nxt = os.open("d", os.O_RDONLY, dir_fd=fd)
+    os.close(fd)
+    fd = nxt
+os.close(fd)
+"""
+
+
+def test_a_student_reaches_nothing_of_another_and_leaves_nothing_behind(hub, place):
+    students = Path(hub.students_root)
+    home_a, home_b = students / f"student{A}", students / f"student{B}"
+    _, customer_a = book(hub, A)
+    password_b, customer_b = book(hub, B)
+
+    # A ran two cells of the exercise (its own uid wrote them)
+    r = as_student(
+        A,
+        "import json, sys\np = sys.argv[1]\nnb = json.load(open(p))\n"
+        "for i, c in enumerate(c for c in nb['cells'] if c['cell_type'] == 'code' and c['source']):\n    c['execution_count'] = i + 1\n"
+        "json.dump(nb, open(p, 'w'))\n",
+        home_a / WORKSHOP / "1-Exercise.ipynb",
+    )
+    assert r.returncode == 0, r.stderr
+    before_a = snapshot(home_a)
+
+    # B's server runs as B, and from B's kernel nothing of A or of the hub's secrets can be read
+    browser = logged_in(hub, f"student{B}", password_b)
+    spawn(hub, browser, f"student{B}")
+    servers = [p for p in live_pids(uid(B)) if b"jupyterhub.singleuser" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert servers, "no single-user server runs as B's uid"
+    root = Path(hub.root)
+    paths = [
+        ("list", str(home_a)),
+        ("read", str(home_a / WORKSHOP / "0-ReadMeFirst.ipynb")),
+        ("list", str(students)),
+        ("list", str(root)),
+        ("read", str(root / "wod_secret.key")),
+        ("read", str(root / "jupyterhub_cookie_secret")),
+        ("read", str(hub.config_path)),
+        ("read", str(root / "wod.sqlite")),  # 0600: issue 8 item 10 (branch 8a)
+    ]
+    import asyncio
+
+    asyncio.run(run_cells(hub, browser, f"student{B}", [f"PATHS = {paths!r}\n" + PROBE]))
+    probe = json.loads((home_b / "probe.json").read_text())
+    assert probe["uid"] == uid(B)
+    assert probe["results"] == {path: "PermissionError" for _, path in paths}, probe["results"]
+
+    # B leaves all it can
+    tag = f"wod-sysusers-b-{uuid.uuid4().hex[:6]}"
+    r = as_student(B, LEAVE, home_b, home_a, tag, WORKSHOP)
+    assert r.returncode == 0, r.stderr
+    hop_folder = place / "heartbeat"  # outside every temporary folder the wipe clears, so it tells the truth
+    hop_folder.mkdir()
+    os.chown(hop_folder, uid(B), uid(B))
+    hopper = Hopper(B, hop_folder).start()
+    try:
+        op = cleanup(hub, B, customer_b)
+        assert op["status"] == "succeeded", (op["error"], op["steps"])
+        # B's own ratio: its workshop folder is a link to A's home, so B ran nothing of its own
+        completion = op["result"]["completion"]
+        assert (completion["executed"], completion["ratio"]) == (0, 0), completion
+        assert not hopper.alive(1.0), "B's forking process survived the CLEANUP"
+    finally:
+        hopper.stop()
+    fdtrees.erase_tree(str(hop_folder))
+    assert live_pids(uid(B)) == []
+    assert files_of(uid(B), "/tmp", "/var/tmp", "/dev/shm") == []
+    assert ipc_objects(uid(B)) == []
+    assert not home_b.exists()
+    with hub.client("portal") as c:
+        assert c.get(f"api/students/{B}").json()["state"] == "free"
+    assert snapshot(home_a) == before_a  # byte for byte, modes and owners too
+
+    # the next participant of B's seat gets a clean home, like A's fresh one
+    _, customer_b2 = book(hub, B)
+    fresh = snapshot(home_b)
+    assert sorted(fresh) == sorted(before_a)
+    assert {v[2] for v in fresh.values()} == {uid(B)}
+    assert all(not v[1] & 0o077 for v in fresh.values())
+    assert not any(isinstance(v[0], str) for v in fresh.values())  # no symlink
+    for n, customer in ((A, customer_a), (B, customer_b2)):
+        assert cleanup(hub, n, customer)["status"] == "succeeded"
