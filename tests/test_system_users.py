@@ -20,6 +20,7 @@ The hub's folder is made as a production one would be: passable by all
 (the homes are inside), listable by none, its configuration the hub's alone.
 """
 
+import asyncio
 import json
 import os
 import subprocess
@@ -37,8 +38,9 @@ from wod_jupyterhub.uidkill import kill_uid, live_pids
 
 pytestmark = pytest.mark.usefixtures("require_root")
 
-A, B = 210, 211
+A, B, K = 210, 211, 212
 WORKSHOP = "WKSHP-Iso"
+KEPT = "WKSHP-IsoKept"  # reset: true, seat K
 STUDENT_PYTHON = os.environ.get("WOD_STUDENT_PYTHON") or str(REPO / ".venv-students" / "bin" / "python")
 
 
@@ -50,7 +52,7 @@ def place():
     top.mkdir(mode=0o711)
     top.chmod(0o711)
     yield top
-    for n in (A, B):
+    for n in (A, B, K):
         kill_uid(uid(n))
     fdtrees.erase_tree(str(top))
 
@@ -65,7 +67,8 @@ def hub(place):
     notebooks = root / "notebooks"
     notebooks.mkdir(mode=0o700)
     write_workshop(notebooks, WORKSHOP, (A, B))
-    ensure_accounts(A, B, root / "students")
+    write_workshop(notebooks, KEPT, (K, K), reset=True)
+    ensure_accounts(A, K, root / "students")
     with RealHub(
         root,
         notebooks=[notebooks],
@@ -87,10 +90,10 @@ def hub(place):
         yield h
 
 
-def book(hub, n):
+def book(hub, n, workshop=WORKSHOP):
     customer = f"cust-{uuid.uuid4().hex[:8]}"
     with hub.client("portal", via_proxy=True) as c:
-        r = c.post("api/create?wait=90", json={"student": n, "customer": customer, "email": f"{customer}@example.com", "workshop": WORKSHOP})
+        r = c.post("api/create?wait=90", json={"student": n, "customer": customer, "email": f"{customer}@example.com", "workshop": workshop})
     assert r.status_code == 200, r.text
     op = r.json()
     assert op["status"] == "succeeded", (op["error"], op["steps"])
@@ -189,8 +192,6 @@ def test_a_student_reaches_nothing_of_another_and_leaves_nothing_behind(hub, pla
         ("read", str(hub.config_path)),
         ("read", str(root / "wod.sqlite")),  # 0600: issue 8 item 10 (branch 8a)
     ]
-    import asyncio
-
     asyncio.run(run_cells(hub, browser, f"student{B}", [f"PATHS = {paths!r}\n" + PROBE]))
     probe = json.loads((home_b / "probe.json").read_text())
     assert probe["uid"] == uid(B)
@@ -231,3 +232,27 @@ def test_a_student_reaches_nothing_of_another_and_leaves_nothing_behind(hub, pla
     assert not any(isinstance(v[0], str) for v in fresh.values())  # no symlink
     for n, customer in ((A, customer_a), (B, customer_b2)):
         assert cleanup(hub, n, customer)["status"] == "succeeded"
+
+
+def test_the_cleanup_of_a_kept_seat_kills_and_clears_too(hub, place):
+    """Issue 8 #7: a ``reset: true`` workshop keeps the home for its RESET, not the participant's processes or temp files."""
+    _, customer = book(hub, K, KEPT)
+    home = Path(hub.students_root) / f"student{K}"
+    tag = f"wod-sysusers-k-{uuid.uuid4().hex[:6]}"
+    assert as_student(K, "import sys; open(f'/tmp/{sys.argv[1]}', 'w').write('x')", tag).returncode == 0
+    folder = place / "heartbeat-k"
+    folder.mkdir()
+    os.chown(folder, uid(K), uid(K))
+    hopper = Hopper(K, folder).start()
+    try:
+        op = cleanup(hub, K, customer)
+        assert op["status"] == "succeeded", (op["error"], op["steps"])
+        assert not hopper.alive(1.0), "the kept seat's forking process survived its CLEANUP"
+    finally:
+        hopper.stop()
+    [release] = [s for s in op["steps"] if s["name"] == "release"]
+    assert release["detail"]["kept"] is True and release["detail"]["temp_files"] >= 1, release
+    assert not Path(f"/tmp/{tag}").exists()
+    assert (home / KEPT / "0-ReadMeFirst.ipynb").is_file()  # the home itself waits for the RESET
+    with hub.client("portal") as c:
+        assert c.get(f"api/students/{K}").json()["state"] == "kept"
