@@ -111,10 +111,12 @@ async def test_challenge_opens_the_workshop_folder(hubdb, setup):
 async def test_system_users_mode_needs_the_account_and_does_not_add_allow_root(hubdb, setup):
     config, store, root = setup
     config.Wod.system_users = True
-    book(store, root, 3)
-    sp = spawner(hubdb, config)
+    # a seat with no Linux account on this machine (`WOD_SYSTEM_USERS=1 make demo` makes some)
+    n = next(n for n in range(3, 51) if not _account(f"student{n}"))
+    book(store, root, n)
+    sp = spawner(hubdb, config, f"student{n}")
     assert "--allow-root" not in sp.get_args()
-    with pytest.raises(web.HTTPError) as e:  # no Linux account student3 on this machine
+    with pytest.raises(web.HTTPError) as e:
         await sp.run_pre_spawn_hook()
     assert e.value.status_code == 409 and "wod users create" in e.value.log_message
     # an account that exists with another uid (root's uid 0 is not uid_base + N) is refused too
@@ -123,6 +125,16 @@ async def test_system_users_mode_needs_the_account_and_does_not_add_allow_root(h
     with pytest.raises(web.HTTPError) as e:
         root_sp.check_account(3)
     assert e.value.status_code == 409 and "has uid 0, not 8" in e.value.log_message
+
+
+def _account(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 @pytest.mark.parametrize(
@@ -222,19 +234,22 @@ async def test_snapshot_counts_only_the_workshops_notebooks_and_parses_outside_t
 
 def test_users_create_plans_accounts_and_refuses_conflicts(tmp_path, capsys):
     cfg = tmp_path / "jupyterhub_config.py"
-    cfg.write_text(f"c.Wod.students_root = {str(tmp_path / 'homes')!r}\nc.Wod.uid_base = 61000\nc.Wod.student_max = 9\n")
-    assert users.main(["create", "--config", str(cfg), "--from", "2", "--to", "3", "--dry-run"]) == 0
+    # two seats with no account on this machine (`WOD_SYSTEM_USERS=1 make demo` makes some)
+    a = next(n for n in range(2, 500) if not _account(f"student{n}") and not _account(f"student{n + 1}"))
+    b = a + 1
+    cfg.write_text(f"c.Wod.students_root = {str(tmp_path / 'homes')!r}\nc.Wod.uid_base = 61000\nc.Wod.student_max = 999\n")
+    assert users.main(["create", "--config", str(cfg), "--from", str(a), "--to", str(b), "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert "groupadd --gid 61002 student2" in out
-    assert f"useradd --uid 61003 --gid 61003 --no-create-home --home-dir {tmp_path / 'homes' / 'student3'} --shell /bin/bash student3" in out
+    assert f"groupadd --gid {61000 + a} student{a}" in out
+    assert f"useradd --uid {61000 + b} --gid {61000 + b} --no-create-home --home-dir {tmp_path / 'homes' / f'student{b}'} --shell /bin/bash student{b}" in out
 
-    assert users.main(["create", "--config", str(cfg), "--from", "8", "--to", "12", "--dry-run"]) == 2
-    assert "not a range within 1..9" in capsys.readouterr().err
+    assert users.main(["create", "--config", str(cfg), "--from", "998", "--to", "1002", "--dry-run"]) == 2
+    assert "not a range within 1..999" in capsys.readouterr().err
 
-    cfg.write_text("c.Wod.uid_base = -1\n")  # student1 would get uid 0, which root holds
-    assert users.main(["create", "--config", str(cfg), "--from", "1", "--to", "1", "--dry-run"]) == 2
+    cfg.write_text(f"c.Wod.uid_base = {-a}\nc.Wod.student_max = 999\n")  # student<a> would get uid 0, which root holds
+    assert users.main(["create", "--config", str(cfg), "--from", str(a), "--to", str(a), "--dry-run"]) == 2
     err = capsys.readouterr().err
-    assert "uid 0 for student1 is taken by root" in err and "nothing was changed" in err
+    assert f"uid 0 for student{a} is taken by root" in err and "nothing was changed" in err
 
     assert users.main(["create", "--config", str(tmp_path / "missing.py")]) == 2
     assert "is not a file" in capsys.readouterr().err
