@@ -69,10 +69,10 @@ def hub(tmp_path_factory):
 # -- helpers: what a browser does ------------------------------------------
 
 
-def create(hub, n, customer=None):
+def create(hub, n, customer=None, workshop=WORKSHOP):
     customer = customer or f"cust-{uuid.uuid4().hex[:8]}"
     with hub.client("portal", via_proxy=True) as c:
-        r = c.post("api/create?wait=60", json={"student": n, "customer": customer, "email": f"{customer}@example.com", "workshop": WORKSHOP})
+        r = c.post("api/create?wait=90", json={"student": n, "customer": customer, "email": f"{customer}@example.com", "workshop": workshop})
     assert r.status_code == 200, r.text
     op = r.json()
     assert op["status"] == "succeeded", (op["error"], op["steps"])
@@ -81,7 +81,7 @@ def create(hub, n, customer=None):
 
 def cleanup(hub, n, customer):
     with hub.client("portal", via_proxy=True) as c:
-        r = c.post("api/cleanup?wait=60", json={"student": n, "customer": customer})
+        r = c.post("api/cleanup?wait=120", json={"student": n, "customer": customer})
     assert r.status_code == 200, r.text
     op = r.json()
     assert op["status"] == "succeeded", (op["error"], op["steps"])
@@ -137,6 +137,14 @@ def server_get(client, name, path):
         return client.get(f"/user/{name}/{path}")
     finally:
         client.follow_redirects = False
+
+
+def wait_ready(hub, name, timeout=90):
+    """Until the hub says the server of ``name`` is ready (one started by the service, not by a login)."""
+    deadline = time.monotonic() + timeout
+    while not hub.hub_api("GET", f"/users/{name}").json()["servers"].get("", {}).get("ready"):
+        assert time.monotonic() < deadline, hub.hub_api("GET", f"/users/{name}").json()
+        time.sleep(0.5)
 
 
 def open_lab(client, name):
@@ -395,10 +403,7 @@ def test_create_can_start_the_students_server(tmp_path):
         [step] = [s for s in op["steps"] if s["name"] == "start-server"]
         assert step["detail"].get("started") is True, step
         # Started by the service, not by a login: ready without anyone asking.
-        deadline = time.monotonic() + 90
-        while not hub.hub_api("GET", f"/users/{name}").json()["servers"].get("", {}).get("ready"):
-            assert time.monotonic() < deadline, hub.hub_api("GET", f"/users/{name}").json()
-            time.sleep(0.5)
+        wait_ready(hub, name)
         # The participant's login lands on the running server, which serves the home the CREATE rendered.
         c = logged_in(hub, name, password)
         assert open_lab(c, name).status_code == 200
@@ -412,10 +417,7 @@ def test_create_can_start_the_students_server(tmp_path):
         # The seat's next participant: the login ends the previous generation's sessions, and keeps
         # the token the hub gave the server the service started for this one (issue 8 #16).
         password, customer = create(hub, n)
-        deadline = time.monotonic() + 90
-        while not hub.hub_api("GET", f"/users/{name}").json()["servers"].get("", {}).get("ready"):
-            assert time.monotonic() < deadline, hub.hub_api("GET", f"/users/{name}").json()
-            time.sleep(0.5)
+        wait_ready(hub, name)
         c = logged_in(hub, name, password)
         assert open_lab(c, name).status_code == 200
         assert server_get(c, name, f"api/contents/{WORKSHOP}/0-ReadMeFirst.ipynb").status_code == 200

@@ -31,7 +31,7 @@ import pytest
 
 from tests.hubutil import RealHub, write_workshop
 from tests.sysusers import REPO, Hopper, as_student, ensure_accounts, require_root, uid  # noqa: F401 - require_root is a fixture
-from tests.test_e2e_hub import logged_in, run_cells, spawn
+from tests.test_e2e_hub import cleanup, create, logged_in, run_cells, spawn
 from wod_jupyterhub import fdtrees
 from wod_jupyterhub.leftovers import ipc_objects
 from wod_jupyterhub.uidkill import kill_uid, live_pids
@@ -90,21 +90,12 @@ def hub(place):
         yield h
 
 
-def book(hub, n, workshop=WORKSHOP):
-    customer = f"cust-{uuid.uuid4().hex[:8]}"
-    with hub.client("portal", via_proxy=True) as c:
-        r = c.post("api/create?wait=90", json={"student": n, "customer": customer, "email": f"{customer}@example.com", "workshop": workshop})
-    assert r.status_code == 200, r.text
-    op = r.json()
-    assert op["status"] == "succeeded", (op["error"], op["steps"])
-    return op["result"]["password"], customer
-
-
-def cleanup(hub, n, customer):
-    with hub.client("portal", via_proxy=True) as c:
-        r = c.post("api/cleanup?wait=120", json={"student": n, "customer": customer})
-    assert r.status_code == 200, r.text
-    return r.json()
+def forking_process(place: Path, n: int) -> Hopper:
+    """A forking process of student ``n`` whose heartbeat lies outside every temporary folder the wipe clears."""
+    folder = place / f"heartbeat-{n}"
+    folder.mkdir()
+    os.chown(folder, uid(n), uid(n))
+    return Hopper(n, folder)
 
 
 def snapshot(home: Path) -> dict:
@@ -162,8 +153,8 @@ os.close(fd)
 def test_a_student_reaches_nothing_of_another_and_leaves_nothing_behind(hub, place):
     students = Path(hub.students_root)
     home_a, home_b = students / f"student{A}", students / f"student{B}"
-    _, customer_a = book(hub, A)
-    password_b, customer_b = book(hub, B)
+    _, customer_a = create(hub, A, workshop=WORKSHOP)
+    password_b, customer_b = create(hub, B, workshop=WORKSHOP)
 
     # A ran two cells of the exercise (its own uid wrote them)
     r = as_student(
@@ -201,20 +192,13 @@ def test_a_student_reaches_nothing_of_another_and_leaves_nothing_behind(hub, pla
     tag = f"wod-sysusers-b-{uuid.uuid4().hex[:6]}"
     r = as_student(B, LEAVE, home_b, home_a, tag, WORKSHOP)
     assert r.returncode == 0, r.stderr
-    hop_folder = place / "heartbeat"  # outside every temporary folder the wipe clears, so it tells the truth
-    hop_folder.mkdir()
-    os.chown(hop_folder, uid(B), uid(B))
-    hopper = Hopper(B, hop_folder).start()
-    try:
+    with forking_process(place, B) as hopper:
         op = cleanup(hub, B, customer_b)
-        assert op["status"] == "succeeded", (op["error"], op["steps"])
         # B's own ratio: its workshop folder is a link to A's home, so B ran nothing of its own
         completion = op["result"]["completion"]
         assert (completion["executed"], completion["ratio"]) == (0, 0), completion
         assert not hopper.alive(1.0), "B's forking process survived the CLEANUP"
-    finally:
-        hopper.stop()
-    fdtrees.erase_tree(str(hop_folder))
+    fdtrees.erase_tree(str(hopper.heartbeat.parent))
     assert live_pids(uid(B)) == []
     assert files_of(uid(B), "/tmp", "/var/tmp", "/dev/shm") == []
     assert ipc_objects(uid(B)) == []
@@ -224,7 +208,7 @@ def test_a_student_reaches_nothing_of_another_and_leaves_nothing_behind(hub, pla
     assert snapshot(home_a) == before_a  # byte for byte, modes and owners too
 
     # the next participant of B's seat gets a clean home, like A's fresh one
-    _, customer_b2 = book(hub, B)
+    _, customer_b2 = create(hub, B, workshop=WORKSHOP)
     fresh = snapshot(home_b)
     assert sorted(fresh) == sorted(before_a)
     assert {v[2] for v in fresh.values()} == {uid(B)}
@@ -236,20 +220,13 @@ def test_a_student_reaches_nothing_of_another_and_leaves_nothing_behind(hub, pla
 
 def test_the_cleanup_of_a_kept_seat_kills_and_clears_too(hub, place):
     """Issue 8 #7: a ``reset: true`` workshop keeps the home for its RESET, not the participant's processes or temp files."""
-    _, customer = book(hub, K, KEPT)
+    _, customer = create(hub, K, workshop=KEPT)
     home = Path(hub.students_root) / f"student{K}"
     tag = f"wod-sysusers-k-{uuid.uuid4().hex[:6]}"
     assert as_student(K, "import sys; open(f'/tmp/{sys.argv[1]}', 'w').write('x')", tag).returncode == 0
-    folder = place / "heartbeat-k"
-    folder.mkdir()
-    os.chown(folder, uid(K), uid(K))
-    hopper = Hopper(K, folder).start()
-    try:
+    with forking_process(place, K) as hopper:
         op = cleanup(hub, K, customer)
-        assert op["status"] == "succeeded", (op["error"], op["steps"])
         assert not hopper.alive(1.0), "the kept seat's forking process survived its CLEANUP"
-    finally:
-        hopper.stop()
     [release] = [s for s in op["steps"] if s["name"] == "release"]
     assert release["detail"]["kept"] is True and release["detail"]["temp_files"] >= 1, release
     assert not Path(f"/tmp/{tag}").exists()

@@ -40,6 +40,17 @@ def _writable_by(st: os.stat_result, uid: int, gid: int) -> bool:
     return bool(st.st_mode & stat.S_IWOTH) or (st.st_gid == gid and bool(st.st_mode & stat.S_IWGRP))
 
 
+def _stats(fd: int):
+    """(name, lstat) of each entry of the open folder ``fd`` that is still there when looked at."""
+    with os.scandir(fd) as it:
+        names = [e.name for e in it]
+    for name in names:
+        try:
+            yield name, os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+
+
 def _erase_at(dir_fd: int, name: str) -> None:
     """Erase ``name`` (file, link or tree) in the open folder ``dir_fd``, following no link."""
     # /proc/self/fd/N names the folder itself (not a path someone could swap above it).
@@ -66,13 +77,7 @@ def remove_temp_files(uid: int, gid: int | None = None, folders=TEMP_FOLDERS) ->
             while stack:
                 fd = stack.pop()
                 try:
-                    with os.scandir(fd) as it:
-                        entries = [e.name for e in it]
-                    for name in entries:
-                        try:
-                            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                        except FileNotFoundError:
-                            continue
+                    for name, st in _stats(fd):
                         if st.st_uid == uid:
                             try:
                                 _erase_at(fd, name)
@@ -153,13 +158,7 @@ def remove_spooled_jobs(uid: int, name: str, spools=SPOOLS) -> int:
         except OSError:
             continue
         try:
-            with os.scandir(fd) as it:
-                entries = [e.name for e in it]
-            for entry in entries:
-                try:
-                    st = os.stat(entry, dir_fd=fd, follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
+            for entry, st in _stats(fd):
                 if stat.S_ISDIR(st.st_mode):
                     continue
                 if st.st_uid == uid or entry == name:
