@@ -119,7 +119,7 @@ if SYSTEM_USERS:
 
 # Bytes a seat's home may take; checked at CLEANUP (a kept home over it is erased).
 # production: a size, and file-system quotas per uid where the file system has them.
-c.Wod.home_size_limit = 2 * 1024**3
+c.Wod.home_size_limit = "2G"
 
 # Global template variables of the workshops.
 c.Wod.variables = {

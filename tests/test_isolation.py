@@ -302,7 +302,7 @@ def test_the_wipe_kills_and_clears_even_when_the_erase_fails(accounts, place):
 def test_a_kept_home_over_the_size_limit_is_erased_and_one_under_it_kept(accounts, place):
     from wod_jupyterhub.wipe import wipe_seat
 
-    wod = Wod(students_root=str(place / "students"), uid_base=10000, system_users=True, temp_folders=[], home_size_limit=1 << 20)
+    wod = Wod(students_root=str(place / "students"), uid_base=10000, system_users=True, temp_folders=[], home_size_limit="1M")
     for n, size in ((A, 4096), (B, 3 << 20)):
         home = place / "students" / f"student{n}"
         home.mkdir(parents=True)

@@ -36,6 +36,18 @@ DEFAULT_ALPHABET = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 STUDENT_NAME = re.compile(r"student([1-9][0-9]*)")
 
 
+_SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)B?$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def _size_bytes(value: str) -> int:
+    """``"2G"`` → 2147483648; K, M, G, T are powers of 1024 (as JupyterHub's ``mem_limit``); a plain number is bytes."""
+    m = _SIZE.match(value.strip())
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(f"a size is a number of bytes or a text like 500M or 2G, more than 0, not {value!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
 def student_number(name: str):
     """``student12`` → 12; anything else → None."""
     m = STUDENT_NAME.fullmatch(name) if isinstance(name, str) else None
@@ -224,25 +236,34 @@ class Wod(Configurable):
 
     uid_base = Integer(10000, help="With ``system_users``, student N has uid and gid ``uid_base + N``.").tag(config=True)
 
-    home_size_limit = Integer(
-        0,
-        help="""Bytes a seat's home may take on disk; 0 for no limit.
+    home_size_limit = Unicode(
+        "",
+        help="""Most disk one seat's home may take (``500M``, ``2G``, or bytes; empty: no limit).
 
         Checked when a seat is cleaned up: the home of a ``reset: true``
         workshop, kept until its RESET, is erased all the same when it is
         over the limit (the seat stays kept), so one participant cannot hold
         the homes' disk full for the others. During a session only the file
         system can stop a student: where it has quotas (ext4 or XFS mounted
-        with ``usrquota``), give each ``uid_base + N`` a quota of this size
-        (``setquota``); the default ext4 mount has none.
+        with ``usrquota``), give each uid ``uid_base + N`` a quota of this
+        size (``setquota``); the default ext4 mount has none.
         """,
     ).tag(config=True)
 
     @validate("home_size_limit")
     def _size_limit(self, proposal):
-        if proposal["value"] < 0:
-            raise TraitError(f"home_size_limit is a number of bytes, 0 for none; not {proposal['value']}")
-        return proposal["value"]
+        value = str(proposal["value"]).strip()
+        if value:
+            try:
+                _size_bytes(value)
+            except ValueError as e:
+                raise TraitError(f"home_size_limit: {e}") from None
+        return value
+
+    @property
+    def home_size_bytes(self) -> int | None:
+        """``home_size_limit`` in bytes; None for no limit."""
+        return _size_bytes(self.home_size_limit) if self.home_size_limit else None
 
     temp_folders = List(
         Unicode(),

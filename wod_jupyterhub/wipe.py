@@ -36,10 +36,11 @@ def wipe_seat(wod, n: int, keep_home: bool = False) -> dict:
     if uid is not None:
         detail["killed"] = kill_uid(uid)
     try:
-        if keep_home and wod.home_size_limit:
+        limit = wod.home_size_bytes
+        if keep_home and limit:
             size = home_bytes(wod, n)
             detail["home_bytes"] = size
-            if size > wod.home_size_limit:
+            if size > limit:
                 detail["over_limit"] = True
                 keep_home = False
         if not keep_home:
