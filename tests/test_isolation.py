@@ -14,7 +14,7 @@ import pytest
 
 from tests.sysusers import Hopper, as_student, ensure_accounts, require_root, uid  # noqa: F401 - require_root is a fixture
 from wod_jupyterhub import fdtrees as trees
-from wod_jupyterhub import homes, leftovers, uidkill
+from wod_jupyterhub import homes, leftovers, processes
 from wod_jupyterhub.catalog import load_catalog
 from wod_jupyterhub.config import Wod, share_dir
 from wod_jupyterhub.variables import template_variables
@@ -94,9 +94,9 @@ def test_a_pid_hopping_process_is_killed_and_another_uids_survives(accounts, pla
     other = subprocess.Popen(["/usr/bin/python3", "-c", "import time; time.sleep(120)"], user=uid(A), group=uid(A), extra_groups=[])
     with Hopper(B, student_dir(place, B)) as hopper:
         assert hopper.alive()
-        seen = uidkill.kill_uid(uid(B))
+        seen = processes.kill_uid(uid(B))
         assert not hopper.alive(1.0), "the forking process survived the kill"
-        assert uidkill.live_pids(uid(B)) == []
+        assert processes.live_pids(uid(B)) == []
         assert seen >= 0
     assert other.poll() is None  # student A's process is not B's business
     other.kill()
@@ -104,12 +104,12 @@ def test_a_pid_hopping_process_is_killed_and_another_uids_survives(accounts, pla
 
 
 def test_processes_that_will_not_die_are_reported_not_ignored(monkeypatch):
-    monkeypatch.setattr(uidkill, "live_pids", lambda u: [12345678])
-    monkeypatch.setattr(uidkill, "_kill_as", lambda u, g: None)
-    with pytest.raises(uidkill.ProcessesSurvived, match="still live"):
-        uidkill.kill_uid(uid(B), timeout=0.2)
+    monkeypatch.setattr(processes, "live_pids", lambda u: [12345678])
+    monkeypatch.setattr(processes, "_kill_as", lambda u, g: None)
+    with pytest.raises(processes.ProcessesSurvived, match="still live"):
+        processes.kill_uid(uid(B), timeout=0.2)
     with pytest.raises(ValueError):
-        uidkill.kill_uid(0)
+        processes.kill_uid(0)
 
 
 # -- item 5: erase iteratively, by descriptor, following no link ---------------------------------

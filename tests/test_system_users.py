@@ -34,7 +34,7 @@ from tests.sysusers import REPO, Hopper, as_student, ensure_accounts, require_ro
 from tests.test_e2e_hub import cleanup, create, logged_in, run_cells, spawn
 from wod_jupyterhub import fdtrees
 from wod_jupyterhub.leftovers import ipc_objects
-from wod_jupyterhub.uidkill import kill_uid, live_pids
+from wod_jupyterhub.processes import kill_uid, live_pids
 
 pytestmark = pytest.mark.usefixtures("require_root")
 

@@ -5,7 +5,7 @@ temporary folders (``/tmp``, ``/var/tmp``, ``/dev/shm``, POSIX message
 queues), System V IPC objects (shared memory, semaphores, message queues),
 a crontab or ``at`` jobs (which would run as ``student<N>`` during the next
 participant's session). :func:`remove_leftovers` removes all of them for one
-uid; its processes are :mod:`uidkill`'s job, done before this.
+uid; its processes are :mod:`processes`'s job, done before this.
 
 Removal is safe against a student who shaped these places: the temporary
 folders are walked by descriptor without following any link, a folder is

@@ -21,7 +21,7 @@ from __future__ import annotations
 from . import homes
 from .fdtrees import tree_size
 from .leftovers import remove_leftovers
-from .uidkill import kill_uid
+from .processes import kill_uid
 
 
 def home_bytes(wod, n: int) -> int:

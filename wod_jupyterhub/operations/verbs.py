@@ -272,8 +272,13 @@ async def reset(run, work):
         st.state = Seat.CLEANING
         outbox.student_password(s, st.number, password, operation_id=run.id)
 
-    await rotate_step(run, work, numbers, seat=cleaning)
-    await end_sessions_step(run, work, numbers)
+    if numbers:
+        await rotate_step(run, work, numbers, seat=cleaning)
+        await end_sessions_step(run, work, numbers)
+    else:
+        none = f"no seat of {run.student}..{run.last} is kept for {folder}"
+        for name in ("rotate", "end-sessions"):
+            await run.step(name, skip=none)
     await hooks_step(run, work, "reset", folder, ws, mode, run.student)
 
     async def erase():
