@@ -11,10 +11,10 @@ ratio (not A's), leave no process and no file of B's uid, and free the
 seat; A's home must be byte for byte what it was; B's next CREATE must
 give a clean home.
 
-Two parts hold only with the other half of issue 8 (branch of helper 8a)
-merged: the completion that never follows the workshop folder's link and
-never fails on a malformed notebook or a deep tree (items 2, 4, 5 of its
-walk), and the wod database created ``0600`` (item 10).
+Two parts rest on the other half of issue 8: the completion that never
+follows the workshop folder's link and never fails on a malformed notebook
+or a deep tree (items 2, 4, 5 of its walk), and the wod database created
+``0600`` (item 10).
 
 The hub's folder is made as a production one would be: passable by all
 (the homes are inside), listable by none, its configuration the hub's alone.
@@ -181,7 +181,7 @@ def test_a_student_reaches_nothing_of_another_and_leaves_nothing_behind(hub, pla
         ("read", str(root / "wod_secret.key")),
         ("read", str(root / "jupyterhub_cookie_secret")),
         ("read", str(hub.config_path)),
-        ("read", str(root / "wod.sqlite")),  # 0600: issue 8 item 10 (branch 8a)
+        ("read", str(root / "wod.sqlite")),  # 0600: issue 8 item 10
     ]
     asyncio.run(run_cells(hub, browser, f"student{B}", [f"PATHS = {paths!r}\n" + PROBE]))
     probe = json.loads((home_b / "probe.json").read_text())
