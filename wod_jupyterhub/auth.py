@@ -57,6 +57,7 @@ from traitlets import Dict, Float, Integer, List, TraitError, Unicode, default, 
 from .client_address import forwarded_client, networks
 from .config import Wod, student_number
 from .passwords import STUDENT_COST, hash_params, hash_password, verify_password
+from .spawner import server_token_ids
 from .store import Store, Throttle, utcnow
 
 #: prefix of a ``cookie_id`` that carries the seat generation it was issued under
@@ -461,7 +462,9 @@ class WodAuthenticator(Authenticator):
         old = session_generation(orm_user.cookie_id)
         orm_user.cookie_id = new_cookie_id(generation)
         revoked = 0
-        keep = self.server_token_ids(orm_user, generation)
+        # The hub's own record of the user's running servers (never a token's note, which users write).
+        users = getattr(self.parent, "users", None)
+        keep = server_token_ids(users.get(orm_user.id) if isinstance(users, dict) else None, generation)
         for token in list(orm_user.api_tokens):
             if token.id not in keep:
                 db.delete(token)
@@ -470,29 +473,6 @@ class WodAuthenticator(Authenticator):
         self.log.info(
             "Ended the sessions of %s (seat generation %s -> %d, %d token(s) revoked)", orm_user.name, old, generation, revoked
         )
-
-    def server_token_ids(self, orm_user, generation: int) -> set:
-        """Ids of the API tokens held by ``orm_user``'s servers that run for seat ``generation``.
-
-        Recognised by what the hub itself knows, never by a token's note
-        (users write their own notes: a personal token noted "Server at …"
-        must end with the session like any other). A ``WodSpawner`` records
-        the id of the token the hub issued to it, and the generation it was
-        started for, in its state (kept across hub restarts); only a server
-        started for the current generation keeps its token, so a server left
-        from a previous participant loses its access to the hub too.
-        """
-        users = getattr(self.parent, "users", None)
-        user = users.get(orm_user.id) if isinstance(users, dict) else None
-        if user is None:
-            return set()
-        keep = set()
-        for spawner in getattr(user, "spawners", {}).values():
-            token_id = getattr(spawner, "server_token_id", None)
-            assignment = getattr(spawner, "_assignment", None) or {}
-            if token_id is not None and spawner.active and assignment.get("generation") == generation:
-                keep.add(token_id)
-        return keep
 
     async def add_user(self, user):
         super().add_user(user)

@@ -31,6 +31,28 @@ from .errors import WodError
 from .store import Completion, Store
 
 
+def server_token_ids(user, generation: int) -> set:
+    """Ids of the API tokens the hub issued to ``user``'s servers that run for seat ``generation``.
+
+    ``user``: the hub's ``User`` (None: no server of it in this hub). The
+    ``WodAuthenticator`` keeps these tokens, and no other, when it ends a
+    user's sessions: recognised by what the hub itself knows, never by a
+    token's note (users write their own: a personal token noted "Server
+    at …" must end with the session like any other). A ``WodSpawner``
+    records the id of its token and the generation it was started for in
+    its state (kept across hub restarts); only a server started for the
+    current generation keeps its token, so a server left from a previous
+    participant loses its access to the hub too.
+    """
+    keep = set()
+    for spawner in getattr(user, "spawners", {}).values():
+        token_id = getattr(spawner, "server_token_id", None)
+        assignment = getattr(spawner, "_assignment", None) or {}
+        if token_id is not None and spawner.active and assignment.get("generation") == generation:
+            keep.add(token_id)
+    return keep
+
+
 def workshop_folder(workshop: str) -> str:
     """The folder a booked workshop lives in: a ``CHLG-<Name>`` request renders into ``WKSHP-<Name>``."""
     return parse_workshop_name(workshop)[0]
