@@ -135,6 +135,34 @@ class OutboxMessage(Base):
     lease_expires: Mapped[datetime.datetime | None] = mapped_column(DateTime)
 
 
+class MailMessage(Base):
+    """A mail the listener or ``wod mail`` accepted (migration 0004): a verb mail, or a participant mail to relay."""
+
+    __tablename__ = "wod_mail"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # "verb" (became operation_id) or "relay" (waits for the smarthost)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    # The received Message-ID when there is one: the same mail delivered twice is stored once.
+    received_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    received: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    peer: Mapped[str | None] = mapped_column(String(255))
+    sender: Mapped[str] = mapped_column(String(320), nullable=False)
+    recipient: Mapped[str] = mapped_column(String(320), nullable=False)
+    subject: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    body: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    operation_id: Mapped[str | None] = mapped_column(String(32))
+    # The Message-ID of the rebuilt message, fixed when stored so that a resend carries the same.
+    message_id: Mapped[str | None] = mapped_column(String(255))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    next_attempt: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    delivered: Mapped[datetime.datetime | None] = mapped_column(DateTime)
+    failed: Mapped[datetime.datetime | None] = mapped_column(DateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires: Mapped[datetime.datetime | None] = mapped_column(DateTime)
+
+
 class Completion(Base):
     """A completion ratio measured for a seat: at CLEANUP, at a server stop, or on request."""
 
