@@ -92,6 +92,20 @@ LAUGHS = "%YAML 1.1\n---\nname: 'x'\nrange: [1,2]\nl0: &l0 [lol]\n" + "".join(
 )
 
 
+def test_tabs_anywhere_between_key_and_value(tmp_path):
+    # As the original read them: tabs before or after the colon, mixed with spaces, after the value.
+    make_ws(
+        tmp_path,
+        "WKSHP-Tabs",
+        "%YAML 1.1\n---\nname: \t'Tabbed: yes'\nrange \t:\t [5, 6]\t\nactive\t:true\n"
+        "reset:\t \tfalse\ncategory:\t\n  - one\n  - two:\tthree\ncapacity:\t2 \t\n",
+    )
+    ws = load_catalog([tmp_path]).get("WKSHP-Tabs")
+    assert ws.problems == [], ws.problems
+    assert ws.range == (5, 6) and ws.active and not ws.reset and ws.capacity == 2
+    assert ws.meta["name"] == "Tabbed: yes" and ws.meta["category"] == ["one", {"two": "three"}]
+
+
 @pytest.mark.parametrize(
     "content,words",
     [

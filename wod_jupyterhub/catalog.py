@@ -32,8 +32,9 @@ META_FILE = "wod.yml"
 #: files spell ``monoAppliance`` both ways (``monoappliance`` in Docker101).
 BOOLEAN_KEYS = ("active", "reset", "ldap", "varpass", "beta", "compile", "monoAppliance", "multiAppliance")
 
-# The original read ``key:<TAB>value``; YAML forbids a tab there, so it becomes a space.
-_TAB_AFTER_COLON = re.compile(r"^(\s*[^\s#:'\"][^:'\"]*):\t+", re.M)
+# The original read ``key<TABS/SPACES>:<TABS/SPACES>value``; YAML forbids tabs there (and
+# after a value), so the whitespace around such a key's colon becomes one space.
+_KEY_LINE = re.compile(r"^( *(?:- +)?)([^\s#:'\"-][^:'\"\t\n]*?|-[^\s:'\"][^:'\"\t\n]*?)([ \t]*):(?:([ \t]*)(.*?))?[ \t]*$", re.M)
 _DASH_RANGE = re.compile(r"^\s*(-?\d+)\s*-\s*(-?\d+)\s*$")
 _COMMA_RANGE = re.compile(r"^\s*\[?\s*(-?\d+)\s*,\s*(-?\d+)\s*\]?\s*$")
 
@@ -191,6 +192,18 @@ def load_yaml(text):
     return yaml.load(text, Loader=NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
 
 
+def _untab(text: str) -> str:
+    """Tabs in the whitespace between a key and its value (or after it) read as one space."""
+
+    def fix(m):
+        indent, key, before, between, value = m.groups()
+        if "\t" not in m.group(0):
+            return m.group(0)
+        return f"{indent}{key}:" + (f" {value}" if value else "")
+
+    return _KEY_LINE.sub(fix, text)
+
+
 def read_meta(path: Path) -> dict:
     """Parse one wod.yml leniently; raise ValueError with a sentence when it cannot be read."""
     with open(path, "rb") as f:
@@ -201,7 +214,7 @@ def read_meta(path: Path) -> dict:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"{path.name} is not UTF-8 text ({e.reason}).") from None
-    text = _TAB_AFTER_COLON.sub(r"\1: ", text)
+    text = _untab(text)
     try:
         data = load_yaml(text)
     except yaml.YAMLError as e:
