@@ -47,6 +47,7 @@ class _Session(asyncio.Protocol):
         self.transport = None
         self.peer = None
         self.task = None
+        self.too_large = None
 
     # -------------------------------------------------------------- asyncio callbacks
 
@@ -186,23 +187,20 @@ class _Session(asyncio.Protocol):
                 if not env.recipients:
                     # A pipelining client sends its message anyway: read it and drop it, never take it for commands.
                     self.reply(554, "5.5.1 No valid recipients.")
-                    if await self.read_data() is None:
+                    if await self.read_data(None) is None:
                         return
                     env = Envelope(peer=self.peer)
                     continue
                 self.reply(354, "End data with <CR><LF>.<CR><LF>")
-                data = await self.read_data()
-                if data is None:
+                data = await self.read_data(env)
+                if data is False:
+                    answer = self.too_large
+                elif data is None:
                     self.ingress.refuse(
                         "incomplete", 451, f"4.4.2 The message from {env.sender} never ended (no '.' line); dropped.",
                         f"client {self.peer}",
                     )  # fmt: skip
                     return
-                if data is False:
-                    answer = self.ingress.refuse(
-                        "too_large", 552, f"5.3.4 Message larger than {self.settings.max_message_size} bytes; refused.",
-                        f"from {env.sender} client {self.peer}",
-                    )  # fmt: skip
                 else:
                     answer = await self.ingress.deliver(env, data)
                 self.reply(answer.code, answer.text)
@@ -225,23 +223,33 @@ class _Session(asyncio.Protocol):
                     return
                 self.reply(502 if verb in ("STARTTLS", "AUTH", "BDAT", "ETRN", "TURN") else 500, "5.5.2 Command not recognized.")
 
-    async def read_data(self):
-        """The message up to its ``.`` line, unstuffed; False if it grew too large; None if the client left first."""
+    async def read_data(self, env):
+        """The message up to its ``.`` line, unstuffed; None if the client left first.
+
+        False once it grows past ``max_message_size``: refused (and counted)
+        at once, whether or not the client stays to send its end; the rest
+        is read and dropped. ``env`` None: drop it all, count nothing.
+        """
         limit = self.settings.max_message_size
         lines, size, too_large = [], 0, False
         while True:
             line, complete = await self.readline(limit + MAX_LINE)
             if line is None:
-                return None
+                return False if too_large else None
             if complete and line == b".":
                 return False if too_large else b"\n".join(lines) + b"\n"
             size += len(line) + 1
-            if size > limit:
+            if too_large:
+                continue
+            if size > limit or not complete:
                 too_large, lines = True, []
-            elif complete:
-                lines.append(line[1:] if line.startswith(b".") else line)
+                if env is not None:
+                    self.too_large = self.ingress.refuse(
+                        "too_large", 552, f"5.3.4 Message larger than {limit} bytes; refused.",
+                        f"from {env.sender} client {self.peer}",
+                    )  # fmt: skip
             else:
-                too_large, lines = True, []
+                lines.append(line[1:] if line.startswith(b".") else line)
 
 
 class MailListener:

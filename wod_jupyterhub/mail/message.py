@@ -96,7 +96,7 @@ def parse_message(data: bytes) -> Message:
     body_lines = lines[i:]
     if any(name in _MIME_HEADERS for name, _ in headers):
         # A standard client: let the email package undo MIME and transfer encodings.
-        raw = b"\r\n".join(n + b": " + v for n, v in headers) + b"\r\n\r\n" + b"\r\n".join(body_lines)
+        raw = b"\r\n".join(n + b": " + v for n, v in headers) + b"\r\n\r\n" + b"".join(line + b"\r\n" for line in body_lines)
         parsed = email.message_from_bytes(raw, policy=email.policy.default)
         part = parsed.get_body(preferencelist=("plain", "html")) if parsed.is_multipart() else parsed
         try:
@@ -107,7 +107,7 @@ def parse_message(data: bytes) -> Message:
         if not isinstance(body, str):
             body = _decode_text(body)
     else:
-        body = _decode_text(b"\n".join(body_lines))
+        body = _decode_text(b"\n".join(body_lines) + (b"\n" if body_lines else b""))
     decoded = {}
     for name, value in headers:
         decoded.setdefault(_decode_text(name), _decode_header_value(_decode_text(value)))
