@@ -237,6 +237,22 @@ c.WodPortal.username = os.environ.get("WOD_PORTAL_USER", "")
 # The password comes from $WOD_PORTAL_PASSWORD (WodPortal.password's default),
 # so it never has to be written in this file.
 
+# The portal's mail API (see README, "Switching an existing portal to this
+# backend"): the portal mails its verbs to <WOD_MAIL_RECIPIENT>@<this host> on
+# WOD_MAIL_PORT and its participant mails through the same port. The wod
+# service listens there when a sender is set, turns verb mails into the same
+# operations as the REST verbs and relays the others to WOD_MAIL_RELAY.
+# Off in the demo until WOD_MAIL_SENDER is set.
+c.WodMail.sender = os.environ.get("WOD_MAIL_SENDER", "")
+c.WodMail.port = int(os.environ.get("WOD_MAIL_PORT", "10025"))
+# c.WodMail.recipient defaults to $WOD_MAIL_RECIPIENT, then "wodadmin".
+c.WodMail.relay = os.environ.get("WOD_MAIL_RELAY", "")
+# production: only the portal may use the port (the sender is easy to forge).
+if os.environ.get("WOD_MAIL_SOURCES"):
+    c.WodMail.allowed_sources = os.environ["WOD_MAIL_SOURCES"].split(",")
+# c.WodMail.relay_starttls = True
+# c.WodMail.relay_username = "wod"   # its password from $WOD_MAIL_RELAY_PASSWORD
+
 # Scopes the service checks on its callers.
 c.JupyterHub.custom_scopes = {
     "custom:wod:operate": {"description": "Run CREATE, CLEANUP, RESET and PURGE on workshop seats."},
