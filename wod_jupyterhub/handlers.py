@@ -111,7 +111,11 @@ def _code(status: int) -> str:
 
 _INT = (int,)
 _STR = (str,)
-_TYPES = {"integer": _INT, "string": _STR, "array": (list,)}
+# The portal's customer ids are integers; other callers send strings. Both are
+# kept as the text the caller wrote (4242 and "4242" name one customer).
+_ID = (str, int)
+_TYPES = {"integer": _INT, "string": _STR, "array": (list,), ("string", "integer"): _ID}
+_KINDS = {_INT: "a whole number", _STR: "a string", _ID: "a string or a whole number"}
 MAX_TEXT = 255
 
 
@@ -121,7 +125,10 @@ def verb_fields(openapi: dict) -> dict:
     for verb in ("CREATE", "CLEANUP", "RESET", "PURGE"):
         schema = openapi["components"]["schemas"][f"{verb.capitalize()}Request"]
         required = set(schema.get("required", ()))
-        fields[verb] = {name: (_TYPES[p["type"]], name in required) for name, p in schema["properties"].items()}
+        fields[verb] = {
+            name: (_TYPES[tuple(p["type"]) if isinstance(p["type"], list) else p["type"]], name in required)
+            for name, p in schema["properties"].items()
+        }
     return fields
 
 
@@ -179,9 +186,11 @@ class VerbHandler(BaseHandler):
                     raise BadRequest(f"Field {name!r} is required for {self.verb}.", code="missing_field")
                 continue
             if not isinstance(value, types) or isinstance(value, bool):
-                kind = "a whole number" if types is _INT else "a string" if types is _STR else "a list"
+                kind = _KINDS.get(types, "a list")
                 raise BadRequest(f"Field {name!r} must be {kind}, not {json.dumps(value)[:40]}.", code="bad_field")
-            if types is _STR and (len(value) > MAX_TEXT or not value.strip()):
+            if types is _ID and isinstance(value, int):
+                value = body[name] = str(value)
+            if types in (_STR, _ID) and (len(value) > MAX_TEXT or not value.strip()):
                 raise BadRequest(f"Field {name!r} must be a non-empty string of at most {MAX_TEXT} characters.", code="bad_field")
         return body
 
@@ -304,6 +313,7 @@ class HealthHandler(BaseHandler):
                 "running": self.engine.running,
                 "warm": self.app.warm or not self.app.warm_up,
                 "prepare_pending": self.app.preparer.pending,
+                "mail": await asyncio.to_thread(self.app.mail.health),
             },
             200 if database == "ok" else 503,
         )

@@ -61,6 +61,7 @@ from .handlers import (  # noqa: E402
     WorkshopsHandler,
 )
 from .hooks import WodHooks  # noqa: E402
+from .mail.settings import WodMail  # noqa: E402
 from .operations import WodOperations  # noqa: E402
 from .portal import WodPortal  # noqa: E402
 from .waiting import settle, within  # noqa: E402
@@ -74,7 +75,7 @@ class WodService(Application):
     name = "wod-service"
     description = __doc__
     version = __version__
-    classes = [Wod, WodHooks, WodOperations, WodPortal]
+    classes = [Wod, WodHooks, WodOperations, WodPortal, WodMail]
     aliases = {
         "config": "WodService.config_file",
         "f": "WodService.config_file",
@@ -190,6 +191,10 @@ class WodService(Application):
         self.engine.on_end(self.metrics.operation_ended)
         self.preparer = Preparer(settings, self.store, self.work, self.engine, log=self.log)
         self.views = Views(self.wod, self.store, self.sealer)
+        from .mail.gateway import MailGateway
+
+        # In this process, beside the engine: see mail/gateway.py for why.
+        self.mail = MailGateway(WodMail(parent=self), self.wod, self.store, self.engine.submit, self.log)
         self.openapi = OPENAPI
         # Workshop templates render in this process: once the secrets are read
         # (the sealing key, the portal's password), the environment a template
@@ -236,6 +241,7 @@ class WodService(Application):
         self.engine.start()
         self.preparer.start()
         background = [asyncio.ensure_future(self.outbox.run())]
+        await self.mail.start()
         if self.warm_up:
             background.append(asyncio.ensure_future(self._warm_up()))
         if self.hub.configured:
@@ -249,6 +255,10 @@ class WodService(Application):
         watchdog.daemon = True
         watchdog.start()
         server.stop()
+        try:
+            await within(self.mail.stop(), 1.0)
+        except TimeoutError:
+            self.log.warning("The mail listener did not stop within 1 s")
         await self.preparer.stop()
         await self.engine.stop(self.shutdown_grace)
         if await settle(background, timeout=0.5):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from .ingress import Ingress
 from .listener import MailListener
 from .relay import Relay
@@ -64,16 +66,20 @@ class MailGateway:
             "refused": dict(self.ingress.refused),
             "duplicates": self.ingress.duplicates,
         }
-        if self.settings.relay_enabled:
-            stats = self.relay.stats()
-            oldest = stats.pop("oldest_pending")
-            state["relay"] = {
-                "smarthost": self.settings.relay,
-                "state": "ok" if self.relay.last_error is None else "retrying",
-                "last_error": self.relay.last_error,
-                "oldest_pending": oldest.isoformat(timespec="seconds") + "Z" if oldest else None,
-                **stats,
-            }
-        else:
+        if not self.settings.relay_enabled:
             state["relay"] = None
+            return state
+        relay = {
+            "smarthost": self.settings.relay,
+            "state": "ok" if self.relay.last_error is None else "retrying",
+            "last_error": self.relay.last_error,
+        }
+        try:
+            stats = self.relay.stats()
+        except SQLAlchemyError as e:  # health reports, never raises
+            relay.update(state="unknown", last_error=f"database: {e.__class__.__name__}")
+        else:
+            oldest = stats.pop("oldest_pending")
+            relay.update(stats, oldest_pending=oldest.isoformat(timespec="seconds") + "Z" if oldest else None)
+        state["relay"] = relay
         return state
