@@ -18,7 +18,7 @@ import threading
 import time
 
 from aiosmtpd.controller import Controller
-from hubutil import free_port
+from tests.hubutil import free_port
 
 SENDER = "wodmailer@portal.example.com"
 VERB_RCPT = "wodadmin@backend.example.com"

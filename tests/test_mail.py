@@ -11,7 +11,7 @@ import socket
 import time
 
 import pytest
-from mailutil import SENDER, VERB_RCPT, Smarthost, participant_bytes, portal_bytes, portal_send
+from tests.mailutil import SENDER, VERB_RCPT, Smarthost, participant_bytes, portal_bytes, portal_send
 from sqlalchemy import select
 from traitlets import TraitError
 

@@ -7,11 +7,11 @@ import time
 
 import httpx
 import pytest
-from mailutil import SENDER, Smarthost, participant_bytes, portal_bytes, portal_send
-from portal_server import PortalServer
+from tests.mailutil import SENDER, Smarthost, participant_bytes, portal_bytes, portal_send
+from tests.portal_server import PortalServer
 
-from hubutil import RealHub, free_port, write_workshop
-from svcutil import DB, check
+from tests.hubutil import RealHub, free_port, write_workshop
+from tests.svcutil import DB, check
 
 BASE = 400  # the portal calls our student N "N + 400"
 PROMISE = "[object Promise]"

@@ -55,21 +55,64 @@ def _fail(message: str) -> int:
 # -- wod workshops -------------------------------------------------------------------------
 
 
-def _roots(args) -> list[str]:
+def _base_wod(args):
+    """The c.Wod settings of ``--config`` (the hub's jupyterhub_config.py), or the defaults."""
     from .config import Wod
 
-    roots = args.notebooks or Wod().notebooks
+    path = getattr(args, "config", None)
+    if not path:
+        return Wod()
+    from traitlets.config.loader import PyFileConfigLoader
+
+    full = os.path.abspath(path)
+    if not os.path.isfile(full):
+        raise BadRequest(f"configuration file {path} does not exist")
+    return Wod(config=PyFileConfigLoader(os.path.basename(full), os.path.dirname(full)).load_config())
+
+
+def _roots(args) -> list[str]:
+    roots = args.notebooks or _base_wod(args).notebooks
     for root in roots:
         if not Path(root).is_dir():
             raise BadRequest(f"notebooks folder {root} does not exist or is not a folder")
     return roots
 
 
+def _check_renders(args, roots, catalog) -> dict:
+    """Render each valid workshop's templates once with the given variables: its name -> repair warnings.
+
+    A template that would fail a CREATE makes its workshop unusable (a blocking problem).
+    """
+    from .templating import default_renderer
+    from .trees import check_templates
+    from .variables import template_variables
+
+    wod = _base_wod(args)
+    wod.notebooks = roots
+    wod.variables = {**wod.variables, **_variables(args)}
+    wod.strict_undefined = wod.strict_undefined and not args.lenient
+    renderer = default_renderer(wod)
+    warnings = {}
+    for ws in catalog.workshops.values():
+        if not ws.valid:
+            continue
+        n = max(ws.range[0], 1)
+        values = template_variables(wod, ws, n, "Wod-Check-Pw1", modews="WKSHP")
+        problems, warnings[ws.name] = check_templates(renderer, ws, values)
+        for problem in problems:
+            ws.problem(problem, blocking=True)
+    return warnings
+
+
 def cmd_workshops(args) -> int:
     from .catalog import load_catalog
 
-    catalog = load_catalog(_roots(args), prefer_private=args.prefer_private)
+    roots = _roots(args)
+    catalog = load_catalog(roots, prefer_private=args.prefer_private)
+    warnings = {} if args.no_render else _check_renders(args, roots, catalog)
     data = catalog.to_json()
+    for item in data:
+        item["warnings"] = warnings.get(item["name"], [])
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True, default=str))
         return 0
@@ -86,6 +129,11 @@ def cmd_workshops(args) -> int:
         print(f"\n{len(problems)} problem(s):")
         for name, p in problems:
             print(f"  {name}: {p}")
+    repaired = [(name, w) for name in sorted(warnings) for w in warnings[name]]
+    if repaired:
+        print(f"\n{len(repaired)} warning(s):")
+        for name, w in repaired:
+            print(f"  {name}: {w}")
     return 0
 
 
@@ -245,9 +293,22 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--prefer-private", action="store_true", help="take a workshop found in several roots from the last one")
 
-    p = sub.add_parser("workshops", help="list the workshops and the problems found in them")
+    def variables_options(p):
+        p.add_argument("--var", action="append", metavar="KEY=VALUE", help="a template variable; repeat for several")
+        p.add_argument("--vars-file", metavar="FILE.yml", help="template variables from a YAML mapping (--var wins)")
+        p.add_argument("--lenient", action="store_true", help="render undefined variables empty instead of failing")
+
+    p = sub.add_parser(
+        "workshops", help="list the workshops and the problems found in them",
+        description="List the workshops of the notebooks roots. Each usable one is rendered once, in memory, with "
+        "the built-in variables and those given (--var, --vars-file), so that USABLE means a CREATE can provision it; "
+        "notebooks repaired as Jupyter does on load are reported as warnings.",
+    )
     notebooks_options(p)
+    variables_options(p)
+    p.add_argument("--config", "-f", metavar="FILE", help="the hub's jupyterhub_config.py: its c.Wod notebooks, variables and variables_dirs")
     p.add_argument("--json", action="store_true", help="print the catalog as JSON")
+    p.add_argument("--no-render", action="store_true", help="read the wod.yml files only; do not render the templates")
     p.set_defaults(func=cmd_workshops)
 
     p = sub.add_parser(
@@ -259,9 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     notebooks_options(p)
     p.add_argument("--student", type=int, required=True, metavar="N", help="student number")
     p.add_argument("--out", required=True, metavar="HOME", help="the student's home to write")
-    p.add_argument("--var", action="append", metavar="KEY=VALUE", help="a template variable; repeat for several")
-    p.add_argument("--vars-file", metavar="FILE.yml", help="template variables from a YAML mapping (--var wins)")
-    p.add_argument("--lenient", action="store_true", help="render undefined variables empty instead of failing")
+    variables_options(p)
     p.add_argument("--password", metavar="PW", help="the student's password for PASSSTU (default: a new random one)")
     p.set_defaults(func=cmd_render)
 

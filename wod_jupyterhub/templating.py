@@ -13,6 +13,7 @@ core: it imports nothing from the hub process.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import threading
@@ -24,6 +25,8 @@ from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 
 from . import errors
+
+log = logging.getLogger(__name__)
 
 TEMPLATED_SUFFIXES = (".ipynb", ".py", ".sh", ".yaml", ".src", ".tf", ".env")
 TEMPLATED_NAMES = ("Variables.ps1",)
@@ -115,6 +118,19 @@ def validate_notebook(nb) -> str | None:
 _STR_ONLY = {str}
 
 
+def _repaired(nb):
+    """(nb repaired as Jupyter copes with it on load, what changed) when that makes it valid; else None."""
+    from .nbrepair import repair
+
+    try:
+        fixed, changes = repair(nb)
+    except ValueError:
+        return None
+    if not changes or validate_notebook(fixed) is not None:
+        return None
+    return fixed, changes
+
+
 class _Skeleton:
     """A validated notebook with the one part a render may change, cell sources, left out.
 
@@ -163,7 +179,7 @@ class _Skeleton:
 class _Prepared:
     """One template file, compiled once, with what the hot path needs to check its output."""
 
-    __slots__ = ("template", "source", "notebook", "skeleton", "cleared_before", "clear_after")
+    __slots__ = ("template", "source", "notebook", "skeleton", "cleared_before", "clear_after", "repaired")
 
     def __init__(self):
         self.template = None
@@ -172,6 +188,8 @@ class _Prepared:
         self.skeleton = None
         self.cleared_before = False
         self.clear_after = False
+        # What nbrepair.repair changed so that the notebook validates (a warning for the admin), or None.
+        self.repaired = None
 
 
 class Renderer:
@@ -246,6 +264,15 @@ class Renderer:
                 else:
                     _clear(nb)
                     p.clear_after = True
+            if validate_notebook(nb) is not None:
+                fixed = _repaired(nb)
+                if fixed is not None:
+                    # Once per template: the repaired notebook is the template from now on. Repairing
+                    # commutes with rendering (it drops keys and adds ids; tags live in strings).
+                    nb, p.repaired = fixed
+                    text = _dump_notebook(nb)
+                    p.cleared_before = True  # the template is a re-serialization: errors are named at the source's lines
+                    log.warning("%s: repaired as Jupyter does on load: %s", rel, "; ".join(p.repaired))
             if validate_notebook(nb) is None and all(type(c) is dict for c in nb["cells"]):
                 p.skeleton = _Skeleton(nb)
         elif self.clear_outputs:
@@ -286,7 +313,12 @@ class Renderer:
         if p.skeleton is None or not p.skeleton.matches(nb):
             problem = validate_notebook(nb)
             if problem:
-                raise RenderError(f"{rel} is not a valid notebook once rendered: {problem}.", file=rel)
+                # Tags outside JSON strings: only the rendered notebook can be repaired, on every render.
+                fixed = _repaired(nb)
+                if fixed is None:
+                    raise RenderError(f"{rel} is not a valid notebook once rendered: {problem}.", file=rel)
+                nb, p.repaired = fixed
+                return _dump_notebook(nb)
         if p.clear_after:
             out = _dump_notebook(nb)
         return out

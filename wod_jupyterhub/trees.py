@@ -69,6 +69,38 @@ def write_tree(
     return written
 
 
+def check_templates(renderer: Renderer, workshop, variables: dict) -> tuple[list[str], list[str]]:
+    """Render every templated file of ``workshop`` once, in memory: (errors that stop a CREATE, repair warnings).
+
+    What ``wod workshops`` shows, so that USABLE means provisionable: the
+    first error of each file (not JSON once rendered, an undefined variable, a
+    syntax error, a symlink out of the root), and for each notebook the
+    repairs made so that it validates.
+    """
+    problems, warnings = [], []
+    try:
+        entries = source_tree(Path(workshop.path), Path(workshop.root))
+    except (RenderError, OSError) as e:
+        return [getattr(e, "message", None) or str(e)], []
+    top = Path(workshop.path).name
+    for rel, target, is_dir in entries:
+        if is_dir or not is_templated(os.path.basename(rel)):
+            continue
+        name = f"{top}/{rel}"
+        try:
+            renderer.render_file(Path(target), name, variables)
+        except RenderError as e:
+            problems.append(e.message)
+            continue
+        except OSError as e:
+            problems.append(f"{name} cannot be read: {e.strerror or e}.")
+            continue
+        repaired = renderer.prepare(Path(target), name).repaired
+        if repaired:
+            warnings.append(f"{name} was repaired as Jupyter does on load: {'; '.join(repaired)}.")
+    return problems, warnings
+
+
 def source_tree(src: Path, root: Path | None = None) -> list[tuple[str, str, bool]]:
     """Every file and folder of a workshop as ``(relative path, path to read, is a folder)``, folders first.
 
