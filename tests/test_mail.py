@@ -216,6 +216,7 @@ BAD = {
     "10 MB": (participant_bytes("p@example.org", "Big", ("x" * 1000 + "\n") * 10_500), "too_large"),
     "garbage": (bytes(range(256)) * 40, "syntax"),
     "garbage lines": (b"\xff\xfe\x00 junk\n" * 20, "syntax"),
+    "bad recipient": (participant_bytes("a@b>\tRCPT TO:<c@d.example", "Hi", "x"), "recipient"),
 }
 
 

@@ -27,6 +27,7 @@ address, ``MAIL FROM``, ``RCPT TO``) and hands it the message at the end;
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -41,6 +42,8 @@ from .message import PROMISE, parse_message, parse_verb
 _HELD = ("active", "kept", "cleaning")
 _UNFINISHED = ("queued", "running")
 MAX_RECIPIENTS = 100
+# What a relayed mail may be addressed to: no SMTP specials, a plain host name.
+_RECIPIENT = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,253}[A-Za-z0-9])?$")
 
 
 @dataclass
@@ -102,7 +105,7 @@ class Ingress:
         return OK
 
     def check_recipient(self, envelope: Envelope, recipient: str) -> Reply:
-        if "@" not in recipient and not self.settings.is_verb_recipient(recipient):
+        if not (_RECIPIENT.match(recipient) or self.settings.is_verb_recipient(recipient)):
             return self.refuse("recipient", 550, f"5.1.3 Bad recipient address <{recipient[:200]}>.")
         kind = "verb" if self.settings.is_verb_recipient(recipient) else "relay"
         if kind == "relay" and not self.settings.relay_enabled:

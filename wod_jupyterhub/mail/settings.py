@@ -156,7 +156,8 @@ class WodMail(Configurable):
 
     @default("hostname")
     def _hostname_default(self):
-        return socket.getfqdn() or "localhost"
+        # Not getfqdn(): a reverse DNS lookup may hang the service's start.
+        return socket.gethostname() or "localhost"
 
     max_message_size = Integer(
         1024 * 1024,
