@@ -140,8 +140,8 @@ def main(argv=None) -> int:
         print(f"wod mail: error: {e}", file=sys.stderr)
         return EX_REFUSED
     except Exception as e:  # noqa: BLE001 - postfix keeps the mail and tries again
-        logging.getLogger("wod.mail").exception("wod mail failed")
-        print(f"wod mail: could not take the mail now ({type(e).__name__}); try again", file=sys.stderr)
+        reason = " ".join(str(e).split())[:300]
+        print(f"wod mail: could not take the mail now ({type(e).__name__}: {reason}); try again", file=sys.stderr)
         return EX_TEMPFAIL
 
 
