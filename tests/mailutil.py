@@ -18,6 +18,7 @@ import threading
 import time
 
 from aiosmtpd.controller import Controller
+
 from tests.hubutil import free_port
 
 SENDER = "wodmailer@portal.example.com"

@@ -11,10 +11,10 @@ import socket
 import time
 
 import pytest
-from tests.mailutil import SENDER, VERB_RCPT, Smarthost, participant_bytes, portal_bytes, portal_send
 from sqlalchemy import select
 from traitlets import TraitError
 
+from tests.mailutil import SENDER, VERB_RCPT, Smarthost, participant_bytes, portal_bytes, portal_send
 from wod_jupyterhub.config import Wod
 from wod_jupyterhub.errors import BadRequest
 from wod_jupyterhub.mail.ingress import Ingress
@@ -92,7 +92,7 @@ def test_settings_are_validated():
             WodMail(**bad)
     st = WodMail(sender="W@Portal", recipient="wodadmin@anything", allowed_sources=["10.0.0.0/24"])
     assert st.recipient == "wodadmin" and st.is_sender("w@portal") and st.is_verb_recipient("WODADMIN@other.host")
-    assert st.source_allowed("10.0.0.7") and not st.source_allowed("10.0.1.7") and not st.enabled is False
+    assert st.source_allowed("10.0.0.7") and not st.source_allowed("10.0.1.7") and st.enabled is not False
 
 
 # ---------------------------------------------------------------------- listener and relay

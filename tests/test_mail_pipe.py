@@ -4,11 +4,11 @@ import subprocess
 import sys
 
 import pytest
-from mailutil import SENDER, participant_bytes, portal_bytes
 from sqlalchemy import select
 
-from hubutil import write_workshop
-from svcutil import DB
+from tests.hubutil import write_workshop
+from tests.mailutil import SENDER, participant_bytes, portal_bytes
+from tests.svcutil import DB
 from wod_jupyterhub.store import MailMessage
 
 WOD = [sys.executable, "-m", "wod_jupyterhub.cli", "mail"]

@@ -7,10 +7,10 @@ import time
 
 import httpx
 import pytest
-from tests.mailutil import SENDER, Smarthost, participant_bytes, portal_bytes, portal_send
-from tests.portal_server import PortalServer
 
 from tests.hubutil import RealHub, free_port, write_workshop
+from tests.mailutil import SENDER, Smarthost, participant_bytes, portal_bytes, portal_send
+from tests.portal_server import PortalServer
 from tests.svcutil import DB, check
 
 BASE = 400  # the portal calls our student N "N + 400"

@@ -30,7 +30,7 @@ PROG = "wod"
 #: subcommands implemented elsewhere: name → (module, help)
 DELEGATES = {
     "service": ("wod_jupyterhub.service", "run the wod service (a JupyterHub managed service); arguments go to it"),
-    "mail": ("wod_jupyterhub.mail.pipe", "take one mail from stdin as the mail listener does (postfix pipe: `wod mail --config FILE --from ${sender} --to ${recipient}`)"),
+    "mail": ("wod_jupyterhub.mail.pipe", "take one mail from stdin as the mail listener does (`wod mail --config FILE --from S --to R`)"),
     "users": ("wod_jupyterhub.users", "manage the student accounts (`wod users create [--config FILE]`)"),
 }
 
