@@ -26,6 +26,7 @@ address, ``MAIL FROM``, ``RCPT TO``) and hands it the message at the end;
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections import Counter
@@ -128,7 +129,8 @@ class Ingress:
         try:
             if envelope.kind == "verb":
                 return await self._verb(envelope, message)
-            return self._relay(envelope, message)
+            # A commit per mail: in a thread, so that the listener keeps serving meanwhile.
+            return await asyncio.to_thread(self._relay, envelope, message)
         except SQLAlchemyError as e:
             # Nothing was stored, so nothing may be accepted: the client (or postfix) tries again.
             self.log.error("Mail from %s could not be stored: %s", envelope.sender, e)
