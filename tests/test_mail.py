@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 from traitlets import TraitError
 
-from tests.mailutil import SENDER, VERB_RCPT, Smarthost, participant_bytes, portal_bytes, portal_send
+from tests.mailutil import SENDER, VERB_RCPT, Smarthost, participant_bytes, portal_bytes, portal_send, self_signed
 from wod_jupyterhub.config import Wod
 from wod_jupyterhub.errors import BadRequest
 from wod_jupyterhub.mail.ingress import Ingress
@@ -250,3 +250,33 @@ async def test_participant_mail_without_a_relay_and_strangers_by_address_are_ref
         assert await m.send(participant_bytes("p@example.org", "Hi", "x")) == b"5"
         assert m.ingress.refused["source"] == 1
     assert m.rows() == []
+
+
+async def test_starttls_and_login_at_the_smarthost(store, tmp_path, monkeypatch):
+    import ssl
+
+    from aiosmtpd.smtp import AuthResult
+
+    cert, key = self_signed(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    # The relay verifies the smarthost against the system's CAs; here that is our own certificate.
+    monkeypatch.setenv("SSL_CERT_FILE", cert)
+    logins = []
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        login, password = (x.decode() if isinstance(x, bytes) else x for x in (auth_data.login, auth_data.password))
+        logins.append((login, password))
+        # handled=False: aiosmtpd answers the 535 itself
+        return AuthResult(success=(login, password) == ("wod", "s3cret-pw"), handled=False)
+
+    host = Smarthost(tls_context=server_tls, require_starttls=True, auth_required=True, authenticator=authenticator)
+    with host:
+        async with Mailer(store, host, relay_starttls=True, relay_username="wod", relay_password="wrong-pw") as m:
+            await m.send(participant_bytes("p@example.org", "Credentials", "pw"))
+            await until(lambda: m.rows() and m.rows()[0].attempts >= 1)
+            assert "refused the login" in m.rows()[0].last_error and "wrong-pw" not in m.rows()[0].last_error
+            assert host.messages == []
+        async with Mailer(store, host, relay_starttls=True, relay_username="wod", relay_password="s3cret-pw") as m:
+            got = await asyncio.to_thread(host.wait_for, 1)
+        assert got[0]["message"]["Subject"] == "Credentials" and ("wod", "s3cret-pw") in logins
