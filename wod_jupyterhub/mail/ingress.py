@@ -74,20 +74,37 @@ class Envelope:
 class Ingress:
     """Judges and stores received mail; shared by the listener and ``wod mail``."""
 
-    def __init__(self, settings, wod, store, relay=None, submit=None, log=None):
-        """``submit``: the engine's ``async submit(verb, student, student_last, customer=, email=, workshop=)``."""
+    def __init__(self, settings, wod, store, relay=None, submit=None, log=None, metrics=None):
+        """``submit``: the engine's ``async submit(verb, student, student_last, customer=, email=, workshop=)``.
+
+        ``metrics``: told of each event (``mail_received(kind)``, ``mail_refused(reason)``,
+        ``mail_duplicate()``), as the metrics module's counters want it.
+        """
         self.settings = settings
         self.wod = wod
         self.store = store
         self.relay = relay
         self.submit = submit
         self.log = log or logging.getLogger("wod.mail")
+        self.metrics = metrics
         self.received = Counter()  # kind -> mails accepted
         self.refused = Counter()  # reason -> mails or connections refused
         self.duplicates = 0
 
+    def _count(self, event: str, label: str | None = None) -> None:
+        """One event: ``received`` (kind), ``refused`` (reason) or ``duplicate``."""
+        if event == "received":
+            self.received[label] += 1
+        elif event == "refused":
+            self.refused[label] += 1
+        else:
+            self.duplicates += 1
+        if self.metrics is not None:
+            hook = getattr(self.metrics, f"mail_{event}")
+            hook() if label is None else hook(label)
+
     def refuse(self, reason: str, code: int, text: str, detail: str = "") -> Reply:
-        self.refused[reason] += 1
+        self._count("refused", reason)
         self.log.warning("Mail refused (%s): %s%s", reason, text, f" [{detail}]" if detail else "")
         return Reply(code, text)
 
@@ -134,7 +151,7 @@ class Ingress:
         except SQLAlchemyError as e:
             # Nothing was stored, so nothing may be accepted: the client (or postfix) tries again.
             self.log.error("Mail from %s could not be stored: %s", envelope.sender, e)
-            self.refused["storage"] += 1
+            self._count("refused", "storage")
             return Reply(451, "4.3.0 The mail could not be stored; try again later.")
 
     def _relay(self, envelope: Envelope, message) -> Reply:
@@ -150,10 +167,10 @@ class Ingress:
                         )
                     )  # fmt: skip
         except IntegrityError:
-            self.duplicates += 1
+            self._count("duplicate")
             self.log.info("Mail %s from %s was received before; not relayed again", message.message_id, envelope.sender)
             return Reply(250, "2.0.0 Ok: received before")
-        self.received["relay"] += 1
+        self._count("received", "relay")
         self.relay.notify()
         self.log.info(
             "Participant mail #%s to %s queued for the relay (%d characters)",
@@ -170,7 +187,7 @@ class Ingress:
         except WodError as e:
             return self.refuse("subject", 550, f"5.6.0 {e.message}")
         if message.message_id and self._seen(message.message_id):
-            self.duplicates += 1
+            self._count("duplicate")
             self.log.info("Verb mail %s (%s) was received before; not run again", message.message_id, subject)
             return Reply(250, "2.0.0 Ok: received before")
         base = self.wod.base_student_id
@@ -180,7 +197,7 @@ class Ingress:
         except WodError as e:
             return self.refuse(_reason(e), 550, f"5.7.1 {e.message}", subject)
         if duplicate is not None:
-            self.duplicates += 1
+            self._count("duplicate")
             self.log.info("Verb mail %r repeats operation %s; not run again", subject, duplicate)
             return Reply(250, f"2.0.0 Ok: already operation {duplicate}")
         workshop = mail.workshop if mail.verb in ("CREATE", "RESET") else None
@@ -194,7 +211,7 @@ class Ingress:
             )
         except WodError as e:
             return self.refuse(_reason(e), 550, f"5.7.1 {e.message}", subject)
-        self.received["verb"] += 1
+        self._count("received", "verb")
         self._record(envelope, message, op.id)
         self.log.info("Verb mail %r from %s became operation %s", subject, envelope.sender, op.id)
         return Reply(250, f"2.0.0 Ok: operation {op.id}")

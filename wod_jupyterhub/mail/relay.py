@@ -52,8 +52,10 @@ def _pending(kind="relay"):
 class Relay:
     """Participant mails: :meth:`enqueue` in the receiving transaction, :meth:`run` to deliver."""
 
-    def __init__(self, store, settings, log=None):
+    def __init__(self, store, settings, log=None, metrics=None):
+        """``metrics``: told of each attempt's outcome (``mail_relay(outcome)``)."""
         self.store = store
+        self.metrics = metrics
         self.settings = settings
         self.log = log or logging.getLogger("wod.mail")
         self.owner = make_owner()
@@ -65,6 +67,11 @@ class Relay:
         self.last_error: str | None = None
         self.last_success: datetime.datetime | None = None
         self.counts = {"relayed": 0, "retried": 0, "failed": 0}
+
+    def _count(self, outcome: str) -> None:
+        self.counts[outcome] += 1
+        if self.metrics is not None:
+            self.metrics.mail_relay(outcome)
 
     # ------------------------------------------------------------------ enqueue
 
@@ -192,7 +199,7 @@ class Relay:
                     self._send(smtp, row)
                 except _Rejected as e:
                     self._finish(row.id, attempts=row.attempts + 1, failed=utcnow(), last_error=str(e)[:2000])
-                    self.counts["failed"] += 1
+                    self._count("failed")
                     self.log.warning("The smarthost refused mail #%d to %s for good: %s", row.id, row.recipient, e)
                     continue
                 except _Transient as e:
@@ -202,7 +209,7 @@ class Relay:
                         row.id, attempts=attempts, last_error=str(e)[:2000],
                         next_attempt=utcnow() + datetime.timedelta(seconds=wait),
                     )  # fmt: skip
-                    self.counts["retried"] += 1
+                    self._count("retried")
                     if self.last_error is None:
                         self.log.warning("Mail relay: %s; mails wait in the outbox and are retried", e)
                     self.last_error = str(e)
@@ -210,7 +217,7 @@ class Relay:
                 # Marked right after the 250: a crash in between resends it once, with the same Message-ID.
                 self._finish(row.id, delivered=utcnow(), attempts=row.attempts + 1, last_error=None)
                 delivered += 1
-                self.counts["relayed"] += 1
+                self._count("relayed")
                 if self.last_error is not None:
                     self.log.info("Mail relay: the smarthost %s takes mail again", self.settings.relay)
                 self.last_error = None
