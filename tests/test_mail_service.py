@@ -226,3 +226,16 @@ def test_participant_mails_are_relayed_once_and_health_shows_the_relay(hub, smar
     state = health(hub)["mail"]
     assert state["listening"] and state["relay"]["state"] == "ok" and state["relay"]["delivered"] >= 1
     assert state["relay"]["pending"] == 0
+
+
+def test_a_mail_verb_and_a_rest_verb_on_one_seat_run_one_after_the_other(hub, db, portal, mail):
+    n, customer = 7, "9191"
+    with hub.client() as api:
+        created = check(api.post("api/create", json={"student": n, "customer": customer, "email": "s@example.org", "workshop": "WKSHP-Mail"}), 202)
+    # At once, while the CREATE may still run: the mail's CLEANUP waits for it, as a second REST verb would.
+    mail(portal_bytes(f"CLEANUP {n + BASE} {customer}", "WKSHP-Mail"))
+    create, cleanup = wait_ops(db, 2, student=n)
+    assert (create.id, create.verb, cleanup.verb) == (created["id"], "CREATE", "CLEANUP")
+    assert create.status == cleanup.status == "succeeded", (create.error, cleanup.error)
+    assert cleanup.started >= create.finished
+    assert db.student(n).state == "free"
