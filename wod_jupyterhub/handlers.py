@@ -325,7 +325,8 @@ class MetricsHandler(BaseHandler):
 
     async def get(self):
         app = self.app
-        body = app.metrics.render(store=app.store, running=self.engine.running, outbox=app.outbox if app.portal.enabled else None)
+        relay = app.mail.relay if app.mail.settings.relay_enabled else None
+        body = app.metrics.render(store=app.store, running=self.engine.running, outbox=app.outbox if app.portal.enabled else None, relay=relay)
         self.set_header("Content-Type", app.metrics.content_type)
         self.finish(body)
 

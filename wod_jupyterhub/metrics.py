@@ -34,6 +34,14 @@ class Metrics:
         self.outbox = Gauge("wod_outbox_pending", "Portal callbacks not delivered yet", registry=r)
         for status in Status.FINISHED:
             self.finished.labels(status)  # exported at 0 before the first operation ends
+        # The portal's mail API (wod_jupyterhub/mail): told by its ingress and relay as things happen.
+        self.mail_received_total = Counter("wod_mail_received", "Portal mails accepted, by kind (verb, relay)", ["kind"], registry=r)
+        self.mail_refused_total = Counter("wod_mail_refused", "Mails and connections refused, by reason", ["reason"], registry=r)
+        self.mail_duplicates = Counter("wod_mail_duplicates", "Mails received again and not acted on twice", registry=r)
+        self.mail_relay_total = Counter("wod_mail_relay", "Relay attempts by outcome (relayed, retried, failed)", ["outcome"], registry=r)
+        self.mail_pending = Gauge("wod_mail_relay_pending", "Participant mails waiting for the smarthost", registry=r)
+        for kind in ("verb", "relay"):
+            self.mail_received_total.labels(kind)
 
     # ---- events
 
@@ -47,13 +55,28 @@ class Metrics:
         if recovered_from:
             self.recovered.inc()
 
+    def mail_received(self, kind: str) -> None:
+        self.mail_received_total.labels(kind).inc()
+
+    def mail_refused(self, reason: str) -> None:
+        self.mail_refused_total.labels(reason).inc()
+
+    def mail_duplicate(self) -> None:
+        self.mail_duplicates.inc()
+
+    def mail_relay(self, outcome: str) -> None:
+        self.mail_relay_total.labels(outcome).inc()
+
     # ---- scrape
 
-    def render(self, *, store, running: int, outbox=None) -> bytes:
-        """The text exposition, gauges read now: ``running`` operations, queued ones from ``store``, ``outbox`` pending."""
+    def render(self, *, store, running: int, outbox=None, relay=None) -> bytes:
+        """The text exposition, gauges read now: ``running`` operations, queued ones from ``store``,
+        ``outbox`` pending, ``relay`` (the mail relay) pending."""
         self.running.set(running)
         with store.Session() as s:
             self.queued.set(s.scalar(select(func.count()).select_from(Operation).where(Operation.status == Status.QUEUED)))
         if outbox is not None:
             self.outbox.set(outbox.pending())
+        if relay is not None:
+            self.mail_pending.set(relay.stats()["pending"])
         return generate_latest(self.registry)

@@ -194,7 +194,7 @@ class WodService(Application):
         from .mail.gateway import MailGateway
 
         # In this process, beside the engine: see mail/gateway.py for why.
-        self.mail = MailGateway(WodMail(parent=self), self.wod, self.store, self.engine.submit, self.log)
+        self.mail = MailGateway(WodMail(parent=self), self.wod, self.store, self.engine.submit, self.log, metrics=self.metrics)
         self.openapi = OPENAPI
         # Workshop templates render in this process: once the secrets are read
         # (the sealing key, the portal's password), the environment a template

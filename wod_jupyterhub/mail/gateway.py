@@ -20,11 +20,11 @@ from .relay import Relay
 
 
 class MailGateway:
-    def __init__(self, settings, wod, store, submit, log):
+    def __init__(self, settings, wod, store, submit, log, metrics=None):
         self.settings = settings
         self.log = log
-        self.relay = Relay(store, settings, log=log)
-        self.ingress = Ingress(settings, wod, store, self.relay, submit, log=log)
+        self.relay = Relay(store, settings, log=log, metrics=metrics)
+        self.ingress = Ingress(settings, wod, store, self.relay, submit, log=log, metrics=metrics)
         self.listener = MailListener(settings, self.ingress, log=log)
         self._relay_task = None
         self.error = None

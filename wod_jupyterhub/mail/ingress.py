@@ -36,12 +36,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from ..errors import WodError
-from ..store import MailMessage, Operation, Student, utcnow
+from ..store import MailMessage, Operation, Seat, Status, Student, utcnow
 from .message import PROMISE, parse_message, parse_verb
 
-# A seat in one of these states belongs to its customer (as the engine reads it).
-_HELD = ("active", "kept", "cleaning")
-_UNFINISHED = ("queued", "running")
 MAX_RECIPIENTS = 100
 # What a relayed mail may be addressed to: no SMTP specials, a plain host name.
 _RECIPIENT = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,253}[A-Za-z0-9])?$")
@@ -254,7 +251,7 @@ class Ingress:
         """The seat ``customer`` holds, else the one they held last (their latest operation's)."""
         with self.store.Session() as s:
             held = s.scalar(
-                select(Student.number).where(Student.customer == customer, Student.state.in_(_HELD)).limit(1)
+                select(Student.number).where(Student.customer == customer, Student.state.in_(Seat.HELD)).limit(1)
             )
             if held is not None:
                 return held
@@ -273,7 +270,7 @@ class Ingress:
             touching = (
                 Operation.student <= last,
                 func.coalesce(Operation.student_last, Operation.student) >= first,
-                Operation.status != "failed",
+                Operation.status != Status.FAILED,
             )
             if verb == "RESET":
                 latest = s.execute(
@@ -313,14 +310,14 @@ class Ingress:
         """Who holds seat ``n`` once the queued operations ran, as far as a CREATE decides it."""
         pending = s.scalar(
             select(Operation.customer)
-            .where(Operation.verb == "CREATE", Operation.student == n, Operation.status.in_(_UNFINISHED))
+            .where(Operation.verb == "CREATE", Operation.student == n, Operation.status.in_(Status.UNFINISHED))
             .order_by(Operation.created.desc())
             .limit(1)
         )
         if pending is not None:
             return pending
         st = s.get(Student, n)
-        return st.customer if st is not None and st.state in _HELD else None
+        return st.customer if st is not None and st.state in Seat.HELD else None
 
 
 def _reason(e: WodError) -> str:

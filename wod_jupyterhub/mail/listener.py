@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from ..waiting import within
 from .ingress import Envelope
 from .message import path_address
 
@@ -122,8 +123,8 @@ class _Session(asyncio.Protocol):
                 self.ingress.refuse("busy", 421, "4.7.0 Too many connections; try again later.", f"client {self.peer}")
                 self.reply(421, "4.7.0 Too many connections; try again later.")
                 return
-            await asyncio.wait_for(self.dialog(), self.settings.timeout)
-        except asyncio.TimeoutError:
+            await within(self.dialog(), self.settings.timeout)
+        except TimeoutError:
             self.ingress.refuse(
                 "timeout", 421, f"4.4.2 Connection from {self.peer} did not finish within {self.settings.timeout:g} s; closed.",
             )  # fmt: skip

@@ -34,6 +34,7 @@ from sqlalchemy import delete, func, or_, select, update
 from ..owners import make_owner
 from ..portal import LEASE_MARGIN, _lease_held
 from ..store import MailMessage, utcnow
+from ..waiting import nap
 from .message import build_relay, make_message_id
 
 
@@ -259,10 +260,7 @@ class Relay:
                     self.log.exception("Mail relay: a delivery pass failed; trying again")
                     due = None
                 wait = self.settings.poll_interval if due is None else min(max(due, 0.01), self.settings.poll_interval)
-                try:
-                    await asyncio.wait_for(self._wake.wait(), wait)
-                except TimeoutError:
-                    pass
+                await nap(self._wake, wait)
         finally:
             self._wake = None
             self._loop = None

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 
 def engine_submit(config, wod, store, log):
-    """(submit, close): the same admission checks and durable queueing as the service's REST verbs."""
-    from ..operations import Operations
+    """(submit, close): the same admission checks and durable queueing as the service's REST verbs.
 
-    ops = Operations(wod, store, None, None, None, None, None, config=config, log=log)
+    The engine is not started here: the operation row it writes is found by
+    the dispatcher of the service process(es) sharing the database.
+    """
+    from ..catalog import CatalogCache
+    from ..operations import Engine, SeatWork, WodOperations
 
-    def close():
-        for pool in (ops.pool, ops.hash_pool, ops.stage_pool):
-            pool.shutdown(wait=False)
-
-    return ops.submit, close
+    settings = WodOperations(config=config)
+    work = SeatWork(
+        wod, settings, catalog=CatalogCache(wod, ttl=settings.catalog_ttl), hub=None, hooks=None, renderer=None,
+        sealer=None, outbox=None, log=log,
+    )  # fmt: skip
+    engine = Engine(settings, store, work, log=log)
+    return engine.submit, work.close
