@@ -153,6 +153,10 @@ def test_purge_and_reset_with_object_promise_name_the_customers_seat(hub, db, po
     got = wait_puts(portal, {f"/api/student/{n + BASE}"}, since, 2)
     assert got[0][1] == {"assigned": "false"} and db.password_ok(n, got[1][1]["password"])
     assert db.student(n).state == "free"
+    # The same PURGE again: the seat it names was purged already; nothing runs twice.
+    mail(portal_bytes(f"PURGE {PROMISE} {customer}", "WKSHP-Mail"))
+    time.sleep(0.5)
+    assert len(db.ops(verb="PURGE", student=n)) == 1
 
     # RESET [object Promise]: the seat the customer held last (kept by a reset: true workshop).
     n, customer = 12, "7272"
@@ -239,3 +243,16 @@ def test_a_mail_verb_and_a_rest_verb_on_one_seat_run_one_after_the_other(hub, db
     assert create.status == cleanup.status == "succeeded", (create.error, cleanup.error)
     assert cleanup.started >= create.finished
     assert db.student(n).state == "free"
+
+
+def test_a_reset_of_a_range_by_mail_sets_the_workshop_capacity(hub, db, portal, mail):
+    since = settle(portal, db)
+    mail(portal_bytes(f"RESET {13 + BASE},{15 + BASE} 5555", "WKSHP-MailKeep"))
+    (op,) = wait_ops(db, 1, verb="RESET", student=13)
+    assert (op.status, op.student_last) == ("succeeded", 15), op.error
+    assert portal.wait_for(lambda p: any(c.path == "/api/workshop/6" for c in p.accepted()[since:]), 30)
+    assert [c.body for c in portal.accepted()[since:] if c.path == "/api/workshop/6"] == [{"capacity": "3"}]
+    # Sent twice: nothing happened on those seats since, so it is the same RESET.
+    mail(portal_bytes(f"RESET {13 + BASE},{15 + BASE} 5555", "WKSHP-MailKeep"))
+    time.sleep(0.5)
+    assert len(db.ops(verb="RESET", student=13)) == 1
