@@ -132,8 +132,8 @@ class Mailer:
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(f"sqlite:///{tmp_path / 'wod.sqlite'}")
+def store(db_url):
+    s = Store(db_url)  # SQLite and the real PostgreSQL (conftest.db_url)
     yield s
     s.dispose()
 
