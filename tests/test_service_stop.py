@@ -21,9 +21,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.hubutil import RealHub, write_workshop
+from tests.hubutil import RealHub, free_port, write_workshop
+from tests.mailutil import SENDER, participant_bytes, portal_bytes, portal_send
 
 GRACE = 2.0
+MAIL_PORT = free_port()
 WORKSHOP = "WKSHP-Stop"
 TRIALS = 12
 
@@ -60,7 +62,10 @@ def hub(tmp_path_factory, silent):
         api_db_url=silent,
         wod_config={"student_min": 1, "student_max": 30, "scripts": [str(scripts)], "skel": ""},
         service_config={"shutdown_grace": GRACE},
-        extra_config="c.WodOperations.prepare_rescan = 0.5\nc.WodPortal.timeout = 30\n",
+        # The mail API too: its listener takes mail while the signal lands, its relay hangs on a silent smarthost.
+        extra_config="c.WodOperations.prepare_rescan = 0.5\nc.WodPortal.timeout = 30\n"
+        f"c.WodMail.sender = {SENDER!r}\nc.WodMail.ip = '127.0.0.1'\nc.WodMail.port = {MAIL_PORT}\n"
+        f"c.WodMail.relay = {silent.split('//', 1)[1]!r}\nc.WodMail.relay_timeout = 30\n",
     ) as hub:
         yield hub
 
@@ -108,6 +113,8 @@ def test_the_service_stops_in_time_whatever_it_is_doing(hub, silent, tmp_path):
                     with hub.client() as api:
                         for n in rng.sample(range(1, 31), 4):
                             api.post("api/create", json={"student": n, "customer": f"c{trial}", "email": "e@x", "workshop": WORKSHOP})
+                    portal_send(MAIL_PORT, participant_bytes(f"p{trial}@example.org", "Welcome", "hello"))
+                    portal_send(MAIL_PORT, portal_bytes(f"CREATE {rng.randint(1, 30)} m{trial} m@example.org", WORKSHOP))
                 time.sleep(rng.uniform(0.0, 2.0))
             signalled = time.monotonic()
             proc.send_signal(sig)

@@ -249,16 +249,17 @@ class WodService(Application):
         self.log.info("wod service %s listening on %s%s (database %s)", __version__, self.url.rstrip("/"), self.prefix, _safe_url(self.wod.db_url))
         await self._stopping.wait()
         self.log.info("Stopping: no new requests; running operations get %.0f s to finish", self.shutdown_grace)
-        # Each part below is bounded (at most grace + 3.5 s in all); whatever still hangs (a bug),
+        # Each part below is bounded (at most grace + 4 s in all); whatever still hangs (a bug),
         # the process ends in time.
         watchdog = threading.Timer(self.shutdown_grace + 4.5, self._stop_now)
         watchdog.daemon = True
         watchdog.start()
         server.stop()
         try:
-            await within(self.mail.stop(), 1.0)
+            # No new mail either; a relay in the middle of a send is left to its thread (sent or retried later).
+            await within(self.mail.stop(), 0.5)
         except TimeoutError:
-            self.log.warning("The mail listener did not stop within 1 s")
+            self.log.warning("The mail listener did not stop within 0.5 s")
         await self.preparer.stop()
         await self.engine.stop(self.shutdown_grace)
         if await settle(background, timeout=0.5):

@@ -28,6 +28,7 @@ import smtplib
 import socket
 import ssl
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import delete, func, or_, select, update
 
@@ -68,6 +69,7 @@ class Relay:
         self.last_error: str | None = None
         self.last_success: datetime.datetime | None = None
         self.counts = {"relayed": 0, "retried": 0, "failed": 0}
+        self._pool = None
 
     def _count(self, outcome: str) -> None:
         self.counts[outcome] += 1
@@ -246,16 +248,18 @@ class Relay:
             return
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        # Its own thread, not the loop's default executor: asyncio.run waits for that one at exit.
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="wod-relay")
         self.log.info("Relaying participant mails to %s", self.settings.relay)
         try:
             while True:
                 self._wake.clear()
                 try:
-                    await asyncio.to_thread(self.deliver_due)
+                    await self._in_thread(self.deliver_due)
                     if time.monotonic() - self._last_prune > 3600:
-                        await asyncio.to_thread(self._prune)
+                        await self._in_thread(self._prune)
                         self._last_prune = time.monotonic()
-                    due = await asyncio.to_thread(self._next_due_in)
+                    due = await self._in_thread(self._next_due_in)
                 except Exception:  # noqa: BLE001 - the database may be away for a moment
                     self.log.exception("Mail relay: a delivery pass failed; trying again")
                     due = None
@@ -264,3 +268,9 @@ class Relay:
         finally:
             self._wake = None
             self._loop = None
+            # A send in progress (a smarthost that does not answer holds it up to relay_timeout) is
+            # left to its thread: the mail is marked sent or retried, here or at the next start.
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _in_thread(self, fn):
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
