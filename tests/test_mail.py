@@ -214,6 +214,7 @@ BAD = {
     "stranger relay": (participant_bytes("victim@example.org", "Buy now", "spam", sender="mallory@evil.example"), "sender"),
     "malformed subject": (portal_bytes("CREATE four-oh-one 825 a@b.c", "WKSHP-API101"), "subject"),
     "10 MB": (participant_bytes("p@example.org", "Big", ("x" * 1000 + "\n") * 10_500), "too_large"),
+    "one 2 MB line": (participant_bytes("p@example.org", "Big", "y" * 2_000_000), "too_large"),
     "garbage": (bytes(range(256)) * 40, "syntax"),
     "garbage lines": (b"\xff\xfe\x00 junk\n" * 20, "syntax"),
     "bad recipient": (participant_bytes("a@b>\tRCPT TO:<c@d.example", "Hi", "x"), "recipient"),
@@ -280,3 +281,11 @@ async def test_starttls_and_login_at_the_smarthost(store, tmp_path, monkeypatch)
         async with Mailer(store, host, relay_starttls=True, relay_username="wod", relay_password="s3cret-pw") as m:
             got = await asyncio.to_thread(host.wait_for, 1)
         assert got[0]["message"]["Subject"] == "Credentials" and ("wod", "s3cret-pw") in logins
+
+
+async def test_a_long_line_within_the_limit_is_relayed_whole(store, smarthost):
+    text = "z" * 600_000  # one line, more than the listener reads at once, less than max_message_size
+    async with Mailer(store, smarthost) as m:
+        await m.send(participant_bytes("long@example.org", "Long", text))
+        got = await asyncio.to_thread(smarthost.wait_for, 1)
+    assert got[0]["message"].get_content().replace("\r\n", "").replace("\n", "") == text

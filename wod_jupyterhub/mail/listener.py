@@ -8,8 +8,13 @@ client sent is kept in our own buffer (not a ``StreamReader``, which turns
 a reset connection into an error that hides the data already received),
 and the dialog is played to its end whether or not anyone still listens to
 the replies: a complete message (ended by a ``.`` line) is acted on, an
-unfinished one is dropped. Replies go out as usual, so ``smtplib`` and
-other standard clients work too.
+unfinished one is dropped. A client that wrote before the greeting (the
+listener waits ``PREGREET_WAIT`` for that) gets the greeting once what it
+wrote has been read (its message's end, or a pause of ``PREGREET_IDLE``),
+and nothing else: a byte reaching a socket the client has closed, or left
+unread in it, makes its system answer with a reset, which would drop the
+part of a long message not read yet. Other clients get every reply as
+usual, so ``smtplib`` and other standard clients work too.
 
 Limits, so that a stranger cannot hurt the service: ``max_connections`` at
 once, ``timeout`` seconds per connection, ``max_message_size`` bytes per
@@ -24,11 +29,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ..waiting import within
+from ..waiting import nap, within
 from .ingress import Envelope
 from .message import path_address
 
 MAX_LINE = 2048
+PREGREET_WAIT = 0.05
+PREGREET_IDLE = 0.2
 MAX_BAD = 10
 # Stop reading from a client while this much waits unprocessed.
 _HIGH_WATER = 256 * 1024
@@ -49,6 +56,15 @@ class _Session(asyncio.Protocol):
         self.peer = None
         self.task = None
         self.too_large = None
+        # A client that talks before the greeting (the portal) reads nothing but the greeting and
+        # hangs up: it gets the greeting once its input has been read (a message's end, or a
+        # pause), and no other reply. Any byte it has not read when it hangs up makes its system
+        # answer with a reset, and a reset drops whatever we have not read yet.
+        self.quiet = False
+        self.greeted = False
+        # Above a whole message's worth, so that a long line is judged (kept or refused as too
+        # large) before reading stops; bounded all the same.
+        self.high_water = max(_HIGH_WATER, self.settings.max_message_size + 2 * MAX_LINE)
 
     # -------------------------------------------------------------- asyncio callbacks
 
@@ -62,7 +78,7 @@ class _Session(asyncio.Protocol):
     def data_received(self, data):
         self.buffer += data
         self.event.set()
-        if len(self.buffer) > _HIGH_WATER and not self.paused:
+        if len(self.buffer) > self.high_water and not self.paused:
             self.paused = True
             self.transport.pause_reading()
 
@@ -77,9 +93,16 @@ class _Session(asyncio.Protocol):
 
     # -------------------------------------------------------------- I/O
 
+    def greet(self) -> None:
+        if not self.greeted:
+            self.greeted, quiet, self.quiet = True, self.quiet, False
+            self.reply(220, f"{self.settings.hostname} ESMTP wod")
+            self.quiet = quiet
+
     def reply(self, code, text: str = "") -> None:
-        if self.gone or self.transport.is_closing():
-            return  # the portal left after the greeting: the dialog goes on without an audience
+        if self.gone or self.quiet or self.transport.is_closing():
+            return  # a client that does not read replies: the dialog goes on without an audience
+        self.greeted = True  # a refusal may stand for the greeting
         lines = text.split("\n") if isinstance(text, str) else list(text)
         out = "".join(f"{code}-{line}\r\n" for line in lines[:-1]) + f"{code} {lines[-1]}\r\n"
         try:
@@ -108,10 +131,15 @@ class _Session(asyncio.Protocol):
                     return line, True
                 return None, True
             self.event.clear()
+            if not self.greeted:
+                # Greet once the client pauses: it has said all it had to say before it.
+                if not await nap(self.event, PREGREET_IDLE):
+                    self.greet()
+                continue
             await self.event.wait()
 
     def _resume(self):
-        if self.paused and len(self.buffer) < _HIGH_WATER // 2 and not self.gone:
+        if self.paused and len(self.buffer) < self.high_water // 2 and not self.gone:
             self.paused = False
             self.transport.resume_reading()
 
@@ -136,6 +164,7 @@ class _Session(asyncio.Protocol):
             self.log.exception("Mail connection from %s failed", self.peer)
             self.reply(451, "4.3.0 Local error.")
         finally:
+            self.greet()
             self.listener.sessions.discard(self)
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.close()
@@ -146,7 +175,13 @@ class _Session(asyncio.Protocol):
             self.reply(refused.code, refused.text)
             return
         hostname = self.settings.hostname
-        self.reply(220, f"{hostname} ESMTP wod")
+        # A moment for a client that writes before the greeting (postfix's postscreen waits
+        # seconds for the same reason); a standard client only waits that much longer for it.
+        await nap(self.event, PREGREET_WAIT)
+        if self.buffer:
+            self.quiet = True
+        else:
+            self.greet()
         env = Envelope(peer=self.peer)
         bad = 0
         while True:
@@ -205,6 +240,7 @@ class _Session(asyncio.Protocol):
                 else:
                     answer = await self.ingress.deliver(env, data)
                 self.reply(answer.code, answer.text)
+                self.greet()  # a client that wrote it all before the greeting has it now
                 env = Envelope(peer=self.peer)
             elif verb == "RSET":
                 env = Envelope(peer=self.peer)
