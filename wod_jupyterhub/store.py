@@ -139,10 +139,13 @@ class MailMessage(Base):
     """A mail the listener or ``wod mail`` accepted (migration 0004): a verb mail, or a participant mail to relay."""
 
     __tablename__ = "wod_mail"
+    __table_args__ = (Index("ix_wod_mail_key_id", "key", "id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     # "verb" (became operation_id) or "relay" (waits for the smarthost)
     kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    # A relayed mail's recipient (lower case): one participant's mails leave in order (see outbox.py).
+    key: Mapped[str | None] = mapped_column(String(320))
     # The received Message-ID when there is one: the same mail delivered twice is stored once.
     received_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     received: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
@@ -173,6 +176,8 @@ class Completion(Base):
     customer: Mapped[str | None] = mapped_column(String(255))
     workshop: Mapped[str | None] = mapped_column(String(255))
     kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    # A relayed mail's recipient (lower case): one participant's mails leave in order (see outbox.py).
+    key: Mapped[str | None] = mapped_column(String(320))
     ratio: Mapped[int] = mapped_column(Integer, nullable=False)
     executed: Mapped[int] = mapped_column(Integer, nullable=False)
     total: Mapped[int] = mapped_column(Integer, nullable=False)

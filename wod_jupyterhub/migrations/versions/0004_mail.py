@@ -1,9 +1,11 @@
 """The portal's mails: verb mails received and participant mails waiting for the smarthost.
 
 One row per accepted mail. ``kind`` "verb" rows record the operation the
-mail became; "relay" rows are the relay's durable outbox (attempts,
-back-off, delivered or failed for good, a claim lease so that several
-processes never send one mail twice at once). ``received_id`` (the
+mail became; "relay" rows are the relay's durable outbox (the columns
+outbox.OutboxQueue works with: ``key``, the recipient, so that one
+participant's mails leave in order; attempts, back-off, delivered or failed
+for good, a claim lease so that several processes never send one mail
+twice at once). ``received_id`` (the
 received Message-ID, unique) stores a mail delivered twice once.
 
 Revision ID: 0004_mail
@@ -25,6 +27,7 @@ def upgrade():
         "wod_mail",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("kind", sa.String(16), nullable=False),
+        sa.Column("key", sa.String(320)),
         sa.Column("received_id", sa.String(255), unique=True),
         sa.Column("received", sa.DateTime, nullable=False),
         sa.Column("peer", sa.String(255)),
@@ -43,8 +46,10 @@ def upgrade():
         sa.Column("lease_expires", sa.DateTime),
     )
     op.create_index("ix_wod_mail_pending", "wod_mail", ["kind", "delivered", "failed"])
+    op.create_index("ix_wod_mail_key_id", "wod_mail", ["key", "id"])
 
 
 def downgrade():
+    op.drop_index("ix_wod_mail_key_id", table_name="wod_mail")
     op.drop_index("ix_wod_mail_pending", table_name="wod_mail")
     op.drop_table("wod_mail")
