@@ -176,8 +176,6 @@ class Completion(Base):
     customer: Mapped[str | None] = mapped_column(String(255))
     workshop: Mapped[str | None] = mapped_column(String(255))
     kind: Mapped[str] = mapped_column(String(16), nullable=False)
-    # A relayed mail's recipient (lower case): one participant's mails leave in order (see outbox.py).
-    key: Mapped[str | None] = mapped_column(String(320))
     ratio: Mapped[int] = mapped_column(Integer, nullable=False)
     executed: Mapped[int] = mapped_column(Integer, nullable=False)
     total: Mapped[int] = mapped_column(Integer, nullable=False)
