@@ -139,7 +139,7 @@ class MailMessage(Base):
     """A mail the listener or ``wod mail`` accepted (migration 0004): a verb mail, or a participant mail to relay."""
 
     __tablename__ = "wod_mail"
-    __table_args__ = (Index("ix_wod_mail_key_id", "key", "id"),)
+    __table_args__ = (Index("ix_wod_mail_key_id", "key", "id"), Index("ix_wod_mail_pending", "kind", "delivered", "failed"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     # "verb" (became operation_id) or "relay" (waits for the smarthost)
