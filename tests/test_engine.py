@@ -137,7 +137,7 @@ async def test_create_and_cleanup_tell_their_story(db_url, tmp_path):
 
         op = await parts.run("CLEANUP", 3, customer="c1")
         assert op.status == Status.SUCCEEDED, (op.error, op.steps)
-        assert [s["name"] for s in op.steps] == ["rotate", "hooks-cleanup", "completion", "end-sessions", "release"]
+        assert [s["name"] for s in op.steps] == ["rotate", "hooks-cleanup", "end-sessions", "completion", "release"]
         assert op.workshop == WORKSHOP  # taken from the seat
         st = parts.store.student(3)
         assert st.state == Seat.FREE and st.customer is None and not parts.wod.home(3).exists()
