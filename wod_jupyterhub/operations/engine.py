@@ -26,7 +26,7 @@ import datetime
 import time
 import uuid
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ..errors import Unprocessable, WodError
@@ -45,12 +45,15 @@ _NO_SYNC = {"synchronize_session": False}
 
 
 def ensure_students(s, numbers) -> None:
-    """Add the missing ``Student`` rows of ``numbers`` (free) to session ``s``."""
-    # Whole rows: the checks that follow find them in the session instead of asking again.
-    have = {st.number for st in s.scalars(select(Student).where(Student.number.in_(list(numbers))))}
-    for n in numbers:
-        if n not in have:
-            s.add(Student(number=n, state=Seat.FREE, generation=0))
+    """Add the missing ``Student`` rows of ``numbers`` (free), on session or connection ``s``.
+
+    Core statements: the callers read the rows they need themselves, so there is nothing for an ORM session to track.
+    """
+    numbers = list(numbers)
+    have = set(s.scalars(select(Student.number).where(Student.number.in_(numbers))))
+    missing = [n for n in numbers if n not in have]
+    if missing:
+        s.execute(insert(Student), [{"number": n, "state": Seat.FREE, "generation": 0, "sessions_ended": False} for n in missing])
 
 
 class Engine:
@@ -103,23 +106,25 @@ class Engine:
         workshop = check_request(self.work, verb, student, student_last, workshop)
         last = student_last if student_last is not None else student
         numbers = list(range(student, last + 1))
+        # Core statements on one connection: a burst submits a hundred of these, and ORM objects (a flush, an
+        # identity map) would cost more than the statements themselves. The row is returned as a detached
+        # ``Operation`` carrying the values written.
         for attempt in range(5):
+            values = dict(
+                id=uuid.uuid4().hex, verb=verb, student=student, student_last=student_last, customer=customer, email=email,
+                workshop=workshop, status=Status.QUEUED, steps=[], result={}, created=utcnow(),
+            )
             try:
-                with self.store.session() as s:
-                    ensure_students(s, numbers)
-                    s.flush()
-                    check_seat(self.work, s, verb, student, customer)
-                    op = Operation(
-                        id=uuid.uuid4().hex, verb=verb, student=student, student_last=student_last,
-                        customer=customer, email=email, workshop=workshop, status=Status.QUEUED,
-                        steps=[], result={}, created=utcnow(),
-                    )
-                    s.add(op)
+                with self.store.engine.begin() as conn:
+                    ensure_students(conn, numbers)
+                    check_seat(self.work, conn, verb, student, customer)
+                    conn.execute(insert(Operation).values(**values))
                 break
             except IntegrityError:
                 # Another process created the same student row in between: try again.
                 if attempt == 4:
                     raise
+        op = Operation(**values)
         self._events[op.id] = asyncio.Event()
         self._last_busy = time.monotonic()
         self._wake.set()
@@ -135,14 +140,19 @@ class Engine:
         event = self._events.get(op_id)
         while True:
             if op is None or op.id != op_id:
-                with self.store.Session() as s:
-                    op = s.get(Operation, op_id)
+                op = self.read(op_id)
             left = deadline - time.monotonic()
             if op is None or op.status not in Status.UNFINISHED or left <= 0:
                 return op
             # Another process may run it: our event never fires then, so look at the database now and then.
             await nap(event, min(left, 2.0)) if event is not None else await asyncio.sleep(min(left, 0.2))
             op = None
+
+    def read(self, op_id: str) -> Operation | None:
+        """Operation ``op_id`` as stored now, detached (a plain read: no session to keep, no identity map)."""
+        with self.store.engine.connect() as conn:
+            row = conn.execute(select(Operation.__table__).where(Operation.id == op_id)).first()
+        return Operation(**row._mapping) if row is not None else None
 
     # -------------------------------------------------------------- lifecycle
 
@@ -333,8 +343,7 @@ class Engine:
         status, error = Status.FAILED, None
         verb, run = "?", None
         try:
-            with self.store.Session() as s:
-                run = Run(s.get(Operation, op_id), lock, self.store, self.work.outbox.notify)
+            run = Run(self.read(op_id), lock, self.store, self.work.outbox.notify)
             verb = run.verb
             if recovered_from:
                 if run.recoveries >= self.settings.max_recoveries:
