@@ -173,7 +173,7 @@ def main() -> int:
                         pws += await asyncio.gather(*(book(client, ours.token, n) for n in range(first, min(first + 10, LOGINS + 1))))
                 creds = [(f"student{n}", pw) for n, pw in zip(range(1, LOGINS + 1), pws)]
                 hubs = {"ours": (ours, creds), "floor": (floor, [(n, "anything") for n, _ in creds])}
-                for name, (hub, cs) in hubs.items():  # one login each first: pages and templates warm
+                for hub, cs in hubs.values():  # one login each first: pages and templates warm
                     await one_login(hub.url, *cs[0])
                 for i in range(args.rounds):
                     row = {}
