@@ -31,7 +31,10 @@ import argparse
 import asyncio
 import os
 import re
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -128,6 +131,16 @@ async def one_login(url, name, password):
     return elapsed * 1000
 
 
+def spy(hub, out: Path):
+    """py-spy on the hub process (not its proxy or service) until SIGINT; collapsed stacks into ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    proc = subprocess.Popen([exe, "record", "--pid", str(hub.proc.pid), "--nonblocking", "--rate", "250", "--format", "raw",
+                             "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # py-spy attaches
+    return proc
+
+
 def floor_config(folder: Path) -> Path:
     """The repository's hub configuration with JupyterHub's DummyAuthenticator instead of ours."""
     path = folder / "jupyterhub_config_dummy.py"
@@ -153,6 +166,8 @@ def hash_floor_ms(repeat=20):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=ROUNDS)
+    ap.add_argument("--profile", metavar="DIR", default="",
+                    help="record each hub during the rounds with py-spy (pip install py-spy), all threads, into DIR/<hub>.txt")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="wod-bench-login-") as tmp:
         tmp = Path(tmp)
@@ -165,6 +180,7 @@ def main() -> int:
         try:
             ours.start()
             floor.start()
+            spies = []
 
             async def run():
                 async with httpx.AsyncClient(base_url=ours.url, timeout=180) as client:
@@ -175,6 +191,8 @@ def main() -> int:
                 hubs = {"ours": (ours, creds), "floor": (floor, [(n, "anything") for n, _ in creds])}
                 for hub, cs in hubs.values():  # one login each first: pages and templates warm
                     await one_login(hub.url, *cs[0])
+                if args.profile:  # the logins only, not the booking
+                    spies.extend(spy(hub, Path(args.profile) / f"{name}.txt") for name, (hub, _) in hubs.items())
                 for i in range(args.rounds):
                     row = {}
                     for name in (("ours", "floor") if i % 2 == 0 else ("floor", "ours")):
@@ -187,6 +205,9 @@ def main() -> int:
                     rounds.append(row)
 
             asyncio.run(run())
+            for proc in spies:
+                proc.send_signal(signal.SIGINT)
+                proc.wait()
             log = ours.log_tail(10_000_000)
         except Exception:
             print(ours.log_tail(), floor.log_tail(), file=sys.stderr)

@@ -250,8 +250,8 @@ class Engine:
         free = self.settings.workers - len(self._running)
         if free <= 0 or self._stopping:
             return
-        with self.store.Session() as s:
-            rows = s.execute(
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(
                 select(Operation.id, Operation.student, Operation.student_last, Operation.created)
                 .where(Operation.status == Status.QUEUED)
                 .order_by(Operation.created, Operation.id)
