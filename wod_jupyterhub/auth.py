@@ -267,7 +267,7 @@ class WodAuthenticator(Authenticator):
                 f"{name} has no workshop booked at the moment, so it cannot log in. Use the link and password from your latest workshop mail.",
             )
         if kind == "student" and handler is not None:
-            self.begin_session(handler.db, name, outcome["generation"])
+            self.begin_session(handler.db, name, outcome["generation"], users=handler.users)
         # The work is the check itself; the rest of the time it waited for a hashing thread.
         self.log.info("Authenticated %s (%.1f ms, %.1f ms of work)", name, elapsed_ms, work_ms)
         return {"name": name}
@@ -450,9 +450,16 @@ class WodAuthenticator(Authenticator):
 
     # -- sessions end when the seat changes hands --------------------------
 
-    def begin_session(self, db, name: str, generation: int) -> None:
-        """Before the hub sets the login cookie: a new generation gets a new ``cookie_id``."""
-        orm_user = orm.User.find(db, name)
+    def begin_session(self, db, name: str, generation: int, users=None) -> None:
+        """Before the hub sets the login cookie: a new generation gets a new ``cookie_id``.
+
+        ``users``: the hub's users in memory (``handler.users``, on the same session ``db``); the login's
+        user is looked up there first, which spares a query on the hub's one thread per login (the hub
+        runs its own look-up right after: a room logging in at once paid two per login).
+        """
+        orm_user = next((u.orm_user for u in (users.values() if users is not None else ()) if u.name == name), None)
+        if orm_user is None:
+            orm_user = orm.User.find(db, name)
         if orm_user is not None and session_generation(orm_user.cookie_id) != generation:
             self.end_sessions(db, orm_user, generation)
         # A user the hub has not seen yet is tagged in add_user.
