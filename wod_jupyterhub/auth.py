@@ -461,11 +461,18 @@ class WodAuthenticator(Authenticator):
         if orm_user is None:
             orm_user = orm.User.find(db, name)
         if orm_user is not None and session_generation(orm_user.cookie_id) != generation:
-            self.end_sessions(db, orm_user, generation)
+            # No commit of our own: the hub commits the user right after authenticate, before it sets the
+            # cookie (BaseHandler.auth_to_user -> User.save_auth_state, which always commits), so the new
+            # cookie_id is stored before any cookie carries it. A room's first logins after their CREATEs
+            # paid one more SQLite commit each on the hub's one thread.
+            self.end_sessions(db, orm_user, generation, commit=False)
         # A user the hub has not seen yet is tagged in add_user.
 
-    def end_sessions(self, db, orm_user, generation: int) -> None:
-        """Invalidate every cookie and personal token of ``orm_user``; new sessions carry ``generation``."""
+    def end_sessions(self, db, orm_user, generation: int, commit: bool = True) -> None:
+        """Invalidate every cookie and personal token of ``orm_user``; new sessions carry ``generation``.
+
+        ``commit=False``: the caller knows the hub commits ``db`` before anything relies on it.
+        """
         old = session_generation(orm_user.cookie_id)
         orm_user.cookie_id = new_cookie_id(generation)
         revoked = 0
@@ -476,7 +483,8 @@ class WodAuthenticator(Authenticator):
             if token.id not in keep:
                 db.delete(token)
                 revoked += 1
-        db.commit()
+        if commit:
+            db.commit()
         self.log.info(
             "Ended the sessions of %s (seat generation %s -> %d, %d token(s) revoked)", orm_user.name, old, generation, revoked
         )
