@@ -453,26 +453,21 @@ class WodAuthenticator(Authenticator):
     def begin_session(self, db, name: str, generation: int, users=None) -> None:
         """Before the hub sets the login cookie: a new generation gets a new ``cookie_id``.
 
-        ``users``: the hub's users in memory (``handler.users``, on the same session ``db``); the login's
-        user is looked up there first, which spares a query on the hub's one thread per login (the hub
-        runs its own look-up right after: a room logging in at once paid two per login).
+        ``users``: the hub's users in memory (``handler.users``, session ``db``), looked in first: one query less per login.
         """
         orm_user = next((u.orm_user for u in (users.values() if users is not None else ()) if u.name == name), None)
         if orm_user is None:
             orm_user = orm.User.find(db, name)
         if orm_user is not None and session_generation(orm_user.cookie_id) != generation:
-            # No commit of our own: the hub commits the user right after authenticate, before it sets the
-            # cookie (BaseHandler.auth_to_user -> User.save_auth_state, which always commits), so the new
-            # cookie_id is stored before any cookie carries it. A room's first logins after their CREATEs
-            # paid one more SQLite commit each on the hub's one thread.
+            # No commit of our own (one per first login, on the hub's one thread): the hub always commits before it
+            # sets the cookie (BaseHandler.auth_to_user -> User.save_auth_state), so no cookie carries an unstored id.
             self.end_sessions(db, orm_user, generation, commit=False)
         # A user the hub has not seen yet is tagged in add_user.
 
     def end_sessions(self, db, orm_user, generation: int, commit: bool = True) -> None:
         """Invalidate every cookie and personal token of ``orm_user``; new sessions carry ``generation``.
 
-        ``commit=False``: the caller knows the hub commits ``db`` before anything relies on it.
-        """
+        ``commit=False``: the caller knows the hub commits ``db`` before anything relies on it."""
         old = session_generation(orm_user.cookie_id)
         orm_user.cookie_id = new_cookie_id(generation)
         revoked = 0
