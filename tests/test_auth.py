@@ -303,6 +303,12 @@ async def test_login_after_seat_change_gets_a_fresh_cookie_id(auth, hubdb):
     # the next participant's session is then current
     seat(auth, 3, generation=3)
     assert await auth.refresh_user(user) is True
+    # The hub's users in memory (handler.users) serve the look-up; the user is the same one, its cookie rotated.
+    users = {user.orm_user.id: user}
+    auth.begin_session(hubdb, "student3", 4, users=users)
+    assert session_generation(user.orm_user.cookie_id) == 4
+    auth.begin_session(hubdb, "student3", 5, users={})  # not in memory: read from the hub's database
+    assert session_generation(hubdb.query(orm.User).filter_by(name="student3").one().cookie_id) == 5
 
 
 async def test_admins_are_never_refreshed_out(auth, hubdb):

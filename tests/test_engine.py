@@ -146,6 +146,29 @@ async def test_create_and_cleanup_tell_their_story(db_url, tmp_path):
         await parts.close()
 
 
+async def test_passwords_hashed_ahead_serve_one_rotation_each(db_url, tmp_path):
+    # The preparer hashes passwords while idle; each rotation takes one, and the seat's hash is that password's.
+    parts = Parts(db_url, tmp_path)
+    parts.engine.start()
+    try:
+        assert await parts.work.hash_ahead(2) == 2 and parts.work.hashed_ahead == 2
+        op = await parts.run("CREATE", 4, customer="c1", email="e@x", workshop=WORKSHOP)
+        assert op.status == Status.SUCCEEDED, (op.error, op.steps)
+        assert parts.work.hashed_ahead == 1
+        first = parts.views.operation_json(op, reveal=True)["result"]["password"]
+        assert verify_password(first, parts.store.student(4).password_hash)
+        # What the waiter got is the row as stored (the engine hands over the row it just committed).
+        assert parts.views.operation_json(op, reveal=True) == parts.views.operation_json(parts.engine.read(op.id), reveal=True)
+
+        op = await parts.run("CLEANUP", 4, customer="c1")
+        assert op.status == Status.SUCCEEDED and parts.work.hashed_ahead == 0
+        op = await parts.run("CREATE", 4, customer="c2", email="f@x", workshop=WORKSHOP)  # none left: hashed on the spot
+        second = parts.views.operation_json(op, reveal=True)["result"]["password"]
+        assert second != first and verify_password(second, parts.store.student(4).password_hash)
+    finally:
+        await parts.close()
+
+
 async def test_a_resumed_operation_lists_what_it_skips_in_step_order(db_url, tmp_path):
     """A dead process's operation is taken over; its journal says what the new run does not do again."""
     ran = []

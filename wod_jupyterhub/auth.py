@@ -267,7 +267,7 @@ class WodAuthenticator(Authenticator):
                 f"{name} has no workshop booked at the moment, so it cannot log in. Use the link and password from your latest workshop mail.",
             )
         if kind == "student" and handler is not None:
-            self.begin_session(handler.db, name, outcome["generation"])
+            self.begin_session(handler.db, name, outcome["generation"], users=handler.users)
         # The work is the check itself; the rest of the time it waited for a hashing thread.
         self.log.info("Authenticated %s (%.1f ms, %.1f ms of work)", name, elapsed_ms, work_ms)
         return {"name": name}
@@ -450,15 +450,24 @@ class WodAuthenticator(Authenticator):
 
     # -- sessions end when the seat changes hands --------------------------
 
-    def begin_session(self, db, name: str, generation: int) -> None:
-        """Before the hub sets the login cookie: a new generation gets a new ``cookie_id``."""
-        orm_user = orm.User.find(db, name)
+    def begin_session(self, db, name: str, generation: int, users=None) -> None:
+        """Before the hub sets the login cookie: a new generation gets a new ``cookie_id``.
+
+        ``users``: the hub's users in memory (``handler.users``, session ``db``), looked in first: one query less per login.
+        """
+        orm_user = next((u.orm_user for u in (users.values() if users is not None else ()) if u.name == name), None)
+        if orm_user is None:
+            orm_user = orm.User.find(db, name)
         if orm_user is not None and session_generation(orm_user.cookie_id) != generation:
-            self.end_sessions(db, orm_user, generation)
+            # No commit of our own (one per first login, on the hub's one thread): the hub always commits before it
+            # sets the cookie (BaseHandler.auth_to_user -> User.save_auth_state), so no cookie carries an unstored id.
+            self.end_sessions(db, orm_user, generation, commit=False)
         # A user the hub has not seen yet is tagged in add_user.
 
-    def end_sessions(self, db, orm_user, generation: int) -> None:
-        """Invalidate every cookie and personal token of ``orm_user``; new sessions carry ``generation``."""
+    def end_sessions(self, db, orm_user, generation: int, commit: bool = True) -> None:
+        """Invalidate every cookie and personal token of ``orm_user``; new sessions carry ``generation``.
+
+        ``commit=False``: the caller knows the hub commits ``db`` before anything relies on it."""
         old = session_generation(orm_user.cookie_id)
         orm_user.cookie_id = new_cookie_id(generation)
         revoked = 0
@@ -469,7 +478,8 @@ class WodAuthenticator(Authenticator):
             if token.id not in keep:
                 db.delete(token)
                 revoked += 1
-        db.commit()
+        if commit:
+            db.commit()
         self.log.info(
             "Ended the sessions of %s (seat generation %s -> %d, %d token(s) revoked)", orm_user.name, old, generation, revoked
         )

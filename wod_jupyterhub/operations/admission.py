@@ -47,13 +47,18 @@ def check_seat(work, s, verb, n: int, customer) -> None:
 
 
 def holder_after_pending(work, s, n: int):
-    """Who holds seat ``n`` once the operations already queued for it have run (None: free)."""
-    st = s.get(Student, n)
+    """Who holds seat ``n`` once the operations already queued for it have run (None: free).
+
+    ``s``: a session or a connection (plain column reads, no ORM objects).
+    """
+    st = s.execute(select(Student.state, Student.customer, Student.workshop).where(Student.number == n)).first()
     holder = st.customer if st is not None and st.state in Seat.HELD else None
     # The workshop the seat is kept for, if it is: only a RESET of that one frees it.
     kept = st.workshop if st is not None and st.state == Seat.KEPT else None
-    pending = s.scalars(
-        select(Operation).where(Operation.status.in_(Status.UNFINISHED), overlapping(n)).order_by(Operation.created, Operation.id)
+    pending = s.execute(
+        select(Operation.verb, Operation.customer, Operation.workshop)
+        .where(Operation.status.in_(Status.UNFINISHED), overlapping(n))
+        .order_by(Operation.created, Operation.id)
     ).all()
     for op in pending:
         if op.verb == "CREATE":

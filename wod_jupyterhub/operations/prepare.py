@@ -2,8 +2,9 @@
 
 While the engine has no operation to run, the preparer creates the pool's
 hub users, ends what a free seat's hub user may have left on the hub (under
-the seat's lease, recorded in ``Student.sessions_ended``) and stages the
-seat's files (``homes.stage``). At start-up the service also compiles the
+the seat's lease, recorded in ``Student.sessions_ended``), stages the
+seat's files (``homes.stage``) and hashes passwords ahead, one per seat
+(``SeatWork.hash_ahead``: the scrypt of a rotation is most of a CREATE's CPU). At start-up the service also compiles the
 templates of the active workshops ahead (``warm_up``).
 """
 
@@ -48,8 +49,13 @@ class Preparer:
 
     @property
     def pending(self) -> int:
-        """Free seats waiting to be prepared (a full look at the free seats not done yet counts as one)."""
-        return len(self._queue) + (1 if time.monotonic() >= self._scan_at else 0)
+        """Free seats waiting to be prepared (a full look at the free seats not done yet counts as one, and so
+        do passwords not yet hashed ahead)."""
+        return len(self._queue) + (1 if time.monotonic() >= self._scan_at else 0) + (1 if self._hashes_wanted() else 0)
+
+    def _hashes_wanted(self) -> int:
+        """Passwords to hash ahead: one per seat of the active workshops (every verb rotates each of its seats once)."""
+        return max(0, len(self.seat_workshops()) - self.work.hashed_ahead)
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._loop())
@@ -84,6 +90,8 @@ class Preparer:
                     n = next(iter(self._queue))
                     del self._queue[n]
                     await self.prepare_seat(n)
+                if self.engine.idle and self._hashes_wanted():
+                    await self.work.hash_ahead(len(self.seat_workshops()), keep_going=lambda: self.engine.idle)
             except Exception:
                 self.log.exception("Preparing free seats failed; trying again later")
 

@@ -7,6 +7,7 @@ service built, so a verb gets everything it needs from one object.
 """
 
 import asyncio
+import collections
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -35,6 +36,10 @@ class SeatWork:
         self.stage_pool = ThreadPoolExecutor(1, thread_name_prefix="wod-stage")
         #: set when the service stops: long blocking work (the warm-up) stops between files
         self.closing = threading.Event()
+        # Passwords drawn and hashed ahead, while idle (``hash_ahead``): the scrypt of a rotation is most
+        # of a CREATE's CPU, and a burst should not pay it while its callers wait. Only in this process's
+        # memory, never written anywhere: a crash just loses unused random passwords.
+        self._fresh: collections.deque[tuple[str, str]] = collections.deque()
 
     async def blocking(self, fn, *args):
         """``fn(*args)`` in an operation thread."""
@@ -53,10 +58,32 @@ class SeatWork:
     # ---- the password
 
     async def new_password(self) -> tuple[str, str]:
-        """A fresh password and its hash."""
+        """A fresh password and its hash: one hashed ahead if there is one, else hashed now."""
+        if self._fresh:
+            return self._fresh.popleft()
+        return await self._hash_one()
+
+    async def _hash_one(self) -> tuple[str, str]:
         password = passwords.generate(self.wod.password_length, self.wod.password_alphabet)
         hashed = await asyncio.get_running_loop().run_in_executor(self.hash_pool, passwords.hash_password, password)
         return password, hashed
+
+    @property
+    def hashed_ahead(self) -> int:
+        """Passwords ready for the next rotations."""
+        return len(self._fresh)
+
+    async def hash_ahead(self, want: int, keep_going=lambda: True) -> int:
+        """Draw and hash passwords until ``want`` wait ready (two at a time, one per hash thread); return how many were added.
+
+        ``keep_going()``: checked between pairs (the preparer stops when an operation arrives).
+        """
+        added = 0
+        while len(self._fresh) < want and keep_going() and not self.closing.is_set():
+            pair = await asyncio.gather(*(self._hash_one() for _ in range(min(2, want - len(self._fresh)))))
+            self._fresh.extend(pair)
+            added += len(pair)
+        return added
 
     # ---- the hub
 
