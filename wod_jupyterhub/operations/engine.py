@@ -85,7 +85,7 @@ def _claim_statements():
     start = (
         update(Operation)
         .where(Operation.id == p("op_id"), Operation.status == Status.QUEUED)
-        .values(status=Status.RUNNING, owner=p("owner"), started=p("now"), heartbeat=p("now"))
+        .values(status=Status.RUNNING, owner=p("owner"), started=p("started"), heartbeat=p("started"))
     )
     return take, older, start
 
@@ -289,6 +289,10 @@ class Engine:
                 if conn.execute(older, params).first() is not None:
                     trans.rollback()
                     return False
+                # Read the clock once the leases are ours: on PostgreSQL ``take`` waits for the row locks of the
+                # transaction that ends the previous operation, so a time read before would start this one
+                # before that one finished.
+                params["started"] = utcnow()
                 if conn.execute(start, params).rowcount != 1:
                     trans.rollback()
                     return False
