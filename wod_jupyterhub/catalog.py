@@ -20,6 +20,7 @@ import yaml
 
 from . import errors
 from .config import check_student_number
+from .limits import Limits, limits_from_meta
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ class Workshop:
     capacity: int | None = None
     mono_appliance: bool = False
     multi_appliance: bool = False
+    #: the seat limits the workshop asks for in ``limits:`` (unset fields: the hub's defaults)
+    limits: Limits = field(default_factory=Limits)
     #: problems that make the workshop unusable (no wod.yml, no range, no
     #: ReadMeFirst); overlaps and capacities are reported but do not block,
     #: since the real corpus has them and the original served those workshops.
@@ -105,6 +108,7 @@ class Workshop:
             "capacity": self.capacity,
             "mono_appliance": self.mono_appliance,
             "multi_appliance": self.multi_appliance,
+            "limits": self.limits.to_json(),
             "valid": self.valid,
             "problems": list(self.problems),
             "meta": _jsonable(self.meta),
@@ -261,6 +265,9 @@ def load_workshop(folder: Path, root: Path, readme: str = README) -> Workshop:
             _parse_bool(meta, key, ws)
         ws.mono_appliance = _parse_bool(meta, "monoAppliance", ws)
         ws.multi_appliance = _parse_bool(meta, "multiAppliance", ws)
+        ws.limits, problems = limits_from_meta(meta.get("limits"))
+        for sentence in problems:
+            ws.problem(sentence)
         if ws.mono_appliance and ws.multi_appliance:
             ws.problem("monoAppliance and multiAppliance are both true; choose one.")
         cap = meta.get("capacity")
@@ -332,6 +339,15 @@ class Catalog:
                     x.problem(
                         f"range [{x.range[0]}, {x.range[1]}] overlaps {y.name}'s range [{y.range[0]}, {y.range[1]}]."
                     )
+
+
+def find_workshop(roots: list, folder: str, prefer_private: bool = False, readme: str = README) -> Workshop | None:
+    """The one workshop ``folder`` (``WKSHP-<Name>``) of ``roots``, as :func:`load_catalog` would pick it, or None."""
+    roots = [Path(r).expanduser().absolute() for r in roots]
+    for root in reversed(roots) if prefer_private else roots:
+        if WORKSHOP_NAME.fullmatch(folder) and (root / folder).is_dir():
+            return load_workshop(root / folder, root, readme)
+    return None
 
 
 def load_catalog(roots: list, prefer_private: bool = False, readme: str = README) -> Catalog:

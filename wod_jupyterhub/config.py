@@ -16,6 +16,7 @@ from traitlets import Bool, Dict, Float, Integer, List, TraitError, Unicode, def
 from traitlets.config import Configurable
 
 from .errors import BadRequest, Unprocessable
+from .limits import limits_from_meta
 
 #: the ``share/`` folder of a source checkout or of an installed package
 _HERE = Path(__file__).resolve().parent
@@ -275,6 +276,62 @@ class Wod(Configurable):
         Add any other world-writable folder your machine has.
         """,
     ).tag(config=True)
+
+    cgroups = Bool(
+        help="""Put each seat's server, and all it starts, in its own control group.
+
+        The group enforces ``c.WodSpawner.mem_limit``, ``cpu_limit`` and
+        ``pids_limit`` (or a workshop's own ``limits``), and CLEANUP, RESET
+        and PURGE kill the seat through it, so nothing it forks escapes.
+        Needs root and writable control groups (cgroup v1, or v2 with the
+        controllers delegated); where they are missing the hub and the service
+        log one warning naming what is not enforced, and go on. Defaults to
+        ``system_users``: in single-user mode every seat runs as the hub's
+        user, who can leave its group, and several hubs of one machine
+        would share the group names of their seats.
+        """,
+    ).tag(config=True)
+
+    @default("cgroups")
+    def _cgroups_default(self):
+        return self.system_users
+
+    cgroup_root = Unicode(
+        "/sys/fs/cgroup",
+        help="Where the control groups are mounted: a cgroup v2 mount, or a folder of v1 controllers (``memory``, ``cpu``, ``pids``, ``freezer``).",
+    ).tag(config=True)
+
+    cgroup_parent = Unicode(
+        "wod",
+        help="""The group holding the seats' groups (``<cgroup_root>/<controller>/<cgroup_parent>/student<N>`` on v1).
+
+        Give each backend of one machine its own, so that their seats never share a group.
+        """,
+    ).tag(config=True)
+
+    @validate("cgroup_parent")
+    def _relative_parent(self, proposal):
+        value = proposal["value"].strip("/")
+        if not value or ".." in value.split("/"):
+            raise TraitError(f"cgroup_parent must be a relative group name such as 'wod', not {proposal['value']!r}")
+        return value
+
+    workshop_limits = Dict(
+        help="""Per-workshop limits that win over the workshop's ``wod.yml`` ``limits:`` and the spawner's defaults.
+
+        ``{"WKSHP-Spark101": {"memory": "4G", "cpu": 2, "processes": 1024}}``;
+        ``memory`` takes a size (``512M``, ``2G``), ``cpu`` a number of cores,
+        ``processes`` a count. For workshops whose ``wod.yml`` the admin does not own.
+        """,
+    ).tag(config=True)
+
+    @validate("workshop_limits")
+    def _valid_workshop_limits(self, proposal):
+        for name, value in proposal["value"].items():
+            _limits, problems = limits_from_meta(value)
+            if problems:
+                raise TraitError(f"workshop_limits[{name!r}]: " + " ".join(problems))
+        return proposal["value"]
 
     readme_notebook = Unicode(
         "0-ReadMeFirst.ipynb",

@@ -10,6 +10,11 @@ Enable with ``c.JupyterHub.spawner_class = "wod"``. Built on JupyterHub's
   When that user is root, jupyter-server needs ``--allow-root`` (without it
   JupyterHub only reports a 500 ``InvalidStateError``).
 
+With ``c.Wod.cgroups`` (the default in system-users mode) the server runs in
+its seat's control group, which enforces JupyterHub's ``mem_limit`` and
+``cpu_limit`` and this spawner's ``pids_limit`` on the server and all it
+starts (``LocalProcessSpawner`` alone only passes them on as variables).
+
 Each step is a small method, so a deployment can override one of them
 (oauthenticator style) without copying the rest.
 """
@@ -22,13 +27,17 @@ import sys
 from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
 from jupyterhub.utils import maybe_future
 from tornado import web
-from traitlets import Unicode, default
+from traitlets import Integer, TraitError, Unicode, default, validate
 
-from . import completion, completion_worker
-from .catalog import load_catalog, parse_workshop_name
+from . import cgroups, completion, completion_worker
+from .catalog import find_workshop, load_catalog, parse_workshop_name
 from .config import Wod, student_number
 from .errors import WodError
+from .limits import Limits, limits_from_meta
 from .store import Completion, Store
+
+# (cgroup_root, cgroup_parent) whose missing parts this hub process already warned about
+_WARNED: set = set()
 
 
 def server_token_ids(user, generation: int) -> set:
@@ -72,6 +81,49 @@ class WodSpawner(LocalProcessSpawner):
 
     shell = Unicode("/bin/bash", help="SHELL given to the student's terminals in single-user mode.").tag(config=True)
 
+    pids_limit = Integer(
+        512,
+        allow_none=True,
+        help="""Most processes (and threads) a seat may run at once: its server, kernels, terminals and all they fork.
+
+        A fork bomb stops there instead of exhausting the machine's pids. A
+        Jupyter server with a kernel uses about 30 (threads count); the
+        default leaves room for a workshop's own tools. None for no limit.
+        Enforced through the seat's control group (``c.Wod.cgroups``); a
+        workshop may ask for more in its ``wod.yml`` (``limits: {processes: N}``).
+        """,
+    ).tag(config=True)
+
+    @validate("pids_limit")
+    def _valid_pids_limit(self, proposal):
+        return self._checked_limit("pids", proposal["value"])
+
+    # JupyterHub's own limits get defaults that share a 2-core class machine fairly.
+    @default("mem_limit")
+    def _mem_limit_default(self):
+        return 2 * 1024**3
+
+    @default("cpu_limit")
+    def _cpu_limit_default(self):
+        return 1.0
+
+    @validate("mem_limit")
+    def _valid_mem_limit(self, proposal):
+        return self._checked_limit("memory", proposal["value"])
+
+    @validate("cpu_limit")
+    def _valid_cpu_limit(self, proposal):
+        return self._checked_limit("cpu", proposal["value"])
+
+    @staticmethod
+    def _checked_limit(field, value):
+        if value is not None:
+            try:
+                Limits(**{field: value})
+            except ValueError as e:
+                raise TraitError(f"WodSpawner: {e}") from None
+        return value
+
     @default("cmd")
     def _cmd_default(self):
         # The hub's own interpreter: jupyterhub-singleuser need not be on PATH.
@@ -88,6 +140,9 @@ class WodSpawner(LocalProcessSpawner):
         # The id (not the secret) of the API token the hub issued to this server: WodAuthenticator keeps
         # that token, and no other, when it ends the user's sessions (a note says nothing: users write them).
         self.server_token_id = None
+        # The seat's cgroup.procs files the server joins before it execs (None: no group).
+        self._procs_files = None
+        self._limits = None
 
     @property
     def store(self) -> Store:
@@ -141,25 +196,81 @@ class WodSpawner(LocalProcessSpawner):
         self._assignment = await asyncio.to_thread(self.load_assignment)
         self.apply_assignment(self._assignment)
         self.server_token_id = self.find_server_token_id()
+        self._procs_files = await asyncio.to_thread(self.prepare_group, self._assignment)
         return await maybe_future(super().run_pre_spawn_hook())
+
+    # -- the seat's control group ------------------------------------------
+
+    def seat_limits(self, workshop: str) -> Limits:
+        """``c.Wod.workshop_limits`` over the workshop's ``wod.yml`` ``limits:`` over this spawner's defaults."""
+        limits = Limits(memory=self.mem_limit or None, cpu=self.cpu_limit or None, pids=self.pids_limit)
+        folder = workshop_folder(workshop)
+        ws = find_workshop(self.wod.notebooks, folder, self.wod.prefer_private)
+        if ws is not None:
+            limits = ws.limits.over(limits)
+        if folder in self.wod.workshop_limits:
+            limits = limits_from_meta(self.wod.workshop_limits[folder])[0].over(limits)
+        return limits
+
+    def hierarchy(self) -> cgroups.Hierarchy | None:
+        """The host's control groups, or None when ``c.Wod.cgroups`` is off; warns once per hub about what is missing."""
+        if not self.wod.cgroups:
+            return None
+        h = cgroups.shared(self.wod.cgroup_root, self.wod.cgroup_parent)
+        key = (self.wod.cgroup_root, self.wod.cgroup_parent)
+        if key not in _WARNED:
+            _WARNED.add(key)
+            warning = h.warning()
+            if warning:
+                self.log.warning(warning)
+            else:
+                self.log.info("Seats are limited through control groups %s under %s", h.version, h.root)
+        return h
+
+    def prepare_group(self, assignment: dict) -> list[str] | None:
+        """Make the seat's group with its limits (as root, before the server starts); the files the server joins."""
+        h = self.hierarchy()
+        self._limits = self.seat_limits(assignment["workshop"])
+        if h is None or not h.available:
+            return None
+        group = h.seat(self.user.name)
+        try:
+            outcome = group.create(self._limits)
+        except OSError as e:
+            self.log.warning("No control group for %s (%s): its server runs without limits", self.user.name, e)
+            return None
+        if outcome["failed"]:
+            self.log.warning("Limits of %s not all set: %s", self.user.name, outcome["failed"])
+        self.log.info("%s runs in control group %s: %s", self.user.name, group.name, self._limits.describe())
+        return group.procs_files()
 
     # -- the process -------------------------------------------------------
 
     def make_preexec_fn(self, name):
         home = self.home
-        if self.wod.system_users:
-            setuid = set_user_setuid(name, chdir=False)
-
-            def preexec():
-                setuid()
-                os.chdir(home)
-
-            return preexec
+        procs_files = self._procs_files or []
+        setuid = set_user_setuid(name, chdir=False) if self.wod.system_users else None
 
         def preexec():
+            # Still root here: join the seat's group before anything else runs,
+            # so every process the server ever forks is born inside it.
+            cgroups.join(procs_files)
+            if setuid is not None:
+                setuid()
             os.chdir(home)
 
         return preexec
+
+    def get_env(self):
+        env = super().get_env()
+        # What the seat really gets (a workshop may change the defaults); jupyter-resource-usage shows MEM_LIMIT.
+        if self._limits is not None:
+            for key, value in (("MEM_LIMIT", self._limits.memory), ("CPU_LIMIT", self._limits.cpu)):
+                if value is None:
+                    env.pop(key, None)
+                else:
+                    env[key] = str(value)
+        return env
 
     def user_env(self, env):
         env["USER"] = self.user.name
