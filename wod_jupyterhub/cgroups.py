@@ -124,6 +124,23 @@ def shared(root: str, parent: str) -> Hierarchy:
     return detect(root, parent)
 
 
+def for_wod(wod) -> Hierarchy | None:
+    """The hierarchy ``c.Wod`` names (``cgroup_root``, ``cgroup_parent``), or None when ``c.Wod.cgroups`` is off."""
+    return shared(wod.cgroup_root, wod.cgroup_parent) if wod.cgroups else None
+
+
+def end_seat(wod, n: int, timeout: float = 15.0) -> dict:
+    """Kill every process of seat ``n`` through its group and remove the group (blocking).
+
+    ``{"cgroup_killed": k}``, or ``{}`` when the seat has no usable group
+    (then only the uid-wide kill of the caller ends its processes).
+    """
+    h = for_wod(wod)
+    if h is None or not h.available:
+        return {}
+    return {"cgroup_killed": h.seat(f"student{n}").end(timeout)}
+
+
 def _detect_v1(h: Hierarchy) -> None:
     h.version = "v1"
     for c in V1_CONTROLLERS:

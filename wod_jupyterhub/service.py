@@ -246,6 +246,7 @@ class WodService(Application):
             background.append(asyncio.ensure_future(self._warm_up()))
         if self.hub.configured:
             background.append(asyncio.ensure_future(self._load_users()))
+        self._check_cgroups()
         self.log.info("wod service %s listening on %s%s (database %s)", __version__, self.url.rstrip("/"), self.prefix, _safe_url(self.wod.db_url))
         await self._stopping.wait()
         self.log.info("Stopping: no new requests; running operations get %.0f s to finish", self.shutdown_grace)
@@ -275,6 +276,17 @@ class WodService(Application):
     def _stop_now(self):
         self.log.error("Still not stopped %.1f s after the signal: exiting now", self.shutdown_grace + 4.5)
         os._exit(1)
+
+    def _check_cgroups(self):
+        """Say once, at the start, when CLEANUP, RESET and PURGE cannot kill seats through their control groups."""
+        from . import cgroups
+
+        h = cgroups.for_wod(self.wod)
+        if h is not None and not h.available:
+            self.log.warning(
+                "The service cannot use the seats' control groups (%s): CLEANUP, RESET and PURGE end a seat's processes by its uid only",
+                "; ".join(sorted(set(h.missing.values()))),
+            )
 
     async def _load_users(self):
         from .hubapi import HubAPIError

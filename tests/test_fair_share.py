@@ -1,0 +1,337 @@
+"""Fair share, end to end: real hub, real servers and kernels, real Linux accounts (system-users mode, as root).
+
+Seats 300-349 (uids 10300-10349) are this module's; the accounts it makes
+are removed at the end, and its control groups live under a parent of
+its own (``wod-test-<random>``), removed too. Limits are kept small
+(300M of memory, 64 processes) because the machine is shared.
+"""
+
+import asyncio
+import datetime
+import json
+import os
+import pwd
+import secrets
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
+
+from hubutil import RealHub, write_workshop
+from test_e2e_hub import logged_in, open_lab, spawn
+from wod_jupyterhub import cgroups
+from wod_jupyterhub.config import Wod
+from wod_jupyterhub.users import plan
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system-users mode and control groups need root (CI runs as root)")
+
+M = 1024**2
+FIRST, LAST = 300, 349
+FAIR, BIG = "WKSHP-Fair", "WKSHP-Big"
+MEM_LIMIT = 300 * M
+PIDS_LIMIT = 64
+
+
+def student_python() -> tuple[list[str], dict]:
+    """The server command and environment for a student's uid.
+
+    The hub's interpreter may live where a student cannot run it (a pyenv
+    under /root here): then the system's Python of the same version runs the
+    servers with the hub's site-packages on its path (same ABI, read-only
+    for the student).
+    """
+    exe = sys.executable
+    try:
+        ok = subprocess.run([exe, "-c", "pass"], user=10000 + FIRST, group=10000 + FIRST, capture_output=True, cwd="/").returncode == 0
+    except PermissionError:
+        ok = False
+    if ok:
+        return [exe, "-m", "jupyterhub.singleuser"], {}
+    system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    if not os.access(system, os.X_OK):
+        pytest.skip(f"no Python a student uid can run: {exe} is closed to it and {system} is missing")
+    # The hub's environment's jupyter config (the lab extension) and data (lab assets) too.
+    return [system, "-m", "jupyterhub.singleuser"], {
+        "PYTHONPATH": sysconfig.get_paths()["purelib"],
+        "JUPYTER_CONFIG_PATH": os.path.join(sys.prefix, "etc", "jupyter"),
+        "JUPYTER_PATH": os.path.join(sys.prefix, "share", "jupyter"),
+    }
+
+
+@pytest.fixture(scope="module")
+def accounts():
+    """student300..student349, made like `wod users create` makes them; only those made here are removed."""
+    wod = Wod(student_min=FIRST, student_max=LAST, students_root="/nonexistent-fair-share")
+    commands, problems = plan(wod, FIRST, LAST)
+    assert not problems, problems
+    for cmd in commands:
+        subprocess.run(cmd, check=True, capture_output=True)
+    made = [cmd[-1] for cmd in commands if cmd[0] == "useradd"]
+    groups = [cmd[-1] for cmd in commands if cmd[0] == "groupadd"]
+    yield
+    for name in made:
+        uid = pwd.getpwnam(name).pw_uid
+        assert not live_processes(uid), f"{name} still runs {live_processes(uid)}"
+        subprocess.run(["userdel", name], check=False, capture_output=True)
+    for name in groups:
+        subprocess.run(["groupdel", name], check=False, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory, accounts):
+    root = tmp_path_factory.mktemp("fair")
+    notebooks = root / "notebooks"
+    write_workshop(notebooks, FAIR, (FIRST, 339))
+    write_workshop(notebooks, BIG, (340, LAST))
+    # a workshop asking for more than the hub's defaults
+    with open(notebooks / BIG / "wod.yml", "a") as f:
+        f.write("limits: {memory: 400M, processes: 100}\n")
+    # Homes must be reachable by their students: not under pytest's 0700 tmp folder.
+    students = Path(tempfile.mkdtemp(prefix="wod-fair-students-"))
+    students.chmod(0o711)
+    parent = f"wod-test-{secrets.token_hex(4)}"
+    cmd, env = student_python()
+    extra = "\n".join(
+        [
+            f"c.WodSpawner.cmd = {cmd!r}",
+            f"c.WodSpawner.environment = {env!r}",
+            f"c.WodSpawner.mem_limit = {MEM_LIMIT}",
+            "c.WodSpawner.cpu_limit = 1.0",
+            f"c.WodSpawner.pids_limit = {PIDS_LIMIT}",
+            "c.WodAuthenticator.throttle_ip_failures = 0",
+        ]
+    )
+    wod = {"student_min": FIRST, "student_max": LAST, "system_users": True, "cgroups": True, "cgroup_parent": parent, "students_root": str(students)}
+    try:
+        with RealHub(root, notebooks=[notebooks], authenticator_class="wod", spawner_class="wod", wod_config=wod, extra_config=extra) as h:
+            h.cgroup_parent = parent
+            yield h
+    finally:
+        h = cgroups.detect("/sys/fs/cgroup", parent)
+        for d in set(h.dirs.values()):
+            for child in d.iterdir():
+                if child.is_dir():
+                    h.seat(child.name).end()
+            d.rmdir()
+        subprocess.run(["rm", "-rf", str(students)], check=False)
+
+
+# -- helpers ------------------------------------------------------------------
+
+
+def live_processes(uid: int) -> list[int]:
+    """Pids running as ``uid`` that are not zombies (PID 1 here reaps late)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                status = Path(f"/proc/{entry.name}/status").read_text()
+            except OSError:
+                continue
+            fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+            if int(fields["Uid"].split()[1]) == uid and not fields["State"].strip().startswith(("Z", "X")):
+                found.append(int(entry.name))
+    return found
+
+
+def verb(hub, path, body):
+    with hub.client("portal", via_proxy=True) as c:
+        r = c.post(f"api/{path}?wait=90", json=body)
+    assert r.status_code == 200, r.text
+    op = r.json()
+    assert op["status"] == "succeeded", (op["error"], op["steps"])
+    return op
+
+
+def seat(hub, n, workshop=FAIR):
+    """CREATE seat n, log in, start the server: the browser client and the customer."""
+    customer = f"cust-{uuid.uuid4().hex[:8]}"
+    op = verb(hub, "create", {"student": n, "customer": customer, "email": f"{customer}@example.com", "workshop": workshop})
+    c = logged_in(hub, f"student{n}", op["result"]["password"])
+    spawn(hub, c, f"student{n}")
+    return c, customer
+
+
+def group(hub, n) -> cgroups.SeatGroup:
+    return cgroups.shared("/sys/fs/cgroup", hub.cgroup_parent).seat(f"student{n}")
+
+
+def cgroup_file(hub, controller, n, name) -> str:
+    return Path(f"/sys/fs/cgroup/{controller}/{hub.cgroup_parent}/student{n}/{name}").read_text().strip()
+
+
+class Kernel:
+    """A real kernel of a student's server, driven over its websocket like JupyterLab does."""
+
+    def __init__(self, hub, client, name):
+        self.hub, self.client, self.name = hub, client, name
+        self.base = f"/user/{name}"
+
+    async def __aenter__(self):
+        lab = open_lab(self.client, self.name)  # the server's _xsrf cookie (and its OAuth login)
+        assert lab.status_code == 200, (lab.status_code, str(lab.url), lab.text[-300:])
+        xsrf = next(c.value for c in self.client.cookies.jar if c.name == "_xsrf" and c.path.startswith(self.base))
+        self.headers = {"X-XSRFToken": xsrf}
+        r = self.client.post(f"{self.base}/api/kernels", json={"name": "python3"}, headers=self.headers)
+        assert r.status_code == 201, (r.status_code, r.text)
+        self.id = r.json()["id"]
+        cookie = "; ".join(f"{c.name}={c.value}" for c in self.client.cookies.jar)
+        url = self.hub.url.replace("http", "ws").rstrip("/") + f"{self.base}/api/kernels/{self.id}/channels"
+        self.ws = await websocket_connect(HTTPRequest(url, headers={"Cookie": cookie}))
+        self.session = uuid.uuid4().hex
+        return self
+
+    async def __aexit__(self, *exc):
+        self.ws.close()
+        self.client.delete(f"{self.base}/api/kernels/{self.id}", headers=self.headers)
+
+    async def run(self, code: str, timeout: float = 60) -> tuple[str, float]:
+        """("ok" | "error" | "died", seconds): died when the server reports the kernel restarting or dead."""
+        msg_id = uuid.uuid4().hex
+        header = {"msg_id": msg_id, "username": self.name, "session": self.session, "msg_type": "execute_request", "version": "5.3",
+                  "date": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+        content = {"code": code, "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False, "stop_on_error": True}
+        started = time.perf_counter()
+        self.ws.write_message(json.dumps({"header": header, "parent_header": {}, "metadata": {}, "content": content, "channel": "shell", "buffers": []}))
+        deadline = time.monotonic() + timeout
+        while True:
+            raw = await asyncio.wait_for(self.ws.read_message(), max(0.1, deadline - time.monotonic()))
+            assert raw is not None, "the kernel's websocket closed"
+            msg = json.loads(raw)
+            kind = msg["header"]["msg_type"]
+            if kind == "status" and msg["content"].get("execution_state") in ("restarting", "dead"):
+                return "died", time.perf_counter() - started
+            if kind == "execute_reply" and msg.get("parent_header", {}).get("msg_id") == msg_id:
+                return msg["content"]["status"], time.perf_counter() - started
+
+
+async def trivial(hub, client, name) -> str:
+    async with Kernel(hub, client, name) as k:
+        return (await k.run("1 + 1"))[0]
+
+
+# -- the tests ------------------------------------------------------------------
+
+
+def test_the_server_and_its_kernels_live_in_the_seats_group_with_its_limits(hub):
+    n = 340
+    c, customer = seat(hub, n, BIG)
+    g = group(hub, n)
+    uid = 10000 + n
+    members = g.live_pids()
+    # the server and nothing else yet (no kernel), each running as the student
+    assert members and set(members) == set(live_processes(uid))
+    # the workshop's wod.yml wins over the hub's defaults; the rest are the hub's
+    assert int(cgroup_file(hub, "memory", n, "memory.limit_in_bytes")) == 400 * M
+    assert cgroup_file(hub, "pids", n, "pids.max") == "100"
+    assert cgroup_file(hub, "cpu", n, "cpu.cfs_quota_us") == "100000"
+    assert cgroup_file(hub, "cpu", n, "cpu.cfs_period_us") == "100000"
+
+    async def kernel_inside():
+        async with Kernel(hub, c, f"student{n}") as k:
+            assert (await k.run("import os; open('/tmp/wod-fair-kernel-%d' % os.getuid(), 'w').write(str(os.getpid()))"))[0] == "ok"
+            pid = int(Path(f"/tmp/wod-fair-kernel-{uid}").read_text())
+            os.unlink(f"/tmp/wod-fair-kernel-{uid}")
+            return pid
+
+    kernel = asyncio.run(kernel_inside())
+    assert kernel not in members
+    for line in Path(f"/proc/{kernel}/cgroup").read_text().splitlines() if Path(f"/proc/{kernel}").exists() else []:
+        if line.split(":")[1] in ("memory", "cpu", "pids", "freezer"):
+            assert line.endswith(f"/{hub.cgroup_parent}/student{n}"), line
+    verb(hub, "cleanup", {"student": n, "customer": customer})
+
+
+def test_a_cell_past_mem_limit_ends_that_kernel_and_only_it(hub):
+    a, b = 300, 301
+    ca, cust_a = seat(hub, a)
+    cb, cust_b = seat(hub, b)
+
+    async def scenario():
+        async with Kernel(hub, ca, f"student{a}") as ka, Kernel(hub, cb, f"student{b}") as kb:
+            assert (await ka.run("x = bytearray(100 * 2**20)"))[0] == "ok"  # under the limit: fine
+            status, _ = await ka.run("y = bytearray(600 * 2**20)")  # past the 300M limit
+            assert status == "died"
+            # the other seat's kernel answers; the seat's own server too
+            assert (await kb.run("1 + 1"))[0] == "ok"
+        assert open_lab(ca, f"student{a}").status_code == 200
+        # the student gets a fresh kernel and goes on
+        assert await trivial(hub, ca, f"student{a}") == "ok"
+
+    asyncio.run(scenario())
+    # the kernel's OOM killer acted inside the seat's group (this kernel does not count it in memory.failcnt)
+    oom = dict(line.split() for line in cgroup_file(hub, "memory", a, "memory.oom_control").splitlines())
+    assert int(oom["oom_kill"]) >= 1, oom
+    assert int(cgroup_file(hub, "memory", a, "memory.max_usage_in_bytes")) <= MEM_LIMIT
+    verb(hub, "cleanup", {"student": a, "customer": cust_a})
+    verb(hub, "cleanup", {"student": b, "customer": cust_b})
+
+
+def test_a_fork_bomb_stops_at_the_process_limit_and_another_seat_answers(hub):
+    a, b = 302, 303
+    ca, cust_a = seat(hub, a)
+    cb, cust_b = seat(hub, b)
+    bomb = "import subprocess; subprocess.Popen(['bash', '-c', 'f() { f & f & wait; }; f'], start_new_session=True, stderr=subprocess.DEVNULL)"
+
+    async def scenario():
+        async with Kernel(hub, ca, f"student{a}") as ka:
+            assert (await ka.run(bomb))[0] == "ok"
+        await asyncio.sleep(3)
+        # the seat is full, the machine is not: another seat's kernel still answers
+        assert int(cgroup_file(hub, "pids", a, "pids.current")) == PIDS_LIMIT
+        assert int(cgroup_file(hub, "pids", a, "pids.events").split()[1]) > 0  # forks refused at the limit
+        assert await trivial(hub, cb, f"student{b}") == "ok"
+
+    asyncio.run(scenario())
+    op = verb(hub, "cleanup", {"student": a, "customer": cust_a})
+    assert not live_processes(10000 + a), op["steps"]
+    verb(hub, "cleanup", {"student": b, "customer": cust_b})
+
+
+def test_cleanup_leaves_no_process_of_a_seat_whose_student_left_a_forking_one(hub):
+    n = 304
+    c, customer = seat(hub, n)
+    # Detached from the server (its own session, its parent gone) and hopping pids: a new child, then exit, forever.
+    hopper = "import subprocess; subprocess.Popen(['bash', '-c', 'h() { sleep 0.01; h & exit; }; h & (sleep 600 &) ; exit'], start_new_session=True, stderr=subprocess.DEVNULL)"
+
+    async def leave_it():
+        async with Kernel(hub, c, f"student{n}") as k:
+            assert (await k.run(hopper))[0] == "ok"
+
+    asyncio.run(leave_it())
+    time.sleep(1)
+    assert len(live_processes(10000 + n)) >= 3  # the server, the hopper, the sleep (the kernel is gone)
+    op = verb(hub, "cleanup", {"student": n, "customer": customer})
+    time.sleep(0.5)  # a survivor would have forked again by now
+    assert live_processes(10000 + n) == [], op["steps"]
+    assert not group(hub, n).exists()
+    [release] = [s for s in op["steps"] if s["name"] == "release"]
+    assert release["detail"]["killed"] >= 2, release
+
+
+def test_without_control_groups_the_hub_warns_once_and_servers_still_start(tmp_path):
+    """A host without cgroups (here: c.Wod.cgroup_root pointing at an empty folder): one warning, nothing crashes."""
+    notebooks = tmp_path / "notebooks"
+    write_workshop(notebooks, FAIR, (FIRST, LAST))
+    empty = tmp_path / "no-cgroups"
+    empty.mkdir()
+    wod = {"student_min": FIRST, "student_max": LAST, "cgroups": True, "cgroup_root": str(empty)}
+    with RealHub(tmp_path / "hub", notebooks=[notebooks], authenticator_class="wod", spawner_class="wod", wod_config=wod,
+                 extra_config="c.WodAuthenticator.throttle_ip_failures = 0") as hub:
+        for n in (305, 306):
+            c, customer = seat(hub, n)
+            assert open_lab(c, f"student{n}").status_code == 200
+            verb(hub, "cleanup", {"student": n, "customer": customer})
+        log = hub.log_path.read_text()
+    warnings = [line for line in log.splitlines() if "not enforced per seat" in line]
+    assert len(warnings) == 1, warnings
+    for what in ("memory (mem_limit)", "CPU (cpu_limit)", "processes (pids_limit)", str(empty)):
+        assert what in warnings[0]
+    assert "Traceback" not in log
