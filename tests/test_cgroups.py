@@ -176,3 +176,9 @@ def test_group_names_cannot_walk():
             h.seat(bad)
     with pytest.raises(ValueError):
         cgroups.detect("/nonexistent", "../x")
+
+
+@needs_root
+def test_the_parent_weighs_like_its_seats(hierarchy):
+    assert hierarchy.weigh(40) is None
+    assert (hierarchy.dirs["cpu"] / "cpu.shares").read_text().strip() == str(40 * 1024)

@@ -5,7 +5,7 @@ from traitlets.config import Config
 
 from wod_jupyterhub.catalog import find_workshop, load_workshop
 from wod_jupyterhub.config import Wod
-from wod_jupyterhub.limits import Limits, limits_from_meta, parse_size, v1_writes, v2_writes
+from wod_jupyterhub.limits import Limits, limits_from_meta, parent_weight_writes, parse_size, v1_writes, v2_writes
 
 M = 1024**2
 
@@ -106,3 +106,10 @@ def test_wod_options_validate():
     with pytest.raises(Exception, match="cgroup_parent"):
         Wod(config=c)
     assert Wod().cgroups is False and Wod(system_users=True).cgroups is True
+
+
+def test_the_parent_group_weighs_like_the_seats_it_holds():
+    assert parent_weight_writes(40, "v1") == [("cpu", "cpu.shares", str(40 * 1024))]
+    assert parent_weight_writes(2000, "v1") == [("cpu", "cpu.shares", "262144")]  # the kernel's maximum
+    assert parent_weight_writes(40, "v2") == [("cpu", "cpu.weight", "4000")]
+    assert parent_weight_writes(2000, "v2") == [("cpu", "cpu.weight", "10000")]

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .limits import Limits, v1_writes, v2_writes
+from .limits import Limits, parent_weight_writes, v1_writes, v2_writes
 
 #: controller → what it enforces, for the one warning an admin reads
 WHAT = {
@@ -90,6 +90,16 @@ class Hierarchy:
             "Seats are not limited there: one student can use what the others need."
             + (" Killing a seat falls back to killing its uid's processes." if "freezer" in self.missing and self.version != "v2" else "")
         )
+
+    def weigh(self, seats: int) -> str | None:
+        """Give the parent group the CPU weight of ``seats`` processes (see :func:`parent_weight_writes`); the error, if any."""
+        for controller, name, value in parent_weight_writes(seats, self.version):
+            if controller in self.dirs:
+                try:
+                    _write(self.dirs[controller] / name, value)
+                except OSError as e:
+                    return f"{name}: {_reason(e)}"
+        return None
 
     def seat(self, name: str) -> "SeatGroup":
         return SeatGroup(self, name)

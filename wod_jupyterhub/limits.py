@@ -157,3 +157,19 @@ def v2_writes(limits: Limits, period: int = CPU_PERIOD_US) -> list[tuple[str, st
         ("cpu", "cpu.max", f"{quota if quota is not None else 'max'} {period}"),
         ("pids", "pids.max", str(limits.pids) if limits.pids is not None else "max"),
     ]
+
+
+def parent_weight_writes(seats: int, version: str) -> list[tuple[str, str, str]]:
+    """The CPU weight of the group holding every seat: as much as ``seats`` processes of the host's root group.
+
+    Nested under one parent, all seats together would weigh one process
+    against every process outside (the hub, the proxy, anything else): under
+    load the whole class would share one process's CPU. Weighing the parent
+    like the seats it holds keeps each seat where it would be ungrouped,
+    while the seats' own equal weights still split that fairly between them.
+    """
+    if version == "v2":
+        # cpu.weight: 1..10000, 100 for a group of its own
+        return [("cpu", "cpu.weight", str(max(1, min(10_000, 100 * seats))))]
+    # cpu.shares: 2..262144, 1024 for one process of the root group
+    return [("cpu", "cpu.shares", str(max(2, min(262_144, 1024 * seats))))]

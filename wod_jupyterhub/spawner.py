@@ -220,6 +220,9 @@ class WodSpawner(LocalProcessSpawner):
         key = (self.wod.cgroup_root, self.wod.cgroup_parent)
         if key not in _WARNED:
             _WARNED.add(key)
+            problem = h.weigh(self.wod.student_max - self.wod.student_min + 1)
+            if problem:
+                self.log.warning("The seats' parent group keeps the CPU weight of one process (%s)", problem)
             warning = h.warning()
             if warning:
                 self.log.warning(warning)
