@@ -151,6 +151,15 @@ def end_seat(wod, n: int, timeout: float = 15.0) -> dict:
     return {"cgroup_killed": h.seat(f"student{n}").end(timeout)}
 
 
+def seat_resources(wod, n: int) -> dict | None:
+    """What seat ``n`` uses now (memory in bytes, now and at its peak; processes), or None without a group."""
+    h = for_wod(wod)
+    if h is None or not h.available:
+        return None
+    group = h.seat(f"student{n}")
+    return group.usage() if group.exists() else None
+
+
 def _detect_v1(h: Hierarchy) -> None:
     h.version = "v1"
     for c in V1_CONTROLLERS:
