@@ -27,16 +27,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
-
-from hubutil import RealHub, write_workshop  # noqa: E402
-from seatutil import Kernel, seat  # noqa: E402
-
-from wod_jupyterhub import cgroups  # noqa: E402
+from tests.hubutil import RealHub, write_workshop
+from tests.seatutil import Kernel, seat
+from wod_jupyterhub import cgroups
 
 GOAL = 2.0
 CELLS = 40

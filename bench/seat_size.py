@@ -32,13 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
-
-from hubutil import RealHub  # noqa: E402
-from seatutil import Kernel, seat  # noqa: E402
-
-from wod_jupyterhub import cgroups  # noqa: E402
+from tests.hubutil import RealHub
+from tests.seatutil import Kernel, seat
+from wod_jupyterhub import cgroups
 
 # What the demo configuration gives the sample workshops' templates.
 VARIABLES = {"BRANDING": "Bench", "BRANDINGWOD": "Workshops-on-Demand", "BRANDINGURL": "https://example.com",
@@ -149,7 +145,10 @@ def main() -> int:
     print(f"floor: one bare {Path(sys.executable).name} process: {floor:.1f} MB PSS")
     print(f"{'workshop':<22}{'state':<7}{'procs':>6}{'PSS MB':>9}{'cgroup MB':>11}{'CPU s':>8}")
     for folder, ncells, started, idle, idle_cpu, b in rows:
-        print(f"{folder:<22}{'idle':<7}{idle['processes']:>6}{idle['pss_mb']:>9.1f}{idle['cgroup_mb']:>11.1f}{started['cpu_s']:>8.2f}  (start; {idle_cpu:.2f} s over 10 s idle)")
+        print(
+            f"{folder:<22}{'idle':<7}{idle['processes']:>6}{idle['pss_mb']:>9.1f}{idle['cgroup_mb']:>11.1f}{started['cpu_s']:>8.2f}"
+            f"  (start; {idle_cpu:.2f} s over 10 s idle)"
+        )
         print(f"{'':<22}{'busy':<7}{b['processes']:>6}{b['pss_mb']:>9.1f}{b['cgroup_mb']:>11.1f}{b['cpu_s'] - idle['cpu_s']:>8.2f}  ({ncells} cells run)")
     idle_mb = max(r[3]["cgroup_mb"] for r in rows)
     busy_mb = max(r[5]["cgroup_mb"] for r in rows)

@@ -66,7 +66,8 @@ def test_a_seat_group_holds_its_limits_and_its_processes(hierarchy):
     try:
         assert p.pid in g.pids()
         for controller in ("memory", "cpu", "pids", "freezer"):
-            line = next(l for l in Path(f"/proc/{p.pid}/cgroup").read_text().splitlines() if l.split(":")[1] == controller)
+            lines = Path(f"/proc/{p.pid}/cgroup").read_text().splitlines()
+            line = next(entry for entry in lines if entry.split(":")[1] == controller)
             assert line.endswith(f"/{hierarchy.parent}/student300"), line
     finally:
         assert g.end() == 1

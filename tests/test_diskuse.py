@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from hubutil import RealHub, write_workshop
-from svcutil import check
+from tests.hubutil import RealHub, write_workshop
+from tests.svcutil import check
 from wod_jupyterhub.diskuse import DiskWatch, du_command, home_bytes, parse_du
 
 M = 1024**2

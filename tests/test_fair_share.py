@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-import seatutil
-from hubutil import RealHub, write_workshop
-from seatutil import Kernel, live_processes, trivial, verb
-from test_e2e_hub import open_lab
+from tests import seatutil
+from tests.hubutil import RealHub, write_workshop
+from tests.seatutil import Kernel, live_processes, trivial, verb
+from tests.test_e2e_hub import open_lab
 from wod_jupyterhub import cgroups
 from wod_jupyterhub.config import Wod
 from wod_jupyterhub.users import plan
@@ -233,7 +233,10 @@ def test_cleanup_leaves_no_process_of_a_seat_whose_student_left_a_forking_one(hu
     n = 304
     c, customer = seat(hub, n)
     # Detached from the server (its own session, its parent gone) and hopping pids: a new child, then exit, forever.
-    hopper = "import subprocess; subprocess.Popen(['bash', '-c', 'h() { sleep 0.01; h & exit; }; h & (sleep 600 &) ; exit'], start_new_session=True, stderr=subprocess.DEVNULL)"
+    hopper = (
+        "import subprocess; subprocess.Popen(['bash', '-c', 'h() { sleep 0.01; h & exit; }; h & (sleep 600 &) ; exit'],"
+        " start_new_session=True, stderr=subprocess.DEVNULL)"
+    )
 
     async def leave_it():
         async with Kernel(hub, c, f"student{n}") as k:

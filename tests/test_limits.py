@@ -10,7 +10,9 @@ from wod_jupyterhub.limits import Limits, limits_from_meta, parent_weight_writes
 M = 1024**2
 
 
-@pytest.mark.parametrize("text,size", [("300M", 300 * M), ("2G", 2048 * M), ("1.5G", 1536 * M), ("512k", 512 * 1024), ("64MiB", 64 * M), (1048576, M), ("4096", 4096)])
+@pytest.mark.parametrize(
+    "text,size", [("300M", 300 * M), ("2G", 2048 * M), ("1.5G", 1536 * M), ("512k", 512 * 1024), ("64MiB", 64 * M), (1048576, M), ("4096", 4096)]
+)
 def test_parse_size(text, size):
     assert parse_size(text) == size
 

@@ -78,7 +78,9 @@ class Limits:
         return {"memory": self.memory, "cpu": self.cpu, "pids": self.pids}
 
     def describe(self) -> str:
-        return f"memory {format_size(self.memory)}, cpu {self.cpu if self.cpu is not None else 'unlimited'}, processes {self.pids if self.pids is not None else 'unlimited'}"
+        cpu = self.cpu if self.cpu is not None else "unlimited"
+        pids = self.pids if self.pids is not None else "unlimited"
+        return f"memory {format_size(self.memory)}, cpu {cpu}, processes {pids}"
 
 
 def limits_from_meta(value) -> tuple[Limits, list[str]]:
