@@ -267,8 +267,12 @@ def test_without_control_groups_the_hub_warns_once_and_servers_still_start(tmp_p
             assert open_lab(c, f"student{n}").status_code == 200
             verb(hub, "cleanup", {"student": n, "customer": customer})
         log = hub.log_path.read_text()
+    # one clear warning at start (the service the hub starts), naming each limit and why
     warnings = [line for line in log.splitlines() if "not enforced per seat" in line]
     assert len(warnings) == 1, warnings
-    for what in ("memory (mem_limit)", "CPU (cpu_limit)", "processes (pids_limit)", str(empty)):
+    for what in ("memory (mem_limit)", "CPU (cpu_limit)", "processes (pids_limit)", str(empty), "by its uid only"):
         assert what in warnings[0]
+    # and the hub process says once, at its first server (after the start), that it starts servers without them
+    assert log.count("Servers start without these per-seat limits") == 1
+    assert log.index(warnings[0]) < log.index("Servers start without these per-seat limits")
     assert "Traceback" not in log

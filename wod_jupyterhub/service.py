@@ -278,15 +278,13 @@ class WodService(Application):
         os._exit(1)
 
     def _check_cgroups(self):
-        """Say once, at the start, when CLEANUP, RESET and PURGE cannot kill seats through their control groups."""
+        """The one warning at start naming what control groups do not enforce here (the hub reads the same c.Wod)."""
         from . import cgroups
 
         h = cgroups.for_wod(self.wod)
-        if h is not None and not h.available:
-            self.log.warning(
-                "The service cannot use the seats' control groups (%s): CLEANUP, RESET and PURGE end a seat's processes by its uid only",
-                "; ".join(sorted(set(h.missing.values()))),
-            )
+        if h is not None and h.missing:
+            kills = "" if h.available else " CLEANUP, RESET and PURGE end a seat's processes by its uid only."
+            self.log.warning("%s%s", h.warning(), kills)
 
     async def _load_users(self):
         from .hubapi import HubAPIError

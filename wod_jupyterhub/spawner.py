@@ -223,9 +223,12 @@ class WodSpawner(LocalProcessSpawner):
             problem = h.weigh(self.wod.student_max - self.wod.student_min + 1)
             if problem:
                 self.log.warning("The seats' parent group keeps the CPU weight of one process (%s)", problem)
-            warning = h.warning()
-            if warning:
-                self.log.warning(warning)
+            if h.missing:
+                # The full sentence is the service's warning at start; the hub names what it starts without.
+                self.log.warning(
+                    "Servers start without these per-seat limits: %s (see the warning at start; c.Wod.cgroup_root = %s)",
+                    ", ".join(cgroups.WHAT[c] for c in h.missing), self.wod.cgroup_root,
+                )
             else:
                 self.log.info("Seats are limited through control groups %s under %s", h.version, h.root)
         return h
