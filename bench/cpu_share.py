@@ -117,11 +117,7 @@ def main() -> int:
             results = asyncio.run(scenario(hub, h, ca, cb))
     finally:
         if h is not None:
-            for d in set(h.dirs.values()):
-                for child in d.iterdir():
-                    if child.is_dir():
-                        h.seat(child.name).end()
-                d.rmdir()
+            h.clear()
         subprocess.run(["rm", "-rf", str(work)], check=False)
 
     print(f"seat B's trivial cell (1 + 1 over the kernel's websocket), {CELLS} runs each, {os.cpu_count()} cores:")

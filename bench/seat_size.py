@@ -134,11 +134,7 @@ def main() -> int:
                 asyncio.run(busy(hub, client, name, cells))
                 rows.append((folder, len(cells), started, idle, idle_cpu, hub.busy))
     finally:
-        for d in set(cgroups.shared("/sys/fs/cgroup", parent).dirs.values()):
-            for child in d.iterdir():
-                if child.is_dir():
-                    cgroups.shared("/sys/fs/cgroup", parent).seat(child.name).end()
-            d.rmdir()
+        cgroups.shared("/sys/fs/cgroup", parent).clear()
         subprocess.run(["rm", "-rf", str(work)], check=False)
 
     floor = floor_mb()

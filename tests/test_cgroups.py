@@ -23,22 +23,11 @@ ROOT = Path("/sys/fs/cgroup")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="control groups are written by root (CI runs as root)")
 
 
-def _remove_parent(h):
-    for d in set(h.dirs.values()):
-        for child in d.iterdir() if d.is_dir() else ():
-            if child.is_dir():
-                cgroups.SeatGroup(h, child.name).end()
-        try:
-            d.rmdir()
-        except FileNotFoundError:
-            pass
-
-
 @pytest.fixture
 def hierarchy():
     h = cgroups.detect(ROOT, f"wod-test-{secrets.token_hex(4)}")
     yield h
-    _remove_parent(h)
+    h.clear()
 
 
 def start_in(group, argv, **kwargs):
@@ -133,7 +122,7 @@ def test_v2_kill_through_cgroup_kill():
         assert g.end() > 5 and not g.exists()
         assert p.wait(5) == -9
     finally:
-        _remove_parent(h)
+        h.clear()
 
 
 def test_no_control_groups_at_the_root_is_a_warning_not_a_crash(tmp_path):

@@ -127,12 +127,7 @@ def hub(tmp_path_factory, accounts):
             h.cgroup_parent = parent
             yield h
     finally:
-        h = cgroups.detect("/sys/fs/cgroup", parent)
-        for d in set(h.dirs.values()):
-            for child in d.iterdir():
-                if child.is_dir():
-                    h.seat(child.name).end()
-            d.rmdir()
+        cgroups.detect("/sys/fs/cgroup", parent).clear()
         subprocess.run(["rm", "-rf", str(students)], check=False)
 
 

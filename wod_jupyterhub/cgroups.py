@@ -104,6 +104,24 @@ class Hierarchy:
     def seat(self, name: str) -> "SeatGroup":
         return SeatGroup(self, name)
 
+    def clear(self) -> int:
+        """Kill every seat under the parent group, remove their groups and the parent's; how many processes were killed.
+
+        For tests and benches, and for an admin retiring a backend.
+        """
+        killed = 0
+        parents = sorted(set(self.dirs.values()))
+        for d in parents:
+            for child in sorted(d.iterdir()) if d.is_dir() else ():
+                if child.is_dir():
+                    killed += self.seat(child.name).end()
+        for d in parents:
+            try:
+                d.rmdir()
+            except FileNotFoundError:
+                pass
+        return killed
+
     def to_json(self) -> dict:
         return {"version": self.version, "root": str(self.root), "enforced": sorted(c for c in self.dirs if c in WHAT), "missing": dict(self.missing)}
 
@@ -234,7 +252,7 @@ class SeatGroup:
     def create(self, limits: Limits) -> dict:
         """Make the group (or keep it) and set ``limits``; returns what holds and what failed."""
         for d in self.dirs:
-            d.mkdir(exist_ok=True)
+            d.mkdir(parents=True, exist_ok=True)  # the parent too, should someone have removed it
         writes = v2_writes(limits) if self.h.version == "v2" else v1_writes(limits, memsw=self.h.memsw)
         failed = {}
         for controller, name, value in writes:
