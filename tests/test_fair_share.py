@@ -219,8 +219,12 @@ def test_a_fork_bomb_stops_at_the_process_limit_and_another_seat_answers(hub):
         assert await trivial(hub, cb, f"student{b}") == "ok"
 
     asyncio.run(scenario())
-    op = verb(hub, "cleanup", {"student": a, "customer": cust_a})
+    # PURGE ends the bomb through the seat's group (freeze, kill, thaw): nothing of it survives
+    op = verb(hub, "purge", {"student": a, "customer": cust_a})
     assert not live_processes(10000 + a), op["steps"]
+    [erase] = [s for s in op["steps"] if s["name"] == "erase"]
+    assert erase["detail"]["cgroup_killed"] >= 10, erase  # the bomb's processes (threads of the server count in pids.max too)
+    assert not group(hub, a).exists()
     verb(hub, "cleanup", {"student": b, "customer": cust_b})
 
 
