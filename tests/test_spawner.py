@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from jupyterhub import orm
@@ -16,9 +17,11 @@ from jupyterhub.objects import Hub
 from jupyterhub.user import User
 from sqlalchemy import select
 from tornado import web
+from traitlets import TraitError
 from traitlets.config import Config
 
-from wod_jupyterhub import users
+from wod_jupyterhub import cgroups, users
+from wod_jupyterhub.limits import Limits
 from wod_jupyterhub.spawner import WodSpawner
 from wod_jupyterhub.store import Completion, Store, Student
 
@@ -253,3 +256,70 @@ def test_users_create_plans_accounts_and_refuses_conflicts(tmp_path, capsys):
 
     assert users.main(["create", "--config", str(tmp_path / "missing.py")]) == 2
     assert "is not a file" in capsys.readouterr().err
+
+
+# -- fair share: the seat's limits and its control group ---------------------------------
+
+
+def limited_workshop(root, limits_yaml):
+    folder = root / "WKSHP-Sample"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "0-ReadMeFirst.ipynb").write_text("{}")
+    (folder / "wod.yml").write_text(f"name: sample\nrange: [1, 50]\nactive: true\n{limits_yaml}")
+
+
+async def test_limits_come_from_c_wod_then_wod_yml_then_the_spawner(hubdb, setup):
+    config, store, root = setup
+    limited_workshop(root.parent / "notebooks", "limits: {memory: 1G, processes: 256}\n")
+    config.Wod.notebooks = [str(root.parent / "notebooks")]
+    config.Wod.workshop_limits = {"WKSHP-Sample": {"cpu": 2}}
+    book(store, root, 3)
+    sp = spawner(hubdb, config)
+    await sp.run_pre_spawn_hook()
+    assert sp._limits == Limits(memory=1024**3, cpu=2.0, pids=256)
+    env = sp.get_env()
+    # what the seat really gets, for jupyter-resource-usage and the student's own code
+    assert env["MEM_LIMIT"] == str(1024**3) and env["CPU_LIMIT"] == "2.0"
+    # c.Wod.cgroups defaults to system_users: off here, so no group to join
+    assert sp._procs_files is None
+
+
+@pytest.mark.parametrize("option,value", [("pids_limit", 2), ("mem_limit", "1K"), ("cpu_limit", 0.0)])
+def test_limits_that_cannot_run_a_server_are_refused(hubdb, setup, option, value):
+    config, _store, _root = setup
+    setattr(config.WodSpawner, option, value)
+    with pytest.raises(TraitError, match="WodSpawner"):
+        spawner(hubdb, config)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="control groups are written by root (CI runs as root)")
+async def test_the_server_process_is_born_in_the_seats_group(hubdb, setup):
+    config, store, root = setup
+    config.Wod.cgroups = True
+    config.Wod.cgroup_parent = parent = f"wod-test-{os.getpid()}-spawner"
+    config.WodSpawner.pids_limit = 99
+    home = book(store, root, 3)
+    sp = spawner(hubdb, config)
+    try:
+        await sp.run_pre_spawn_hook()
+        assert (Path("/sys/fs/cgroup/pids") / parent / "student3" / "pids.max").read_text().strip() == "99"
+        # a real fork through the spawner's preexec: in the group before it runs anything
+        out = subprocess.run(["cat", "/proc/self/cgroup"], preexec_fn=sp.make_preexec_fn("student3"), capture_output=True, text=True, check=True)
+        for controller in ("memory", "cpu", "pids", "freezer"):
+            assert f":{controller}:/{parent}/student3\n" in out.stdout, out.stdout
+        assert out.returncode == 0 and home.is_dir()
+    finally:
+        cgroups.detect("/sys/fs/cgroup", parent).clear()
+
+
+async def test_without_control_groups_the_server_starts_anyway(hubdb, setup, tmp_path, caplog):
+    config, store, root = setup
+    config.Wod.cgroups = True
+    config.Wod.cgroup_root = str(tmp_path / "no-cgroups")
+    book(store, root, 3)
+    sp = spawner(hubdb, config)
+    await sp.run_pre_spawn_hook()
+    assert sp._procs_files is None
+    out = subprocess.run(["pwd"], preexec_fn=sp.make_preexec_fn("student3"), capture_output=True, text=True, check=True)
+    assert out.stdout.strip().endswith("student3")
+    assert "Servers start without these per-seat limits" in caplog.text and "memory (mem_limit)" in caplog.text
