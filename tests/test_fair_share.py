@@ -30,11 +30,11 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system-users mode and
 
 M = 1024**2
 FIRST, LAST = 300, 349
-FAIR, BIG = "WKSHP-Fair", "WKSHP-Big"
+FAIR, BIG, KEPT = "WKSHP-Fair", "WKSHP-Big", "WKSHP-Kept"
 MEM_LIMIT = 300 * M
 PIDS_LIMIT = 64
 #: the seats the tests book (accounts are made for these only: useradd is slow)
-SEATS = (300, 301, 302, 303, 304, 340)
+SEATS = (300, 301, 302, 303, 304, 340, 345)
 
 
 def student_python() -> tuple[list[str], dict]:
@@ -102,7 +102,8 @@ def hub(tmp_path_factory, accounts):
     root = tmp_path_factory.mktemp("fair")
     notebooks = root / "notebooks"
     write_workshop(notebooks, FAIR, (FIRST, 339))
-    write_workshop(notebooks, BIG, (340, LAST))
+    write_workshop(notebooks, BIG, (340, 344))
+    write_workshop(notebooks, KEPT, (345, LAST), reset=True)
     # a workshop asking for more than the hub's defaults
     with open(notebooks / BIG / "wod.yml", "a") as f:
         f.write("limits: {memory: 400M, processes: 100}\n")
@@ -125,6 +126,7 @@ def hub(tmp_path_factory, accounts):
     try:
         with RealHub(root, notebooks=[notebooks], authenticator_class="wod", spawner_class="wod", wod_config=wod, extra_config=extra) as h:
             h.cgroup_parent = parent
+            h.students_root = students
             yield h
     finally:
         cgroups.detect("/sys/fs/cgroup", parent).clear()
@@ -228,21 +230,25 @@ def test_a_fork_bomb_stops_at_the_process_limit_and_another_seat_answers(hub):
     verb(hub, "cleanup", {"student": b, "customer": cust_b})
 
 
-def test_cleanup_leaves_no_process_of_a_seat_whose_student_left_a_forking_one(hub):
-    n = 304
-    c, customer = seat(hub, n)
-    # Detached from the server (its own session, its parent gone) and hopping pids: a new child, then exit, forever.
+def leave_a_hopper(hub, client, n):
+    """What a student may leave: detached from the server (its own session, its parent gone), hopping pids forever."""
     hopper = (
         "import subprocess; subprocess.Popen(['bash', '-c', 'h() { sleep 0.01; h & exit; }; h & (sleep 600 &) ; exit'],"
         " start_new_session=True, stderr=subprocess.DEVNULL)"
     )
 
     async def leave_it():
-        async with Kernel(hub, c, f"student{n}") as k:
+        async with Kernel(hub, client, f"student{n}") as k:
             assert (await k.run(hopper))[0] == "ok"
 
     asyncio.run(leave_it())
     time.sleep(1)
+
+
+def test_cleanup_leaves_no_process_of_a_seat_whose_student_left_a_forking_one(hub):
+    n = 304
+    c, customer = seat(hub, n)
+    leave_a_hopper(hub, c, n)
     assert len(live_processes(10000 + n)) >= 3  # the server, the hopper, the sleep (the kernel is gone)
     op = verb(hub, "cleanup", {"student": n, "customer": customer})
     time.sleep(0.5)  # a survivor would have forked again by now
@@ -250,6 +256,23 @@ def test_cleanup_leaves_no_process_of_a_seat_whose_student_left_a_forking_one(hu
     assert not group(hub, n).exists()
     [release] = [s for s in op["steps"] if s["name"] == "release"]
     assert release["detail"]["killed"] >= 2, release
+
+
+def test_a_kept_seat_ends_its_processes_at_cleanup_and_reset_erases_it(hub):
+    """A reset: true workshop keeps the home at CLEANUP for RESET, not the participant's processes."""
+    n = 345
+    c, customer = seat(hub, n, KEPT)
+    leave_a_hopper(hub, c, n)
+    assert len(live_processes(10000 + n)) >= 3
+    op = verb(hub, "cleanup", {"student": n, "customer": customer})
+    time.sleep(0.5)
+    assert live_processes(10000 + n) == [], op["steps"]
+    [release] = [s for s in op["steps"] if s["name"] == "release"]
+    assert release["detail"]["kept"] is True and release["detail"]["cgroup_killed"] >= 2, release
+    home = hub.students_root / f"student{n}"
+    assert (home / KEPT / "0-ReadMeFirst.ipynb").is_file()  # kept for RESET
+    verb(hub, "reset", {"student": n, "workshop": KEPT})
+    assert live_processes(10000 + n) == [] and not (home / KEPT).exists()
 
 
 def test_without_control_groups_the_hub_warns_once_and_servers_still_start(tmp_path):
