@@ -115,5 +115,7 @@ def test_api_students_shows_the_homes_size(tmp_path):
             assert data["disk"]["over"] is True and data["disk"]["limit"] == M
             assert check(c.get("api/students/3"), 200)["disk"] is None  # a free seat is not measured
             assert data["resources"] is None  # single-user mode: no control group by default
+            metrics = c.get("metrics").text
+            assert "wod_homes_over_size_limit 1.0" in metrics, metrics[-500:]
         log = hub.log_path.read_text()
     assert log.count("over the 1 MB of c.Wod.home_size_limit") == 1

@@ -14,6 +14,7 @@ from pathlib import Path
 from tornado import web
 
 from . import __version__
+from .cgroups import seat_resources
 from .errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, Unauthorized, WodError
 from .store import Status
 
@@ -254,6 +255,8 @@ class StudentHandler(BaseHandler):
     async def get(self, number):
         n = int(number)
         data = self.views.student_json(n)
+        data["disk"] = self.app.disk.to_json(n)
+        data["resources"] = await asyncio.to_thread(seat_resources, self.app.wod, n)
         data["server"] = None
         hub = self.app.hub
         if hub.configured:
@@ -326,7 +329,7 @@ class MetricsHandler(BaseHandler):
     async def get(self):
         app = self.app
         relay = app.mail.relay if app.mail.settings.relay_enabled else None
-        body = app.metrics.render(store=app.store, running=self.engine.running, outbox=app.outbox if app.portal.enabled else None, relay=relay)
+        body = app.metrics.render(store=app.store, running=self.engine.running, outbox=app.outbox if app.portal.enabled else None, relay=relay, disk=app.disk)
         self.set_header("Content-Type", app.metrics.content_type)
         self.finish(body)
 

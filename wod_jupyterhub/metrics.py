@@ -32,6 +32,7 @@ class Metrics:
         self.running = Gauge("wod_operations_running", "Operations running in this process", registry=r)
         self.queued = Gauge("wod_operations_queued", "Operations waiting in the database", registry=r)
         self.outbox = Gauge("wod_outbox_pending", "Portal callbacks not delivered yet", registry=r)
+        self.homes_over = Gauge("wod_homes_over_size_limit", "Seats whose home was over c.Wod.home_size_limit when last measured", registry=r)
         for status in Status.FINISHED:
             self.finished.labels(status)  # exported at 0 before the first operation ends
         # The portal's mail API (wod_jupyterhub/mail): told by its ingress and relay as things happen.
@@ -69,9 +70,9 @@ class Metrics:
 
     # ---- scrape
 
-    def render(self, *, store, running: int, outbox=None, relay=None) -> bytes:
+    def render(self, *, store, running: int, outbox=None, relay=None, disk=None) -> bytes:
         """The text exposition, gauges read now: ``running`` operations, queued ones from ``store``,
-        ``outbox`` pending, ``relay`` (the mail relay) pending."""
+        ``outbox`` pending, ``relay`` (the mail relay) pending, ``disk`` (homes over their size limit)."""
         self.running.set(running)
         with store.Session() as s:
             self.queued.set(s.scalar(select(func.count()).select_from(Operation).where(Operation.status == Status.QUEUED)))
@@ -79,4 +80,6 @@ class Metrics:
             self.outbox.set(outbox.pending())
         if relay is not None:
             self.mail_pending.set(relay.stats()["pending"])
+        if disk is not None:
+            self.homes_over.set(len(disk.over()))
         return generate_latest(self.registry)

@@ -41,11 +41,12 @@ from urllib.parse import urlsplit  # noqa: E402
 
 from tornado import web  # noqa: E402
 from tornado.httpserver import HTTPServer  # noqa: E402
-from traitlets import Bool, Float, Integer, Unicode, default, validate  # noqa: E402
+from traitlets import Bool, Float, Integer, TraitError, Unicode, default, validate  # noqa: E402
 from traitlets.config import Application  # noqa: E402
 
 from . import __version__  # noqa: E402
 from .config import Wod  # noqa: E402
+from .diskuse import DiskWatch  # noqa: E402
 from .handlers import (  # noqa: E402
     OPENAPI,
     VERB_FIELDS,
@@ -132,6 +133,15 @@ class WodService(Application):
         """,
     ).tag(config=True)
     warm_up = Bool(True, help="Compile the templates of the active workshops at start-up, in the background.").tag(config=True)
+    disk_interval = Float(
+        300, help="Seconds between two sizings of the homes of the seats in use (done while no operation runs; see c.Wod.home_size_limit)."
+    ).tag(config=True)
+
+    @validate("disk_interval")
+    def _positive_interval(self, proposal):
+        if proposal["value"] <= 0:
+            raise TraitError(f"disk_interval must be more than 0 seconds, not {proposal['value']}")
+        return proposal["value"]
     warm = False
 
     hostname = Unicode(
@@ -195,6 +205,7 @@ class WodService(Application):
 
         # In this process, beside the engine: see mail/gateway.py for why.
         self.mail = MailGateway(WodMail(parent=self), self.wod, self.store, self.engine.submit, self.log, metrics=self.metrics)
+        self.disk = DiskWatch(lambda n: str(self.wod.home(n)), self.wod.home_size_bytes, self.disk_interval, log=self.log)
         self.openapi = OPENAPI
         # Workshop templates render in this process: once the secrets are read
         # (the sealing key, the portal's password), the environment a template
@@ -242,6 +253,7 @@ class WodService(Application):
         self.preparer.start()
         background = [asyncio.ensure_future(self.outbox.run())]
         await self.mail.start()
+        background.append(asyncio.ensure_future(self.disk.run(self.views.held_seats, lambda: self.engine.idle)))
         if self.warm_up:
             background.append(asyncio.ensure_future(self._warm_up()))
         if self.hub.configured:

@@ -205,7 +205,7 @@ class WodSpawner(LocalProcessSpawner):
         """``c.Wod.workshop_limits`` over the workshop's ``wod.yml`` ``limits:`` over this spawner's defaults."""
         limits = Limits(memory=self.mem_limit or None, cpu=self.cpu_limit or None, pids=self.pids_limit)
         folder = workshop_folder(workshop)
-        ws = find_workshop(self.wod.notebooks, folder, self.wod.prefer_private)
+        ws = find_workshop(self.wod.notebooks, folder, self.wod.prefer_private, self.wod.readme_notebook)
         if ws is not None:
             limits = ws.limits.over(limits)
         if folder in self.wod.workshop_limits:

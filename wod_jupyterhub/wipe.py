@@ -1,6 +1,7 @@
 """Wiping a seat for its next participant: its processes, its home, what its uid left elsewhere.
 
-The order matters. The processes go first, whatever the rest does: a
+The order matters. The processes go first, whatever the rest does (those
+of the seat's control group, then any left to its uid): a
 home the erase cannot finish (or a hook that failed before) must not leave
 a participant's programs running into the next session, and once they are
 gone nothing can write into the home or the temporary folders while they
@@ -18,7 +19,7 @@ Core module: imports nothing of the hub or the service.
 
 from __future__ import annotations
 
-from . import homes
+from . import cgroups, homes
 from .fdtrees import tree_size
 from .leftovers import remove_leftovers
 from .processes import kill_uid
@@ -31,9 +32,11 @@ def home_bytes(wod, n: int) -> int:
 
 def wipe_seat(wod, n: int, keep_home: bool = False) -> dict:
     """Kill, erase (or keep) and clear seat ``n``; return what was done, for the operation's journal."""
-    detail: dict = {}
+    # The seat's control group first: frozen while it is killed, nothing the server started forks away.
+    detail: dict = cgroups.end_seat(wod, n)
     uid = wod.uid_base + n if wod.system_users else None
     if uid is not None:
+        # Then the uid: what the student started outside the server (a cron or at job) is not in the group.
         detail["killed"] = kill_uid(uid)
     try:
         limit = wod.home_size_bytes

@@ -57,6 +57,11 @@ class Views:
             "finished": iso(op.finished),
         }
 
+    def held_seats(self) -> list[int]:
+        """Seats whose home belongs to a participant now (active, kept for a RESET, or being cleaned)."""
+        with self.store.Session() as s:
+            return list(s.scalars(select(Student.number).where(Student.state.in_(Seat.HELD))))
+
     def student_json(self, n: int) -> dict:
         self.wod.check_student(n)
         with self.store.Session() as s:
