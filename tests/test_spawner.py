@@ -46,6 +46,8 @@ def setup(db_url, tmp_path):
     for name in ("0-ReadMeFirst.ipynb", "1-More.ipynb"):
         notebook(source / name, [("x", None)])
     c.Wod.notebooks = [str(tmp_path / "notebooks")]
+    # No test here touches the host's control groups unless it says so (system-users tests would make groups).
+    c.Wod.cgroup_root = str(tmp_path / "no-cgroups")
     store = Store(db_url)
     yield c, store, tmp_path / "students"
     store.dispose()
@@ -296,6 +298,7 @@ def test_limits_that_cannot_run_a_server_are_refused(hubdb, setup, option, value
 async def test_the_server_process_is_born_in_the_seats_group(hubdb, setup):
     config, store, root = setup
     config.Wod.cgroups = True
+    config.Wod.cgroup_root = "/sys/fs/cgroup"
     config.Wod.cgroup_parent = parent = f"wod-test-{os.getpid()}-spawner"
     config.WodSpawner.pids_limit = 99
     home = book(store, root, 3)
