@@ -16,7 +16,7 @@ from traitlets import Bool, Dict, Float, Integer, List, TraitError, Unicode, def
 from traitlets.config import Configurable
 
 from .errors import BadRequest, Unprocessable
-from .limits import limits_from_meta
+from .limits import limits_from_meta, parse_size
 
 #: the ``share/`` folder of a source checkout or of an installed package
 _HERE = Path(__file__).resolve().parent
@@ -35,18 +35,6 @@ DEFAULT_ALPHABET = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 
 # fullmatch, not match with $: "$" also matches before a final newline ("student1\n").
 STUDENT_NAME = re.compile(r"student([1-9][0-9]*)")
-
-
-_SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)B?$", re.IGNORECASE)
-_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-
-
-def _size_bytes(value: str) -> int:
-    """``"2G"`` → 2147483648; K, M, G, T are powers of 1024 (as JupyterHub's ``mem_limit``); a plain number is bytes."""
-    m = _SIZE.match(value.strip())
-    if not m or float(m.group(1)) <= 0:
-        raise ValueError(f"a size is a number of bytes or a text like 500M or 2G, more than 0, not {value!r}")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
 def student_number(name: str):
@@ -256,7 +244,7 @@ class Wod(Configurable):
         value = str(proposal["value"]).strip()
         if value:
             try:
-                _size_bytes(value)
+                parse_size(value)
             except ValueError as e:
                 raise TraitError(f"home_size_limit: {e}") from None
         return value
@@ -264,7 +252,7 @@ class Wod(Configurable):
     @property
     def home_size_bytes(self) -> int | None:
         """``home_size_limit`` in bytes; None for no limit."""
-        return _size_bytes(self.home_size_limit) if self.home_size_limit else None
+        return parse_size(self.home_size_limit) if self.home_size_limit else None
 
     temp_folders = List(
         Unicode(),
