@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from wod_jupyterhub import cgroups
+from wod_jupyterhub.config import Wod
 from wod_jupyterhub.limits import Limits
 
 M = 1024**2
@@ -172,3 +173,12 @@ def test_group_names_cannot_walk():
 def test_the_parent_weighs_like_its_seats(hierarchy):
     assert hierarchy.weigh(40) is None
     assert (hierarchy.dirs["cpu"] / "cpu.shares").read_text().strip() == str(40 * 1024)
+
+
+def test_ending_a_seat_the_hub_never_grouped_creates_nothing(tmp_path):
+    # a v1-looking root: the service kills and reads, only the hub makes groups
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "memory" / "cgroup.procs").write_text("")
+    wod = Wod(cgroups=True, cgroup_root=str(tmp_path), cgroup_parent="wod-x")
+    assert cgroups.end_seat(wod, 3) == {} and cgroups.seat_resources(wod, 3) is None
+    assert not (tmp_path / "memory" / "wod-x").exists()

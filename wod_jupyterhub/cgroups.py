@@ -163,19 +163,27 @@ def end_seat(wod, n: int, timeout: float = 15.0) -> dict:
     ``{"cgroup_killed": k}``, or ``{}`` when the seat has no usable group
     (then only the uid-wide kill of the caller ends its processes).
     """
+    # Only the hub makes groups: a seat whose group was never made has nothing to kill (and nothing is created here).
+    if not wod.cgroups or not _made(wod.cgroup_root, wod.cgroup_parent, f"student{n}"):
+        return {}
     h = for_wod(wod)
-    if h is None or not h.available:
+    if not h.available:
         return {}
     return {"cgroup_killed": h.seat(f"student{n}").end(timeout)}
 
 
 def seat_resources(wod, n: int) -> dict | None:
     """What seat ``n`` uses now (memory in bytes, now and at its peak; processes), or None without a group."""
-    h = for_wod(wod)
-    if h is None or not h.available:
+    if not wod.cgroups or not _made(wod.cgroup_root, wod.cgroup_parent, f"student{n}"):
         return None
-    group = h.seat(f"student{n}")
-    return group.usage() if group.exists() else None
+    h = for_wod(wod)
+    return h.seat(f"student{n}").usage() if h.available else None
+
+
+def _made(root: str, parent: str, name: str) -> bool:
+    """Whether the hub made seat ``name``'s group (under any controller), without creating anything."""
+    base = Path(root)
+    return (base / parent / name).is_dir() or any((base / c / parent / name).is_dir() for c in V1_CONTROLLERS)
 
 
 def _detect_v1(h: Hierarchy) -> None:
