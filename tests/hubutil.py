@@ -186,7 +186,11 @@ class RealHub(_Subprocess):
     # ---- configuration
 
     def config_text(self) -> str:
-        service = {"name": "wod", "url": f"http://127.0.0.1:{self.service_port}", "api_token": self.service_token}
+        service = {
+            "name": "wod", "url": f"http://127.0.0.1:{self.service_port}", "api_token": self.service_token,
+            # The dashboard: browsers log in with the hub's OAuth; their token may carry the read scope.
+            "oauth_client_allowed_scopes": ["custom:wod:read"], "oauth_no_confirm": True,
+        }
         if not self.managed_service:
             # The hub waits this long for an external service at start-up; the test starts it later.
             service["timeout"] = 1
@@ -226,11 +230,12 @@ class RealHub(_Subprocess):
             "    'custom:wod:operate': {'description': 'Run the wod verbs: CREATE, CLEANUP, RESET, PURGE.'},",
             "    'custom:wod:read': {'description': 'Read wod operations, students and workshops.'},",
             "}",
-            f"c.JupyterHub.services = {json.dumps(services)}",
+            f"c.JupyterHub.services = {services!r}",
             "c.JupyterHub.load_roles = [",
             "    {'name': 'wod-service', 'scopes': ['admin:users', 'servers', 'tokens'], 'services': ['wod']},",
             "    {'name': 'wod-portal', 'scopes': ['custom:wod:operate', 'custom:wod:read', 'access:services!service=wod'], 'services': ['wod-portal']},",
             "    {'name': 'admin', 'services': ['test-admin']},",
+            "    {'name': 'wod-admins', 'users': ['admin'], 'scopes': ['custom:wod:read', 'custom:wod:operate', 'access:services!service=wod']},",
             "]",
         ]
         if self.authenticator_class == "dummy":

@@ -278,6 +278,72 @@ def cmd_hash_password(args) -> int:
     return 0
 
 
+# -- wod create|cleanup|reset|purge, wod status: the service's REST API -------------------------
+
+
+def _client_args(args):
+    from .client import resolve_token, resolve_url
+
+    return resolve_url(args.url), resolve_token(args.token)
+
+
+def cmd_verb(args) -> int:
+    from .batch import parse_students, run_command
+    from .catalog import parse_workshop_name
+    from .client import AsyncWodClient
+
+    parse_workshop_name(args.workshop)
+    parse_students(args.students)  # bad input is refused before anything is sent
+    if args.parallel < 1:
+        raise BadRequest(f"--parallel must be 1 or more, not {args.parallel}")
+    url, token = _client_args(args)
+    return run_command(args, AsyncWodClient(url, token, concurrency=args.parallel))
+
+
+def cmd_status(args) -> int:
+    from .client import WodClient
+    from .tables import format_status
+
+    if args.workshop:
+        from .catalog import parse_workshop_name
+
+        parse_workshop_name(args.workshop)
+    url, token = _client_args(args)
+    with WodClient(url, token) as client:
+        data = client.get("api/status", workshop=args.workshop)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(format_status(data))
+    return 0
+
+
+# -- wod check -----------------------------------------------------------------------------
+
+
+def cmd_check(args) -> int:
+    from . import selftest
+    from .users import load_wod
+
+    if bool(args.workshop) == bool(args.all):
+        raise BadRequest("give one WORKSHOP or --all")
+    if not 0 < args.timeout <= 3600:
+        raise BadRequest(f"--timeout must be between 0 and 3600 seconds, not {args.timeout}")
+    config = args.config or ("jupyterhub_config.py" if os.path.isfile("jupyterhub_config.py") else None)
+    if config and not os.path.isfile(config):
+        raise BadRequest(f"--config {config} is not a file")
+    wod = load_wod(config)
+    if args.notebooks:
+        wod.notebooks = _roots(args)
+    if args.prefer_private:
+        wod.prefer_private = True
+    names = None if args.all else [args.workshop]
+    progress = None if args.json else (lambda name: print(f"checking {name} …", file=sys.stderr, flush=True))
+    report = selftest.check(wod, names, execute=args.execute, timeout=args.timeout, variables=_variables(args), progress=progress)
+    print(json.dumps(report, indent=2) if args.json else selftest.format_report(report))
+    return selftest.exit_status(report)
+
+
 # -- the parser ----------------------------------------------------------------------------
 
 
@@ -333,6 +399,50 @@ def build_parser() -> argparse.ArgumentParser:
         "hash-password", help="hash an admin password for the config (read from stdin, or asked twice)",
     )
     p.set_defaults(func=cmd_hash_password)
+
+    def service_options(p):
+        p.add_argument("--url", help="the hub's public URL (the service answers under /services/wod/); default $WOD_URL, "
+                       "else the hub's URL in ./jupyterhub_config.py")
+        p.add_argument("--token", help="an API token with custom:wod:operate (verbs) or custom:wod:read; default $WOD_API_TOKEN")
+        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    verb_help = {
+        "create": "provision seats and rotate their passwords (CREATE)",
+        "cleanup": "measure completion and wipe seats (CLEANUP)",
+        "reset": "wipe the kept seats of a reset: true workshop (RESET; a contiguous run is one operation)",
+        "purge": "wipe seats whatever their state (PURGE)",
+    }
+    for verb, text in verb_help.items():
+        p = sub.add_parser(verb, help=f"{text} over a range of students, through the service")
+        p.add_argument("workshop", metavar="WORKSHOP", help="WKSHP-<Name> (or CHLG-<Name>)")
+        p.add_argument("students", metavar="STUDENTS", help="N, A-B or a list like 1,4,10-12")
+        service_options(p)
+        p.add_argument("--customer", help="the customer id sent (default: CREATE 0; CLEANUP and PURGE: the seat's holder)")
+        if verb == "create":
+            p.add_argument("--email", help="the participant's address sent with CREATE (default wod-cli@localhost)")
+        p.add_argument("--show-passwords", action="store_true", help="show the new passwords of CREATE in the table and JSON")
+        p.add_argument("--parallel", type=int, default=8, metavar="N", help="operations in flight at once (default %(default)s)")
+        p.set_defaults(func=cmd_verb, verb=verb)
+
+    p = sub.add_parser("status", help="seats by state per workshop, operations, outbox backlog, locked logins")
+    p.add_argument("workshop", metavar="WORKSHOP", nargs="?", help="only this workshop")
+    service_options(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "check", help="render a workshop for a scratch seat, validate its notebooks, run them with --execute",
+        description="Exit status 0 when every workshop passed (a kernel not installed here is no failure), 1 when one failed.",
+    )
+    p.add_argument("workshop", metavar="WORKSHOP", nargs="?", help="WKSHP-<Name>")
+    p.add_argument("--all", action="store_true", help="every active workshop")
+    p.add_argument("--execute", action="store_true", help="run every notebook in a real kernel (nbclient)")
+    p.add_argument("--timeout", type=float, default=60, metavar="SECONDS", help="per-cell timeout with --execute (default %(default)s)")
+    p.add_argument("--config", metavar="FILE", help="the hub's config for c.Wod (default ./jupyterhub_config.py when present)")
+    notebooks_options(p)
+    p.add_argument("--var", action="append", metavar="KEY=VALUE", help="a template variable; repeat for several")
+    p.add_argument("--vars-file", metavar="FILE.yml", help="template variables from a YAML mapping (--var wins)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_check)
 
     for name, (_, text) in DELEGATES.items():
         sub.add_parser(name, help=text, add_help=False)

@@ -142,6 +142,10 @@ class WodService(Application):
         if proposal["value"] <= 0:
             raise TraitError(f"disk_interval must be more than 0 seconds, not {proposal['value']}")
         return proposal["value"]
+    checks_dir = Unicode(
+        "wod_checks",
+        help="Folder (relative to the service's working folder) keeping the reports of POST api/check, one JSON file each.",
+    ).tag(config=True)
     warm = False
 
     hostname = Unicode(
@@ -207,6 +211,11 @@ class WodService(Application):
         self.mail = MailGateway(WodMail(parent=self), self.wod, self.store, self.engine.submit, self.log, metrics=self.metrics)
         self.disk = DiskWatch(lambda n: str(self.wod.home(n)), self.wod.home_size_bytes, self.disk_interval, log=self.log)
         self.openapi = OPENAPI
+        from .admin_api import CheckRuns
+        from .dashboard import make_oauth
+
+        self.checks = CheckRuns(self.checks_dir, self.config_file, self.log)
+        self.hub_oauth = make_oauth()
         # Workshop templates render in this process: once the secrets are read
         # (the sealing key, the portal's password), the environment a template
         # escape could print holds none of them (issue 8 #9).
@@ -226,7 +235,14 @@ class WodService(Application):
             (rf"{p}api/health", HealthHandler),
             (rf"{p}metrics", MetricsHandler),
         ]
-        return web.Application(routes, default_handler_class=NotFoundHandler, wod_service=self, log_function=self._log_request)
+        from . import admin_api, dashboard
+
+        routes += admin_api.routes(self.prefix) + dashboard.routes(self.prefix)
+        return web.Application(
+            routes, default_handler_class=NotFoundHandler, wod_service=self, log_function=self._log_request,
+            # Signs the dashboard's OAuth cookies; a restart only sends browsers through the hub's OAuth again.
+            cookie_secret=os.urandom(32),
+        )
 
     def _log_request(self, handler):
         status = handler.get_status()
@@ -275,6 +291,7 @@ class WodService(Application):
             self.log.warning("The mail listener did not stop within 0.5 s")
         await self.preparer.stop()
         await self.engine.stop(self.shutdown_grace)
+        await within(self.checks.stop(), 0.5)
         if await settle(background, timeout=0.5):
             self.log.warning("Some background work did not stop when cancelled")
         for close in (self.outbox.close, self.hub.close):
