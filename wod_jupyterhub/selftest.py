@@ -20,6 +20,7 @@ the exit status CI wants: 0 every workshop passed, 1 one failed.
 
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -74,8 +75,11 @@ def run_notebook(path: Path, timeout: float, startup_timeout: float = 60) -> dic
     )
     out = {"kernel": kernel, "cells": len(code), "run": 0, "status": PASSED, "failed_cell": None, "error": None}
     started = time.monotonic()
+    # The kernel's own output (its warnings, its traceback when killed at a timeout) is not the
+    # report: kept aside, its tail reported only when the kernel itself failed.
+    kernel_log = tempfile.TemporaryFile()
     try:
-        client.execute()
+        client.execute(stdout=subprocess.DEVNULL, stderr=kernel_log)
     except NoSuchKernel:
         out.update(status=NO_KERNEL, error=f"kernel {kernel!r} ({spec.get('display_name') or kernel}) is not installed here")
     except CellTimeoutError:
@@ -83,12 +87,19 @@ def run_notebook(path: Path, timeout: float, startup_timeout: float = 60) -> dic
     except CellExecutionError as e:
         out.update(status=FAILED, failed_cell=_cell(nb, current["index"], e.ename, e.evalue))
     except DeadKernelError as e:
-        out.update(status=FAILED, failed_cell=_cell(nb, current["index"], "DeadKernel", _first_line(str(e))))
+        out.update(status=FAILED, failed_cell=_cell(nb, current["index"], "DeadKernel", _first_line(str(e))), error=_tail(kernel_log))
     except Exception as e:  # noqa: BLE001 - a kernel that cannot start is this notebook's failure, not ours
-        out.update(status=FAILED, error=f"{e.__class__.__name__}: {_first_line(str(e))}")
+        out.update(status=FAILED, error=f"{e.__class__.__name__}: {_first_line(str(e))}; kernel output: {_tail(kernel_log)}")
+    finally:
+        kernel_log.close()
     out["run"] = len(done)
     out["seconds"] = round(time.monotonic() - started, 2)
     return out
+
+
+def _tail(log, limit: int = 1000) -> str:
+    log.seek(0)
+    return log.read().decode(errors="replace")[-limit:].strip()
 
 
 def _cell(nb, index, ename: str, evalue: str) -> dict:
