@@ -10,6 +10,7 @@ build step; every value it shows is set as text, never as markup, since a
 customer id is whatever the portal was sent.
 """
 
+import html
 import re
 from pathlib import Path
 
@@ -68,7 +69,10 @@ class DashboardHandler(_Browser):
         self.set_header("X-Frame-Options", "DENY")
 
     async def get(self):
-        self.finish(PAGE.read_bytes())
+        # The data calls are cookie-authenticated fetches: the hub's OAuth wants the XSRF token with them.
+        token = self.xsrf_token
+        token = token.decode() if isinstance(token, bytes) else token
+        self.finish(PAGE.read_text(encoding="utf-8").replace("__XSRF_TOKEN__", html.escape(token, quote=True)))
 
 
 class DashboardDataHandler(_Browser):

@@ -1,0 +1,132 @@
+"""The admins' dashboard at /services/wod/, in a real Chromium (Debian's, driven by Playwright) on a real hub.
+
+An admin logs in to the hub, opens the dashboard (the hub's OAuth), sees the
+seats of a booked workshop and an operation's journal; a student gets 403.
+The screenshot is kept in artifacts/dashboard.png (gitignored).
+"""
+
+import os
+import shutil
+
+import httpx
+import pytest
+
+from hubutil import REPO, RealHub, write_workshop
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = REPO / "artifacts"
+WORKSHOP = "WKSHP-Board"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(CHROMIUM) and not os.environ.get("CI"),
+    reason="chromium is not installed (make chromium installs it)",
+)
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dashboard")
+    write_workshop(root / "notebooks", WORKSHOP, (61, 64))
+    # "helper" may reach the service (the hub lets it through OAuth) but lacks custom:wod:read:
+    # then the service itself refuses.
+    extra = "c.JupyterHub.load_roles.append({'name': 'helper', 'users': ['helper'], 'scopes': ['access:services!service=wod']})"
+    with RealHub(root, notebooks=[root / "notebooks"], extra_config=extra) as h:
+        yield h
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def login(browser, hub, name):
+    page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
+    page.goto(hub.url + "hub/login")
+    page.fill("input[name=username]", name)
+    page.fill("input[name=password]", "any")  # the dummy authenticator of the test hub
+    page.click("input[type=submit], button[type=submit]")
+    page.wait_for_url("**/hub/**", timeout=60_000)
+    return page
+
+
+def test_an_admin_sees_the_booked_seats_and_an_operations_journal(hub, browser):
+    from playwright.sync_api import expect
+
+    headers = {"Authorization": f"token {hub.portal_token}"}
+    for n, customer in ((61, "cust-<b>61</b>"), (62, "cust-62")):
+        r = httpx.post(hub.proxy_service_url + "api/create?wait=60", headers=headers, timeout=90,
+                       json={"student": n, "customer": customer, "email": "d@example.com", "workshop": WORKSHOP})
+        assert r.status_code == 200 and r.json()["status"] == "succeeded", r.text
+    r = httpx.post(hub.proxy_service_url + "api/cleanup?wait=60", headers=headers, timeout=90,
+                   json={"student": 62, "customer": "cust-62"})
+    assert r.json()["status"] == "succeeded", r.text
+
+    page = login(browser, hub, "admin")
+    page.goto(hub.url + "services/wod/")
+    expect(page.locator("h1")).to_have_text("Workshops-on-Demand", timeout=60_000)
+    row = page.locator("#workshops tbody tr", has_text=WORKSHOP)
+    expect(row).to_have_count(1, timeout=30_000)
+    # capacity 4: 3 free, 1 active
+    expect(row.locator("td")).to_have_text([WORKSHOP, "yes", "61–64", "4", "3", "1", "0", "0", "0 % of 1"])
+    seat = page.locator("#seats tbody tr", has_text="student61")
+    # the customer id is shown as text, never as markup
+    expect(seat.locator("td").nth(3)).to_have_text("cust-<b>61</b>")
+    expect(seat.locator("td").nth(5)).to_have_text("stopped")
+    cleanup = page.locator("#operations tbody tr", has_text="CLEANUP").first
+    cleanup.locator("summary").click()
+    journal = cleanup.locator("ol.steps li")
+    expect(journal.first).to_contain_text("rotate: done")
+    expect(cleanup.locator("ol.steps")).to_contain_text("completion: done")
+    expect(cleanup.locator("ol.steps")).to_contain_text("release: done")
+    expect(page.locator(f".chart[data-workshop='{WORKSHOP}'] rect")).to_have_count(10)
+    expect(page.locator("#backlog")).to_contain_text("Portal callbacks pending")
+    expect(page.locator("#error")).to_have_text("")
+
+    # it refreshes itself: a seat booked now shows up without a reload
+    r = httpx.post(hub.proxy_service_url + "api/create?wait=60", headers=headers, timeout=90,
+                   json={"student": 63, "customer": "cust-63", "email": "d@example.com", "workshop": WORKSHOP})
+    assert r.json()["status"] == "succeeded"
+    expect(page.locator("#seats tbody tr", has_text="student63")).to_have_count(1, timeout=15_000)
+    expect(cleanup.locator("ol.steps")).to_be_visible()  # the journal opened stays open across refreshes
+    page.locator("#operations summary").first.click()
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "dashboard.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    page.context.close()
+
+
+def test_a_student_gets_403(hub, browser):
+    page = login(browser, hub, "student99")
+    response = page.goto(hub.url + "services/wod/")
+    assert response.status == 403, (response.status, page.content()[:500])
+    data = page.context.request.get(hub.url + "services/wod/dashboard/data")
+    assert data.status in (401, 403)
+    assert "customer" not in data.text()
+    page.context.close()
+
+
+def test_a_user_the_hub_lets_through_without_the_read_scope_gets_the_services_403(hub, browser):
+    page = login(browser, hub, "helper")
+    response = page.goto(hub.url + "services/wod/")
+    assert response.status == 403
+    assert "needs the scope custom:wod:read" in page.content()
+    data = page.context.request.get(hub.url + "services/wod/dashboard/data")
+    assert data.status == 403 and "seats" not in data.text()
+    page.context.close()
+
+
+def test_an_anonymous_browser_is_sent_to_the_hubs_login(hub, browser):
+    page = browser.new_context().new_page()
+    page.goto(hub.url + "services/wod/")
+    assert "/hub/login" in page.url
+    page.context.close()
