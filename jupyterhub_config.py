@@ -219,8 +219,11 @@ c.JupyterHub.services = [
         # It drops the secrets it reads (WOD_SECRET_KEY, WOD_PORTAL_PASSWORD …)
         # from its environment once read: templates render in that process.
         "environment": {k: v for k, v in os.environ.items() if k.startswith("WOD_") and k not in HUB_ONLY_ENV},
-        # Nobody logs in to the service through the browser.
+        # Admins open its dashboard (/services/wod/) in the browser, logged in
+        # by the hub's OAuth: the token the hub hands the service may carry
+        # the read scope (the wod-admins role below grants it).
         "oauth_no_confirm": True,
+        "oauth_client_allowed_scopes": ["custom:wod:read"],
     },
     {
         # Not a process: the identity of the registration portal's token.
