@@ -40,6 +40,7 @@ def seats(first, last, base=47000):
 
 def test_a_batch_adds_every_entry_once_and_keeps_modes(etc):
     modes = {name: os.stat(etc / name).st_mode for name in accounts.FILES}
+    machine = (etc / "passwd").read_text().splitlines()
     assert accounts.add(seats(1, 5), str(etc)) == 5
     passwd = (etc / "passwd").read_text().splitlines()
     assert "student3:x:47003:47003::/srv/homes/student3:/bin/bash" in passwd
@@ -50,9 +51,11 @@ def test_a_batch_adds_every_entry_once_and_keeps_modes(etc):
     assert not any(p.name.endswith((".lock", "+")) for p in etc.iterdir())
     # again, wider: only the new ones are added, nothing twice
     assert accounts.add(seats(1, 7), str(etc)) == 2
-    assert sum(1 for line in (etc / "passwd").read_text().splitlines() if line.startswith("student")) == 7
+    ours = [line for line in (etc / "passwd").read_text().splitlines() if ":4700" in line]
+    assert len(ours) == 7
     assert accounts.remove({f"student{n}" for n in range(1, 8)}, str(etc)) == 7
-    assert "student" not in (etc / "passwd").read_text()
+    assert ":4700" not in (etc / "passwd").read_text()
+    assert set(machine) <= set((etc / "passwd").read_text().splitlines())  # the others' entries untouched
 
 
 def test_a_clash_writes_nothing(etc):

@@ -197,3 +197,40 @@ def test_ctrl_c_stops_submitting_waits_for_the_running_seat_and_reports(hub):
     assert all(got[n]["status"] == "not submitted" for n in got if n not in done)
     assert "interrupted" in err and "not submitted" in err and "Traceback" not in err
     run_json(hub, "purge", SLOW, ",".join(map(str, done)))
+
+
+def test_api_status_matches_its_openapi_schema_and_needs_the_read_scope(hub):
+    from svcutil import check
+
+    with hub.client("portal", via_proxy=True) as api:
+        data = check(api.get("api/status"), 200)
+        assert {w["name"] for w in data["workshops"]} == {CLASS, HOOKED, SLOW}
+        check(api.get("api/status?workshop=WKSHP-Nope"), 404)
+        check(api.get("api/status?workshop=bad name"), 400)
+    with hub.client("noscope") as api:
+        check(api.get("api/status"), 403)
+
+
+@pytest.mark.parametrize(
+    "spec, seats",
+    [("7", [7]), ("3-5", [3, 4, 5]), ("1,4,10-12", [1, 4, 10, 11, 12]), (" 2 , 2-3 ", [2, 3])],
+)
+def test_students_specs(spec, seats):
+    from wod_jupyterhub.batch import parse_students
+
+    assert parse_students(spec) == seats
+
+
+@pytest.mark.parametrize("spec", ["", "0", "5-2", "a", "1-", "-3", "1-20000", "1;2"])
+def test_bad_students_specs(spec):
+    from wod_jupyterhub.batch import parse_students
+    from wod_jupyterhub.errors import BadRequest
+
+    with pytest.raises(BadRequest):
+        parse_students(spec)
+
+
+def test_completion_histogram_buckets():
+    from wod_jupyterhub.overview import histogram
+
+    assert histogram([0, 9, 10, 55, 99, 100]) == [2, 1, 0, 0, 0, 1, 0, 0, 0, 2]

@@ -21,6 +21,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 
+from .owners import pid_alive
+
 ETC = "/etc"
 FILES = ("passwd", "group", "shadow", "gshadow")
 
@@ -90,16 +92,6 @@ def _libc():
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _lock_file(path: str, timeout: float) -> str:
     """shadow-utils' lock: a file holding our pid, hard-linked to ``<path>.lock``; a dead holder's lock is broken."""
     lock = path + ".lock"
@@ -117,7 +109,7 @@ def _lock_file(path: str, timeout: float) -> str:
                     holder = int(open(lock).read().strip() or 0)
                 except (OSError, ValueError):
                     holder = 0
-                if holder and not _pid_alive(holder):
+                if holder and not pid_alive(holder):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(lock)
                     continue

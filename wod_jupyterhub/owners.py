@@ -48,3 +48,14 @@ def owner_alive_locally(owner: str) -> bool | None:
     if host != _host():
         return None
     return _proc_start_time(pid) == start
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (another user's counts too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
