@@ -116,7 +116,37 @@ def stages_on_disk(students: Path) -> int:
         return 0
 
 
+def hub_database(kind: str):
+    """(URL, drop) of a fresh PostgreSQL database for the hub's own tables, or (None, no-op) for its SQLite file."""
+    if kind == "sqlite":
+        return None, lambda: None
+    import psycopg
+
+    admin = os.environ.get("WOD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+    name = f"wod_bootstrap_hub_{os.getpid()}"
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except Exception as e:  # noqa: BLE001 - the bench says what it measured instead
+        print(f"  (PostgreSQL at {admin} not usable: {e.__class__.__name__}; the hub uses SQLite)")
+        return None, lambda: None
+
+    def drop():
+        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return "postgresql+psycopg://" + admin.split("://", 1)[1].rsplit("/", 1)[0] + "/" + name, drop
+
+
 def run(args) -> int:
+    hub_db, drop_hub_db = hub_database(args.hub_db)
+    try:
+        return _run(args, hub_db)
+    finally:
+        drop_hub_db()
+
+
+def _run(args, hub_db) -> int:
     work = Path(tempfile.mkdtemp(prefix="wod-bootstrap-"))
     tty = sys.stdout.isatty()
     load = os.getloadavg()[0]
@@ -128,8 +158,9 @@ def run(args) -> int:
             f"c.Wod.students_root = {str(work / 'hub' / 'students')!r}\nc.Wod.uid_base = {UID_BASE}\n"
             f"c.Wod.student_max = {args.seats}\n"
         )
+        extra = f"c.JupyterHub.db_url = {hub_db!r}" if hub_db else ""
         hub = RealHub(
-            work / "hub", notebooks=[notebooks],
+            work / "hub", notebooks=[notebooks], extra_config=extra,
             wod_config={"student_min": 1, "student_max": args.seats, "uid_base": UID_BASE, "skel": ""},
         )
         parts = {}
@@ -166,18 +197,19 @@ def run(args) -> int:
                 "Authorization": f"token {hub.admin_token}", "Accept": "application/jupyterhub-pagination+json"}).json()
         total = time.perf_counter() - t0
         f_accounts, f_copies = floor(work, args.seats, stage)
+        size = sum(f.stat().st_size for src in set(stage.values()) for f in src.rglob("*") if f.is_file())
+        volume = sum(sum(f.stat().st_size for f in src.rglob("*") if f.is_file()) for src in stage.values())
     finally:
         if args.keep:
             print(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
 
-    size = sum(f.stat().st_size for src in set(stage.values()) for f in src.rglob("*") if f.is_file())
-    volume = sum(sum(f.stat().st_size for f in src.rglob("*") if f.is_file()) for src in stage.values())
     floor_total = f_accounts + f_copies
     hub_users = users.get("_pagination", {}).get("total") if isinstance(users, dict) else None
     print(f"machine: {os.cpu_count()} cores, load average {load:.1f} at the start (other work slows every part alike)")
-    print(f"bootstrap: {args.seats} accounts (uid {UID_BASE}+N, private /etc), {hub_users} hub users, "
+    print(f"bootstrap: {args.seats} accounts (uid {UID_BASE}+N, private /etc), {hub_users} hub users "
+          f"(hub database: {'PostgreSQL' if hub_db else 'SQLite'}), "
           f"{staged}/{len(stage)} free seats of {len(set(stage.values()))} public workshops staged "
           f"({volume / 1e6:.0f} MB copied; the workshops hold {size / 1e6:.0f} MB)")
     print("  parts   : " + ", ".join(f"{k} {v:.2f} s" for k, v in parts.items())
@@ -195,6 +227,8 @@ def main() -> int:
     ap.add_argument("--seats", type=int, default=2000)
     ap.add_argument("--timeout", type=float, default=300, help="give up waiting for the staging after this long")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs) for a look")
+    ap.add_argument("--hub-db", choices=("postgres", "sqlite"), default="postgres",
+                    help="the hub's own database: PostgreSQL as a 2,000-seat hub runs in production (default), or SQLite")
     args = ap.parse_args()
     if not CORPUS.is_dir():
         print(f"SKIPPED: the public workshops are not at {CORPUS}")
@@ -208,6 +242,11 @@ def main() -> int:
     etc = tempfile.mkdtemp(prefix="wod-bootstrap-etc-")
     try:
         subprocess.run(["cp", "-a", "/etc/.", etc], check=True)
+        # Other people's seats (student<N> of their tests) exist machine-wide; this private copy starts without them.
+        theirs = {line.split(":", 1)[0] for line in Path(etc, "passwd").read_text().splitlines() if re.match(r"^student\d+:", line)}
+        theirs |= {line.split(":", 1)[0] for line in Path(etc, "group").read_text().splitlines() if re.match(r"^student\d+:", line)}
+        if theirs:
+            accounts.remove(theirs, etc)
         script = 'mount --bind "$0" /etc && exec "$@"'
         return subprocess.run(
             ["unshare", "-m", "--propagation", "private", "sh", "-c", script, etc, sys.executable, __file__, *sys.argv[1:]],
