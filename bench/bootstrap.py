@@ -38,13 +38,11 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
-
-from hubutil import RealHub  # noqa: E402
-
-from wod_jupyterhub import accounts  # noqa: E402
-from wod_jupyterhub.catalog import load_catalog  # noqa: E402
+from tests.etcutil import private_etc
+from tests.hubutil import RealHub
+from wod_jupyterhub import accounts
+from wod_jupyterhub.catalog import load_catalog
+from wod_jupyterhub.hubprocess import REPO
 
 CORPUS = REPO.parent / "shared" / "wod-notebooks"
 UID_BASE = 40000
@@ -241,16 +239,12 @@ def main() -> int:
     # Again, inside a private mount namespace with a private copy of /etc.
     etc = tempfile.mkdtemp(prefix="wod-bootstrap-etc-")
     try:
-        subprocess.run(["cp", "-a", "/etc/.", etc], check=True)
-        # Other people's seats (student<N> of their tests) exist machine-wide; this private copy starts without them.
-        theirs = {line.split(":", 1)[0] for line in Path(etc, "passwd").read_text().splitlines() if re.match(r"^student\d+:", line)}
-        theirs |= {line.split(":", 1)[0] for line in Path(etc, "group").read_text().splitlines() if re.match(r"^student\d+:", line)}
-        if theirs:
-            accounts.remove(theirs, etc)
+        # Other people's seats (their tests' student<N>) exist machine-wide: the private copy starts without them.
+        private_etc(etc)
         script = 'mount --bind "$0" /etc && exec "$@"'
         return subprocess.run(
-            ["unshare", "-m", "--propagation", "private", "sh", "-c", script, etc, sys.executable, __file__, *sys.argv[1:]],
-            env={**os.environ, INSIDE: "1"},
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", script, etc, sys.executable, "-m", "bench.bootstrap", *sys.argv[1:]],
+            env={**os.environ, INSIDE: "1"}, cwd=REPO,
         ).returncode
     finally:
         shutil.rmtree(etc, ignore_errors=True)

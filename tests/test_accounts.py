@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.etcutil import private_etc
 from wod_jupyterhub import accounts
 from wod_jupyterhub.accounts import Account
 
@@ -82,8 +83,7 @@ def test_a_lock_held_by_a_live_process_blocks_and_a_dead_ones_is_broken(etc):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the real command needs root (make test runs as root here)")
 def test_wod_users_create_2000_accounts_for_real_in_a_private_etc(tmp_path):
-    etc = tmp_path / "etc"
-    shutil.copytree("/etc", etc, symlinks=True, ignore_dangling_symlinks=True)
+    etc = private_etc(tmp_path / "etc")
     cfg = tmp_path / "jupyterhub_config.py"
     cfg.write_text(f"c.Wod.students_root = {str(tmp_path / 'homes')!r}\nc.Wod.uid_base = 47000\nc.Wod.student_max = 2000\n")
     wod = f"{sys.executable} -m wod_jupyterhub.cli"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hubutil import RealHub, write_workshop
+from tests.hubutil import RealHub, write_workshop
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = Path(sys.executable).parent / "wod"
@@ -200,7 +200,7 @@ def test_ctrl_c_stops_submitting_waits_for_the_running_seat_and_reports(hub):
 
 
 def test_api_status_matches_its_openapi_schema_and_needs_the_read_scope(hub):
-    from svcutil import check
+    from tests.svcutil import check
 
     with hub.client("portal", via_proxy=True) as api:
         data = check(api.get("api/status"), 200)

@@ -11,7 +11,8 @@ import shutil
 import httpx
 import pytest
 
-from hubutil import REPO, RealHub, write_workshop
+from tests.hubutil import RealHub, write_workshop
+from wod_jupyterhub.hubprocess import REPO
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "artifacts"

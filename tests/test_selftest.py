@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from hubutil import RealHub, write_workshop
-from svcutil import check
+from tests.hubutil import RealHub, write_workshop
+from tests.svcutil import check
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "tests" / "data" / "selftest"

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from . import errors
 from .fdtrees import chown_tree, erase_tree
+from .owners import pid_alive
 from .templating import Renderer, default_renderer, is_templated
 from .trees import DIR_MODE, copy_skel, source_tree, write_tree
 
@@ -225,20 +226,10 @@ def _staged_path(wod, student: int, key: str) -> str:
     return os.path.join(wod.students_root, f".student{student}.staged-{key}")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _dead_staging(path: str) -> bool:
     """A ``.student<N>.staging-<pid>-*`` folder whose process is gone (killed while staging)."""
     try:
-        return not _pid_alive(int(path.rsplit(".staging-", 1)[1].split("-", 1)[0]))
+        return not pid_alive(int(path.rsplit(".staging-", 1)[1].split("-", 1)[0]))
     except (IndexError, ValueError):
         return True
 

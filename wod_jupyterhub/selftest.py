@@ -117,10 +117,12 @@ def _cell(nb, index, ename: str, evalue: str) -> dict:
 
 def check_workshop(wod, catalog, name: str, *, execute: bool, timeout: float, variables=None) -> dict:
     """Render ``name`` for a scratch seat, validate its notebooks, run them with ``execute``."""
-    from . import render
+    from . import homes
     from .catalog import parse_workshop_name
     from .config import Wod
     from .errors import WodError
+    from .templating import default_renderer
+    from .variables import template_variables
 
     report = {"workshop": name, "status": PASSED, "problems": [], "notebooks": [], "student": None}
     try:
@@ -141,8 +143,8 @@ def check_workshop(wod, catalog, name: str, *, execute: bool, timeout: float, va
         settings["variables"] = {**wod.variables, **(variables or {})}
         scratch_wod = Wod(students_root=scratch, **settings)
         try:
-            values = render.template_variables(scratch_wod, ws, n, SCRATCH_PASSWORD, modews=mode, hostname="wod-check")
-            home = render.provision(scratch_wod, ws, n, values, renderer=render.default_renderer(scratch_wod))
+            values = template_variables(scratch_wod, ws, n, SCRATCH_PASSWORD, modews=mode, hostname="wod-check")
+            home = homes.provision(scratch_wod, ws, n, values, renderer=default_renderer(scratch_wod))
         except WodError as e:
             report.update(status=FAILED, problems=[f"render: {e.message}"])
             return report
@@ -162,20 +164,20 @@ def check_workshop(wod, catalog, name: str, *, execute: bool, timeout: float, va
             report["status"] = NO_KERNEL
         return report
     finally:
-        render.drain()
+        homes.drain()
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _validate(path: Path) -> str | None:
     import json
 
-    from . import render
+    from .templating import validate_notebook
 
     try:
         nb = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         return f"not JSON: {e}"
-    return render.validate_notebook(nb)
+    return validate_notebook(nb)
 
 
 def check(wod, names: list[str] | None, *, execute: bool = False, timeout: float = 60, variables=None, progress=None) -> dict:

@@ -1,0 +1,30 @@
+"""A private copy of /etc for tests and benches that create Linux accounts (mounted over /etc with `unshare -m`).
+
+Accounts are machine-wide, and other people's tests hold seats `student<N>`
+of their own: the copy leaves those out, so what is created in it never
+clashes with them, and they never see it.
+"""
+
+import re
+import subprocess
+from pathlib import Path
+
+from wod_jupyterhub import accounts
+
+SEAT = re.compile(r"^student\d+:")
+
+
+def private_etc(dest) -> Path:
+    """Copy /etc to ``dest`` without the seat accounts (and their groups) that exist on this machine."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-a", "/etc/.", str(dest)], check=True)
+    seats = {
+        line.split(":", 1)[0]
+        for name in ("passwd", "group")
+        for line in (dest / name).read_text().splitlines()
+        if SEAT.match(line)
+    }
+    if seats:
+        accounts.remove(seats, str(dest))
+    return dest
