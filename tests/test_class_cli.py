@@ -78,6 +78,31 @@ def executed(hub, n, cells=1):
     path.write_text(json.dumps(nb))
 
 
+def test_a_new_pools_seats_are_prepared_without_asking_the_hub_seat_by_seat(hub):
+    """First in this module: before any verb. The service made the pool's hub users itself at its start:
+    new users have no server and no token, so no seat's preparation asks the hub for them (a 2,000-seat
+    bootstrap would otherwise make a call per seat to a hub busy creating users)."""
+    import time
+
+    import httpx
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from wod_jupyterhub.store import Student, make_engine
+
+    deadline = time.monotonic() + 60
+    while httpx.get(hub.service_url + "api/health", timeout=10).json()["prepare_pending"]:
+        assert time.monotonic() < deadline, "the free seats were not prepared"
+        time.sleep(0.2)
+    seats = [*range(11, 16), *range(21, 26), *range(31, 36)]
+    assert all(hub.hub_api("GET", f"/users/student{n}").status_code == 200 for n in seats)
+    with Session(make_engine(hub.db_url)) as s:
+        ended = dict(s.execute(select(Student.number, Student.sessions_ended).where(Student.number.in_(seats))).all())
+    assert ended == {n: True for n in seats}
+    log = (hub.root / "hub.log").read_text()
+    assert "/tokens" not in log and "DELETE /hub/api/users/student" not in log
+
+
 def test_a_class_of_five_created_cleaned_reset_and_purged(hub):
     data, r = run_json(hub, "create", CLASS, "11-15", "--show-passwords")
     got = seats(data)

@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
 
+from ..config import student_number
 from ..errors import WodError
 from ..hubapi import HubAPIError
 from ..store import Seat, Student, utcnow
@@ -105,11 +107,37 @@ class Preparer:
         if hub.configured:
             # The pool's accounts, as the original kept them: a CREATE then finds its user there.
             try:
-                await hub.ensure_users(f"student{n}" for n in seats)
+                created = await hub.ensure_users(f"student{n}" for n in seats)
             except HubAPIError as e:
                 self.log.warning("Creating the pool's hub users failed (CREATEs will): %s", e)
+            else:
+                try:
+                    self._sessions_ended_for_new_users(created)
+                except IntegrityError:
+                    pass  # another process made the rows meanwhile: the seats' preparation asks the hub
         if self.settings.stage_seats:
             await self.work.in_background(homes.sweep_stages, self.work.wod)
+
+    def _sessions_ended_for_new_users(self, names) -> None:
+        """A hub user just created has no server and no token: its free seat needs no ending on the hub.
+
+        Recorded in ``Student.sessions_ended`` in one statement, so preparing
+        the seats of a new pool (2,000 of them at a bootstrap) asks the hub
+        nothing per seat. Only free seats nobody holds a lease on: a CREATE
+        under way records what it did itself.
+        """
+        numbers = sorted(n for n in map(student_number, names) if n is not None)
+        if not numbers:
+            return
+        with self.store.session() as s:
+            ensure_students(s, numbers)
+            s.flush()
+            s.execute(
+                update(Student)
+                .where(Student.number.in_(numbers), Student.state == Seat.FREE, Student.lock_owner.is_(None))
+                .values(sessions_ended=True),
+                execution_options=_NO_SYNC,
+            )
 
     async def prepare_seat(self, n: int) -> None:
         """End the hub sessions of free seat ``n`` if not known ended; stage its workshop's files."""
