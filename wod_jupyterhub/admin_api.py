@@ -10,10 +10,12 @@ api/checks/{id}`` reads one.
 """
 
 import asyncio
+import contextlib
 import datetime
 import json
 import os
 import re
+import signal
 import sys
 import uuid
 from pathlib import Path
@@ -96,6 +98,7 @@ class CheckRuns:
             argv.append("--execute")
         if self.config_file and os.path.isfile(self.config_file):
             argv += ["--config", os.path.abspath(self.config_file)]
+        proc = None
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True
@@ -108,6 +111,10 @@ class CheckRuns:
                 record["status"] = "error"
                 record["error"] = err.decode(errors="replace").strip()[-2000:] or f"wod check exited with {proc.returncode}"
         except asyncio.CancelledError:
+            if proc is not None and proc.returncode is None:
+                # The check's process group; its kernels (sessions of their own) follow their parent out (JPY_PARENT_PID).
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
             record.update(status="error", error="the service stopped before the check ended")
             raise
         except Exception as e:  # noqa: BLE001 - kept in the record for the admin, and logged
