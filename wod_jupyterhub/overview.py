@@ -4,7 +4,9 @@
 dashboard: seats by state per workshop with its capacity, the active seats,
 the running, failed and recent operations with their journal, the
 distribution of the last completions per workshop, the callback outbox
-backlog and the logins locked by the throttle. A few aggregate queries,
+backlog, the mail relay's backlog (once this build relays participant
+mails: ``store.MailMessage``, from the mail ingress) and the logins locked
+by the throttle. A few aggregate queries,
 whatever the number of seats: the dashboard refreshes itself every few
 seconds.
 """
@@ -13,6 +15,7 @@ import datetime
 
 from sqlalchemy import func, select
 
+from . import store as store_mod
 from .store import Completion, Operation, OutboxMessage, Student, Throttle, utcnow
 
 SEAT_STATES = ("free", "active", "kept", "cleaning")
@@ -99,6 +102,7 @@ def overview(store, catalog, wod, *, workshop: str | None = None, recent: int = 
             {"key": t.key, "failures": t.failures, "locked_until": _iso(t.locked_until)}
             for t in s.scalars(select(Throttle).where(Throttle.locked_until > now).order_by(Throttle.locked_until.desc()).limit(200))
         ]
+        mail = _mail_backlog(s)
 
     by_workshop: dict[str, dict[str, int]] = {}
     for name, state, count in held:
@@ -131,8 +135,17 @@ def overview(store, catalog, wod, *, workshop: str | None = None, recent: int = 
         ],
         "operations": {"running": running, "failed": failed, "recent": latest},
         "outbox": {"pending": pending, "retrying": retrying, "refused": refused, "oldest": _iso(oldest)},
-        # The relay of participant mails keeps its queue elsewhere (mail ingress): the
-        # service reports it once that queue is in this database; None until then.
-        "mail_outbox": None,
+        "mail_outbox": mail,
         "locked_logins": locked,
     }
+
+
+def _mail_backlog(s) -> dict | None:
+    """Participant mails waiting for the smarthost, when this build relays mail (``store.MailMessage``); else None."""
+    mail = getattr(store_mod, "MailMessage", None)
+    if mail is None:
+        return None
+    waiting = (mail.kind == "relay", mail.delivered.is_(None), mail.failed.is_(None))
+    pending, oldest = s.execute(select(func.count(), func.min(mail.received)).where(*waiting)).one()
+    refused = s.scalar(select(func.count()).select_from(mail).where(mail.kind == "relay", mail.failed.is_not(None)))
+    return {"pending": pending, "refused": refused, "oldest": _iso(oldest)}

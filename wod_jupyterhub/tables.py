@@ -41,7 +41,7 @@ def format_status(data: dict) -> str:
     out.append(f"\nCallback outbox: {box['pending']} pending ({box['retrying']} retrying), {box['refused']} refused by the portal"
                + (f", oldest {box['oldest']}" if box["oldest"] else ""))
     mail = data.get("mail_outbox")
-    out.append("Mail outbox: " + (f"{mail['pending']} pending" if mail else "none in this service"))
+    out.append("Mail outbox: " + (f"{mail['pending']} pending, {mail['refused']} refused by the smarthost" if mail else "none in this service"))
     locked = data["locked_logins"]
     out.append(f"Locked logins: {len(locked)}")
     for t in locked:
