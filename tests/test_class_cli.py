@@ -259,3 +259,16 @@ def test_completion_histogram_buckets():
     from wod_jupyterhub.overview import histogram
 
     assert histogram([0, 9, 10, 55, 99, 100]) == [2, 1, 0, 0, 0, 1, 0, 0, 0, 2]
+
+
+def test_wod_users_creates_the_hubs_users_of_a_range_in_batches(hub):
+    from wod_jupyterhub.users import create_hub_users
+
+    names = [f"student{n}" for n in range(501, 508)]
+    seen = []
+    assert create_hub_users(hub.api_url, hub.admin_token, names, batch=3, progress=lambda done, total: seen.append((done, total))) == 7
+    assert seen == [(3, 7), (6, 7), (7, 7)]
+    assert all(hub.hub_api("GET", f"/users/{name}").status_code == 200 for name in names)
+    assert create_hub_users(hub.api_url, hub.admin_token, names) == 0  # all there: nothing new, no error
+    with pytest.raises(SystemExit, match="refused"):
+        create_hub_users(hub.api_url, hub.noscope_token, ["student509"])
