@@ -19,6 +19,10 @@ def private_etc(dest) -> Path:
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     subprocess.run(["cp", "-a", "/etc/.", str(dest)], check=True)
+    # A useradd running on the machine meanwhile left its locks in the copy: they are not ours to wait for.
+    for name in accounts.FILES:
+        for leftover in dest.glob(f"{name}.lock"):
+            leftover.unlink()
     seats = {
         line.split(":", 1)[0]
         for name in ("passwd", "group")
