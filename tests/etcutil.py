@@ -18,7 +18,11 @@ def private_etc(dest) -> Path:
     """Copy /etc to ``dest`` without the seat accounts (and their groups) that exist on this machine."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["cp", "-a", "/etc/.", str(dest)], check=True)
+    r = subprocess.run(["cp", "-a", "/etc/.", str(dest)], capture_output=True, text=True)
+    # Files that vanish while cp reads /etc (a useradd's temporary files) are no loss; anything else is.
+    problems = [line for line in r.stderr.splitlines() if "No such file or directory" not in line]
+    if r.returncode != 0 and problems:
+        raise RuntimeError(f"copying /etc failed: {' '.join(problems)[:500]}")
     # A useradd running on the machine meanwhile left its locks in the copy: they are not ours to wait for.
     for name in accounts.FILES:
         for leftover in dest.glob(f"{name}.lock"):
