@@ -272,3 +272,11 @@ def test_wod_users_creates_the_hubs_users_of_a_range_in_batches(hub):
     assert create_hub_users(hub.api_url, hub.admin_token, names) == 0  # all there: nothing new, no error
     with pytest.raises(SystemExit, match="refused"):
         create_hub_users(hub.api_url, hub.noscope_token, ["student509"])
+
+
+def test_text_builders():
+    from wod_jupyterhub.tables import format_table, progress_bar
+
+    assert format_table(["A", "BB"], [["xxx", "y"], ["z", ""]]).splitlines() == ["A    BB", "xxx  y", "z"]
+    assert progress_bar(5, 10, 1, "CREATE", width=10) == "CREATE [#####-----] 5/10  1 failed"
+    assert progress_bar(0, 0, width=4) == "[####] 0/0"
