@@ -136,6 +136,33 @@ def hub_database(kind: str):
     return "postgresql+psycopg://" + admin.split("://", 1)[1].rsplit("/", 1)[0] + "/" + name, drop
 
 
+def kill_leftovers(markers: list[str]) -> int:
+    """SIGKILL the processes whose command line holds one of ``markers``; return how many.
+
+    The hub runs its proxy and managed service in sessions of their own: a hub
+    killed because it did not stop in time (busy creating users on a loaded
+    machine) leaves them behind, and a bench leaves nothing running.
+    """
+    import signal
+
+    killed = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(m in cmdline for m in markers):
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+    return killed
+
+
 def run(args) -> int:
     hub_db, drop_hub_db = hub_database(args.hub_db)
     try:
@@ -148,6 +175,7 @@ def _run(args, hub_db) -> int:
     work = Path(tempfile.mkdtemp(prefix="wod-bootstrap-"))
     tty = sys.stdout.isatty()
     load = os.getloadavg()[0]
+    hub = None
     try:
         notebooks = all_active(work)
         stage = staged_seats(notebooks, args.seats)
@@ -198,6 +226,9 @@ def _run(args, hub_db) -> int:
         size = sum(f.stat().st_size for src in set(stage.values()) for f in src.rglob("*") if f.is_file())
         volume = sum(sum(f.stat().st_size for f in src.rglob("*") if f.is_file()) for src in stage.values())
     finally:
+        left = kill_leftovers([str(work), f"--api-port {hub.proxy_api_port} "]) if hub is not None else 0
+        if left:
+            print(f"  ({left} process(es) the hub left behind were killed)")
         if args.keep:
             print(f"kept {work}")
         else:
