@@ -114,3 +114,46 @@ def test_the_lease_of_a_process_killed_while_preparing_is_released(db_url, tmp_p
         assert ops.store.student(7).lock_owner == f"{ops.owner}/{PREPARE}7"  # ours, alive
     finally:
         ops.store.dispose()
+
+
+async def test_a_seat_being_prepared_still_counts_as_pending(db_url, tmp_path):
+    """api/health's prepare_pending reaches 0 only once the last seat is prepared, not when it is taken from the queue."""
+    import time
+
+    ops = operations(db_url, tmp_path)
+    gate, inside = asyncio.Event(), asyncio.Event()
+
+    async def prepare_seat(n):
+        inside.set()
+        await gate.wait()
+
+    ops.preparer.prepare_seat = prepare_seat
+    ops.preparer._scan_at = time.monotonic() + 3600  # no full look during the test
+    ops.preparer._queue[7] = None
+    ops.preparer.start()
+    try:
+        await asyncio.wait_for(inside.wait(), 10)
+        assert ops.preparer.pending == 1
+        gate.set()
+        for _ in range(100):
+            if ops.preparer.pending == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert ops.preparer.pending == 0
+    finally:
+        await ops.preparer.stop()
+        ops.store.dispose()
+
+
+def test_seats_whose_hub_users_a_look_just_created_need_no_ending(db_url, tmp_path):
+    ops = operations(db_url, tmp_path)
+    try:
+        with ops.store.session() as s:
+            s.add(Student(number=9, state="active", customer="c"))  # given meanwhile: its CREATE records what it did
+            s.add(Student(number=10, state="free", lock_owner="someone/else", lock_expires=utcnow()))  # an operation on it
+        ops.preparer._sessions_ended_for_new_users({"student8", "student9", "student10", "admin"})
+        assert ops.store.student(8).sessions_ended is True  # its row made too
+        assert ops.store.student(9).sessions_ended is False
+        assert ops.store.student(10).sessions_ended is False
+    finally:
+        ops.store.dispose()

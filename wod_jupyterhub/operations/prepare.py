@@ -39,6 +39,7 @@ class Preparer:
         self.log = log
         # Seats to prepare, in order (a dict as an ordered set); the next full look at the free seats.
         self._queue: dict[int, None] = {}
+        self._current: int | None = None  # the seat being prepared now
         self._scan_at = 0.0
         self._seat_map = (None, {})
         self._task: asyncio.Task | None = None
@@ -51,9 +52,12 @@ class Preparer:
 
     @property
     def pending(self) -> int:
-        """Free seats waiting to be prepared (a full look at the free seats not done yet counts as one, and so
-        do passwords not yet hashed ahead)."""
-        return len(self._queue) + (1 if time.monotonic() >= self._scan_at else 0) + (1 if self._hashes_wanted() else 0)
+        """Free seats waiting to be prepared or being prepared (a full look at the free seats not done yet counts
+        as one, and so do passwords not yet hashed ahead)."""
+        return (
+            len(self._queue) + (self._current is not None) + (1 if time.monotonic() >= self._scan_at else 0)
+            + (1 if self._hashes_wanted() else 0)
+        )
 
     def _hashes_wanted(self) -> int:
         """Passwords to hash ahead: one per seat of the active workshops (every verb rotates each of its seats once)."""
@@ -90,8 +94,13 @@ class Preparer:
                     await self._scan()
                 while self._queue and self.engine.idle:
                     n = next(iter(self._queue))
+                    # Still pending while it is prepared: health's prepare_pending reaches 0 only when it is done.
+                    self._current = n
                     del self._queue[n]
-                    await self.prepare_seat(n)
+                    try:
+                        await self.prepare_seat(n)
+                    finally:
+                        self._current = None
                 if self.engine.idle and self._hashes_wanted():
                     await self.work.hash_ahead(len(self.seat_workshops()), keep_going=lambda: self.engine.idle)
             except Exception:
