@@ -280,3 +280,24 @@ def test_text_builders():
     assert format_table(["A", "BB"], [["xxx", "y"], ["z", ""]]).splitlines() == ["A    BB", "xxx  y", "z"]
     assert progress_bar(5, 10, 1, "CREATE", width=10) == "CREATE [#####-----] 5/10  1 failed"
     assert progress_bar(0, 0, width=4) == "[####] 0/0"
+
+
+def test_status_counts_the_mail_relays_backlog(hub):
+    """Participant mails waiting for the smarthost (the mail API's relay queue) show in api/status."""
+    from sqlalchemy.orm import Session
+
+    from tests.svcutil import check
+    from wod_jupyterhub.store import MailMessage, make_engine, utcnow
+
+    engine = make_engine(hub.db_url)
+    with Session(engine) as s:
+        for i, (delivered, failed) in enumerate(((None, None), (None, None), (utcnow(), None), (None, utcnow()))):
+            s.add(MailMessage(kind="relay", sender="portal@example.com", recipient=f"p{i}@example.com", received=utcnow(),
+                              delivered=delivered, failed=failed))
+        s.add(MailMessage(kind="verb", sender="portal@example.com", recipient="wodadmin@example.com", received=utcnow()))
+        s.commit()
+    with hub.client("portal") as api:
+        mail = check(api.get("api/status"), 200)["mail_outbox"]
+    assert (mail["pending"], mail["refused"]) == (2, 1) and mail["oldest"]
+    r = wod(hub, "status")
+    assert "Mail outbox: 2 pending, 1 refused by the smarthost" in r.stdout, r.stdout

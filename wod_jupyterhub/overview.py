@@ -4,9 +4,8 @@
 dashboard: seats by state per workshop with its capacity, the active seats,
 the running, failed and recent operations with their journal, the
 distribution of the last completions per workshop, the callback outbox
-backlog, the mail relay's backlog (once this build relays participant
-mails: ``store.MailMessage``, from the mail ingress) and the logins locked
-by the throttle. A few aggregate queries,
+backlog, the mail relay's backlog (participant mails for the smarthost)
+and the logins locked by the throttle. A few aggregate queries,
 whatever the number of seats: the dashboard refreshes itself every few
 seconds.
 """
@@ -15,8 +14,7 @@ import datetime
 
 from sqlalchemy import func, select
 
-from . import store as store_mod
-from .store import Completion, Operation, OutboxMessage, Student, Throttle, utcnow
+from .store import Completion, MailMessage, Operation, OutboxMessage, Student, Throttle, utcnow
 
 SEAT_STATES = ("free", "active", "kept", "cleaning")
 #: completion histogram buckets: 0-9 %, 10-19 % … 90-100 %
@@ -140,11 +138,9 @@ def overview(store, catalog, wod, *, workshop: str | None = None, recent: int = 
     }
 
 
-def _mail_backlog(s) -> dict | None:
-    """Participant mails waiting for the smarthost, when this build relays mail (``store.MailMessage``); else None."""
-    mail = getattr(store_mod, "MailMessage", None)
-    if mail is None:
-        return None
+def _mail_backlog(s) -> dict:
+    """Participant mails the mail API took and the smarthost has not yet (``Relay``'s queue)."""
+    mail = MailMessage
     waiting = (mail.kind == "relay", mail.delivered.is_(None), mail.failed.is_(None))
     pending, oldest = s.execute(select(func.count(), func.min(mail.received)).where(*waiting)).one()
     refused = s.scalar(select(func.count()).select_from(mail).where(mail.kind == "relay", mail.failed.is_not(None)))
