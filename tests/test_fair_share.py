@@ -22,9 +22,10 @@ from tests import seatutil
 from tests.hubutil import RealHub, write_workshop
 from tests.seatutil import Kernel, live_processes, trivial, verb
 from tests.test_e2e_hub import open_lab
+from wod_jupyterhub import accounts as etc_accounts
 from wod_jupyterhub import cgroups
 from wod_jupyterhub.config import Wod
-from wod_jupyterhub.users import plan
+from wod_jupyterhub.users import accounts_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system-users mode and control groups need root (CI runs as root)")
 
@@ -67,13 +68,10 @@ def student_python() -> tuple[list[str], dict]:
 def accounts():
     """The accounts the tests use, made like `wod users create` makes them; only those made here are removed."""
     wod = Wod(student_min=FIRST, student_max=LAST, students_root="/nonexistent-fair-share")
-    commands = []
-    for n in SEATS:
-        more, problems = plan(wod, n, n)
-        assert not problems, problems
-        commands += more
-    for cmd in commands:
-        subprocess.run(cmd, check=True, capture_output=True)
+    wanted = [a for n in SEATS for a in accounts_for(wod, n, n)]
+    made, problems = etc_accounts.plan(wanted)
+    assert not problems, problems
+    etc_accounts.add(made)
     yield
     survivors = {}
     for n in SEATS:
@@ -88,12 +86,7 @@ def accounts():
                     os.kill(pid, 9)
                 except ProcessLookupError:
                     pass
-    for cmd in commands:
-        if cmd[0] == "useradd":
-            subprocess.run(["userdel", cmd[-1]], check=False, capture_output=True)
-    for cmd in commands:
-        if cmd[0] == "groupadd":
-            subprocess.run(["groupdel", cmd[-1]], check=False, capture_output=True)
+    etc_accounts.remove({a.name for a in made})
     assert not survivors, f"processes of these seats outlived the tests: {survivors}"
 
 
