@@ -24,6 +24,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 UID_BASE = 10000
 NUMBERS = range(200, 250)
+#: the seats of tests/test_leftovers.py, made and deleted there
+LEFTOVER_NUMBERS = range(520, 530)
 STUDENT_PYTHON = "/usr/bin/python3"
 
 
@@ -36,18 +38,26 @@ def require_root():
         pytest.skip("the system-users tests need root (real accounts, setuid children)")
 
 
+def _range_of(n: int) -> range:
+    for numbers in (NUMBERS, LEFTOVER_NUMBERS):
+        if n in numbers:
+            return numbers
+    raise AssertionError(f"student{n} is not one of this suite's seats {NUMBERS} or {LEFTOVER_NUMBERS}")
+
+
 def uid(n: int) -> int:
-    assert n in NUMBERS, f"student{n} is not one of this suite's seats {NUMBERS}"
+    _range_of(n)
     return UID_BASE + n
 
 
 def ensure_accounts(first: int, last: int, students_root) -> None:
     """``wod users create`` for ``student<first>..student<last>`` (idempotent: existing accounts are kept)."""
-    assert first in NUMBERS and last in NUMBERS
+    numbers = _range_of(first)
+    assert last in numbers
     cfg = Path(students_root).parent / f"users-{first}-{last}.py"
     cfg.write_text(
         f"c.Wod.students_root = {str(students_root)!r}\nc.Wod.uid_base = {UID_BASE}\n"
-        f"c.Wod.student_min = {NUMBERS.start}\nc.Wod.student_max = {NUMBERS.stop - 1}\n"
+        f"c.Wod.student_min = {numbers.start}\nc.Wod.student_max = {numbers.stop - 1}\n"
     )
     r = subprocess.run(
         [sys.executable, "-m", "wod_jupyterhub.cli", "users", "create", "-f", str(cfg), "--from", str(first), "--to", str(last)],

@@ -16,6 +16,7 @@ from traitlets import Bool, Dict, Float, Integer, List, TraitError, Unicode, def
 from traitlets.config import Configurable
 
 from .errors import BadRequest, Unprocessable
+from .leftovers import TEMP_FOLDERS
 from .limits import limits_from_meta, parse_size
 
 #: the ``share/`` folder of a source checkout or of an installed package
@@ -256,14 +257,20 @@ class Wod(Configurable):
 
     temp_folders = List(
         Unicode(),
-        ["/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue"],
         help="""Folders every account may write into, cleared of a seat's files when it is wiped (system-users mode).
 
         What the seat's uid owns there goes, searched by descriptor without
         following links, entering only folders the uid could write into.
-        Add any other world-writable folder your machine has.
+        Defaults to ``/tmp``, ``/var/tmp``, ``/dev/shm``, ``/dev/mqueue`` and,
+        where it exists, ``/run/lock``. Add any other world-writable folder
+        your machine has.
         """,
     ).tag(config=True)
+
+    @default("temp_folders")
+    def _default_temp_folders(self):
+        # /run/lock is world-writable on Debian and Ubuntu, absent on some systems: listed only where it is.
+        return [f for f in TEMP_FOLDERS if f != "/run/lock" or os.path.isdir(f)]
 
     cgroups = Bool(
         help="""Put each seat's server, and all it starts, in its own control group.

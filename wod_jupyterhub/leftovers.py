@@ -4,13 +4,20 @@ A participant can leave more than files in their home: files in the shared
 temporary folders (``/tmp``, ``/var/tmp``, ``/dev/shm``, POSIX message
 queues), System V IPC objects (shared memory, semaphores, message queues),
 a crontab or ``at`` jobs (which would run as ``student<N>`` during the next
-participant's session). :func:`remove_leftovers` removes all of them for one
-uid; its processes are :mod:`processes`'s job, done before this.
+participant's session), a mailbox. :func:`remove_leftovers` removes all of
+them for one uid; its processes are :mod:`processes`'s job, done before this.
+
+Nothing here raises out of a removal: a neighbour who races names in a
+folder they can write (``Directory not empty``, a name swapped away) fails
+that one entry, which is listed with its error in ``problems``, and the
+rest goes on. A cleanup that raised would leave the seat ``cleaning``.
 
 Removal is safe against a student who shaped these places: the temporary
 folders are walked by descriptor without following any link, a folder is
 entered only when the uid could have written into it (its own, or writable
-by all or by its group), and what belongs to the uid is erased by
+by all or by its group; below ``/tmp`` itself only when root owns it or it
+is sticky, since elsewhere another student may rename anything under us),
+and what belongs to the uid is erased by
 :func:`fdtrees.erase_tree` relative to that descriptor.
 
 Core module: imports nothing of the hub or the service.
@@ -27,9 +34,11 @@ from .fdtrees import erase_tree
 log = logging.getLogger("wod.leftovers")
 
 #: where a process may leave files outside its home without being given a place
-TEMP_FOLDERS = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue")
+TEMP_FOLDERS = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue", "/run/lock")
 #: crontab and at spools (Debian, then Red Hat layouts); files named or owned by the student go
 SPOOLS = ("/var/spool/cron/crontabs", "/var/spool/cron/atjobs", "/var/spool/cron/atspool", "/var/spool/cron", "/var/spool/at")
+#: mailboxes (``/var/spool/mail`` is often a link to ``/var/mail``: opened without following, it is skipped then)
+MAIL_SPOOLS = ("/var/mail", "/var/spool/mail")
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -38,6 +47,17 @@ def _writable_by(st: os.stat_result, uid: int, gid: int) -> bool:
     if st.st_uid == uid:
         return True
     return bool(st.st_mode & stat.S_IWOTH) or (st.st_gid == gid and bool(st.st_mode & stat.S_IWGRP))
+
+
+def _problem(problems: list | None, where: str, name: str, error: OSError) -> None:
+    log.warning("could not remove %s/%s: %s", where, name, error)
+    if problems is not None:
+        problems.append({"path": f"{where}/{name}", "errno": error.errno, "error": error.strerror or str(error)})
+
+
+def _trusted(st: os.stat_result) -> bool:
+    """Whether names in a folder stay as we see them: only root may rename there, or the folder is sticky."""
+    return st.st_uid == 0 or bool(st.st_mode & stat.S_ISVTX)
 
 
 def _stats(fd: int):
@@ -57,13 +77,16 @@ def _erase_at(dir_fd: int, name: str) -> None:
     erase_tree(os.path.join(f"/proc/self/fd/{dir_fd}", name))
 
 
-def remove_temp_files(uid: int, gid: int | None = None, folders=TEMP_FOLDERS) -> int:
+def remove_temp_files(uid: int, gid: int | None = None, folders=TEMP_FOLDERS, problems: list | None = None) -> int:
     """Remove every file, link and folder that ``uid`` owns in the shared temporary ``folders``; return how many.
 
     A folder of another owner is searched only when ``uid`` could have
     written into it (``/tmp`` itself, a world-writable folder inside it),
     so the walk stays within what a student can reach; the student's own
-    folders go whole.
+    folders go whole. A folder another student owns and anyone may write
+    (not sticky) is searched for the uid's own entries but not below: names
+    there can be swapped under the walk. An entry that cannot be removed is
+    appended to ``problems`` (path, errno, error) and the walk goes on.
     """
     gid = uid if gid is None else gid
     removed = 0
@@ -72,27 +95,29 @@ def remove_temp_files(uid: int, gid: int | None = None, folders=TEMP_FOLDERS) ->
             top = os.open(folder, _DIR_FLAGS)
         except OSError:
             continue  # not on this system (no /dev/mqueue mounted, say)
-        stack = [top]
+        stack = [(top, folder, True)]
         try:
             while stack:
-                fd = stack.pop()
+                fd, where, descend = stack.pop()
                 try:
                     for name, st in _stats(fd):
-                        if st.st_uid == uid:
-                            try:
+                        try:
+                            if st.st_uid == uid:
                                 _erase_at(fd, name)
                                 removed += 1
-                            except FileNotFoundError:
-                                pass
-                        elif stat.S_ISDIR(st.st_mode) and _writable_by(st, uid, gid):
-                            try:
-                                stack.append(os.open(name, _DIR_FLAGS, dir_fd=fd))
-                            except OSError:
-                                pass
+                            elif descend and stat.S_ISDIR(st.st_mode) and _writable_by(st, uid, gid):
+                                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                                stack.append((sub, f"{where}/{name}", _trusted(os.fstat(sub))))
+                        except FileNotFoundError:
+                            pass
+                        except OSError as e:
+                            _problem(problems, where, name, e)
+                except OSError as e:  # the folder itself could not be listed
+                    _problem(problems, where, ".", e)
                 finally:
                     os.close(fd)
         finally:
-            for fd in stack:
+            for fd, _, _ in stack:
                 os.close(fd)
     return removed
 
@@ -149,8 +174,8 @@ def remove_ipc(uid: int) -> int:
 # -- cron and at ------------------------------------------------------------------
 
 
-def remove_spooled_jobs(uid: int, name: str, spools=SPOOLS) -> int:
-    """Remove the crontab and the ``at`` jobs of ``uid`` (files it owns, or named ``name``) from the spools."""
+def remove_spooled_jobs(uid: int, name: str, spools=SPOOLS, problems: list | None = None) -> int:
+    """Remove the files of ``uid`` (owned by it, or named ``name``) from the ``spools``: its crontab, ``at`` jobs, mailbox."""
     removed = 0
     for spool in spools:
         try:
@@ -162,21 +187,32 @@ def remove_spooled_jobs(uid: int, name: str, spools=SPOOLS) -> int:
                 if stat.S_ISDIR(st.st_mode):
                     continue
                 if st.st_uid == uid or entry == name:
-                    os.unlink(entry, dir_fd=fd)
-                    removed += 1
+                    try:
+                        os.unlink(entry, dir_fd=fd)
+                        removed += 1
+                    except FileNotFoundError:
+                        pass
+                    except OSError as e:
+                        _problem(problems, spool, entry, e)
+        except OSError as e:
+            _problem(problems, spool, ".", e)
         finally:
             os.close(fd)
     return removed
 
 
-def remove_leftovers(uid: int, gid: int, name: str, temp_folders=TEMP_FOLDERS) -> dict:
-    """Everything of ``uid`` outside its home: temporary files, IPC objects, crontab and ``at`` jobs.
+def remove_leftovers(uid: int, gid: int, name: str, temp_folders=TEMP_FOLDERS, mail_spools=MAIL_SPOOLS) -> dict:
+    """Everything of ``uid`` outside its home: temporary files, IPC objects, crontab, ``at`` jobs, mailbox.
 
     Run after its processes are gone (none can make more meanwhile);
-    returns what was removed, for the operation's journal.
+    returns what was removed, for the operation's journal, with
+    ``problems`` listing what could not be (it never raises for those).
     """
+    problems: list = []
     return {
-        "temp_files": remove_temp_files(uid, gid, temp_folders),
+        "temp_files": remove_temp_files(uid, gid, temp_folders, problems),
         "ipc": remove_ipc(uid),
-        "jobs": remove_spooled_jobs(uid, name),
+        "jobs": remove_spooled_jobs(uid, name, SPOOLS, problems),
+        "mail": remove_spooled_jobs(uid, name, mail_spools, problems),
+        "problems": problems,
     }
