@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.sysusers import as_student, ensure_accounts, require_root, uid  # noqa: F401 - require_root is a fixture
+from wod_jupyterhub import accounts as etc_accounts
 from wod_jupyterhub import fdtrees, leftovers
 from wod_jupyterhub.config import Wod
 
@@ -27,8 +28,7 @@ def accounts(tmp_path_factory):
         pytest.skip("needs root")
     ensure_accounts(S, N, tmp_path_factory.mktemp("users") / "students")
     yield
-    for n in (S, N):
-        subprocess.run(["userdel", f"student{n}"], capture_output=True)
+    etc_accounts.remove({f"student{n}" for n in (S, N)})
 
 
 @pytest.fixture
