@@ -242,6 +242,15 @@ async def test_rotating_addresses_get_one_try_per_interval_at_a_locked_name(db_u
     auth.store.dispose()
 
 
+async def test_concurrent_tries_at_a_locked_name_claim_one_slot(db_url):
+    auth = make_auth(db_url, throttle_failures=5, throttle_ip_failures=30, locked_name_interval=30)
+    for i in range(5):
+        assert (await login(auth, "boss", "guess", ip=f"198.51.100.{i}"))["kind"] == "bad"
+    outcomes = await asyncio.gather(*(login(auth, "boss", f"guess{i}", ip=f"203.0.113.{i}") for i in range(12)))
+    assert sorted(o["kind"] for o in outcomes) == ["bad"] + ["locked"] * 11
+    auth.store.dispose()
+
+
 @pytest.mark.parametrize(
     "address,counted",
     [
