@@ -251,6 +251,8 @@ c.WodMail.port = int(os.environ.get("WOD_MAIL_PORT", "10025"))
 # c.WodMail.recipient defaults to $WOD_MAIL_RECIPIENT, then "wodadmin".
 c.WodMail.relay = os.environ.get("WOD_MAIL_RELAY", "")
 # production: only the portal may use the port (the sender is easy to forge).
+# Unset, only loopback may (the listener binds 127.0.0.1 unless c.WodMail.ip says
+# otherwise), and in system-users mode the listener does not start at all.
 if os.environ.get("WOD_MAIL_SOURCES"):
     c.WodMail.allowed_sources = os.environ["WOD_MAIL_SOURCES"].split(",")
 # c.WodMail.relay_starttls = True

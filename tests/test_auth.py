@@ -20,7 +20,7 @@ from traitlets.config import Config
 from wod_jupyterhub.auth import SESSION_TAG, WodAuthenticator, new_cookie_id, session_generation
 from wod_jupyterhub.client_address import forwarded_client
 from wod_jupyterhub.config import student_number
-from wod_jupyterhub.passwords import hash_params, hash_password
+from wod_jupyterhub.passwords import hash_params, hash_password, verify_password
 from wod_jupyterhub.store import Student, Throttle, utcnow
 
 ADMIN_HASH = hash_password("admin-secret-pw", cost=11)
@@ -121,6 +121,8 @@ def test_admin_hash_config_is_validated(db_url):
         make_auth(db_url, admin_password_hashes={"root": "plaintext"})
     with pytest.raises(TraitError, match="0 or more"):
         make_auth(db_url, throttle_lockout=-1)
+    with pytest.raises(TraitError, match="locked_name_interval must be 0 or more"):
+        make_auth(db_url, locked_name_interval=-1)
 
 
 async def test_throttle_locks_name_then_survives_restart(db_url):
@@ -184,8 +186,10 @@ async def test_guesses_from_many_addresses_never_lock_out_the_owner(db_url):
         assert (await login(auth, "student3", "guess", ip=f"203.0.113.{i}"))["kind"] == "bad"
     # The name is locked now, but only against the addresses that failed for it.
     assert (await login(auth, "student3", pw, ip="198.51.100.9")) == {"kind": "student", "generation": 1}
-    # Each address still gets one try; one that fails now waits for the name's lock to end.
+    # Each address still gets one try (one per locked_name_interval, passed here by moving the
+    # last try into the past); one that fails now waits for the name's lock to end.
     for i in range(5):
+        expire_locked_name_try(auth, "student3")
         assert (await login(auth, "student3", "guess", ip=f"203.0.113.{10 + i}"))["kind"] == "bad"
         assert (await login(auth, "student3", pw, ip=f"203.0.113.{10 + i}"))["kind"] == "locked"
     # The owner's success did not lift the name's lock for the guessers.
@@ -197,6 +201,70 @@ async def test_guesses_from_many_addresses_never_lock_out_the_owner(db_url):
     pw4 = seat(auth, 4)
     assert (await login(auth, "student4", pw4, ip="192.0.2.50"))["kind"] == "locked"
     assert (await login(auth, "student4", pw4, ip="192.0.2.51")) == {"kind": "student", "generation": 1}
+    auth.store.dispose()
+
+
+def expire_locked_name_try(auth, name):
+    with auth.store.session() as s:
+        s.execute(update(Throttle).where(Throttle.key == f"try:{name}").values(locked_until=utcnow() - datetime.timedelta(seconds=1)))
+
+
+@pytest.mark.parametrize(
+    "interval,guesses,checked_at_most",
+    [
+        (30, 30, 1),  # the security review: 30 addresses, one guess each, at a locked admin name
+        (3600, 30, 1),
+        (0, 5, 5),  # 0 turns the limit off: every new address is heard (the old rule)
+    ],
+)
+async def test_rotating_addresses_get_one_try_per_interval_at_a_locked_name(db_url, monkeypatch, interval, guesses, checked_at_most):
+    auth = make_auth(db_url, throttle_failures=5, throttle_ip_failures=30, locked_name_interval=interval)
+    for i in range(5):  # lock the admin name
+        assert (await login(auth, "boss", "guess", ip=f"198.51.100.{i}"))["kind"] == "bad"
+    checks = []
+    real_verify = verify_password
+    monkeypatch.setattr("wod_jupyterhub.auth.verify_password", lambda pw, h: checks.append(pw) or real_verify(pw, h))
+    outcomes = [await login(auth, "boss", f"guess{i}", ip=f"203.0.113.{i}") for i in range(guesses)]
+    guessed = {pw for pw in checks if pw.startswith("guess")}
+    assert len(guessed) <= checked_at_most
+    assert sum(o["kind"] == "bad" for o in outcomes) == checked_at_most
+    assert all(o["kind"] == "locked" and 1 <= o["seconds"] <= interval for o in outcomes if o["kind"] != "bad")
+    # The 429 says so on the form (through authenticate(), as the hub calls it).
+    if interval:
+        handler = type("H", (), {})()
+        monkeypatch.setattr(auth, "client_address", lambda h: "203.0.113.250")
+        with pytest.raises(web.HTTPError) as e:
+            await auth.authenticate(handler, {"username": "boss", "password": "admin-secret-pw"})
+        assert e.value.status_code == 429
+        # Once the interval has passed, the owner from a new address is heard.
+        expire_locked_name_try(auth, "boss")
+        assert (await login(auth, "boss", "admin-secret-pw", ip="192.0.2.77")) == {"kind": "admin"}
+    auth.store.dispose()
+
+
+async def test_concurrent_tries_at_a_locked_name_claim_one_slot(db_url):
+    auth = make_auth(db_url, throttle_failures=5, throttle_ip_failures=30, locked_name_interval=30)
+    for i in range(5):
+        assert (await login(auth, "boss", "guess", ip=f"198.51.100.{i}"))["kind"] == "bad"
+    outcomes = await asyncio.gather(*(login(auth, "boss", f"guess{i}", ip=f"203.0.113.{i}") for i in range(12)))
+    assert sorted(o["kind"] for o in outcomes) == ["bad"] + ["locked"] * 11
+    auth.store.dispose()
+
+
+@pytest.mark.parametrize(
+    "address,counted",
+    [
+        ("2001:db8:1:2::5", "ip:2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:1:2:3", "ip:2001:db8:1:2::/64"),
+        ("2001:db8:1:3::5", "ip:2001:db8:1:3::/64"),
+        ("::ffff:192.0.2.9", "ip:192.0.2.9"),
+        ("192.0.2.9", "ip:192.0.2.9"),
+    ],
+)
+def test_ipv6_addresses_count_by_their_64(db_url, address, counted):
+    auth = make_auth(db_url, throttle_failures=5, throttle_ip_failures=30)
+    keys = auth.throttle_keys("student3", address)
+    assert counted in keys and f"pair:student3@{counted[3:]}" in keys
     auth.store.dispose()
 
 

@@ -14,9 +14,11 @@ import pytest
 from sqlalchemy import select
 from traitlets import TraitError
 
+from tests.hubutil import free_port
 from tests.mailutil import SENDER, VERB_RCPT, Smarthost, participant_bytes, portal_bytes, portal_send, self_signed
 from wod_jupyterhub.config import Wod
 from wod_jupyterhub.errors import BadRequest
+from wod_jupyterhub.mail.gateway import MailGateway
 from wod_jupyterhub.mail.ingress import Ingress
 from wod_jupyterhub.mail.listener import MailListener
 from wod_jupyterhub.mail.message import PROMISE, parse_dialog, parse_message, parse_verb
@@ -291,3 +293,32 @@ async def test_a_long_line_within_the_limit_is_relayed_whole(store, smarthost):
         await m.send(participant_bytes("long@example.org", "Long", text))
         got = await asyncio.to_thread(smarthost.wait_for, 1)
     assert got[0]["message"].get_content().replace("\r\n", "").replace("\n", "") == text
+
+
+# ---------------------------------------------------------------------- open by default (security review)
+
+
+def test_listener_defaults_to_loopback_and_empty_sources_mean_loopback_only():
+    st = WodMail(sender=SENDER)
+    assert st.ip == "127.0.0.1"
+    for address, taken in [("127.0.0.1", True), ("::1", True), ("::ffff:127.0.0.1", True),
+                           ("192.0.2.7", False), ("10.0.0.1", False), ("not-an-ip", False)]:  # fmt: skip
+        assert st.source_allowed(address) is taken, address
+
+
+@pytest.mark.parametrize("system_users,sources,listens", [(True, [], False), (True, ["127.0.0.1"], True), (False, [], True)])
+async def test_system_users_mode_refuses_a_listener_open_to_loopback(store, caplog, system_users, sources, listens):
+    settings = WodMail(sender=SENDER, ip="127.0.0.1", port=free_port(), allowed_sources=sources, poll_interval=0.1)
+    log = logging.getLogger("test.wod.mail")
+    gateway = MailGateway(settings, Wod(system_users=system_users), store, submit=None, log=log)
+    with caplog.at_level(logging.ERROR, logger="test.wod.mail"):
+        await gateway.start()
+    try:
+        assert (gateway.listener.address is not None) is listens
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        if listens:
+            assert errors == [] and gateway.error is None
+        else:
+            assert len(errors) == 1 and "c.WodMail.allowed_sources" in errors[0] and gateway.error == errors[0]
+    finally:
+        await gateway.stop()

@@ -132,6 +132,31 @@ async def test_system_users_mode_needs_the_account_and_does_not_add_allow_root(h
     assert e.value.status_code == 409 and "has uid 0, not 8" in e.value.log_message
 
 
+@pytest.mark.parametrize("system_users,disabled", [(True, True), (False, False)])
+async def test_system_users_mode_ignores_the_students_own_server_config(hubdb, setup, caplog, monkeypatch, system_users, disabled):
+    """A student's ~/.jupyter/jupyter_server_config.py could serve any page under the hub's origin."""
+    import wod_jupyterhub.spawner as spawner_module
+
+    config, store, root = setup
+    config.Wod.system_users = system_users
+    sp = spawner(hubdb, config)
+    assert sp.disable_user_config is disabled
+    assert (sp.get_env().get("JUPYTERHUB_DISABLE_USER_CONFIG") == "1") is disabled
+    # The hub says once, at the first spawn, that subdomain_host is empty.
+    monkeypatch.setattr(spawner_module, "_warned_same_origin", False)
+    with caplog.at_level("WARNING"):
+        sp.warn_same_origin()
+        spawner(hubdb, config, "student4").warn_same_origin()
+    warned = [r.getMessage() for r in caplog.records if "subdomain_host" in r.getMessage()]
+    assert len(warned) == (1 if system_users else 0)
+    # With subdomain_host set there is nothing to say.
+    monkeypatch.setattr(spawner_module, "_warned_same_origin", False)
+    caplog.clear()
+    sp.user.settings["subdomain_host"] = "https://hub.example.org"
+    sp.warn_same_origin()
+    assert not [r for r in caplog.records if "subdomain_host" in r.getMessage()]
+
+
 def _account(name: str) -> bool:
     import pwd
 

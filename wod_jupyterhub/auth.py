@@ -54,7 +54,7 @@ from sqlalchemy.orm import object_session
 from tornado import web
 from traitlets import Dict, Float, Integer, List, TraitError, Unicode, default, validate
 
-from .client_address import forwarded_client, networks
+from .client_address import counted_address, forwarded_client, networks
 from .config import Wod, student_number
 from .passwords import STUDENT_COST, hash_params, hash_password, verify_password
 from .spawner import server_token_ids
@@ -87,10 +87,12 @@ class WodAuthenticator(Authenticator):
         Locked, the pair is refused (even with the right password) for
         ``throttle_lockout`` seconds, and the login form says so with a 429.
         The same number of failures for the name from any addresses locks
-        the name: then every address still gets one try at it, and one that
-        fails is locked out of that name until the name's lock ends. So a
-        lock never refuses the right password from an address that has not
-        failed, and guesses from elsewhere cannot lock the owner out. 0
+        the name: then an address that has not failed for it gets one try,
+        but all such addresses together only one per
+        ``locked_name_interval`` seconds, and one that fails is locked out
+        of that name until the name's lock ends. So guesses from elsewhere
+        delay the owner by at most that interval, and rotating addresses
+        buys a guesser one guess per interval, not one per address. 0
         disables both.
         """,
     ).tag(config=True)
@@ -117,7 +119,22 @@ class WodAuthenticator(Authenticator):
         help="Seconds a name, a client address or a pair of both stays locked once it reached its failure limit.",
     ).tag(config=True)
 
-    @validate("throttle_failures", "throttle_ip_failures", "throttle_window", "throttle_lockout")
+    locked_name_interval = Integer(
+        30,
+        help="""Seconds between the tries at a locked name from addresses that have not failed for it.
+
+        While a name is locked (``throttle_failures``), each address that has
+        not failed for it may still try once, so the owner gets in; but only
+        one such try per name is checked in this many seconds, the others are
+        refused with a 429 without checking the password. Without it, a
+        guesser rotating addresses (or forging ``X-Forwarded-For`` from the
+        hub's own machine, which every student can in system-users mode)
+        would get one guess per address. IPv6 addresses count by their /64.
+        0 turns the limit off.
+        """,
+    ).tag(config=True)
+
+    @validate("throttle_failures", "throttle_ip_failures", "throttle_window", "throttle_lockout", "locked_name_interval")
     def _not_negative(self, proposal):
         if proposal["value"] < 0:
             raise TraitError(f"{proposal['trait'].name} must be 0 or more, not {proposal['value']}")
@@ -137,8 +154,8 @@ class WodAuthenticator(Authenticator):
         connects from; add the address of a load balancer in front of the
         proxy. Note that a process on the hub's machine connects from
         loopback too (in system-users mode, a student's), so it could name
-        any address; that can give it more guesses, never lock out a name
-        from an address that has not failed.
+        any address; ``locked_name_interval`` bounds the guesses that buys at
+        a locked name. Trust only the proxy's exact address in production.
         """,
     ).tag(config=True)
 
@@ -293,6 +310,11 @@ class WodAuthenticator(Authenticator):
             if seconds:
                 return {"kind": "locked", "seconds": seconds}
             stored, student = self.stored_hash(name, s)
+        name_key = f"user:{name[:200]}"
+        if name_key in rows and rows[name_key].locked_until and rows[name_key].locked_until > now:
+            seconds = self.take_locked_name_try(name, now)
+            if seconds:
+                return {"kind": "locked", "seconds": seconds}
 
         # Always hash, even for a name that has no hash, and a refusal hashes at every cost in use.
         checked = stored or self._dummy_hash
@@ -334,6 +356,38 @@ class WodAuthenticator(Authenticator):
 
     # -- throttle (in the shared database: a hub restart forgets nothing) --
 
+    def take_locked_name_try(self, name: str, now) -> int:
+        """Claim the one try per ``locked_name_interval`` at a locked name: 0 if claimed, else seconds to wait.
+
+        A conditional update claims it, so of two tries at once only one
+        gets it, on SQLite and PostgreSQL alike.
+        """
+        if not self.locked_name_interval:
+            return 0
+        key = f"try:{name[:200]}"
+        until = now + datetime.timedelta(seconds=self.locked_name_interval)
+        claimed = []
+
+        def claim(s):
+            changed = s.execute(
+                update(Throttle)
+                .where(Throttle.key == key, or_(Throttle.locked_until.is_(None), Throttle.locked_until <= now))
+                .values(locked_until=until, window_start=now, failures=0)
+            ).rowcount
+            if not changed and s.get(Throttle, key) is None:
+                s.add(Throttle(key=key, failures=0, window_start=now, locked_until=until))
+                s.flush()
+                changed = 1
+            claimed[:] = [bool(changed)]
+
+        self._retry(claim)
+        if claimed[0]:
+            return 0
+        with self.store.session() as s:
+            row = s.get(Throttle, key)
+            left = (row.locked_until - now).total_seconds() if row is not None and row.locked_until else 1
+        return max(1, math.ceil(left))
+
     def client_address(self, handler) -> str | None:
         """The address the nearest untrusted hop was seen from (see ``trusted_proxies``)."""
         request = handler.request
@@ -348,6 +402,7 @@ class WodAuthenticator(Authenticator):
         """``{key: failure limit}`` for the keys a login counts against; a limit of 0 is left out."""
         keys = {}
         name = name[:200]
+        ip = counted_address(ip)
         if self.throttle_failures or (ip and self.throttle_ip_failures):
             # With throttle_failures = 0 the pair is still counted (the address
             # lock needs to know which names failed from it), never locked by itself.

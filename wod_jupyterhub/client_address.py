@@ -47,3 +47,22 @@ def is_trusted(address: str, trusted: list) -> bool:
     except ValueError:
         return False
     return any(ip in network for network in trusted)
+
+
+def counted_address(address: str | None) -> str | None:
+    """The address a failure counts against: an IPv6 address by its /64, an IPv4 address as it is.
+
+    One IPv6 client usually holds a whole /64 and can pick a new address
+    from it for every try; counting each would give it 2**64 first tries.
+    """
+    if not address:
+        return address
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6 and ip.ipv4_mapped:
+        return str(ip.ipv4_mapped)
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return address

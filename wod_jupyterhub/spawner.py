@@ -67,6 +67,10 @@ def workshop_folder(workshop: str) -> str:
     return parse_workshop_name(workshop)[0]
 
 
+# The same-origin warning is logged once per hub process, at the first spawn.
+_warned_same_origin = False
+
+
 class WodSpawner(LocalProcessSpawner):
     """Local process spawner that knows about seats, homes and workshops."""
 
@@ -128,6 +132,13 @@ class WodSpawner(LocalProcessSpawner):
     def _cmd_default(self):
         # The hub's own interpreter: jupyterhub-singleuser need not be on PATH.
         return [sys.executable, "-m", "jupyterhub.singleuser"]
+
+    @default("disable_user_config")
+    def _disable_user_config_default(self):
+        # In system-users mode a student owns ~/.jupyter: a jupyter_server_config.py there could
+        # serve any page under the hub's origin. JupyterHub then tells the server to skip it.
+        wod = getattr(self, "wod", None) or Wod(config=self.config)
+        return wod.system_users
 
     @default("env_keep")
     def _env_keep_default(self):
@@ -192,7 +203,20 @@ class WodSpawner(LocalProcessSpawner):
         self.notebook_dir = self.home
         self.default_url = self.start_url.format(workshop=folder, readme=self.wod.readme_notebook)
 
+    def warn_same_origin(self) -> None:
+        """Once per hub: in system-users mode without ``subdomain_host``, every server shares the hub's origin."""
+        global _warned_same_origin
+        if _warned_same_origin or not self.wod.system_users or (getattr(self.user, "settings", None) or {}).get("subdomain_host"):
+            return
+        _warned_same_origin = True
+        self.log.warning(
+            "c.JupyterHub.subdomain_host is empty in system-users mode: every student's server shares the hub's "
+            "web origin, so code a student runs there can act in the browser of whoever opens its pages. "
+            "Set c.JupyterHub.subdomain_host (and cookie_host_prefix_enabled) in production."
+        )
+
     async def run_pre_spawn_hook(self):
+        self.warn_same_origin()
         self._assignment = await asyncio.to_thread(self.load_assignment)
         self.apply_assignment(self._assignment)
         self.server_token_id = self.find_server_token_id()

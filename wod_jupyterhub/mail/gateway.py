@@ -26,6 +26,7 @@ class MailGateway:
         self.relay = Relay(store, settings, log=log, metrics=metrics)
         self.ingress = Ingress(settings, wod, store, self.relay, submit, log=log, metrics=metrics)
         self.listener = MailListener(settings, self.ingress, log=log)
+        self.wod = wod
         self._relay_task = None
         self.error = None
 
@@ -37,7 +38,12 @@ class MailGateway:
         if not self.settings.enabled:
             self.log.info("The mail API is off (c.WodMail.sender is empty)")
             return
-        if self.settings.port > 0:
+        refusal = self.settings.refusal(bool(getattr(self.wod, "system_users", False)))
+        if refusal:
+            # The REST API and the relay still run; health says why the listener does not.
+            self.error = refusal
+            self.log.error(refusal)
+        elif self.settings.port > 0:
             try:
                 await self.listener.start()
             except OSError as e:

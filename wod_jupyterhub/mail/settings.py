@@ -39,8 +39,12 @@ class WodMail(Configurable):
         return proposal["value"]
 
     ip = Unicode(
-        "",
-        help="Address the mail listener binds; empty for every address (the portal is usually on another host).",
+        "127.0.0.1",
+        help="""Address the mail listener binds (default loopback only); empty for every address.
+
+        The portal is usually on another host: set this to the address it
+        reaches (or empty), together with ``allowed_sources`` naming the portal.
+        """,
     ).tag(config=True)
 
     sender = Unicode(
@@ -82,11 +86,13 @@ class WodMail(Configurable):
 
     allowed_sources = List(
         Unicode(),
-        help="""Client addresses or networks (``10.0.0.5``, ``10.0.0.0/24``) the listener takes mail from; empty for any.
+        help="""Client addresses or networks (``10.0.0.5``, ``10.0.0.0/24``) the listener takes mail from; empty for loopback only.
 
         The envelope sender is easy to forge; listing the portal's address
         here is what keeps strangers from using the relay (postfix's
-        ``mynetworks``).
+        ``mynetworks``). With ``c.Wod.system_users`` the listener does not
+        start while this is empty: students run code on this host, so
+        loopback is not the portal alone.
         """,
     ).tag(config=True)
 
@@ -100,15 +106,26 @@ class WodMail(Configurable):
         return proposal["value"]
 
     def source_allowed(self, address: str) -> bool:
-        if not self.allowed_sources:
-            return True
+        """Whether mail from ``address`` is taken: one of ``allowed_sources``, or loopback while that is empty."""
         try:
             ip = ipaddress.ip_address(address.split("%", 1)[0])
         except ValueError:
             return False
         if ip.version == 6 and ip.ipv4_mapped:
             ip = ip.ipv4_mapped
+        if not self.allowed_sources:
+            return ip.is_loopback
         return any(ip in ipaddress.ip_network(n, strict=False) for n in self.allowed_sources)
+
+    def refusal(self, system_users: bool) -> str | None:
+        """Why the listener must not start, or None: in system-users mode, loopback includes every student."""
+        if system_users and self.port > 0 and not self.allowed_sources:
+            return (
+                "The mail listener does not start: c.WodMail.allowed_sources is empty, and with c.Wod.system_users "
+                "students run code on this host, so they could send verb mails from loopback. "
+                "Set c.WodMail.allowed_sources to the portal's address."
+            )
+        return None
 
     relay = Unicode(
         "",
