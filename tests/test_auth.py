@@ -263,7 +263,7 @@ async def test_concurrent_tries_at_a_locked_name_claim_one_slot(db_url):
 )
 def test_ipv6_addresses_count_by_their_64(db_url, address, counted):
     auth = make_auth(db_url, throttle_failures=5, throttle_ip_failures=30)
-    keys = auth.throttle_keys("student3", address)
+    keys = auth.throttle.keys("student3", address)
     assert counted in keys and f"pair:student3@{counted[3:]}" in keys
     auth.store.dispose()
 

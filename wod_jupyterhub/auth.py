@@ -38,7 +38,6 @@ to the length of a workshop in ``jupyterhub_config.py``: 4 hours
 """
 
 import asyncio
-import datetime
 import math
 import os
 import secrets
@@ -48,17 +47,18 @@ from concurrent.futures import ThreadPoolExecutor
 from jupyterhub import orm
 from jupyterhub.auth import Authenticator
 from jupyterhub.utils import new_token
-from sqlalchemy import case, delete, or_, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import object_session
 from tornado import web
 from traitlets import Dict, Float, Integer, List, TraitError, Unicode, default, validate
 
-from .client_address import counted_address, forwarded_client, networks
+from .client_address import forwarded_client, networks
 from .config import Wod, student_number
 from .passwords import STUDENT_COST, hash_params, hash_password, verify_password
 from .spawner import server_token_ids
 from .store import Store, Throttle, utcnow
+from .throttle import LoginThrottle
 
 #: prefix of a ``cookie_id`` that carries the seat generation it was issued under
 SESSION_TAG = "wodg"
@@ -248,7 +248,8 @@ class WodAuthenticator(Authenticator):
             if params not in self._dummies:
                 self._dummies[params] = hash_password(secrets.token_urlsafe(16), *params)
         self._dummy_hash = self._dummies[hash_params(f"scrypt${STUDENT_COST}$8$1$")]
-        self._last_sweep = 0.0
+        # Reads this authenticator's settings live (tests and the hub may change them after start).
+        self.throttle = LoginThrottle(self.store, self)
         missing = sorted(set(self.admin_users) - set(self.admin_password_hashes))
         if missing:
             self.log.warning("Admin users without a password hash cannot log in: %s", ", ".join(missing))
@@ -301,18 +302,18 @@ class WodAuthenticator(Authenticator):
         ``{"kind": "inactive"}``, ``{"kind": "admin"}`` or
         ``{"kind": "student", "generation"}``.
         """
-        keys = self.throttle_keys(name, ip)
+        keys = self.throttle.keys(name, ip)
         now = utcnow()
         # One short read for every look-up; nothing is held during the hash.
         with self.store.session() as s:
             rows = {t.key: t for t in s.scalars(select(Throttle).where(Throttle.key.in_(list(keys))))} if keys else {}
-            seconds, lock_pair_until = self.locks(keys, rows, now) if keys else (0, None)
+            seconds, lock_pair_until = self.throttle.locks(keys, rows, now) if keys else (0, None)
             if seconds:
                 return {"kind": "locked", "seconds": seconds}
             stored, student = self.stored_hash(name, s)
         name_key = f"user:{name[:200]}"
         if name_key in rows and rows[name_key].locked_until and rows[name_key].locked_until > now:
-            seconds = self.take_locked_name_try(name, now)
+            seconds = self.throttle.take_locked_name_try(name, now)
             if seconds:
                 return {"kind": "locked", "seconds": seconds}
 
@@ -321,14 +322,14 @@ class WodAuthenticator(Authenticator):
         ok = verify_password(password, checked) and stored is not None
         if not ok:
             self.equalize_refusal(password, checked)
-            self.record_failure(keys, lock_pair_until)
+            self.throttle.record_failure(keys, lock_pair_until)
             return {"kind": "bad"}
         # A success forgives the typos of this name from this address (and the
         # name's count), not the address's failures for other names.
         # A lock of the name stays: the owner's success must not hand guessers elsewhere a new round.
         forgiven = [k for k, t in rows.items() if k.startswith("pair:") or (k.startswith("user:") and not (t.locked_until and t.locked_until > now))]
         if forgiven:
-            self._retry(lambda s: s.execute(delete(Throttle).where(Throttle.key.in_(forgiven))))
+            self.throttle.forgive(forgiven)
         if student is None:
             return {"kind": "admin"}
         if not student["active"]:
@@ -354,40 +355,6 @@ class WodAuthenticator(Authenticator):
             return None, None
         return row.password_hash, {"active": row.active, "generation": row.generation}
 
-    # -- throttle (in the shared database: a hub restart forgets nothing) --
-
-    def take_locked_name_try(self, name: str, now) -> int:
-        """Claim the one try per ``locked_name_interval`` at a locked name: 0 if claimed, else seconds to wait.
-
-        A conditional update claims it, so of two tries at once only one
-        gets it, on SQLite and PostgreSQL alike.
-        """
-        if not self.locked_name_interval:
-            return 0
-        key = f"try:{name[:200]}"
-        until = now + datetime.timedelta(seconds=self.locked_name_interval)
-        claimed = []
-
-        def claim(s):
-            changed = s.execute(
-                update(Throttle)
-                .where(Throttle.key == key, or_(Throttle.locked_until.is_(None), Throttle.locked_until <= now))
-                .values(locked_until=until, window_start=now, failures=0)
-            ).rowcount
-            if not changed and s.get(Throttle, key) is None:
-                s.add(Throttle(key=key, failures=0, window_start=now, locked_until=until))
-                s.flush()
-                changed = 1
-            claimed[:] = [bool(changed)]
-
-        self._retry(claim)
-        if claimed[0]:
-            return 0
-        with self.store.session() as s:
-            row = s.get(Throttle, key)
-            left = (row.locked_until - now).total_seconds() if row is not None and row.locked_until else 1
-        return max(1, math.ceil(left))
-
     def client_address(self, handler) -> str | None:
         """The address the nearest untrusted hop was seen from (see ``trusted_proxies``)."""
         request = handler.request
@@ -397,96 +364,6 @@ class WodAuthenticator(Authenticator):
         address = getattr(context, "address", None)
         peer = getattr(context, "_orig_remote_ip", None) or (address[0] if isinstance(address, tuple) else request.remote_ip)
         return forwarded_client(peer, request.headers.get("X-Forwarded-For"), self._trusted)
-
-    def throttle_keys(self, name: str, ip: str | None) -> dict:
-        """``{key: failure limit}`` for the keys a login counts against; a limit of 0 is left out."""
-        keys = {}
-        name = name[:200]
-        ip = counted_address(ip)
-        if self.throttle_failures or (ip and self.throttle_ip_failures):
-            # With throttle_failures = 0 the pair is still counted (the address
-            # lock needs to know which names failed from it), never locked by itself.
-            keys[f"pair:{name}@{(ip or '')[:49]}"] = self.throttle_failures or 2**31 - 1  # fits the key's 255
-        if self.throttle_failures:
-            keys[f"user:{name}"] = self.throttle_failures
-        if ip and self.throttle_ip_failures:
-            keys[f"ip:{ip}"] = self.throttle_ip_failures
-        return keys
-
-    @staticmethod
-    def locks(keys: dict, rows: dict, now) -> tuple:
-        """(seconds the pair is locked for or 0, end of the name's or the address's lock or None).
-
-        Only a locked pair (name, address) refuses a login. The name locked,
-        or the address locked, refuses nothing by itself: every pair gets its
-        try, and a pair that fails during such a lock is locked until that
-        lock ends. So an address that has not failed for a name is always
-        heard (guesses from elsewhere never lock its owner out), and a room
-        behind one NAT address keeps logging in: only those who mistype
-        after the address is locked wait.
-        """
-        pair = next(k for k in keys if k.startswith("pair:"))
-        until = {k: t.locked_until for k, t in rows.items() if t.locked_until and t.locked_until > now}
-        seconds = math.ceil((until[pair] - now).total_seconds()) if pair in until else 0
-        others = [v for k, v in until.items() if k != pair]
-        return seconds, max(others) if others else None
-
-    def record_failure(self, keys: dict, lock_pair_until=None) -> None:
-        """Count a failure on every key; a failure while the name or the address is locked locks the pair as long."""
-
-        def count(s):
-            now = utcnow()
-            cutoff = now - datetime.timedelta(seconds=self.throttle_window)
-            for key, limit in keys.items():
-                # Writes only, no read first: SQLite cannot turn a reader into
-                # a writer once another login committed in between.
-                expired = Throttle.window_start < cutoff
-                changed = s.execute(
-                    update(Throttle)
-                    .where(Throttle.key == key)
-                    .values(
-                        failures=case((expired, 1), else_=Throttle.failures + 1),
-                        window_start=case((expired, now), else_=Throttle.window_start),
-                    )
-                ).rowcount
-                if not changed:
-                    s.add(Throttle(key=key, failures=1, window_start=now))
-                    s.flush()
-                # Reaching the limit locks and starts a fresh count for after the lockout.
-                s.execute(
-                    update(Throttle)
-                    .where(Throttle.key == key, Throttle.failures >= limit)
-                    .values(locked_until=now + datetime.timedelta(seconds=self.throttle_lockout), failures=0, window_start=now)
-                )
-            if lock_pair_until is not None:
-                pair = next(k for k in keys if k.startswith("pair:"))
-                s.execute(
-                    update(Throttle)
-                    .where(Throttle.key == pair, or_(Throttle.locked_until.is_(None), Throttle.locked_until < lock_pair_until))
-                    .values(locked_until=lock_pair_until)
-                )
-            if time.monotonic() - self._last_sweep > 60:
-                self._last_sweep = time.monotonic()
-                s.execute(
-                    delete(Throttle).where(
-                        Throttle.window_start < cutoff, or_(Throttle.locked_until.is_(None), Throttle.locked_until < now)
-                    )
-                )
-
-        if keys:
-            self._retry(count)
-
-    def _retry(self, work, attempts: int = 5) -> None:
-        """Run ``work(session)`` in a transaction; two first failures at once may both insert a row."""
-        for attempt in range(attempts):
-            try:
-                with self.store.session() as s:
-                    work(s)
-                return
-            except (IntegrityError, OperationalError):
-                if attempt == attempts - 1:
-                    raise
-                time.sleep(0.01 * (attempt + 1))
 
     # -- allow ------------------------------------------------------------
 
