@@ -14,6 +14,7 @@ import datetime
 
 from sqlalchemy import func, select
 
+from .mail import relay
 from .store import Completion, MailMessage, Operation, OutboxMessage, Student, Throttle, utcnow
 
 SEAT_STATES = ("free", "active", "kept", "cleaning")
@@ -141,7 +142,6 @@ def overview(store, catalog, wod, *, workshop: str | None = None, recent: int = 
 def _mail_backlog(s) -> dict:
     """Participant mails the mail API took and the smarthost has not yet (``Relay``'s queue)."""
     mail = MailMessage
-    waiting = (mail.kind == "relay", mail.delivered.is_(None), mail.failed.is_(None))
-    pending, oldest = s.execute(select(func.count(), func.min(mail.received)).where(*waiting)).one()
+    pending, oldest = s.execute(select(func.count(), func.min(mail.received)).where(*relay.waiting())).one()
     refused = s.scalar(select(func.count()).select_from(mail).where(mail.kind == "relay", mail.failed.is_not(None)))
     return {"pending": pending, "refused": refused, "oldest": _iso(oldest)}

@@ -46,7 +46,8 @@ _COLUMNS = (MailMessage.sender, MailMessage.recipient, MailMessage.subject, Mail
             MailMessage.message_id, MailMessage.received)  # fmt: skip
 
 
-def _pending():
+def waiting():
+    """The conditions of a participant mail still to deliver (the relay's queue; the status reads it too)."""
     return (MailMessage.kind == "relay", MailMessage.delivered.is_(None), MailMessage.failed.is_(None))
 
 
@@ -93,10 +94,10 @@ class Relay:
         with self.store.Session() as s:
             count = lambda *where: s.scalar(select(func.count()).select_from(MailMessage).where(*where))  # noqa: E731
             return {
-                "pending": count(*_pending()),
+                "pending": count(*waiting()),
                 "failed": count(MailMessage.kind == "relay", MailMessage.failed.is_not(None)),
                 "delivered": count(MailMessage.kind == "relay", MailMessage.delivered.is_not(None)),
-                "oldest_pending": s.scalar(select(func.min(MailMessage.received)).where(*_pending())),
+                "oldest_pending": s.scalar(select(func.min(MailMessage.received)).where(*waiting())),
             }
 
     # ------------------------------------------------------------------ sending (a thread)
