@@ -167,6 +167,31 @@ class Wod(Configurable):
             raise TraitError("password_alphabet needs at least 16 distinct characters")
         return proposal["value"]
 
+    password_hash_cost = Integer(
+        help="""scrypt cost (log2 of n) of the student password hashes the service stores.
+
+        The default follows the generated passwords' strength
+        (``password_length`` and ``password_alphabet``): 4 (n = 16, ~0.05 ms)
+        when they carry at least 64 bits, 11 (n = 2048, ~5 ms) below that. A
+        slow hash only protects guessable secrets; a random 64-bit one is out
+        of reach of any guesser whatever the hash costs, while 50 logins at once
+        would each pay it on the hub. Each hash carries its cost, so changing
+        this affects only the passwords rotated afterwards.
+        """,
+    ).tag(config=True)
+
+    @default("password_hash_cost")
+    def _cost_for_strength(self):
+        from .passwords import cost_for  # passwords imports this module
+
+        return cost_for(self.password_length, self.password_alphabet)
+
+    @validate("password_hash_cost")
+    def _sane_cost(self, proposal):
+        if not 1 <= proposal["value"] <= 18:
+            raise TraitError(f"password_hash_cost must be between 1 and 18 (scrypt n = 2**cost), not {proposal['value']}")
+        return proposal["value"]
+
     secret_key = Unicode(
         help="""Key sealing the passwords that wait in the callback outbox and on finished operations.
 

@@ -13,7 +13,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import JSON, Boolean, DateTime, Index, Integer, String, Text, create_engine, event, false, text
+from sqlalchemy import JSON, Boolean, DateTime, Index, Integer, String, Text, create_engine, event, false, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 log = logging.getLogger("wod.store")
@@ -301,6 +301,25 @@ class Store:
             return session.get(Student, number)
         with self.Session() as s:
             return s.get(Student, number)
+
+    def login_facts(self, throttle_keys, number: int | None) -> tuple[dict, object]:
+        """What a login reads: ``({key: (key, locked_until)}, (password_hash, state, generation) or None)``.
+
+        Core selects on one connection, no ORM objects: this runs for every
+        login of a room arriving at once, and the ORM's unit of work holds the
+        GIL the hub's event loop needs (0.55 ms against 0.15 here).
+        """
+        with self.engine.connect() as conn:
+            rows = {}
+            if throttle_keys:
+                found = conn.execute(select(Throttle.key, Throttle.locked_until).where(Throttle.key.in_(list(throttle_keys))))
+                rows = {row.key: row for row in found}
+            seat = None
+            if number is not None:
+                seat = conn.execute(
+                    select(Student.password_hash, Student.state, Student.generation).where(Student.number == number)
+                ).first()
+        return rows, seat
 
     def dispose(self) -> None:
         self.engine.dispose()

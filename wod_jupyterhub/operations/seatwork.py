@@ -65,7 +65,7 @@ class SeatWork:
 
     async def _hash_one(self) -> tuple[str, str]:
         password = passwords.generate(self.wod.password_length, self.wod.password_alphabet)
-        hashed = await asyncio.get_running_loop().run_in_executor(self.hash_pool, passwords.hash_password, password)
+        hashed = await asyncio.get_running_loop().run_in_executor(self.hash_pool, passwords.hash_password, password, self.wod.password_hash_cost)
         return password, hashed
 
     @property
