@@ -380,6 +380,20 @@ async def test_login_after_seat_change_gets_a_fresh_cookie_id(auth, hubdb):
     assert session_generation(hubdb.query(orm.User).filter_by(name="student3").one().cookie_id) == 5
 
 
+async def test_a_new_sessions_cookie_id_survives_another_requests_rollback(auth, hubdb):
+    """The hub's database session is shared by every request, and a request that finishes
+    with dirty objects rolls them back (BaseHandler.finish). Between authenticate and the
+    hub's own commit other requests finish: the rotated cookie_id must already be stored.
+    (Seen in bench/login.py: a participant's first login, then logged out on the next request.)"""
+    seat(auth, 3, generation=1)
+    user = hub_user(hubdb, "student3")
+    await auth.add_user(user)
+    auth.begin_session(hubdb, "student3", 2)
+    rotated = user.orm_user.cookie_id
+    hubdb.rollback()  # another request's finish
+    assert user.orm_user.cookie_id == rotated and session_generation(rotated) == 2
+
+
 async def test_admins_are_never_refreshed_out(auth, hubdb):
     boss = hub_user(hubdb, "boss")
     assert await auth.refresh_user(boss) is True

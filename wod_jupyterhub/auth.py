@@ -416,15 +416,16 @@ class WodAuthenticator(Authenticator):
         if orm_user is None:
             orm_user = orm.User.find(db, name)
         if orm_user is not None and session_generation(orm_user.cookie_id) != generation:
-            # No commit of our own (one per first login, on the hub's one thread): the hub always commits before it
-            # sets the cookie (BaseHandler.auth_to_user -> User.save_auth_state), so no cookie carries an unstored id.
-            self.end_sessions(db, orm_user, generation, commit=False)
+            # Committed now, not left for the hub's own commit after the login: the hub's
+            # database session is shared by all requests, and any request that finishes
+            # meanwhile rolls back what it finds dirty (BaseHandler.finish). Seen in a burst
+            # of first logins: the cookie then carried the old generation, and the
+            # participant was logged out on the next request.
+            self.end_sessions(db, orm_user, generation)
         # A user the hub has not seen yet is tagged in add_user.
 
-    def end_sessions(self, db, orm_user, generation: int, commit: bool = True) -> None:
-        """Invalidate every cookie and personal token of ``orm_user``; new sessions carry ``generation``.
-
-        ``commit=False``: the caller knows the hub commits ``db`` before anything relies on it."""
+    def end_sessions(self, db, orm_user, generation: int) -> None:
+        """Invalidate every cookie and personal token of ``orm_user``; new sessions carry ``generation`` (committed)."""
         old = session_generation(orm_user.cookie_id)
         orm_user.cookie_id = new_cookie_id(generation)
         revoked = 0
@@ -435,8 +436,7 @@ class WodAuthenticator(Authenticator):
             if token.id not in keep:
                 db.delete(token)
                 revoked += 1
-        if commit:
-            db.commit()
+        db.commit()
         self.log.info(
             "Ended the sessions of %s (seat generation %s -> %d, %d token(s) revoked)", orm_user.name, old, generation, revoked
         )
