@@ -15,13 +15,14 @@ from jupyterhub.user import User
 from sqlalchemy import select, update
 from tornado import web
 from traitlets import TraitError
-from traitlets.config import Config
+from traitlets.config import Config, Configurable
 
 from wod_jupyterhub import passwords
-from wod_jupyterhub.auth import SESSION_TAG, WodAuthenticator, new_cookie_id, session_generation
+from wod_jupyterhub.auth import WodAuthenticator
 from wod_jupyterhub.client_address import forwarded_client
 from wod_jupyterhub.config import student_number
 from wod_jupyterhub.passwords import hash_params, hash_password, verify_password
+from wod_jupyterhub.sessions import SESSION_TAG, new_cookie_id, session_generation
 from wod_jupyterhub.store import Student, Throttle, utcnow
 
 ADMIN_HASH = hash_password("admin-secret-pw", cost=11)
@@ -392,6 +393,67 @@ async def test_a_new_sessions_cookie_id_survives_another_requests_rollback(auth,
     rotated = user.orm_user.cookie_id
     hubdb.rollback()  # another request's finish
     assert user.orm_user.cookie_id == rotated and session_generation(rotated) == 2
+
+
+class HubStandIn(Configurable):
+    """What the authenticator reads of the JupyterHub app (its database session and users in memory)."""
+
+    def __init__(self, db, users):
+        super().__init__()
+        self.db, self.users, self.bind_url = db, users, "http://127.0.0.1:8000"
+
+
+async def test_sessions_of_seats_that_changed_hands_end_ahead_of_the_login(db_url, hubdb):
+    users = {}
+    for name in ("student3", "student4", "student5", "boss"):
+        user = hub_user(hubdb, name)
+        user.orm_user.cookie_id = new_cookie_id(1) if name != "boss" else "e6fb7c272c834802a1d7b480ed34a01b"
+        users[user.orm_user.id] = user
+    hubdb.commit()
+    c = Config()
+    c.Wod.db_url, c.Wod.student_min, c.Wod.student_max = db_url, 1, 40
+    c.WodAuthenticator.session_sweep_interval = 0  # swept by hand below
+    auth = WodAuthenticator(config=c, parent=HubStandIn(hubdb, users))
+    seat(auth, 3, generation=2)  # changed hands since student3's last login
+    seat(auth, 4, generation=1)  # the same participant: untouched
+    student3, student4 = (next(u for u in users.values() if u.name == n) for n in ("student3", "student4"))
+    student3.orm_user.new_api_token(note="made on the token page")
+    kept = student4.orm_user.cookie_id
+
+    assert await auth.sweep_sessions() == ["student3"]
+    swept = student3.orm_user.cookie_id
+    hubdb.rollback()  # committed: another request's rollback keeps it
+    assert student3.orm_user.cookie_id == swept and session_generation(swept) == 2
+    assert list(student3.orm_user.api_tokens) == []
+    assert student4.orm_user.cookie_id == kept
+    assert await auth.sweep_sessions() == []  # nothing changed since
+    # The first login of the seat's participant then writes nothing.
+    assert auth.begin_session(hubdb, "student3", 2, users=users) == ""
+    assert student3.orm_user.cookie_id == swept
+    auth.store.dispose()
+
+
+async def test_the_sweeps_run_by_themselves_in_the_hub(db_url, hubdb):
+    user = hub_user(hubdb, "student3")
+    user.orm_user.cookie_id = new_cookie_id(1)
+    hubdb.commit()
+    c = Config()
+    c.Wod.db_url, c.Wod.student_min, c.Wod.student_max = db_url, 1, 40
+    c.WodAuthenticator.session_sweep_interval = 0.05
+    auth = WodAuthenticator(config=c, parent=HubStandIn(hubdb, {user.orm_user.id: user}))
+    seat(auth, 3, generation=5)
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if session_generation(user.orm_user.cookie_id) == 5:
+            break
+    assert session_generation(user.orm_user.cookie_id) == 5
+    auth._sweeper.cancel()
+    auth.store.dispose()
+
+
+def test_the_sweep_interval_is_checked(db_url):
+    with pytest.raises(TraitError, match="session_sweep_interval must be 0 or more"):
+        make_auth(db_url, session_sweep_interval=-1)
 
 
 async def test_admins_are_never_refreshed_out(auth, hubdb):

@@ -4,37 +4,7 @@ Enable with ``c.JupyterHub.authenticator_class = "wod"``. The shared
 settings (``c.Wod.db_url``, the student range …) come from :class:`Wod`;
 the options below are this authenticator's own.
 
-How a session ends when the seat changes hands
-----------------------------------------------
-The hub's login cookie holds nothing but the user's ``orm.User.cookie_id``
-(signed); a cookie is valid while that value matches the row. So the
-generation of the seat a session was opened under is written into the
-``cookie_id`` itself (``wodg<generation>.<random token>``), in the hub's own
-database. Whenever the hub sees that ``Student.generation`` (bumped by the
-service on every CREATE, CLEANUP, PURGE and RESET) differs from the one in
-the ``cookie_id``, it draws a new ``cookie_id``: every cookie issued before
-stops matching, in every browser at once, and the user must log in again
-with the new participant's password. The same step deletes the tokens the
-previous holder could still use (OAuth tokens behind the server's cookie,
-tokens made on the token page), keeping only running servers' own tokens,
-which the service ends by stopping the server.
-
-It happens in two places: in :meth:`authenticate`, before the hub sets the
-new participant's cookie, and in :meth:`refresh_user`, which the hub calls
-at most every ``auth_refresh_age`` seconds (practically every request here, a primary-key read)
-for each user making requests, returning False so the old cookie gets the
-login page. ``refresh_user`` alone could not do it: it is asked about a
-user, not a cookie, so it cannot tell the old participant's cookie from the
-new one's; the ``cookie_id`` can. Keeping the generation in the hub's
-database (not in memory) means a hub restart neither logs everyone out nor
-forgets a change. The service, for its part, stops the server and revokes
-the user's tokens through the hub API when the seat changes hands.
-
-The login cookie's lifetime is the hub's ``c.JupyterHub.cookie_max_age_days``
-(checked against the signed timestamp in the cookie on every request; also
-the default lifetime of the OAuth tokens behind the servers' cookies), set
-to the length of a workshop in ``jupyterhub_config.py``: 4 hours
-(``4 / 24``), not JupyterHub's two weeks.
+How a session ends when the seat changes hands: see :mod:`wod_jupyterhub.sessions`.
 """
 
 import asyncio
@@ -46,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 from jupyterhub import orm
 from jupyterhub.auth import Authenticator
-from jupyterhub.utils import new_token
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import object_session
 from tornado import web
@@ -55,25 +24,10 @@ from traitlets import Dict, Float, Integer, List, TraitError, Unicode, default, 
 from .client_address import forwarded_client, networks
 from .config import Wod, student_number
 from .passwords import cheap_hash, hash_params, hash_password, verify_password
+from .sessions import changed_hands, end_sessions, new_cookie_id, session_generation
 from .spawner import server_token_ids
 from .store import Seat, Store, utcnow
 from .throttle import LoginThrottle
-
-#: prefix of a ``cookie_id`` that carries the seat generation it was issued under
-SESSION_TAG = "wodg"
-
-
-
-def session_generation(cookie_id: str | None):
-    """The seat generation a hub ``cookie_id`` was issued under; None if it carries none."""
-    if not cookie_id or not cookie_id.startswith(SESSION_TAG):
-        return None
-    head, _, _ = cookie_id[len(SESSION_TAG) :].partition(".")
-    return int(head) if head.isdigit() else None
-
-
-def new_cookie_id(generation: int) -> str:
-    return f"{SESSION_TAG}{generation}.{new_token()}"
 
 
 def seat_outcome(seat) -> dict:
@@ -207,6 +161,25 @@ class WodAuthenticator(Authenticator):
         """,
     ).tag(config=True)
 
+    session_sweep_interval = Float(
+        2.0,
+        help="""Seconds between two looks for seats that changed hands, to end their sessions ahead of the next login.
+
+        Each look is one read of every seat's generation; the hub users whose
+        sessions belong to an earlier participant get a new ``cookie_id`` and
+        lose their tokens, all in one commit. Then a class's first logins
+        write nothing to the hub's database. A login within this long of its
+        seat's CREATE, and every request, still check for themselves. 0 turns
+        the looks off.
+        """,
+    ).tag(config=True)
+
+    @validate("session_sweep_interval")
+    def _sweep_interval(self, proposal):
+        if proposal["value"] < 0:
+            raise TraitError(f"session_sweep_interval must be 0 or more, not {proposal['value']}")
+        return proposal["value"]
+
     @default("auth_refresh_strict")
     def _strict(self):
         # JupyterHub's own option (Authenticator.auth_refresh_strict, 6.1+; not dead code):
@@ -257,6 +230,12 @@ class WodAuthenticator(Authenticator):
         self._dummy_hash = self._dummies[hash_params(students)]
         # Reads this authenticator's settings live (tests and the hub may change them after start).
         self.throttle = LoginThrottle(self.store, self)
+        self._sweeper = None
+        if self.session_sweep_interval and self.parent is not None:
+            try:  # the hub makes its authenticator while its loop runs; a test may make one without
+                self._sweeper = asyncio.get_running_loop().create_task(self._sweeping())
+            except RuntimeError:
+                pass
         missing = sorted(set(self.admin_users) - set(self.admin_password_hashes))
         if missing:
             self.log.warning("Admin users without a password hash cannot log in: %s", ", ".join(missing))
@@ -291,10 +270,11 @@ class WodAuthenticator(Authenticator):
                 403,
                 f"{name} has no workshop booked at the moment, so it cannot log in. Use the link and password from your latest workshop mail.",
             )
+        ended = ""
         if kind == "student" and handler is not None:
-            self.begin_session(handler.db, name, outcome["generation"], users=handler.users)
+            ended = self.begin_session(handler.db, name, outcome["generation"], users=handler.users)
         # The work is the check itself; the rest of the time it waited for a hashing thread.
-        self.log.info("Authenticated %s (%.1f ms, %.1f ms of work)", name, elapsed_ms, work_ms)
+        self.log.info("Authenticated %s (%.1f ms, %.1f ms of work)%s", name, elapsed_ms, work_ms, f"; {ended}" if ended else "")
         return {"name": name}
 
     async def checked(self, name: str, password: str, ip: str | None) -> tuple[dict, float]:
@@ -407,39 +387,76 @@ class WodAuthenticator(Authenticator):
 
     # -- sessions end when the seat changes hands --------------------------
 
-    def begin_session(self, db, name: str, generation: int, users=None) -> None:
-        """Before the hub sets the login cookie: a new generation gets a new ``cookie_id``.
+    def begin_session(self, db, name: str, generation: int, users=None) -> str:
+        """Before the hub sets the login cookie: a new generation gets a new ``cookie_id``; what was ended, for the log.
 
         ``users``: the hub's users in memory (``handler.users``, session ``db``), looked in first: one query less per login.
         """
         orm_user = next((u.orm_user for u in (users.values() if users is not None else ()) if u.name == name), None)
         if orm_user is None:
             orm_user = orm.User.find(db, name)
-        if orm_user is not None and session_generation(orm_user.cookie_id) != generation:
-            # Committed now, not left for the hub's own commit after the login: the hub's
-            # database session is shared by all requests, and any request that finishes
-            # meanwhile rolls back what it finds dirty (BaseHandler.finish). Seen in a burst
-            # of first logins: the cookie then carried the old generation, and the
-            # participant was logged out on the next request.
-            self.end_sessions(db, orm_user, generation)
-        # A user the hub has not seen yet is tagged in add_user.
+        if orm_user is None or session_generation(orm_user.cookie_id) == generation:
+            return ""  # a user the hub has not seen yet is tagged in add_user
+        # Committed now, not left for the hub's own commit after the login: the hub's
+        # database session is shared by all requests, and any request that finishes
+        # meanwhile rolls back what it finds dirty (BaseHandler.finish). Seen in a burst
+        # of first logins: the cookie then carried the old generation, and the
+        # participant was logged out on the next request.
+        return self.end_sessions(db, orm_user, generation)
 
-    def end_sessions(self, db, orm_user, generation: int) -> None:
-        """Invalidate every cookie and personal token of ``orm_user``; new sessions carry ``generation`` (committed)."""
-        old = session_generation(orm_user.cookie_id)
-        orm_user.cookie_id = new_cookie_id(generation)
-        revoked = 0
+    def end_sessions(self, db, orm_user, generation: int, commit: bool = True) -> str:
+        """Invalidate every cookie and personal token of ``orm_user``; new sessions carry ``generation``.
+
+        Returns what was ended, for the caller's log line. ``commit=False``:
+        the caller commits in the same step of the loop (nothing between can
+        roll it back).
+        """
         # The hub's own record of the user's running servers (never a token's note, which users write).
         users = getattr(self.parent, "users", None)
         keep = server_token_ids(users.get(orm_user.id) if isinstance(users, dict) else None, generation)
-        for token in list(orm_user.api_tokens):
-            if token.id not in keep:
-                db.delete(token)
-                revoked += 1
-        db.commit()
-        self.log.info(
-            "Ended the sessions of %s (seat generation %s -> %d, %d token(s) revoked)", orm_user.name, old, generation, revoked
-        )
+        ended = end_sessions(db, orm_user, generation, keep)
+        if commit:
+            db.commit()
+        return ended
+
+    async def sweep_sessions(self) -> list[str]:
+        """End ahead the sessions of the seats that changed hands (one commit); the names.
+
+        So a class's first logins find their seat's generation already in
+        the ``cookie_id`` and write nothing (see :mod:`wod_jupyterhub.sessions`).
+        """
+        hub = self.parent
+        users, db = getattr(hub, "users", None), getattr(hub, "db", None)
+        if users is None or db is None:
+            return []  # not a hub (a test's parent, a tool's)
+        generations = await self.read(self.store.generations)
+        changed = changed_hands(list(users.values()), generations)
+        # From here to the commit nothing awaits: no other request's rollback can come between.
+        for user, generation in changed:
+            self.end_sessions(db, user.orm_user, generation, commit=False)
+        if changed:
+            db.commit()
+            self.log.info("Ended ahead the sessions of %d seat(s) that changed hands: %s",
+                          len(changed), ", ".join(user.name for user, _ in changed))
+        return [user.name for user, _ in changed]
+
+    async def _sweeping(self) -> None:
+        while True:
+            await asyncio.sleep(self.session_sweep_interval)
+            try:
+                await self.sweep_sessions()
+            except SQLAlchemyError as e:
+                # The next login or request checks the seat anyway (and fails closed).
+                self.log.error("Cannot look for seats that changed hands: the wod database is unavailable: %s", e.__class__.__name__)
+            except Exception:
+                # Logged, and the next look tries again: logins and requests check for themselves meanwhile.
+                self.log.exception("The look for seats that changed hands failed")
+
+    async def read(self, fn, *args):
+        """``fn(*args)``, a short read of the wod database: where it is asked on SQLite, in a thread on PostgreSQL."""
+        if self.store.is_postgres:
+            return await asyncio.to_thread(fn, *args)
+        return fn(*args)
 
     async def add_user(self, user):
         super().add_user(user)
@@ -465,7 +482,8 @@ class WodAuthenticator(Authenticator):
             return False
         generation = row.generation if row is not None else 0
         if session_generation(user.orm_user.cookie_id) != generation:
-            self.end_sessions(user.db, user.orm_user, generation)
+            ended = self.end_sessions(user.db, user.orm_user, generation)
+            self.log.info("Logged out %s: the seat changed hands (%s)", user.name, ended)
             return False
         if row is None or not row.active:
             return False

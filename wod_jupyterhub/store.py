@@ -321,5 +321,10 @@ class Store:
                 ).first()
         return rows, seat
 
+    def generations(self) -> dict:
+        """``{seat number: generation}`` of every seat (Core: one short read the hub makes every few seconds)."""
+        with self.engine.connect() as conn:
+            return dict(conn.execute(select(Student.number, Student.generation)).all())
+
     def dispose(self) -> None:
         self.engine.dispose()
