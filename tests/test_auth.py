@@ -427,6 +427,10 @@ async def test_sessions_of_seats_that_changed_hands_end_ahead_of_the_login(db_ur
     assert list(student3.orm_user.api_tokens) == []
     assert student4.orm_user.cookie_id == kept
     assert await auth.sweep_sessions() == []  # nothing changed since
+    # A seat that moves later is found, though the look before walked nothing.
+    seat(auth, 4, generation=3)
+    assert await auth.sweep_sessions() == ["student4"]
+    assert session_generation(student4.orm_user.cookie_id) == 3 and student3.orm_user.cookie_id == swept
     # The first login of the seat's participant then writes nothing.
     assert auth.begin_session(hubdb, "student3", 2, users=users) == ""
     assert student3.orm_user.cookie_id == swept

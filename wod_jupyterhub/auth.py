@@ -231,6 +231,7 @@ class WodAuthenticator(Authenticator):
         # Reads this authenticator's settings live (tests and the hub may change them after start).
         self.throttle = LoginThrottle(self.store, self)
         self._sweeper = None
+        self._swept = {}  # {seat number: generation} as the last sweep saw them
         if self.session_sweep_interval and self.parent is not None:
             try:  # the hub makes its authenticator while its loop runs; a test may make one without
                 self._sweeper = asyncio.get_running_loop().create_task(self._sweeping())
@@ -430,7 +431,10 @@ class WodAuthenticator(Authenticator):
         if users is None or db is None:
             return []  # not a hub (a test's parent, a tool's)
         generations = await self.read(self.store.generations)
-        changed = changed_hands(list(users.values()), generations)
+        # Only the seats whose generation moved since the last look (all of them at the first):
+        # the hub's users are not walked every few seconds for nothing.
+        moved = {n: g for n, g in generations.items() if self._swept.get(n) != g}
+        changed = changed_hands(list(users.values()), moved) if moved else []
         # From here to the commit nothing awaits: no other request's rollback can come between.
         for user, generation in changed:
             self.end_sessions(db, user.orm_user, generation, commit=False)
@@ -438,6 +442,7 @@ class WodAuthenticator(Authenticator):
             db.commit()
             self.log.info("Ended ahead the sessions of %d seat(s) that changed hands: %s",
                           len(changed), ", ".join(user.name for user, _ in changed))
+        self._swept.update(moved)
         return [user.name for user, _ in changed]
 
     async def _sweeping(self) -> None:
