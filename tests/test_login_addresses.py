@@ -7,9 +7,11 @@ proxy's own address (127.0.0.1), as a production hub trusts its proxy.
 """
 
 import re
+import time
 
 import httpx
 import pytest
+from sqlalchemy.exc import IntegrityError
 
 from tests.hubutil import RealHub
 from wod_jupyterhub.passwords import hash_password
@@ -29,9 +31,18 @@ def hub(tmp_path_factory):
     )
     with RealHub(tmp_path_factory.mktemp("addr"), authenticator_class="wod", extra_config=extra, wod_config={"student_max": 40}) as h:
         store = Store(h.db_url)
-        with store.session() as s:
-            for n in (3, 5):
-                s.merge(Student(number=n, password_hash=hash_password(PASSWORD), state="active", generation=1, workshop="WKSHP-X", customer="c"))
+        for attempt in range(20):
+            try:
+                with store.session() as s:
+                    for n in (3, 5):
+                        s.merge(Student(number=n, password_hash=hash_password(PASSWORD), state="active", generation=1, workshop="WKSHP-X", customer="c"))
+                break
+            except IntegrityError:
+                # The service, just started, adds the range's seat rows while idle: merge's
+                # read found none, its insert met the service's. Read again, then update.
+                if attempt == 19:
+                    raise
+                time.sleep(0.1)
         store.dispose()
         yield h
 
