@@ -124,8 +124,11 @@ if not IN_SERVICE and STATE.is_dir():
     # to the log instead of creating, syncing and deleting a journal, 0.3 ms of the hub's
     # one thread instead of 1 ms. The first login of each participant writes once (its new
     # session, auth.py), and a room logs in at once. PostgreSQL needs nothing of the kind.
-    with contextlib.closing(sqlite3.connect(STATE / "jupyterhub.sqlite")) as hub_db:
-        hub_db.execute("PRAGMA journal_mode=WAL")
+    try:
+        with contextlib.closing(sqlite3.connect(STATE / "jupyterhub.sqlite")) as hub_db:
+            hub_db.execute("PRAGMA journal_mode=WAL")  # a no-op once set, even beside a running hub
+    except sqlite3.Error as e:  # e.g. a `wod` command run by an account that may not write the hub's files
+        print(f"jupyterhub_config.py: the hub's database stays in its journal mode: {e}", file=sys.stderr)
 
 # Bytes a seat's home may take; checked at CLEANUP (a kept home over it is erased).
 # production: a size, and file-system quotas per uid where the file system has them.

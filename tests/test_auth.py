@@ -455,6 +455,47 @@ async def test_the_sweeps_run_by_themselves_in_the_hub(db_url, hubdb):
     auth.store.dispose()
 
 
+async def test_a_failing_sweep_is_logged_once_until_it_works_again():
+    """The wod database down for an hour must not write a line every two seconds."""
+    import logging
+
+    from sqlalchemy.exc import OperationalError
+
+    from wod_jupyterhub.sessions import keep_sweeping
+
+    outcomes = ["fail", "fail", "fail", "ok", "ok", "boom", "boom", "ok"]
+    done = asyncio.Event()
+
+    async def sweep():
+        outcome = outcomes.pop(0) if outcomes else "ok"
+        if not outcomes:
+            done.set()
+        if outcome == "fail":
+            raise OperationalError("SELECT", {}, Exception("unable to open database file"))
+        if outcome == "boom":
+            raise RuntimeError("unexpected")
+
+    lines = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            lines.append((record.levelname, record.getMessage()))
+
+    log = logging.getLogger("test-sweeps")
+    log.setLevel(logging.INFO)
+    log.addHandler(Collect())
+    task = asyncio.ensure_future(keep_sweeping(sweep, 0.01, log))
+    await asyncio.wait_for(done.wait(), 5)
+    await asyncio.sleep(0.05)
+    task.cancel()
+    assert lines == [
+        ("ERROR", "Cannot look for seats that changed hands: the wod database is unavailable: OperationalError"),
+        ("INFO", "Looking for seats that changed hands again"),
+        ("ERROR", "The look for seats that changed hands failed"),
+        ("INFO", "Looking for seats that changed hands again"),
+    ]
+
+
 def test_the_sweep_interval_is_checked(db_url):
     with pytest.raises(TraitError, match="session_sweep_interval must be 0 or more"):
         make_auth(db_url, session_sweep_interval=-1)

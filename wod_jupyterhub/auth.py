@@ -24,7 +24,7 @@ from traitlets import Dict, Float, Integer, List, TraitError, Unicode, default, 
 from .client_address import forwarded_client, networks
 from .config import Wod, student_number
 from .passwords import cheap_hash, hash_params, hash_password, verify_password
-from .sessions import changed_hands, end_sessions, new_cookie_id, session_generation
+from .sessions import changed_hands, end_sessions, keep_sweeping, new_cookie_id, session_generation
 from .spawner import server_token_ids
 from .store import Seat, Store, utcnow
 from .throttle import LoginThrottle
@@ -234,7 +234,7 @@ class WodAuthenticator(Authenticator):
         self._swept = {}  # {seat number: generation} as the last sweep saw them
         if self.session_sweep_interval and self.parent is not None:
             try:  # the hub makes its authenticator while its loop runs; a test may make one without
-                self._sweeper = asyncio.get_running_loop().create_task(self._sweeping())
+                self._sweeper = asyncio.get_running_loop().create_task(keep_sweeping(self.sweep_sessions, self.session_sweep_interval, self.log))
             except RuntimeError:
                 pass
         missing = sorted(set(self.admin_users) - set(self.admin_password_hashes))
@@ -444,18 +444,6 @@ class WodAuthenticator(Authenticator):
                           len(changed), ", ".join(user.name for user, _ in changed))
         self._swept.update(moved)
         return [user.name for user, _ in changed]
-
-    async def _sweeping(self) -> None:
-        while True:
-            await asyncio.sleep(self.session_sweep_interval)
-            try:
-                await self.sweep_sessions()
-            except SQLAlchemyError as e:
-                # The next login or request checks the seat anyway (and fails closed).
-                self.log.error("Cannot look for seats that changed hands: the wod database is unavailable: %s", e.__class__.__name__)
-            except Exception:
-                # Logged, and the next look tries again: logins and requests check for themselves meanwhile.
-                self.log.exception("The look for seats that changed hands failed")
 
     async def read(self, fn, *args):
         """``fn(*args)``, a short read of the wod database: where it is asked on SQLite, in a thread on PostgreSQL."""

@@ -40,9 +40,12 @@ to the length of a workshop in ``jupyterhub_config.py``: 4 hours
 (``4 / 24``), not JupyterHub's two weeks.
 """
 
+import asyncio
+
 from jupyterhub import orm
 from jupyterhub.utils import new_token
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from .config import student_number
 
@@ -94,3 +97,29 @@ def changed_hands(users, generations: dict) -> list:
         if tagged is not None and tagged != generations[n]:
             changed.append((user, generations[n]))
     return changed
+
+
+async def keep_sweeping(sweep, interval: float, log) -> None:
+    """Await ``sweep()`` every ``interval`` seconds, for ever; a failure is logged once until a sweep works again.
+
+    Logins and requests check their seat themselves meanwhile (and fail
+    closed), so a failing sweep costs speed, not safety; a wod database that
+    is down for an hour must not write a line every interval.
+    """
+    failing = False
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await sweep()
+        except SQLAlchemyError as e:
+            if not failing:
+                log.error("Cannot look for seats that changed hands: the wod database is unavailable: %s", e.__class__.__name__)
+            failing = True
+        except Exception:
+            if not failing:
+                log.exception("The look for seats that changed hands failed")
+            failing = True
+        else:
+            if failing:
+                log.info("Looking for seats that changed hands again")
+            failing = False
