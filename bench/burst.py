@@ -36,6 +36,7 @@ from pathlib import Path
 import httpx
 import jinja2
 
+from bench import process_cpu
 from bench.provision import CORPUS, VARIABLES, floor_once
 from tests.hubutil import RealHub
 from wod_jupyterhub.catalog import load_catalog
@@ -147,17 +148,14 @@ def start_profile(marker: str, out: Path):
 
 def cpu_seconds(marker: str) -> dict:
     """CPU seconds (user + system) used so far by the processes whose command line holds ``marker``."""
-    tick = os.sysconf("SC_CLK_TCK")
     out = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
-            stat = open(f"/proc/{entry.name}/stat").read()
             cmd = open(f"/proc/{entry.name}/cmdline", "rb").read().split(b"\0")
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()
         if marker.encode() not in b" ".join(cmd):
             continue
         line = b" ".join(cmd)
@@ -169,7 +167,7 @@ def cpu_seconds(marker: str) -> dict:
             name = "proxy"
         else:
             name = cmd[0].decode()
-        out[name] = out.get(name, 0) + (int(fields[11]) + int(fields[12])) / tick
+        out[name] = out.get(name, 0) + process_cpu(int(entry.name))
     return out
 
 

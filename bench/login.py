@@ -57,6 +57,7 @@ from urllib.parse import urlencode, urlsplit
 
 import httpx
 
+from bench import process_cpu
 from wod_jupyterhub import passwords
 from wod_jupyterhub.auth import WodAuthenticator
 from wod_jupyterhub.demo import DemoHub
@@ -179,12 +180,6 @@ def spy(hub, out: Path):
     return proc
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system, all threads) a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def floor_config(folder: Path) -> Path:
     """The repository's hub configuration with JupyterHub's DummyAuthenticator instead of ours."""
     path = folder / "jupyterhub_config_dummy.py"
@@ -246,10 +241,10 @@ def main() -> int:
                         row = {}
                         for name in (("ours", "floor") if i % 2 == 0 else ("floor", "ours")):
                             hub, cs = {"ours": (ours, creds), "floor": (floor, floor_creds)}[name]
-                            t0, cpu0 = time.perf_counter(), cpu_seconds(hub.proc.pid)
+                            t0, cpu0 = time.perf_counter(), process_cpu(hub.proc.pid)
                             times = await asyncio.gather(*(one_login(hub.url, n, p) for n, p in cs))
                             row[name] = (time.perf_counter() - t0, pct(times, 99))
-                            cpu[name] += cpu_seconds(hub.proc.pid) - cpu0
+                            cpu[name] += process_cpu(hub.proc.pid) - cpu0
                             trips[name] += times
                             await asyncio.sleep(1)  # the hub's after-login work (last activity) settles
                         rounds.append(row)

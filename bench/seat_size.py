@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import process_cpu
 from tests.hubutil import RealHub
 from tests.seatutil import Kernel, seat
 from wod_jupyterhub import cgroups
@@ -40,7 +41,6 @@ from wod_jupyterhub import cgroups
 VARIABLES = {"BRANDING": "Bench", "BRANDINGWOD": "Workshops-on-Demand", "BRANDINGURL": "https://example.com",
              "WODBEFQDN": "127.0.0.1", "WODBEEXTFQDN": "127.0.0.1", "JPHUB": "http://127.0.0.1"}
 MB = 1024 * 1024
-CLK = os.sysconf("SC_CLK_TCK")
 
 
 def pss(pid: int) -> int:
@@ -54,16 +54,6 @@ def pss(pid: int) -> int:
     return 0
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and of its waited-for children."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = data[data.rfind(")") + 2 :].split()
-    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLK
-
-
 def measure(group: cgroups.SeatGroup) -> dict:
     pids = group.live_pids()
     usage = group.usage()
@@ -71,7 +61,7 @@ def measure(group: cgroups.SeatGroup) -> dict:
         "processes": len(pids),
         "cgroup_mb": usage.get("memory", 0) / MB,
         "pss_mb": sum(pss(p) for p in pids) / MB,
-        "cpu_s": sum(cpu_seconds(p) for p in pids),
+        "cpu_s": sum(process_cpu(p, children=True) for p in pids),
     }
 
 

@@ -457,7 +457,7 @@ class WodAuthenticator(Authenticator):
         orm_user = getattr(user, "orm_user", user)
         if n is None or session_generation(orm_user.cookie_id) is not None:
             return
-        row = await asyncio.to_thread(self.store.student, n)
+        _, row = await self.read(self.store.login_facts, {}, n)
         orm_user.cookie_id = new_cookie_id(row.generation if row is not None else 0)
         db = object_session(orm_user)
         if db is not None:
