@@ -139,7 +139,7 @@ def start_profile(marker: str, out: Path):
     """py-spy on the service for one burst (only the thread holding the GIL: where the CPU goes)."""
     exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     gil = ["--gil"] if os.environ.get("BURST_PROFILE_GIL", "1") == "1" else []
-    cmd = [exe, "record", "--pid", str(service_pid(marker)), *gil, "--nonblocking", "--rate", "250",
+    cmd = [exe, "record", "--pid", str(service_pid(marker)), *gil, "--nonblocking", "--rate", os.environ.get("BURST_PROFILE_RATE", "250"),
            "--format", "raw", "--output", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)  # py-spy attaches

@@ -31,7 +31,7 @@ import datetime
 import random
 import time
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import bindparam, delete, func, or_, select, update
 
 from .owners import make_owner, owner_alive_locally
 from .store import utcnow
@@ -74,6 +74,23 @@ class OutboxQueue:
         self.owner = make_owner()
         self.lease = datetime.timedelta(seconds=lease_seconds)
         self.columns = [table.id, table.attempts] + [c for c in columns if c not in (table.id, table.attempts)]
+        # The statements of every message's claim and delivery, built once (a statement caches its own cache key):
+        # a burst's callbacks run them hundreds of times. Parameters are named b_*: a parameter named after a
+        # column of the SET clause is refused, and a column's name in the parameters sets it.
+        p, m = bindparam, table
+        pending = self._pending()
+        self._head = (
+            select(*self.columns, m.next_attempt, m.lease_owner, m.lease_expires)
+            .where(m.key == p("b_key"), *pending)
+            .order_by(m.id)
+            .limit(1)
+        )
+        free = (m.lease_expires.is_(None), m.lease_expires <= p("b_now"))
+        claim = update(m).values(lease_owner=self.owner, lease_expires=p("b_expires"))
+        self._claim = claim.where(m.id == p("b_id"), *pending, or_(*free))
+        # Taken over only from the holder seen dead just now: if it changed since, someone else won.
+        self._take_over = claim.where(m.id == p("b_id"), *pending, or_(*free, m.lease_owner == p("b_stale")))
+        self._delivered = update(m).where(m.id == p("b_id")).values(lease_owner=None, lease_expires=None)
 
     def _pending(self):
         return (self.table.delivered.is_(None), self.table.failed.is_(None))
@@ -114,30 +131,17 @@ class OutboxQueue:
     def claim_head(self, key: str):
         """The head of ``key`` leased to this process (a row of ``columns``), or None if it is not ours to send."""
         now = utcnow()
-        m = self.table
         # Core statements throughout: plain rows, no ORM identity map to fill and keep in sync.
         with self.store.engine.connect() as conn:
-            head = conn.execute(
-                select(*self.columns, m.next_attempt, m.lease_owner, m.lease_expires)
-                .where(m.key == key, *self._pending())
-                .order_by(m.id)
-                .limit(1)
-            ).first()
+            head = conn.execute(self._head, {"b_key": key}).first()
         if head is None or head.next_attempt > now or lease_held(head.lease_owner, head.lease_expires, now):
             return None
-        # Taken over only from the holder seen dead just now: if it changed since, someone else won.
         stale = head.lease_owner if head.lease_expires is not None and head.lease_expires > now else None
-        free = [m.lease_expires.is_(None), m.lease_expires <= now]
-        if stale is not None:
-            free.append(m.lease_owner == stale)
+        params = {"b_id": head.id, "b_now": now, "b_expires": now + self.lease, "b_stale": stale}
         # A separate, write-first transaction: on SQLite a read that turns into
         # a write can fail at once instead of waiting for the lock.
         with self.store.engine.begin() as conn:
-            claimed = conn.execute(
-                update(m)
-                .where(m.id == head.id, *self._pending(), or_(*free))
-                .values(lease_owner=self.owner, lease_expires=now + self.lease)
-            ).rowcount
+            claimed = conn.execute(self._claim if stale is None else self._take_over, params).rowcount
         return head if claimed == 1 else None
 
     def release(self, message, **values):
@@ -152,11 +156,7 @@ class OutboxQueue:
     def delivered(self, message):
         # Whoever holds the lease now, the receiver has it: record that.
         with self.store.engine.begin() as conn:
-            conn.execute(
-                update(self.table)
-                .where(self.table.id == message.id)
-                .values(delivered=utcnow(), lease_owner=None, lease_expires=None)
-            )
+            conn.execute(self._delivered, {"b_id": message.id, "delivered": utcnow()})
 
     def retry(self, message, error: str, wait: float):
         """Try ``message`` again in ``wait`` seconds, noting why it failed."""

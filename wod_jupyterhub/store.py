@@ -13,7 +13,22 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import JSON, Boolean, DateTime, Index, Integer, String, Text, create_engine, event, false, select, text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Text,
+    bindparam,
+    create_engine,
+    event,
+    false,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 log = logging.getLogger("wod.store")
@@ -80,6 +95,33 @@ class Student(Base):
     @property
     def active(self) -> bool:
         return self.state == Seat.ACTIVE
+
+
+#: The seats' table, for Core statements on the hot path (see :func:`update_seat`).
+SEATS = Student.__table__
+
+# Built once: a statement object caches its own cache key, so SQLAlchemy compiles it once per set of columns.
+_SET_SEAT = update(SEATS).where(SEATS.c.number == bindparam("seat_number"))
+_SET_SEAT_NEW_GENERATION = _SET_SEAT.values(generation=SEATS.c.generation + 1)
+_READ_SEAT = select(SEATS.c.state, SEATS.c.customer, SEATS.c.workshop, SEATS.c.sessions_ended).where(
+    SEATS.c.number == bindparam("seat_number")
+)
+
+
+def update_seat(conn, number: int, *, new_generation: bool = False, **values) -> None:
+    """Set the columns ``values`` of seat ``number`` in ``conn``'s transaction; ``new_generation``: bump its generation.
+
+    One Core UPDATE whose SET comes from the names of ``values``. Every
+    operation writes its seat two or three times, and an ORM object (a get,
+    then a flush) cost five times the statement (1.4 ms against 0.26 per
+    transaction on SQLite).
+    """
+    conn.execute(_SET_SEAT_NEW_GENERATION if new_generation else _SET_SEAT, {"seat_number": number, **values})
+
+
+def read_seat(conn, number: int):
+    """Seat ``number``'s ``state``, ``customer``, ``workshop`` and ``sessions_ended`` (a Row), or None."""
+    return conn.execute(_READ_SEAT, {"seat_number": number}).first()
 
 
 class Operation(Base):

@@ -4,17 +4,25 @@ A user's mistake raises a ``WodError`` (a sentence and its HTTP status) and
 changes nothing.
 """
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, bindparam, func, select
 
 from ..catalog import parse_workshop_name
 from ..errors import Conflict, Unprocessable
-from ..store import Operation, Seat, Status, Student
+from ..store import Operation, Seat, Status, read_seat
 
 
 def overlapping(first: int, last: int | None = None):
     """The WHERE clause of the operations whose students include any of ``first..last``."""
     last = first if last is None else last
     return and_(Operation.student <= last, func.coalesce(Operation.student_last, Operation.student) >= first)
+
+
+# Built once (a statement caches its own cache key): every request of a burst runs it.
+_PENDING_FOR_SEAT = (
+    select(Operation.verb, Operation.customer, Operation.workshop)
+    .where(Operation.status.in_(Status.UNFINISHED), overlapping(bindparam("seat_number")))
+    .order_by(Operation.created, Operation.id)
+)
 
 
 def check_request(work, verb, student, student_last=None, workshop=None):
@@ -51,15 +59,11 @@ def holder_after_pending(work, s, n: int):
 
     ``s``: a session or a connection (plain column reads, no ORM objects).
     """
-    st = s.execute(select(Student.state, Student.customer, Student.workshop).where(Student.number == n)).first()
+    st = read_seat(s, n)
     holder = st.customer if st is not None and st.state in Seat.HELD else None
     # The workshop the seat is kept for, if it is: only a RESET of that one frees it.
     kept = st.workshop if st is not None and st.state == Seat.KEPT else None
-    pending = s.execute(
-        select(Operation.verb, Operation.customer, Operation.workshop)
-        .where(Operation.status.in_(Status.UNFINISHED), overlapping(n))
-        .order_by(Operation.created, Operation.id)
-    ).all()
+    pending = s.execute(_PENDING_FOR_SEAT, {"seat_number": n}).all()
     for op in pending:
         if op.verb == "CREATE":
             holder, kept = op.customer, None

@@ -27,14 +27,14 @@ import functools
 import time
 import uuid
 
-from sqlalchemy import and_, bindparam, insert, or_, select, update
+from sqlalchemy import Integer, and_, bindparam, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ..errors import Unprocessable, WodError
 from ..hooks import HookFailed
 from ..hubapi import HubAPIError
 from ..owners import make_owner, owner_alive_locally
-from ..store import Operation, Seat, Status, Student, utcnow
+from ..store import SEATS, Operation, Seat, Status, Student, utcnow
 from ..waiting import nap, settle
 from .admission import check_request, check_seat, overlapping
 from .journal import Run, release
@@ -45,16 +45,29 @@ PREPARE = "prepare-"
 _NO_SYNC = {"synchronize_session": False}
 
 
+# Built once (a statement caches its own cache key): a burst submits a hundred operations in a row.
+_HAVE_SEATS = select(SEATS.c.number).where(SEATS.c.number.in_(bindparam("numbers", expanding=True)))
+_ADD_SEATS = insert(SEATS)
+_ADD_OPERATION = insert(Operation.__table__)
+_QUEUED = (
+    select(Operation.id, Operation.student, Operation.student_last, Operation.created)
+    .where(Operation.status == Status.QUEUED)
+    .order_by(Operation.created, Operation.id)
+    .limit(bindparam("b_limit", type_=Integer))
+)
+_READ_OPERATION = select(Operation.__table__).where(Operation.__table__.c.id == bindparam("op_id"))
+
+
 def ensure_students(s, numbers) -> None:
     """Add the missing ``Student`` rows of ``numbers`` (free), on session or connection ``s``.
 
     Core statements: the callers read the rows they need themselves, so there is nothing for an ORM session to track.
     """
     numbers = list(numbers)
-    have = set(s.scalars(select(Student.number).where(Student.number.in_(numbers))))
+    have = set(s.scalars(_HAVE_SEATS, {"numbers": numbers}))
     missing = [n for n in numbers if n not in have]
     if missing:
-        s.execute(insert(Student), [{"number": n, "state": Seat.FREE, "generation": 0, "sessions_ended": False} for n in missing])
+        s.execute(_ADD_SEATS, [{"number": n, "state": Seat.FREE, "generation": 0, "sessions_ended": False} for n in missing])
 
 
 @functools.cache
@@ -152,7 +165,7 @@ class Engine:
                 with self.store.engine.begin() as conn:
                     ensure_students(conn, numbers)
                     check_seat(self.work, conn, verb, student, customer)
-                    conn.execute(insert(Operation).values(**values))
+                    conn.execute(_ADD_OPERATION, values)
                 break
             except IntegrityError:
                 # Another process created the same student row in between: try again.
@@ -185,7 +198,7 @@ class Engine:
     def read(self, op_id: str) -> Operation | None:
         """Operation ``op_id`` as stored now, detached (a plain read: no session to keep, no identity map)."""
         with self.store.engine.connect() as conn:
-            row = conn.execute(select(Operation.__table__).where(Operation.id == op_id)).first()
+            row = conn.execute(_READ_OPERATION, {"op_id": op_id}).first()
         return Operation(**row._mapping) if row is not None else None
 
     # -------------------------------------------------------------- lifecycle
@@ -251,12 +264,7 @@ class Engine:
         if free <= 0 or self._stopping:
             return
         with self.store.engine.connect() as conn:
-            rows = conn.execute(
-                select(Operation.id, Operation.student, Operation.student_last, Operation.created)
-                .where(Operation.status == Status.QUEUED)
-                .order_by(Operation.created, Operation.id)
-                .limit(free * 4 + 32)
-            ).all()
+            rows = conn.execute(_QUEUED, {"b_limit": free * 4 + 32}).all()
         blocked: list[tuple[int, int]] = []
         for op_id, first, last, created in rows:
             if free <= 0:

@@ -21,9 +21,9 @@ the assignment with the end.
 import datetime
 import itertools
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 
-from ..store import Operation, Student, utcnow
+from ..store import SEATS, Operation, Student, utcnow
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 
@@ -35,6 +35,16 @@ def iso(t: datetime.datetime | None) -> str | None:
 def release(lock: str):
     """The UPDATE that frees every student leased under ``lock``."""
     return update(Student).where(Student.lock_owner == lock).values(lock_owner=None, lock_expires=None)
+
+
+# The statements of ``Run.commit``, built once (a statement caches its own cache key): the journal's UPDATE,
+# whose SET comes from the parameters' names, and the release of the run's students, found by their numbers.
+_JOURNAL = update(Operation.__table__).where(Operation.__table__.c.id == bindparam("op_id"))
+_RELEASE = (
+    update(SEATS)
+    .where(SEATS.c.number.between(bindparam("first"), bindparam("last")), SEATS.c.lock_owner == bindparam("lock"))
+    .values(lock_owner=None, lock_expires=None)
+)
 
 
 class Run:
@@ -72,7 +82,8 @@ class Run:
 
         ``work()``: a coroutine function doing the step's work outside the
         database; it returns the step's detail (a JSON-able dict) or None.
-        ``effects(session, detail)``: the step's database effects, committed
+        ``effects(conn, detail)``: the step's database effects (Core statements on
+        ``conn``, see ``store.update_seat``), committed
         with its entry (see the module's docstring for when). ``skip``: a
         sentence; the step is journaled ``skipped`` with it and nothing runs.
 
@@ -99,7 +110,7 @@ class Run:
             raise
         self._entries.append((order, _entry(name, started, detail)))
         if effects is not None:
-            self._effects.append(lambda s: effects(s, detail))
+            self._effects.append(lambda conn: effects(conn, detail))
         return detail
 
     def record(self, name: str, detail: dict) -> None:
@@ -113,22 +124,18 @@ class Run:
         steps = self.steps + entries
         # Effects that fail (a Conflict found in the transaction) fail the operation: never tried twice.
         pending, self._effects = self._effects, []
-        with self.store.session() as s:
+        with self.store.engine.begin() as conn:
             for effects in pending:
-                effects(s)
+                effects(conn)
             # After the effects: they may set the workshop; the steps' work may have added to the result.
             values = {"steps": steps, "result": dict(self.result), "workshop": self.workshop, "heartbeat": utcnow()}
             if end is not None:
                 values.update(end)
-            # Plain UPDATEs on the session's connection, after the effects' changes are flushed: the run already
-            # knows the row, and an ORM-enabled UPDATE (its autoflush, its bulk-update compilation) costs more
-            # than the statement.
-            if pending:
-                s.flush()
-            conn = s.connection()
-            conn.execute(update(Operation).where(Operation.id == self.id).values(**values))
+            # Core statements built once: every operation commits here two or three times, and the ORM's unit of
+            # work (or even building the statement each time) cost more than the statements.
+            conn.execute(_JOURNAL, {"op_id": self.id, **values})
             if end is not None:
-                conn.execute(release(self.lock))
+                conn.execute(_RELEASE, {"lock": self.lock, "first": self.student, "last": self.last})
         self.steps = steps
         self.journaled.update((e["name"], e) for e in entries if e["status"] in (DONE, SKIPPED))
         self._entries = []

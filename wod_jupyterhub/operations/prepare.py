@@ -14,13 +14,13 @@ import os
 import time
 from pathlib import Path
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, update
 from sqlalchemy.exc import IntegrityError
 
 from ..config import student_number
 from ..errors import WodError
 from ..hubapi import HubAPIError
-from ..store import Seat, Student, utcnow
+from ..store import Seat, Student, read_seat, utcnow
 from ..waiting import settle
 from .engine import PREPARE, ensure_students
 from .journal import release
@@ -153,8 +153,8 @@ class Preparer:
         workshops = self.seat_workshops().get(n)
         if not workshops:
             return
-        with self.store.Session() as s:
-            row = s.execute(select(Student.state, Student.sessions_ended).where(Student.number == n)).first()
+        with self.store.engine.connect() as conn:
+            row = read_seat(conn, n)
         if row is not None and row.state != Seat.FREE:
             return
         if not (row is not None and row.sessions_ended) and self.work.hub.configured:

@@ -7,7 +7,7 @@
 """
 
 from ..hubapi import HubAPIError
-from ..store import Seat, Student, utcnow
+from ..store import Seat, read_seat, update_seat, utcnow
 from .admission import check_holder
 
 
@@ -16,8 +16,9 @@ def rotate_step(run, work, seats, *, check=None, owner_only=False, seat=None):
 
     ``check()``: raises when the step must not run (a CREATE's workshop became
     inactive). ``owner_only``: a seat held by another customer than the run's
-    fails the step (``check_holder``). ``seat(st, password, s)``: what the
-    verb does to each seat in the same transaction. The one seat's password
+    fails the step (``check_holder``). ``seat(conn, n, password)``: what the
+    verb does to seat ``n`` in the same transaction; it returns the seat's
+    columns to set with the rotation (a dict, or None). The one seat's password
     goes to ``result["password"]``, a range's to ``result["passwords"]``; a run
     without a workshop takes the seat's.
     """
@@ -26,9 +27,9 @@ def rotate_step(run, work, seats, *, check=None, owner_only=False, seat=None):
     async def rotate():
         if check is not None:
             check()
-        with run.store.Session() as s:
+        with run.store.engine.connect() as conn:
             for n in seats:
-                st = s.get(Student, n)
+                st = read_seat(conn, n)
                 if owner_only:
                     check_holder(n, st.customer if st.state in Seat.HELD else None, run.customer)
                 run.seat = {"sessions_ended": st.sessions_ended}
@@ -40,15 +41,11 @@ def rotate_step(run, work, seats, *, check=None, owner_only=False, seat=None):
         else:
             run.result["passwords"] = {str(n): work.sealer.seal(password) for n, (password, _) in fresh.items()}
 
-    def rotated(s, _detail):
+    def rotated(conn, _detail):
         for n, (password, hashed) in fresh.items():
-            st = s.get(Student, n)
-            st.password_hash = hashed
-            st.rotated_at = utcnow()
-            # The generation ends every session issued before the seat changed hands.
-            st.generation = (st.generation or 0) + 1
-            if seat is not None:
-                seat(st, password, s)
+            more = (seat(conn, n, password) or {}) if seat is not None else {}
+            # The new generation ends every session issued before the seat changed hands.
+            update_seat(conn, n, new_generation=True, password_hash=hashed, rotated_at=utcnow(), **more)
 
     return run.step("rotate", rotate, rotated)
 
@@ -72,11 +69,11 @@ def end_sessions_step(run, work, seats, *, tolerate_hub_errors=False):
                 detail[str(n)] = {"warning": str(e)}
         return detail if len(seats) > 1 else detail[str(seats[0])]
 
-    def ended(s, detail):
+    def ended(conn, detail):
         per_seat = detail if len(seats) > 1 else {str(seats[0]): detail}
         for n in seats:
             d = per_seat[str(n)]
-            s.get(Student, n).sessions_ended = "skipped" not in d and "warning" not in d
+            update_seat(conn, n, sessions_ended="skipped" not in d and "warning" not in d)
 
     return run.step("end-sessions", end, ended)
 
@@ -88,9 +85,5 @@ def hooks_step(run, work, kind, folder, ws, mode, n):
     return run.step(f"hooks-{kind}", hooks, skip=work.hook_skip(kind, folder))
 
 
-def free_seat(st: Student):
-    st.state = Seat.FREE
-    st.customer = None
-    st.email = None
-    st.workshop = None
-    st.assigned_at = None
+#: The columns of a seat given back (``update_seat(conn, n, **FREED)``).
+FREED = {"state": Seat.FREE, "customer": None, "email": None, "workshop": None, "assigned_at": None}

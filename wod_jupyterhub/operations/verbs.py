@@ -14,15 +14,15 @@ import asyncio
 import json
 import os
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from .. import completion as completion_mod
 from .. import completion_worker
 from ..errors import Unprocessable, WodError
 from ..hooks import new_vars_file, read_vars_file
-from ..store import Completion, Seat, Student, utcnow
+from ..store import SEATS, Completion, Seat, read_seat, update_seat, utcnow
 from .admission import check_active
-from .steps import end_sessions_step, free_seat, hooks_step, rotate_step
+from .steps import FREED, end_sessions_step, hooks_step, rotate_step
 
 # ---------------------------------------------------------------- CREATE
 
@@ -99,16 +99,14 @@ async def create(run, work):
 
     run.result["login_url"] = work.settings.login_url.format(user=f"student{n}", student=n)
 
-    def assign(s, _detail):
-        st = s.get(Student, n)
-        st.state = Seat.ACTIVE
-        st.sessions_ended = False  # from now on the participant may log in
-        st.customer = run.customer
-        st.email = run.email
-        st.workshop = run.workshop
-        st.assigned_at = utcnow()
-        work.outbox.student_password(s, n, password, operation_id=run.id)
-        work.outbox.customer_active(s, n, run.customer, True, operation_id=run.id)
+    def assign(conn, _detail):
+        # sessions_ended: from now on the participant may log in.
+        update_seat(
+            conn, n, state=Seat.ACTIVE, sessions_ended=False, customer=run.customer, email=run.email,
+            workshop=run.workshop, assigned_at=utcnow(),
+        )
+        work.outbox.student_password(conn, n, password, operation_id=run.id)
+        work.outbox.customer_active(conn, n, run.customer, True, operation_id=run.id)
 
     await run.step("assign", None, assign)
     if work.settings.start_server and work.hub.configured:
@@ -141,15 +139,15 @@ def _needs_revoke(run) -> bool:
     seen = run.seat
     if seen is not None:  # read by this run's rotate step; the lease kept the seat since
         return not seen["sessions_ended"]
-    with run.store.Session() as s:
-        return not s.get(Student, run.student).sessions_ended
+    with run.store.engine.connect() as conn:
+        return not read_seat(conn, run.student).sessions_ended
 
 
 async def _undo_create(run, work):
     """A CREATE that failed before the assignment leaves no half-provisioned home behind."""
-    with run.store.Session() as s:
-        st = s.get(Student, run.student)
-        held = st is not None and st.state in Seat.HELD
+    with run.store.engine.connect() as conn:
+        st = read_seat(conn, run.student)
+    held = st is not None and st.state in Seat.HELD
     if not held:
         try:
             await work.blocking(work.wipe, run.student)
@@ -158,6 +156,8 @@ async def _undo_create(run, work):
 
 
 # ---------------------------------------------------------------- CLEANUP
+
+_ADD_COMPLETION = insert(Completion.__table__)  # built once, like the statements of store.update_seat
 
 
 async def cleanup(run, work):
@@ -177,9 +177,9 @@ async def cleanup(run, work):
     """
     n, outbox = run.student, work.outbox
 
-    def cleaning(st, password, s):
-        st.state = Seat.CLEANING  # from here no one logs in as N: the assignment ends with the old password
-        outbox.student_password(s, n, password, operation_id=run.id)
+    def cleaning(conn, n, password):
+        outbox.student_password(conn, n, password, operation_id=run.id)
+        return {"state": Seat.CLEANING}  # from here no one logs in as N: the assignment ends with the old password
 
     await rotate_step(run, work, [n], owner_only=True, seat=cleaning)
     ws, folder, mode = work.catalog.workshop_or_none(run.workshop)
@@ -194,15 +194,16 @@ async def cleanup(run, work):
         run.result["completion"] = ratio
         return {"ratio": ratio["ratio"]}
 
-    def store_completion(s, _detail):
+    def store_completion(conn, _detail):
         ratio = run.result["completion"]
-        s.add(
-            Completion(
+        conn.execute(
+            _ADD_COMPLETION,
+            dict(
                 student=n, customer=run.customer, workshop=run.workshop, kind="cleanup",
                 ratio=ratio["ratio"], executed=ratio["executed"], total=ratio["total"], detail=ratio,
-            )
+            ),
         )
-        outbox.customer_completion(s, n, run.customer, ratio["ratio"], operation_id=run.id)
+        outbox.customer_completion(conn, n, run.customer, ratio["ratio"], operation_id=run.id)
 
     await run.step("completion", measure, store_completion)
     keep = ws is not None and ws.reset
@@ -213,16 +214,15 @@ async def cleanup(run, work):
         detail.update(await work.blocking(work.wipe, n, keep))
         return detail
 
-    def released(s, _detail):
-        st = s.get(Student, n)
+    def released(conn, _detail):
         if keep:
-            st.state = Seat.KEPT
-            outbox.student_assigned(s, n, True, operation_id=run.id)
-            outbox.customer_active(s, n, run.customer, False, operation_id=run.id)
+            update_seat(conn, n, state=Seat.KEPT)
+            outbox.student_assigned(conn, n, True, operation_id=run.id)
+            outbox.customer_active(conn, n, run.customer, False, operation_id=run.id)
         else:
-            free_seat(st)
-            outbox.student_assigned(s, n, False, operation_id=run.id)
-        outbox.customer_cleaned(s, n, run.customer, operation_id=run.id)
+            update_seat(conn, n, **FREED)
+            outbox.student_assigned(conn, n, False, operation_id=run.id)
+        outbox.customer_cleaned(conn, n, run.customer, operation_id=run.id)
 
     await run.step("release", release, released)
 
@@ -263,14 +263,14 @@ async def reset(run, work):
 
     async def choose():
         # Under the range's leases: no other operation changes these seats until this one ends.
-        with run.store.Session() as s:
-            return {"seats": kept_for(work, s, list(run.students), folder)}
+        with run.store.engine.connect() as conn:
+            return {"seats": kept_for(work, conn, list(run.students), folder)}
 
     numbers = (await run.step("seats", choose))["seats"]
 
-    def cleaning(st, password, s):
-        st.state = Seat.CLEANING
-        outbox.student_password(s, st.number, password, operation_id=run.id)
+    def cleaning(conn, n, password):
+        outbox.student_password(conn, n, password, operation_id=run.id)
+        return {"state": Seat.CLEANING}
 
     if numbers:
         await rotate_step(run, work, numbers, seat=cleaning)
@@ -285,21 +285,23 @@ async def reset(run, work):
         for n in numbers:
             await work.blocking(work.wipe, n)
 
-    def erased(s, _detail):
+    def erased(conn, _detail):
         for n in numbers:
-            free_seat(s.get(Student, n))
-            outbox.student_assigned(s, n, False, operation_id=run.id)
+            update_seat(conn, n, **FREED)
+            outbox.student_assigned(conn, n, False, operation_id=run.id)
         if run.last != run.student:
-            outbox.workshop_capacity(s, folder, run.last - run.student + 1, operation_id=run.id)
+            outbox.workshop_capacity(conn, folder, run.last - run.student + 1, operation_id=run.id)
         run.result["students"] = [run.student, run.last]
 
     await run.step("erase", erase, erased)
 
 
-def kept_for(work, s, numbers, folder) -> list:
+def kept_for(work, conn, numbers, folder) -> list:
     """The seats of ``numbers`` kept for workshop ``folder`` (their workshop may be named ``CHLG-…``)."""
-    rows = s.scalars(select(Student).where(Student.number.in_(numbers), Student.state == Seat.KEPT)).all()
-    return sorted(st.number for st in rows if st.workshop and work.catalog.workshop_or_none(st.workshop)[1] == folder)
+    rows = conn.execute(
+        select(SEATS.c.number, SEATS.c.workshop).where(SEATS.c.number.in_(numbers), SEATS.c.state == Seat.KEPT)
+    ).all()
+    return sorted(n for n, ws in rows if ws and work.catalog.workshop_or_none(ws)[1] == folder)
 
 
 # ---------------------------------------------------------------- PURGE
@@ -315,8 +317,8 @@ async def purge(run, work):
     """
     n, outbox = run.student, work.outbox
 
-    def cleaning(st, _password, _s):
-        st.state = Seat.CLEANING
+    def cleaning(_conn, _n, _password):
+        return {"state": Seat.CLEANING}
 
     await rotate_step(run, work, [n], seat=cleaning)
     # PURGE must get the seat back even when the hub side is broken too.
@@ -325,10 +327,10 @@ async def purge(run, work):
     async def erase():
         return await work.blocking(work.wipe, n)
 
-    def erased(s, _detail):
-        free_seat(s.get(Student, n))
-        outbox.student_assigned(s, n, False, operation_id=run.id)
-        outbox.student_password(s, n, work.sealer.open(run.result["password"]), operation_id=run.id)
+    def erased(conn, _detail):
+        update_seat(conn, n, **FREED)
+        outbox.student_assigned(conn, n, False, operation_id=run.id)
+        outbox.student_password(conn, n, work.sealer.open(run.result["password"]), operation_id=run.id)
 
     await run.step("erase", erase, erased)
 
