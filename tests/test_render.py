@@ -369,6 +369,63 @@ def test_structure_changing_template_is_fully_validated(tmp_path):
     assert nb.cells[2].execution_count is None
 
 
+# Values a render must never let out of their JSON string (issue 13's fast path renders without re-checking).
+HOSTILE = ['"', "\\", '\\"', "\\u00", '"]}, {"cell_type": "raw"', "\n\r\t\x00\x1f", "{{ X }}", "\u2028é😀", "Z"]
+
+
+def _notebook_with(source: str, **cell):
+    nb = json.loads(json.dumps(NB))
+    nb["cells"][0]["source"] = [source]
+    nb["cells"][0].update(cell)
+    return json.dumps(nb, indent=1) + "\n"
+
+
+OUTPUT = {"output_type": "stream", "name": "stdout", "text": ["{{ X }}"]}
+
+
+@pytest.mark.parametrize(
+    "raw,unchecked,printed",
+    [
+        # prints and comments inside cell sources, anywhere in the string: every render is a valid notebook
+        (_notebook_with("{{ X }}"), True, "{X}"),
+        (_notebook_with("a {{ X }} b {{- X -}} c {# note #}\\n"), True, "a {X} b{X}c \\n"),
+        (_notebook_with("\\\\{{ X }}\\n"), True, "\\\\{X}\\n"),  # right after a whole escaped backslash
+        (_notebook_with("no tag at all"), True, "no tag at all"),
+        # checked on every render: a block may drop or repeat JSON structure
+        (_notebook_with("{% if X %}{{ X }}{% endif %}"), False, "{X}"),
+        (_notebook_with("{% raw %}{{ X }}{% endraw %}"), False, "{{ X }}"),
+        # checked: a print outside cell sources (cell metadata; outputs, cleared after the render)
+        (_notebook_with("x", metadata={"tag": "{{ X }}"}), False, "x"),
+        (_notebook_with("x", cell_type="code", execution_count=1, outputs=[OUTPUT]), False, "x"),
+    ],
+)
+def test_only_templates_whose_tags_print_into_cell_sources_skip_the_check(tmp_path, raw, unchecked, printed):
+    """A notebook is checked once rendered unless no render can break it (``_tags_only_in_sources``)."""
+    path = tmp_path / "0-Note.ipynb"
+    path.write_text(raw)
+    renderer = Renderer()
+    assert renderer.prepare(path, path.name).tags_in_sources is unchecked
+    for value in HOSTILE:
+        nb = nbformat.reads(renderer.render_file(path, path.name, {"X": value}), as_version=4)
+        nbformat.validate(nb)  # still a notebook, whatever the value
+        assert nb.cells[0].source == printed.replace("{X}", value)  # and the value stayed in its string
+        if "tag" in nb.cells[0].metadata:
+            assert nb.cells[0].metadata["tag"] == value
+        if nb.cells[0].cell_type == "code":
+            assert nb.cells[0].outputs == []
+
+
+def test_a_print_after_a_partial_escape_is_checked(tmp_path):
+    """``\\u00{{ X }}`` parses as no notebook before rendering: no skeleton, so every render is checked."""
+    path = tmp_path / "0-Note.ipynb"
+    path.write_text(_notebook_with("TAG").replace("TAG", "\\u00{{ X }}"))
+    renderer = Renderer()
+    assert renderer.prepare(path, path.name).tags_in_sources is False
+    assert json.loads(renderer.render_file(path, path.name, {"X": "41"}))["cells"][0]["source"] == ["A"]
+    with pytest.raises(RenderError, match="invalid JSON"):
+        renderer.render_file(path, path.name, {"X": "zz"})
+
+
 def test_symlinked_home_outside_is_refused(tmp_path):
     wod = make_wod(tmp_path)
     outside = tmp_path / "precious"

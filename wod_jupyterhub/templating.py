@@ -176,10 +176,45 @@ class _Skeleton:
         return True
 
 
+#: What stands for a tag in ``_tags_only_in_sources``: not JSON outside a string, nor after a partial escape in one.
+_TAG_MARK = "Z"
+
+
+def _tags_only_in_sources(env, text: str, skeleton: _Skeleton) -> bool:
+    """Whether every render of notebook template ``text`` is valid and keeps its skeleton, so needs no check.
+
+    True when the template has only ``{{ }}`` prints and ``{# #}`` comments
+    (no ``{% %}`` block: it could drop or repeat the text between its tags,
+    JSON structure included), and its text with each tag replaced by one
+    letter still parses and matches ``skeleton``. That letter is no JSON
+    outside a string, nor the end of a partial escape (a backslash, or a
+    backslash and ``u00``), so each tag sits inside a string, between two
+    whole characters of it; the match puts those strings in cell sources. A
+    render puts there only what ``_json_text`` printed: whole characters of
+    JSON string content. So every render is that notebook with other source
+    strings: valid JSON matching the skeleton. Checking it again on every
+    seat cost eight times the render itself.
+    """
+    parts = []
+    for _line, kind, value in env.lex(text):
+        if kind == "data":
+            parts.append(value)  # as the template prints it: the lexer applies ``{{-``/``-}}`` here
+        elif kind in ("variable_begin", "comment_begin"):
+            parts.append(_TAG_MARK)
+        elif kind.endswith("_begin") and kind not in ("variable_begin", "comment_begin"):
+            return False  # a block, a raw block, a line statement
+    try:
+        return skeleton.matches(_parse_json("".join(parts)))
+    except ValueError:
+        return False
+
+
 class _Prepared:
     """One template file, compiled once, with what the hot path needs to check its output."""
 
-    __slots__ = ("template", "source", "notebook", "skeleton", "cleared_before", "clear_after", "repaired")
+    __slots__ = (
+        "template", "source", "notebook", "skeleton", "cleared_before", "clear_after", "repaired", "tags_in_sources",
+    )
 
     def __init__(self):
         self.template = None
@@ -190,6 +225,8 @@ class _Prepared:
         self.clear_after = False
         # What nbrepair.repair changed so that the notebook validates (a warning for the admin), or None.
         self.repaired = None
+        # Every render is a valid notebook matching the skeleton (``_tags_only_in_sources``): nothing to check.
+        self.tags_in_sources = False
 
 
 class Renderer:
@@ -284,6 +321,8 @@ class Renderer:
                 raise
             self._compile(self.json_env, source, path, rel)  # raises, named at the file's own lines
             raise
+        if p.skeleton is not None and not p.clear_after:
+            p.tags_in_sources = _tags_only_in_sources(self.json_env, text, p.skeleton)
 
     # -- rendering ------------------------------------------------------
 
@@ -302,7 +341,7 @@ class Renderer:
                 except Exception as e2:  # noqa: BLE001
                     raise self._explain(e2, path, rel) from None
             raise self._explain(e, path, rel) from None
-        if not p.notebook:
+        if not p.notebook or p.tags_in_sources:
             return out
         try:
             nb = _parse_json(out)
