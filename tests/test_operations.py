@@ -10,6 +10,8 @@ import asyncio
 import logging
 import subprocess
 
+import pytest
+
 from wod_jupyterhub.catalog import CatalogCache
 from wod_jupyterhub.config import Wod
 from wod_jupyterhub.operations import PREPARE, Engine, Preparer, SeatWork, WodOperations
@@ -74,13 +76,13 @@ async def test_a_create_waits_for_the_preparation_of_its_seat(db_url, tmp_path):
         st = ops.store.student(4)
         assert st.lock_owner == f"{ops.owner}/{PREPARE}4" and not st.sessions_ended
         op = queue_create(ops.store, 4)
-        assert ops.engine.claim(op.id, 4, 4, op.created) is False
+        assert ops.engine.claim(op.id, 4, 4, op.created) is None
         hub.gate.set()
         await preparing
         st = ops.store.student(4)
         assert st.lock_owner is None and st.sessions_ended is True
         assert hub.calls == [("stop", "student4"), ("revoke", "student4")]
-        assert ops.engine.claim(op.id, 4, 4, op.created) is True
+        assert ops.engine.claim(op.id, 4, 4, op.created) is not None
     finally:
         ops.store.dispose()
 
@@ -93,7 +95,7 @@ async def test_a_seat_an_operation_holds_is_not_prepared(db_url, tmp_path):
         op = queue_create(ops.store, 5)
         with ops.store.session() as s:
             s.add(Student(number=5, state="free"))
-        assert ops.engine.claim(op.id, 5, 5, op.created) is True
+        assert ops.engine.claim(op.id, 5, 5, op.created) is not None
         await ops.preparer.end_sessions_ahead(5)
         assert hub.calls == [] and ops.store.student(5).sessions_ended is False
         assert ops.store.student(5).lock_owner == f"{ops.owner}/{op.id}"
@@ -156,5 +158,25 @@ def test_seats_whose_hub_users_a_look_just_created_need_no_ending(db_url, tmp_pa
         assert ops.store.student(8).sessions_ended is True  # its row made too
         assert ops.store.student(9).sessions_ended is False
         assert ops.store.student(10).sessions_ended is False
+    finally:
+        ops.store.dispose()
+
+
+@pytest.mark.parametrize("returning", [True, False], ids=["update-returning", "select-after"])
+def test_a_claim_answers_the_operation_as_running_so_its_run_reads_nothing(db_url, tmp_path, returning):
+    """With ``UPDATE … RETURNING`` (PostgreSQL, SQLite 3.35+) or, without it, a read in the claim's transaction."""
+    ops = operations(db_url, tmp_path)
+    try:
+        ops.store.engine.dialect.update_returning = returning
+        op = queue_create(ops.store, 11)
+        with ops.store.session() as s:
+            s.add(Student(number=11, state="free"))
+        before = utcnow()
+        claimed = ops.engine.claim(op.id, 11, 11, op.created)
+        assert (claimed.id, claimed.verb, claimed.student, claimed.customer) == (op.id, "CREATE", 11, "c")
+        assert (claimed.status, claimed.owner) == ("running", ops.owner) and claimed.started >= before
+        stored = ops.engine.read(op.id)
+        assert (stored.status, stored.owner, stored.started) == ("running", ops.owner, claimed.started)
+        assert ops.engine.claim(op.id, 11, 11, op.created) is None  # taken: not twice
     finally:
         ops.store.dispose()

@@ -128,20 +128,40 @@ class OutboxQueue:
             return None
         return (min(times) - utcnow()).total_seconds()
 
-    def claim_head(self, key: str):
-        """The head of ``key`` leased to this process (a row of ``columns``), or None if it is not ours to send."""
+    def claim_head(self, key: str, delivered=None):
+        """The head of ``key`` leased to this process (a row of ``columns``), or None if it is not ours to send.
+
+        ``delivered``: the message of ``key`` just sent, recorded delivered in
+        the same write transaction (a key's messages go one after the other:
+        one commit and one thread hop per message instead of two).
+        """
         now = utcnow()
         # Core statements throughout: plain rows, no ORM identity map to fill and keep in sync.
+        if delivered is not None:
+            # Written first, so the transaction holds SQLite's write lock before it reads the next head.
+            with self.store.engine.begin() as conn:
+                conn.execute(self._delivered, {"b_id": delivered.id, "delivered": now})
+                return self._lease(conn, conn.execute(self._head, {"b_key": key}).first(), now)
         with self.store.engine.connect() as conn:
             head = conn.execute(self._head, {"b_key": key}).first()
-        if head is None or head.next_attempt > now or lease_held(head.lease_owner, head.lease_expires, now):
+        if not self._free(head, now):
             return None
-        stale = head.lease_owner if head.lease_expires is not None and head.lease_expires > now else None
-        params = {"b_id": head.id, "b_now": now, "b_expires": now + self.lease, "b_stale": stale}
         # A separate, write-first transaction: on SQLite a read that turns into
         # a write can fail at once instead of waiting for the lock.
         with self.store.engine.begin() as conn:
-            claimed = conn.execute(self._claim if stale is None else self._take_over, params).rowcount
+            return self._lease(conn, head, now)
+
+    @staticmethod
+    def _free(head, now) -> bool:
+        return head is not None and head.next_attempt <= now and not lease_held(head.lease_owner, head.lease_expires, now)
+
+    def _lease(self, conn, head, now):
+        """``head`` leased to this process in ``conn``'s transaction, or None (not due, or someone else's)."""
+        if not self._free(head, now):
+            return None
+        stale = head.lease_owner if head.lease_expires is not None and head.lease_expires > now else None
+        params = {"b_id": head.id, "b_now": now, "b_expires": now + self.lease, "b_stale": stale}
+        claimed = conn.execute(self._claim if stale is None else self._take_over, params).rowcount
         return head if claimed == 1 else None
 
     def release(self, message, **values):

@@ -278,13 +278,22 @@ class Outbox:
 
     async def _drain(self, key: str) -> int:
         """Send the due messages of one key in order; stop at the first that must wait."""
-        delivered = 0
+        delivered, sent, sent_to = 0, None, None
         while True:
-            message = await asyncio.to_thread(self.queue.claim_head, key)
+            # Marked delivered right after the 2xx, with the next message's claim: a crash in between resends
+            # that one message once, which the portal's PUTs (set a field to a value) absorb.
+            message = await asyncio.to_thread(self.queue.claim_head, key, sent)
+            if sent is not None:
+                delivered += 1
+                if self._unreachable:
+                    self._unreachable = False
+                    self.log.info("Portal %s takes callbacks again", self.portal.url)
+                self.log.debug("Delivered callback #%d: %s %s", sent.id, sent.method, sent_to)
+            sent = None
             if message is None:
                 return delivered
             try:
-                path = await self._send(message)
+                sent_to = await self._send(message)
             except asyncio.CancelledError:
                 # Shutting down: let the next start (or another process) send it now.
                 self.queue.release(message)
@@ -311,14 +320,7 @@ class Outbox:
                 self.log.exception("Unexpected error sending callback #%d of %s; it will be retried", message.id, key)
                 await asyncio.to_thread(self.queue.retry, message, f"{type(e).__name__}: {e}", self._backoff(message.attempts + 1))
                 return delivered
-            # Marked right after the 2xx: a crash in between resends this one
-            # message once, which the portal's PUTs (set a field to a value) absorb.
-            await asyncio.to_thread(self.queue.delivered, message)
-            delivered += 1
-            if self._unreachable:
-                self._unreachable = False
-                self.log.info("Portal %s takes callbacks again", self.portal.url)
-            self.log.debug("Delivered callback #%d: %s %s", message.id, message.method, path)
+            sent = message
 
     async def _pass(self):
         """One delivery pass: (delivered, errors)."""

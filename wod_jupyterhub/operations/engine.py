@@ -77,7 +77,8 @@ def _claim_statements():
 
     - take the leases of students ``first..last`` that are free or expired;
     - find an older unfinished operation touching one of them (first come, first served);
-    - flip the operation from queued to running under this process.
+    - flip the operation from queued to running under this process, answering its row where the database can
+      (``UPDATE … RETURNING``: the run then needs no read of its own).
     """
     p = bindparam
     take = (
@@ -100,7 +101,7 @@ def _claim_statements():
         .where(Operation.id == p("op_id"), Operation.status == Status.QUEUED)
         .values(status=Status.RUNNING, owner=p("owner"), started=p("started"), heartbeat=p("started"))
     )
-    return take, older, start
+    return take, older, start, start.returning(*Operation.__table__.c)
 
 
 class Engine:
@@ -274,43 +275,54 @@ class Engine:
                 blocked.append((first, last))
                 continue
             self._last_busy = time.monotonic()
-            if self.claim(op_id, first, last, created):
-                self._launch(op_id)
+            op = self.claim(op_id, first, last, created)
+            if op is not None:
+                self._launch(op_id, row=op)
                 free -= 1
             else:
                 blocked.append((first, last))
 
-    def claim(self, op_id: str, first: int, last: int, created) -> bool:
-        """Take queued operation ``op_id``: its students' leases and ``running``, in one transaction; False if not now."""
+    def claim(self, op_id: str, first: int, last: int, created) -> Operation | None:
+        """Take queued operation ``op_id``: its students' leases and ``running``, in one transaction.
+
+        Returns the operation as it now stands (detached), or None if it cannot be taken now.
+        """
         now = utcnow()
         params = {
             "op_id": op_id, "first": first, "last": last, "created": created, "now": now, "owner": self.owner,
             "lock": f"{self.owner}/{op_id}", "expires": now + datetime.timedelta(seconds=self.settings.lease_seconds),
         }
-        take, older, start = _claim_statements()
+        take, older, start, start_returning = _claim_statements()
+        returning = self.store.engine.dialect.update_returning
         with self.store.engine.connect() as conn:
             trans = conn.begin()
             try:
                 if conn.execute(take, params).rowcount != last - first + 1:
                     trans.rollback()
-                    return False
+                    return None
                 if conn.execute(older, params).first() is not None:
                     trans.rollback()
-                    return False
+                    return None
                 # Read the clock once the leases are ours: on PostgreSQL ``take`` waits for the row locks of the
                 # transaction that ends the previous operation, so a time read before would start this one
                 # before that one finished.
                 params["started"] = utcnow()
-                if conn.execute(start, params).rowcount != 1:
+                if returning:
+                    row = conn.execute(start_returning, params).first()
+                elif conn.execute(start, params).rowcount == 1:
+                    row = conn.execute(_READ_OPERATION, params).first()
+                else:
+                    row = None
+                if row is None:
                     trans.rollback()
-                    return False
+                    return None
                 trans.commit()
-                return True
+                return Operation(**row._mapping)
             except DBAPIError as e:
                 # PostgreSQL may pick us as a deadlock victim between overlapping ranges: just retry later.
                 trans.rollback()
                 self.log.debug("Claiming %s failed (%s); will retry", op_id, e.__class__.__name__)
-                return False
+                return None
 
     def recover(self) -> None:
         """Take over operations whose owner died and resume them; free the seats a dead process was preparing."""
@@ -357,19 +369,19 @@ class Engine:
             self.log.warning("Taking over operation %s left running by %s (dead)", op_id, owner)
             self._launch(op_id, recovered_from=owner)
 
-    def _launch(self, op_id, recovered_from=None):
+    def _launch(self, op_id, recovered_from=None, row=None):
         self._events.setdefault(op_id, asyncio.Event())
-        self._running[op_id] = asyncio.ensure_future(self._execute(op_id, recovered_from))
+        self._running[op_id] = asyncio.ensure_future(self._execute(op_id, recovered_from, row))
 
     # ------------------------------------------------------------------ running
 
-    async def _execute(self, op_id, recovered_from=None):
+    async def _execute(self, op_id, recovered_from=None, row=None):
         started = time.monotonic()
         lock = f"{self.owner}/{op_id}"
         status, error = Status.FAILED, None
-        verb, run, row, end = "?", None, None, None
+        verb, run, end = "?", None, None
         try:
-            row = self.read(op_id)
+            row = row if row is not None else self.read(op_id)  # the claim's row, or (a recovered run) a read
             run = Run(row, lock, self.store, self.work.outbox.notify)
             verb = run.verb
             if recovered_from:
