@@ -232,7 +232,9 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work folder (hub and service logs) for a look")
     ap.add_argument("--postgres", default="", help="a PostgreSQL URL for the service's database (default: SQLite)")
     ap.add_argument("--profile", metavar="DIR", default="",
-                    help="record each burst of the service with py-spy (pip install py-spy) into DIR/<round>.txt (collapsed stacks)")
+                    help="record each burst of the service with py-spy (pip install py-spy) into DIR/<round>.txt (collapsed "
+                         "stacks), at BURST_PROFILE_RATE samples a second (250), of the thread holding the GIL "
+                         "(BURST_PROFILE_GIL=0: of every thread)")
     args = ap.parse_args()
     if not (CORPUS / WORKSHOP).is_dir():
         print(f"SKIPPED: the public workshops are not at {CORPUS}")
