@@ -91,6 +91,11 @@ class OutboxQueue:
         # Taken over only from the holder seen dead just now: if it changed since, someone else won.
         self._take_over = claim.where(m.id == p("b_id"), *pending, or_(*free, m.lease_owner == p("b_stale")))
         self._delivered = update(m).where(m.id == p("b_id")).values(lease_owner=None, lease_expires=None)
+        # Every delivery pass reads the heads twice (what is due, when the next falls due).
+        first = select(func.min(m.id).label("id")).where(*pending).group_by(m.key).subquery()
+        self._heads = (
+            select(m.key, m.next_attempt, m.lease_owner, m.lease_expires).join(first, m.id == first.c.id).order_by(m.id)
+        )
 
     def _pending(self):
         return (self.table.delivered.is_(None), self.table.failed.is_(None))
@@ -102,14 +107,8 @@ class OutboxQueue:
 
     def heads(self):
         """The oldest pending message of each key: (key, next_attempt, lease_owner, lease_expires), oldest first."""
-        m = self.table
-        heads = select(func.min(m.id).label("id")).where(*self._pending()).group_by(m.key).subquery()
-        with self.store.session() as s:
-            return s.execute(
-                select(m.key, m.next_attempt, m.lease_owner, m.lease_expires)
-                .join(heads, m.id == heads.c.id)
-                .order_by(m.id)
-            ).all()
+        with self.store.engine.connect() as conn:
+            return conn.execute(self._heads).all()
 
     def due_keys(self) -> list[str]:
         """Keys whose head may be sent now."""
