@@ -106,6 +106,12 @@ _SET_SEAT_NEW_GENERATION = _SET_SEAT.values(generation=SEATS.c.generation + 1)
 _READ_SEAT = select(SEATS.c.state, SEATS.c.customer, SEATS.c.workshop, SEATS.c.sessions_ended).where(
     SEATS.c.number == bindparam("seat_number")
 )
+# What the hub reads of a seat at a login and on practically every request (``Store.login_facts``), and every few
+# seconds of all seats (``Store.generations``).
+_LOGIN_SEAT = select(SEATS.c.password_hash, SEATS.c.state, SEATS.c.generation).where(
+    SEATS.c.number == bindparam("seat_number")
+)
+_GENERATIONS = select(SEATS.c.number, SEATS.c.generation)
 
 
 def update_seat(conn, number: int, *, new_generation: bool = False, **values) -> None:
@@ -236,6 +242,9 @@ class Throttle(Base):
     locked_until: Mapped[datetime.datetime | None] = mapped_column(DateTime)
 
 
+_THROTTLE_ROWS = select(Throttle.key, Throttle.locked_until).where(Throttle.key.in_(bindparam("keys", expanding=True)))
+
+
 def _sqlite_pragmas(dbapi_conn, _record):
     cur = dbapi_conn.cursor()
     # WAL lets the hub read while the service writes; the busy timeout turns
@@ -356,19 +365,14 @@ class Store:
         with self.engine.connect() as conn:
             rows = {}
             if throttle_keys:
-                found = conn.execute(select(Throttle.key, Throttle.locked_until).where(Throttle.key.in_(list(throttle_keys))))
-                rows = {row.key: row for row in found}
-            seat = None
-            if number is not None:
-                seat = conn.execute(
-                    select(Student.password_hash, Student.state, Student.generation).where(Student.number == number)
-                ).first()
+                rows = {row.key: row for row in conn.execute(_THROTTLE_ROWS, {"keys": list(throttle_keys)})}
+            seat = conn.execute(_LOGIN_SEAT, {"seat_number": number}).first() if number is not None else None
         return rows, seat
 
     def generations(self) -> dict:
         """``{seat number: generation}`` of every seat (Core: one short read the hub makes every few seconds)."""
         with self.engine.connect() as conn:
-            return dict(conn.execute(select(Student.number, Student.generation)).all())
+            return dict(conn.execute(_GENERATIONS).all())
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -201,7 +201,7 @@ def _tags_only_in_sources(env, text: str, skeleton: _Skeleton) -> bool:
             parts.append(value)  # as the template prints it: the lexer applies ``{{-``/``-}}`` here
         elif kind in ("variable_begin", "comment_begin"):
             parts.append(_TAG_MARK)
-        elif kind.endswith("_begin") and kind not in ("variable_begin", "comment_begin"):
+        elif kind.endswith("_begin"):
             return False  # a block, a raw block, a line statement
     try:
         return skeleton.matches(_parse_json("".join(parts)))
