@@ -39,6 +39,7 @@ from pathlib import Path
 import httpx
 
 from tests.etcutil import private_etc
+from tests.homeutil import stages
 from tests.hubutil import RealHub
 from wod_jupyterhub import accounts
 from wod_jupyterhub.catalog import load_catalog
@@ -108,10 +109,7 @@ def floor(work: Path, seats: int, stage: dict[int, Path]) -> tuple[float, float]
 
 
 def stages_on_disk(students: Path) -> int:
-    try:
-        return sum(1 for e in os.scandir(students) if e.name.startswith(".student") and ".staged-" in e.name)
-    except FileNotFoundError:
-        return 0
+    return len(stages(students))
 
 
 def hub_database(kind: str):

@@ -224,6 +224,7 @@ def test_render(tmp_path, demo_root, home_name):
         assert not (out / "mine.txt").exists()
         assert "".join(_readme_text(out)[0]["cells"][2]["source"]).startswith("Your password: ")
         assert "Pw-1234567" not in "".join(_readme_text(out)[0]["cells"][2]["source"])  # a new random password
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [home_name]  # nothing of ours beside it
     else:
         assert_bad_input(r, "not empty")
         assert (out / "mine.txt").exists()

@@ -23,6 +23,7 @@ import nbformat
 import pytest
 import yaml
 
+from tests.homeutil import side_entries, stages
 from wod_jupyterhub import errors, homes
 from wod_jupyterhub.catalog import load_catalog
 from wod_jupyterhub.config import Wod, share_dir
@@ -51,7 +52,7 @@ def snapshot(folder: Path) -> dict:
 
 def leftovers(wod):
     homes.drain()
-    return [n for n in os.listdir(wod.students_root) if n.startswith(".")]
+    return side_entries(wod.students_root)
 
 
 def provision(wod, ws, n=None, password=PASSWORD, modews="WKSHP", renderer=None, **kw):
@@ -516,7 +517,7 @@ def modes(folder: Path) -> dict:
 
 
 def staged(wod) -> list:
-    return sorted(n for n in os.listdir(wod.students_root) if ".staged-" in n)
+    return stages(wod.students_root)
 
 
 def own_workshop(tmp_path, name="WKSHP-PythonBasics"):
@@ -633,7 +634,7 @@ def test_erasing_a_seat_removes_its_stage(tmp_path):
     homes.stage(wod, ws, 9)
     homes.stage(wod, ws, 10)
     homes.erase_home(wod, 9)
-    assert [n.split(".staged-")[0] for n in leftovers(wod)] == [".student10"]
+    assert [n.split("/staged-")[0] for n in leftovers(wod)] == [".student10"]
 
 
 def test_staging_refuses_what_provisioning_refuses(tmp_path):
@@ -655,7 +656,10 @@ def test_what_a_killed_stager_left_is_swept_whatever_the_seat(tmp_path):
     dead = subprocess.Popen(["true"])
     dead.wait()
     root = Path(wod.students_root)
-    (root / f".student12.staging-{dead.pid}-abc").mkdir()  # killed while staging seat 12
-    (root / f".student13.staging-{os.getpid()}-abc").mkdir()  # a live stager at work: left alone
-    assert homes.sweep_stages(wod) == 1
-    assert sorted(n.split("-")[0] for n in leftovers(wod)) == [".student11.staged", ".student13.staging"]
+    for n, pid in ((12, dead.pid), (13, os.getpid())):
+        (root / f".student{n}").mkdir()
+        (root / f".student{n}" / f"staging-{pid}-abc").mkdir()  # 12: killed while staging; 13: a live stager, left alone
+    (root / ".student14.staged-0123abcd").mkdir()  # what an earlier version left beside the homes
+    (root / ".student15.new-xyz").mkdir()
+    assert homes.sweep_stages(wod) == 3
+    assert sorted(n.split("-")[0] for n in leftovers(wod)) == [".student11/staged", ".student13/staging"]

@@ -5,13 +5,13 @@ the OpenAPI document the service serves.
 """
 
 import json
-import os
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.homeutil import stages as staged_folders
 from tests.hubutil import RealHub, write_workshop
 from tests.portal_server import PortalServer
 from tests.svcutil import DB, OPENAPI, check
@@ -238,11 +238,10 @@ def test_cleanup_of_a_hostile_home_succeeds_and_counts_only_the_workshops_notebo
 
 
 def stages(hub) -> dict:
-    """Seat number -> its staged folders (``.student<N>.staged-<key>``)."""
+    """Seat number -> its staged folders (``.student<N>/staged-<key>``)."""
     out: dict = {}
-    for name in os.listdir(hub.students_root):
-        if ".staged-" in name:
-            out.setdefault(int(name[len(".student") :].split(".", 1)[0]), []).append(name)
+    for name in staged_folders(hub.students_root):
+        out.setdefault(int(name[len(".student") :].split("/", 1)[0]), []).append(name)
     return out
 
 

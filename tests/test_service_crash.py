@@ -15,7 +15,6 @@ checks every seat:
   and, for a seat given by CREATE, the password that CREATE's result reports.
 """
 
-import os
 import random
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.homeutil import side_entries, stages
 from tests.hubutil import RealHub, free_port, write_workshop
 from tests.portal_server import PortalServer
 from tests.svcutil import DB
@@ -109,16 +109,16 @@ def check_stages(hub: RealHub, root: Path, timeout=20):
         with tempfile.TemporaryDirectory() as tmp:
             ref = Wod(students_root=tmp, skel="")
             homes.stage(ref, ws, 1)
-            [name] = [n for n in os.listdir(tmp) if ".staged-" in n]
+            [name] = stages(tmp)
             _reference["tree"] = tree(Path(tmp) / name)
     deadline = time.monotonic() + timeout
     while True:
-        dead = [p.name for p in root.glob(".student*.staging-*") if homes._dead_staging(str(p))]
+        dead = [str(p) for p in root.glob(".student*/staging-*") if homes._dead_staging(str(p))]
         if not dead:
             break
         assert time.monotonic() < deadline, f"half-built stages of killed processes still there: {dead}"
         time.sleep(0.1)
-    for p in root.glob(".student*.staged-*"):
+    for p in root.glob(".student*/staged-*"):
         try:
             got = tree(p)
         except FileNotFoundError:
@@ -131,7 +131,7 @@ def check_consistent(hub: RealHub, db: DB, sealer):
     failed = [(o.verb, o.student, o.error) for o in ops if o.status != "succeeded"]
     assert not failed, failed
     root = Path(hub.students_root)
-    leftovers = [p.name for p in root.glob(".student*") if ".staged-" not in p.name and ".staging-" not in p.name]
+    leftovers = [n for n in side_entries(root) if "/staged-" not in n and "/staging-" not in n]
     assert not leftovers, f"half-built or half-erased folders left: {leftovers}"
     check_stages(hub, root)
     # A live process may be preparing a free seat under its lease for a few ms, and a lease of a process

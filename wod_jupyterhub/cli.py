@@ -196,7 +196,7 @@ def cmd_render(args) -> int:
         raise Unprocessable(f"workshop {workshop.name} cannot be provisioned: {'; '.join(workshop.blocking)}")
     catalog.check_student(workshop, args.student, wod)
     # heavy (nbformat, jsonschema): only once the input is known good
-    from .homes import drain, provision
+    from .homes import drain, drop_side_folder, provision
     from .templating import default_renderer
     from .variables import template_variables
 
@@ -228,6 +228,9 @@ def cmd_render(args) -> int:
         if created:
             shutil.rmtree(created, ignore_errors=True)
         raise
+    finally:
+        if direct:
+            drop_side_folder(wod, args.student)
     print(f"{args.workshop} rendered for student {args.student} into {home}")
     return 0
 
