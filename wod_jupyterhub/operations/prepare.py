@@ -124,8 +124,8 @@ class Preparer:
                     self._sessions_ended_for_new_users(created)
                 except IntegrityError:
                     pass  # another process made the rows meanwhile: the seats' preparation asks the hub
-        if self.settings.stage_seats:
-            await self.work.in_background(homes.sweep_stages, self.work.wod)
+        # Whether or not seats are staged: what killed stagers or an earlier layout left goes (22 ms with 2,000 seats).
+        await self.work.in_background(homes.sweep_stages, self.work.wod)
 
     def _sessions_ended_for_new_users(self, names) -> None:
         """A hub user just created has no server and no token: its free seat needs no ending on the hub.
