@@ -14,8 +14,11 @@ password.
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import jinja2
@@ -659,7 +662,133 @@ def test_what_a_killed_stager_left_is_swept_whatever_the_seat(tmp_path):
     for n, pid in ((12, dead.pid), (13, os.getpid())):
         (root / f".student{n}").mkdir()
         (root / f".student{n}" / f"staging-{pid}-abc").mkdir()  # 12: killed while staging; 13: a live stager, left alone
-    (root / ".student14.staged-0123abcd").mkdir()  # what an earlier version left beside the homes
-    (root / ".student15.new-xyz").mkdir()
-    assert homes.sweep_stages(wod) == 3
+    assert homes.sweep_stages(wod) == 1
     assert sorted(n.split("-")[0] for n in leftovers(wod)) == [".student11/staged", ".student13/staging"]
+
+
+def test_the_sweep_removes_what_the_flat_layout_left_and_nothing_else(tmp_path):
+    """Before side folders, a seat's stage and work lay beside the homes as ``.student<N>.<kind>-*``."""
+    wod = make_wod(tmp_path)
+    root = Path(wod.students_root)
+    root.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    hour_ago = time.time() - 2 * 3600
+    gone = [".student1.staged-0123abcd", f".student2.staging-{dead.pid}-x", ".student3.new-x", ".student4.old-x", ".student5.trash-x"]
+    kept = [
+        f".student6.staging-{os.getpid()}-x",  # an older version's stager still at work
+        ".student7.new-x",  # an older version's home being built just now
+        ".students.keep", ".student-notes.d", ".student8.mine",  # names the flat layout never made
+        "student9",  # a home
+    ]
+    for name in gone + kept:
+        (root / name).mkdir()
+        (root / name / "f").write_text("x")
+    for name in gone[2:]:
+        os.utime(root / name, (hour_ago, hour_ago))
+    assert homes.sweep_stages(wod) == len(gone)
+    assert sorted(os.listdir(root)) == sorted(kept)
+    assert all((root / name / "f").read_text() == "x" for name in kept)
+
+
+def test_a_side_folder_is_ours_alone(tmp_path):
+    _, ws = own_workshop(tmp_path)
+    wod = make_wod(tmp_path)
+    provision(wod, ws, 1)
+    homes.stage(wod, ws, 2)
+    for n in (1, 2):
+        st = os.lstat(homes.side_path(wod, n))
+        assert stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o700
+
+
+def _side_cases(side: Path, victim: Path):
+    """(what, make it, refused?) for a side folder nobody but the service may have made."""
+    cases = [
+        ("a symlink of ours", lambda: side.symlink_to(victim, target_is_directory=True), False),
+        ("a folder open to others", lambda: (side.mkdir(), os.chmod(side, 0o777)), True),
+    ]
+    if os.geteuid() == 0:  # another user's entry can only be made by root (CI runs as root)
+        cases += [
+            ("another user's folder", lambda: (side.mkdir(0o700), os.chown(side, 65534, 65534)), True),
+            ("another user's symlink", lambda: (side.symlink_to(victim), os.lchown(side, 65534, 65534)), True),
+        ]
+    return cases
+
+
+@pytest.mark.parametrize("verb", ["provision", "stage", "erase"])
+def test_a_side_folder_not_ours_alone_is_refused_and_followed_nowhere(tmp_path, verb):
+    _, ws = own_workshop(tmp_path)
+    wod = make_wod(tmp_path)
+    run = {"provision": lambda: provision(wod, ws, 1), "stage": lambda: homes.stage(wod, ws, 1),
+           "erase": lambda: homes.erase_home(wod, 1)}[verb]
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious").write_text("keep")
+    side = Path(homes.side_path(wod, 1))
+    for what, make, refused in _side_cases(side, victim):
+        provision(wod, ws, 1)
+        home_before = snapshot(homes.home_path(wod, 1))
+        homes.drain()  # the previous home is erased in the side folder
+        shutil.rmtree(side)
+        make()
+        if refused:
+            with pytest.raises(errors.BadRequest) as e:
+                run()
+            assert e.value.code == "unsafe_side_folder" and "mode 0700" in e.value.message, what
+            assert snapshot(homes.home_path(wod, 1)) == home_before, what
+            side.unlink() if side.is_symlink() else side.rmdir()
+        else:
+            run()  # replaced by a folder of its own, never followed
+            assert side.is_dir() and not side.is_symlink() and stat.S_IMODE(side.stat().st_mode) == 0o700, what
+        assert sorted(os.listdir(victim)) == ["precious"], what
+
+
+def test_a_file_of_ours_where_the_side_folder_goes_does_not_block_the_seat(tmp_path):
+    _, ws = own_workshop(tmp_path)
+    wod = make_wod(tmp_path)
+    Path(wod.students_root).mkdir()
+    Path(homes.side_path(wod, 1)).write_text("not a folder")
+    provision(wod, ws, 1)
+    assert Path(homes.side_path(wod, 1)).is_dir() and leftovers(wod) == []
+
+
+_NON_ROOT = """
+import os, sys, yaml
+from wod_jupyterhub import homes
+from wod_jupyterhub.catalog import load_catalog
+from wod_jupyterhub.config import Wod
+from wod_jupyterhub.variables import template_variables
+root, notebooks, variables = sys.argv[1], sys.argv[2], yaml.safe_load(open(sys.argv[3]))
+wod = Wod(students_root=root + "/students", variables=variables)
+ws = load_catalog([notebooks]).get("WKSHP-PythonBasics")
+values = template_variables(wod, ws, 1, "Pa55word-x")
+home = homes.provision(wod, ws, 1, values)
+(home / "mine.txt").write_text("x")
+os.chmod(home, 0o555)  # the student (the same user in single-user mode) makes the home read-only
+homes.provision(wod, ws, 1, values)  # RESET
+homes.drain()
+assert not (home / "mine.txt").exists(), "not re-provisioned"
+os.chmod(home, 0o555)
+homes.erase_home(wod, 1)  # CLEANUP
+assert not home.exists()
+print("ok")
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs a provisioning as another user, which needs root (CI runs as root)")
+def test_without_root_a_read_only_home_is_still_replaced_and_erased(tmp_path):
+    """Moving the previous home into the side folder rewrites its ``..``: without root that needs it writable."""
+    area = Path(tempfile.mkdtemp(prefix="wod-nonroot-", dir="/tmp"))  # pytest's tmp_path is root's alone
+    try:
+        os.chown(area, 65534, 65534)
+        # Our venv's Python lies under /root; the students' Python (``make system-users``) is readable by all.
+        python = os.environ.get("WOD_STUDENT_PYTHON") or str(Path(__file__).resolve().parents[1] / ".venv-students" / "bin" / "python")
+        assert os.access(python, os.X_OK), f"{python} is missing: `make system-users` builds the students' Python"
+        r = subprocess.run(
+            [python, "-c", _NON_ROOT, str(area), str(share_dir() / "workshops"), str(Path(__file__).parent / "corpus_variables.yml")],
+            user=65534, group=65534, extra_groups=[], capture_output=True, text=True, timeout=60,
+            cwd=str(Path(__file__).resolve().parents[1]), env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )
+        assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+    finally:
+        subprocess.run(["rm", "-rf", str(area)], check=True)

@@ -8,7 +8,7 @@ checks every seat:
 * no operation stays queued or running, none failed, no student lease is left;
 * the assignment matches the home: ``active`` ⇔ the rendered workshop is there,
   ``free`` ⇔ no home, and no half-built or half-erased folder is left behind;
-  a staged seat (``.student<N>.staged-*``) is whole, and what a killed
+  a staged seat (``.student<N>/staged-*``, in its side folder) is whole, and what a killed
   stager left is removed by the next look at the free seats;
 * the password hash matches the last password reported to the portal (the
   last password callback in the outbox, and what the portal got in the end)

@@ -196,7 +196,7 @@ def cmd_render(args) -> int:
         raise Unprocessable(f"workshop {workshop.name} cannot be provisioned: {'; '.join(workshop.blocking)}")
     catalog.check_student(workshop, args.student, wod)
     # heavy (nbformat, jsonschema): only once the input is known good
-    from .homes import drain, drop_side_folder, provision
+    from .homes import drain, drop_side_folder, provision, side_path
     from .templating import default_renderer
     from .variables import template_variables
 
@@ -206,6 +206,8 @@ def cmd_render(args) -> int:
     renderer = default_renderer(wod)
 
     created = _missing_parents(out.parent)
+    # The side folder provision() keeps beside a home: gone afterwards, unless it was there before (a service's).
+    side_was_there = direct and os.path.lexists(side_path(wod, args.student))
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         if direct:
@@ -229,7 +231,7 @@ def cmd_render(args) -> int:
             shutil.rmtree(created, ignore_errors=True)
         raise
     finally:
-        if direct:
+        if direct and not side_was_there:
             drop_side_folder(wod, args.student)
     print(f"{args.workshop} rendered for student {args.student} into {home}")
     return 0

@@ -25,8 +25,11 @@ import functools
 import hashlib
 import json
 import os
+import re
+import stat
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from . import errors
@@ -85,47 +88,87 @@ def _students_root(wod) -> Path:
     return root
 
 
-def _side(wod, student: int) -> str:
+def side_path(wod, student: int) -> str:
     """``<students_root>/.student<N>``: the seat's side folder (see the module's docstring)."""
     return os.path.join(wod.students_root, f".student{student}")
 
 
 def _side_folder(wod, student: int) -> str:
-    """The seat's side folder, made ``0700`` when missing (the students folder is the service's alone)."""
-    side = _side(wod, student)
-    try:
-        os.mkdir(side, 0o700)
-    except FileExistsError:
-        pass
-    return side
+    """The seat's side folder, made ``0700`` when missing; refused unless it is a folder of ours nobody else may enter.
+
+    Nobody else can write in a service's students folder, but ``wod render``
+    writes beside any folder: a symlink there, or someone else's folder,
+    would hand them what we build or erase. A file or symlink of our own
+    (no process of ours makes one) is replaced, so that the seat is not
+    blocked for good.
+    """
+    side = side_path(wod, student)
+    for _ in range(3):
+        try:
+            st = os.lstat(side)
+        except FileNotFoundError:
+            try:
+                os.mkdir(side, 0o700)
+                return side
+            except FileExistsError:
+                continue
+        ours = st.st_uid == os.geteuid()
+        if ours and stat.S_ISDIR(st.st_mode) and not st.st_mode & 0o077:
+            return side
+        if not ours or stat.S_ISDIR(st.st_mode):
+            break
+        os.unlink(side)
+    raise errors.BadRequest(
+        f"{side} must be a folder of the service's own user that nobody else may enter (mode 0700); "
+        f"it is not, so student {student} is refused until an admin removes it.",
+        code="unsafe_side_folder",
+    )
 
 
 def drop_side_folder(wod, student: int) -> None:
     """Remove the seat's side folder if it is empty: after a one-off render into a folder of one's own
     (``wod render``), nothing of ours stays beside it. A service keeps it, for the seat's next stage."""
     try:
-        os.rmdir(_side(wod, student))
+        os.rmdir(side_path(wod, student))
     except OSError:
         pass
 
 
-def _stale(wod, student: int) -> list[str]:
-    """Everything in the seat's side folder: its stage, and what an earlier run of any process left there.
+def _stale(side: str) -> list[str]:
+    """Everything in a seat's (checked) side folder: its stage, and what an earlier run of any process left there.
 
     One small folder, not the students folder: with 2,000 seats beside it,
     scanning that for the seat's names took a provisioning 1.7 ms more.
     """
+    with os.scandir(side) as it:
+        return [e.path for e in it]
+
+
+def _let_move(home) -> None:
+    """Let a previous home of our own be moved out of the students folder, even if its student made it read-only.
+
+    A folder moved to another parent has its ``..`` rewritten, which takes
+    write permission on it without root: in single-user mode (one user for
+    the service and every student) and for ``wod render``. It is on its way
+    out, so making it writable for us changes nothing a student keeps.
+    """
+    if os.geteuid() == 0:
+        return
     try:
-        with os.scandir(_side(wod, student)) as it:
-            return [e.path for e in it]
-    except FileNotFoundError:
-        return []
+        st = os.lstat(home)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & stat.S_IWUSR:
+            os.chmod(home, stat.S_IMODE(st.st_mode) | stat.S_IWUSR)
+    except OSError:
+        pass  # the move that follows says what is wrong
 
 
 def erase_home(wod, student: int) -> None:
     """Erase a home without following symlinks; a missing home is fine."""
     home = home_path(wod, student)
-    for leftover in _stale(wod, student):
+    if not os.path.lexists(home) and not os.path.lexists(side_path(wod, student)):
+        return  # a seat never used
+    side = _side_folder(wod, student)
+    for leftover in _stale(side):
         _remove(leftover)
     if not os.path.lexists(home):
         return
@@ -133,7 +176,8 @@ def erase_home(wod, student: int) -> None:
         os.unlink(home)
         return
     # Move it aside first: the name is gone at once, the bytes go after.
-    trash = tempfile.mkdtemp(prefix="trash-", dir=_side_folder(wod, student))
+    trash = tempfile.mkdtemp(prefix="trash-", dir=side)
+    _let_move(home)
     os.rename(home, os.path.join(trash, "home"))
     _remove(trash)
 
@@ -261,7 +305,7 @@ STAGED, STAGING = "staged-", "staging-"
 
 
 def _staged_path(wod, student: int, key: str) -> str:
-    return os.path.join(_side(wod, student), STAGED + key)
+    return os.path.join(side_path(wod, student), STAGED + key)
 
 
 def _dead_staging(path: str) -> bool:
@@ -272,28 +316,41 @@ def _dead_staging(path: str) -> bool:
         return True
 
 
+#: What wod-jupyterhub before side folders left beside the homes.
+_FLAT = re.compile(r"\.student\d+\.(staged|staging|new|old|trash)-")
+_FLAT_AGE = 3600  # seconds: a flat leftover this old is no process's work in progress
+
+
 def sweep_stages(wod) -> int:
     """Remove what stagers killed mid-way left, for every seat (a seat given since is not staged again); return how many.
 
     Also removes what an earlier version of wod-jupyterhub left beside the
     homes (``.student<N>.staged-*``, ``.student<N>.new-*``, ...): its stages
-    are never used, and its leftovers are no longer looked for.
+    are never used, and its leftovers are no longer looked for. A stager's
+    folder goes once its process is gone, a home being built or erased once
+    it is an hour old: an older version still running (a ``wod`` command
+    during an upgrade) keeps its work in progress.
     """
     try:
         with os.scandir(wod.students_root) as it:
-            hidden = [(e.name, e.path) for e in it if e.name.startswith(".student")]
+            hidden = [e for e in it if e.name.startswith(".student")]
     except FileNotFoundError:
         return 0
     dead = []
-    for name, path in hidden:
-        if "." in name[1:]:
-            dead.append(path)  # an earlier version's
-            continue
-        try:
-            with os.scandir(path) as it:
-                dead.extend(e.path for e in it if e.name.startswith(STAGING) and _dead_staging(e.path))
-        except (FileNotFoundError, NotADirectoryError):
-            pass
+    for e in hidden:
+        flat = _FLAT.match(e.name)
+        if flat:
+            kind = flat.group(1)
+            if kind == "staged" or (kind == "staging" and _dead_staging(e.path)):
+                dead.append(e.path)
+            elif kind in ("new", "old", "trash") and time.time() - e.stat(follow_symlinks=False).st_mtime > _FLAT_AGE:
+                dead.append(e.path)
+        elif e.name[8:].isdigit() and e.is_dir(follow_symlinks=False):
+            try:
+                with os.scandir(e.path) as it:
+                    dead.extend(x.path for x in it if x.name.startswith(STAGING) and _dead_staging(x.path))
+            except OSError:
+                pass  # not ours to look into: the seat's next operation says so
     for path in dead:
         _remove(path)
     return len(dead)
@@ -340,14 +397,15 @@ def stage(wod, workshop, student: int) -> bool:
     home_path(wod, student)
     _students_root(wod)
     entries = source_tree(Path(workshop.path), Path(workshop.root))
+    side = _side_folder(wod, student)
     target = _staged_path(wod, student, _stage_key(wod, workshop, entries))
     if os.path.isdir(target):
         return False  # the common case of a periodic look: one walk and a stat per file, no copy
-    for old in _stale(wod, student):
+    for old in _stale(side):
         if os.path.basename(old).startswith(STAGED) or (os.path.basename(old).startswith(STAGING) and _dead_staging(old)):
             _remove(old)  # an earlier version of the workshop; a killed stager's work
     # The pid in the name tells a later stager whether this one still runs.
-    tmp = tempfile.mkdtemp(prefix=f"{STAGING}{os.getpid()}-", dir=_side_folder(wod, student))
+    tmp = tempfile.mkdtemp(prefix=f"{STAGING}{os.getpid()}-", dir=side)
     try:
         _build(wod, workshop, tmp, entries, default_renderer(wod), None, "static", None, None)
         os.rename(tmp, target)
@@ -385,8 +443,8 @@ def provision(
     _check_workshop(wod, workshop)
     _students_root(wod)
     entries = source_tree(Path(workshop.path), Path(workshop.root))
-    stale = _stale(wod, student)
     side = _side_folder(wod, student)
+    stale = _stale(side)
     new = tempfile.mkdtemp(prefix="new-", dir=side)
     try:
         staged = False
@@ -404,6 +462,7 @@ def provision(
         _build(wod, workshop, new, entries, renderer, variables, "templates" if staged else "all", uid, gid)
         # the check again, right before the swap: the home may have changed meanwhile
         home_path(wod, student)
+        _let_move(home)
         if os.path.lexists(home) and not os.path.islink(home) and _exchange(new, str(home)):
             _erase_later(new)  # now holds the previous home, already out of the student's path
         else:
