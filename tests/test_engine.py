@@ -16,6 +16,7 @@ import subprocess
 
 import pytest
 from cryptography.fernet import Fernet
+from prometheus_client import generate_latest
 
 from tests.hubutil import write_workshop
 from wod_jupyterhub.catalog import CatalogCache
@@ -142,6 +143,34 @@ async def test_create_and_cleanup_tell_their_story(db_url, tmp_path):
         st = parts.store.student(3)
         assert st.state == Seat.FREE and st.customer is None and not parts.wod.home(3).exists()
         assert not verify_password(password, st.password_hash)
+    finally:
+        await parts.close()
+
+
+def _ahead_cpu(metrics) -> dict:
+    text = generate_latest(metrics.registry).decode()
+    return {m[1]: float(m[2]) for m in re.finditer(r'^wod_ahead_cpu_seconds_total\{work="(\w+)"\} (\S+)$', text, re.M)}
+
+
+async def test_the_cpu_of_work_done_ahead_reaches_the_metrics_and_only_that(db_url, tmp_path):
+    """What a burst costs must be told apart from what the service did while idle for the next one (bench.burst)."""
+    parts = Parts(db_url, tmp_path)
+    metrics = Metrics()
+    parts.work.on_ahead_cpu = metrics.ahead_cpu
+    parts.engine.start()
+    try:
+        assert _ahead_cpu(metrics) == {"hash": 0.0, "background": 0.0}
+        await parts.work.hash_ahead(2)
+        hashed = _ahead_cpu(metrics)["hash"]
+        assert hashed > 0  # two scrypts
+        assert await parts.work.in_background(lambda: sum(range(300_000))) > 0
+        background = _ahead_cpu(metrics)["background"]
+        assert background > 0
+        for n in (4, 5, 6):  # two rotations take the passwords hashed ahead, the third hashes one on the spot
+            op = await parts.run("CREATE", n, customer=f"c{n}", email="e@x", workshop=WORKSHOP)
+            assert op.status == Status.SUCCEEDED, (op.error, op.steps)
+        assert parts.work.hashed_ahead == 0
+        assert _ahead_cpu(metrics) == {"hash": hashed, "background": background}
     finally:
         await parts.close()
 

@@ -33,8 +33,17 @@ class Metrics:
         self.queued = Gauge("wod_operations_queued", "Operations waiting in the database", registry=r)
         self.outbox = Gauge("wod_outbox_pending", "Portal callbacks not delivered yet", registry=r)
         self.homes_over = Gauge("wod_homes_over_size_limit", "Seats whose home was over c.Wod.home_size_limit when last measured", registry=r)
+        self.ahead_cpu_total = Counter(
+            "wod_ahead_cpu_seconds",
+            "CPU seconds spent while idle on work done ahead for the next operations, by work: hash (passwords for the "
+            "next rotations), background (staging free seats, compiling templates, sweeps)",
+            ["work"],
+            registry=r,
+        )
         for status in Status.FINISHED:
             self.finished.labels(status)  # exported at 0 before the first operation ends
+        for work in ("hash", "background"):
+            self.ahead_cpu_total.labels(work)
         # The portal's mail API (wod_jupyterhub/mail): told by its ingress and relay as things happen.
         self.mail_received_total = Counter("wod_mail_received", "Portal mails accepted, by kind (verb, relay)", ["kind"], registry=r)
         self.mail_refused_total = Counter("wod_mail_refused", "Mails and connections refused, by reason", ["reason"], registry=r)
@@ -48,6 +57,10 @@ class Metrics:
 
     def request(self, verb: str) -> None:
         self.requests.labels(verb).inc()
+
+    def ahead_cpu(self, work: str, seconds: float) -> None:
+        """CPU a thread spent on work ahead (``SeatWork``'s ``on_ahead_cpu``; called from that thread)."""
+        self.ahead_cpu_total.labels(work).inc(seconds)
 
     def operation_ended(self, run, verb: str, status: str, seconds: float, recovered_from=None) -> None:
         """An operation this process ran ended (the signature of an ``Engine.on_end`` listener)."""

@@ -199,7 +199,7 @@ class WodService(Application):
         self.work = SeatWork(
             self.wod, settings, catalog=self.catalog, hub=self.hub, hooks=WodHooks(self.wod, parent=self, log=self.log),
             renderer=Renderer(strict_undefined=self.wod.strict_undefined, clear_outputs=self.wod.clear_outputs),
-            sealer=self.sealer, outbox=self.outbox, hostname=self.hostname, log=self.log,
+            sealer=self.sealer, outbox=self.outbox, hostname=self.hostname, log=self.log, on_ahead_cpu=self.metrics.ahead_cpu,
         )
         self.engine = Engine(settings, self.store, self.work, log=self.log)
         self.engine.on_end(self.metrics.operation_ended)

@@ -8,7 +8,9 @@ service built, so a verb gets everything it needs from one object.
 
 import asyncio
 import collections
+import functools
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import passwords
@@ -18,7 +20,7 @@ from ..wipe import wipe_seat
 class SeatWork:
     """The parts a verb works with (``wod``, ``catalog``, ``hub``, ``hooks``, ``renderer``, ``sealer``, ``outbox``) and their blocking work."""
 
-    def __init__(self, wod, settings, *, catalog, hub, hooks, renderer, sealer, outbox, log, hostname=None):
+    def __init__(self, wod, settings, *, catalog, hub, hooks, renderer, sealer, outbox, log, hostname=None, on_ahead_cpu=None):
         self.wod = wod
         self.log = log
         self.settings = settings
@@ -40,14 +42,25 @@ class SeatWork:
         # of a CREATE's CPU, and a burst should not pay it while its callers wait. Only in this process's
         # memory, never written anywhere: a crash just loses unused random passwords.
         self._fresh: collections.deque[tuple[str, str]] = collections.deque()
+        #: ``on_ahead_cpu(work, seconds)``: told the CPU each piece of work done ahead took ("hash", "background"),
+        #: so that what a burst costs can be told from what was done for the next one (the metrics, the benches)
+        self.on_ahead_cpu = on_ahead_cpu or (lambda work, seconds: None)
 
     async def blocking(self, fn, *args):
         """``fn(*args)`` in an operation thread."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     async def in_background(self, fn, *args):
-        """``fn(*args)`` in the one background thread (staging, warm-up)."""
-        return await asyncio.get_running_loop().run_in_executor(self.stage_pool, fn, *args)
+        """``fn(*args)`` in the one background thread (staging, warm-up): work done ahead."""
+        return await asyncio.get_running_loop().run_in_executor(self.stage_pool, self._ahead, "background", fn, *args)
+
+    def _ahead(self, work: str, fn, *args):
+        """``fn(*args)``, its thread's CPU told to ``on_ahead_cpu`` (in the worker thread)."""
+        started = time.thread_time()
+        try:
+            return fn(*args)
+        finally:
+            self.on_ahead_cpu(work, time.thread_time() - started)
 
     def close(self) -> None:
         """Stop taking blocking work; queued work is dropped, running work ends on its own."""
@@ -63,10 +76,12 @@ class SeatWork:
             return self._fresh.popleft()
         return await self._hash_one()
 
-    async def _hash_one(self) -> tuple[str, str]:
+    async def _hash_one(self, ahead: bool = False) -> tuple[str, str]:
         password = passwords.generate(self.wod.password_length, self.wod.password_alphabet)
-        hashed = await asyncio.get_running_loop().run_in_executor(self.hash_pool, passwords.hash_password, password, self.wod.password_hash_cost)
-        return password, hashed
+        hash_it = functools.partial(passwords.hash_password, password, self.wod.password_hash_cost)
+        if ahead:
+            hash_it = functools.partial(self._ahead, "hash", hash_it)
+        return password, await asyncio.get_running_loop().run_in_executor(self.hash_pool, hash_it)
 
     @property
     def hashed_ahead(self) -> int:
@@ -80,7 +95,7 @@ class SeatWork:
         """
         added = 0
         while len(self._fresh) < want and keep_going() and not self.closing.is_set():
-            pair = await asyncio.gather(*(self._hash_one() for _ in range(min(2, want - len(self._fresh)))))
+            pair = await asyncio.gather(*(self._hash_one(ahead=True) for _ in range(min(2, want - len(self._fresh)))))
             self._fresh.extend(pair)
             added += len(pair)
         return added
