@@ -13,7 +13,7 @@ import os
 import time
 from urllib.parse import quote
 
-import httpx
+from .httpclient import Client, HTTPError, Response
 
 
 class HubAPIError(Exception):
@@ -25,13 +25,9 @@ class HubAPI:
         self.api_url = (api_url or os.environ.get("JUPYTERHUB_API_URL", "")).rstrip("/")
         self.token = token or os.environ.get("JUPYTERHUB_API_TOKEN", "")
         self.log = log or logging.getLogger("wod.hubapi")
-        self._client = httpx.AsyncClient(
-            timeout=timeout,
-            headers={"Authorization": f"token {self.token}"},
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-        )
-        # The hub answers on one thread: a burst's hundred calls at once would only queue there, and
-        # httpx's pool pays for every waiting request on every turn. A few at a time, the rest wait here.
+        self._client = Client(timeout=timeout, headers={"Authorization": f"token {self.token}"}, concurrency=concurrency)
+        # The hub answers on one thread: a burst's hundred calls at once would only queue there. A few at a time,
+        # the rest wait here.
         self._slots = asyncio.Semaphore(concurrency)
         # Users known to exist: the pool's accounts are created once and reused for years.
         self._known: set[str] = set()
@@ -54,15 +50,15 @@ class HubAPI:
             future.cancel()
         await self._client.aclose()
 
-    async def _request(self, method: str, path: str, ok=(200,), **kwargs) -> httpx.Response:
+    async def _request(self, method: str, path: str, ok=(200,), **kwargs) -> Response:
         if not self.configured:
             raise HubAPIError("the hub API is not configured (JUPYTERHUB_API_URL and JUPYTERHUB_API_TOKEN are unset)")
         url = self.api_url + path
         try:
             async with self._slots:
                 r = await self._client.request(method, url, **kwargs)
-        except httpx.HTTPError as e:
-            raise HubAPIError(f"cannot reach the hub API at {self.api_url}: {e.__class__.__name__}: {e}") from e
+        except HTTPError as e:
+            raise HubAPIError(f"cannot reach the hub API at {self.api_url}: {e}") from e
         if r.status_code not in ok:
             try:
                 detail = r.json().get("message") or r.text

@@ -1,6 +1,6 @@
 """A small async client for the registration portal's REST API (the original api-db).
 
-The calls as the original backend made them, with httpx: ``POST /api/login``
+The calls as the original backend made them (over :mod:`.httpclient`): ``POST /api/login``
 for an ``accessToken``, then ``x-access-token`` on every call; a 401 means the
 token expired (the real portal's live 180 s), so it logs in again and retries
 once. Answers are sorted for the outbox that drives it: a connection error, a
@@ -12,8 +12,7 @@ to a call are scrubbed from every message it raises.
 import asyncio
 import logging
 
-import httpx
-
+from .httpclient import Client, HTTPError, Response
 from .outbox import Rejected, Transient
 
 # 4xx answers that say "not now" rather than "never"
@@ -27,7 +26,7 @@ def _scrub(text: str, secrets) -> str:
     return text
 
 
-def _excerpt(response: httpx.Response, secrets, limit: int = 200) -> str:
+def _excerpt(response: Response, secrets, limit: int = 200) -> str:
     try:
         text = response.text
     except Exception:  # noqa: BLE001 - an undecodable answer still needs a message
@@ -49,31 +48,27 @@ class PortalClient:
         self._login_lock = asyncio.Lock()
         self._workshop_ids: dict[str, str] = {}
 
-    def _client(self) -> httpx.AsyncClient:
+    def _client(self) -> Client:
         loop = asyncio.get_running_loop()
         if self._http is None or self._loop is not loop:
-            # A client is bound to the loop it first ran on; tests and
-            # shutdown may drive us from a fresh one.
-            self._http = httpx.AsyncClient(
-                base_url=self.portal.url,
-                timeout=self.portal.timeout,
-                limits=httpx.Limits(max_connections=self.portal.concurrency + 2),
-            )
+            # What belongs to a loop (the connections, the login lock) is made again on a fresh one:
+            # tests and a shutdown may drive us from another loop.
+            self._http = Client(base_url=self.portal.url, timeout=self.portal.timeout, concurrency=self.portal.concurrency + 2)
             self._loop = loop
             self._token = None
             self._login_lock = asyncio.Lock()
         return self._http
 
     async def aclose(self) -> None:
-        if self._http is not None and self._loop is asyncio.get_running_loop():
+        if self._http is not None:
             await self._http.aclose()
         self._http = None
 
-    async def _send(self, method, path, secrets=(), **kwargs) -> httpx.Response:
+    async def _send(self, method, path, secrets=(), **kwargs) -> Response:
         try:
             response = await self._client().request(method, path, **kwargs)
-        except httpx.HTTPError as e:  # connection refused, reset, timeout, protocol error
-            raise Transient(f"{method} {path}: {type(e).__name__}: {_scrub(str(e), secrets) or 'no answer'}") from None
+        except HTTPError as e:  # connection refused, reset, timeout
+            raise Transient(f"{method} {path}: {_scrub(str(e), secrets) or 'no answer'}") from None
         if response.status_code >= 500 or response.status_code in _RETRYABLE_4XX:
             raise Transient(f"{method} {path}: HTTP {response.status_code} {_excerpt(response, secrets)}".rstrip())
         return response
@@ -106,7 +101,7 @@ class PortalClient:
                 self._token = await self.login()
             return self._token
 
-    async def call(self, method: str, path: str, body=None, secrets=()) -> httpx.Response:
+    async def call(self, method: str, path: str, body=None, secrets=()) -> Response:
         """One authenticated call: a 2xx answer, or Transient / Rejected."""
         kwargs = {} if body is None else {"json": body}
         token = await self._current_token()
