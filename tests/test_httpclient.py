@@ -122,6 +122,22 @@ async def test_no_answer_is_an_error_that_says_why(silent):
         assert str(e.value).startswith(message), (url, str(e.value))
 
 
+async def test_the_environments_proxy_is_honoured(server, monkeypatch):
+    """An organisation that reaches its portal through a proxy sets HTTP_PROXY for the hub; NO_PROXY keeps the hub direct."""
+    monkeypatch.setenv("HTTP_PROXY", server)
+    monkeypatch.setenv("NO_PROXY", "hub.example.invalid")
+    client = Client(timeout=10)
+    try:
+        _Handler.seen.clear()
+        r = await client.request("PUT", "http://portal.example.invalid/api/student/3", json={"password": "x"})
+        assert r.status_code == 200
+        assert [(m, p) for m, p, *_ in _Handler.seen] == [("PUT", "http://portal.example.invalid/api/student/3")]
+        with pytest.raises(HTTPError, match="ConnectError: cannot connect to hub.example.invalid"):
+            await client.request("GET", "http://hub.example.invalid/hub/api/")
+    finally:
+        await client.aclose()
+
+
 def test_a_client_follows_its_caller_to_a_new_loop(server):
     """The service's clients outlive a loop in tests and at shutdown: a new loop gets new connections."""
     client = Client(base_url=server, timeout=10)

@@ -11,7 +11,9 @@ What the callers see: ``await client.request(...)`` answers a
 :class:`Response` (``status_code``, ``text``, ``json()``) whatever the
 status, like httpx; no answer at all raises :class:`HTTPError`, whose
 message says what happened in words (``ConnectError: cannot connect to
-…``, ``Timeout: no answer within 30 s``). Redirects are not followed.
+…``, ``Timeout: no answer within 30 s``). Redirects are not followed. The
+environment's proxies (``HTTP_PROXY``, ``HTTPS_PROXY``, ``NO_PROXY``) are
+honoured, as httpx honoured them.
 """
 
 import asyncio
@@ -82,6 +84,7 @@ class Client:
                 headers=self.headers,
                 # The URL as given: paths are quoted by the callers (a customer id, a token id), not again here.
                 requote_redirect_url=False,
+                trust_env=True,
             )
             self._loop = loop
         return self._session
