@@ -8,6 +8,7 @@ seen by the rest of the machine.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,10 +25,18 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def etc(tmp_path):
+    """A copy of this machine's account files, without its own ``student<N>`` entries.
+
+    A machine that ran ``WOD_SYSTEM_USERS=1 make demo`` (or serves a real
+    backend) has such accounts; these tests add student1.. with uids of
+    their own, and must not find them taken.
+    """
     folder = tmp_path / "etc"
     folder.mkdir()
     for name in accounts.FILES:
         shutil.copy2(f"/etc/{name}", folder / name)
+        lines = (folder / name).read_text().splitlines(keepends=True)
+        (folder / name).write_text("".join(line for line in lines if not re.match(r"student\d+:", line)))
     return folder
 
 

@@ -116,8 +116,11 @@ async def test_challenge_opens_the_workshop_folder(hubdb, setup):
 async def test_system_users_mode_needs_the_account_and_does_not_add_allow_root(hubdb, setup):
     config, store, root = setup
     config.Wod.system_users = True
-    # a seat with no Linux account on this machine (`WOD_SYSTEM_USERS=1 make demo` makes some)
-    n = next(n for n in range(3, 51) if not _account(f"student{n}"))
+    # a seat with no Linux account on this machine (`WOD_SYSTEM_USERS=1 make demo` makes a hundred)
+    n = next(n for n in range(3, 2001) if not _account(f"student{n}"))
+    if n > 50:
+        config.Wod.student_max = n
+        (Path(config.Wod.notebooks[0]) / "WKSHP-Sample" / "wod.yml").write_text(f"name: sample\nactive: true\nrange: [1, {n}]\n")
     book(store, root, n)
     sp = spawner(hubdb, config, f"student{n}")
     assert "--allow-root" not in sp.get_args()
