@@ -42,6 +42,7 @@ import jinja2
 from bench import process_cpu
 from bench.provision import CORPUS, VARIABLES, floor_once
 from tests.hubutil import RealHub
+from tests.svcutil import ahead_cpu_seconds
 from wod_jupyterhub.catalog import load_catalog
 from wod_jupyterhub.config import Wod
 from wod_jupyterhub.templating import is_templated
@@ -178,7 +179,7 @@ def ahead_cpu(hub) -> dict:
     """The service's ``wod_ahead_cpu_seconds_total`` by work: CPU spent while idle on work for the next operations."""
     r = httpx.get(hub.service_url + "metrics", headers={"Authorization": f"token {hub.portal_token}"})
     r.raise_for_status()
-    return {m[1]: float(m[2]) for m in re.finditer(r'^wod_ahead_cpu_seconds_total\{work="(\w+)"\} (\S+)$', r.text, re.M)}
+    return ahead_cpu_seconds(r.text)
 
 
 def delivered(portal_url) -> int:

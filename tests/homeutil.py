@@ -3,6 +3,8 @@
 import os
 from pathlib import Path
 
+from wod_jupyterhub.homes import is_side_name
+
 
 def side_entries(students_root) -> list[str]:
     """Everything in the seats' side folders, as ``.student<N>/<name>``, and any other hidden entry of the folder.
@@ -16,7 +18,7 @@ def side_entries(students_root) -> list[str]:
         return []
     out = []
     for p in hidden:
-        if p.is_dir() and not p.is_symlink() and p.name.startswith(".student") and p.name[8:].isdigit():
+        if p.is_dir() and not p.is_symlink() and is_side_name(p.name):
             out.extend(f"{p.name}/{name}" for name in sorted(os.listdir(p)))
         else:
             out.append(p.name)

@@ -17,6 +17,11 @@ _ROUTES = [
 ]
 
 
+def ahead_cpu_seconds(metrics_text: str) -> dict:
+    """``wod_ahead_cpu_seconds_total`` by work, read from the text of ``/metrics``."""
+    return {m[1]: float(m[2]) for m in re.finditer(r'^wod_ahead_cpu_seconds_total\{work="(\w+)"\} (\S+)$', metrics_text, re.M)}
+
+
 def route(url_path: str) -> str:
     """``/services/wod/api/operations/abc`` → ``/api/operations/{id}``."""
     rel = "/" + url_path.split("/services/wod/", 1)[1]

@@ -19,6 +19,7 @@ from cryptography.fernet import Fernet
 from prometheus_client import generate_latest
 
 from tests.hubutil import write_workshop
+from tests.svcutil import ahead_cpu_seconds
 from wod_jupyterhub.catalog import CatalogCache
 from wod_jupyterhub.config import Wod
 from wod_jupyterhub.errors import BadRequest, Unprocessable
@@ -148,8 +149,7 @@ async def test_create_and_cleanup_tell_their_story(db_url, tmp_path):
 
 
 def _ahead_cpu(metrics) -> dict:
-    text = generate_latest(metrics.registry).decode()
-    return {m[1]: float(m[2]) for m in re.finditer(r'^wod_ahead_cpu_seconds_total\{work="(\w+)"\} (\S+)$', text, re.M)}
+    return ahead_cpu_seconds(generate_latest(metrics.registry).decode())
 
 
 async def test_the_cpu_of_work_done_ahead_reaches_the_metrics_and_only_that(db_url, tmp_path):

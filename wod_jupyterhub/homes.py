@@ -73,8 +73,7 @@ def _remove(path: str) -> None:
     except OSError:
         # Only what lies in a side folder (or an earlier version's hidden leftover) may be removed by a
         # deferred erasure at the same time.
-        parent, name = os.path.basename(os.path.dirname(path)), os.path.basename(path)
-        if not ((parent.startswith(".student") and parent[8:].isdigit()) or name.startswith(".student")):
+        if not (is_side_name(os.path.basename(os.path.dirname(path))) or os.path.basename(path).startswith(".student")):
             raise
 
 
@@ -86,6 +85,14 @@ def _students_root(wod) -> Path:
         root.mkdir(mode=0o711, parents=True, exist_ok=True)
         root.chmod(0o711)  # mkdir's mode is cut by the umask
     return root
+
+
+_SIDE_NAME = re.compile(r"\.student\d+")
+
+
+def is_side_name(name: str) -> bool:
+    """Whether ``name`` (an entry of the students folder) is a seat's side folder's."""
+    return _SIDE_NAME.fullmatch(name) is not None
 
 
 def side_path(wod, student: int) -> str:
@@ -345,7 +352,7 @@ def sweep_stages(wod) -> int:
                 dead.append(e.path)
             elif kind in ("new", "old", "trash") and time.time() - e.stat(follow_symlinks=False).st_mtime > _FLAT_AGE:
                 dead.append(e.path)
-        elif e.name[8:].isdigit() and e.is_dir(follow_symlinks=False):
+        elif is_side_name(e.name) and e.is_dir(follow_symlinks=False):
             try:
                 with os.scandir(e.path) as it:
                     dead.extend(x.path for x in it if x.name.startswith(STAGING) and _dead_staging(x.path))

@@ -42,7 +42,8 @@ class PortalClient:
         """``portal``: the :class:`~.portal.WodPortal` settings (url, username, password, timeout, concurrency)."""
         self.portal = portal
         self.log = log or logging.getLogger("wod.portal")
-        self._http = None
+        # Its connections follow the caller's loop by themselves (httpclient.Client).
+        self._http = Client(base_url=portal.url, timeout=portal.timeout, concurrency=portal.concurrency + 2)
         self._loop = None
         self._token = None
         self._login_lock = asyncio.Lock()
@@ -50,19 +51,16 @@ class PortalClient:
 
     def _client(self) -> Client:
         loop = asyncio.get_running_loop()
-        if self._http is None or self._loop is not loop:
-            # What belongs to a loop (the connections, the login lock) is made again on a fresh one:
-            # tests and a shutdown may drive us from another loop.
-            self._http = Client(base_url=self.portal.url, timeout=self.portal.timeout, concurrency=self.portal.concurrency + 2)
+        if self._loop is not loop:
+            # The login lock belongs to a loop, and a fresh one (tests, a shutdown) logs in afresh.
             self._loop = loop
             self._token = None
             self._login_lock = asyncio.Lock()
         return self._http
 
     async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-        self._http = None
+        await self._http.aclose()
+        self._loop = None  # the next call logs in again, as on a fresh loop
 
     async def _send(self, method, path, secrets=(), **kwargs) -> Response:
         try:
