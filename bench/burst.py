@@ -19,6 +19,15 @@ beside it), 0 errors and every callback delivered; the CLEANUP round in under
 machine's CPUs; the CPU floor, the CPU one seat's floor takes (``cp -a``
 included). Wall times on a shared
 machine follow its load (printed too); the CPU per operation much less so.
+
+The floor's CPU swings from 4 to 30 ms between runs on this machine, for a
+reason worth knowing: its disk is an ext4 without a journal, where making a
+file right after many were deleted costs up to a millisecond of CPU (the
+kernel skips, one lookup each, every inode deleted in the last minutes).
+The floor's ``cp -a`` runs right after the bench erased hundreds of homes.
+A staged CREATE makes no file at all (see ``trees.write_tree``), so its
+CPU does not swing with it. ``--profile DIR --profiler perf`` shows where
+the kernel's time goes.
 """
 
 import argparse
@@ -139,14 +148,19 @@ def service_pid(marker: str) -> int | None:
     return None
 
 
-def start_profile(marker: str, out: Path):
-    """py-spy on the service for one burst (only the thread holding the GIL: where the CPU goes)."""
-    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    gil = ["--gil"] if os.environ.get("BURST_PROFILE_GIL", "1") == "1" else []
-    cmd = [exe, "record", "--pid", str(service_pid(marker)), *gil, "--nonblocking", "--rate", os.environ.get("BURST_PROFILE_RATE", "250"),
-           "--format", "raw", "--output", str(out)]
+def start_profile(marker: str, out: Path, tool: str):
+    """Record the service during one burst: ``py-spy`` (Python frames; by default only the thread holding the GIL)
+    or ``perf`` (kernel and native frames, every thread: where the system time goes). Ended by SIGINT."""
+    pid = str(service_pid(marker))
+    if tool == "perf":
+        cmd = ["perf", "record", "-F", "997", "-g", "-p", pid, "-o", str(out.with_suffix(".perf"))]
+    else:
+        exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        gil = ["--gil"] if os.environ.get("BURST_PROFILE_GIL", "1") == "1" else []
+        cmd = [exe, "record", "--pid", pid, *gil, "--nonblocking", "--rate", os.environ.get("BURST_PROFILE_RATE", "250"),
+               "--format", "raw", "--output", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)  # py-spy attaches
+    time.sleep(0.5)  # the profiler attaches
     return proc
 
 
@@ -246,6 +260,9 @@ def main() -> int:
                     help="record each burst of the service with py-spy (pip install py-spy) into DIR/<round>.txt (collapsed "
                          "stacks), at BURST_PROFILE_RATE samples a second (250), of the thread holding the GIL "
                          "(BURST_PROFILE_GIL=0: of every thread)")
+    ap.add_argument("--profiler", choices=("py-spy", "perf"), default="py-spy",
+                    help="with --profile: perf records kernel and native frames of every thread into DIR/<round>.perf "
+                         "(read it with perf report -i); py-spy sees only Python frames")
     args = ap.parse_args()
     if not (CORPUS / WORKSHOP).is_dir():
         print(f"SKIPPED: the public workshops are not at {CORPUS}")
@@ -285,7 +302,7 @@ def main() -> int:
                 if args.profile:
                     Path(args.profile).mkdir(parents=True, exist_ok=True)
                     out = Path(args.profile) / (re.sub(r"[^a-z]+", "-", label.lower()).strip("-") + ".txt")
-                    spy = start_profile(str(hub.config_path), out)
+                    spy = start_profile(str(hub.config_path), out, args.profiler)
                 ahead0 = ahead_cpu(hub)
                 cpu0 = cpu_seconds(str(hub.config_path))
                 results, wall = asyncio.run(burst(hub, verb, args.count, args.wait))

@@ -543,9 +543,13 @@ def test_a_staged_seat_comes_out_exactly_as_a_full_provision(tmp_path):
     assert homes.stage(fast, ws, 3) is True
     assert homes.stage(fast, ws, 3) is False  # already there: nothing copied twice
     [stage] = staged(fast)
-    # Only what the CREATE will not render: the copied files, no rendered notebook.
+    # Only what the CREATE will not render: the copied files, and for a templated file an empty placeholder
+    # with its mode (nothing rendered, so nothing of the student's password).
     assert (Path(fast.students_root) / stage / ws.name / "Pictures" / "logo.png").is_file()
-    assert not (Path(fast.students_root) / stage / ws.name / "0-ReadMeFirst.ipynb").exists()
+    placeholder = Path(fast.students_root) / stage / ws.name / "0-ReadMeFirst.ipynb"
+    assert placeholder.stat().st_size == 0
+    full_readme = Path(full.students_root) / "student3" / ws.name / "0-ReadMeFirst.ipynb"
+    assert placeholder.stat().st_mode == full_readme.stat().st_mode
     assert not (Path(fast.students_root) / "student3").exists()
 
     info = {}
@@ -555,6 +559,38 @@ def test_a_staged_seat_comes_out_exactly_as_a_full_provision(tmp_path):
     assert snapshot(home) == snapshot(reference)
     assert modes(home) == modes(reference)
     assert leftovers(fast) == []
+
+
+def test_a_staged_create_makes_no_new_file(tmp_path):
+    """It renders into the stage's files and takes the stage's folder as it is: every inode of the home is the
+    stage's (making a file is what costs a CREATE most on some disks, see trees.write_tree)."""
+    _, ws = own_workshop(tmp_path)
+    wod = make_wod(tmp_path, variables={"BRANDING": "B", "BRANDINGWOD": "W"})
+    homes.stage(wod, ws, 3)
+    [stage] = staged(wod)
+    top = Path(wod.students_root) / stage
+    inodes = {str(p.relative_to(top)): p.lstat().st_ino for p in top.rglob("*")} | {".": top.lstat().st_ino}
+    info = {}
+    home = provision(wod, ws, 3, info=info)
+    assert info == {"staged": True}
+    assert {str(p.relative_to(home)): p.lstat().st_ino for p in home.rglob("*")} | {".": home.lstat().st_ino} == inodes
+    assert json.loads((home / ws.name / "0-ReadMeFirst.ipynb").read_text())["cells"]  # rendered into the placeholder
+
+
+def test_a_stage_without_placeholders_still_gives_the_whole_home(tmp_path):
+    """A stage left by an earlier version (or missing a placeholder for any reason): the file is made."""
+    _, ws = own_workshop(tmp_path)
+    full = make_wod(tmp_path / "full", variables={"BRANDING": "B", "BRANDINGWOD": "W"})
+    fast = make_wod(tmp_path / "fast", variables={"BRANDING": "B", "BRANDINGWOD": "W"})
+    reference = provision(full, ws, 4)
+    homes.stage(fast, ws, 4)
+    [stage] = staged(fast)
+    (Path(fast.students_root) / stage / ws.name / "0-ReadMeFirst.ipynb").unlink()
+    info = {}
+    home = provision(fast, ws, 4, info=info)
+    assert info == {"staged": True}
+    assert snapshot(home) == snapshot(reference)
+    assert modes(home) == modes(reference)
 
 
 def test_the_real_corpus_staged(corpus, tmp_path):
@@ -568,7 +604,7 @@ def test_the_real_corpus_staged(corpus, tmp_path):
     assert info["staged"] and snapshot(home) == snapshot(Path(full.students_root) / f"student{n}")
 
 
-@pytest.mark.parametrize("change", ["edit a copied file", "add a file", "new boot", "other workshop"])
+@pytest.mark.parametrize("change", ["edit a copied file", "add a file", "make a template executable", "new boot", "other workshop"])
 def test_an_outdated_stage_is_never_used(tmp_path, monkeypatch, change):
     root, ws = own_workshop(tmp_path)
     wod = make_wod(tmp_path, variables={"BRANDING": "B", "BRANDINGWOD": "W"})
@@ -578,6 +614,9 @@ def test_an_outdated_stage_is_never_used(tmp_path, monkeypatch, change):
         (root / ws.name / "Pictures" / "logo.png").write_bytes(b"a new picture")
     elif change == "add a file":
         (root / ws.name / "notes.txt").write_text("added after the stage")
+    elif change == "make a template executable":
+        # the stage's placeholder has the old mode
+        (root / ws.name / "0-ReadMeFirst.ipynb").chmod(0o755)
     elif change == "new boot":
         # unsynced bytes may be lost in a crash of the machine, which also changes the boot id
         monkeypatch.setattr(homes, "_boot_id", lambda: "another-boot")
@@ -590,6 +629,8 @@ def test_an_outdated_stage_is_never_used(tmp_path, monkeypatch, change):
         assert (home / ws.name / "Pictures" / "logo.png").read_bytes() == b"a new picture"
     if change == "add a file":
         assert (home / ws.name / "notes.txt").read_text() == "added after the stage"
+    if change == "make a template executable":
+        assert stat.S_IMODE((home / ws.name / "0-ReadMeFirst.ipynb").stat().st_mode) == 0o700
     assert leftovers(wod) == []  # the outdated stage is gone with the provisioning
 
 

@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import stat
 import tempfile
 import threading
@@ -151,6 +152,15 @@ def _stale(side: str) -> list[str]:
         return [e.path for e in it]
 
 
+def _unique(side: str, prefix: str) -> str:
+    """A name in a seat's side folder that nothing has: ``<prefix><pid>-<random>`` (not made, unlike ``mkdtemp``).
+
+    Only the service writes in a side folder, and a name holds a pid and 64 random bits: a rename to it never
+    lands on something else's.
+    """
+    return os.path.join(side, f"{prefix}{os.getpid()}-{secrets.token_hex(8)}")
+
+
 def _let_move(home) -> None:
     """Let a previous home of our own be moved out of the students folder, even if its student made it read-only.
 
@@ -183,9 +193,9 @@ def erase_home(wod, student: int) -> None:
         os.unlink(home)
         return
     # Move it aside first: the name is gone at once, the bytes go after.
-    trash = tempfile.mkdtemp(prefix="trash-", dir=side)
+    trash = _unique(side, "trash-")
     _let_move(home)
-    os.rename(home, os.path.join(trash, "home"))
+    os.rename(home, trash)
     _remove(trash)
 
 
@@ -286,16 +296,20 @@ def _stage_key(wod, workshop, entries) -> str:
     """What a staged seat's copied files depend on, as a short digest.
 
     The workshop's folders and file names, and for every copied file its
-    size, mtime and exec bit; the skeleton's files likewise; the workspace. Editing a workshop changes the key, so an outdated stage is
-    never used. The boot id is in it too: a stage is written without fsync
+    size, mtime and exec bit; for every templated file its exec bit (its
+    placeholder has its mode); the skeleton's files likewise; the workspace.
+    Editing a workshop changes the key, so an outdated stage is never used. The boot id is in it too: a stage is written without fsync
     (like any copy), and only a crash of the machine can lose unsynced
     bytes, which also changes the boot id.
     """
     h = hashlib.sha256()
     h.update(json.dumps([_boot_id(), workshop.name, os.path.realpath(workshop.path), wod.readme_notebook]).encode())
     for rel, target, is_dir in entries:
-        if is_dir or is_templated(os.path.basename(rel)):
+        if is_dir:
             h.update(f"{rel}\0{is_dir}\n".encode())
+        elif is_templated(os.path.basename(rel)):
+            # Its placeholder in the stage has the file's mode (see .trees.write_tree).
+            h.update(f"{rel}\0{os.stat(target).st_mode & 0o111}\n".encode())
         else:
             st = os.stat(target)
             h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode & 0o111}\n".encode())
@@ -452,16 +466,20 @@ def provision(
     entries = source_tree(Path(workshop.path), Path(workshop.root))
     side = _side_folder(wod, student)
     stale = _stale(side)
-    new = tempfile.mkdtemp(prefix="new-", dir=side)
+    # Not made (mkdtemp) but claimed by renaming the stage to it: a staged CREATE makes no new inode (see
+    # .trees.write_tree for why that matters). The name is this call's alone, and the rename either takes the
+    # whole stage or finds it gone.
+    new = _unique(side, "new-")
     try:
         staged = False
         if any(os.path.basename(p).startswith(STAGED) for p in stale):
             try:
-                # Onto the empty folder: the stage is ours, or it was not there.
                 os.rename(_staged_path(wod, student, _stage_key(wod, workshop, entries)), new)
                 staged = True
             except OSError:
-                pass
+                pass  # taken by another process, or outdated: built whole
+        if not staged:
+            os.mkdir(new, 0o700)
         for leftover in stale:
             _remove(leftover)  # from a process that died mid-way, or an outdated stage (a used one is gone)
         if info is not None:
