@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from tests.homeutil import side_entries, stages
-from wod_jupyterhub import errors, homes
+from wod_jupyterhub import errors, fdtrees, homes
 from wod_jupyterhub.catalog import load_catalog
 from wod_jupyterhub.config import Wod, share_dir
 from wod_jupyterhub.templating import Renderer, RenderError, is_templated
@@ -578,7 +578,8 @@ def test_a_staged_create_makes_no_new_file(tmp_path):
 
 
 def test_a_stage_without_placeholders_still_gives_the_whole_home(tmp_path):
-    """A stage left by an earlier version (or missing a placeholder for any reason): the file is made."""
+    """A stage missing a placeholder (none of ours does; an admin's hand, a disk full while staging): the file is
+    made, with its mode."""
     _, ws = own_workshop(tmp_path)
     full = make_wod(tmp_path / "full", variables={"BRANDING": "B", "BRANDINGWOD": "W"})
     fast = make_wod(tmp_path / "fast", variables={"BRANDING": "B", "BRANDINGWOD": "W"})
@@ -591,6 +592,54 @@ def test_a_stage_without_placeholders_still_gives_the_whole_home(tmp_path):
     assert info == {"staged": True}
     assert snapshot(home) == snapshot(reference)
     assert modes(home) == modes(reference)
+
+
+def test_a_stage_erased_while_it_is_built_is_never_published(tmp_path, monkeypatch):
+    """A CREATE or an erase of the seat sweeps a stager's folder while it still writes: the stager stops with
+    FileNotFoundError (which the preparer takes for "not needed") and does not make the folder again."""
+    _, ws = own_workshop(tmp_path)
+    wod = make_wod(tmp_path, variables={"BRANDING": "B", "BRANDINGWOD": "W"})
+    write_tree = homes.write_tree
+
+    def erased_meanwhile(*args, **kwargs):
+        written = write_tree(*args, **kwargs)
+        homes.erase_home(wod, 3)
+        return written
+
+    monkeypatch.setattr(homes, "write_tree", erased_meanwhile)
+    with pytest.raises(FileNotFoundError):
+        homes.stage(wod, ws, 3)
+    monkeypatch.setattr(homes, "write_tree", write_tree)
+    assert side_entries(wod.students_root) == []
+    info = {}
+    home = provision(wod, ws, 3, info=info)
+    assert info == {"staged": False} and (home / ws.name / "0-ReadMeFirst.ipynb").stat().st_size > 0
+
+
+def test_an_erase_never_empties_a_stage_published_under_it(tmp_path, monkeypatch):
+    """The eraser has opened a stager's folder when the stager renames it to its published name: the eraser
+    claimed it by renaming it first, so the stage is either whole or gone, never published empty."""
+    _, ws = own_workshop(tmp_path)
+    wod = make_wod(tmp_path, variables={"BRANDING": "B", "BRANDINGWOD": "W"})
+    homes.stage(wod, ws, 3)
+    [stage] = staged(wod)
+    published = Path(wod.students_root) / stage
+    building = published.with_name(f"staging-{os.getpid()}-x")
+    os.rename(published, building)  # a live stager's work in progress, about to be published
+    writable = fdtrees._writable
+
+    def published_now(fd):  # the eraser opened the folder: the stager's rename lands now
+        monkeypatch.setattr(fdtrees, "_writable", writable)
+        os.rename(building, published)
+        writable(fd)
+
+    monkeypatch.setattr(fdtrees, "_writable", published_now)
+    homes.erase_home(wod, 3)
+    assert not published.exists() or (published / ws.name / "Pictures" / "logo.png").is_file()
+    info = {}
+    home = provision(wod, ws, 3, info=info)
+    assert (home / ws.name / "Pictures" / "logo.png").is_file()
+    assert (home / ws.name / "0-ReadMeFirst.ipynb").stat().st_size > 0
 
 
 def test_the_real_corpus_staged(corpus, tmp_path):

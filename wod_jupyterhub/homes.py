@@ -37,7 +37,7 @@ from . import errors
 from .fdtrees import chown_tree, erase_tree
 from .owners import pid_alive
 from .templating import Renderer, default_renderer, is_templated
-from .trees import DIR_MODE, copy_skel, source_tree, write_tree
+from .trees import DIR_MODE, copy_skel, executable, source_tree, write_tree
 
 #: JupyterLab (jupyterlab_server.workspaces_handler.slugify) stores the
 #: workspace named "default" -- the one ``/lab`` opens -- in
@@ -68,8 +68,22 @@ def home_path(wod, student: int) -> Path:
 
 
 def _remove(path: str) -> None:
-    """Remove a file, a symlink or a tree: by descriptor, at any depth, without following any symlink."""
+    """Remove a file, a symlink or a tree: by descriptor, at any depth, without following any symlink.
+
+    What lies in a side folder is first renamed to a ``trash-`` name of its own, then erased under it: an
+    eraser works through a descriptor it opened, so without that, a stager publishing the folder
+    (``staging-`` to ``staged-``) or a CREATE claiming it at the same moment would get it emptied behind
+    its back. Whoever renames first has it; the other finds it gone.
+    """
     try:
+        side = os.path.dirname(path)
+        if is_side_name(os.path.basename(side)) and not os.path.basename(path).startswith(TRASH):
+            claimed = _unique(side, TRASH)
+            try:
+                os.rename(path, claimed)
+            except FileNotFoundError:
+                return  # someone else's now, or gone
+            path = claimed
         erase_tree(path)
     except OSError:
         # Only what lies in a side folder (or an earlier version's hidden leftover) may be removed by a
@@ -193,7 +207,7 @@ def erase_home(wod, student: int) -> None:
         os.unlink(home)
         return
     # Move it aside first: the name is gone at once, the bytes go after.
-    trash = _unique(side, "trash-")
+    trash = _unique(side, TRASH)
     _let_move(home)
     os.rename(home, trash)
     _remove(trash)
@@ -308,8 +322,8 @@ def _stage_key(wod, workshop, entries) -> str:
         if is_dir:
             h.update(f"{rel}\0{is_dir}\n".encode())
         elif is_templated(os.path.basename(rel)):
-            # Its placeholder in the stage has the file's mode (see .trees.write_tree).
-            h.update(f"{rel}\0{os.stat(target).st_mode & 0o111}\n".encode())
+            # Its placeholder in the stage has the file's mode, which depends only on whether it is executable.
+            h.update(f"{rel}\0{executable(target)}\n".encode())
         else:
             st = os.stat(target)
             h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode & 0o111}\n".encode())
@@ -322,7 +336,7 @@ def _stage_key(wod, workshop, entries) -> str:
     return h.hexdigest()[:24]
 
 
-STAGED, STAGING = "staged-", "staging-"
+STAGED, STAGING, TRASH = "staged-", "staging-", "trash-"
 
 
 def _staged_path(wod, student: int, key: str) -> str:
@@ -391,7 +405,13 @@ def _build(wod, workshop, new: str, entries, renderer: Renderer, variables, part
     )
     if part != "templates":
         wsdir = os.path.join(new, WORKSPACE_DIR)
-        os.makedirs(wsdir, DIR_MODE, exist_ok=True)
+        for d in (os.path.join(new, ".jupyter"), os.path.join(new, ".jupyter", "lab"), wsdir):
+            try:
+                # One level at a time, never makedirs: that would make ``new`` again if an erase of the seat
+                # removed it meanwhile, and a stage holding only this folder would be published.
+                os.mkdir(d, DIR_MODE)
+            except FileExistsError:
+                pass  # from the skeleton
         fd = os.open(os.path.join(wsdir, WORKSPACE_FILE), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with open(fd, "w", encoding="utf-8") as f:
             f.write(_workspace(workshop.name, wod.readme_notebook))
@@ -423,6 +443,8 @@ def stage(wod, workshop, student: int) -> bool:
     if os.path.isdir(target):
         return False  # the common case of a periodic look: one walk and a stat per file, no copy
     for old in _stale(side):
+        if old == target:
+            continue  # published by another stager since the look above: current, and perhaps being claimed
         if os.path.basename(old).startswith(STAGED) or (os.path.basename(old).startswith(STAGING) and _dead_staging(old)):
             _remove(old)  # an earlier version of the workshop; a killed stager's work
     # The pid in the name tells a later stager whether this one still runs.
@@ -473,9 +495,13 @@ def provision(
     try:
         staged = False
         if any(os.path.basename(p).startswith(STAGED) for p in stale):
+            current = _staged_path(wod, student, _stage_key(wod, workshop, entries))
             try:
-                os.rename(_staged_path(wod, student, _stage_key(wod, workshop, entries)), new)
-                staged = True
+                # A folder, never a symlink rendered through (only the service writes here: a check that costs
+                # one lstat).
+                if stat.S_ISDIR(os.lstat(current).st_mode):
+                    os.rename(current, new)
+                    staged = True
             except OSError:
                 pass  # taken by another process, or outdated: built whole
         if not staged:

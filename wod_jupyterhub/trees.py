@@ -61,12 +61,12 @@ def write_tree(
                 os.mkdir(out, DIR_MODE)
         elif is_templated(os.path.basename(rel)):
             if part == "static":
-                os.close(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _file_mode(_executable(target))))
+                os.close(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _file_mode(executable(target))))
                 continue
             data = renderer.render_file(Path(target), f"{top}/{rel}", variables).encode("utf-8")
             fd = _open_placeholder(out) if part == "templates" else None
             if fd is None:
-                fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _file_mode(_executable(target)))
+                fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _file_mode(executable(target)))
             try:
                 view = memoryview(data)
                 while view:
@@ -173,7 +173,7 @@ def source_tree(src: Path, root: Path | None = None) -> list[tuple[str, str, boo
     return out
 
 
-def _executable(path: str) -> bool:
+def executable(path: str) -> bool:
     return bool(os.stat(path).st_mode & 0o111)
 
 
