@@ -707,6 +707,21 @@ def test_a_stage_belongs_to_the_service_until_the_create_hands_it_over(tmp_path)
     assert {(p.lstat().st_uid, p.lstat().st_gid) for p in [home, *home.rglob("*")]} == {(43210, 43211)}
 
 
+def test_without_renameat2_the_previous_home_is_moved_aside_and_erased(tmp_path, monkeypatch):
+    """A kernel or libc without RENAME_EXCHANGE: the old home is moved into the side folder, the new one put in
+    its place, and the old one's bytes go after."""
+    _, ws = own_workshop(tmp_path)
+    wod = make_wod(tmp_path, variables={"BRANDING": "B", "BRANDINGWOD": "W"})
+    home = provision(wod, ws, 7)
+    (home / "mine.txt").write_text("the previous student's")
+    monkeypatch.setattr(homes, "_exchange", lambda a, b: False)
+    home = provision(wod, ws, 7)
+    homes.drain()
+    assert not (home / "mine.txt").exists()
+    assert (home / ws.name / "0-ReadMeFirst.ipynb").stat().st_size > 0
+    assert leftovers(wod) == []
+
+
 def test_a_failed_render_on_a_stage_leaves_the_home_and_nothing_else(tmp_path):
     wod = make_wod(tmp_path)
     good = load_catalog([share_dir() / "workshops"]).get("WKSHP-PythonBasics")

@@ -70,14 +70,16 @@ def home_path(wod, student: int) -> Path:
 def _remove(path: str) -> None:
     """Remove a file, a symlink or a tree: by descriptor, at any depth, without following any symlink.
 
-    What lies in a side folder is first renamed to a ``trash-`` name of its own, then erased under it: an
-    eraser works through a descriptor it opened, so without that, a stager publishing the folder
-    (``staging-`` to ``staged-``) or a CREATE claiming it at the same moment would get it emptied behind
-    its back. Whoever renames first has it; the other finds it gone.
+    A stage, or a stager's folder, in a side folder is first renamed to a ``trash-`` name of its own, then
+    erased under it: an eraser works through a descriptor it opened, so without that, a stager publishing
+    the folder (``staging-`` to ``staged-``) or a CREATE claiming it at the same moment would get it emptied
+    behind its back. Whoever renames first has it; the other finds it gone. Nothing else there is renamed
+    by anyone but its maker.
     """
+    side = os.path.dirname(path)
+    in_side = is_side_name(os.path.basename(side))
     try:
-        side = os.path.dirname(path)
-        if is_side_name(os.path.basename(side)) and not os.path.basename(path).startswith(TRASH):
+        if in_side and os.path.basename(path).startswith((STAGED, STAGING)):
             claimed = _unique(side, TRASH)
             try:
                 os.rename(path, claimed)
@@ -88,7 +90,7 @@ def _remove(path: str) -> None:
     except OSError:
         # Only what lies in a side folder (or an earlier version's hidden leftover) may be removed by a
         # deferred erasure at the same time.
-        if not (is_side_name(os.path.basename(os.path.dirname(path))) or os.path.basename(path).startswith(".student")):
+        if not (in_side or os.path.basename(path).startswith(".student")):
             raise
 
 
@@ -175,6 +177,17 @@ def _unique(side: str, prefix: str) -> str:
     return os.path.join(side, f"{prefix}{os.getpid()}-{secrets.token_hex(8)}")
 
 
+def _move_aside(side: str, home) -> str:
+    """Move a home out of the students folder, to a fresh name in its seat's side folder; that name.
+
+    The name is gone from the student's path at once; its bytes go after (:func:`_remove`, :func:`_erase_later`).
+    """
+    aside = _unique(side, TRASH)
+    _let_move(home)
+    os.rename(home, aside)
+    return aside
+
+
 def _let_move(home) -> None:
     """Let a previous home of our own be moved out of the students folder, even if its student made it read-only.
 
@@ -206,11 +219,7 @@ def erase_home(wod, student: int) -> None:
     if os.path.islink(home) or not os.path.isdir(home):
         os.unlink(home)
         return
-    # Move it aside first: the name is gone at once, the bytes go after.
-    trash = _unique(side, TRASH)
-    _let_move(home)
-    os.rename(home, trash)
-    _remove(trash)
+    _remove(_move_aside(side, home))
 
 
 _eraser = None
@@ -310,11 +319,12 @@ def _stage_key(wod, workshop, entries) -> str:
     """What a staged seat's copied files depend on, as a short digest.
 
     The workshop's folders and file names, and for every copied file its
-    size, mtime and exec bit; for every templated file its exec bit (its
-    placeholder has its mode); the skeleton's files likewise; the workspace.
-    Editing a workshop changes the key, so an outdated stage is never used. The boot id is in it too: a stage is written without fsync
-    (like any copy), and only a crash of the machine can lose unsynced
-    bytes, which also changes the boot id.
+    size, mtime and exec bit; for every templated file whether it is
+    executable (its placeholder has its mode); the skeleton's files
+    likewise; the workspace. Editing a workshop changes the key, so an
+    outdated stage is never used. The boot id is in it too: a stage is
+    written without fsync (like any copy), and only a crash of the machine
+    can lose unsynced bytes, which also changes the boot id.
     """
     h = hashlib.sha256()
     h.update(json.dumps([_boot_id(), workshop.name, os.path.realpath(workshop.path), wod.readme_notebook]).encode())
@@ -518,8 +528,7 @@ def provision(
             _erase_later(new)  # now holds the previous home, already out of the student's path
         else:
             if os.path.lexists(home):
-                old = tempfile.mkdtemp(prefix="old-", dir=side)
-                os.rename(home, os.path.join(old, "home"))
+                old = _move_aside(side, home)
                 os.rename(new, home)
                 _erase_later(old)
             else:

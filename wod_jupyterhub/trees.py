@@ -61,12 +61,12 @@ def write_tree(
                 os.mkdir(out, DIR_MODE)
         elif is_templated(os.path.basename(rel)):
             if part == "static":
-                os.close(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _file_mode(executable(target))))
+                os.close(_create(out, target))
                 continue
             data = renderer.render_file(Path(target), f"{top}/{rel}", variables).encode("utf-8")
             fd = _open_placeholder(out) if part == "templates" else None
             if fd is None:
-                fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _file_mode(executable(target)))
+                fd = _create(out, target)
             try:
                 view = memoryview(data)
                 while view:
@@ -80,11 +80,16 @@ def write_tree(
     return written
 
 
+def _create(out: str, target: str) -> int:
+    """A new file ``out`` open for writing, with the mode a home's copy of ``target`` gets; never an existing one."""
+    return os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _file_mode(executable(target)))
+
+
 def _open_placeholder(path: str) -> int | None:
     """The stage's empty placeholder of a templated file, open for writing; None when the stage has none.
 
-    It has the file's mode already (the stage's key holds the exec bits of
-    the templated files). Never a symlink: nobody but the service writes
+    It has the file's mode already (the stage's key holds whether each
+    templated file is executable). Never a symlink: nobody but the service writes
     in a stage. Not opened with ``O_TRUNC``: ext4 takes a file truncated to
     nothing for one being replaced, and starts writing it to disk when it
     is closed (``auto_da_alloc``), which cost 4 % of a CREATE's CPU.
