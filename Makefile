@@ -53,7 +53,7 @@ test: deps chromium lint system-users
 
 # WOD_SYSTEM_USERS=1 make demo (as root): the accounts of the demo's range, every server as its student.
 demo: deps $(if $(filter-out 0,$(WOD_SYSTEM_USERS)),system-users)
-	PATH="$(CURDIR)/node_modules/.bin:$$PATH" WOD_STUDENT_PYTHON="$(STUDENT_VENV)/bin/python" $(BIN)/python -m wod_jupyterhub.demo
+	PATH="$(CURDIR)/node_modules/.bin:$$PATH" WOD_STUDENT_PYTHON="$(STUDENT_VENV)/bin/python" $(BIN)/python -m wod_jupyterhub.cli.demo
 
 # Each benchmark runs as a module from the repository root, so it imports
 # the test helpers as `tests.<module>` (see bench/__init__.py).

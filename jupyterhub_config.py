@@ -22,7 +22,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # Every file the demo writes (databases, homes, keys) goes here; the demo's
-# self-check (`python -m wod_jupyterhub.demo --check`) points it at a temporary folder.
+# self-check (`python -m wod_jupyterhub.cli.demo --check`) points it at a temporary folder.
 STATE = Path(os.environ.get("WOD_STATE_DIR", HERE)).resolve()
 # The wod service reads this file too (with the hub's JUPYTERHUB_SERVICE_NAME set).
 IN_SERVICE = bool(os.environ.get("JUPYTERHUB_SERVICE_NAME"))

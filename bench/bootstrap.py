@@ -41,9 +41,9 @@ import httpx
 from tests.etcutil import private_etc
 from tests.homeutil import stages
 from tests.hubutil import RealHub
-from wod_jupyterhub import accounts
-from wod_jupyterhub.catalog import load_catalog
-from wod_jupyterhub.hubprocess import REPO
+from wod_jupyterhub.cli.hubprocess import REPO
+from wod_jupyterhub.seats import accounts
+from wod_jupyterhub.workshops.catalog import load_catalog
 
 CORPUS = REPO.parent / "shared" / "wod-notebooks"
 UID_BASE = 40000

@@ -52,10 +52,10 @@ from bench import process_cpu
 from bench.provision import CORPUS, VARIABLES, floor_once
 from tests.hubutil import RealHub
 from tests.svcutil import ahead_cpu_seconds
-from wod_jupyterhub.catalog import load_catalog
 from wod_jupyterhub.config import Wod
-from wod_jupyterhub.templating import is_templated
-from wod_jupyterhub.variables import template_variables
+from wod_jupyterhub.workshops.catalog import load_catalog
+from wod_jupyterhub.workshops.templating import is_templated
+from wod_jupyterhub.workshops.variables import template_variables
 
 WORKSHOP = "WKSHP-Docker101"
 GOALS = {"create": 1.5, "cleanup": 3.0}  # seconds for the whole burst

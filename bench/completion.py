@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from wod_jupyterhub.completion import completion, find_notebooks
-from wod_jupyterhub.completion_worker import measure
+from wod_jupyterhub.seats.completion import completion, find_notebooks
+from wod_jupyterhub.seats.completion_worker import measure
 
 HERE = Path(__file__).resolve().parent
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from tests.hubutil import RealHub, write_workshop
 from tests.seatutil import Kernel, seat
-from wod_jupyterhub import cgroups
+from wod_jupyterhub.seats import cgroups
 
 GOAL = 2.0
 CELLS = 40

@@ -59,9 +59,9 @@ import httpx
 
 from bench import process_cpu
 from wod_jupyterhub import passwords
-from wod_jupyterhub.auth import WodAuthenticator
-from wod_jupyterhub.demo import DemoHub
-from wod_jupyterhub.hubprocess import REPO
+from wod_jupyterhub.cli.demo import DemoHub
+from wod_jupyterhub.cli.hubprocess import REPO
+from wod_jupyterhub.hub.auth import WodAuthenticator
 
 LOGINS = 50
 ROUNDS = 5

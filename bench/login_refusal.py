@@ -18,8 +18,8 @@ from pathlib import Path
 from traitlets.config import Config
 
 from wod_jupyterhub import passwords
-from wod_jupyterhub.auth import WodAuthenticator
-from wod_jupyterhub.store import Student
+from wod_jupyterhub.hub.auth import WodAuthenticator
+from wod_jupyterhub.store.models import Student
 
 REPEAT = 15
 NAMES = ("admin", "student3", "student7", "nobody")

@@ -23,11 +23,11 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from wod_jupyterhub.config import Wod
-from wod_jupyterhub.mail.ingress import Ingress
-from wod_jupyterhub.mail.listener import MailListener
-from wod_jupyterhub.mail.relay import Relay
-from wod_jupyterhub.mail.settings import WodMail
-from wod_jupyterhub.store import MailMessage, Store
+from wod_jupyterhub.service.mail.ingress import Ingress
+from wod_jupyterhub.service.mail.listener import MailListener
+from wod_jupyterhub.service.mail.relay import Relay
+from wod_jupyterhub.service.mail.settings import WodMail
+from wod_jupyterhub.store.models import MailMessage, Store
 
 MAILS = 200
 REPEAT = 3

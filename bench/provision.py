@@ -33,11 +33,11 @@ from pathlib import Path
 import jinja2
 import yaml
 
-from wod_jupyterhub import homes
-from wod_jupyterhub.catalog import load_catalog
 from wod_jupyterhub.config import Wod
-from wod_jupyterhub.templating import Renderer, is_templated
-from wod_jupyterhub.variables import template_variables
+from wod_jupyterhub.seats import homes
+from wod_jupyterhub.workshops.catalog import load_catalog
+from wod_jupyterhub.workshops.templating import Renderer, is_templated
+from wod_jupyterhub.workshops.variables import template_variables
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "wod-notebooks"
 SAMPLES = Path(__file__).resolve().parents[1] / "share" / "workshops"

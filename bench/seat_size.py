@@ -35,7 +35,7 @@ from pathlib import Path
 from bench import process_cpu
 from tests.hubutil import RealHub
 from tests.seatutil import Kernel, seat
-from wod_jupyterhub import cgroups
+from wod_jupyterhub.seats import cgroups
 
 # What the demo configuration gives the sample workshops' templates.
 VARIABLES = {"BRANDING": "Bench", "BRANDINGWOD": "Workshops-on-Demand", "BRANDINGURL": "https://example.com",

@@ -9,7 +9,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from wod_jupyterhub import accounts
+from wod_jupyterhub.seats import accounts
 
 SEAT = re.compile(r"^student\d+:")
 

@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-from wod_jupyterhub.homes import is_side_name
+from wod_jupyterhub.seats.homes import is_side_name
 
 
 def side_entries(students_root) -> list[str]:

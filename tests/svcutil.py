@@ -9,9 +9,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from wod_jupyterhub import passwords
-from wod_jupyterhub.store import Operation, OutboxMessage, Student, make_engine
+from wod_jupyterhub.store.models import Operation, OutboxMessage, Student, make_engine
 
-OPENAPI = json.loads((Path(__file__).resolve().parent.parent / "wod_jupyterhub" / "openapi.json").read_text())
+OPENAPI = json.loads((Path(__file__).resolve().parent.parent / "wod_jupyterhub" / "service" / "openapi.json").read_text())
 _ROUTES = [
     (re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(path)) + "$"), path) for path in OPENAPI["paths"]
 ]

@@ -153,7 +153,7 @@ class Hopper:
         return False
 
     def stop(self) -> None:
-        from wod_jupyterhub.processes import kill_uid
+        from wod_jupyterhub.seats.processes import kill_uid
 
         kill_uid(uid(self.n))
         if self.reaper is not None:

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.etcutil import private_etc
-from wod_jupyterhub import accounts
-from wod_jupyterhub.accounts import Account
+from wod_jupyterhub.seats import accounts
+from wod_jupyterhub.seats.accounts import Account
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -18,12 +18,12 @@ from traitlets import TraitError
 from traitlets.config import Config, Configurable
 
 from wod_jupyterhub import passwords
-from wod_jupyterhub.auth import WodAuthenticator
-from wod_jupyterhub.client_address import forwarded_client
 from wod_jupyterhub.config import student_number
+from wod_jupyterhub.hub.auth import WodAuthenticator
+from wod_jupyterhub.hub.client_address import forwarded_client
+from wod_jupyterhub.hub.sessions import SESSION_TAG, new_cookie_id, session_generation
 from wod_jupyterhub.passwords import hash_params, hash_password, verify_password
-from wod_jupyterhub.sessions import SESSION_TAG, new_cookie_id, session_generation
-from wod_jupyterhub.store import Student, Throttle, utcnow
+from wod_jupyterhub.store.models import Student, Throttle, utcnow
 
 ADMIN_HASH = hash_password("admin-secret-pw", cost=11)
 
@@ -225,7 +225,7 @@ async def test_rotating_addresses_get_one_try_per_interval_at_a_locked_name(db_u
         assert (await login(auth, "boss", "guess", ip=f"198.51.100.{i}"))["kind"] == "bad"
     checks = []
     real_verify = verify_password
-    monkeypatch.setattr("wod_jupyterhub.auth.verify_password", lambda pw, h: checks.append(pw) or real_verify(pw, h))
+    monkeypatch.setattr("wod_jupyterhub.hub.auth.verify_password", lambda pw, h: checks.append(pw) or real_verify(pw, h))
     outcomes = [await login(auth, "boss", f"guess{i}", ip=f"203.0.113.{i}") for i in range(guesses)]
     guessed = {pw for pw in checks if pw.startswith("guess")}
     assert len(guessed) <= checked_at_most
@@ -461,7 +461,7 @@ async def test_a_failing_sweep_is_logged_once_until_it_works_again():
 
     from sqlalchemy.exc import OperationalError
 
-    from wod_jupyterhub.sessions import keep_sweeping
+    from wod_jupyterhub.hub.sessions import keep_sweeping
 
     outcomes = ["fail", "fail", "fail", "ok", "ok", "boom", "boom", "ok"]
     done = asyncio.Event()
@@ -570,7 +570,7 @@ def test_every_refusal_does_the_same_work(db_url, monkeypatch):
     seat(auth, 3)
     with auth.store.session() as s:  # a seat with no password (never provisioned)
         s.merge(Student(number=4, state="free", generation=0))
-    import wod_jupyterhub.auth as auth_mod
+    import wod_jupyterhub.hub.auth as auth_mod
 
     calls = []
     real = auth_mod.verify_password

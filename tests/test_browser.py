@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.hubutil import RealHub
-from wod_jupyterhub.hubprocess import REPO
+from wod_jupyterhub.cli.hubprocess import REPO
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "artifacts"

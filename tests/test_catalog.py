@@ -5,8 +5,8 @@ import shutil
 import pytest
 
 from wod_jupyterhub import errors
-from wod_jupyterhub.catalog import Catalog, load_catalog, parse_workshop_name
 from wod_jupyterhub.config import Wod, share_dir
+from wod_jupyterhub.workshops.catalog import Catalog, load_catalog, parse_workshop_name
 
 README = '{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 4}\n'
 

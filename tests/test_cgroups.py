@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from wod_jupyterhub import cgroups
 from wod_jupyterhub.config import Wod
 from wod_jupyterhub.limits import Limits
+from wod_jupyterhub.seats import cgroups
 
 M = 1024**2
 ROOT = Path("/sys/fs/cgroup")

@@ -88,7 +88,7 @@ def test_a_new_pools_seats_are_prepared_without_asking_the_hub_seat_by_seat(hub)
     from sqlalchemy import select
     from sqlalchemy.orm import Session
 
-    from wod_jupyterhub.store import Student, make_engine
+    from wod_jupyterhub.store.models import Student, make_engine
 
     deadline = time.monotonic() + 60
     while httpx.get(hub.service_url + "api/health", timeout=10).json()["prepare_pending"]:
@@ -241,14 +241,14 @@ def test_api_status_matches_its_openapi_schema_and_needs_the_read_scope(hub):
     [("7", [7]), ("3-5", [3, 4, 5]), ("1,4,10-12", [1, 4, 10, 11, 12]), (" 2 , 2-3 ", [2, 3])],
 )
 def test_students_specs(spec, seats):
-    from wod_jupyterhub.batch import parse_students
+    from wod_jupyterhub.cli.batch import parse_students
 
     assert parse_students(spec) == seats
 
 
 @pytest.mark.parametrize("spec", ["", "0", "5-2", "a", "1-", "-3", "1-20000", "1;2"])
 def test_bad_students_specs(spec):
-    from wod_jupyterhub.batch import parse_students
+    from wod_jupyterhub.cli.batch import parse_students
     from wod_jupyterhub.errors import BadRequest
 
     with pytest.raises(BadRequest):
@@ -256,13 +256,13 @@ def test_bad_students_specs(spec):
 
 
 def test_completion_histogram_buckets():
-    from wod_jupyterhub.overview import histogram
+    from wod_jupyterhub.service.overview import histogram
 
     assert histogram([0, 9, 10, 55, 99, 100]) == [2, 1, 0, 0, 0, 1, 0, 0, 0, 2]
 
 
 def test_wod_users_creates_the_hubs_users_of_a_range_in_batches(hub):
-    from wod_jupyterhub.users import create_hub_users
+    from wod_jupyterhub.cli.users import create_hub_users
 
     names = [f"student{n}" for n in range(501, 508)]
     seen = []
@@ -275,7 +275,7 @@ def test_wod_users_creates_the_hubs_users_of_a_range_in_batches(hub):
 
 
 def test_text_builders():
-    from wod_jupyterhub.tables import format_table, progress_bar
+    from wod_jupyterhub.cli.tables import format_table, progress_bar
 
     assert format_table(["A", "BB"], [["xxx", "y"], ["z", ""]]).splitlines() == ["A    BB", "xxx  y", "z"]
     assert progress_bar(5, 10, 1, "CREATE", width=10) == "CREATE [#####-----] 5/10  1 failed"
@@ -287,7 +287,7 @@ def test_status_counts_the_mail_relays_backlog(hub):
     from sqlalchemy.orm import Session
 
     from tests.svcutil import check
-    from wod_jupyterhub.store import MailMessage, make_engine, utcnow
+    from wod_jupyterhub.store.models import MailMessage, make_engine, utcnow
 
     engine = make_engine(hub.db_url)
     with Session(engine) as s:

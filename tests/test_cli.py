@@ -139,7 +139,7 @@ def test_usage_errors():
         assert command in r.stdout
 
 
-@pytest.mark.parametrize("name, module", [("service", "wod_jupyterhub.service"), ("users", "wod_jupyterhub.users")])
+@pytest.mark.parametrize("name, module", [("service", "wod_jupyterhub.service"), ("users", "wod_jupyterhub.cli.users")])
 def test_delegated_commands(name, module):
     r = wod(name, "--help")
     if importlib.util.find_spec(module) is None:

@@ -7,8 +7,8 @@ import shutil
 import nbformat
 import pytest
 
-from wod_jupyterhub.completion import completion, notebook_completion, percent
 from wod_jupyterhub.errors import BadRequest, NotFound
+from wod_jupyterhub.seats.completion import completion, notebook_completion, percent
 
 
 def code(source, count=None, outputs=()):
@@ -353,7 +353,7 @@ def subprocess_rm(path):
 
 
 def test_too_many_entries_are_reported(tmp_path):
-    from wod_jupyterhub import completion as c
+    from wod_jupyterhub.seats import completion as c
 
     ws = tmp_path / "WKSHP-Many"
     for i in range(30):
@@ -444,7 +444,7 @@ def test_fuzzed_notebooks_never_raise(tmp_path):
 
 
 def test_measure_runs_in_a_worker_and_agrees(tmp_path):
-    from wod_jupyterhub.completion_worker import measure
+    from wod_jupyterhub.seats.completion_worker import measure
 
     ws = tmp_path / "WKSHP-Demo"
     write_nb(ws / "1-Intro.ipynb", [code("a", 1), code("b"), code("c")])
@@ -458,7 +458,7 @@ def test_measure_runs_in_a_worker_and_agrees(tmp_path):
 
 def test_a_notebook_that_needs_too_much_memory_is_reported_not_parsed(tmp_path):
     """Issue 8 #3: ``[{},{},…]`` costs ~25 times its size parsed; the worker's address space is bounded."""
-    from wod_jupyterhub.completion_worker import measure
+    from wod_jupyterhub.seats.completion_worker import measure
 
     ws = tmp_path / "WKSHP-Mem"
     ws.mkdir()
@@ -472,7 +472,7 @@ def test_a_notebook_that_needs_too_much_memory_is_reported_not_parsed(tmp_path):
 
 
 def test_the_bounds_per_notebook_and_per_folder(tmp_path):
-    from wod_jupyterhub.completion_worker import measure
+    from wod_jupyterhub.seats.completion_worker import measure
 
     ws = tmp_path / "WKSHP-Sizes"
     for i in range(4):
@@ -486,8 +486,8 @@ def test_the_bounds_per_notebook_and_per_folder(tmp_path):
 
 
 def test_a_worker_that_fails_is_reported(tmp_path):
-    from wod_jupyterhub import completion_worker
-    from wod_jupyterhub.completion_worker import measure
+    from wod_jupyterhub.seats import completion_worker
+    from wod_jupyterhub.seats.completion_worker import measure
 
     ws = tmp_path / "WKSHP-Demo"
     write_nb(ws / "1-Intro.ipynb", [code("a", 1)])

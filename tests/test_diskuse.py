@@ -11,7 +11,7 @@ import pytest
 
 from tests.hubutil import RealHub, write_workshop
 from tests.svcutil import check
-from wod_jupyterhub.diskuse import DiskWatch, du_command, home_bytes, parse_du
+from wod_jupyterhub.seats.diskuse import DiskWatch, du_command, home_bytes, parse_du
 
 M = 1024**2
 

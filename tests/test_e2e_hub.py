@@ -22,7 +22,7 @@ from tornado.websocket import websocket_connect
 
 from tests.hubutil import RealHub
 from wod_jupyterhub.passwords import hash_password
-from wod_jupyterhub.store import Completion, Store, Student
+from wod_jupyterhub.store.models import Completion, Store, Student
 
 WORKSHOP = "WKSHP-E2E"
 ADMIN_PASSWORD = "admin-pass-for-e2e"
@@ -366,10 +366,10 @@ def test_make_demo_path_books_a_seat_and_logs_in(tmp_path):
     import subprocess
     import sys
 
-    from wod_jupyterhub.hubprocess import hub_env
+    from wod_jupyterhub.cli.hubprocess import hub_env
 
     r = subprocess.run(
-        [sys.executable, "-m", "wod_jupyterhub.demo", "--check", "--state", str(tmp_path / "state")],
+        [sys.executable, "-m", "wod_jupyterhub.cli.demo", "--check", "--state", str(tmp_path / "state")],
         env=hub_env(),
         capture_output=True,
         text=True,

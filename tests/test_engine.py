@@ -20,18 +20,18 @@ from prometheus_client import generate_latest
 
 from tests.hubutil import write_workshop
 from tests.svcutil import ahead_cpu_seconds
-from wod_jupyterhub.catalog import CatalogCache
 from wod_jupyterhub.config import Wod
 from wod_jupyterhub.errors import BadRequest, Unprocessable
-from wod_jupyterhub.hooks import WodHooks
-from wod_jupyterhub.hubapi import HubAPI
-from wod_jupyterhub.metrics import Metrics
-from wod_jupyterhub.operations import VERBS, Engine, SeatWork, Views, WodOperations
-from wod_jupyterhub.owners import _host
+from wod_jupyterhub.leases import _host
 from wod_jupyterhub.passwords import Sealer, verify_password
-from wod_jupyterhub.portal import Outbox, WodPortal
-from wod_jupyterhub.store import Operation, Seat, Status, Store, Student, utcnow
-from wod_jupyterhub.templating import Renderer
+from wod_jupyterhub.service.callbacks.portal import Outbox, WodPortal
+from wod_jupyterhub.service.hooks import WodHooks
+from wod_jupyterhub.service.hubclient import HubAPI
+from wod_jupyterhub.service.metrics import Metrics
+from wod_jupyterhub.service.operations import VERBS, Engine, SeatWork, Views, WodOperations
+from wod_jupyterhub.store.models import Operation, Seat, Status, Store, Student, utcnow
+from wod_jupyterhub.workshops.catalog import CatalogCache
+from wod_jupyterhub.workshops.templating import Renderer
 
 LOG = logging.getLogger("test")
 WORKSHOP = "WKSHP-Unit"

@@ -22,10 +22,10 @@ from tests import seatutil
 from tests.hubutil import RealHub, write_workshop
 from tests.seatutil import Kernel, live_processes, trivial, verb
 from tests.test_e2e_hub import open_lab
-from wod_jupyterhub import accounts as etc_accounts
-from wod_jupyterhub import cgroups
+from wod_jupyterhub.cli.users import accounts_for
 from wod_jupyterhub.config import Wod
-from wod_jupyterhub.users import accounts_for
+from wod_jupyterhub.seats import accounts as etc_accounts
+from wod_jupyterhub.seats import cgroups
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system-users mode and control groups need root (CI runs as root)")
 

@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from wod_jupyterhub.config import Wod
-from wod_jupyterhub.hooks import WodHooks as Hooks
+from wod_jupyterhub.service.hooks import WodHooks as Hooks
 
 
 def _hooks(tmp_path, text, timeout):
@@ -48,7 +48,7 @@ def test_a_setsid_child_holding_the_output_does_not_hold_the_operation(tmp_path,
 
 
 async def _run_or_fail(hooks):
-    from wod_jupyterhub.hooks import HookFailed
+    from wod_jupyterhub.service.hooks import HookFailed
 
     try:
         return await hooks.run("create", "WKSHP-X", student=1)
@@ -64,7 +64,7 @@ def test_the_output_tail_is_kept(tmp_path):
 
 
 def test_vars_file_aliases_are_refused(tmp_path):
-    from wod_jupyterhub.hooks import read_vars_file
+    from wod_jupyterhub.service.hooks import read_vars_file
 
     path = tmp_path / "vars.yml"
     path.write_text("a: &a [x, x, x]\nb: [*a, *a, *a]\n")

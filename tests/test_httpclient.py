@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tests.hubutil import free_port
-from wod_jupyterhub.httpclient import Client, HTTPError
+from wod_jupyterhub.service.httpclient import Client, HTTPError
 
 
 class _Handler(BaseHTTPRequestHandler):

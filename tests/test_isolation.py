@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from tests.sysusers import Hopper, as_student, ensure_accounts, require_root, uid  # noqa: F401 - require_root is a fixture
-from wod_jupyterhub import fdtrees as trees
-from wod_jupyterhub import homes, leftovers, processes
-from wod_jupyterhub.catalog import load_catalog
 from wod_jupyterhub.config import Wod, share_dir
-from wod_jupyterhub.variables import template_variables
+from wod_jupyterhub.seats import fdtrees as trees
+from wod_jupyterhub.seats import homes, leftovers, processes
+from wod_jupyterhub.workshops.catalog import load_catalog
+from wod_jupyterhub.workshops.variables import template_variables
 
 pytestmark = pytest.mark.usefixtures("require_root")
 
@@ -284,7 +284,7 @@ def test_users_create_refuses_cron_and_at_and_the_wipe_removes_spooled_jobs(acco
 
 def test_the_wipe_kills_and_clears_even_when_the_erase_fails(accounts, place):
     from wod_jupyterhub import errors
-    from wod_jupyterhub.wipe import wipe_seat
+    from wod_jupyterhub.seats.wipe import wipe_seat
 
     wod = Wod(students_root=str(place / "students"), uid_base=10000, system_users=True, temp_folders=[str(place / "tmp")])
     (place / "students").mkdir(mode=0o711)
@@ -300,7 +300,7 @@ def test_the_wipe_kills_and_clears_even_when_the_erase_fails(accounts, place):
 
 
 def test_a_kept_home_over_the_size_limit_is_erased_and_one_under_it_kept(accounts, place):
-    from wod_jupyterhub.wipe import wipe_seat
+    from wod_jupyterhub.seats.wipe import wipe_seat
 
     wod = Wod(students_root=str(place / "students"), uid_base=10000, system_users=True, temp_folders=[], home_size_limit="1M")
     for n, size in ((A, 4096), (B, 3 << 20)):

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.sysusers import as_student, ensure_accounts, require_root, uid  # noqa: F401 - require_root is a fixture
-from wod_jupyterhub import accounts as etc_accounts
-from wod_jupyterhub import fdtrees, leftovers
 from wod_jupyterhub.config import Wod
+from wod_jupyterhub.seats import accounts as etc_accounts
+from wod_jupyterhub.seats import fdtrees, leftovers
 
 pytestmark = pytest.mark.usefixtures("require_root")
 

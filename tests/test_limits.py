@@ -3,9 +3,9 @@
 import pytest
 from traitlets.config import Config
 
-from wod_jupyterhub.catalog import find_workshop, load_workshop
 from wod_jupyterhub.config import Wod
 from wod_jupyterhub.limits import Limits, limits_from_meta, parent_weight_writes, parse_size, v1_writes, v2_writes
+from wod_jupyterhub.workshops.catalog import find_workshop, load_workshop
 
 M = 1024**2
 

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from tests.hubutil import RealHub
 from wod_jupyterhub.passwords import hash_password
-from wod_jupyterhub.store import Store, Student
+from wod_jupyterhub.store.models import Store, Student
 
 PASSWORD = "owner-pass-Kq7w"
 

@@ -18,13 +18,13 @@ from tests.hubutil import free_port
 from tests.mailutil import SENDER, VERB_RCPT, Smarthost, participant_bytes, portal_bytes, portal_send, self_signed
 from wod_jupyterhub.config import Wod
 from wod_jupyterhub.errors import BadRequest
-from wod_jupyterhub.mail.gateway import MailGateway
-from wod_jupyterhub.mail.ingress import Ingress
-from wod_jupyterhub.mail.listener import MailListener
-from wod_jupyterhub.mail.message import PROMISE, parse_dialog, parse_message, parse_verb
-from wod_jupyterhub.mail.relay import Relay
-from wod_jupyterhub.mail.settings import WodMail
-from wod_jupyterhub.store import MailMessage, Store
+from wod_jupyterhub.service.mail.gateway import MailGateway
+from wod_jupyterhub.service.mail.ingress import Ingress
+from wod_jupyterhub.service.mail.listener import MailListener
+from wod_jupyterhub.service.mail.message import PROMISE, parse_dialog, parse_message, parse_verb
+from wod_jupyterhub.service.mail.relay import Relay
+from wod_jupyterhub.service.mail.settings import WodMail
+from wod_jupyterhub.store.models import MailMessage, Store
 
 # ---------------------------------------------------------------------- pure parsing
 

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from tests.hubutil import write_workshop
 from tests.mailutil import SENDER, participant_bytes, portal_bytes
 from tests.svcutil import DB
-from wod_jupyterhub.store import MailMessage
+from wod_jupyterhub.store.models import MailMessage
 
 WOD = [sys.executable, "-m", "wod_jupyterhub.cli", "mail"]
 

@@ -12,11 +12,11 @@ import subprocess
 
 import pytest
 
-from wod_jupyterhub.catalog import CatalogCache
 from wod_jupyterhub.config import Wod
-from wod_jupyterhub.operations import PREPARE, Engine, Preparer, SeatWork, WodOperations
-from wod_jupyterhub.owners import _host
-from wod_jupyterhub.store import Operation, Store, Student, utcnow
+from wod_jupyterhub.leases import _host
+from wod_jupyterhub.service.operations import PREPARE, Engine, Preparer, SeatWork, WodOperations
+from wod_jupyterhub.store.models import Operation, Store, Student, utcnow
+from wod_jupyterhub.workshops.catalog import CatalogCache
 
 
 class GatedHub:

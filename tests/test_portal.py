@@ -16,8 +16,8 @@ from traitlets import TraitError
 from tests.portal_server import DEFAULT_PASSWORD, DEFAULT_USERNAME, PortalServer
 from wod_jupyterhub.config import Wod
 from wod_jupyterhub.passwords import Sealer, generate
-from wod_jupyterhub.portal import Outbox, WodPortal
-from wod_jupyterhub.store import OutboxMessage, Store, utcnow
+from wod_jupyterhub.service.callbacks.portal import Outbox, WodPortal
+from wod_jupyterhub.store.models import OutboxMessage, Store, utcnow
 
 BASE = 1000
 WORKSHOPS = [
@@ -406,7 +406,7 @@ async def test_a_message_leased_by_another_process_waits_for_its_lease(store, po
 
 async def test_a_message_leased_by_a_dead_process_of_this_host_is_taken_over_at_once(store, portal):
     # A real process of this host claims the head, then dies (as if SIGKILLed mid-send).
-    script = "from wod_jupyterhub.owners import make_owner; print(make_owner())"
+    script = "from wod_jupyterhub.leases import make_owner; print(make_owner())"
     dead = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip()
     outbox = make_outbox(store, portal.url)
     alive = make_outbox(store, portal.url).owner  # this very process: alive

@@ -6,7 +6,7 @@ import stat
 from sqlalchemy import text
 
 from wod_jupyterhub.passwords import load_or_create_key
-from wod_jupyterhub.store import Store, Student
+from wod_jupyterhub.store.models import Store, Student
 
 
 def mode(path) -> int:

@@ -27,11 +27,12 @@ import pytest
 import yaml
 
 from tests.homeutil import side_entries, stages
-from wod_jupyterhub import errors, fdtrees, homes
-from wod_jupyterhub.catalog import load_catalog
+from wod_jupyterhub import errors
 from wod_jupyterhub.config import Wod, share_dir
-from wod_jupyterhub.templating import Renderer, RenderError, is_templated
-from wod_jupyterhub.variables import template_variables
+from wod_jupyterhub.seats import fdtrees, homes
+from wod_jupyterhub.workshops.catalog import load_catalog
+from wod_jupyterhub.workshops.templating import Renderer, RenderError, is_templated
+from wod_jupyterhub.workshops.variables import template_variables
 
 # The documented variable set (shared with bench/provision.py).
 VARS = yaml.safe_load((Path(__file__).parent / "corpus_variables.yml").read_text())

@@ -16,12 +16,12 @@ import nbformat
 import pytest
 import yaml
 
-from wod_jupyterhub import homes
-from wod_jupyterhub.catalog import load_catalog
 from wod_jupyterhub.config import Wod
-from wod_jupyterhub.nbrepair import repair
-from wod_jupyterhub.templating import Renderer
-from wod_jupyterhub.variables import template_variables
+from wod_jupyterhub.seats import homes
+from wod_jupyterhub.workshops.catalog import load_catalog
+from wod_jupyterhub.workshops.repair import repair
+from wod_jupyterhub.workshops.templating import Renderer
+from wod_jupyterhub.workshops.variables import template_variables
 
 HERE = Path(__file__).resolve().parent
 VARS = yaml.safe_load((HERE / "corpus_variables.yml").read_text())

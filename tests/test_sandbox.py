@@ -14,8 +14,8 @@ import jinja2
 import pytest
 from traitlets.config import PyFileConfigLoader
 
-from wod_jupyterhub.service import SECRET_ENV, drop_secrets
-from wod_jupyterhub.templating import Renderer, RenderError
+from wod_jupyterhub.service.app import SECRET_ENV, drop_secrets
+from wod_jupyterhub.workshops.templating import Renderer, RenderError
 
 PROBE = "probe-secret-6Zq2"
 

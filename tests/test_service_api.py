@@ -15,7 +15,7 @@ from tests.homeutil import stages as staged_folders
 from tests.hubutil import RealHub, write_workshop
 from tests.portal_server import PortalServer
 from tests.svcutil import DB, OPENAPI, check
-from wod_jupyterhub.store import Seat
+from wod_jupyterhub.store.models import Seat
 
 CUSTOMER = "825"
 
@@ -284,7 +284,7 @@ def test_free_seats_are_staged_and_a_create_renders_into_its_stage(hub, db, api)
 def test_a_free_seat_has_its_hub_sessions_ended_ahead_so_its_create_need_not(hub, db, api):
     from sqlalchemy import update
 
-    from wod_jupyterhub.store import Student
+    from wod_jupyterhub.store.models import Student
 
     n = 10
     stager_done(hub)

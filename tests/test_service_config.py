@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from wod_jupyterhub.service import RENAMED
+from wod_jupyterhub.service.app import RENAMED
 
 
 def test_an_old_setting_name_is_refused_with_its_new_name(tmp_path):
@@ -31,9 +31,9 @@ def test_an_old_setting_name_is_refused_with_its_new_name(tmp_path):
 
 
 def test_every_moved_setting_exists_under_its_new_name():
-    from wod_jupyterhub.hooks import WodHooks
-    from wod_jupyterhub.operations import WodOperations
-    from wod_jupyterhub.service import WodService
+    from wod_jupyterhub.service.app import WodService
+    from wod_jupyterhub.service.hooks import WodHooks
+    from wod_jupyterhub.service.operations import WodOperations
 
     owners = {"c.WodOperations": WodOperations, "c.WodHooks": WodHooks}
     for (_section, name), now in RENAMED.items():

@@ -26,10 +26,11 @@ from tests.homeutil import side_entries, stages
 from tests.hubutil import RealHub, free_port, write_workshop
 from tests.portal_server import PortalServer
 from tests.svcutil import DB
-from wod_jupyterhub import homes, passwords
-from wod_jupyterhub.catalog import load_catalog
+from wod_jupyterhub import passwords
 from wod_jupyterhub.config import Wod
-from wod_jupyterhub.portal import SEALED
+from wod_jupyterhub.seats import homes
+from wod_jupyterhub.service.callbacks.portal import SEALED
+from wod_jupyterhub.workshops.catalog import load_catalog
 
 TRIALS = 20
 STUDENTS = list(range(1, 9))

@@ -20,10 +20,11 @@ from tornado import web
 from traitlets import TraitError
 from traitlets.config import Config
 
-from wod_jupyterhub import cgroups, users
+from wod_jupyterhub.cli import users
+from wod_jupyterhub.hub.spawner import WodSpawner
 from wod_jupyterhub.limits import Limits
-from wod_jupyterhub.spawner import WodSpawner
-from wod_jupyterhub.store import Completion, Store, Student
+from wod_jupyterhub.seats import cgroups
+from wod_jupyterhub.store.models import Completion, Store, Student
 
 
 @pytest.fixture
@@ -138,7 +139,7 @@ async def test_system_users_mode_needs_the_account_and_does_not_add_allow_root(h
 @pytest.mark.parametrize("system_users,disabled", [(True, True), (False, False)])
 async def test_system_users_mode_ignores_the_students_own_server_config(hubdb, setup, caplog, monkeypatch, system_users, disabled):
     """A student's ~/.jupyter/jupyter_server_config.py could serve any page under the hub's origin."""
-    import wod_jupyterhub.spawner as spawner_module
+    import wod_jupyterhub.hub.spawner as spawner_module
 
     config, store, root = setup
     config.Wod.system_users = system_users
@@ -241,7 +242,7 @@ async def test_post_stop_without_the_workshop_folder_records_nothing(hubdb, setu
 
 async def test_snapshot_counts_only_the_workshops_notebooks_and_parses_outside_the_hub(hubdb, setup, monkeypatch):
     """Issue 8 #2, #3, #12: a snapshot reads the workshop's own notebooks, in a worker process, without following links."""
-    import wod_jupyterhub.completion as completion_mod
+    import wod_jupyterhub.seats.completion as completion_mod
 
     config, store, root = setup
     home = book(store, root, 3, customer="alice")

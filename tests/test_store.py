@@ -1,6 +1,6 @@
 from sqlalchemy import inspect, select
 
-from wod_jupyterhub.store import Operation, Store, Student, utcnow
+from wod_jupyterhub.store.models import Operation, Store, Student, utcnow
 
 
 def test_upgrade_creates_schema_and_is_idempotent(db_url):
@@ -42,7 +42,7 @@ def test_the_migrations_build_exactly_the_models(db_url):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from wod_jupyterhub.store import Base
+    from wod_jupyterhub.store.models import Base
 
     store = Store(db_url)
     with store.engine.connect() as conn:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from wod_jupyterhub.processes import kill_uid
+from wod_jupyterhub.seats.processes import kill_uid
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="running processes under other uids needs root")
 

@@ -16,8 +16,8 @@ from traitlets import Bool, Dict, Float, Integer, List, TraitError, Unicode, def
 from traitlets.config import Configurable
 
 from .errors import BadRequest, Unprocessable
-from .leftovers import TEMP_FOLDERS
 from .limits import limits_from_meta, parse_size
+from .seats.leftovers import TEMP_FOLDERS
 
 #: the ``share/`` folder of a source checkout or of an installed package
 _HERE = Path(__file__).resolve().parent
@@ -182,7 +182,7 @@ class Wod(Configurable):
 
     @default("password_hash_cost")
     def _cost_for_strength(self):
-        from .passwords import cost_for  # passwords imports this module
+        from .passwords import cost_for
 
         return cost_for(self.password_length, self.password_alphabet)
 

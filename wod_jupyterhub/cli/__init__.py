@@ -1,0 +1,1 @@
+"""The ``wod`` command and the developer's demo."""

@@ -1,0 +1,232 @@
+"""``wod check``: does a workshop render, are its notebooks valid, and do they run?
+
+For each workshop asked for: render it for a scratch seat (the first seat
+of its range, in a temporary students folder, with the configured
+variables and a made-up password: the documented variables, no hooks),
+validate every rendered notebook against the nbformat schema and, with
+``execute``, run every notebook in a real kernel with nbclient, in its own
+folder, each cell with a timeout. The kernel is the one the notebook's
+kernelspec names; a kernel that is not installed here is reported as such
+(``no-kernel``), not as a failure of the workshop: a CI job without, say,
+the Rust kernel still tests the Python notebooks. Per notebook: the code
+cells run and the first failing cell with its error.
+
+Workshops are the admins' content: their notebooks run as the user running
+the check (in the service: the service's user), never as a student.
+
+A report is a dict (``--json`` prints it); :func:`exit_status` turns it into
+the exit status CI wants: 0 every workshop passed, 1 one failed.
+"""
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+#: statuses of a notebook
+PASSED, FAILED, NO_KERNEL, NOT_RUN = "passed", "failed", "no-kernel", "not-run"
+SCRATCH_PASSWORD = "Scratch-Pa55word"
+
+
+def _first_line(text: str, limit: int = 300) -> str:
+    text = (text or "").strip()
+    return text.splitlines()[0][:limit] if text else ""
+
+
+def _notebooks(folder: Path) -> list[Path]:
+    found = []
+    for dirpath, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if d != ".ipynb_checkpoints")
+        found += [Path(dirpath) / f for f in files if f.endswith(".ipynb") and not f.endswith("-checkpoint.ipynb")]
+    return sorted(found, key=lambda p: (p.relative_to(folder).parts[:-1], p.name))
+
+
+def _code_cells(nb) -> list[int]:
+    return [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "".join(c.source).strip()]
+
+
+def run_notebook(path: Path, timeout: float, startup_timeout: float = 60) -> dict:
+    """Execute ``path`` in the kernel of its kernelspec; stop at the first failing cell."""
+    import nbformat
+    from jupyter_client.kernelspec import NoSuchKernel
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+    nb = nbformat.read(path, as_version=4)
+    spec = nb.metadata.get("kernelspec") or {}
+    kernel = spec.get("name") or "python3"
+    code = _code_cells(nb)
+    done: list[int] = []
+    current = {"index": None}
+
+    def on_execute(cell, cell_index, **_):
+        current["index"] = cell_index
+
+    def on_executed(cell, cell_index, execute_reply=None, **_):
+        if cell_index in code and (execute_reply or {}).get("content", {}).get("status") == "ok":
+            done.append(cell_index)
+
+    client = NotebookClient(
+        nb, timeout=timeout, startup_timeout=startup_timeout, kernel_name=kernel, allow_errors=False,
+        resources={"metadata": {"path": str(path.parent)}},
+        on_cell_execute=on_execute, on_cell_executed=on_executed,
+    )
+    out = {"kernel": kernel, "cells": len(code), "run": 0, "status": PASSED, "failed_cell": None, "error": None}
+    started = time.monotonic()
+    # The kernel's own output (its warnings, its traceback when killed at a timeout) is not the
+    # report: kept aside, its tail reported only when the kernel itself failed.
+    kernel_log = tempfile.TemporaryFile()
+    try:
+        client.execute(stdout=subprocess.DEVNULL, stderr=kernel_log)
+    except NoSuchKernel:
+        out.update(status=NO_KERNEL, error=f"kernel {kernel!r} ({spec.get('display_name') or kernel}) is not installed here")
+    except CellTimeoutError:
+        out.update(status=FAILED, failed_cell=_cell(nb, current["index"], "Timeout", f"the cell ran longer than {timeout:g} s"))
+    except CellExecutionError as e:
+        out.update(status=FAILED, failed_cell=_cell(nb, current["index"], e.ename, e.evalue))
+    except DeadKernelError as e:
+        out.update(status=FAILED, failed_cell=_cell(nb, current["index"], "DeadKernel", _first_line(str(e))), error=_tail(kernel_log))
+    except Exception as e:  # noqa: BLE001 - a kernel that cannot start is this notebook's failure, not ours
+        out.update(status=FAILED, error=f"{e.__class__.__name__}: {_first_line(str(e))}; kernel output: {_tail(kernel_log)}")
+    finally:
+        kernel_log.close()
+    out["run"] = len(done)
+    out["seconds"] = round(time.monotonic() - started, 2)
+    return out
+
+
+def _tail(log, limit: int = 1000) -> str:
+    log.seek(0)
+    return log.read().decode(errors="replace")[-limit:].strip()
+
+
+def _cell(nb, index, ename: str, evalue: str) -> dict:
+    cell = nb.cells[index] if index is not None and index < len(nb.cells) else None
+    source = "".join(cell.source) if cell is not None else ""
+    return {
+        "index": index,
+        # "cell 3" as a person counts code cells in the notebook, 1-based
+        "number": sum(1 for c in nb.cells[: index + 1] if c.cell_type == "code") if index is not None else None,
+        "source": source[:500],
+        "ename": ename,
+        "evalue": _first_line(str(evalue)),
+    }
+
+
+def check_workshop(wod, catalog, name: str, *, execute: bool, timeout: float, variables=None) -> dict:
+    """Render ``name`` for a scratch seat, validate its notebooks, run them with ``execute``."""
+    from ..config import Wod
+    from ..errors import WodError
+    from ..seats import homes
+    from ..workshops.catalog import parse_workshop_name
+    from ..workshops.templating import default_renderer
+    from ..workshops.variables import template_variables
+
+    report = {"workshop": name, "status": PASSED, "problems": [], "notebooks": [], "student": None}
+    try:
+        folder, mode = parse_workshop_name(name)
+        ws = catalog.get(folder)
+    except WodError as e:
+        report.update(status=FAILED, problems=[e.message])
+        return report
+    report["workshop"] = ws.name
+    if not ws.valid:
+        report.update(status=FAILED, problems=list(ws.blocking))
+        return report
+    lo = max(ws.range[0], wod.student_min)
+    report["student"] = n = lo
+    scratch = tempfile.mkdtemp(prefix="wod-check-")
+    try:
+        settings = {k: getattr(wod, k) for k in ("notebooks", "prefer_private", "variables_dirs", "strict_undefined", "clear_outputs", "skel")}
+        settings["variables"] = {**wod.variables, **(variables or {})}
+        scratch_wod = Wod(students_root=scratch, **settings)
+        try:
+            values = template_variables(scratch_wod, ws, n, SCRATCH_PASSWORD, modews=mode, hostname="wod-check")
+            home = homes.provision(scratch_wod, ws, n, values, renderer=default_renderer(scratch_wod))
+        except WodError as e:
+            report.update(status=FAILED, problems=[f"render: {e.message}"])
+            return report
+        rendered = home / ws.name
+        for path in _notebooks(rendered):
+            rel = str(path.relative_to(rendered))
+            entry = {"path": rel, "valid": True, "error": None, "status": NOT_RUN, "cells": None, "run": None}
+            problem = _validate(path)
+            if problem:
+                entry.update(valid=False, status=FAILED, error=f"not a valid notebook: {problem}")
+            elif execute:
+                entry.update(run_notebook(path, timeout))
+            report["notebooks"].append(entry)
+        if any(nb["status"] == FAILED for nb in report["notebooks"]):
+            report["status"] = FAILED
+        elif execute and report["notebooks"] and all(nb["status"] == NO_KERNEL for nb in report["notebooks"]):
+            report["status"] = NO_KERNEL
+        return report
+    finally:
+        homes.drain()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _validate(path: Path) -> str | None:
+    import json
+
+    from ..workshops.templating import validate_notebook
+
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        return f"not JSON: {e}"
+    return validate_notebook(nb)
+
+
+def check(wod, names: list[str] | None, *, execute: bool = False, timeout: float = 60, variables=None, progress=None) -> dict:
+    """The report for ``names`` (None: every active workshop of the catalog)."""
+    from ..workshops.catalog import load_catalog
+
+    catalog = load_catalog(wod.notebooks, prefer_private=wod.prefer_private)
+    if names is None:
+        names = sorted(w.name for w in catalog.workshops.values() if w.active)
+    started = time.monotonic()
+    reports = []
+    for name in names:
+        if progress:
+            progress(name)
+        reports.append(check_workshop(wod, catalog, name, execute=execute, timeout=timeout, variables=variables))
+    return {
+        "ok": all(r["status"] != FAILED for r in reports),
+        "executed": execute,
+        "workshops": reports,
+        "seconds": round(time.monotonic() - started, 2),
+    }
+
+
+def exit_status(report: dict) -> int:
+    return 0 if report["ok"] else 1
+
+
+def format_report(report: dict) -> str:
+    lines = []
+    for ws in report["workshops"]:
+        lines.append(f"{ws['workshop']}: {ws['status'].upper()}" + (f" (seat {ws['student']})" if ws["student"] else ""))
+        for p in ws["problems"]:
+            lines.append(f"  problem: {p}")
+        for nb in ws["notebooks"]:
+            if nb["status"] == NOT_RUN:
+                lines.append(f"  {nb['path']}: valid")
+                continue
+            head = f"  {nb['path']}: {nb['status']}"
+            if nb.get("cells") is not None:
+                head += f", {nb['run']}/{nb['cells']} code cells run"
+            if nb.get("kernel"):
+                head += f" (kernel {nb['kernel']})"
+            lines.append(head)
+            cell = nb.get("failed_cell")
+            if cell:
+                lines.append(f"    first failing cell: code cell {cell['number']} (index {cell['index']}): {cell['ename']}: {cell['evalue']}")
+                lines.append("      > " + _first_line(cell["source"], 120))
+            elif nb.get("error"):
+                lines.append(f"    {nb['error']}")
+    passed = sum(1 for w in report["workshops"] if w["status"] == PASSED)
+    lines.append(f"{passed} of {len(report['workshops'])} workshop(s) passed" + ("" if report["ok"] else "; some FAILED"))
+    return "\n".join(lines)

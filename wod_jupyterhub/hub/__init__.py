@@ -1,0 +1,1 @@
+"""What runs inside JupyterHub: the authenticator, the spawner and what they share."""

@@ -1,0 +1,384 @@
+"""``WodSpawner``: each student's server runs in its seat's home and opens the workshop's ReadMeFirst.
+
+Enable with ``c.JupyterHub.spawner_class = "wod"``. Built on JupyterHub's
+``LocalProcessSpawner``; two modes, chosen by ``c.Wod.system_users``:
+
+- system users: the server runs as the Linux account ``student<N>`` (uid and
+  gid ``uid_base + N``, made by ``wod users create``), as the original did;
+- single-user mode (the default): every server runs as the hub's own user,
+  with ``HOME`` set to the seat's home. For demos, tests and containers.
+  When that user is root, jupyter-server needs ``--allow-root`` (without it
+  JupyterHub only reports a 500 ``InvalidStateError``).
+
+With ``c.Wod.cgroups`` (the default in system-users mode) the server runs in
+its seat's control group, which enforces JupyterHub's ``mem_limit`` and
+``cpu_limit`` and this spawner's ``pids_limit`` on the server and all it
+starts (``LocalProcessSpawner`` alone only passes them on as variables).
+
+Each step is a small method, so a deployment can override one of them
+(oauthenticator style) without copying the rest.
+"""
+
+import asyncio
+import os
+import pwd
+import sys
+
+from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
+from jupyterhub.utils import maybe_future
+from tornado import web
+from traitlets import Integer, TraitError, Unicode, default, validate
+
+from ..config import Wod, student_number
+from ..errors import WodError
+from ..limits import Limits, limits_from_meta
+from ..seats import cgroups, completion, completion_worker
+from ..store.models import Completion, Store
+from ..workshops.catalog import find_workshop, load_catalog, parse_workshop_name
+
+# (cgroup_root, cgroup_parent) whose missing parts this hub process already warned about
+_WARNED: set = set()
+
+
+def server_token_ids(user, generation: int) -> set:
+    """Ids of the API tokens the hub issued to ``user``'s servers that run for seat ``generation``.
+
+    ``user``: the hub's ``User`` (None: no server of it in this hub). The
+    ``WodAuthenticator`` keeps these tokens, and no other, when it ends a
+    user's sessions: recognised by what the hub itself knows, never by a
+    token's note (users write their own: a personal token noted "Server
+    at …" must end with the session like any other). A ``WodSpawner``
+    records the id of its token and the generation it was started for in
+    its state (kept across hub restarts); only a server started for the
+    current generation keeps its token, so a server left from a previous
+    participant loses its access to the hub too.
+    """
+    keep = set()
+    for spawner in getattr(user, "spawners", {}).values():
+        token_id = getattr(spawner, "server_token_id", None)
+        assignment = getattr(spawner, "_assignment", None) or {}
+        if token_id is not None and spawner.active and assignment.get("generation") == generation:
+            keep.add(token_id)
+    return keep
+
+
+def workshop_folder(workshop: str) -> str:
+    """The folder a booked workshop lives in: a ``CHLG-<Name>`` request renders into ``WKSHP-<Name>``."""
+    return parse_workshop_name(workshop)[0]
+
+
+# The same-origin warning is logged once per hub process, at the first spawn.
+_warned_same_origin = False
+
+
+class WodSpawner(LocalProcessSpawner):
+    """Local process spawner that knows about seats, homes and workshops."""
+
+    start_url = Unicode(
+        "/lab/tree/{workshop}/{readme}",
+        help="""Where a student's browser lands when the server starts.
+
+        ``{workshop}`` is the workshop folder (``WKSHP-<Name>``, also for a
+        challenge) and ``{readme}`` is ``c.Wod.readme_notebook``.
+        """,
+    ).tag(config=True)
+
+    shell = Unicode("/bin/bash", help="SHELL given to the student's terminals in single-user mode.").tag(config=True)
+
+    pids_limit = Integer(
+        512,
+        allow_none=True,
+        help="""Most processes (and threads) a seat may run at once: its server, kernels, terminals and all they fork.
+
+        A fork bomb stops there instead of exhausting the machine's pids. A
+        Jupyter server with a kernel uses about 30 (threads count); the
+        default leaves room for a workshop's own tools. None for no limit.
+        Enforced through the seat's control group (``c.Wod.cgroups``); a
+        workshop may ask for more in its ``wod.yml`` (``limits: {processes: N}``).
+        """,
+    ).tag(config=True)
+
+    @validate("pids_limit")
+    def _valid_pids_limit(self, proposal):
+        return self._checked_limit("pids", proposal["value"])
+
+    # JupyterHub's own limits get defaults that share a 2-core class machine fairly.
+    @default("mem_limit")
+    def _mem_limit_default(self):
+        return 2 * 1024**3
+
+    @default("cpu_limit")
+    def _cpu_limit_default(self):
+        return 1.0
+
+    @validate("mem_limit")
+    def _valid_mem_limit(self, proposal):
+        return self._checked_limit("memory", proposal["value"])
+
+    @validate("cpu_limit")
+    def _valid_cpu_limit(self, proposal):
+        return self._checked_limit("cpu", proposal["value"])
+
+    @staticmethod
+    def _checked_limit(field, value):
+        if value is not None:
+            try:
+                Limits(**{field: value})
+            except ValueError as e:
+                raise TraitError(f"WodSpawner: {e}") from None
+        return value
+
+    @default("cmd")
+    def _cmd_default(self):
+        # The hub's own interpreter: jupyterhub-singleuser need not be on PATH.
+        return [sys.executable, "-m", "jupyterhub.singleuser"]
+
+    @default("disable_user_config")
+    def _disable_user_config_default(self):
+        # In system-users mode a student owns ~/.jupyter: a jupyter_server_config.py there could
+        # serve any page under the hub's origin. JupyterHub then tells the server to skip it.
+        wod = getattr(self, "wod", None) or Wod(config=self.config)
+        return wod.system_users
+
+    @default("env_keep")
+    def _env_keep_default(self):
+        return super()._env_keep_default() + ["LANGUAGE", "TZ"]
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.wod = Wod(config=self.config)
+        self._assignment = None
+        # The id (not the secret) of the API token the hub issued to this server: WodAuthenticator keeps
+        # that token, and no other, when it ends the user's sessions (a note says nothing: users write them).
+        self.server_token_id = None
+        # The seat's cgroup.procs files the server joins before it execs (None: no group).
+        self._procs_files = None
+        self._limits = None
+
+    @property
+    def store(self) -> Store:
+        # One engine per hub process, shared with the authenticator.
+        return Store.shared(self.wod.db_url)
+
+    @property
+    def number(self):
+        return student_number(self.user.name)
+
+    @property
+    def home(self) -> str:
+        return str(self.wod.home(self.number))
+
+    # -- before the start ------------------------------------------------
+
+    def load_assignment(self) -> dict:
+        """The seat's current assignment, or a clear refusal."""
+        n = self.wod.seat(self.user.name)
+        if n is None:
+            raise web.HTTPError(403, f"{self.user.name} is not a workshop seat of this hub, so it has no server here.")
+        row = self.store.student(n)
+        if row is None or not row.active or not row.workshop:
+            raise web.HTTPError(403, f"{self.user.name} has no workshop booked at the moment, so its server cannot start.")
+        if not os.path.isdir(self.home):
+            raise web.HTTPError(
+                409,
+                f"The home of {self.user.name} is missing ({self.home}); the workshop was not provisioned."
+                " Ask the organizers to book the seat again.",
+            )
+        if self.wod.system_users:
+            self.check_account(n)
+        return {"student": n, "customer": row.customer, "workshop": row.workshop, "generation": row.generation}
+
+    def check_account(self, n: int) -> None:
+        """In system-users mode the Linux account must exist with the expected uid."""
+        name, uid = self.user.name, self.wod.uid_base + n
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            raise web.HTTPError(409, f"The Linux account {name} does not exist; an admin must run `wod users create` (as root).") from None
+        if entry.pw_uid != uid:
+            raise web.HTTPError(409, f"The Linux account {name} has uid {entry.pw_uid}, not {uid} (uid_base + {n}); fix the account or c.Wod.uid_base.")
+
+    def apply_assignment(self, assignment: dict) -> None:
+        folder = workshop_folder(assignment["workshop"])
+        self.notebook_dir = self.home
+        self.default_url = self.start_url.format(workshop=folder, readme=self.wod.readme_notebook)
+
+    def warn_same_origin(self) -> None:
+        """Once per hub: in system-users mode without ``subdomain_host``, every server shares the hub's origin."""
+        global _warned_same_origin
+        if _warned_same_origin or not self.wod.system_users or (getattr(self.user, "settings", None) or {}).get("subdomain_host"):
+            return
+        _warned_same_origin = True
+        self.log.warning(
+            "c.JupyterHub.subdomain_host is empty in system-users mode: every student's server shares the hub's "
+            "web origin, so code a student runs there can act in the browser of whoever opens its pages. "
+            "Set c.JupyterHub.subdomain_host (and cookie_host_prefix_enabled) in production."
+        )
+
+    async def run_pre_spawn_hook(self):
+        self.warn_same_origin()
+        self._assignment = await asyncio.to_thread(self.load_assignment)
+        self.apply_assignment(self._assignment)
+        self.server_token_id = self.find_server_token_id()
+        self._procs_files = await asyncio.to_thread(self.prepare_group, self._assignment)
+        return await maybe_future(super().run_pre_spawn_hook())
+
+    # -- the seat's control group ------------------------------------------
+
+    def seat_limits(self, workshop: str) -> Limits:
+        """``c.Wod.workshop_limits`` over the workshop's ``wod.yml`` ``limits:`` over this spawner's defaults."""
+        limits = Limits(memory=self.mem_limit or None, cpu=self.cpu_limit or None, pids=self.pids_limit)
+        folder = workshop_folder(workshop)
+        ws = find_workshop(self.wod.notebooks, folder, self.wod.prefer_private, self.wod.readme_notebook)
+        if ws is not None:
+            limits = ws.limits.over(limits)
+        if folder in self.wod.workshop_limits:
+            limits = limits_from_meta(self.wod.workshop_limits[folder])[0].over(limits)
+        return limits
+
+    def hierarchy(self) -> cgroups.Hierarchy | None:
+        """The host's control groups, or None when ``c.Wod.cgroups`` is off; warns once per hub about what is missing."""
+        if not self.wod.cgroups:
+            return None
+        h = cgroups.shared(self.wod.cgroup_root, self.wod.cgroup_parent)
+        key = (self.wod.cgroup_root, self.wod.cgroup_parent)
+        if key not in _WARNED:
+            _WARNED.add(key)
+            problem = h.weigh(self.wod.student_max - self.wod.student_min + 1)
+            if problem:
+                self.log.warning("The seats' parent group keeps the CPU weight of one process (%s)", problem)
+            if h.missing:
+                # The full sentence is the service's warning at start; the hub names what it starts without.
+                self.log.warning(
+                    "Servers start without these per-seat limits: %s (see the warning at start; c.Wod.cgroup_root = %s)",
+                    ", ".join(cgroups.WHAT[c] for c in h.missing), self.wod.cgroup_root,
+                )
+            else:
+                self.log.info("Seats are limited through control groups %s under %s", h.version, h.root)
+        return h
+
+    def prepare_group(self, assignment: dict) -> list[str] | None:
+        """Make the seat's group with its limits (as root, before the server starts); the files the server joins."""
+        h = self.hierarchy()
+        self._limits = self.seat_limits(assignment["workshop"])
+        if h is None or not h.available:
+            return None
+        group = h.seat(self.user.name)
+        try:
+            outcome = group.create(self._limits)
+        except OSError as e:
+            self.log.warning("No control group for %s (%s): its server runs without limits", self.user.name, e)
+            return None
+        if outcome["failed"]:
+            self.log.warning("Limits of %s not all set: %s", self.user.name, outcome["failed"])
+        self.log.info("%s runs in control group %s: %s", self.user.name, group.name, self._limits.describe())
+        return group.procs_files()
+
+    # -- the process -------------------------------------------------------
+
+    def make_preexec_fn(self, name):
+        home = self.home
+        procs_files = self._procs_files or []
+        setuid = set_user_setuid(name, chdir=False) if self.wod.system_users else None
+
+        def preexec():
+            # Still root here: join the seat's group before anything else runs,
+            # so every process the server ever forks is born inside it.
+            cgroups.join(procs_files)
+            if setuid is not None:
+                setuid()
+            os.chdir(home)
+
+        return preexec
+
+    def get_env(self):
+        env = super().get_env()
+        # What the seat really gets (a workshop may change the defaults); jupyter-resource-usage shows MEM_LIMIT.
+        if self._limits is not None:
+            for key, value in (("MEM_LIMIT", self._limits.memory), ("CPU_LIMIT", self._limits.cpu)):
+                if value is None:
+                    env.pop(key, None)
+                else:
+                    env[key] = str(value)
+        return env
+
+    def user_env(self, env):
+        env["USER"] = self.user.name
+        env["HOME"] = self.home
+        env["SHELL"] = self.shell
+        return env
+
+    def get_args(self):
+        args = list(super().get_args())
+        if not self.wod.system_users and os.geteuid() == 0 and "--allow-root" not in args:
+            args.append("--allow-root")
+        return args
+
+    # The assignment a server was started for outlives a hub restart, so the
+    # snapshot at its stop names the participant who used it.
+    def get_state(self):
+        state = super().get_state()
+        if self._assignment:
+            state["wod_assignment"] = self._assignment
+        if self.server_token_id is not None:
+            state["wod_server_token"] = self.server_token_id
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self._assignment = state.get("wod_assignment") or self._assignment
+        self.server_token_id = state.get("wod_server_token", self.server_token_id)
+
+    def find_server_token_id(self):
+        """The database id of ``self.api_token``, the token the hub made for this server start."""
+        from jupyterhub import orm
+
+        db = getattr(self.user, "db", None)
+        if db is None or not self.api_token:
+            return None
+        token = orm.APIToken.find(db, self.api_token)
+        return token.id if token is not None else None
+
+    # -- after the stop -----------------------------------------------------
+
+    def snapshot(self, assignment: dict) -> dict | None:
+        """Record the completion ratio of the workshop folder as it is now (a progress snapshot)."""
+        folder = os.path.join(self.home, workshop_folder(assignment["workshop"]))
+        if not os.path.isdir(folder):
+            self.log.info("No completion snapshot for %s: %s is gone", self.user.name, folder)
+            return None
+        try:
+            workshop = load_catalog(self.wod.notebooks, prefer_private=self.wod.prefer_private).get(assignment["workshop"])
+        except WodError:
+            self.log.info("No completion snapshot for %s: workshop %s is gone", self.user.name, assignment["workshop"])
+            return None
+        # In a worker process (bounded memory and time), never in the hub: json.loads
+        # of a student's notebook in a thread stalled the hub's event loop.
+        ratio = completion_worker.measure(folder, notebooks=completion.provisioned_notebooks(workshop), **self.wod.completion_limits())
+        with self.store.session() as s:
+            s.add(
+                Completion(
+                    student=assignment["student"],
+                    customer=assignment["customer"],
+                    workshop=assignment["workshop"],
+                    kind="snapshot",
+                    ratio=ratio["ratio"],
+                    executed=ratio["executed"],
+                    total=ratio["total"],
+                    detail=ratio,
+                )
+            )
+        self.log.info("Completion snapshot for %s: %d%% (%d/%d cells)", self.user.name, ratio["ratio"], ratio["executed"], ratio["total"])
+        return ratio
+
+    async def run_post_stop_hook(self):
+        assignment = self._assignment
+        if assignment is not None:
+            try:
+                await asyncio.to_thread(self.snapshot, assignment)
+            except Exception:  # noqa: BLE001 - a snapshot must never keep a server from stopping
+                self.log.exception("Completion snapshot failed for %s", self.user.name)
+        # Not in clear_state: poll() clears the state before this hook runs.
+        self._assignment = None
+        self.server_token_id = None
+        return await maybe_future(super().run_post_stop_hook())

@@ -1,0 +1,157 @@
+"""Failed logins, counted in the shared database (a hub restart forgets nothing).
+
+``WodAuthenticator`` asks :class:`LoginThrottle` which keys a login counts
+against (the name and address pair, the name, the address), whether one of
+them is locked, and records failures. The rules (see ``locks``): only a
+locked pair refuses; a locked name or address makes every pair that fails
+during it wait as long, and a locked name hears one try per
+``locked_name_interval`` from addresses that have not failed, so rotating
+addresses buys one guess per interval.
+
+Core module: imports nothing of the hub or the service.
+"""
+
+import datetime
+import math
+import time
+
+from sqlalchemy import case, delete, or_, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from ..store.models import Throttle, utcnow
+from .client_address import counted_address
+
+
+class LoginThrottle:
+    """The login throttle's bookkeeping; ``settings`` holds its limits (the authenticator's traits, read live)."""
+
+    def __init__(self, store, settings):
+        self.store = store
+        self.settings = settings
+        self._last_sweep = 0.0
+
+    def forgive(self, keys: list) -> None:
+        """Forget the counts of ``keys`` (a success forgives the typos of its pair and name)."""
+        self.retry(lambda s: s.execute(delete(Throttle).where(Throttle.key.in_(keys))))
+
+    def take_locked_name_try(self, name: str, now) -> int:
+        """Claim the one try per ``locked_name_interval`` at a locked name: 0 if claimed, else seconds to wait.
+
+        A conditional update claims it, so of two tries at once only one
+        gets it, on SQLite and PostgreSQL alike.
+        """
+        if not self.settings.locked_name_interval:
+            return 0
+        key = f"try:{name[:200]}"
+        until = now + datetime.timedelta(seconds=self.settings.locked_name_interval)
+        claimed = []
+
+        def claim(s):
+            changed = s.execute(
+                update(Throttle)
+                .where(Throttle.key == key, or_(Throttle.locked_until.is_(None), Throttle.locked_until <= now))
+                .values(locked_until=until, window_start=now, failures=0)
+            ).rowcount
+            if not changed and s.get(Throttle, key) is None:
+                s.add(Throttle(key=key, failures=0, window_start=now, locked_until=until))
+                s.flush()
+                changed = 1
+            claimed[:] = [bool(changed)]
+
+        self.retry(claim)
+        if claimed[0]:
+            return 0
+        with self.store.session() as s:
+            row = s.get(Throttle, key)
+            left = (row.locked_until - now).total_seconds() if row is not None and row.locked_until else 1
+        return max(1, math.ceil(left))
+
+    def keys(self, name: str, ip: str | None) -> dict:
+        """``{key: failure limit}`` for the keys a login counts against; a limit of 0 is left out."""
+        keys = {}
+        name = name[:200]
+        ip = counted_address(ip)
+        if self.settings.throttle_failures or (ip and self.settings.throttle_ip_failures):
+            # With throttle_failures = 0 the pair is still counted (the address
+            # lock needs to know which names failed from it), never locked by itself.
+            keys[f"pair:{name}@{(ip or '')[:49]}"] = self.settings.throttle_failures or 2**31 - 1  # fits the key's 255
+        if self.settings.throttle_failures:
+            keys[f"user:{name}"] = self.settings.throttle_failures
+        if ip and self.settings.throttle_ip_failures:
+            keys[f"ip:{ip}"] = self.settings.throttle_ip_failures
+        return keys
+
+    @staticmethod
+    def locks(keys: dict, rows: dict, now) -> tuple:
+        """(seconds the pair is locked for or 0, end of the name's or the address's lock or None).
+
+        Only a locked pair (name, address) refuses a login. The name locked,
+        or the address locked, refuses nothing by itself: every pair gets its
+        try, and a pair that fails during such a lock is locked until that
+        lock ends. So an address that has not failed for a name is always
+        heard (guesses from elsewhere never lock its owner out), and a room
+        behind one NAT address keeps logging in: only those who mistype
+        after the address is locked wait.
+        """
+        pair = next(k for k in keys if k.startswith("pair:"))
+        until = {k: t.locked_until for k, t in rows.items() if t.locked_until and t.locked_until > now}
+        seconds = math.ceil((until[pair] - now).total_seconds()) if pair in until else 0
+        others = [v for k, v in until.items() if k != pair]
+        return seconds, max(others) if others else None
+
+    def record_failure(self, keys: dict, lock_pair_until=None) -> None:
+        """Count a failure on every key; a failure while the name or the address is locked locks the pair as long."""
+
+        def count(s):
+            now = utcnow()
+            cutoff = now - datetime.timedelta(seconds=self.settings.throttle_window)
+            for key, limit in keys.items():
+                # Writes only, no read first: SQLite cannot turn a reader into
+                # a writer once another login committed in between.
+                expired = Throttle.window_start < cutoff
+                changed = s.execute(
+                    update(Throttle)
+                    .where(Throttle.key == key)
+                    .values(
+                        failures=case((expired, 1), else_=Throttle.failures + 1),
+                        window_start=case((expired, now), else_=Throttle.window_start),
+                    )
+                ).rowcount
+                if not changed:
+                    s.add(Throttle(key=key, failures=1, window_start=now))
+                    s.flush()
+                # Reaching the limit locks and starts a fresh count for after the lockout.
+                s.execute(
+                    update(Throttle)
+                    .where(Throttle.key == key, Throttle.failures >= limit)
+                    .values(locked_until=now + datetime.timedelta(seconds=self.settings.throttle_lockout), failures=0, window_start=now)
+                )
+            if lock_pair_until is not None:
+                pair = next(k for k in keys if k.startswith("pair:"))
+                s.execute(
+                    update(Throttle)
+                    .where(Throttle.key == pair, or_(Throttle.locked_until.is_(None), Throttle.locked_until < lock_pair_until))
+                    .values(locked_until=lock_pair_until)
+                )
+            if time.monotonic() - self._last_sweep > 60:
+                self._last_sweep = time.monotonic()
+                s.execute(
+                    delete(Throttle).where(
+                        Throttle.window_start < cutoff, or_(Throttle.locked_until.is_(None), Throttle.locked_until < now)
+                    )
+                )
+
+        if keys:
+            self.retry(count)
+
+    def retry(self, work, attempts: int = 5) -> None:
+        """Run ``work(session)`` in a transaction; two first failures at once may both insert a row."""
+        for attempt in range(attempts):
+            try:
+                with self.store.session() as s:
+                    work(s)
+                return
+            except (IntegrityError, OperationalError):
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.01 * (attempt + 1))

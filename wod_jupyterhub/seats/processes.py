@@ -1,0 +1,130 @@
+"""Ending what a student left running on this machine (their processes), when a seat is wiped.
+
+Every process of the seat's uid is killed, until none is left.
+
+One pass over ``/proc`` misses a process that keeps forking: each child
+gets a pid the pass has already read past. So the kill is done by the uid
+itself: a child process set to the student's uid calls ``kill(-1, SIGKILL)``,
+which the kernel delivers, in one walk of its task list, to every process
+the caller may signal (those whose real or saved uid is the student's),
+except the caller. Then ``/proc`` is read again, and the whole is repeated
+until no live process of the uid is left (a zombie is dead already; its
+parent, or init, reaps it). A process whose only tie to the uid is its
+effective uid (a setuid program of the student's run by someone else) is
+out of ``kill(-1)``'s reach and gets its SIGKILL from us by pid. The seat's
+control group (the fair-share work) may kill first; this stays the
+guarantee, exact for a uid.
+
+Core module: imports nothing of the hub or the service.
+"""
+
+import os
+import signal
+import subprocess
+import time
+
+from ..errors import WodError
+
+
+class ProcessesSurvived(WodError):
+    status = 500
+    code = "processes_survived"
+
+
+def _state_and_uids(pid: str):
+    with open(f"/proc/{pid}/status") as f:
+        state = None
+        for line in f:
+            if line.startswith("State:"):
+                state = line.split()[1]
+            elif line.startswith("Uid:"):
+                return state, line.split()[1:5]
+    return state, []
+
+
+def live_pids(uid: int) -> list[int]:
+    """Pids of the live processes (zombies left out) running as ``uid``.
+
+    The owner of ``/proc/<pid>`` (the effective uid of a dumpable process)
+    picks the candidates, a stat each: reading every process's status
+    costs a second on a machine with thousands of zombies. A candidate's
+    status then says whether it lives. A process that changed its
+    effective uid away from the student's is not listed, but ``kill(-1)``
+    reaches it all the same.
+    """
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_uid != uid:
+                continue
+            state, uids = _state_and_uids(entry.name)
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        if str(uid) in uids and state not in ("Z", "X"):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _kill_as(uid: int, gid: int) -> None:
+    """``kill -9 -1`` run as ``uid``: every process the uid may signal, in one walk of the kernel's list.
+
+    Through ``/bin/sh``, whose builtin ``kill`` every system has and which
+    every account can run (a Python of the service's own may sit where
+    students cannot reach); ``-9 -1`` is the one spelling that dash, bash
+    and procps all read as SIGKILL to pid -1.
+    """
+    subprocess.run(
+        ["/bin/sh", "-c", "kill -9 -1"],
+        user=uid,
+        group=gid,
+        extra_groups=[],
+        env={"PATH": "/usr/bin:/bin"},
+        cwd="/",
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        close_fds=True,
+        check=False,
+        timeout=30,
+    )
+
+
+def kill_uid(uid: int, gid: int | None = None, timeout: float = 10.0) -> int:
+    """SIGKILL every process of ``uid`` until none is alive; return how many were seen alive.
+
+    As root the uid's own ``kill(-1)`` runs first, whatever a look at
+    ``/proc`` says (a pid-hopping process is never where the look is), then
+    again for as long as a look still finds one. Without root only the
+    processes found are killed, by pid. Raises :class:`ProcessesSurvived`
+    when some still live after ``timeout`` seconds (a process stuck in the
+    kernel, on a dead NFS server say): the seat is then not clean, and the
+    caller must not give it away.
+    """
+    if uid == 0 or uid == os.getuid():
+        raise ValueError(f"refusing to kill every process of uid {uid}")
+    gid = uid if gid is None else gid
+    seen: set[int] = set(live_pids(uid))
+    deadline = time.monotonic() + timeout
+    pause = 0.002
+    pids = sorted(seen)
+    while True:
+        if os.geteuid() == 0:
+            _kill_as(uid, gid)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        # A killed process takes a moment to exit: look again after it.
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+        pids = live_pids(uid)
+        if not pids:
+            return len(seen)
+        seen.update(pids)
+        if time.monotonic() > deadline:
+            raise ProcessesSurvived(
+                f"{len(pids)} process(es) of uid {uid} still live after {timeout:.0f} s of SIGKILL: {sorted(pids)[:10]}",
+            )

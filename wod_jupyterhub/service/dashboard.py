@@ -1,0 +1,101 @@
+"""The admins' dashboard at ``/services/wod/``: one HTML page that refreshes itself from ``dashboard/data``.
+
+Browsers log in with the hub's OAuth (``HubOAuthenticated``): the hub sends
+them back with a token whose scopes must include ``custom:wod:read`` (or
+operate) -- give the service ``oauth_client_allowed_scopes:
+["custom:wod:read"]`` and the admins a role with that scope. Anyone else
+gets 403; an anonymous browser goes to the hub's login. The page is plain
+HTML and a little vanilla JavaScript (``templates/dashboard.html``): no
+build step; every value it shows is set as text, never as markup, since a
+customer id is whatever the portal was sent.
+"""
+
+import html
+import re
+from pathlib import Path
+
+from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated, UserNotAllowed
+
+from ..errors import Forbidden, Unauthorized
+from .admin import status
+from .handlers import SCOPE_OPERATE, SCOPE_READ, BaseHandler
+
+PAGE = Path(__file__).resolve().parent / "templates" / "dashboard.html"
+
+
+def make_oauth():
+    """The service's OAuth client of the hub (configured by the hub's environment for a managed service)."""
+    from jupyterhub.services.auth import HubOAuth
+
+    return HubOAuth(access_scopes={SCOPE_READ, SCOPE_OPERATE}, cache_max_age=60)
+
+
+class _Browser(HubOAuthenticated, BaseHandler):
+    """A handler for browsers: the hub's OAuth cookie, scopes checked like a token's."""
+
+    @property
+    def hub_auth(self):
+        return self.app.hub_oauth
+
+    @hub_auth.setter
+    def hub_auth(self, value):  # HubAuthenticated's API; ours comes from the app
+        pass
+
+    #: where an anonymous browser goes: the hub's login (pages) or a 401 (data)
+    redirect_to_login = True
+
+    async def prepare(self):
+        self.caller = None
+        model = await self.hub_auth.get_user(self, sync=False)
+        if not model:
+            if self.redirect_to_login and self.request.method == "GET":
+                self.redirect(self.get_login_url())
+                return
+            raise Unauthorized("Log in to the hub first.")
+        try:
+            self.caller = self.check_hub_user(model)
+        except UserNotAllowed:
+            raise Forbidden(
+                f"{model.get('name') or 'This account'} may not see the wod dashboard: it needs the scope {SCOPE_READ}."
+            ) from None
+        if not self.caller:
+            raise Forbidden(f"{model.get('name') or 'This account'} may not see the wod dashboard.")
+
+
+class DashboardHandler(_Browser):
+    def set_default_headers(self):
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Frame-Options", "DENY")
+
+    async def get(self):
+        # The data calls are cookie-authenticated fetches: the hub's OAuth wants the XSRF token with them.
+        token = self.xsrf_token
+        token = token.decode() if isinstance(token, bytes) else token
+        self.finish(PAGE.read_text(encoding="utf-8").replace("__XSRF_TOKEN__", html.escape(token, quote=True)))
+
+
+class DashboardDataHandler(_Browser):
+    redirect_to_login = False
+
+    async def get(self):
+        self.send(await status(self.app, self.get_query_argument("workshop", None) or None))
+
+
+class OAuthCallbackHandler(HubOAuthCallbackHandler):
+    @property
+    def hub_auth(self):
+        return self.settings["wod_service"].hub_oauth
+
+    @hub_auth.setter
+    def hub_auth(self, value):
+        pass
+
+
+def routes(prefix: str) -> list:
+    p = re.escape(prefix)
+    return [
+        (rf"{p}", DashboardHandler),
+        (rf"{p}dashboard/data", DashboardDataHandler),
+        (rf"{p}oauth_callback", OAuthCallbackHandler),
+    ]

@@ -1,0 +1,341 @@
+"""The REST handlers of the ``wod`` service (the application that serves them: ``service.py``).
+
+The verbs' handler hands each request to the engine: ``VerbHandler.post`` →
+``Engine.submit`` (``operations/engine.py``), which runs ``VERBS[verb]``
+(``operations/verbs.py``). The request fields of each verb come from the
+OpenAPI document (``openapi.json``), the one place they are written.
+"""
+
+import asyncio
+import json
+import re
+from pathlib import Path
+
+from tornado import web
+
+from .. import __version__
+from ..errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, Unauthorized, WodError
+from ..seats.cgroups import seat_resources
+from ..store.models import Status
+
+SCOPE_OPERATE = "custom:wod:operate"
+SCOPE_READ = "custom:wod:read"
+OPENAPI_FILE = Path(__file__).resolve().parent / "openapi.json"
+OP_ID = re.compile(r"[0-9a-f]{32}")  # fullmatch: "$" would let a final newline through
+
+
+class BaseHandler(web.RequestHandler):
+    #: scopes any one of which lets a caller in; None: no token needed
+    scopes: tuple | None = (SCOPE_READ, SCOPE_OPERATE)
+
+    @property
+    def app(self):
+        """The ``WodService`` application (service.py) serving this request."""
+        return self.settings["wod_service"]
+
+    @property
+    def engine(self):
+        return self.app.engine
+
+    @property
+    def views(self):
+        return self.app.views
+
+    def set_default_headers(self):
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+
+    async def prepare(self):
+        await self.authenticate()
+
+    async def authenticate(self):
+        self.caller = None
+        if self.scopes is None:
+            return
+        model = await self.app.hub_auth.get_user(self, sync=False)
+        if not model:
+            raise Unauthorized("A JupyterHub API token is required (header 'Authorization: token <token>').")
+        granted = set(model.get("scopes") or [])
+        if not granted.intersection(self.scopes):
+            who = model.get("name") or "the caller"
+            raise Forbidden(f"The token of {who} lacks the scope {self.scopes[0]} this call needs.")
+        self.caller = model
+
+    @property
+    def can_operate(self) -> bool:
+        return bool(self.caller) and SCOPE_OPERATE in set(self.caller.get("scopes") or [])
+
+    def send(self, data, status=200):
+        self.set_status(status)
+        self.finish(json.dumps(data))
+
+    def write_error(self, status_code, **kwargs):
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, WodError):
+            self.set_status(exc.status)
+            body = exc.to_json()
+        elif isinstance(exc, web.HTTPError):
+            message = exc.log_message % exc.args if exc.log_message and exc.args else exc.log_message
+            body = {"error": _code(status_code), "message": message or self._reason}
+        elif status_code >= 500:
+            body = {"error": "internal", "message": "The service failed unexpectedly; the admin finds the cause in its log."}
+        else:
+            body = {"error": _code(status_code), "message": self._reason}
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(body))
+
+    def log_exception(self, typ, value, tb):
+        if isinstance(value, WodError):
+            self.app.log.info("%s %s → %s %s", self.request.method, self.request.path, value.status, value.message)
+            return
+        super().log_exception(typ, value, tb)
+
+    def int_argument(self, name, default=None, low=None, high=None):
+        raw = self.get_query_argument(name, None)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise BadRequest(f"Query parameter {name} must be a whole number, not {raw!r}.") from None
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise BadRequest(f"Query parameter {name} must be between {low} and {high}, not {value}.")
+        return value
+
+
+def _code(status: int) -> str:
+    return {
+        400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+        409: "conflict", 413: "payload_too_large", 422: "unprocessable",
+    }.get(status, "internal" if status >= 500 else "error")
+
+
+_INT = (int,)
+_STR = (str,)
+# The portal's customer ids are integers; other callers send strings. Both are
+# kept as the text the caller wrote (4242 and "4242" name one customer).
+_ID = (str, int)
+_TYPES = {"integer": _INT, "string": _STR, "array": (list,), ("string", "integer"): _ID}
+_KINDS = {_INT: "a whole number", _STR: "a string", _ID: "a string or a whole number"}
+MAX_TEXT = 255
+
+
+def verb_fields(openapi: dict) -> dict:
+    """The body fields each verb takes, read from the OpenAPI document: verb → {name: (types, required)}."""
+    fields = {}
+    for verb in ("CREATE", "CLEANUP", "RESET", "PURGE"):
+        schema = openapi["components"]["schemas"][f"{verb.capitalize()}Request"]
+        required = set(schema.get("required", ()))
+        fields[verb] = {
+            name: (_TYPES[tuple(p["type"]) if isinstance(p["type"], list) else p["type"]], name in required)
+            for name, p in schema["properties"].items()
+        }
+    return fields
+
+
+OPENAPI = json.loads(OPENAPI_FILE.read_text())
+VERB_FIELDS = verb_fields(OPENAPI)
+
+
+@web.stream_request_body
+class VerbHandler(BaseHandler):
+    scopes = (SCOPE_OPERATE,)
+
+    def initialize(self, verb):
+        self.verb = verb
+        self._chunks = []
+        self._size = 0
+
+    async def prepare(self):
+        limit = self.app.max_body_size
+        length = self.request.headers.get("Content-Length")
+        self._too_large = False
+        if length and length.isdigit() and int(length) > limit:
+            self._too_large = True
+        # The caller is identified once the body is in: answering before it is read
+        # (a 401, a 413) would make tornado drop the connection under the client.
+
+    def data_received(self, chunk):
+        self._size += len(chunk)
+        if self._size > self.app.max_body_size:
+            self._too_large = True
+            self._chunks = []
+        elif not self._too_large:
+            self._chunks.append(chunk)
+
+    def parse(self) -> dict:
+        if self._too_large:
+            raise PayloadTooLarge(f"The request body is larger than {self.app.max_body_size} bytes.")
+        raw = b"".join(self._chunks)
+        try:
+            body = json.loads(raw or b"null")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise BadRequest(f"The request body is not valid JSON: {e}.", code="bad_json") from None
+        except RecursionError:
+            # json's C decoder recurses once per nesting level: a body of "[" * 100000 ends here.
+            raise BadRequest("The request body is not valid JSON: it is nested too deeply.", code="bad_json") from None
+        if not isinstance(body, dict):
+            raise BadRequest("The request body must be a JSON object.", code="bad_json")
+        fields = VERB_FIELDS[self.verb]
+        unknown = sorted(set(body) - set(fields))
+        if unknown:
+            raise BadRequest(f"Unknown field(s) for {self.verb}: {', '.join(unknown)}.", code="bad_field")
+        for name, (types, required) in fields.items():
+            value = body.get(name)
+            if value is None:
+                if required:
+                    raise BadRequest(f"Field {name!r} is required for {self.verb}.", code="missing_field")
+                continue
+            if not isinstance(value, types) or isinstance(value, bool):
+                kind = _KINDS.get(types, "a list")
+                raise BadRequest(f"Field {name!r} must be {kind}, not {json.dumps(value)[:40]}.", code="bad_field")
+            if types is _ID and isinstance(value, int):
+                value = body[name] = str(value)
+            if types in (_STR, _ID) and (len(value) > MAX_TEXT or not value.strip()):
+                raise BadRequest(f"Field {name!r} must be a non-empty string of at most {MAX_TEXT} characters.", code="bad_field")
+        return body
+
+    async def post(self):
+        await self.authenticate()
+        body = self.parse()
+        wait = self.get_query_argument("wait", None)
+        if wait is not None:
+            try:
+                wait = float(wait)
+            except ValueError:
+                raise BadRequest(f"Query parameter wait must be a number of seconds, not {wait!r}.") from None
+            if not 0 <= wait <= self.app.max_wait:
+                raise BadRequest(f"Query parameter wait must be between 0 and {self.app.max_wait} seconds.")
+        first, last = body.get("student"), None
+        if self.verb == "RESET":
+            if (first is None) == (body.get("students") is None):
+                raise BadRequest("RESET takes either 'student' or 'students': [min, max].", code="bad_field")
+            if body.get("students") is not None:
+                pair = body["students"]
+                if len(pair) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in pair):
+                    raise BadRequest("Field 'students' must be [min, max], two whole numbers.", code="bad_field")
+                first, last = pair
+                if last == first:
+                    last = None
+        # The engine runs the verb: VERBS[verb] in operations/verbs.py.
+        op = await self.engine.submit(
+            self.verb, first, last, customer=body.get("customer"), email=body.get("email"), workshop=body.get("workshop")
+        )
+        self.app.metrics.request(self.verb)
+        if wait:
+            op = await self.engine.wait(op.id, wait, op)
+            if op.status in Status.FINISHED:
+                return self.send(self.views.operation_json(op, reveal=self.can_operate), 200)
+        self.set_header("Location", f"{self.app.prefix}api/operations/{op.id}")
+        self.send(self.views.operation_json(op, reveal=self.can_operate), 202)
+
+
+class OperationHandler(BaseHandler):
+    async def get(self, op_id):
+        if not OP_ID.fullmatch(op_id):
+            raise NotFound(f"There is no operation {op_id!r}.")
+        self.send(self.views.operation_json(self.views.operation(op_id), reveal=self.can_operate))
+
+
+class OperationsHandler(BaseHandler):
+    async def get(self):
+        student = self.int_argument("student", low=0, high=10**9)
+        limit = self.int_argument("limit", 100, low=1, high=1000)
+        status = self.get_query_argument("status", None) or None
+        if status and status not in Status.ALL:
+            raise BadRequest(f"Query parameter status must be queued, running, succeeded or failed, not {status!r}.")
+        verb = (self.get_query_argument("verb", None) or "").upper() or None
+        if verb and verb not in VERB_FIELDS:
+            raise BadRequest(f"Query parameter verb must be CREATE, CLEANUP, RESET or PURGE, not {verb!r}.")
+        ops = self.views.operations(student=student, status=status, verb=verb, limit=limit)
+        self.send({"operations": [self.views.operation_json(op, reveal=self.can_operate) for op in ops]})
+
+
+class StudentHandler(BaseHandler):
+    async def get(self, number):
+        n = int(number)
+        data = self.views.student_json(n)
+        data["disk"] = self.app.disk.to_json(n)
+        data["resources"] = await asyncio.to_thread(seat_resources, self.app.wod, n)
+        data["server"] = None
+        hub = self.app.hub
+        if hub.configured:
+            from .hubclient import HubAPIError
+
+            try:
+                model = await hub.user(f"student{n}")
+            except HubAPIError as e:
+                self.app.log.warning("Reading student%s from the hub failed: %s", n, e)
+            else:
+                server = ((model or {}).get("servers") or {}).get("", None)
+                data["server"] = {
+                    "exists": model is not None,
+                    "running": bool(server and server.get("ready")),
+                    "pending": (model or {}).get("pending"),
+                    "url": server.get("url") if server else None,
+                }
+        self.send(data)
+
+
+class WorkshopsHandler(BaseHandler):
+    async def get(self):
+        # Reading every wod.yml (when the cache is stale) and building the answer happen off the event loop.
+        self.send({"workshops": await asyncio.to_thread(lambda: self.app.catalog.get().to_json())})
+
+
+class WorkshopHandler(BaseHandler):
+    async def get(self, name):
+        ws, _, _ = await asyncio.to_thread(self.app.catalog.workshop, name)
+        self.send(ws.to_json())
+
+
+class OpenAPIHandler(BaseHandler):
+    scopes = None
+
+    async def get(self):
+        self.send(self.app.openapi)
+
+
+class HealthHandler(BaseHandler):
+    scopes = None
+
+    async def get(self):
+        from sqlalchemy import text
+
+        try:
+            with self.app.store.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            database = "ok"
+        except Exception as e:  # noqa: BLE001 - health reports, never raises
+            database = f"error: {e.__class__.__name__}"
+        self.send(
+            {
+                "status": "ok" if database == "ok" else "degraded",
+                "version": __version__,
+                "database": database,
+                "running": self.engine.running,
+                "warm": self.app.warm or not self.app.warm_up,
+                "prepare_pending": self.app.preparer.pending,
+                "mail": await asyncio.to_thread(self.app.mail.health),
+            },
+            200 if database == "ok" else 503,
+        )
+
+
+class MetricsHandler(BaseHandler):
+    def set_default_headers(self):
+        self.set_header("Cache-Control", "no-store")
+
+    async def get(self):
+        app = self.app
+        relay = app.mail.relay if app.mail.settings.relay_enabled else None
+        body = app.metrics.render(store=app.store, running=self.engine.running, outbox=app.outbox if app.portal.enabled else None, relay=relay, disk=app.disk)
+        self.set_header("Content-Type", app.metrics.content_type)
+        self.finish(body)
+
+
+class NotFoundHandler(BaseHandler):
+    scopes = None
+
+    def prepare(self):
+        raise NotFound(f"No such endpoint: {self.request.method} {self.request.path}.")

@@ -1,0 +1,149 @@
+"""``wod mail``: one mail on stdin, taken as the listener takes it (for sites that keep postfix).
+
+The original's procmail piped every mail to a script; a site that keeps its
+postfix does the same with this command (``master.cf``)::
+
+    wod unix - n n - - pipe user=wod argv=wod mail --config /etc/wod/jupyterhub_config.py --from ${sender} --to ${recipient}
+
+Stdin holds the message (headers and body), or a whole SMTP dialog as the
+portal writes it (``HELO`` … ``.``), whose ``MAIL FROM``/``RCPT TO`` then
+give the envelope. A verb mail is queued as an operation in the shared
+database, where the running service's dispatcher finds it; a participant
+mail waits in the relay's outbox for the service's relay loop.
+
+Exit status, as postfix reads it: 0 taken (or a repeat of one taken
+before), 2 refused (bounced; the reason on stderr), 75 (EX_TEMPFAIL) not
+stored, try again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+EX_TEMPFAIL = 75
+EX_REFUSED = 2
+
+
+def _load_config(path: str | None):
+    from traitlets.config import Config
+    from traitlets.config.loader import PyFileConfigLoader
+
+    if not path:
+        return Config()
+    full = os.path.abspath(path)
+    if not os.path.isfile(full):
+        raise FileNotFoundError(f"configuration file {path} does not exist")
+    return PyFileConfigLoader(os.path.basename(full), os.path.dirname(full)).load_config()
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="wod mail", description="Take one mail from stdin as the mail listener would.")
+    p.add_argument("--config", "-f", metavar="FILE", help="the hub's jupyterhub_config.py (c.Wod, c.WodMail)")
+    p.add_argument("--from", dest="sender", metavar="ADDRESS", help="envelope sender (postfix: ${sender})")
+    p.add_argument("--to", dest="recipients", action="append", metavar="ADDRESS", help="envelope recipient (postfix: ${recipient}); repeat for several")
+    p.add_argument("--peer", metavar="IP", help="the client's address, checked against c.WodMail.allowed_sources (postfix: ${client_address})")
+    return p
+
+
+async def take(ingress, data: bytes, sender: str | None, recipients: list[str] | None, peer: str | None):
+    """The Reply for one mail read whole: the listener's checks, in its order."""
+    from .ingress import Envelope
+    from .message import parse_dialog, parse_message
+
+    dialog = parse_dialog(data)
+    if dialog is not None:
+        if dialog.data is None:
+            return ingress.refuse("incomplete", 554, "5.6.0 The dialog on stdin has no complete message (no '.' line).")
+        sender, recipients, data = sender or dialog.sender, recipients or dialog.recipients, dialog.data
+    if sender is None or not recipients:
+        headers = parse_message(data).headers
+        sender = sender or _address(headers.get("return-path") or headers.get("from") or "")
+        recipients = recipients or [a for a in (_address(x) for x in (headers.get("to") or "").split(",")) if a]
+    if not sender or not recipients:
+        return ingress.refuse("syntax", 554, "5.5.1 No sender or recipient: give --from and --to (postfix: ${sender} ${recipient}).")
+    refused = ingress.check_source(peer)
+    if refused is not None:
+        return refused
+    env = Envelope(peer=peer)
+    answer = ingress.check_sender(env, sender)
+    if not answer.ok:
+        return answer
+    env.sender = sender
+    for rcpt in recipients:
+        answer = ingress.check_recipient(env, rcpt)
+        if not answer.ok:
+            return answer
+        env.recipients.append(rcpt)
+    if len(data) > ingress.settings.max_message_size:
+        return ingress.refuse("too_large", 552, f"5.3.4 Message larger than {ingress.settings.max_message_size} bytes; refused.")
+    return await ingress.deliver(env, data)
+
+
+def _address(value: str) -> str | None:
+    from email.utils import parseaddr
+
+    address = parseaddr(value)[1]
+    return address or None
+
+
+async def _run(args, data: bytes) -> int:
+    from ...config import Wod
+    from ...store.models import Store
+    from .ingress import Ingress
+    from .relay import Relay
+    from .settings import WodMail
+    from .verbs import engine_submit
+
+    log = logging.getLogger("wod.mail")
+    config = _load_config(args.config)
+    wod = Wod(config=config)
+    settings = WodMail(config=config)
+    if not settings.enabled:
+        print("wod mail: c.WodMail.sender is not set: the mail API is off", file=sys.stderr)
+        return EX_REFUSED
+    store = Store(wod.db_url)
+    try:
+        submit, close = engine_submit(config, wod, store, log)
+        try:
+            ingress = Ingress(settings, wod, store, Relay(store, settings, log=log), submit, log=log)
+            reply = await take(ingress, data, args.sender, args.recipients, args.peer)
+        finally:
+            close()
+    finally:
+        store.dispose()
+    stream = sys.stdout if reply.ok else sys.stderr
+    print(f"wod mail: {reply}", file=stream)
+    if reply.ok:
+        return 0
+    return EX_TEMPFAIL if 400 <= reply.code < 500 else EX_REFUSED
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="[%(levelname)1.1s %(asctime)s wod mail] %(message)s", stream=sys.stderr)
+    logging.getLogger("wod").setLevel(logging.INFO)
+    from .settings import WodMail
+
+    limit = WodMail.max_message_size.default_value
+    try:
+        limit = WodMail(config=_load_config(args.config)).max_message_size
+    except Exception:  # noqa: BLE001 - _run reports a broken configuration with its reason
+        pass
+    data = sys.stdin.buffer.read(limit * 2 + 65536)
+    try:
+        return asyncio.run(_run(args, data))
+    except FileNotFoundError as e:
+        print(f"wod mail: error: {e}", file=sys.stderr)
+        return EX_REFUSED
+    except Exception as e:  # noqa: BLE001 - postfix keeps the mail and tries again
+        reason = " ".join(str(e).split())[:300]
+        print(f"wod mail: could not take the mail now ({type(e).__name__}: {reason}); try again", file=sys.stderr)
+        return EX_TEMPFAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The work the verbs and the preparation of free seats do on a seat, outside the database.
+
+A new password (hashed in threads of its own), the hub side of a seat (end
+its sessions), erasing a home and its processes, running a workshop's hooks,
+and the thread pools all that blocking work runs in. It holds the parts the
+service built, so a verb gets everything it needs from one object.
+"""
+
+import asyncio
+import collections
+import functools
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from ... import passwords
+from ...seats.wipe import wipe_seat
+
+
+class SeatWork:
+    """The parts a verb works with (``wod``, ``catalog``, ``hub``, ``hooks``, ``renderer``, ``sealer``, ``outbox``) and their blocking work."""
+
+    def __init__(self, wod, settings, *, catalog, hub, hooks, renderer, sealer, outbox, log, hostname=None, on_ahead_cpu=None):
+        self.wod = wod
+        self.log = log
+        self.settings = settings
+        self.catalog = catalog
+        self.hub = hub
+        self.hooks = hooks
+        self.renderer = renderer
+        self.sealer = sealer
+        self.outbox = outbox
+        self.hostname = hostname
+        self.pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="wod-op")
+        # Hashing gets its own threads (scrypt releases the GIL): a rotation must not queue behind provisionings.
+        self.hash_pool = ThreadPoolExecutor(2, thread_name_prefix="wod-hash")
+        # Staging free seats and compiling templates ahead: one thread, never in a burst's way.
+        self.stage_pool = ThreadPoolExecutor(1, thread_name_prefix="wod-stage")
+        #: set when the service stops: long blocking work (the warm-up) stops between files
+        self.closing = threading.Event()
+        # Passwords drawn and hashed ahead, while idle (``hash_ahead``): the scrypt of a rotation is most
+        # of a CREATE's CPU, and a burst should not pay it while its callers wait. Only in this process's
+        # memory, never written anywhere: a crash just loses unused random passwords.
+        self._fresh: collections.deque[tuple[str, str]] = collections.deque()
+        #: ``on_ahead_cpu(work, seconds)``: told the CPU each piece of work done ahead took ("hash", "background"),
+        #: so that what a burst costs can be told from what was done for the next one (the metrics, the benches)
+        self.on_ahead_cpu = on_ahead_cpu or (lambda work, seconds: None)
+
+    async def blocking(self, fn, *args):
+        """``fn(*args)`` in an operation thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def in_background(self, fn, *args):
+        """``fn(*args)`` in the one background thread (staging, warm-up): work done ahead."""
+        return await asyncio.get_running_loop().run_in_executor(self.stage_pool, self._ahead, "background", fn, *args)
+
+    def _ahead(self, work: str, fn, *args):
+        """``fn(*args)``, its thread's CPU told to ``on_ahead_cpu`` (in the worker thread)."""
+        started = time.thread_time()
+        try:
+            return fn(*args)
+        finally:
+            self.on_ahead_cpu(work, time.thread_time() - started)
+
+    def close(self) -> None:
+        """Stop taking blocking work; queued work is dropped, running work ends on its own."""
+        self.closing.set()
+        for pool in (self.pool, self.hash_pool, self.stage_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    # ---- the password
+
+    async def new_password(self) -> tuple[str, str]:
+        """A fresh password and its hash: one hashed ahead if there is one, else hashed now."""
+        if self._fresh:
+            return self._fresh.popleft()
+        return await self._hash_one()
+
+    async def _hash_one(self, ahead: bool = False) -> tuple[str, str]:
+        password = passwords.generate(self.wod.password_length, self.wod.password_alphabet)
+        hash_it = functools.partial(passwords.hash_password, password, self.wod.password_hash_cost)
+        if ahead:
+            hash_it = functools.partial(self._ahead, "hash", hash_it)
+        return password, await asyncio.get_running_loop().run_in_executor(self.hash_pool, hash_it)
+
+    @property
+    def hashed_ahead(self) -> int:
+        """Passwords ready for the next rotations."""
+        return len(self._fresh)
+
+    async def hash_ahead(self, want: int, keep_going=lambda: True) -> int:
+        """Draw and hash passwords until ``want`` wait ready (two at a time, one per hash thread); return how many were added.
+
+        ``keep_going()``: checked between pairs (the preparer stops when an operation arrives).
+        """
+        added = 0
+        while len(self._fresh) < want and keep_going() and not self.closing.is_set():
+            pair = await asyncio.gather(*(self._hash_one(ahead=True) for _ in range(min(2, want - len(self._fresh)))))
+            self._fresh.extend(pair)
+            added += len(pair)
+        return added
+
+    # ---- the hub
+
+    async def end_sessions(self, n: int, stop: bool = True) -> dict:
+        """Stop the server (if asked) and revoke every token of ``student<n>`` on the hub."""
+        name = f"student{n}"
+        if not self.hub.configured:
+            return {"skipped": "no hub API configured"}
+        detail = {}
+        if stop:
+            detail["stopped"] = await self.hub.stop_server(name, timeout=self.settings.stop_timeout)
+        detail["revoked"] = await self.hub.revoke_tokens(name)
+        return detail
+
+    # ---- the home
+
+    def uid(self, n: int) -> int | None:
+        return self.wod.uid_base + n if self.wod.system_users else None
+
+    def wipe(self, n: int, keep_home: bool = False) -> dict:
+        """Kill the seat's processes, erase (or keep) its home, clear what its uid left elsewhere (blocking)."""
+        return wipe_seat(self.wod, n, keep_home)
+
+    # ---- the hooks
+
+    def hook_skip(self, kind: str, folder: str | None) -> str | None:
+        """Why the ``kind`` hooks step of workshop ``folder`` is skipped (None: there are scripts to run)."""
+        if not folder:
+            return "no workshop"
+        if not self.hooks.find(kind, folder):
+            return f"no {kind}-{folder}.sh in the scripts folders"
+        return None
+
+    async def run_hooks(self, kind, folder, ws, mode, student, customer, vars_file=None) -> dict:
+        """Run the ``kind`` hooks; the step's detail. A failing hook raises ``HookFailed`` (its runs in ``journal``)."""
+        runs = await self.hooks.run(
+            kind, folder, student=student, customer=customer, challenge=(mode == "CHLG"), workshop=ws, vars_file=vars_file
+        )
+        return {"runs": runs}

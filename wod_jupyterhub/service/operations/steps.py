@@ -1,0 +1,89 @@
+"""The steps several verbs share, with one name each in every journal.
+
+- ``rotate``: a new password, its hash on the seat (which ends every session
+  issued before: the seat's generation changes), sealed on the operation;
+- ``end-sessions``: on the hub, the seat's server stopped, its tokens revoked;
+- ``hooks-<kind>``: the workshop's hooks, ``skipped`` when it has none.
+"""
+
+from ...store.models import Seat, read_seat, update_seat, utcnow
+from ..hubclient import HubAPIError
+from .admission import check_holder
+
+
+def rotate_step(run, work, seats, *, check=None, owner_only=False, seat=None):
+    """The ``rotate`` step for ``seats``: a password each, its hash on the seat, sealed on the operation.
+
+    ``check()``: raises when the step must not run (a CREATE's workshop became
+    inactive). ``owner_only``: a seat held by another customer than the run's
+    fails the step (``check_holder``). ``seat(conn, n, password)``: what the
+    verb does to seat ``n`` in the same transaction; it returns the seat's
+    columns to set with the rotation (a dict, or None). The one seat's password
+    goes to ``result["password"]``, a range's to ``result["passwords"]``; a run
+    without a workshop takes the seat's.
+    """
+    fresh = {}
+
+    async def rotate():
+        if check is not None:
+            check()
+        with run.store.engine.connect() as conn:
+            for n in seats:
+                st = read_seat(conn, n)
+                if owner_only:
+                    check_holder(n, st.customer if st.state in Seat.HELD else None, run.customer)
+                run.seat = {"sessions_ended": st.sessions_ended}
+                run.workshop = run.workshop or st.workshop
+        for n in seats:
+            fresh[n] = await work.new_password()
+        if len(seats) == 1:
+            run.result["password"] = work.sealer.seal(fresh[seats[0]][0])
+        else:
+            run.result["passwords"] = {str(n): work.sealer.seal(password) for n, (password, _) in fresh.items()}
+
+    def rotated(conn, _detail):
+        for n, (password, hashed) in fresh.items():
+            more = (seat(conn, n, password) or {}) if seat is not None else {}
+            # The new generation ends every session issued before the seat changed hands.
+            update_seat(conn, n, new_generation=True, password_hash=hashed, rotated_at=utcnow(), **more)
+
+    return run.step("rotate", rotate, rotated)
+
+
+def end_sessions_step(run, work, seats, *, tolerate_hub_errors=False):
+    """The ``end-sessions`` step: stop the servers and revoke the tokens of ``seats`` on the hub.
+
+    Its detail: what the hub said for the one seat, or per seat (``{"11": {...}, ...}``) for several.
+
+    Records ``Student.sessions_ended`` per seat; a skipped or failed attempt leaves the next CREATE to ask the hub.
+    """
+
+    async def end():
+        detail = {}
+        for n in seats:
+            try:
+                detail[str(n)] = await work.end_sessions(n, stop=True)
+            except HubAPIError as e:
+                if not tolerate_hub_errors:
+                    raise
+                detail[str(n)] = {"warning": str(e)}
+        return detail if len(seats) > 1 else detail[str(seats[0])]
+
+    def ended(conn, detail):
+        per_seat = detail if len(seats) > 1 else {str(seats[0]): detail}
+        for n in seats:
+            d = per_seat[str(n)]
+            update_seat(conn, n, sessions_ended="skipped" not in d and "warning" not in d)
+
+    return run.step("end-sessions", end, ended)
+
+
+def hooks_step(run, work, kind, folder, ws, mode, n):
+    async def hooks():
+        return await work.run_hooks(kind, folder, ws, mode, n, run.customer)
+
+    return run.step(f"hooks-{kind}", hooks, skip=work.hook_skip(kind, folder))
+
+
+#: The columns of a seat given back (``update_seat(conn, n, **FREED)``).
+FREED = {"state": Seat.FREE, "customer": None, "email": None, "workshop": None, "assigned_at": None}

@@ -1,0 +1,91 @@
+"""The JSON views of operations and seats the REST API answers with (``openapi.json`` describes them)."""
+
+from sqlalchemy import select
+
+from ...errors import NotFound
+from ...store.models import Completion, Operation, Seat, Status, Student
+from .admission import overlapping
+from .journal import iso
+
+
+class Views:
+    """Reads operations and seats from the database and shapes them for the API."""
+
+    def __init__(self, wod, store, sealer):
+        self.wod = wod
+        self.store = store
+        self.sealer = sealer
+
+    def operation(self, op_id: str) -> Operation:
+        with self.store.Session() as s:
+            op = s.get(Operation, op_id)
+        if op is None:
+            raise NotFound(f"there is no operation {op_id}")
+        return op
+
+    def operations(self, student=None, status=None, verb=None, limit=100) -> list[Operation]:
+        q = select(Operation).order_by(Operation.created.desc(), Operation.id.desc()).limit(limit)
+        if student is not None:
+            q = q.where(overlapping(student))
+        if status:
+            q = q.where(Operation.status == status)
+        if verb:
+            q = q.where(Operation.verb == verb)
+        with self.store.Session() as s:
+            return list(s.scalars(q))
+
+    def operation_json(self, op: Operation, reveal: bool = False) -> dict:
+        """``op`` as the API shows it; a finished CREATE's password only when ``reveal`` (the caller may operate)."""
+        result = dict(op.result or {})
+        public = {k: result[k] for k in ("login_url", "completion", "students") if k in result}
+        if op.verb == "CREATE" and op.status == Status.SUCCEEDED and "password" in result:
+            public["password"] = self.sealer.open(result["password"]) if reveal else None
+        return {
+            "id": op.id,
+            "verb": op.verb,
+            "student": op.student,
+            "students": [op.student, op.student_last] if op.student_last is not None else None,
+            "customer": op.customer,
+            "email": op.email,
+            "workshop": op.workshop,
+            "status": op.status,
+            "steps": list(op.steps or []),
+            "error": op.error,
+            "result": public if op.status in Status.FINISHED else None,
+            "created": iso(op.created),
+            "started": iso(op.started),
+            "finished": iso(op.finished),
+        }
+
+    def held_seats(self) -> list[int]:
+        """Seats whose home belongs to a participant now (active, kept for a RESET, or being cleaned)."""
+        with self.store.Session() as s:
+            return list(s.scalars(select(Student.number).where(Student.state.in_(Seat.HELD))))
+
+    def student_json(self, n: int) -> dict:
+        self.wod.check_student(n)
+        with self.store.Session() as s:
+            st = s.get(Student, n)
+            last = s.scalars(
+                select(Completion).where(Completion.student == n).order_by(Completion.taken_at.desc(), Completion.id.desc()).limit(1)
+            ).first()
+            busy = s.scalars(select(Operation.id).where(Operation.status.in_(Status.UNFINISHED), overlapping(n))).all()
+        return {
+            "student": n,
+            "user": f"student{n}",
+            "state": st.state if st else Seat.FREE,
+            "customer": st.customer if st else None,
+            "email": st.email if st else None,
+            "workshop": st.workshop if st else None,
+            "assigned_at": iso(st.assigned_at) if st else None,
+            "rotated_at": iso(st.rotated_at) if st else None,
+            "generation": st.generation if st else 0,
+            "home_exists": self.wod.home(n).exists(),
+            "pending_operations": list(busy),
+            "completion": None
+            if last is None
+            else {
+                "kind": last.kind, "ratio": last.ratio, "executed": last.executed, "total": last.total,
+                "workshop": last.workshop, "taken_at": iso(last.taken_at),
+            },
+        }

@@ -1,0 +1,18 @@
+"""Alembic environment: migrations run on the connection Store.upgrade hands over."""
+
+from alembic import context
+
+from ..models import Base
+
+connection = context.config.attributes.get("connection")
+if connection is None:
+    raise RuntimeError("run migrations through wod_jupyterhub.store.models.Store.upgrade()")
+
+context.configure(
+    connection=connection,
+    target_metadata=Base.metadata,
+    version_table="wod_alembic_version",
+    render_as_batch=connection.dialect.name == "sqlite",
+)
+with context.begin_transaction():
+    context.run_migrations()

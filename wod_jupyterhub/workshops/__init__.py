@@ -1,0 +1,1 @@
+"""Workshops as folders: the catalog, template variables, rendering and notebook repair."""
