@@ -1,7 +1,7 @@
 import pytest
 
 from wod_jupyterhub import passwords
-from wod_jupyterhub.config import DEFAULT_ALPHABET
+from wod_jupyterhub.passwords import DEFAULT_ALPHABET
 
 
 def test_generate_uses_alphabet_and_length():

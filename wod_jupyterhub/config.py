@@ -17,7 +17,7 @@ from traitlets.config import Configurable
 
 from .errors import BadRequest, Unprocessable
 from .limits import limits_from_meta, parse_size
-from .seats.leftovers import TEMP_FOLDERS
+from .passwords import DEFAULT_ALPHABET, cost_for
 
 #: the ``share/`` folder of a source checkout or of an installed package
 _HERE = Path(__file__).resolve().parent
@@ -31,8 +31,8 @@ def share_dir() -> Path:
     return _HERE.parent / "share"
 
 
-# Letters and digits a person can read back without doubt: no 0/O, 1/l/I.
-DEFAULT_ALPHABET = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+#: where a process may leave files outside its home without being given a place
+TEMP_FOLDERS = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue", "/run/lock")
 
 # fullmatch, not match with $: "$" also matches before a final newline ("student1\n").
 STUDENT_NAME = re.compile(r"student([1-9][0-9]*)")
@@ -182,8 +182,6 @@ class Wod(Configurable):
 
     @default("password_hash_cost")
     def _cost_for_strength(self):
-        from .passwords import cost_for
-
         return cost_for(self.password_length, self.password_alphabet)
 
     @validate("password_hash_cost")

@@ -28,7 +28,8 @@ import os
 import secrets
 from pathlib import Path
 
-from .config import DEFAULT_ALPHABET
+# Letters and digits a person can read back without doubt: no 0/O, 1/l/I.
+DEFAULT_ALPHABET = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 
 #: the cost of generated passwords of at least ``STRONG_BITS`` bits, and of weaker ones
 STUDENT_COST = 4

@@ -29,12 +29,11 @@ import logging
 import os
 import stat
 
+from ..config import TEMP_FOLDERS
 from .fdtrees import erase_tree
 
 log = logging.getLogger("wod.leftovers")
 
-#: where a process may leave files outside its home without being given a place
-TEMP_FOLDERS = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue", "/run/lock")
 #: crontab and at spools (Debian, then Red Hat layouts); files named or owned by the student go
 SPOOLS = ("/var/spool/cron/crontabs", "/var/spool/cron/atjobs", "/var/spool/cron/atspool", "/var/spool/cron", "/var/spool/at")
 #: mailboxes (``/var/spool/mail`` is often a link to ``/var/mail``: opened without following, it is skipped then)
