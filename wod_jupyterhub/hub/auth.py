@@ -14,16 +14,15 @@ import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from jupyterhub import orm
 from jupyterhub.auth import Authenticator
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import object_session
 from tornado import web
 from traitlets import Dict, Float, Integer, List, TraitError, Unicode, default, validate
 
 from ..config import Wod, student_number
 from ..passwords import cheap_hash, hash_params, hash_password, verify_password
 from ..store.models import Seat, Store, utcnow
+from . import internals
 from .client_address import forwarded_client, networks
 from .sessions import changed_hands, end_sessions, keep_sweeping, new_cookie_id, session_generation
 from .spawner import server_token_ids
@@ -148,7 +147,7 @@ class WodAuthenticator(Authenticator):
                 raise TraitError(f"admin_password_hashes[{name!r}] is not a hash from `wod hash-password` (scrypt$...)")
         return proposal["value"]
 
-    auth_refresh_age = Float(
+    auth_refresh_age = internals.refresh_age(
         0.001,
         help="""Seconds between two checks of a logged-in user's seat (JupyterHub's option, here in seconds as a float).
 
@@ -159,7 +158,7 @@ class WodAuthenticator(Authenticator):
         previous participant's cookie working until the next check. 0
         disables the checks, and with them the end of old sessions.
         """,
-    ).tag(config=True)
+    )
 
     session_sweep_interval = Float(
         2.0,
@@ -393,10 +392,8 @@ class WodAuthenticator(Authenticator):
 
         ``users``: the hub's users in memory (``handler.users``, session ``db``), looked in first: one query less per login.
         """
-        orm_user = next((u.orm_user for u in (users.values() if users is not None else ()) if u.name == name), None)
-        if orm_user is None:
-            orm_user = orm.User.find(db, name)
-        if orm_user is None or session_generation(orm_user.cookie_id) == generation:
+        orm_user = internals.find_orm_user(db, name, users)
+        if orm_user is None or session_generation(internals.cookie_id(orm_user)) == generation:
             return ""  # a user the hub has not seen yet is tagged in add_user
         # Committed now, not left for the hub's own commit after the login: the hub's
         # database session is shared by all requests, and any request that finishes
@@ -413,8 +410,8 @@ class WodAuthenticator(Authenticator):
         roll it back).
         """
         # The hub's own record of the user's running servers (never a token's note, which users write).
-        users = getattr(self.parent, "users", None)
-        keep = server_token_ids(users.get(orm_user.id) if isinstance(users, dict) else None, generation)
+        users = internals.hub_users(self.parent)
+        keep = server_token_ids(users.get(orm_user.id) if users is not None else None, generation)
         ended = end_sessions(db, orm_user, generation, keep)
         if commit:
             db.commit()
@@ -426,8 +423,7 @@ class WodAuthenticator(Authenticator):
         So a class's first logins find their seat's generation already in
         the ``cookie_id`` and write nothing (see :mod:`wod_jupyterhub.sessions`).
         """
-        hub = self.parent
-        users, db = getattr(hub, "users", None), getattr(hub, "db", None)
+        users, db = internals.hub_users(self.parent), internals.hub_db(self.parent)
         if users is None or db is None:
             return []  # not a hub (a test's parent, a tool's)
         generations = await self.read(self.store.generations)
@@ -437,7 +433,7 @@ class WodAuthenticator(Authenticator):
         changed = changed_hands(list(users.values()), moved) if moved else []
         # From here to the commit nothing awaits: no other request's rollback can come between.
         for user, generation in changed:
-            self.end_sessions(db, user.orm_user, generation, commit=False)
+            self.end_sessions(db, internals.orm_user(user), generation, commit=False)
         if changed:
             db.commit()
             self.log.info("Ended ahead the sessions of %d seat(s) that changed hands: %s",
@@ -454,12 +450,11 @@ class WodAuthenticator(Authenticator):
     async def add_user(self, user):
         super().add_user(user)
         n = student_number(user.name)
-        orm_user = getattr(user, "orm_user", user)
-        if n is None or session_generation(orm_user.cookie_id) is not None:
+        if n is None or session_generation(internals.cookie_id(user)) is not None:
             return
         _, row = await self.read(self.store.login_facts, {}, n)
-        orm_user.cookie_id = new_cookie_id(row.generation if row is not None else 0)
-        db = object_session(orm_user)
+        internals.set_cookie_id(user, new_cookie_id(row.generation if row is not None else 0))
+        db = internals.user_db(user)
         if db is not None:
             db.commit()
 
@@ -475,8 +470,8 @@ class WodAuthenticator(Authenticator):
             self.log.error("Cannot check the seat of %s: the wod database is unavailable: %s", user.name, e.__class__.__name__)
             return False
         generation = row.generation if row is not None else 0
-        if session_generation(user.orm_user.cookie_id) != generation:
-            ended = self.end_sessions(user.db, user.orm_user, generation)
+        if session_generation(internals.cookie_id(user)) != generation:
+            ended = self.end_sessions(internals.user_db(user), internals.orm_user(user), generation)
             self.log.info("Logged out %s: the seat changed hands (%s)", user.name, ended)
             return False
         return row is not None and row.state == Seat.ACTIVE

@@ -42,12 +42,10 @@ to the length of a workshop in ``jupyterhub_config.py``: 4 hours
 
 import asyncio
 
-from jupyterhub import orm
-from jupyterhub.utils import new_token
-from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import student_number
+from . import internals
 
 #: prefix of a ``cookie_id`` that carries the seat generation it was issued under
 SESSION_TAG = "wodg"
@@ -62,7 +60,8 @@ def session_generation(cookie_id: str | None):
 
 
 def new_cookie_id(generation: int) -> str:
-    return f"{SESSION_TAG}{generation}.{new_token()}"
+    """A fresh ``cookie_id`` that carries seat ``generation``."""
+    return f"{SESSION_TAG}{generation}.{internals.random_token()}"
 
 
 def end_sessions(db, orm_user, generation: int, keep=()) -> str:
@@ -70,15 +69,10 @@ def end_sessions(db, orm_user, generation: int, keep=()) -> str:
 
     Returns what was ended, for the caller's log line.
     """
-    old = session_generation(orm_user.cookie_id)
-    orm_user.cookie_id = new_cookie_id(generation)
-    # The ids first, in a plain select: the service has normally revoked the previous
-    # holder's tokens already, and loading the ORM collection cost a login more than this.
-    with db.no_autoflush:
-        stale = set(db.scalars(select(orm.APIToken.id).where(orm.APIToken.user_id == orm_user.id))) - set(keep)
-    for token in [t for t in orm_user.api_tokens if t.id in stale] if stale else []:
-        db.delete(token)
-    return f"sessions of seat generation {old} ended, {len(stale)} token(s) revoked"
+    old = session_generation(internals.cookie_id(orm_user))
+    internals.set_cookie_id(orm_user, new_cookie_id(generation))
+    revoked = internals.revoke_tokens(db, orm_user, keep)
+    return f"sessions of seat generation {old} ended, {revoked} token(s) revoked"
 
 
 def changed_hands(users, generations: dict) -> list:
@@ -93,7 +87,7 @@ def changed_hands(users, generations: dict) -> list:
         n = student_number(user.name)
         if n is None or n not in generations:
             continue
-        tagged = session_generation(user.orm_user.cookie_id)
+        tagged = session_generation(internals.cookie_id(user))
         if tagged is not None and tagged != generations[n]:
             changed.append((user, generations[n]))
     return changed

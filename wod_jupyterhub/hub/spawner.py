@@ -35,6 +35,7 @@ from ..limits import Limits, limits_from_meta
 from ..seats import cgroups, completion, completion_worker
 from ..store.models import Completion, Store
 from ..workshops.catalog import find_workshop, load_catalog, parse_workshop_name
+from . import internals
 
 # (cgroup_root, cgroup_parent) whose missing parts this hub process already warned about
 _WARNED: set = set()
@@ -54,10 +55,9 @@ def server_token_ids(user, generation: int) -> set:
     participant loses its access to the hub too.
     """
     keep = set()
-    for spawner in getattr(user, "spawners", {}).values():
+    for spawner in internals.spawners(user):
         token_id = getattr(spawner, "server_token_id", None)
-        assignment = getattr(spawner, "_assignment", None) or {}
-        if token_id is not None and spawner.active and assignment.get("generation") == generation:
+        if token_id is not None and spawner.active and getattr(spawner, "seat_generation", None) == generation:
             keep.add(token_id)
     return keep
 
@@ -331,13 +331,12 @@ class WodSpawner(LocalProcessSpawner):
 
     def find_server_token_id(self):
         """The database id of ``self.api_token``, the token the hub made for this server start."""
-        from jupyterhub import orm
+        return internals.token_id(internals.user_db(self.user), self.api_token)
 
-        db = getattr(self.user, "db", None)
-        if db is None or not self.api_token:
-            return None
-        token = orm.APIToken.find(db, self.api_token)
-        return token.id if token is not None else None
+    @property
+    def seat_generation(self) -> int | None:
+        """The generation of the seat this server was started for; None when it runs for none."""
+        return (self._assignment or {}).get("generation")
 
     # -- after the stop -----------------------------------------------------
 

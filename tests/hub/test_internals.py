@@ -1,0 +1,82 @@
+"""JupyterHub's internals that the hub parts use (wod_jupyterhub/hub/internals.py), checked against the installed JupyterHub.
+
+Whatever a JupyterHub release changes of them fails here first, by name; setup.cfg allows only the
+versions these internals are known for.
+"""
+
+import configparser
+import inspect
+from pathlib import Path
+
+import jupyterhub
+import pytest
+from jupyterhub import orm
+from jupyterhub.app import JupyterHub
+from jupyterhub.auth import Authenticator
+from jupyterhub.handlers.base import BaseHandler
+from jupyterhub.user import User
+from packaging.requirements import Requirement
+from packaging.version import Version
+from traitlets import Float, Integer
+
+from wod_jupyterhub.hub import internals
+from wod_jupyterhub.hub.auth import WodAuthenticator
+
+SETUP_CFG = Path(__file__).resolve().parents[2] / "setup.cfg"
+
+
+def required_jupyterhub() -> Requirement:
+    cfg = configparser.ConfigParser()
+    cfg.read(SETUP_CFG)
+    lines = [line.split("#")[0].strip() for line in cfg["options"]["install_requires"].splitlines()]
+    return next(Requirement(line) for line in lines if line and Requirement(line).name == "jupyterhub")
+
+
+def test_setup_cfg_allows_the_versions_the_internals_are_known_for():
+    assert str(required_jupyterhub().specifier) == str(Requirement(f"jupyterhub{internals.JUPYTERHUB_VERSIONS}").specifier)
+    assert Version(jupyterhub.__version__) in required_jupyterhub().specifier
+
+
+def test_the_hub_application_and_its_users_hold_what_is_read():
+    assert "users" in JupyterHub.class_traits()
+    assert "self.db = " in inspect.getsource(JupyterHub)
+    assert "self.spawners = " in inspect.getsource(User) and "self.db = " in inspect.getsource(User)
+    assert internals.hub_users(object()) is None and internals.hub_db(object()) is None
+
+
+def test_auth_refresh_age_is_an_integer_in_jupyterhub_compared_with_a_monotonic_difference():
+    # Why WodAuthenticator may re-declare it a Float (see internals.refresh_age).
+    assert isinstance(Authenticator.class_traits()["auth_refresh_age"], Integer)
+    source = inspect.getsource(BaseHandler.refresh_auth)
+    assert "time.monotonic()" in source and "< refresh_age" in source
+    assert isinstance(WodAuthenticator.class_traits()["auth_refresh_age"], Float)
+
+
+@pytest.fixture
+def hubdb():
+    db = orm.new_session_factory("sqlite://")()
+    db.add(orm.OAuthClient(identifier="jupyterhub"))
+    db.commit()
+    yield db
+    db.close()
+
+
+def test_cookie_id_and_tokens_through_the_hub_orm(hubdb):
+    row = orm.User(name="student3")
+    hubdb.add(row)
+    hubdb.commit()
+    user = User(row, settings={}, db=hubdb)
+    assert internals.orm_user(user) is row and internals.user_db(user) is hubdb and internals.user_db(row) is hubdb
+    assert internals.find_orm_user(hubdb, "student3") is row
+    assert internals.find_orm_user(hubdb, "student3", users={row.id: user}) is row
+    assert internals.find_orm_user(hubdb, "nobody") is None
+    internals.set_cookie_id(user, "wodg2.abc")
+    assert internals.cookie_id(user) == "wodg2.abc" == row.cookie_id
+    kept, gone = row.new_api_token(note="a server's"), row.new_api_token(note="a personal one")
+    kept_id = internals.token_id(hubdb, kept)
+    assert kept_id is not None and internals.token_id(hubdb, "not-a-token") is None and internals.token_id(None, kept) is None
+    assert internals.revoke_tokens(hubdb, user, keep={kept_id}) == 1
+    hubdb.commit()
+    assert [t.id for t in row.api_tokens] == [kept_id] and internals.token_id(hubdb, gone) is None
+    assert internals.spawners(user) == list(user.spawners.values()) and internals.spawners(None) == []
+    assert internals.random_token() != internals.random_token()

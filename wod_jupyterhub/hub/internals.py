@@ -1,0 +1,96 @@
+"""What the hub parts use of JupyterHub beyond its documented extension points, in one place.
+
+The login cookie's ``cookie_id``, the hub's ``APIToken`` rows, its database session and its
+users in memory, a hub ``User``'s spawners. A JupyterHub upgrade that changes one of them breaks
+here, and ``tests/hub/test_internals.py`` checks each against the installed JupyterHub.
+"""
+
+from jupyterhub import orm
+from jupyterhub.utils import new_token
+from sqlalchemy import select
+from sqlalchemy.orm import object_session
+from sqlalchemy.orm.exc import UnmappedInstanceError
+from traitlets import Float
+
+#: the JupyterHub versions these internals are known for (setup.cfg requires the same)
+JUPYTERHUB_VERSIONS = ">=5,<7"
+
+
+def hub_users(app) -> dict | None:
+    """The hub application's users in memory (``{orm id: User}``); None outside a hub (a test's parent, a tool's)."""
+    users = getattr(app, "users", None)
+    return users if isinstance(users, dict) else None
+
+
+def hub_db(app):
+    """The hub application's database session (shared by all its requests); None outside a hub."""
+    return getattr(app, "db", None)
+
+
+def user_db(user):
+    """The hub database session a hub ``User`` (or its ORM row) belongs to."""
+    db = getattr(user, "db", None)
+    if db is None:
+        try:
+            db = object_session(orm_user(user))
+        except UnmappedInstanceError:  # not a hub user (a test's stand-in)
+            return None
+    return db
+
+
+def orm_user(user):
+    """The ORM row of a hub ``User`` (itself if it is one)."""
+    return getattr(user, "orm_user", user)
+
+
+def find_orm_user(db, name: str, users: dict | None = None):
+    """The ORM row of hub user ``name``: from ``users`` in memory if there, else one query; None if the hub has none."""
+    row = next((u.orm_user for u in (users.values() if users is not None else ()) if u.name == name), None)
+    return row if row is not None else orm.User.find(db, name)
+
+
+def cookie_id(user) -> str | None:
+    """The ``cookie_id`` a hub user's login cookie carries: a new one invalidates every cookie issued before."""
+    return orm_user(user).cookie_id
+
+
+def set_cookie_id(user, value: str) -> None:
+    """Give a hub user a new ``cookie_id`` (not committed)."""
+    orm_user(user).cookie_id = value
+
+
+def random_token() -> str:
+    """A fresh random token as JupyterHub draws them (for a ``cookie_id``)."""
+    return new_token()
+
+
+def revoke_tokens(db, user, keep=()) -> int:
+    """Delete a hub user's API tokens but those whose ids are in ``keep`` (not committed); how many."""
+    row = orm_user(user)
+    # The ids first, in a plain select: the service has normally revoked the previous
+    # holder's tokens already, and loading the ORM collection cost a login more than this.
+    with db.no_autoflush:
+        stale = set(db.scalars(select(orm.APIToken.id).where(orm.APIToken.user_id == row.id))) - set(keep)
+    for token in [t for t in row.api_tokens if t.id in stale] if stale else []:
+        db.delete(token)
+    return len(stale)
+
+
+def token_id(db, token: str) -> int | None:
+    """The database id of an API token the hub issued (a server's ``api_token``); None if unknown."""
+    row = orm.APIToken.find(db, token) if db is not None and token else None
+    return row.id if row is not None else None
+
+
+def spawners(user) -> list:
+    """The spawners of a hub ``User`` (None: no user of this hub), one per named server."""
+    return list(getattr(user, "spawners", {}).values())
+
+
+def refresh_age(default: float, help: str) -> Float:
+    """``Authenticator.auth_refresh_age`` as a Float: JupyterHub declares an Integer of seconds.
+
+    The hub only compares it with a difference of ``time.monotonic()`` readings, so a fraction of a
+    second works; the test of this module checks both facts on the installed JupyterHub.
+    """
+    return Float(default, help=help).tag(config=True)
