@@ -860,10 +860,10 @@ def test_a_file_of_ours_where_the_side_folder_goes_does_not_block_the_seat(tmp_p
 
 _NON_ROOT = """
 import os, sys, yaml
-from wod_jupyterhub import homes
-from wod_jupyterhub.catalog import load_catalog
 from wod_jupyterhub.config import Wod
-from wod_jupyterhub.variables import template_variables
+from wod_jupyterhub.seats import homes
+from wod_jupyterhub.workshops.catalog import load_catalog
+from wod_jupyterhub.workshops.variables import template_variables
 root, notebooks, variables = sys.argv[1], sys.argv[2], yaml.safe_load(open(sys.argv[3]))
 wod = Wod(students_root=root + "/students", variables=variables)
 ws = load_catalog([notebooks]).get("WKSHP-PythonBasics")
