@@ -15,7 +15,7 @@ from pathlib import Path
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from tests.test_e2e_hub import logged_in, open_lab, spawn
+from tests.integration.test_e2e import logged_in, open_lab, spawn
 
 
 def live_processes(uid: int) -> list[int]:

@@ -24,7 +24,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 UID_BASE = 10000
 NUMBERS = range(200, 250)
-#: the seats of tests/test_leftovers.py, made and deleted there
+#: the seats of tests/seats/test_leftovers.py, made and deleted there
 LEFTOVER_NUMBERS = range(520, 530)
 STUDENT_PYTHON = "/usr/bin/python3"
 

@@ -82,7 +82,7 @@ def test_the_service_drops_its_secrets_from_the_environment():
 
 
 def test_the_demo_config_hands_the_service_no_hub_secret(tmp_path, monkeypatch):
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     for name, value in {"WOD_API_TOKEN": "portal-token", "WOD_ADMIN_HASH": "scrypt$x", "WOD_NOTEBOOKS": "/n", "WOD_STATE_DIR": str(tmp_path)}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("JUPYTERHUB_SERVICE_NAME", raising=False)

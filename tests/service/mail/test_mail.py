@@ -1,7 +1,7 @@
 """The mail API's listener, ingress and relay against real sockets and a real smarthost (aiosmtpd).
 
 The verb mails' operations and callbacks, end to end through the service,
-are in test_mail_service.py.
+are in tests/integration/test_mail_service.py.
 """
 
 import asyncio

@@ -15,7 +15,7 @@ import pytest
 
 from tests.hubutil import RealHub, write_workshop
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(sys.executable).parent / "wod"
 WOD = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "wod_jupyterhub.cli"]
 

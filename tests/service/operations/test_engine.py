@@ -1,6 +1,6 @@
 """The engine and the verbs through their public methods, on a real database, without a hub.
 
-The end-to-end tests (test_service_api.py, test_e2e_hub.py, test_service_crash.py)
+The end-to-end tests (tests/integration/: test_service_api.py, test_e2e.py, test_service_crash.py)
 run the same code behind the REST API with a real hub; here the engine runs
 in the test's own event loop: ``Engine.submit`` / ``wait`` / ``recover`` /
 ``stop``, the verbs of ``VERBS`` and verbs of the test's own (the engine

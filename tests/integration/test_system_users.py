@@ -30,8 +30,8 @@ from pathlib import Path
 import pytest
 
 from tests.hubutil import RealHub, write_workshop
+from tests.integration.test_e2e import cleanup, create, logged_in, run_cells, spawn
 from tests.sysusers import REPO, Hopper, as_student, ensure_accounts, require_root, uid  # noqa: F401 - require_root is a fixture
-from tests.test_e2e_hub import cleanup, create, logged_in, run_cells, spawn
 from wod_jupyterhub.seats import fdtrees
 from wod_jupyterhub.seats.leftovers import ipc_objects
 from wod_jupyterhub.seats.processes import kill_uid, live_pids

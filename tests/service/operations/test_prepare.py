@@ -3,7 +3,7 @@
 The hub side here is a stand-in whose calls wait on an event the test
 sets: the point is the order of things while the preparation is inside its
 hub calls, which a real hub answers too fast to catch. The real hub path of
-the preparation is tested in test_service_api.py.
+the preparation is tested in tests/integration/test_service_api.py.
 """
 
 import asyncio

@@ -11,9 +11,9 @@ import pytest
 
 from tests.conftest import pg_database
 from tests.hubutil import free_port
+from tests.integration.test_service_crash import WORKSHOP, crash_env, run_trials
 from tests.portal_server import PortalServer
 from tests.svcutil import DB, check
-from tests.test_service_crash import WORKSHOP, crash_env, run_trials
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ import pytest
 
 from tests import seatutil
 from tests.hubutil import RealHub, write_workshop
+from tests.integration.test_e2e import open_lab
 from tests.seatutil import Kernel, live_processes, trivial, verb
-from tests.test_e2e_hub import open_lab
 from wod_jupyterhub.cli.users import accounts_for
 from wod_jupyterhub.config import Wod
 from wod_jupyterhub.seats import accounts as etc_accounts

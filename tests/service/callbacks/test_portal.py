@@ -470,7 +470,7 @@ async def test_fake_portal_runs_as_its_own_process(tmp_path):
     import httpx
 
     proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("portal_server.py")), "--workshops", json.dumps(WORKSHOPS)],
+        [sys.executable, str(Path(__file__).parents[2] / "portal_server.py"), "--workshops", json.dumps(WORKSHOPS)],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -11,7 +11,7 @@ import pytest
 
 from wod_jupyterhub.passwords import ADMIN_COST, verify_password
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 SCRIPT = Path(sys.executable).parent / "wod"
 WOD = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "wod_jupyterhub.cli"]

@@ -18,7 +18,7 @@ import pytest
 from tests.hubutil import RealHub, write_workshop
 from tests.svcutil import check
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "tests" / "data" / "selftest"
 SCRIPT = Path(sys.executable).parent / "wod"
 WOD = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "wod_jupyterhub.cli"]

@@ -35,7 +35,7 @@ from wod_jupyterhub.workshops.templating import Renderer, RenderError, is_templa
 from wod_jupyterhub.workshops.variables import template_variables
 
 # The documented variable set (shared with bench/provision.py).
-VARS = yaml.safe_load((Path(__file__).parent / "corpus_variables.yml").read_text())
+VARS = yaml.safe_load((Path(__file__).parents[1] / "corpus_variables.yml").read_text())
 PASSWORD = "Pa55word-x"
 HOST = "wodhost"
 
@@ -888,12 +888,12 @@ def test_without_root_a_read_only_home_is_still_replaced_and_erased(tmp_path):
     try:
         os.chown(area, 65534, 65534)
         # Our venv's Python lies under /root; the students' Python (``make system-users``) is readable by all.
-        python = os.environ.get("WOD_STUDENT_PYTHON") or str(Path(__file__).resolve().parents[1] / ".venv-students" / "bin" / "python")
+        python = os.environ.get("WOD_STUDENT_PYTHON") or str(Path(__file__).resolve().parents[2] / ".venv-students" / "bin" / "python")
         assert os.access(python, os.X_OK), f"{python} is missing: `make system-users` builds the students' Python"
         r = subprocess.run(
-            [python, "-c", _NON_ROOT, str(area), str(share_dir() / "workshops"), str(Path(__file__).parent / "corpus_variables.yml")],
+            [python, "-c", _NON_ROOT, str(area), str(share_dir() / "workshops"), str(Path(__file__).parents[1] / "corpus_variables.yml")],
             user=65534, group=65534, extra_groups=[], capture_output=True, text=True, timeout=60,
-            cwd=str(Path(__file__).resolve().parents[1]), env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            cwd=str(Path(__file__).resolve().parents[2]), env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])},
         )
         assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
     finally:

@@ -20,7 +20,7 @@ from tests.etcutil import private_etc
 from wod_jupyterhub.seats import accounts
 from wod_jupyterhub.seats.accounts import Account
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

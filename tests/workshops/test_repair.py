@@ -23,7 +23,7 @@ from wod_jupyterhub.workshops.repair import repair
 from wod_jupyterhub.workshops.templating import Renderer
 from wod_jupyterhub.workshops.variables import template_variables
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]
 VARS = yaml.safe_load((HERE / "corpus_variables.yml").read_text())
 WOD_CLI = [sys.executable, "-m", "wod_jupyterhub.cli"]
 # Accounts this module may create (the team's share of student numbers: 400-449).
