@@ -8,7 +8,7 @@ CHP := node_modules/.bin/configurable-http-proxy
 STUDENT_PYTHON ?= /usr/bin/python3
 STUDENT_VENV ?= $(CURDIR)/.venv-students
 
-.PHONY: demo test lint bench deps chromium system-users clean
+.PHONY: demo test test-quick lint bench deps chromium system-users clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ lint: deps
 
 test: deps chromium lint system-users
 	PATH="$(CURDIR)/node_modules/.bin:$$PATH" WOD_STUDENT_PYTHON="$(STUDENT_VENV)/bin/python" $(BIN)/pytest -q -ra $(PYTEST_ARGS)
+
+# The tests that need neither a hub nor root (nor a browser): under a minute. PostgreSQL ones run where it is reachable.
+test-quick: deps
+	$(BIN)/pytest -q -ra -m "not hub and not root and not browser" $(PYTEST_ARGS)
 
 # WOD_SYSTEM_USERS=1 make demo (as root): the accounts of the demo's range, every server as its student.
 demo: deps $(if $(filter-out 0,$(WOD_SYSTEM_USERS)),system-users)

@@ -1,44 +1,27 @@
-"""Fixtures shared by the whole suite.
+"""Fixtures shared by the whole suite, and the markers it applies.
 
 ``db_url`` gives every test that asks for it a fresh, empty database, once
 on SQLite and once on the real PostgreSQL server. Under CI (``CI=true``) a
 PostgreSQL that cannot be reached fails the run instead of skipping.
+``module_hubs`` and ``hubs`` are the one way a test starts a real hub.
+
+Markers (declared in pyproject.toml): a test that uses a hub fixture is marked ``hub``, one on
+PostgreSQL ``postgres``, one that uses ``require_root`` ``root``; a test marked ``root`` is
+skipped without root. ``make test-quick`` runs what is marked neither ``hub`` nor ``root``
+nor ``browser``, and a hub started by a test not marked ``hub`` fails it.
 """
 
+import contextlib
 import os
-import uuid
 from pathlib import Path
 
 import pytest
 
+from tests import hubutil
+from tests.pgutil import pg_database
+
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO.parent / "shared" / "wod-notebooks"
-PG_ADMIN_URL = os.environ.get("WOD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def _pg_admin():
-    import psycopg
-
-    return psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
-
-
-def pg_database():
-    """Create a uniquely named empty database; return (url, drop)."""
-    name = "wod_test_" + uuid.uuid4().hex[:12]
-    try:
-        with _pg_admin() as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except Exception as e:  # noqa: BLE001 - any failure to reach the server decides alike
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is required in CI: {e}")
-        pytest.skip(f"PostgreSQL at {PG_ADMIN_URL} is not reachable: {e}")
-    base = PG_ADMIN_URL.rsplit("/", 1)[0]
-
-    def drop():
-        with _pg_admin() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    return f"{base}/{name}", drop
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -60,3 +43,60 @@ def corpus():
             pytest.fail(f"the public workshops are expected at {CORPUS}")
         pytest.skip(f"the public workshops are not at {CORPUS}")
     return CORPUS
+
+
+@contextlib.contextmanager
+def _hub_factory(folder_for):
+    made = []
+
+    def make(folder=None, **options) -> hubutil.RealHub:
+        hub = hubutil.RealHub(folder if folder is not None else folder_for(), **options)
+        made.append(hub)
+        return hub
+
+    try:
+        yield make
+    finally:
+        for hub in made:
+            hub.stop()
+
+
+@pytest.fixture(scope="module")
+def module_hubs(tmp_path_factory):
+    """Real hubs a module's tests share: ``with module_hubs(folder, **RealHub options) as hub``; stopped after the module at the latest."""
+    with _hub_factory(lambda: tmp_path_factory.mktemp("hub")) as make:
+        yield make
+
+
+@pytest.fixture
+def hubs(tmp_path):
+    """A real hub for one test, the same way: stopped when the test ends at the latest."""
+    with _hub_factory(lambda: tmp_path / "hub") as make:
+        yield make
+
+
+HUB_FIXTURES = {"module_hubs", "hubs"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & HUB_FIXTURES:
+            item.add_marker(pytest.mark.hub)
+        if "require_root" in used:
+            item.add_marker(pytest.mark.root)
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("db_url") == "postgres":
+            item.add_marker(pytest.mark.postgres)
+
+
+def pytest_runtest_setup(item):
+    root = item.get_closest_marker("root")
+    if root is not None and os.geteuid() != 0:
+        pytest.skip(root.kwargs.get("reason", "needs root (make test runs as root)"))
+    hubutil.HUB_ALLOWED = item.get_closest_marker("hub") is not None
+
+
+def pytest_runtest_teardown(item):
+    hubutil.HUB_ALLOWED = None
+

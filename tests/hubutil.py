@@ -1,10 +1,11 @@
 """A real JupyterHub for tests: its own config in a tmp folder, its own proxy, the wod service.
 
-Usage (a module-scoped fixture; a hub start costs ~7 s, so share one per module)::
+Tests start one through the suite's fixtures (tests/conftest.py), which mark them ``hub``; a
+start takes seconds, so a module shares one where it can::
 
     @pytest.fixture(scope="module")
-    def hub(tmp_path_factory):
-        with RealHub(tmp_path_factory.mktemp("hub"), notebooks=[...]) as h:
+    def hub(module_hubs, tmp_path_factory):
+        with module_hubs(tmp_path_factory.mktemp("hub"), notebooks=[...]) as h:
             yield h
 
     h.url            # the proxy, e.g. http://127.0.0.1:PORT/
@@ -37,6 +38,8 @@ import httpx
 from wod_jupyterhub.cli.hubprocess import free_port, hub_env, start_hub, stop_group
 
 SERVICE_PREFIX = "/services/wod/"
+#: set by the suite around each test: False when the test is not marked ``hub`` (None outside pytest)
+HUB_ALLOWED = None
 
 
 def _tail(path: Path, n: int = 60) -> str:
@@ -271,6 +274,8 @@ class RealHub(_Subprocess):
     # ---- lifecycle
 
     def start(self):
+        if HUB_ALLOWED is False:
+            raise RuntimeError("this test starts a hub but is not marked hub: start it through the module_hubs or hubs fixture")
         self.config_path.write_text(self.config_text())
         self._log = open(self.log_path, "ab")
         self.proc = start_hub(self.config_path, self.root, hub_env(), self._log)

@@ -1,6 +1,6 @@
 """Seats of a real hub as a student uses them: booked over REST, logged in, a server started, a kernel driven.
 
-Shared by the fair-share tests and the benches that size a seat
+Shared by the tests that start hubs and the benches that size a seat
 (``bench/seat_size.py``, ``bench/cpu_share.py``).
 """
 
@@ -8,14 +8,147 @@ import asyncio
 import datetime
 import json
 import os
+import re
 import time
 import uuid
 from pathlib import Path
 
+import httpx
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from tests.integration.test_e2e import logged_in, open_lab, spawn
+#: the workshop ``create`` books by default
+WORKSHOP = "WKSHP-E2E"
+
+
+# -- helpers: what a browser does ------------------------------------------
+
+
+def create(hub, n, customer=None, workshop=WORKSHOP):
+    customer = customer or f"cust-{uuid.uuid4().hex[:8]}"
+    with hub.client("portal", via_proxy=True) as c:
+        r = c.post("api/create?wait=90", json={"student": n, "customer": customer, "email": f"{customer}@example.com", "workshop": workshop})
+    assert r.status_code == 200, r.text
+    op = r.json()
+    assert op["status"] == "succeeded", (op["error"], op["steps"])
+    return op["result"]["password"], customer
+
+
+def cleanup(hub, n, customer):
+    with hub.client("portal", via_proxy=True) as c:
+        r = c.post("api/cleanup?wait=120", json={"student": n, "customer": customer})
+    assert r.status_code == 200, r.text
+    op = r.json()
+    assert op["status"] == "succeeded", (op["error"], op["steps"])
+    return op
+
+
+def browser(hub) -> httpx.Client:
+    return httpx.Client(base_url=hub.url.rstrip("/"), timeout=60, follow_redirects=False)
+
+
+def login_form(client, name, password):
+    """GET the login page (xsrf token and cookie), POST the form like a browser."""
+    page = client.get("/hub/login")
+    assert page.status_code == 200
+    xsrf = re.search(r'name="_xsrf"\s+value="([^"]+)"', page.text).group(1)
+    return client.post("/hub/login", data={"username": name, "password": password, "_xsrf": xsrf})
+
+
+def logged_in(hub, name, password) -> httpx.Client:
+    c = browser(hub)
+    r = login_form(c, name, password)
+    assert r.status_code == 302, (r.status_code, r.text[-500:])
+    return c
+
+
+def whoami(client):
+    """The hub's answer to the cookie: the user name, or None when it sends the login page."""
+    r = client.get("/hub/home")
+    if r.status_code == 302 and "/hub/login" in r.headers["location"]:
+        return None
+    assert r.status_code == 200, r.status_code
+    me = client.get("/hub/api/user", headers={"Referer": str(client.base_url) + "/hub/home"})
+    assert me.status_code == 200
+    return me.json()["name"]
+
+
+def spawn(hub, client, name, timeout=90):
+    r = client.get("/hub/spawn")
+    assert r.status_code == 302, r.status_code
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        server = hub.hub_api("GET", f"/users/{name}").json()["servers"].get("")
+        if server and server.get("ready"):
+            return server
+        time.sleep(0.3)
+    raise AssertionError(f"the server of {name} did not become ready:\n" + Path(hub.log_path).read_text()[-3000:])
+
+
+def server_get(client, name, path):
+    """A GET on a user's server with the browser's cookies, following redirects (the OAuth dance)."""
+    client.follow_redirects = True
+    try:
+        return client.get(f"/user/{name}/{path}")
+    finally:
+        client.follow_redirects = False
+
+
+def wait_ready(hub, name, timeout=90):
+    """Until the hub says the server of ``name`` is ready (one started by the service, not by a login)."""
+    deadline = time.monotonic() + timeout
+    while not hub.hub_api("GET", f"/users/{name}").json()["servers"].get("", {}).get("ready"):
+        assert time.monotonic() < deadline, hub.hub_api("GET", f"/users/{name}").json()
+        time.sleep(0.5)
+
+
+def open_lab(client, name):
+    """What a browser does first: open the lab page, which logs in to the server through the hub (OAuth)."""
+    return server_get(client, name, "lab")
+
+
+async def run_cells(hub, client, name, sources):
+    """Run ``sources`` in a real kernel of ``name``'s server over its websocket; their execution counts."""
+    base = f"/user/{name}"
+    open_lab(client, name)  # sets the server's _xsrf cookie
+    xsrf = next(c.value for c in client.cookies.jar if c.name == "_xsrf" and c.path.startswith(base))
+    headers = {"X-XSRFToken": xsrf}
+    r = client.post(f"{base}/api/kernels", json={"name": "python3"}, headers=headers)
+    assert r.status_code == 201, (r.status_code, r.text)
+    kernel = r.json()["id"]
+    cookie = "; ".join(f"{c.name}={c.value}" for c in client.cookies.jar)
+    ws_url = hub.url.replace("http", "ws").rstrip("/") + f"{base}/api/kernels/{kernel}/channels"
+    ws = await websocket_connect(HTTPRequest(ws_url, headers={"Cookie": cookie}))
+    session = uuid.uuid4().hex
+    counts = []
+    try:
+        for code in sources:
+            msg_id = uuid.uuid4().hex
+            ws.write_message(
+                json.dumps(
+                    {
+                        "header": {
+                            "msg_id": msg_id, "username": name, "session": session, "msg_type": "execute_request",
+                            "version": "5.3", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                        },
+                        "parent_header": {},
+                        "metadata": {},
+                        "content": {"code": code, "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
+                        "channel": "shell",
+                        "buffers": [],
+                    }
+                )
+            )
+            while True:
+                msg = json.loads(await asyncio.wait_for(ws.read_message(), 60))
+                if msg.get("parent_header", {}).get("msg_id") == msg_id and msg["header"]["msg_type"] == "execute_reply":
+                    assert msg["content"]["status"] == "ok", msg["content"]
+                    counts.append(msg["content"]["execution_count"])
+                    break
+    finally:
+        ws.close()
+        client.delete(f"{base}/api/kernels/{kernel}", headers=headers)
+    return counts, headers
 
 
 def live_processes(uid: int) -> list[int]:

@@ -325,7 +325,7 @@ def test_limits_that_cannot_run_a_server_are_refused(hubdb, setup, option, value
         spawner(hubdb, config)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="control groups are written by root (CI runs as root)")
+@pytest.mark.root(reason="control groups are written by root (CI runs as root)")
 async def test_the_server_process_is_born_in_the_seats_group(hubdb, setup):
     config, store, root = setup
     config.Wod.cgroups = True

@@ -11,24 +11,23 @@ import uuid
 import httpx
 import pytest
 
-from tests.hubutil import RealHub
 from wod_jupyterhub.cli.hubprocess import REPO
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "artifacts"
 WORKSHOP = "WKSHP-PythonBasics"  # a sample bundled in share/workshops
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(CHROMIUM) and not os.environ.get("CI"),
-    reason="chromium is not installed (make chromium installs it)",
-)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM) and not os.environ.get("CI"), reason="chromium is not installed (make chromium installs it)"),
+]
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory):
+def hub(module_hubs, tmp_path_factory):
     # no notebooks given: c.Wod.notebooks defaults to the bundled samples
     variables = {"BRANDING": "HPE Developer Community", "BRANDINGWOD": "Workshops-on-Demand"}
-    with RealHub(
+    with module_hubs(
         tmp_path_factory.mktemp("browser"), authenticator_class="wod", spawner_class="wod", wod_config={"variables": variables}
     ) as h:
         yield h

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hubutil import RealHub, write_workshop
+from tests.hubutil import write_workshop
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(sys.executable).parent / "wod"
@@ -26,7 +26,7 @@ SLOW = "WKSHP-Slow"  # its create hook takes a second
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory):
+def hub(module_hubs, tmp_path_factory):
     root = tmp_path_factory.mktemp("class")
     notebooks = root / "notebooks"
     write_workshop(notebooks, CLASS, (11, 15), reset=True)
@@ -40,7 +40,7 @@ def hub(tmp_path_factory):
     slow = scripts / f"create-{SLOW}.sh"
     slow.write_text("#!/bin/sh\nsleep 1\n")
     slow.chmod(0o755)
-    with RealHub(root, notebooks=[notebooks], wod_config={"scripts": [str(scripts)]}) as h:
+    with module_hubs(root, notebooks=[notebooks], wod_config={"scripts": [str(scripts)]}) as h:
         yield h
 
 

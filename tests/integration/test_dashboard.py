@@ -11,7 +11,7 @@ import shutil
 import httpx
 import pytest
 
-from tests.hubutil import RealHub, write_workshop
+from tests.hubutil import write_workshop
 from wod_jupyterhub.cli.hubprocess import REPO
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -20,20 +20,20 @@ WORKSHOP = "WKSHP-Board"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(CHROMIUM) and not os.environ.get("CI"),
-    reason="chromium is not installed (make chromium installs it)",
-)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM) and not os.environ.get("CI"), reason="chromium is not installed (make chromium installs it)"),
+]
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory):
+def hub(module_hubs, tmp_path_factory):
     root = tmp_path_factory.mktemp("dashboard")
     write_workshop(root / "notebooks", WORKSHOP, (61, 64))
     # "helper" may reach the service (the hub lets it through OAuth) but lacks custom:wod:read:
     # then the service itself refuses.
     extra = "c.JupyterHub.load_roles.append({'name': 'helper', 'users': ['helper'], 'scopes': ['access:services!service=wod']})"
-    with RealHub(root, notebooks=[root / "notebooks"], extra_config=extra) as h:
+    with module_hubs(root, notebooks=[root / "notebooks"], extra_config=extra) as h:
         yield h
 
 

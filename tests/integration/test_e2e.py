@@ -6,25 +6,19 @@ order, except the restart test, which runs last and restarts the hub.
 """
 
 import asyncio
-import datetime
 import json
 import re
-import time
-import uuid
 from pathlib import Path
 
 import httpx
 import nbformat
 import pytest
 from sqlalchemy import select, update
-from tornado.httpclient import HTTPRequest
-from tornado.websocket import websocket_connect
 
-from tests.hubutil import RealHub
+from tests.seatutil import WORKSHOP, browser, cleanup, create, logged_in, login_form, open_lab, run_cells, server_get, spawn, wait_ready, whoami
 from wod_jupyterhub.passwords import hash_password
 from wod_jupyterhub.store.models import Completion, Store, Student
 
-WORKSHOP = "WKSHP-E2E"
 ADMIN_PASSWORD = "admin-pass-for-e2e"
 THROTTLE = 3
 
@@ -42,7 +36,7 @@ def write_workshop(root: Path, name: str, rng) -> None:
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory):
+def hub(module_hubs, tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     notebooks = root / "notebooks"
     write_workshop(notebooks, WORKSHOP, (1, 30))
@@ -55,7 +49,7 @@ def hub(tmp_path_factory):
             "c.WodAuthenticator.throttle_ip_failures = 0",
         ]
     )
-    with RealHub(
+    with module_hubs(
         root,
         notebooks=[notebooks],
         authenticator_class="wod",
@@ -64,136 +58,6 @@ def hub(tmp_path_factory):
         wod_config={"student_max": 40},
     ) as h:
         yield h
-
-
-# -- helpers: what a browser does ------------------------------------------
-
-
-def create(hub, n, customer=None, workshop=WORKSHOP):
-    customer = customer or f"cust-{uuid.uuid4().hex[:8]}"
-    with hub.client("portal", via_proxy=True) as c:
-        r = c.post("api/create?wait=90", json={"student": n, "customer": customer, "email": f"{customer}@example.com", "workshop": workshop})
-    assert r.status_code == 200, r.text
-    op = r.json()
-    assert op["status"] == "succeeded", (op["error"], op["steps"])
-    return op["result"]["password"], customer
-
-
-def cleanup(hub, n, customer):
-    with hub.client("portal", via_proxy=True) as c:
-        r = c.post("api/cleanup?wait=120", json={"student": n, "customer": customer})
-    assert r.status_code == 200, r.text
-    op = r.json()
-    assert op["status"] == "succeeded", (op["error"], op["steps"])
-    return op
-
-
-def browser(hub) -> httpx.Client:
-    return httpx.Client(base_url=hub.url.rstrip("/"), timeout=60, follow_redirects=False)
-
-
-def login_form(client, name, password):
-    """GET the login page (xsrf token and cookie), POST the form like a browser."""
-    page = client.get("/hub/login")
-    assert page.status_code == 200
-    xsrf = re.search(r'name="_xsrf"\s+value="([^"]+)"', page.text).group(1)
-    return client.post("/hub/login", data={"username": name, "password": password, "_xsrf": xsrf})
-
-
-def logged_in(hub, name, password) -> httpx.Client:
-    c = browser(hub)
-    r = login_form(c, name, password)
-    assert r.status_code == 302, (r.status_code, r.text[-500:])
-    return c
-
-
-def whoami(client):
-    """The hub's answer to the cookie: the user name, or None when it sends the login page."""
-    r = client.get("/hub/home")
-    if r.status_code == 302 and "/hub/login" in r.headers["location"]:
-        return None
-    assert r.status_code == 200, r.status_code
-    me = client.get("/hub/api/user", headers={"Referer": str(client.base_url) + "/hub/home"})
-    assert me.status_code == 200
-    return me.json()["name"]
-
-
-def spawn(hub, client, name, timeout=90):
-    r = client.get("/hub/spawn")
-    assert r.status_code == 302, r.status_code
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        server = hub.hub_api("GET", f"/users/{name}").json()["servers"].get("")
-        if server and server.get("ready"):
-            return server
-        time.sleep(0.3)
-    raise AssertionError(f"the server of {name} did not become ready:\n" + Path(hub.log_path).read_text()[-3000:])
-
-
-def server_get(client, name, path):
-    """A GET on a user's server with the browser's cookies, following redirects (the OAuth dance)."""
-    client.follow_redirects = True
-    try:
-        return client.get(f"/user/{name}/{path}")
-    finally:
-        client.follow_redirects = False
-
-
-def wait_ready(hub, name, timeout=90):
-    """Until the hub says the server of ``name`` is ready (one started by the service, not by a login)."""
-    deadline = time.monotonic() + timeout
-    while not hub.hub_api("GET", f"/users/{name}").json()["servers"].get("", {}).get("ready"):
-        assert time.monotonic() < deadline, hub.hub_api("GET", f"/users/{name}").json()
-        time.sleep(0.5)
-
-
-def open_lab(client, name):
-    """What a browser does first: open the lab page, which logs in to the server through the hub (OAuth)."""
-    return server_get(client, name, "lab")
-
-
-async def run_cells(hub, client, name, sources):
-    """Run ``sources`` in a real kernel of ``name``'s server over its websocket; their execution counts."""
-    base = f"/user/{name}"
-    open_lab(client, name)  # sets the server's _xsrf cookie
-    xsrf = next(c.value for c in client.cookies.jar if c.name == "_xsrf" and c.path.startswith(base))
-    headers = {"X-XSRFToken": xsrf}
-    r = client.post(f"{base}/api/kernels", json={"name": "python3"}, headers=headers)
-    assert r.status_code == 201, (r.status_code, r.text)
-    kernel = r.json()["id"]
-    cookie = "; ".join(f"{c.name}={c.value}" for c in client.cookies.jar)
-    ws_url = hub.url.replace("http", "ws").rstrip("/") + f"{base}/api/kernels/{kernel}/channels"
-    ws = await websocket_connect(HTTPRequest(ws_url, headers={"Cookie": cookie}))
-    session = uuid.uuid4().hex
-    counts = []
-    try:
-        for code in sources:
-            msg_id = uuid.uuid4().hex
-            ws.write_message(
-                json.dumps(
-                    {
-                        "header": {
-                            "msg_id": msg_id, "username": name, "session": session, "msg_type": "execute_request",
-                            "version": "5.3", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                        },
-                        "parent_header": {},
-                        "metadata": {},
-                        "content": {"code": code, "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
-                        "channel": "shell",
-                        "buffers": [],
-                    }
-                )
-            )
-            while True:
-                msg = json.loads(await asyncio.wait_for(ws.read_message(), 60))
-                if msg.get("parent_header", {}).get("msg_id") == msg_id and msg["header"]["msg_type"] == "execute_reply":
-                    assert msg["content"]["status"] == "ok", msg["content"]
-                    counts.append(msg["content"]["execution_count"])
-                    break
-    finally:
-        ws.close()
-        client.delete(f"{base}/api/kernels/{kernel}", headers=headers)
-    return counts, headers
 
 
 # -- the tests ---------------------------------------------------------------
@@ -361,6 +225,7 @@ def test_throttle_shows_429_on_the_form_and_survives_a_restart(hub):
     assert whoami(kept) == "student8"
 
 
+@pytest.mark.hub
 def test_make_demo_path_books_a_seat_and_logs_in(tmp_path):
     """What `make demo` runs, in its self-check mode: the repository's jupyterhub_config.py, free ports."""
     import subprocess
@@ -384,11 +249,11 @@ def test_make_demo_path_books_a_seat_and_logs_in(tmp_path):
     assert (tmp_path / "state" / "wod.sqlite").exists() and (tmp_path / "state" / "students").is_dir()
 
 
-def test_create_can_start_the_students_server(tmp_path):
+def test_create_can_start_the_students_server(hubs, tmp_path):
     """c.WodOperations.start_server: CREATE ends with the participant's server starting; CLEANUP stops it."""
     notebooks = tmp_path / "notebooks"
     write_workshop(notebooks, WORKSHOP, (1, 5))
-    with RealHub(
+    with hubs(
         tmp_path / "hub",
         notebooks=[notebooks],
         authenticator_class="wod",

@@ -2,7 +2,6 @@
 
 import pytest
 
-from tests.hubutil import RealHub
 from wod_jupyterhub.config import Wod
 
 
@@ -26,12 +25,12 @@ def test_which_addresses_single_user_mode_refuses(url, refused):
     assert Wod(system_users=True).check_exposure(url) is None
 
 
-def test_the_hub_refuses_to_start_single_user_mode_on_the_network(tmp_path):
-    hub = RealHub(tmp_path / "refused", authenticator_class="wod", extra_config="c.JupyterHub.ip = '0.0.0.0'", startup_timeout=60)
+def test_the_hub_refuses_to_start_single_user_mode_on_the_network(hubs, tmp_path):
+    hub = hubs(tmp_path / "refused", authenticator_class="wod", extra_config="c.JupyterHub.ip = '0.0.0.0'", startup_timeout=60)
     with pytest.raises(RuntimeError, match="exited with 1") as e:
         hub.start()
     assert "single-user mode (c.Wod.system_users = False)" in str(e.value) and "Traceback" not in str(e.value)
-    told = RealHub(
+    told = hubs(
         tmp_path / "told", authenticator_class="wod", extra_config="c.JupyterHub.ip = '0.0.0.0'\nc.Wod.single_user_on_network = True"
     )
     with told:

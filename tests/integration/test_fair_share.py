@@ -19,15 +19,14 @@ from pathlib import Path
 import pytest
 
 from tests import seatutil
-from tests.hubutil import RealHub, write_workshop
-from tests.integration.test_e2e import open_lab
-from tests.seatutil import Kernel, live_processes, trivial, verb
+from tests.hubutil import write_workshop
+from tests.seatutil import Kernel, live_processes, open_lab, trivial, verb
 from wod_jupyterhub.cli.users import accounts_for
 from wod_jupyterhub.config import Wod
 from wod_jupyterhub.seats import accounts as etc_accounts
 from wod_jupyterhub.seats import cgroups
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system-users mode and control groups need root (CI runs as root)")
+pytestmark = pytest.mark.root(reason="system-users mode and control groups need root (CI runs as root)")
 
 M = 1024**2
 FIRST, LAST = 300, 349
@@ -91,7 +90,7 @@ def accounts():
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory, accounts):
+def hub(module_hubs, tmp_path_factory, accounts):
     root = tmp_path_factory.mktemp("fair")
     notebooks = root / "notebooks"
     write_workshop(notebooks, FAIR, (FIRST, 339))
@@ -117,7 +116,7 @@ def hub(tmp_path_factory, accounts):
     )
     wod = {"student_min": FIRST, "student_max": LAST, "system_users": True, "cgroups": True, "cgroup_parent": parent, "students_root": str(students)}
     try:
-        with RealHub(root, notebooks=[notebooks], authenticator_class="wod", spawner_class="wod", wod_config=wod, extra_config=extra) as h:
+        with module_hubs(root, notebooks=[notebooks], authenticator_class="wod", spawner_class="wod", wod_config=wod, extra_config=extra) as h:
             h.cgroup_parent = parent
             h.students_root = students
             yield h
@@ -268,14 +267,14 @@ def test_a_kept_seat_ends_its_processes_at_cleanup_and_reset_erases_it(hub):
     assert live_processes(10000 + n) == [] and not (home / KEPT).exists()
 
 
-def test_without_control_groups_the_hub_warns_once_and_servers_still_start(tmp_path):
+def test_without_control_groups_the_hub_warns_once_and_servers_still_start(hubs, tmp_path):
     """A host without cgroups (here: c.Wod.cgroup_root pointing at an empty folder): one warning, nothing crashes."""
     notebooks = tmp_path / "notebooks"
     write_workshop(notebooks, FAIR, (FIRST, LAST))
     empty = tmp_path / "no-cgroups"
     empty.mkdir()
     wod = {"student_min": FIRST, "student_max": LAST, "cgroups": True, "cgroup_root": str(empty)}
-    with RealHub(tmp_path / "hub", notebooks=[notebooks], authenticator_class="wod", spawner_class="wod", wod_config=wod,
+    with hubs(tmp_path / "hub", notebooks=[notebooks], authenticator_class="wod", spawner_class="wod", wod_config=wod,
                  extra_config="c.WodAuthenticator.throttle_ip_failures = 0") as hub:
         for n in (305, 306):
             c, customer = seat(hub, n)

@@ -13,7 +13,6 @@ import httpx
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from tests.hubutil import RealHub
 from wod_jupyterhub.passwords import hash_password
 from wod_jupyterhub.store.models import Store, Student
 
@@ -21,7 +20,7 @@ PASSWORD = "owner-pass-Kq7w"
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory):
+def hub(module_hubs, tmp_path_factory):
     extra = "\n".join(
         [
             "c.WodAuthenticator.throttle_failures = 5",
@@ -29,7 +28,7 @@ def hub(tmp_path_factory):
             "c.WodAuthenticator.trusted_proxies = ['127.0.0.1']",
         ]
     )
-    with RealHub(tmp_path_factory.mktemp("addr"), authenticator_class="wod", extra_config=extra, wod_config={"student_max": 40}) as h:
+    with module_hubs(tmp_path_factory.mktemp("addr"), authenticator_class="wod", extra_config=extra, wod_config={"student_max": 40}) as h:
         store = Store(h.db_url)
         for attempt in range(20):
             try:

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from tests.hubutil import RealHub, free_port, write_workshop
+from tests.hubutil import free_port, write_workshop
 from tests.mailutil import SENDER, Smarthost, participant_bytes, portal_bytes, portal_send
 from tests.portal_server import PortalServer
 from tests.svcutil import DB, check
@@ -30,13 +30,13 @@ def smarthost():
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, portal, smarthost):
+def env(module_hubs, tmp_path_factory, portal, smarthost):
     root = tmp_path_factory.mktemp("mailsvc")
     nb = root / "notebooks"
     write_workshop(nb, "WKSHP-Mail", (1, 10))
     write_workshop(nb, "WKSHP-MailKeep", (11, 20), reset=True)
     mail_port = free_port()
-    hub = RealHub(
+    hub = module_hubs(
         root / "hub",
         notebooks=[nb],
         api_db_url=portal.url,

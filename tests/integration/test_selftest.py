@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hubutil import RealHub, write_workshop
+from tests.hubutil import write_workshop
 from tests.svcutil import check
 
 REPO = Path(__file__).resolve().parents[2]
@@ -100,8 +100,8 @@ def test_an_unknown_workshop_fails_the_check():
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory):
-    with RealHub(tmp_path_factory.mktemp("selftest"), notebooks=[SAMPLES]) as h:
+def hub(module_hubs, tmp_path_factory):
+    with module_hubs(tmp_path_factory.mktemp("selftest"), notebooks=[SAMPLES]) as h:
         yield h
 
 

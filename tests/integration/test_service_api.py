@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.homeutil import stages as staged_folders
-from tests.hubutil import RealHub, write_workshop
+from tests.hubutil import write_workshop
 from tests.portal_server import PortalServer
 from tests.svcutil import DB, OPENAPI, check
 from wod_jupyterhub.store.models import Seat
@@ -27,7 +27,7 @@ def portal():
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, portal):
+def env(module_hubs, tmp_path_factory, portal):
     root = tmp_path_factory.mktemp("svc")
     nb = root / "notebooks"
     write_workshop(nb, "WKSHP-Svc", (1, 10))
@@ -51,7 +51,7 @@ def env(tmp_path_factory, portal):
     for name, text in hooks.items():
         (scripts / name).write_text(text)
         (scripts / name).chmod(0o755)
-    hub = RealHub(
+    hub = module_hubs(
         root / "hub",
         notebooks=[nb],
         api_db_url=portal.url,

@@ -13,6 +13,10 @@ checks every seat:
 * the password hash matches the last password reported to the portal (the
   last password callback in the outbox, and what the portal got in the end)
   and, for a seat given by CREATE, the password that CREATE's result reports.
+
+On PostgreSQL, two service processes share one database: the per-student lease lives in the
+database, so operations on one student are serialized even when they reach different processes;
+an operation left running by a killed process is taken over by the survivor.
 """
 
 import random
@@ -24,8 +28,9 @@ import pytest
 
 from tests.homeutil import side_entries, stages
 from tests.hubutil import RealHub, free_port, write_workshop
+from tests.pgutil import pg_database
 from tests.portal_server import PortalServer
-from tests.svcutil import DB
+from tests.svcutil import DB, check
 from wod_jupyterhub import passwords
 from wod_jupyterhub.config import Wod
 from wod_jupyterhub.seats import homes
@@ -45,13 +50,13 @@ def _hooks(folder: Path):
         path.chmod(0o755)
 
 
-def crash_env(root: Path, portal, db_url=None, **kwargs) -> RealHub:
+def crash_env(hubs, root: Path, portal, db_url=None, **kwargs) -> RealHub:
     nb = root / "notebooks"
     write_workshop(nb, WORKSHOP, (1, 20))
     scripts = root / "scripts"
     scripts.mkdir(parents=True)
     _hooks(scripts)
-    return RealHub(
+    return hubs(
         root / "hub",
         db_url=db_url,
         notebooks=[nb],
@@ -230,9 +235,9 @@ def portal():
         yield p
 
 
-def test_sigkill_during_create_and_cleanup_sqlite(tmp_path_factory, portal):
+def test_sigkill_during_create_and_cleanup_sqlite(hubs, tmp_path_factory, portal):
     root = tmp_path_factory.mktemp("crash")
-    with crash_env(root, portal) as hub:
+    with crash_env(hubs, root, portal) as hub:
         db = DB(hub.db_url)
         try:
             kills = run_trials(hub, db, portal, TRIALS, seed=20261122)
@@ -242,3 +247,91 @@ def test_sigkill_during_create_and_cleanup_sqlite(tmp_path_factory, portal):
         finally:
             db.dispose()
     assert len(kills) == TRIALS
+
+
+# -- PostgreSQL, two service processes on one database -----------------------
+
+
+@pytest.fixture(scope="module")
+def pg_env(module_hubs, tmp_path_factory, portal):
+    url, drop = pg_database()
+    root = tmp_path_factory.mktemp("pg")
+    hub = crash_env(module_hubs, root, portal, db_url=url)
+    try:
+        with hub:
+            db = DB(hub.db_url)
+            yield hub, db
+            db.dispose()
+    finally:
+        drop()
+
+
+@pytest.fixture(scope="module")
+def two(pg_env):
+    hub, _ = pg_env
+    a, b = hub.service_process("pg-a.log"), hub.service_process("pg-b.log", port=free_port())
+    a.start(wait=False)
+    b.start(wait=False)
+    a.wait_ready()
+    b.wait_ready()
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+def _wait_all(api, ids, timeout=120):
+    deadline = time.monotonic() + timeout
+    while True:
+        ops = [check(api.get(f"api/operations/{i}"), 200) for i in ids]
+        if all(o["status"] in ("succeeded", "failed") for o in ops) or time.monotonic() > deadline:
+            return ops
+        time.sleep(0.1)
+
+
+def test_verbs_on_one_student_through_two_processes_run_one_at_a_time(pg_env, two):
+    hub, db = pg_env
+    a, b = two
+    n = 5
+    ids = []
+    with hub.client(base_url=a.url) as ca, hub.client(base_url=b.url) as cb:
+        for customer in ["pa", "pb", "pc", "pd"]:
+            for verb in ("create", "cleanup"):
+                body = {"student": n, "customer": customer}
+                if verb == "create":
+                    body.update(email="e@x", workshop=WORKSHOP)
+                client = ca if (len(ids) % 2 == 0) else cb
+                ids.append(check(client.post(f"api/{verb}", json=body), 202)["id"])
+        ops = _wait_all(ca, ids)
+    assert [o["status"] for o in ops] == ["succeeded"] * len(ids), [(o["verb"], o["error"]) for o in ops]
+    spans = [(o["started"], o["finished"]) for o in ops]
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert end <= start, spans
+    st = db.student(n)
+    assert st.state == "free" and st.lock_owner is None
+
+
+def test_a_burst_across_two_processes(pg_env, two):
+    hub, db = pg_env
+    a, b = two
+    with hub.client(base_url=a.url) as ca, hub.client(base_url=b.url) as cb:
+        ids = []
+        for n in range(10, 20):
+            client = ca if n % 2 else cb
+            body = {"student": n, "customer": f"pg-{n}", "email": "e@x", "workshop": WORKSHOP}
+            ids.append(check(client.post("api/create", json=body), 202)["id"])
+        ops = _wait_all(ca, ids)
+        assert [o["status"] for o in ops] == ["succeeded"] * len(ids), [o["error"] for o in ops]
+        for o in ops:
+            assert db.password_ok(o["student"], o["result"]["password"])
+        cleanups = [check(cb.post("api/cleanup?wait=60", json={"student": n, "customer": f"pg-{n}"}), 200) for n in range(10, 20)]
+    assert all(o["status"] == "succeeded" for o in cleanups)
+    # Both processes took part (they share the queue through the database).
+    assert len({o.owner for o in db.ops() if o.id in ids}) == 2
+
+
+def test_sigkill_on_postgresql(pg_env, two, portal):
+    hub, db = pg_env
+    for s in two:
+        s.stop()
+    kills = run_trials(hub, db, portal, 6, seed=42, check_portal=False)
+    assert len(kills) == 6

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.hubutil import RealHub, free_port, write_workshop
+from tests.hubutil import free_port, write_workshop
 from tests.mailutil import SENDER, participant_bytes, portal_bytes, portal_send
 
 GRACE = 2.0
@@ -41,7 +41,7 @@ def silent():
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory, silent):
+def hub(module_hubs, tmp_path_factory, silent):
     root = tmp_path_factory.mktemp("stop")
     nb = root / "notebooks"
     folder = write_workshop(nb, WORKSHOP, (1, 30))
@@ -55,7 +55,7 @@ def hub(tmp_path_factory, silent):
         hook = scripts / f"{kind}-{WORKSHOP}.sh"
         hook.write_text("#!/bin/sh\nsleep 3\n")
         hook.chmod(0o755)
-    with RealHub(
+    with module_hubs(
         root / "hub",
         notebooks=[nb],
         managed_service=False,

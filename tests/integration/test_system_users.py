@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.hubutil import RealHub, write_workshop
-from tests.integration.test_e2e import cleanup, create, logged_in, run_cells, spawn
+from tests.hubutil import write_workshop
+from tests.seatutil import cleanup, create, logged_in, run_cells, spawn
 from tests.sysusers import REPO, Hopper, as_student, ensure_accounts, require_root, uid  # noqa: F401 - require_root is a fixture
 from wod_jupyterhub.seats import fdtrees
 from wod_jupyterhub.seats.leftovers import ipc_objects
@@ -58,7 +58,7 @@ def place():
 
 
 @pytest.fixture(scope="module")
-def hub(place):
+def hub(module_hubs, place):
     if not os.access(STUDENT_PYTHON, os.X_OK):
         pytest.fail(f"{STUDENT_PYTHON} is missing: `make system-users` builds the students' Python")
     root = place / "hub"
@@ -69,7 +69,7 @@ def hub(place):
     write_workshop(notebooks, WORKSHOP, (A, B))
     write_workshop(notebooks, KEPT, (K, K), reset=True)
     ensure_accounts(A, K, root / "students")
-    with RealHub(
+    with module_hubs(
         root,
         notebooks=[notebooks],
         authenticator_class="wod",

@@ -90,7 +90,7 @@ def test_a_lock_held_by_a_live_process_blocks_and_a_dead_ones_is_broken(etc):
     assert not lock.exists()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the real command needs root (make test runs as root here)")
+@pytest.mark.root(reason="the real command needs root (make test runs as root here)")
 def test_wod_users_create_2000_accounts_for_real_in_a_private_etc(tmp_path):
     etc = private_etc(tmp_path / "etc")
     cfg = tmp_path / "jupyterhub_config.py"

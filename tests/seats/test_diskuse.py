@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from tests.hubutil import RealHub, write_workshop
+from tests.hubutil import write_workshop
 from tests.svcutil import check
 from wod_jupyterhub.seats.diskuse import DiskWatch, du_command, home_bytes, parse_du
 
@@ -93,10 +93,10 @@ def test_freed_seats_are_forgotten_and_measures_wait_for_idle(tmp_path):
     asyncio.run(scenario())
 
 
-def test_api_students_shows_the_homes_size(tmp_path):
+def test_api_students_shows_the_homes_size(hubs, tmp_path):
     notebooks = tmp_path / "notebooks"
     write_workshop(notebooks, "WKSHP-Disk", (1, 5))
-    with RealHub(
+    with hubs(
         tmp_path / "hub", notebooks=[notebooks], wod_config={"student_max": 5, "home_size_limit": "1M"},
         service_config={"disk_interval": 0.2},
     ) as hub:

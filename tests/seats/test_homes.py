@@ -696,7 +696,7 @@ def test_restaging_an_edited_workshop_replaces_the_old_stage(tmp_path):
     assert (Path(wod.students_root) / second / ws.name / "Pictures" / "logo.png").read_bytes() == b"v2"
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="changing owners needs root")
+@pytest.mark.root(reason="changing owners needs root")
 def test_a_stage_belongs_to_the_service_until_the_create_hands_it_over(tmp_path):
     root, ws = own_workshop(tmp_path)
     wod = make_wod(tmp_path, variables={"BRANDING": "B", "BRANDINGWOD": "W"})
@@ -881,7 +881,7 @@ print("ok")
 """
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="runs a provisioning as another user, which needs root (CI runs as root)")
+@pytest.mark.root(reason="runs a provisioning as another user, which needs root (CI runs as root)")
 def test_without_root_a_read_only_home_is_still_replaced_and_erased(tmp_path):
     """Moving the previous home into the side folder rewrites its ``..``: without root that needs it writable."""
     area = Path(tempfile.mkdtemp(prefix="wod-nonroot-", dir="/tmp"))  # pytest's tmp_path is root's alone

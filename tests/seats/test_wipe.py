@@ -4,7 +4,6 @@ A real process under a uid with no account (root may setuid to any uid), as
 a student's leftover would be; another uid's process must survive.
 """
 
-import os
 import subprocess
 import time
 
@@ -12,7 +11,7 @@ import pytest
 
 from wod_jupyterhub.seats.processes import kill_uid
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="running processes under other uids needs root")
+pytestmark = pytest.mark.root(reason="running processes under other uids needs root")
 
 STUDENT_UID, OTHER_UID = 10245, 10246  # students 245 and 246 of tests/sysusers.py's range
 

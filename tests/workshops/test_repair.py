@@ -152,6 +152,7 @@ def account():
         subprocess.run(["groupdel", name], capture_output=True)
 
 
+@pytest.mark.root(reason="creating a Linux account needs root")
 def test_every_public_workshop_provisions_for_a_real_system_user(corpus, account):
     wod, entry = account
     # pytest's tmp folders are root's alone (0700): the student could not reach a home in there.
