@@ -136,6 +136,17 @@ def test_no_import_cycle():
     assert cycles(graph()) == []
 
 
+def test_no_test_module_imports_another():
+    # Shared helpers live in tests/*util.py (and conftest.py's fixtures), never in a test module.
+    tests = PACKAGE.parent / "tests"
+    wrong = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            wrong += [f"{path.relative_to(tests)} imports {n}" for n in names if n.rpartition(".")[2].startswith(("test_", "conftest"))]
+    assert wrong == []
+
+
 def test_the_checks_catch_what_they_look_for():
     # The same functions on a made-up graph: an import upwards, one across, and a loop.
     edges = {
