@@ -1,10 +1,12 @@
 """The package's layers: every import, at the top or inside a function, goes down or sideways, never up,
-and no two modules import each other, directly or around a loop.
+and no two modules import each other, directly or around a loop. The README's "Where things live"
+names every module where it is, in the order of the layers.
 
 Run it alone: ``python -m tests.test_layers`` prints each import against the layers, or nothing.
 """
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -134,6 +136,31 @@ def test_no_import_goes_against_the_layers():
 
 def test_no_import_cycle():
     assert cycles(graph()) == []
+
+
+def readme_paths() -> list[str]:
+    """The package paths the README's "Where things live" table lists, in its order."""
+    text = (PACKAGE.parent / "README.md").read_text()
+    section = text[text.index("## Where things live") :]
+    section = section[: section.index("\n## ")]
+    return re.findall(r"^\| `(wod_jupyterhub/[^`]*)`", section, re.M)
+
+
+def test_the_readme_names_every_module_where_it_is_in_the_order_of_the_layers():
+    listed = readme_paths()
+    root = PACKAGE.parent
+    assert [p for p in listed if not (root / p).exists()] == [], "listed but not in the tree"
+    assert len(listed) == len(set(listed))
+    expected = {f"{p.relative_to(root)}/" for p in PACKAGE.rglob("*") if p.is_dir() and (p / "__init__.py").exists()}
+    expected |= {
+        str(p.relative_to(root))
+        for p in PACKAGE.rglob("*.py")
+        if "migrations" not in p.parts and (p.name != "__init__.py" or p.parent == PACKAGE)
+    }
+    expected -= {f"{PACKAGE.name}/store/migrations/versions/"}
+    assert sorted(expected - set(listed)) == [], "in the tree but not in the README"
+    layers = [rank(layer_of(p.rstrip("/").removesuffix(".py").replace("/", ".") + (".x" if p.endswith("/") else ""))) for p in listed]
+    assert layers == sorted(layers), "the table follows the layers"
 
 
 def test_no_test_module_imports_another():
