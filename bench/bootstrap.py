@@ -123,7 +123,7 @@ def hub_database(kind: str):
     try:
         with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
-    except Exception as e:  # noqa: BLE001 - the bench says what it measured instead
+    except Exception as e:  # the bench says what it measured instead
         print(f"  (PostgreSQL at {admin} not usable: {e.__class__.__name__}; the hub uses SQLite)")
         return None, lambda: None
 

@@ -20,7 +20,7 @@ def pg_database():
     try:
         with _pg_admin() as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
-    except Exception as e:  # noqa: BLE001 - any failure to reach the server decides alike
+    except Exception as e:  # any failure to reach the server decides alike
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is required in CI: {e}")
         pytest.skip(f"PostgreSQL at {PG_ADMIN_URL} is not reachable: {e}")

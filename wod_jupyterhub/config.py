@@ -31,6 +31,9 @@ def share_dir() -> Path:
     return _HERE.parent / "share"
 
 
+#: the notebook every workshop must have and that opens first (``c.Wod.readme_notebook``)
+README_NOTEBOOK = "0-ReadMeFirst.ipynb"
+
 #: where a process may leave files outside its home without being given a place
 TEMP_FOLDERS = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue", "/run/lock")
 
@@ -352,7 +355,7 @@ class Wod(Configurable):
         return proposal["value"]
 
     readme_notebook = Unicode(
-        "0-ReadMeFirst.ipynb",
+        README_NOTEBOOK,
         help="The notebook every workshop must have and that opens first.",
     ).tag(config=True)
 

@@ -1,12 +1,14 @@
 """The workshop catalog: names, wod.yml parsing and validation, ranges, the real corpus's problems."""
 
+import json
 import shutil
+from pathlib import Path
 
 import pytest
 
 from wod_jupyterhub import errors
 from wod_jupyterhub.config import Wod, share_dir
-from wod_jupyterhub.workshops.catalog import Catalog, load_catalog, parse_workshop_name
+from wod_jupyterhub.workshops.catalog import WORKSHOP_NAME, Catalog, load_catalog, parse_workshop_name
 
 README = '{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 4}\n'
 
@@ -213,3 +215,21 @@ def test_unreadable_bytes(tmp_path):
     ws = load_catalog([tmp_path]).get("WKSHP-Bin")
     assert any("not UTF-8" in p for p in ws.problems)
     shutil.rmtree(folder)
+
+
+def test_the_api_document_states_the_catalogs_workshop_name_pattern():
+    # openapi.json is static: its pattern is the catalog's, checked here rather than written by it.
+    doc = json.loads((Path(__file__).resolve().parents[2] / "wod_jupyterhub" / "service" / "openapi.json").read_text())
+    found = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            found.update(v for k, v in node.items() if k == "pattern" and "WKSHP" in v)
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(doc)
+    assert found == {WORKSHOP_NAME.pattern}

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..service.hooks import read_tail
+
 #: statuses of a notebook
 PASSED, FAILED, NO_KERNEL, NOT_RUN = "passed", "failed", "no-kernel", "not-run"
 SCRATCH_PASSWORD = "Scratch-Pa55word"
@@ -87,19 +89,14 @@ def run_notebook(path: Path, timeout: float, startup_timeout: float = 60) -> dic
     except CellExecutionError as e:
         out.update(status=FAILED, failed_cell=_cell(nb, current["index"], e.ename, e.evalue))
     except DeadKernelError as e:
-        out.update(status=FAILED, failed_cell=_cell(nb, current["index"], "DeadKernel", _first_line(str(e))), error=_tail(kernel_log))
-    except Exception as e:  # noqa: BLE001 - a kernel that cannot start is this notebook's failure, not ours
-        out.update(status=FAILED, error=f"{e.__class__.__name__}: {_first_line(str(e))}; kernel output: {_tail(kernel_log)}")
+        out.update(status=FAILED, failed_cell=_cell(nb, current["index"], "DeadKernel", _first_line(str(e))), error=read_tail(kernel_log, 1000).strip())
+    except Exception as e:  # a kernel that cannot start is this notebook's failure, not ours
+        out.update(status=FAILED, error=f"{e.__class__.__name__}: {_first_line(str(e))}; kernel output: {read_tail(kernel_log, 1000).strip()}")
     finally:
         kernel_log.close()
     out["run"] = len(done)
     out["seconds"] = round(time.monotonic() - started, 2)
     return out
-
-
-def _tail(log, limit: int = 1000) -> str:
-    log.seek(0)
-    return log.read().decode(errors="replace")[-limit:].strip()
 
 
 def _cell(nb, index, ename: str, evalue: str) -> dict:

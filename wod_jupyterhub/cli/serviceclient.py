@@ -59,7 +59,7 @@ def resolve_url(url: str | None = None, cwd: str | None = None) -> str:
         if config.is_file():
             try:
                 url = _hub_url_from_config(config)
-            except Exception as e:  # noqa: BLE001 - any error in the admin's file is reported, never raised
+            except Exception as e:  # any error in the admin's file is reported, never raised
                 raise BadRequest(f"cannot read the hub's URL from {config}: {e.__class__.__name__}: {e}") from None
         if not url:
             raise BadRequest(f"where is the hub? give --url URL, set $WOD_URL, or run in the folder of its {CONFIG_FILE}")

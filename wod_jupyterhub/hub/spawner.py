@@ -375,7 +375,7 @@ class WodSpawner(LocalProcessSpawner):
         if assignment is not None:
             try:
                 await asyncio.to_thread(self.snapshot, assignment)
-            except Exception:  # noqa: BLE001 - a snapshot must never keep a server from stopping
+            except Exception:  # a snapshot must never keep a server from stopping
                 self.log.exception("Completion snapshot failed for %s", self.user.name)
         # Not in clear_state: poll() clears the state before this hook runs.
         self._assignment = None

@@ -14,12 +14,13 @@ the hub.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 import os
 import shutil
 import time
 from typing import Callable, Iterable
+
+from ..store.models import isoformat
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,6 @@ async def home_bytes(path: str, timeout: float = 120) -> int | None:
         raise OSError(f"du {path} failed ({proc.returncode}): {err.decode(errors='replace').strip()[:300]}") from None
 
 
-def _iso(t: float) -> str:
-    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 class DiskWatch:
     """The last size of each held seat's home, refreshed while the service is idle."""
 
@@ -81,7 +78,7 @@ class DiskWatch:
         m = self.sizes.get(n)
         if m is None:
             return None
-        return {"bytes": m["bytes"], "limit": self.limit, "over": self.limit is not None and m["bytes"] > self.limit, "measured_at": _iso(m["at"])}
+        return {"bytes": m["bytes"], "limit": self.limit, "over": self.limit is not None and m["bytes"] > self.limit, "measured_at": isoformat(m["at"])}
 
     def over(self) -> list[int]:
         return sorted(n for n in self.sizes if self.limit is not None and self.sizes[n]["bytes"] > self.limit)

@@ -15,11 +15,12 @@ import os
 import stat
 import uuid
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: how every folder a student may have shaped is opened: a link is never followed, a file is refused
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _open_dir(name, dir_fd=None) -> int:
-    return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
 
 
 def _entries(fd: int) -> list[os.DirEntry]:
@@ -164,7 +165,7 @@ def _walk(path: str, visit, leave) -> None:
             leave(cur)
             if not frames:
                 return
-            parent = os.open("..", _DIR_FLAGS, dir_fd=cur)
+            parent = os.open("..", DIR_FLAGS, dir_fd=cur)
             os.close(cur)
             cur = parent
             if _identity(cur) != frames[-1][2]:

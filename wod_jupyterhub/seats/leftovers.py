@@ -30,7 +30,7 @@ import os
 import stat
 
 from ..config import TEMP_FOLDERS
-from .fdtrees import erase_tree
+from .fdtrees import DIR_FLAGS, erase_tree
 
 log = logging.getLogger("wod.leftovers")
 
@@ -38,8 +38,6 @@ log = logging.getLogger("wod.leftovers")
 SPOOLS = ("/var/spool/cron/crontabs", "/var/spool/cron/atjobs", "/var/spool/cron/atspool", "/var/spool/cron", "/var/spool/at")
 #: mailboxes (``/var/spool/mail`` is often a link to ``/var/mail``: opened without following, it is skipped then)
 MAIL_SPOOLS = ("/var/mail", "/var/spool/mail")
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _writable_by(st: os.stat_result, uid: int, gid: int) -> bool:
@@ -91,7 +89,7 @@ def remove_temp_files(uid: int, gid: int | None = None, folders=TEMP_FOLDERS, pr
     removed = 0
     for folder in folders:
         try:
-            top = os.open(folder, _DIR_FLAGS)
+            top = os.open(folder, DIR_FLAGS)
         except OSError:
             continue  # not on this system (no /dev/mqueue mounted, say)
         stack = [(top, folder, True)]
@@ -105,7 +103,7 @@ def remove_temp_files(uid: int, gid: int | None = None, folders=TEMP_FOLDERS, pr
                                 _erase_at(fd, name)
                                 removed += 1
                             elif descend and stat.S_ISDIR(st.st_mode) and _writable_by(st, uid, gid):
-                                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                                sub = os.open(name, DIR_FLAGS, dir_fd=fd)
                                 stack.append((sub, f"{where}/{name}", _trusted(os.fstat(sub))))
                         except FileNotFoundError:
                             pass
@@ -178,7 +176,7 @@ def remove_spooled_jobs(uid: int, name: str, spools=SPOOLS, problems: list | Non
     removed = 0
     for spool in spools:
         try:
-            fd = os.open(spool, _DIR_FLAGS)
+            fd = os.open(spool, DIR_FLAGS)
         except OSError:
             continue
         try:

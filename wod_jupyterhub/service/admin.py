@@ -11,7 +11,6 @@ api/checks/{id}`` reads one.
 
 import asyncio
 import contextlib
-import datetime
 import json
 import os
 import re
@@ -21,6 +20,7 @@ import uuid
 from pathlib import Path
 
 from ..errors import BadRequest, Conflict, NotFound
+from ..store.models import isoformat, utcnow
 from .handlers import SCOPE_OPERATE, BaseHandler
 from .overview import overview
 
@@ -85,7 +85,7 @@ class CheckRuns:
             raise Conflict(f"{MAX_RUNNING_CHECKS} checks are running already; try again when one has finished.", code="busy")
         record = {
             "id": uuid.uuid4().hex, "status": "running", "workshop": workshop, "all": workshop is None,
-            "execute": execute, "timeout": timeout, "created": _now(), "finished": None, "report": None, "error": None,
+            "execute": execute, "timeout": timeout, "created": isoformat(utcnow()), "finished": None, "report": None, "error": None,
         }
         self._write(record)
         self.running[record["id"]] = asyncio.ensure_future(self._run(record))
@@ -117,11 +117,11 @@ class CheckRuns:
                     os.killpg(proc.pid, signal.SIGKILL)
             record.update(status="error", error="the service stopped before the check ended")
             raise
-        except Exception as e:  # noqa: BLE001 - kept in the record for the admin, and logged
+        except Exception as e:  # kept in the record for the admin, and logged
             self.log.exception("Check %s failed to run", record["id"])
             record.update(status="error", error=f"{e.__class__.__name__}: {e}")
         finally:
-            record["finished"] = _now()
+            record["finished"] = isoformat(utcnow())
             self._write(record)
             self.running.pop(record["id"], None)
             self.log.info("Check %s of %s: %s", record["id"], record["workshop"] or "all workshops", record["status"])
@@ -152,10 +152,6 @@ class CheckRuns:
         for task in list(self.running.values()):
             task.cancel()
         await asyncio.gather(*self.running.values(), return_exceptions=True)
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class CheckHandler(BaseHandler):

@@ -285,7 +285,7 @@ class WodService(Application):
         for close in (self.outbox.close, self.hub.close):
             try:
                 await within(close(), 0.5)
-            except Exception as e:  # noqa: BLE001 - closing connections: nothing left to do about it
+            except Exception as e:  # closing connections: nothing left to do about it
                 self.log.warning("Closing %s failed: %s", close.__qualname__, e or e.__class__.__name__)
         self.store.dispose()
         self.log.info("Stopped")

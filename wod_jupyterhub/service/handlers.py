@@ -306,7 +306,7 @@ class HealthHandler(BaseHandler):
             with self.app.store.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
             database = "ok"
-        except Exception as e:  # noqa: BLE001 - health reports, never raises
+        except Exception as e:  # health reports, never raises
             database = f"error: {e.__class__.__name__}"
         self.send(
             {

@@ -158,7 +158,7 @@ class WodHooks(LoggingConfigurable):
             except asyncio.CancelledError:
                 self._kill_group(proc.pid)
                 raise
-            text = _tail(out, self.max_output)
+            text = read_tail(out, self.max_output)
         return {
             "script": str(script),
             "exit": proc.returncode if not timed_out else -1,
@@ -175,7 +175,7 @@ class WodHooks(LoggingConfigurable):
             pass
 
 
-def _tail(f, limit: int) -> str:
+def read_tail(f, limit: int) -> str:
     """The last ``limit`` bytes written to ``f`` (a child may still be writing: read what is there)."""
     size = os.fstat(f.fileno()).st_size
     f.seek(max(0, size - limit))

@@ -242,7 +242,7 @@ class DeliveryLoop:
                         await asyncio.to_thread(prune)
                         self._last_prune = time.monotonic()
                     delay = await asyncio.to_thread(next_due_in)
-                except Exception:  # noqa: BLE001 - the database may be briefly away
+                except Exception:  # the database may be briefly away
                     self.log.exception("%s: a delivery pass failed; trying again", what)
                     errors, delay = 1, None
                 if errors:

@@ -14,7 +14,7 @@ import datetime
 
 from sqlalchemy import func, select
 
-from ..store.models import Completion, MailMessage, Operation, OutboxMessage, Student, Throttle, utcnow
+from ..store.models import Completion, MailMessage, Operation, OutboxMessage, Student, Throttle, isoformat, utcnow
 from .mail import relay
 
 SEAT_STATES = ("free", "active", "kept", "cleaning")
@@ -22,16 +22,12 @@ SEAT_STATES = ("free", "active", "kept", "cleaning")
 BUCKETS = 10
 
 
-def _iso(t: datetime.datetime | None) -> str | None:
-    return t.isoformat(timespec="seconds") + "Z" if t else None
-
-
 def _op_json(op: Operation, journal: bool) -> dict:
     data = {
         "id": op.id, "verb": op.verb, "student": op.student,
         "students": [op.student, op.student_last] if op.student_last is not None else None,
         "customer": op.customer, "workshop": op.workshop, "status": op.status, "error": op.error,
-        "created": _iso(op.created), "started": _iso(op.started), "finished": _iso(op.finished),
+        "created": isoformat(op.created), "started": isoformat(op.started), "finished": isoformat(op.finished),
         "seconds": round((op.finished - op.created).total_seconds(), 3) if op.finished else None,
     }
     if journal:
@@ -98,7 +94,7 @@ def overview(store, catalog, wod, *, workshop: str | None = None, recent: int = 
         refused = s.scalar(select(func.count()).select_from(OutboxMessage).where(OutboxMessage.failed.is_not(None)))
         retrying = s.scalar(select(func.count()).select_from(OutboxMessage).where(*undelivered, OutboxMessage.attempts > 0))
         locked = [
-            {"key": t.key, "failures": t.failures, "locked_until": _iso(t.locked_until)}
+            {"key": t.key, "failures": t.failures, "locked_until": isoformat(t.locked_until)}
             for t in s.scalars(select(Throttle).where(Throttle.locked_until > now).order_by(Throttle.locked_until.desc()).limit(200))
         ]
         mail = _mail_backlog(s)
@@ -125,15 +121,15 @@ def overview(store, catalog, wod, *, workshop: str | None = None, recent: int = 
             },
         })
     return {
-        "generated": _iso(now),
+        "generated": isoformat(now),
         "workshops": out_workshops,
         "seats": [
             {"student": st.number, "state": st.state, "customer": st.customer, "workshop": st.workshop,
-             "since": _iso(st.assigned_at)}
+             "since": isoformat(st.assigned_at)}
             for st in seats
         ],
         "operations": {"running": running, "failed": failed, "recent": latest},
-        "outbox": {"pending": pending, "retrying": retrying, "refused": refused, "oldest": _iso(oldest)},
+        "outbox": {"pending": pending, "retrying": retrying, "refused": refused, "oldest": isoformat(oldest)},
         "mail_outbox": mail,
         "locked_logins": locked,
     }
@@ -144,4 +140,4 @@ def _mail_backlog(s) -> dict:
     mail = MailMessage
     pending, oldest = s.execute(select(func.count(), func.min(mail.received)).where(*relay.waiting())).one()
     refused = s.scalar(select(func.count()).select_from(mail).where(mail.kind == "relay", mail.failed.is_not(None)))
-    return {"pending": pending, "refused": refused, "oldest": _iso(oldest)}
+    return {"pending": pending, "refused": refused, "oldest": isoformat(oldest)}

@@ -37,7 +37,17 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
 def utcnow() -> datetime.datetime:
+    """Now in UTC, naive, as the database holds every time."""
     return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+
+def isoformat(t: datetime.datetime | float | None, timespec: str = "seconds") -> str | None:
+    """A time as the API shows it: ISO 8601 in UTC with a ``Z``. ``t``: naive UTC (the database's) or POSIX seconds; None stays None."""
+    if t is None:
+        return None
+    if isinstance(t, (int, float)):
+        t = datetime.datetime.fromtimestamp(t, datetime.timezone.utc).replace(tzinfo=None)
+    return t.isoformat(timespec=timespec) + "Z"
 
 
 class Seat:

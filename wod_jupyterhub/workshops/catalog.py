@@ -19,19 +19,17 @@ from pathlib import Path
 import yaml
 
 from .. import errors
-from ..config import check_student_number
+from ..config import README_NOTEBOOK, check_student_number
 from ..limits import Limits, limits_from_meta
 
 log = logging.getLogger(__name__)
 
 WORKSHOP_NAME = re.compile(r"^(WKSHP|CHLG)-[A-Za-z0-9._-]+$")
 #: the default of ``c.Wod.readme_notebook``, for callers without settings
-README = "0-ReadMeFirst.ipynb"
 META_FILE = "wod.yml"
 
 #: wod.yml keys read as booleans; matched case-insensitively because the real
 #: files spell ``monoAppliance`` both ways (``monoappliance`` in Docker101).
-BOOLEAN_KEYS = ("active", "reset", "ldap", "varpass", "beta", "compile", "monoAppliance", "multiAppliance")
 
 # The original read ``key<TABS/SPACES>:<TABS/SPACES>value``; YAML forbids tabs there (and
 # after a value), so the whitespace around such a key's colon becomes one space.
@@ -235,7 +233,7 @@ def read_meta(path: Path) -> dict:
     return data
 
 
-def load_workshop(folder: Path, root: Path, readme: str = README) -> Workshop:
+def load_workshop(folder: Path, root: Path, readme: str = README_NOTEBOOK) -> Workshop:
     ws = Workshop(name=folder.name, path=folder, root=root)
     if folder.is_symlink():
         try:
@@ -341,7 +339,7 @@ class Catalog:
                     )
 
 
-def find_workshop(roots: list, folder: str, prefer_private: bool = False, readme: str = README) -> Workshop | None:
+def find_workshop(roots: list, folder: str, prefer_private: bool = False, readme: str = README_NOTEBOOK) -> Workshop | None:
     """The one workshop ``folder`` (``WKSHP-<Name>``) of ``roots``, as :func:`load_catalog` would pick it, or None."""
     roots = [Path(r).expanduser().absolute() for r in roots]
     for root in reversed(roots) if prefer_private else roots:
@@ -350,7 +348,7 @@ def find_workshop(roots: list, folder: str, prefer_private: bool = False, readme
     return None
 
 
-def load_catalog(roots: list, prefer_private: bool = False, readme: str = README) -> Catalog:
+def load_catalog(roots: list, prefer_private: bool = False, readme: str = README_NOTEBOOK) -> Catalog:
     """Load every ``WKSHP-*`` folder of ``roots`` (public first); never raises for a bad workshop."""
     roots = [Path(r).expanduser().absolute() for r in roots]
     found: dict[str, Workshop] = {}

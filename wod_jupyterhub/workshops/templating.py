@@ -331,14 +331,14 @@ class Renderer:
         p = self.prepare(path, rel)
         try:
             out = p.template.render(variables)
-        except Exception as e:  # noqa: BLE001 - every template failure becomes one sentence
+        except Exception as e:  # every template failure becomes one sentence
             if p.cleared_before:
                 # Report at the file's own line numbers, not the re-serialized template's.
                 env = self.json_env
                 original = self._compile(env, p.source, path, rel)
                 try:
                     original.render(variables)
-                except Exception as e2:  # noqa: BLE001
+                except Exception as e2:
                     raise self._explain(e2, path, rel) from None
             raise self._explain(e, path, rel) from None
         if not p.notebook or p.tags_in_sources:

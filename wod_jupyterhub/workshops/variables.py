@@ -61,5 +61,5 @@ def template_variables(
 def _user() -> str:
     try:
         return getpass.getuser()
-    except Exception:  # noqa: BLE001 - no passwd entry in some containers
+    except Exception:  # no passwd entry in some containers
         return str(os.getuid())

@@ -48,13 +48,13 @@ from traitlets.config import LoggingConfigurable
 
 from ...store.models import OutboxMessage, utcnow
 from ...waiting import within
+from ...workshops.catalog import WORKSHOP_NAME
 from ..outbox import LEASE_MARGIN, DeliveryLoop, OutboxQueue, Rejected, Transient, backoff
 from .portalclient import PortalClient
 
 SEALED = "$sealed"
 #: a workshop callback waits with its folder in braces, resolved to the portal's id when sent
 _WORKSHOP_PATH = re.compile(r"^/api/workshop/\{(?P<folder>[^{}/]+)\}$")
-_WORKSHOP_NAME = re.compile(r"^(WKSHP|CHLG)-[A-Za-z0-9._-]+$")
 _ADD_MESSAGE = insert(OutboxMessage.__table__)
 
 
@@ -220,7 +220,7 @@ class Outbox:
 
     def workshop_capacity(self, conn, workshop_folder, capacity: int, operation_id=None):
         """``PUT /api/workshop/{id}`` ``{"capacity": "<int>"}``; the id is looked up when sent."""
-        if not _WORKSHOP_NAME.fullmatch(workshop_folder or ""):
+        if not WORKSHOP_NAME.fullmatch(workshop_folder or ""):
             raise ValueError(f"not a workshop folder name: {workshop_folder!r}")
         return self._enqueue(
             conn,
@@ -246,7 +246,7 @@ class Outbox:
             if isinstance(v, dict) and SEALED in v:
                 try:
                     v = self.sealer.open(v[SEALED])
-                except Exception:  # noqa: BLE001 - InvalidToken and malformed values alike
+                except Exception:  # InvalidToken and malformed values alike
                     raise Rejected(
                         f"the sealed {k!r} cannot be opened with this secret key (was c.Wod.secret_key changed?)"
                     ) from None
@@ -318,7 +318,7 @@ class Outbox:
                 else:
                     self.log.debug("Callback #%d of %s waits: %s", message.id, key, e)
                 return delivered
-            except Exception as e:  # noqa: BLE001 - a bug must not stop the student's queue for good
+            except Exception as e:  # a bug must not stop the student's queue for good
                 self.log.exception("Unexpected error sending callback #%d of %s; it will be retried", message.id, key)
                 await asyncio.to_thread(self.queue.retry, message, f"{type(e).__name__}: {e}", self._backoff(message.attempts + 1))
                 return delivered

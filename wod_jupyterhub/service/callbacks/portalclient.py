@@ -29,7 +29,7 @@ def _scrub(text: str, secrets) -> str:
 def _excerpt(response: Response, secrets, limit: int = 200) -> str:
     try:
         text = response.text
-    except Exception:  # noqa: BLE001 - an undecodable answer still needs a message
+    except Exception:  # an undecodable answer still needs a message
         text = ""
     text = " ".join(_scrub(text, secrets).split())
     return text[:limit] + ("…" if len(text) > limit else "")

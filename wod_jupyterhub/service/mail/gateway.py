@@ -14,6 +14,7 @@ import asyncio
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from ...store.models import isoformat
 from .ingress import Ingress
 from .listener import MailListener
 from .relay import Relay
@@ -86,6 +87,6 @@ class MailGateway:
             relay.update(state="unknown", last_error=f"database: {e.__class__.__name__}")
         else:
             oldest = stats.pop("oldest_pending")
-            relay.update(stats, oldest_pending=oldest.isoformat(timespec="seconds") + "Z" if oldest else None)
+            relay.update(stats, oldest_pending=isoformat(oldest))
         state["relay"] = relay
         return state

@@ -138,7 +138,7 @@ class Ingress:
         """Act on a whole message whose envelope passed the checks; the reply the client gets."""
         try:
             message = parse_message(data)
-        except Exception as e:  # noqa: BLE001 - the email package raises assorted errors on garbage
+        except Exception as e:  # the email package raises assorted errors on garbage
             return self.refuse("syntax", 554, "5.6.0 The message cannot be read.", f"{type(e).__name__}: {e}")
         try:
             if envelope.kind == "verb":

@@ -160,7 +160,7 @@ class _Session(asyncio.Protocol):
         except asyncio.CancelledError:
             self.reply(421, "4.3.2 Shutting down.")
             raise
-        except Exception:  # noqa: BLE001 - one connection's bug must not stop the listener
+        except Exception:  # one connection's bug must not stop the listener
             self.log.exception("Mail connection from %s failed", self.peer)
             self.reply(451, "4.3.0 Local error.")
         finally:

@@ -64,7 +64,7 @@ def _decode_text(raw: bytes) -> str:
 def _decode_header_value(value: str) -> str:
     try:
         return str(make_header(decode_header(value)))
-    except Exception:  # noqa: BLE001 - a malformed encoded word stays as written
+    except Exception:  # a malformed encoded word stays as written
         return value
 
 
@@ -101,7 +101,7 @@ def parse_message(data: bytes) -> Message:
         part = parsed.get_body(preferencelist=("plain", "html")) if parsed.is_multipart() else parsed
         try:
             body = part.get_content() if part is not None else ""
-        except Exception:  # noqa: BLE001 - an unknown charset or a broken encoding
+        except Exception:  # an unknown charset or a broken encoding
             payload = part.get_payload(decode=True) if part is not None else b""
             body = _decode_text(payload or b"")
         if not isinstance(body, str):

@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     limit = WodMail.max_message_size.default_value
     try:
         limit = WodMail(config=_load_config(args.config)).max_message_size
-    except Exception:  # noqa: BLE001 - _run reports a broken configuration with its reason
+    except Exception:  # _run reports a broken configuration with its reason
         pass
     data = sys.stdin.buffer.read(limit * 2 + 65536)
     try:
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     except FileNotFoundError as e:
         print(f"wod mail: error: {e}", file=sys.stderr)
         return EX_REFUSED
-    except Exception as e:  # noqa: BLE001 - postfix keeps the mail and tries again
+    except Exception as e:  # postfix keeps the mail and tries again
         reason = " ".join(str(e).split())[:300]
         print(f"wod mail: could not take the mail now ({type(e).__name__}: {reason}); try again", file=sys.stderr)
         return EX_TEMPFAIL

@@ -42,7 +42,8 @@ from .verbs import VERBS
 
 # The lease of a free seat being prepared (no operation): "<owner>/prepare-<N>".
 PREPARE = "prepare-"
-_NO_SYNC = {"synchronize_session": False}
+#: for bulk updates of rows no session holds: nothing in memory to bring up to date
+NO_SYNC = {"synchronize_session": False}
 
 
 # Built once (a statement caches its own cache key): a burst submits a hundred operations in a row.
@@ -331,7 +332,7 @@ class Engine:
         for lock in set(preparing):
             if owner_alive_locally(lock.rsplit("/", 1)[0]) is False:
                 with self.store.session() as s:
-                    s.execute(release(lock), execution_options=_NO_SYNC)
+                    s.execute(release(lock), execution_options=NO_SYNC)
                 self.log.warning("Released seat lease %s of a process that died while preparing the seat", lock)
         with self.store.Session() as s:
             rows = s.execute(

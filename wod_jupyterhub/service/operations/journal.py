@@ -18,18 +18,13 @@ So a CREATE costs four write transactions: submit, claim, the rotation, and
 the assignment with the end.
 """
 
-import datetime
 import itertools
 
 from sqlalchemy import bindparam, update
 
-from ...store.models import SEATS, Operation, Student, utcnow
+from ...store.models import SEATS, Operation, Student, isoformat, utcnow
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
-
-
-def iso(t: datetime.datetime | None) -> str | None:
-    return t.isoformat(timespec="milliseconds") + "Z" if t else None
 
 
 def release(lock: str):
@@ -151,7 +146,7 @@ async def _ready(value):
 
 
 def _entry(name, started, detail=None, status=DONE, error=None) -> dict:
-    entry = {"name": name, "status": status, "started": iso(started), "finished": iso(utcnow())}
+    entry = {"name": name, "status": status, "started": isoformat(started, "milliseconds"), "finished": isoformat(utcnow(), "milliseconds")}
     if detail is not None:
         entry["detail"] = detail
     if error is not None:

@@ -22,10 +22,8 @@ from ...errors import WodError
 from ...store.models import Seat, Student, read_seat, utcnow
 from ...waiting import settle
 from ..hubclient import HubAPIError
-from .engine import PREPARE, ensure_students
+from .engine import NO_SYNC, PREPARE, ensure_students
 from .journal import release
-
-_NO_SYNC = {"synchronize_session": False}
 
 
 class Preparer:
@@ -145,7 +143,7 @@ class Preparer:
                 update(Student)
                 .where(Student.number.in_(numbers), Student.state == Seat.FREE, Student.lock_owner.is_(None))
                 .values(sessions_ended=True),
-                execution_options=_NO_SYNC,
+                execution_options=NO_SYNC,
             )
 
     async def prepare_seat(self, n: int) -> None:
@@ -182,7 +180,7 @@ class Preparer:
                     or_(Student.lock_owner.is_(None), Student.lock_expires < now),
                 )
                 .values(lock_owner=lock, lock_expires=now + datetime.timedelta(seconds=self.settings.lease_seconds)),
-                execution_options=_NO_SYNC,
+                execution_options=NO_SYNC,
             ).rowcount
         if got != 1:
             return  # an operation holds it: that one talks to the hub itself
@@ -196,7 +194,7 @@ class Preparer:
             self.log.warning("Ending the hub sessions of free seat %s failed (its CREATE will try again): %s", n, e)
         finally:
             with self.store.session() as s:
-                s.execute(release(lock).values(sessions_ended=True) if ended else release(lock), execution_options=_NO_SYNC)
+                s.execute(release(lock).values(sessions_ended=True) if ended else release(lock), execution_options=NO_SYNC)
             self.engine.wake()  # an operation may have waited for the seat
 
     async def _stage(self, n: int, ws) -> bool:
@@ -237,6 +235,6 @@ def warm_up(work) -> int:
                     try:
                         work.renderer.prepare(path, f"{ws.name}/{path.relative_to(ws.path)}")
                         compiled += 1
-                    except Exception as e:  # noqa: BLE001 - the CREATE that needs it will report it
+                    except Exception as e:  # the CREATE that needs it will report it
                         work.log.debug("Warm-up of %s failed: %s", path, e)
     return compiled

@@ -3,9 +3,8 @@
 from sqlalchemy import select
 
 from ...errors import NotFound
-from ...store.models import Completion, Operation, Seat, Status, Student
+from ...store.models import Completion, Operation, Seat, Status, Student, isoformat
 from .admission import overlapping
-from .journal import iso
 
 
 class Views:
@@ -52,9 +51,9 @@ class Views:
             "steps": list(op.steps or []),
             "error": op.error,
             "result": public if op.status in Status.FINISHED else None,
-            "created": iso(op.created),
-            "started": iso(op.started),
-            "finished": iso(op.finished),
+            "created": isoformat(op.created, "milliseconds"),
+            "started": isoformat(op.started, "milliseconds"),
+            "finished": isoformat(op.finished, "milliseconds"),
         }
 
     def held_seats(self) -> list[int]:
@@ -77,8 +76,8 @@ class Views:
             "customer": st.customer if st else None,
             "email": st.email if st else None,
             "workshop": st.workshop if st else None,
-            "assigned_at": iso(st.assigned_at) if st else None,
-            "rotated_at": iso(st.rotated_at) if st else None,
+            "assigned_at": isoformat(st.assigned_at, "milliseconds") if st else None,
+            "rotated_at": isoformat(st.rotated_at, "milliseconds") if st else None,
             "generation": st.generation if st else 0,
             "home_exists": self.wod.home(n).exists(),
             "pending_operations": list(busy),
@@ -86,6 +85,6 @@ class Views:
             if last is None
             else {
                 "kind": last.kind, "ratio": last.ratio, "executed": last.executed, "total": last.total,
-                "workshop": last.workshop, "taken_at": iso(last.taken_at),
+                "workshop": last.workshop, "taken_at": isoformat(last.taken_at, "milliseconds"),
             },
         }
