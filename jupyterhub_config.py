@@ -186,14 +186,14 @@ c.WodSpawner.start_url = "/lab/tree/{workshop}/{readme}"
 # The wod service: the REST API the portal calls (wod_jupyterhub/service.py)
 # ---------------------------------------------------------------------------
 
-# The verbs: c.WodOperations (wod_jupyterhub/operations/settings.py documents
+# The verbs: c.WodOperations (wod_jupyterhub/service/operations/settings.py documents
 # each option: workers, threads, lease_seconds, poll_interval, max_recoveries,
 # stop_timeout, login_url ...). Start each student's server at the end of
-# CREATE (step 7 of the design):
+# CREATE:
 c.WodOperations.start_server = False
-# The hooks: c.WodHooks (wod_jupyterhub/hooks.py): timeout, appliance addresses.
+# The hooks: c.WodHooks (wod_jupyterhub/service/hooks.py): timeout, appliance addresses.
 # c.WodHooks.timeout = 600
-# The service itself: c.WodService (wod_jupyterhub/service.py): shutdown_grace,
+# The service itself: c.WodService (wod_jupyterhub/service/app.py): shutdown_grace,
 # max_body_size, max_wait, warm_up ...
 
 # Free seats are prepared while the service is idle, so that a CREATE does

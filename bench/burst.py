@@ -8,7 +8,7 @@ against the provisioning floor measured in the same run (``cp -a`` plus the
 same template files rendered by Jinja2 templates compiled beforehand, as in
 bench/provision.py). Exits 0; the verdicts are printed.
 
-Goals (issue 13), each printed met or missed beside its floor: every CREATE
+Goals, each printed met or missed beside its floor: every CREATE
 round (first use and recycled) all 100 ready in under 1.5 s with at most
 15 ms of service CPU per CREATE (user + system, all its threads, from
 /proc, from the burst's first request until its last callback reached the

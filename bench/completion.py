@@ -7,7 +7,7 @@ few lines of stdout and a result, as a kernel would leave them. We time
 reading the same notebooks' bytes (paths known beforehand, no walk) and
 ``json.loads`` of each, the least any correct parser must do.
 
-Goal (issue 2): under 1 s for all 100 on this 2-core machine.
+Goal: under 1 s for all 100 on this 2-core machine.
 """
 
 import json
@@ -71,7 +71,7 @@ def ours(workshops):
 
 
 def in_workers(workshops):
-    """What the service and the hub run: the ratio from a bounded worker process (issue 8 #3)."""
+    """What the service and the hub run: the ratio from a bounded worker process."""
     return [measure(ws)["ratio"] for ws in workshops]
 
 

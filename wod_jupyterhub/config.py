@@ -1,10 +1,4 @@
-"""The settings every part shares, read from one ``jupyterhub_config.py``.
-
-The authenticator, the spawner and the service each build a :class:`Wod`
-from the same traitlets config, so an admin writes ``c.Wod.students_root``
-once and all three agree. This module is core: it imports nothing from the
-hub process.
-"""
+"""The settings every part shares, read from one ``jupyterhub_config.py``."""
 
 import ipaddress
 import os
@@ -174,12 +168,10 @@ class Wod(Configurable):
         help="""scrypt cost (log2 of n) of the student password hashes the service stores.
 
         The default follows the generated passwords' strength
-        (``password_length`` and ``password_alphabet``): 4 (n = 16, ~0.05 ms)
-        when they carry at least 64 bits, 11 (n = 2048, ~5 ms) below that. A
-        slow hash only protects guessable secrets; a random 64-bit one is out
-        of reach of any guesser whatever the hash costs, while 50 logins at once
-        would each pay it on the hub. Each hash carries its cost, so changing
-        this affects only the passwords rotated afterwards.
+        (``password_length`` and ``password_alphabet``): 4 when they carry at
+        least 64 bits, 11 below that (the README's "Passwords" says why). Each
+        hash carries its cost, so changing this affects only the passwords
+        rotated afterwards.
         """,
     ).tag(config=True)
 

@@ -1,12 +1,8 @@
-"""Errors a person caused and can fix: each carries a sentence and the HTTP status it maps to.
-
-The service answers them as ``{"error": code, "message": sentence}`` with
-``status``; the CLI prints the sentence and exits 2. Anything that is not a
-``WodError`` is our bug, never the caller's.
-"""
+"""Errors a person caused and can fix: each carries a sentence and the HTTP status it maps to."""
 
 
 class WodError(Exception):
+    """An error a person caused and can fix: a sentence (``str(e)``), its HTTP ``status`` and a machine-readable ``code``."""
     status = 400
     code = "bad_request"
 
@@ -21,26 +17,31 @@ class WodError(Exception):
 
 
 class BadRequest(WodError):
+    """400: the request itself is wrong."""
     status = 400
     code = "bad_request"
 
 
 class Unauthorized(WodError):
+    """401: no token, or one the hub does not know."""
     status = 401
     code = "unauthorized"
 
 
 class Forbidden(WodError):
+    """403: a token without the scope this needs."""
     status = 403
     code = "forbidden"
 
 
 class NotFound(WodError):
+    """404: no such student, workshop or operation."""
     status = 404
     code = "not_found"
 
 
 class Conflict(WodError):
+    """409: the seat is held by another, or busy."""
     status = 409
     code = "conflict"
 
@@ -53,5 +54,6 @@ class Unprocessable(WodError):
 
 
 class PayloadTooLarge(WodError):
+    """413: a request body over the limit."""
     status = 413
     code = "payload_too_large"

@@ -1,10 +1,4 @@
-"""Owner strings for leases in the database, and whether their process still lives.
-
-An owner is ``host:pid:start:random``: ``start`` is the process's start time
-(clock ticks since boot), so a process on the same host can tell at once
-that the owner is gone, even when its pid was reused since. Owners from
-other hosts cannot be looked at; their leases end by time.
-"""
+"""Owner strings for leases in the database, and whether their process still lives."""
 
 import hashlib
 import os

@@ -1,9 +1,4 @@
-"""A seat's fair share as data: memory, CPU and processes, and the control-group writes that enforce them.
-
-Pure: nothing here touches the filesystem. :mod:`wod_jupyterhub.cgroups`
-applies the writes these builders return; the tests check the builders
-without root. This module is core: it imports nothing from the hub.
-"""
+"""A seat's fair share as data: memory, CPU and processes, and the control-group writes that enforce them."""
 
 from __future__ import annotations
 

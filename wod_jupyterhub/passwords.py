@@ -1,24 +1,4 @@
-"""Student passwords: generation, hashing, and sealing for the outbox.
-
-Hash: scrypt (RFC 7914, in the standard library through OpenSSL), stored as
-``scrypt$<log2 n>$<r>$<p>$<salt b64>$<key b64>``. Why scrypt: it is a
-standard, memory-hard password hash that needs no extra dependency, and its
-cost is carried in each hash, so admins' hand-chosen passwords can use a far
-higher cost than the pool's.
-
-Why the student cost is low (``cost_for``: n = 2**4, ~0.05 ms, for
-generated passwords of 64 bits or more): student passwords are drawn by
-:mod:`secrets`, by default 12 of 57 symbols, about 70 bits. A hash's cost
-multiplies the work of each guess; against 2**70 candidates no cost is what
-protects the secret (at 10**10 guesses a second, 2**69 of them take 1,900
-years), and the secret lives one workshop. JupyterHub stores its own
-generated tokens with a single hash round for the same reason. What the cost
-would buy is spent on the hub: a room logging in at once pays it on every
-login (at n = 2**11, 5 ms each, it made 50 logins 1.7 times as slow as the
-bare hub's). Passwords weaker than 64 bits (a short ``password_length`` or a
-small alphabet) get the old 2**11. Human-chosen admin passwords get
-``ADMIN_COST`` (n = 2**15) from ``wod hash-password``.
-"""
+"""Student passwords: generation, hashing, and sealing for the outbox."""
 
 import base64
 import hashlib
@@ -40,6 +20,7 @@ _MAXMEM = 256 * 1024 * 1024
 
 
 def generate(length: int = 12, alphabet: str = DEFAULT_ALPHABET) -> str:
+    """A random password of ``length`` symbols of ``alphabet``, drawn by :mod:`secrets`."""
     return "".join(secrets.choice(alphabet) for _ in range(length))
 
 
@@ -58,6 +39,7 @@ def _unb64(text: str) -> bytes:
 
 
 def hash_password(password: str, cost: int = STUDENT_COST, r: int = 8, p: int = 1) -> str:
+    """scrypt (RFC 7914, the standard library's), as ``scrypt$<log2 n>$<r>$<p>$<salt b64>$<key b64>``: each hash carries its cost."""
     salt = os.urandom(16)
     key = hashlib.scrypt(password.encode(), salt=salt, n=2**cost, r=r, p=p, maxmem=_MAXMEM, dklen=32)
     return f"scrypt${cost}${r}${p}${_b64(salt)}${_b64(key)}"

@@ -1,12 +1,4 @@
-"""Waiting that a shutdown can always interrupt.
-
-``asyncio.wait_for(event.wait(), t)`` swallows a cancellation that arrives
-while the event is being set (Python < 3.12 returns the result instead of
-raising): a loop written around it then never ends, and a service stopping
-with SIGTERM waits for it forever. ``asyncio.wait`` has no such race, so every
-loop of the service sleeps with :func:`nap` and bounds what it awaits with
-:func:`within`.
-"""
+"""Waiting that a shutdown can always interrupt."""
 
 import asyncio
 

@@ -1,15 +1,4 @@
-"""``wod create|cleanup|reset|purge WORKSHOP STUDENTS``: one verb over a range of seats, through the REST API.
-
-What the original's ``wod-test-action.sh VERB WKSHP MIN[,MAX]`` did by mail,
-over the service's API: every seat is one operation (a RESET of a
-contiguous run is one operation over the run, as the service does it),
-submitted a few at a time and followed to its end. On a terminal a progress
-bar, otherwise one line per finished seat; then a table (seat, status, time;
-the password of a CREATE with ``--show-passwords``; the completion of a
-CLEANUP) or ``--json``. The exit status is 1 when a seat failed (they are
-named on stderr), 130 after Ctrl-C: the first stops submitting and waits
-for what runs, a second stops waiting.
-"""
+"""``wod create|cleanup|reset|purge WORKSHOP STUDENTS``: one verb over a range of seats, through the REST API."""
 
 import asyncio
 import json
@@ -213,6 +202,7 @@ def table(batch: Batch, show_passwords: bool) -> str:
 
 
 def run_command(args, client: AsyncWodClient) -> int:
+    """``wod create|cleanup|reset|purge``: the verb over every seat of ``args.students``, progress on stderr, the table or JSON on stdout; the exit status."""
     seats = parse_students(args.students)
     # Progress goes to stderr, so stdout stays the table or the JSON.
     tty = sys.stderr.isatty()

@@ -1,24 +1,4 @@
-"""``make demo``: the hub with ``jupyterhub_config.py``, one seat booked through the REST API.
-
-    python -m wod_jupyterhub.demo            # run until Ctrl-C
-    python -m wod_jupyterhub.demo --check    # book, log in once, stop: exit 0 when all worked
-
-Starts JupyterHub (which starts its proxy and the ``wod`` service), waits
-for both, books one seat with ``POST /services/wod/api/create`` using the
-portal token, then prints the student name, its password, the portal token
-and the login URL. Ctrl-C (or SIGTERM) stops the hub, which stops the
-proxy, the service and the students' servers.
-
-``WOD_SYSTEM_USERS=1`` (as root) runs it in system-users mode: the
-accounts ``student<N>`` of the configuration's range are made first
-(``wod users create``, idempotent) and every server runs as its student,
-with the Python of ``$WOD_STUDENT_PYTHON`` (``make system-users`` builds one
-every account may execute).
-
-The portal token is ``$WOD_API_TOKEN`` or one made here and handed to the
-hub. ``--state DIR`` (``$WOD_STATE_DIR``) says where the databases and homes
-go; ``--check`` uses a temporary folder and free ports unless told otherwise.
-"""
+"""``make demo``: the hub with ``jupyterhub_config.py``, one seat booked through the REST API."""
 
 import argparse
 import os

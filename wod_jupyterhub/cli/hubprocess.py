@@ -1,11 +1,4 @@
-"""A JupyterHub as a child process: started in its own process group, stopped as a group.
-
-``make demo`` (:mod:`.demo`), the tests (``tests/hubutil.py``) and the
-benchmarks start their hubs this one way. The hub runs in a new session, so
-a Ctrl-C in the terminal reaches only us and we stop the hub in order; the
-proxy and the managed services it starts share its process group, so
-:func:`stop_group` leaves none of them behind, even when the hub dies first.
-"""
+"""A JupyterHub as a child process: started in its own process group, stopped as a group."""
 
 from __future__ import annotations
 

@@ -1,14 +1,4 @@
-"""The ``wod`` command: the admin's view of the same code the service runs.
-
-Every subcommand calls the core exactly as the service does (the catalog,
-the renderer, the completion ratio), so what ``wod render`` shows is what a
-student gets. Bad input ends in one line on stderr, ``wod: error: …``, exit
-status 2, and nothing written; never a traceback.
-
-``wod service …`` and ``wod users …`` hand their arguments to the modules
-that implement them, imported only then: ``wod completion`` must not pay for
-the service's imports.
-"""
+"""The ``wod`` command: the admin's view of the same code the service runs."""
 
 import argparse
 import importlib
@@ -466,6 +456,7 @@ def _delegate(name: str, argv: list[str]) -> int:
 
 
 def main(argv=None) -> int:
+    """The ``wod`` command: parse ``argv`` (``sys.argv[1:]`` by default), run the subcommand; the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     # Handed over whole: their options are theirs, argparse must not read them.
     if argv and argv[0] in DELEGATES:

@@ -1,22 +1,4 @@
-"""``wod check``: does a workshop render, are its notebooks valid, and do they run?
-
-For each workshop asked for: render it for a scratch seat (the first seat
-of its range, in a temporary students folder, with the configured
-variables and a made-up password: the documented variables, no hooks),
-validate every rendered notebook against the nbformat schema and, with
-``execute``, run every notebook in a real kernel with nbclient, in its own
-folder, each cell with a timeout. The kernel is the one the notebook's
-kernelspec names; a kernel that is not installed here is reported as such
-(``no-kernel``), not as a failure of the workshop: a CI job without, say,
-the Rust kernel still tests the Python notebooks. Per notebook: the code
-cells run and the first failing cell with its error.
-
-Workshops are the admins' content: their notebooks run as the user running
-the check (in the service: the service's user), never as a student.
-
-A report is a dict (``--json`` prints it); :func:`exit_status` turns it into
-the exit status CI wants: 0 every workshop passed, 1 one failed.
-"""
+"""``wod check``: does a workshop render, are its notebooks valid, and do they run?"""
 
 import os
 import shutil
@@ -199,10 +181,12 @@ def check(wod, names: list[str] | None, *, execute: bool = False, timeout: float
 
 
 def exit_status(report: dict) -> int:
+    """0 when every workshop of ``report`` passed, else 1."""
     return 0 if report["ok"] else 1
 
 
 def format_report(report: dict) -> str:
+    """``report`` as the lines ``wod check`` prints: each workshop, its problems, each notebook and its first failure."""
     lines = []
     for ws in report["workshops"]:
         lines.append(f"{ws['workshop']}: {ws['status'].upper()}" + (f" (seat {ws['student']})" if ws["student"] else ""))

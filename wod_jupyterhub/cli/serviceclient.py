@@ -1,14 +1,4 @@
-"""The ``wod`` command's client of the service's REST API: where the service is, with which token.
-
-The service answers under the hub's public URL at ``/services/wod/``. The
-URL is ``--url``, else ``$WOD_URL``, else the hub's public URL read from the
-``jupyterhub_config.py`` of the current folder (``c.JupyterHub.bind_url``,
-or ``ip``/``port``/``base_url``). The token is ``--token``, else
-``$WOD_API_TOKEN``; its owner needs ``custom:wod:operate`` for the verbs and
-``custom:wod:read`` for reads.
-
-Core: imports neither the hub nor the service.
-"""
+"""The ``wod`` command's client of the service's REST API: where the service is, with which token."""
 
 import contextlib
 import io
@@ -72,6 +62,7 @@ def resolve_url(url: str | None = None, cwd: str | None = None) -> str:
 
 
 def resolve_token(token: str | None = None) -> str:
+    """The API token: ``token``, else ``$WOD_API_TOKEN``; a ``BadRequest`` that says how to give one when neither is set."""
     token = token or os.environ.get("WOD_API_TOKEN", "")
     if not token:
         raise BadRequest("no API token: give --token TOKEN or set $WOD_API_TOKEN (a token with the scope custom:wod:operate or custom:wod:read)")
@@ -133,6 +124,7 @@ class WodClient:
 
 
 class AsyncWodClient:
+    """The service's REST API over httpx with a bounded number of requests at once (``wod create`` and friends)."""
     def __init__(self, url: str, token: str, timeout: float = 60, concurrency: int = 8):
         self.url = url
         self._http = httpx.AsyncClient(

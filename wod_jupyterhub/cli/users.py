@@ -1,20 +1,4 @@
-"""``wod users create``: the Linux accounts ``student<N>`` that ``c.Wod.system_users`` runs servers as.
-
-Account ``student<N>`` gets uid and gid ``uid_base + N``, its own group,
-``/bin/bash`` and the seat's home (``<students_root>/student<N>``) as its
-home directory; the home itself is made by the service at CREATE. Existing
-accounts with the expected uid are left alone, so the command can be run
-again after widening the range; an account with another uid is an error
-(nothing is changed). All of them are written in one locked batch
-(``accounts.py`` says why not ``useradd``): 2,000 accounts take a fraction
-of a second. ``--hub-users`` creates the hub's users of the range too.
-Needs root, like ``useradd``.
-
-The accounts are also refused ``cron`` and ``at`` (their names in
-``/etc/cron.deny`` and ``/etc/at.deny``): a job a participant left would
-run as ``student<N>`` during the next participant's session. (The wipe of
-a seat removes spooled jobs too; the refusal means there are none.)
-"""
+"""``wod users create``: the Linux accounts ``student<N>`` that ``c.Wod.system_users`` runs servers as."""
 
 import argparse
 import os
@@ -29,6 +13,7 @@ from .tables import progress_bar
 
 
 def load_wod(config_file: str | None) -> Wod:
+    """The ``c.Wod`` settings of ``config_file`` (a ``jupyterhub_config.py``), or the defaults without one; a ``BadRequest`` if it is missing."""
     from traitlets.config import Config
     from traitlets.config.loader import PyFileConfigLoader
 

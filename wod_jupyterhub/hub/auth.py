@@ -1,11 +1,4 @@
-"""``WodAuthenticator``: pooled ``student<N>`` accounts log in with the password the service rotated last.
-
-Enable with ``c.JupyterHub.authenticator_class = "wod"``. The shared
-settings (``c.Wod.db_url``, the student range …) come from :class:`Wod`;
-the options below are this authenticator's own.
-
-How a session ends when the seat changes hands: see :mod:`wod_jupyterhub.sessions`.
-"""
+"""``WodAuthenticator``: pooled ``student<N>`` accounts log in with the password the service rotated last."""
 
 import asyncio
 import math
@@ -153,7 +146,7 @@ class WodAuthenticator(Authenticator):
 
         JupyterHub calls ``refresh_user`` when the last check of a user is
         older than this. The default checks on practically every request
-        to the hub (one primary-key read, ~0.3 ms): with a whole second, a
+        to the hub (one primary-key read): with a whole second, a
         CLEANUP and a CREATE that finish within it would leave the
         previous participant's cookie working until the next check. 0
         disables the checks, and with them the end of old sessions.
@@ -219,7 +212,7 @@ class WodAuthenticator(Authenticator):
         # each admin's (admins' hashes cost far more). Every refusal checks the
         # password once at each of these costs, whatever the name, so neither
         # the time nor the work of a refusal tells an admin name from a
-        # student's or from nobody's (item 11 of issue 8: 131 ms against 5.6).
+        # student's or from nobody's (bench/login_refusal.py measures it).
         self._dummies = {}
         students = f"scrypt${self.wod.password_hash_cost}$8$1$"
         for stored in [students] + sorted(self.admin_password_hashes.values()):
@@ -282,9 +275,8 @@ class WodAuthenticator(Authenticator):
 
         A student's password at a cheap hash cost, nothing throttled, is
         checked where it arrives when the wod database is the local SQLite
-        file: its read and the 0.05 ms hash cost less than a thread's
-        hand-off. In a burst of 50 logins a thread's check took 1.7-4.6 ms,
-        mostly waiting for the GIL the loop held, against 0.6 ms inline. On
+        file: its read and the cheap hash cost less than a thread's hand-off,
+        which in a burst of logins mostly waits for the GIL the loop holds. On
         PostgreSQL the read waits on the network, which is what the thread is
         for. Everything else (the rest of a refusal, which hashes at every cost
         in use and counts the failure; an admin's costly hash; a throttled

@@ -1,10 +1,4 @@
-"""The address a login comes from: the TCP peer, or what the trusted proxies in front of the hub saw.
-
-The hub runs tornado with ``xheaders=True``, which takes ``X-Real-Ip`` (or
-the last ``X-Forwarded-For`` entry) from any client: a guesser could name a
-new address on every try. Only entries appended by trusted proxies are
-believed here. This module is core: it imports nothing from the hub process.
-"""
+"""The address a login comes from: the TCP peer, or what the trusted proxies in front of the hub saw."""
 
 import ipaddress
 

@@ -1,9 +1,4 @@
-"""What the hub parts use of JupyterHub beyond its documented extension points, in one place.
-
-The login cookie's ``cookie_id``, the hub's ``APIToken`` rows, its database session and its
-users in memory, a hub ``User``'s spawners. A JupyterHub upgrade that changes one of them breaks
-here, and ``tests/hub/test_internals.py`` checks each against the installed JupyterHub.
-"""
+"""What the hub parts use of JupyterHub beyond its documented extension points, in one place."""
 
 from jupyterhub import orm
 from jupyterhub.utils import new_token

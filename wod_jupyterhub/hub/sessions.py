@@ -1,44 +1,4 @@
-"""A hub login session ends when its seat changes hands: the seat generation in the hub's ``cookie_id``.
-
-The hub's login cookie holds nothing but the user's ``orm.User.cookie_id``
-(signed); a cookie is valid while that value matches the row. So the
-generation of the seat a session was opened under is written into the
-``cookie_id`` itself (``wodg<generation>.<random token>``), in the hub's own
-database. Whenever the hub sees that ``Student.generation`` (bumped by the
-service on every CREATE, CLEANUP, PURGE and RESET) differs from the one in
-the ``cookie_id``, it draws a new ``cookie_id``: every cookie issued before
-stops matching, in every browser at once, and the user must log in again
-with the new participant's password. The same step deletes the tokens the
-previous holder could still use (OAuth tokens behind the server's cookie,
-tokens made on the token page), keeping only running servers' own tokens,
-which the service ends by stopping the server.
-
-``WodAuthenticator`` does it in three places:
-
-- ahead, every ``session_sweep_interval`` seconds, for the seats that changed
-  hands since (:func:`changed_hands`), all in one commit: so the first login
-  of a class writes nothing (a write per login cost a room's burst 1.8 ms of
-  the hub's one thread each);
-- in ``authenticate``, before the hub sets the new participant's cookie, for a
-  seat that changed hands since the last sweep;
-- in ``refresh_user``, which the hub calls at most every ``auth_refresh_age``
-  seconds (practically every request here, a primary-key read) for each user
-  making requests, returning False so the old cookie gets the login page.
-  ``refresh_user`` alone could not do it: it is asked about a user, not a
-  cookie, so it cannot tell the old participant's cookie from the new one's;
-  the ``cookie_id`` can.
-
-Keeping the generation in the hub's database (not in memory) means a hub
-restart neither logs everyone out nor forgets a change. The service, for its
-part, stops the server and revokes the user's tokens through the hub API when
-the seat changes hands.
-
-The login cookie's lifetime is the hub's ``c.JupyterHub.cookie_max_age_days``
-(checked against the signed timestamp in the cookie on every request; also
-the default lifetime of the OAuth tokens behind the servers' cookies), set
-to the length of a workshop in ``jupyterhub_config.py``: 4 hours
-(``4 / 24``), not JupyterHub's two weeks.
-"""
+"""A hub login session ends when its seat changes hands: the seat generation in the hub's ``cookie_id``."""
 
 import asyncio
 

@@ -1,23 +1,4 @@
-"""``WodSpawner``: each student's server runs in its seat's home and opens the workshop's ReadMeFirst.
-
-Enable with ``c.JupyterHub.spawner_class = "wod"``. Built on JupyterHub's
-``LocalProcessSpawner``; two modes, chosen by ``c.Wod.system_users``:
-
-- system users: the server runs as the Linux account ``student<N>`` (uid and
-  gid ``uid_base + N``, made by ``wod users create``), as the original did;
-- single-user mode (the default): every server runs as the hub's own user,
-  with ``HOME`` set to the seat's home. For demos, tests and containers.
-  When that user is root, jupyter-server needs ``--allow-root`` (without it
-  JupyterHub only reports a 500 ``InvalidStateError``).
-
-With ``c.Wod.cgroups`` (the default in system-users mode) the server runs in
-its seat's control group, which enforces JupyterHub's ``mem_limit`` and
-``cpu_limit`` and this spawner's ``pids_limit`` on the server and all it
-starts (``LocalProcessSpawner`` alone only passes them on as variables).
-
-Each step is a small method, so a deployment can override one of them
-(oauthenticator style) without copying the rest.
-"""
+"""``WodSpawner``: each student's server runs in its seat's home and opens the workshop's ReadMeFirst."""
 
 import asyncio
 import os

@@ -1,15 +1,4 @@
-"""Failed logins, counted in the shared database (a hub restart forgets nothing).
-
-``WodAuthenticator`` asks :class:`LoginThrottle` which keys a login counts
-against (the name and address pair, the name, the address), whether one of
-them is locked, and records failures. The rules (see ``locks``): only a
-locked pair refuses; a locked name or address makes every pair that fails
-during it wait as long, and a locked name hears one try per
-``locked_name_interval`` from addresses that have not failed, so rotating
-addresses buys one guess per interval.
-
-Core module: imports nothing of the hub or the service.
-"""
+"""Failed logins, counted in the shared database (a hub restart forgets nothing)."""
 
 import datetime
 import math

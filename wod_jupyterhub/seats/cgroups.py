@@ -1,19 +1,4 @@
-"""One control group per seat: the hub puts a student's server in it, limited; a CLEANUP kills all of it.
-
-A seat's group is ``<parent>/student<N>`` under each controller (cgroup v1:
-``<root>/memory/wod/student3``, ``<root>/cpu/wod/student3`` …; cgroup v2:
-``<root>/wod/student3``). Everything the server starts, and everything that
-forks from it, stays in the group: the kernel cannot leave it without root.
-So memory, CPU and the number of processes hold for the whole seat, and a
-kill through the group (v1: freeze, SIGKILL each member, thaw; v2:
-``cgroup.kill``) leaves nothing behind whatever the student forks.
-
-:func:`detect` looks at what the host offers and says what is *not*
-enforced and why (no root, a container without delegation, a controller
-not mounted); nothing here raises for a host without control groups. The
-limits themselves are built by :mod:`wod_jupyterhub.limits`. This module is
-core: it imports nothing from the hub.
-"""
+"""One control group per seat: the hub puts a student's server in it, limited; a CLEANUP kills all of it."""
 
 from __future__ import annotations
 

@@ -1,20 +1,4 @@
-"""The completion ratio measured in worker processes: bounded memory and time, never in the caller.
-
-Parsing a student's notebooks costs memory many times their size and, in a
-thread, holds the GIL of the process that runs it: the hub's event loop
-stalled 1.2 s on a 77 MiB notebook, and a 99 MiB one of ``[{},{},…]`` took
-2.6 GB. So the service and the hub hand :func:`measure` a folder and get the
-ratio back from a worker process that limits its own address space
-(``RLIMIT_AS``) before it reads anything and is killed past a timeout.
-
-Workers are kept between calls (a few per process, one request at a time
-each, over a pipe): starting a Python per seat cost ~45 ms, a hundred
-CLEANUPs several seconds of CPU. A worker that ran out of memory, timed out
-or broke its answer is not reused. What goes wrong in a worker is reported
-as the result's ``error`` with a ratio of 0, never raised.
-
-This module is core: it imports nothing from the hub process.
-"""
+"""The completion ratio measured in worker processes: bounded memory and time, never in the caller."""
 
 import json
 import os
@@ -137,6 +121,7 @@ def measure(path, *, notebooks=None, relative_to=None, max_notebook_bytes: int =
 
 
 def failed(message: str) -> dict:
+    """The result of a measure that could not be made: no ratio, and ``message`` saying why."""
     return {"ratio": 0, "executed": 0, "total": 0, "notebooks": [], "error": message}
 
 

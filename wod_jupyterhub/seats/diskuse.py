@@ -1,15 +1,4 @@
-"""How much disk each held seat's home uses, measured while the service is idle.
-
-Filesystem quotas would refuse the write that crosses a limit; they need a
-filesystem mounted with them (``usrquota``/``prjquota``), which a backend
-cannot assume. This measures instead: while the service has nothing to run,
-it sizes the homes of the seats in use with ``du`` (iterative, never follows
-a link, stays on the home's filesystem, a C walk that a 3,000-deep tree or a
-million small files do not break), one home at a time at the lowest CPU
-and I/O priority, warns once when a home passes ``c.Wod.home_size_limit``,
-and ``api/students/{N}`` shows the last figure. Core: imports nothing from
-the hub.
-"""
+"""How much disk each held seat's home uses, measured while the service is idle."""
 
 from __future__ import annotations
 

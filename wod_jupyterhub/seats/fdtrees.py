@@ -1,15 +1,4 @@
-"""Trees a student may have shaped: erase, hand over and measure them by descriptor, without recursion.
-
-A student controls every name in their home: folders 3,000 deep, symlinks
-where folders were, names swapped while we work. Everything here therefore
-opens each folder relative to its parent's descriptor with
-``O_NOFOLLOW | O_DIRECTORY`` (a symlink is never followed: it is removed or
-handed over as the link it is) and keeps its own work list instead of
-recursing, with a bounded number of descriptors open: depth raises no
-``RecursionError`` and exhausts no descriptor table.
-
-Core module: imports nothing of the hub or the service.
-"""
+"""Trees a student may have shaped: erase, hand over and measure them by descriptor, without recursion."""
 
 import os
 import stat

@@ -1,27 +1,4 @@
-"""What a student's uid leaves outside its home, found and removed when the seat changes hands.
-
-A participant can leave more than files in their home: files in the shared
-temporary folders (``/tmp``, ``/var/tmp``, ``/dev/shm``, POSIX message
-queues), System V IPC objects (shared memory, semaphores, message queues),
-a crontab or ``at`` jobs (which would run as ``student<N>`` during the next
-participant's session), a mailbox. :func:`remove_leftovers` removes all of
-them for one uid; its processes are :mod:`processes`'s job, done before this.
-
-Nothing here raises out of a removal: a neighbour who races names in a
-folder they can write (``Directory not empty``, a name swapped away) fails
-that one entry, which is listed with its error in ``problems``, and the
-rest goes on. A cleanup that raised would leave the seat ``cleaning``.
-
-Removal is safe against a student who shaped these places: the temporary
-folders are walked by descriptor without following any link, a folder is
-entered only when the uid could have written into it (its own, or writable
-by all or by its group; below ``/tmp`` itself only when root owns it or it
-is sticky, since elsewhere another student may rename anything under us),
-and what belongs to the uid is erased by
-:func:`fdtrees.erase_tree` relative to that descriptor.
-
-Core module: imports nothing of the hub or the service.
-"""
+"""What a student's uid leaves outside its home, found and removed when the seat changes hands."""
 
 import ctypes
 import ctypes.util

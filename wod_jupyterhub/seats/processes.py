@@ -1,22 +1,4 @@
-"""Ending what a student left running on this machine (their processes), when a seat is wiped.
-
-Every process of the seat's uid is killed, until none is left.
-
-One pass over ``/proc`` misses a process that keeps forking: each child
-gets a pid the pass has already read past. So the kill is done by the uid
-itself: a child process set to the student's uid calls ``kill(-1, SIGKILL)``,
-which the kernel delivers, in one walk of its task list, to every process
-the caller may signal (those whose real or saved uid is the student's),
-except the caller. Then ``/proc`` is read again, and the whole is repeated
-until no live process of the uid is left (a zombie is dead already; its
-parent, or init, reaps it). A process whose only tie to the uid is its
-effective uid (a setuid program of the student's run by someone else) is
-out of ``kill(-1)``'s reach and gets its SIGKILL from us by pid. The seat's
-control group (the fair-share work) may kill first; this stays the
-guarantee, exact for a uid.
-
-Core module: imports nothing of the hub or the service.
-"""
+"""Ending what a student left running on this machine (their processes), when a seat is wiped."""
 
 import os
 import signal

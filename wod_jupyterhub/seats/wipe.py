@@ -1,21 +1,4 @@
-"""Wiping a seat for its next participant: its processes, its home, what its uid left elsewhere.
-
-The order matters. The processes go first, whatever the rest does (those
-of the seat's control group, then any left to its uid): a
-home the erase cannot finish (or a hook that failed before) must not leave
-a participant's programs running into the next session, and once they are
-gone nothing can write into the home or the temporary folders while they
-are cleared. Then the home (unless the workshop keeps it for its RESET),
-then the uid's files in the shared temporary folders, its IPC objects and
-spooled jobs. Processes and leftovers exist only in system-users mode:
-otherwise every server runs as the hub's own user, which nothing may kill.
-
-A kept home is measured first: one over ``c.Wod.home_size_limit`` is
-erased all the same (the seat stays kept), so a participant cannot keep
-the homes' disk filled until the workshop's RESET.
-
-Core module: imports nothing of the hub or the service.
-"""
+"""Wiping a seat for its next participant: its processes, its home, what its uid left elsewhere."""
 
 from __future__ import annotations
 

@@ -1,13 +1,4 @@
-"""The service's admin endpoints: ``GET api/status`` and the workshop self-test ``api/check``.
-
-``GET api/status[?workshop=]`` (read scope): :func:`overview.overview`
-plus, per active seat, whether its server runs (one hub call for all) and
-this process's own counters. ``POST api/check`` (operate scope) runs ``wod
-check`` in a child process -- notebooks run in kernels of their own, never
-in the service -- and keeps its report as a JSON file in
-``c.WodService.checks_dir``: ``GET api/checks`` lists them, ``GET
-api/checks/{id}`` reads one.
-"""
+"""The service's admin endpoints: ``GET api/status`` and the workshop self-test ``api/check``."""
 
 import asyncio
 import contextlib
@@ -195,6 +186,7 @@ class CheckReportHandler(BaseHandler):
 
 
 def routes(prefix: str) -> list:
+    """The admin endpoints' Tornado routes under ``prefix``."""
     p = re.escape(prefix)
     return [
         (rf"{p}api/status", StatusHandler),

@@ -1,18 +1,4 @@
-"""The ``wod`` service: the REST API the portal calls, as a JupyterHub managed service.
-
-The hub starts it from its ``c.JupyterHub.services`` entry::
-
-    python -m wod_jupyterhub.service --config jupyterhub_config.py
-
-It reads the same ``jupyterhub_config.py`` as the hub (``c.Wod.*`` shared
-settings, ``c.WodService.*`` its own, ``c.WodOperations.*`` the verbs,
-``c.WodHooks.*`` the hooks, ``c.WodPortal.*`` the callbacks),
-listens on ``$JUPYTERHUB_SERVICE_URL`` and serves under
-``$JUPYTERHUB_SERVICE_PREFIX`` (``/services/wod/``). Callers authenticate with
-a JupyterHub API token; the token's owner needs the custom scope
-``custom:wod:operate`` for the verbs and ``custom:wod:read`` (or operate)
-for reads.
-"""
+"""The ``wod`` service: the REST API the portal calls, as a JupyterHub managed service."""
 
 import asyncio
 import logging
@@ -61,7 +47,21 @@ class WodService(Application):
     """The wod service: REST API, durable operations, portal callbacks."""
 
     name = "wod-service"
-    description = __doc__
+    description = """The `wod` service: the REST API the portal calls, as a JupyterHub managed service.
+
+    The hub starts it from its `c.JupyterHub.services` entry::
+
+        python -m wod_jupyterhub.service --config jupyterhub_config.py
+
+    It reads the same `jupyterhub_config.py` as the hub (`c.Wod.*` shared
+    settings, `c.WodService.*` its own, `c.WodOperations.*` the verbs,
+    `c.WodHooks.*` the hooks, `c.WodPortal.*` the callbacks),
+    listens on `$JUPYTERHUB_SERVICE_URL` and serves under
+    `$JUPYTERHUB_SERVICE_PREFIX` (`/services/wod/`). Callers authenticate with
+    a JupyterHub API token; the token's owner needs the custom scope
+    `custom:wod:operate` for the verbs and `custom:wod:read` (or operate)
+    for reads.
+    """
     version = __version__
     classes = [Wod, WodHooks, WodOperations, WodPortal, WodMail]
     aliases = {
@@ -205,7 +205,7 @@ class WodService(Application):
         self.hub_oauth = make_oauth()
         # Workshop templates render in this process: once the secrets are read
         # (the sealing key, the portal's password), the environment a template
-        # escape could print holds none of them (issue 8 #9).
+        # escape could print holds none of them.
         _ = self.portal.password
         drop_secrets(os.environ)
 
@@ -371,6 +371,7 @@ def _safe_url(url: str) -> str:
 
 
 def main(argv=None):
+    """Run the service with ``argv`` (the command line by default) until it is stopped."""
     app = WodService()
     app.initialize(argv)
     app.start()

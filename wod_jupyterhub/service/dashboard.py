@@ -1,14 +1,4 @@
-"""The admins' dashboard at ``/services/wod/``: one HTML page that refreshes itself from ``dashboard/data``.
-
-Browsers log in with the hub's OAuth (``HubOAuthenticated``): the hub sends
-them back with a token whose scopes must include ``custom:wod:read`` (or
-operate) -- give the service ``oauth_client_allowed_scopes:
-["custom:wod:read"]`` and the admins a role with that scope. Anyone else
-gets 403; an anonymous browser goes to the hub's login. The page is plain
-HTML and a little vanilla JavaScript (``templates/dashboard.html``): no
-build step; every value it shows is set as text, never as markup, since a
-customer id is whatever the portal was sent.
-"""
+"""The admins' dashboard at ``/services/wod/``: one HTML page that refreshes itself from ``dashboard/data``."""
 
 import html
 import re
@@ -93,6 +83,7 @@ class OAuthCallbackHandler(HubOAuthCallbackHandler):
 
 
 def routes(prefix: str) -> list:
+    """The dashboard's Tornado routes under ``prefix``: the page, its data and the OAuth callback."""
     p = re.escape(prefix)
     return [
         (rf"{p}", DashboardHandler),

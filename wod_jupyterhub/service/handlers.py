@@ -1,10 +1,4 @@
-"""The REST handlers of the ``wod`` service (the application that serves them: ``service.py``).
-
-The verbs' handler hands each request to the engine: ``VerbHandler.post`` →
-``Engine.submit`` (``operations/engine.py``), which runs ``VERBS[verb]``
-(``operations/verbs.py``). The request fields of each verb come from the
-OpenAPI document (``openapi.json``), the one place they are written.
-"""
+"""The REST handlers of the ``wod`` service (the application that serves them: ``service.py``)."""
 
 import asyncio
 import json
@@ -26,6 +20,7 @@ OP_ID = re.compile(r"[0-9a-f]{32}")  # fullmatch: "$" would let a final newline 
 
 class BaseHandler(web.RequestHandler):
     #: scopes any one of which lets a caller in; None: no token needed
+    """What every handler of the service shares: the token check against ``scopes``, JSON bodies, errors as JSON with a sentence."""
     scopes: tuple | None = (SCOPE_READ, SCOPE_OPERATE)
 
     @property
@@ -139,6 +134,7 @@ VERB_FIELDS = verb_fields(OPENAPI)
 
 @web.stream_request_body
 class VerbHandler(BaseHandler):
+    """``POST api/<verb>``: submit CREATE, CLEANUP, RESET or PURGE; answer at once or, with ``?wait=``, once it ended."""
     scopes = (SCOPE_OPERATE,)
 
     def initialize(self, verb):
@@ -231,6 +227,7 @@ class VerbHandler(BaseHandler):
 
 
 class OperationHandler(BaseHandler):
+    """``GET api/operations/<id>``: one operation and its journal."""
     async def get(self, op_id):
         if not OP_ID.fullmatch(op_id):
             raise NotFound(f"There is no operation {op_id!r}.")
@@ -238,6 +235,7 @@ class OperationHandler(BaseHandler):
 
 
 class OperationsHandler(BaseHandler):
+    """``GET api/operations``: the latest operations, filtered by student, verb or status."""
     async def get(self):
         student = self.int_argument("student", low=0, high=10**9)
         limit = self.int_argument("limit", 100, low=1, high=1000)
@@ -252,6 +250,7 @@ class OperationsHandler(BaseHandler):
 
 
 class StudentHandler(BaseHandler):
+    """``GET api/students/<N>``: a seat, its holder, its disk use and resources, and its server as the hub sees it."""
     async def get(self, number):
         n = int(number)
         data = self.views.student_json(n)
@@ -278,18 +277,21 @@ class StudentHandler(BaseHandler):
 
 
 class WorkshopsHandler(BaseHandler):
+    """``GET api/workshops``: the catalog."""
     async def get(self):
         # Reading every wod.yml (when the cache is stale) and building the answer happen off the event loop.
         self.send({"workshops": await asyncio.to_thread(lambda: self.app.catalog.get().to_json())})
 
 
 class WorkshopHandler(BaseHandler):
+    """``GET api/workshops/<name>``: one workshop of the catalog."""
     async def get(self, name):
         ws, _, _ = await asyncio.to_thread(self.app.catalog.workshop, name)
         self.send(ws.to_json())
 
 
 class OpenAPIHandler(BaseHandler):
+    """``GET api/openapi.json``: the API's document, without a token."""
     scopes = None
 
     async def get(self):
@@ -297,6 +299,7 @@ class OpenAPIHandler(BaseHandler):
 
 
 class HealthHandler(BaseHandler):
+    """``GET health``: whether the database answers, and what runs (operations, warm-up, preparation, mail), without a token."""
     scopes = None
 
     async def get(self):
@@ -323,6 +326,7 @@ class HealthHandler(BaseHandler):
 
 
 class MetricsHandler(BaseHandler):
+    """``GET metrics``: the Prometheus metrics."""
     def set_default_headers(self):
         self.set_header("Cache-Control", "no-store")
 
@@ -335,6 +339,7 @@ class MetricsHandler(BaseHandler):
 
 
 class NotFoundHandler(BaseHandler):
+    """Any other path: a 404 in JSON with a sentence."""
     scopes = None
 
     def prepare(self):

@@ -1,12 +1,4 @@
-"""The appliance hooks: ``create-``, ``post-copy-``, ``cleanup-`` and ``reset-<WKSHP>.sh``.
-
-A hook is an executable file in one of the ``Wod.scripts`` folders; every
-folder's copy runs, public first then private, as the original's did. It runs
-without a shell (request data never meets shell parsing), in its own process
-group so that a timeout ends its children too, with the environment of
-DESIGN.md "Hooks". Its output is kept on the operation step; a non-zero exit
-or a timeout fails the operation with that output.
-"""
+"""The appliance hooks: ``create-``, ``post-copy-``, ``cleanup-`` and ``reset-<WKSHP>.sh``."""
 
 import asyncio
 import ipaddress
@@ -95,6 +87,7 @@ class WodHooks(LoggingConfigurable):
         return base
 
     def environment(self, *, kind, workshop_name, student, customer, challenge, target, vars_file) -> dict:
+        """What a hook sees: a few of the service's variables, then STDID, WORKSHOP, CHALLENGE, CUSTOMER, WODRTARGET, WOD_VARS_FILE, WOD_HOOK."""
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "HOME", "TZ")}
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         env.update(

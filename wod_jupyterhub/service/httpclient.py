@@ -1,20 +1,4 @@
-"""The service's HTTP client, for its calls to the hub's REST API and to the portal.
-
-On aiohttp, which JupyterHub itself requires. Measured on loopback (200 PUTs,
-8 at a time, keep-alive): httpx spent 1.4 ms of CPU per request, aiohttp
-0.15 ms, and a burst of 100 CREATEs makes about 300 such calls, a CLEANUP
-burst 700: a tenth of a CREATE's CPU went to the HTTP client alone. The
-command-line client (``client.py``) keeps httpx: one call at a time, where
-that cost is nothing.
-
-What the callers see: ``await client.request(...)`` answers a
-:class:`Response` (``status_code``, ``text``, ``json()``) whatever the
-status, like httpx; no answer at all raises :class:`HTTPError`, whose
-message says what happened in words (``ConnectError: cannot connect to
-…``, ``Timeout: no answer within 30 s``). Redirects are not followed. The
-environment's proxies (``HTTP_PROXY``, ``HTTPS_PROXY``, ``NO_PROXY``) are
-honoured, as httpx honoured them.
-"""
+"""The service's HTTP client, for its calls to the hub's REST API and to the portal."""
 
 import asyncio
 import json as _json

@@ -1,11 +1,4 @@
-"""A small async client for the JupyterHub REST API, with the service's own token.
-
-The service manages the hub users ``student<N>`` through it: makes sure the
-user exists, stops and starts its server, and revokes every token issued to
-it when the seat changes hands. The hub grants the service the scopes
-``admin:users`` (create users), ``servers`` (start, stop, read servers) and
-``tokens`` (list and revoke a user's tokens).
-"""
+"""A small async client for the JupyterHub REST API, with the service's own token."""
 
 import asyncio
 import logging
@@ -21,6 +14,7 @@ class HubAPIError(Exception):
 
 
 class HubAPI:
+    """The service's client of the hub's REST API (users, servers, tokens), with its own token and a few calls at once."""
     def __init__(self, api_url: str | None = None, token: str | None = None, timeout: float = 30, log=None, concurrency: int = 8):
         self.api_url = (api_url or os.environ.get("JUPYTERHUB_API_URL", "")).rstrip("/")
         self.token = token or os.environ.get("JUPYTERHUB_API_TOKEN", "")

@@ -1,9 +1,4 @@
-"""Every Prometheus metric of the ``wod`` service, in one registry (served at ``/metrics``).
-
-Counters and the duration histogram are observed when their event happens
-(a request accepted, an operation ended or taken over), never rebuilt from
-lists at scrape time; the gauges are read at scrape time from their source.
-"""
+"""Every Prometheus metric of the ``wod`` service, in one registry (served at ``/metrics``)."""
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy import func, select

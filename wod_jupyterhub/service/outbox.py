@@ -1,30 +1,4 @@
-"""The mechanics of a durable outbox, whatever it delivers and to whom.
-
-A message is a row written in the caller's transaction, so the step that
-causes it and the message commit together. This module knows the columns
-such a table has (``key``, ``attempts``, ``next_attempt``, ``delivered``,
-``failed``, ``last_error``, ``lease_owner``, ``lease_expires``; see
-:class:`~wod_jupyterhub.store.OutboxMessage`) and nothing of what is sent:
-
-* :class:`OutboxQueue`: the table side. Only the oldest pending message of a
-  key (its *head*) is ever handed out, so a key's messages go in the order
-  they were enqueued. A head is claimed with a lease (a conditional
-  ``UPDATE`` on ``lease_owner``/``lease_expires``, atomic on PostgreSQL's row
-  lock and SQLite's single writer), so several processes on one database
-  never send one message at the same time. A crashed holder's lease is taken
-  over at once when it ran on this host (see :mod:`~wod_jupyterhub.owners`);
-  on another host it expires (clocks must agree within ``LEASE_MARGIN``).
-  Then the message is marked delivered, refused for good (``failed``, kept
-  for the admin) or retried later.
-* :func:`backoff`: exponential back-off with jitter.
-* :class:`DeliveryLoop`: passes until cancelled, woken by :meth:`~DeliveryLoop.notify`
-  after a commit, by a poll, or when a message falls due; it backs off while
-  passes fail and prunes old rows now and then.
-* :class:`Transient` / :class:`Rejected`: what a sender raises for "not now"
-  and "never".
-
-The portal's callbacks (:mod:`~wod_jupyterhub.portal`) are its first user.
-"""
+"""The mechanics of a durable outbox, whatever it delivers and to whom."""
 
 import asyncio
 import datetime

@@ -1,14 +1,4 @@
-"""What an admin wants to see of a class at a glance, read from the database (pure reads, core).
-
-:func:`overview` feeds ``GET api/status`` (and so ``wod status``) and the
-dashboard: seats by state per workshop with its capacity, the active seats,
-the running, failed and recent operations with their journal, the
-distribution of the last completions per workshop, the callback outbox
-backlog, the mail relay's backlog (participant mails for the smarthost)
-and the logins locked by the throttle. A few aggregate queries,
-whatever the number of seats: the dashboard refreshes itself every few
-seconds.
-"""
+"""What an admin wants to see of a class at a glance, read from the database (pure reads, core)."""
 
 import datetime
 

@@ -1,10 +1,4 @@
-"""The database the hub parts and the service share (SQLAlchemy 2.0).
-
-The schema is owned by Alembic migrations (``wod_jupyterhub/migrations``);
-:meth:`Store.upgrade` brings any database to the newest revision and is safe
-to call from several processes at once. Times are naive UTC, because SQLite
-keeps no time zone and both databases must read alike.
-"""
+"""The database the hub parts and the service share (SQLAlchemy 2.0)."""
 
 import datetime
 import logging
@@ -74,6 +68,7 @@ class Status:
 
 
 class Base(DeclarativeBase):
+    """The declarative base of every table of the wod database."""
     pass
 
 
@@ -129,8 +124,7 @@ def update_seat(conn, number: int, *, new_generation: bool = False, **values) ->
 
     One Core UPDATE whose SET comes from the names of ``values``. Every
     operation writes its seat two or three times, and an ORM object (a get,
-    then a flush) cost five times the statement (1.4 ms against 0.26 per
-    transaction on SQLite).
+    then a flush) costs several times the statement.
     """
     conn.execute(_SET_SEAT_NEW_GENERATION if new_generation else _SET_SEAT, {"seat_number": number, **values})
 
@@ -368,7 +362,7 @@ class Store:
 
         Core selects on one connection, no ORM objects: this runs for every
         login of a room arriving at once, and the ORM's unit of work holds the
-        GIL the hub's event loop needs (0.55 ms against 0.15 here). The hub's
+        GIL the hub's event loop needs. The hub's
         session checks (``refresh_user``, on practically every request) read
         the seat through it too, with no ``throttle_keys``.
         """

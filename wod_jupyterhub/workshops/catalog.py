@@ -1,11 +1,4 @@
-"""The workshop catalog: every ``WKSHP-*`` folder of the notebooks roots and its ``wod.yml``.
-
-Real ``wod.yml`` files are hand-written and were read by a lenient tool in
-the original (a tab after a colon, a range written ``[a-b]``): those are
-accepted; anything else is reported as a *problem* of that workshop, never
-raised, so one broken folder never hides the others. This module is core:
-it imports nothing from the hub process.
-"""
+"""The workshop catalog: every ``WKSHP-*`` folder of the notebooks roots and its ``wod.yml``."""
 
 from __future__ import annotations
 

@@ -1,15 +1,4 @@
-"""Repair a notebook the way Jupyter copes with it on load, so that it validates.
-
-Real workshop notebooks were saved by many tools; some fail nbformat's
-strict schema in ways Jupyter shrugs off when it opens them: an nbformat 4.5
-notebook whose cells have no ``id``, a markdown cell that carries
-``execution_count`` and ``outputs``, metadata the schema does not know.
-:func:`repair` applies nbformat's normalisation (missing and duplicate cell
-ids, invalid metadata stripped), then strips every key the schema forbids
-for a cell's type or at the top, and says what it did. A template is
-repaired once (when it is compiled), never per seat, and the repaired
-notebook must then pass full validation. Pure: no files, no state.
-"""
+"""Repair a notebook the way Jupyter copes with it on load, so that it validates."""
 
 from __future__ import annotations
 

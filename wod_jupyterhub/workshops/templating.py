@@ -1,14 +1,4 @@
-"""Templating: Jinja2 in a sandbox, and the check that a rendered notebook is still a notebook.
-
-Jinja2 with Ansible's template options (``trim_blocks``,
-``keep_trailing_newline``) so the real notebooks come out byte-identical to
-the original's Ansible path. In ``.ipynb`` files every printed value is
-escaped as JSON string content, so no value can break a notebook.
-
-This module renders one file at a time; walking and copying a workshop's
-tree is :mod:`.trees`, building a student's home is :mod:`.homes`. It is
-core: it imports nothing from the hub process.
-"""
+"""Templating: Jinja2 in a sandbox, and the check that a rendered notebook is still a notebook."""
 
 from __future__ import annotations
 
@@ -37,6 +27,7 @@ _UNDEFINED_NAME = re.compile(r"'([^']+)' is undefined|has no attribute '([^']+)'
 
 
 def is_templated(name: str) -> bool:
+    """Whether a workshop file named ``name`` is a Jinja2 template (a notebook, a text file) rather than copied as it is."""
     if name.endswith("-checkpoint.ipynb"):
         return False
     return name.endswith(TEMPLATED_SUFFIXES) or name in TEMPLATED_NAMES

@@ -1,11 +1,4 @@
-"""Workshop trees: walk a workshop's folder safely, and write it out rendered or copied.
-
-A symlink is followed only inside the notebooks root; sockets, fifos and
-devices are never copied; copies use ``sendfile`` and keep only the exec
-bit, for the owner alone (folders ``0700``, files ``0600``). :mod:`.homes`
-builds a student's home with these; :mod:`.templating` renders the
-templated files. Core: nothing from the hub process.
-"""
+"""Workshop trees: walk a workshop's folder safely, and write it out rendered or copied."""
 
 from __future__ import annotations
 
@@ -44,8 +37,8 @@ def write_tree(
     one can be the dearest part of a CREATE. On an ext4 without a journal
     (virtual machines' disks often are), the kernel skips every inode
     deleted in the last minutes when it picks a free one, one lookup each:
-    right after a class's homes were erased, a new file cost up to 0.9 ms
-    of CPU here, against 5 us on tmpfs.
+    right after a class's homes were erased, a new file costs far more CPU
+    than on tmpfs (``python -m bench.burst --profiler perf`` shows it).
     """
     src = Path(src)
     if entries is None:
@@ -92,7 +85,7 @@ def _open_placeholder(path: str) -> int | None:
     templated file is executable). Never a symlink: nobody but the service writes
     in a stage. Not opened with ``O_TRUNC``: ext4 takes a file truncated to
     nothing for one being replaced, and starts writing it to disk when it
-    is closed (``auto_da_alloc``), which cost 4 % of a CREATE's CPU.
+    is closed (``auto_da_alloc``), which a CREATE would pay for.
     """
     try:
         fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
@@ -179,6 +172,7 @@ def source_tree(src: Path, root: Path | None = None) -> list[tuple[str, str, boo
 
 
 def executable(path: str) -> bool:
+    """Whether the file at ``path`` has any execute bit."""
     return bool(os.stat(path).st_mode & 0o111)
 
 

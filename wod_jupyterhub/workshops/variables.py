@@ -1,9 +1,4 @@
-"""Template variables: what a workshop's templates may print, layered as DESIGN "Templating" says.
-
-Global ``c.Wod.variables``, then the workshop's ``variables_<WKSHP>.yml``,
-then what the create hook printed, then the seat's own (``STDID``,
-``PASSSTU`` …), plus Ansible's ``hostvars``. Core: nothing from the hub process.
-"""
+"""Template variables: what a workshop's templates may print, in layers (see ``template_variables``)."""
 
 from __future__ import annotations
 
@@ -25,7 +20,11 @@ def template_variables(
     hook_vars: dict | None = None,
     hostname: str | None = None,
 ) -> dict:
-    """The variables of DESIGN "Templating", later layers winning, plus Ansible's ``hostvars``."""
+    """The variables a workshop's templates see, later layers winning, plus Ansible's ``hostvars``.
+
+    The layers: ``c.Wod.variables``, then ``variables_<WKSHP>.yml`` of ``c.Wod.variables_dirs``,
+    then what the create hook wrote (``hook_vars``), then the seat's own (student, password, ...).
+    """
     if modews not in ("WKSHP", "CHLG"):
         raise errors.BadRequest(f"MODEWS must be WKSHP or CHLG, not {modews!r}.")
     variables: dict = {}

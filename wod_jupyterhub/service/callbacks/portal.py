@@ -1,39 +1,4 @@
-"""Callbacks to the registration portal (the original api-db): what it is told, and its outbox.
-
-An operation step and the callbacks it causes are written in one transaction
-(the :class:`Outbox` builders take the caller's session), so a crash can lose
-neither half without the other. The builders hold the contract: which
-``PUT`` goes to which path with which body. A delivery loop (:meth:`Outbox.run`,
-an asyncio task of the service) sends them through
-:class:`~wod_jupyterhub.portalapi.PortalClient` (login, token, re-login on 401).
-The queue, its leases and back-off are :mod:`wod_jupyterhub.outbox`.
-
-Guarantees:
-
-* **Nothing is lost.** A message leaves the table only by being delivered
-  (2xx) or refused for good (another 4xx: marked ``failed``, logged, kept for
-  the admin). Connection errors, timeouts, 5xx, 408/425/429 and failed logins
-  keep it with exponential back-off and jitter.
-* **In order per key.** Messages share a key per student (``student:<N>``,
-  its student *and* customer callbacks) or per workshop; only the oldest
-  pending message of a key (its *head*) is ever sent, so a key's messages
-  reach the portal in the order they were enqueued. This relies on one
-  writer per key at a time, which the service's per-student lock gives:
-  with PostgreSQL, ids come from a sequence, and two transactions enqueuing
-  for one key concurrently could commit out of id order.
-  Different keys go in parallel, at most ``WodPortal.concurrency`` at once.
-* **Once, across processes.** Before sending, a process claims the head with
-  a lease (:meth:`~wod_jupyterhub.outbox.OutboxQueue.claim_head`), so several
-  service processes on one database never send a message at the same time.
-  A whole attempt is cut off well before its lease ends.
-* **At least once, in practice once.** The message is marked delivered right
-  after the 2xx. A crash between the two resends it once (at once from this
-  host, after the lease from another); the portal's PUTs set fields to values, so a repeat is harmless.
-
-Passwords wait sealed (``{"password": {"$sealed": "…"}}``, see
-:class:`~wod_jupyterhub.passwords.Sealer`), are opened only in memory just
-before the request, and are scrubbed from anything logged or stored.
-"""
+"""Callbacks to the registration portal (the original api-db): what it is told, and its outbox."""
 
 import asyncio
 import logging

@@ -1,13 +1,4 @@
-"""A small async client for the registration portal's REST API (the original api-db).
-
-The calls as the original backend made them (over :mod:`.httpclient`): ``POST /api/login``
-for an ``accessToken``, then ``x-access-token`` on every call; a 401 means the
-token expired (the real portal's live 180 s), so it logs in again and retries
-once. Answers are sorted for the outbox that drives it: a connection error, a
-timeout, a 5xx, a 408/425/429 or a failed login is :class:`~.outbox.Transient`
-(try later), another 4xx is :class:`~.outbox.Rejected` (never). Secrets given
-to a call are scrubbed from every message it raises.
-"""
+"""A small async client for the registration portal's REST API (the original api-db)."""
 
 import asyncio
 import logging

@@ -1,12 +1,4 @@
-"""The mail API as the service runs it: the listener and the relay's delivery loop, with their state.
-
-Why in the service process rather than a process of its own beside it: a
-verb mail must become the same operation as a REST verb, and the service
-holds the engine (its ``submit`` queues and wakes the dispatcher at once,
-no polling between processes); the hub already starts, restarts and stops
-the service, so the listener lives and dies with it; and one process keeps
-one database pool. ``wod mail`` covers the sites that keep postfix.
-"""
+"""The mail API as the service runs it: the listener and the relay's delivery loop, with their state."""
 
 from __future__ import annotations
 
@@ -21,6 +13,7 @@ from .relay import Relay
 
 
 class MailGateway:
+    """The portal's mail API as the service runs it: the listener, the ingress and the relay's delivery loop, their start, stop and health."""
     def __init__(self, settings, wod, store, submit, log, metrics=None):
         self.settings = settings
         self.log = log

@@ -1,28 +1,4 @@
-"""What a received mail becomes: an operation, a mail to relay, or a refusal (a log line and a metric).
-
-The listener asks :class:`Ingress` at each step of a dialog (the client's
-address, ``MAIL FROM``, ``RCPT TO``) and hands it the message at the end;
-``wod mail`` hands it a whole message at once. Either way:
-
-* Only the configured sender counts (and, when ``allowed_sources`` is set,
-  only clients from those addresses): never an open relay.
-* A mail to the verb recipient (``<WodMail.recipient>@<any domain>``) is a
-  verb: it becomes the same durable operation as the REST verb, through
-  the engine's ``submit``, so mail and REST verbs on one seat serialize.
-  ``[object Promise]`` (the portal's bug) is resolved to the seat the
-  customer holds, or held last.
-* A verb mail delivered twice does no harm: the portal's customer ids name
-  one registration each, so a CREATE, CLEANUP or PURGE of a (seat,
-  customer) already queued, running or done is a duplicate and is not run
-  again (a second rotation would invalidate the credentials already
-  mailed); a PURGE or single-seat RESET that names a customer while the
-  seat is held by another is stale and refused (it would take the seat from
-  its new holder). A repeated Message-ID is stored once.
-* Every other mail from the sender is a participant mail, written to the
-  relay's outbox before the listener answers 250.
-* Anything refused changes nothing and is counted by reason in
-  :attr:`Ingress.refused` (the metrics module exports it).
-"""
+"""What a received mail becomes: an operation, a mail to relay, or a refusal (a log line and a metric)."""
 
 from __future__ import annotations
 
@@ -62,6 +38,7 @@ OK = Reply(250, "2.0.0 Ok")
 
 @dataclass
 class Envelope:
+    """One SMTP transaction as it arrives: the peer, the sender, the accepted recipients and what kind of mail they make it."""
     peer: str | None = None
     sender: str | None = None
     recipients: list[str] = field(default_factory=list)

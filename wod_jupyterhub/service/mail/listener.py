@@ -1,28 +1,4 @@
-"""A lenient SMTP listener on asyncio: the portal's bytes whatever their timing, and standard clients.
-
-The portal writes its whole dialog at once on connect, before reading the
-greeting, with bare LF line endings (``MAIL FROM: addr`` without angle
-brackets), and hangs up as soon as it reads a byte. A stock server answers
-the greeting, sees the hang-up and drops the rest. Here every byte the
-client sent is kept in our own buffer (not a ``StreamReader``, which turns
-a reset connection into an error that hides the data already received),
-and the dialog is played to its end whether or not anyone still listens to
-the replies: a complete message (ended by a ``.`` line) is acted on, an
-unfinished one is dropped. A client that wrote before the greeting (the
-listener waits ``PREGREET_WAIT`` for that) gets the greeting once what it
-wrote has been read (its message's end, or a pause of ``PREGREET_IDLE``),
-and nothing else: a byte reaching a socket the client has closed, or left
-unread in it, makes its system answer with a reset, which would drop the
-part of a long message not read yet. Other clients get every reply as
-usual, so ``smtplib`` and other standard clients work too.
-
-Limits, so that a stranger cannot hurt the service: ``max_connections`` at
-once, ``timeout`` seconds per connection, ``max_message_size`` bytes per
-message (read and dropped beyond that), 2 KiB per command line and ten bad
-commands per connection. After a refused ``DATA`` the client's data is read
-and dropped up to its ``.``, never taken for commands (which is how a
-pipelining client would smuggle a second message inside the first).
-"""
+"""A lenient SMTP listener on asyncio: the portal's bytes whatever their timing, and standard clients."""
 
 from __future__ import annotations
 

@@ -1,14 +1,4 @@
-"""Pure parsing and building of mails: no I/O, no database.
-
-* :func:`parse_message`: the text of a message as the portal writes it
-  (bare LF, no blank line after ``Subject:``, no other header) or as a
-  standard client does (CRLF, MIME, encoded words).
-* :func:`parse_dialog`: a whole SMTP dialog written in one go (``HELO`` …
-  ``.``), as ``wod mail`` may receive it from a capture, not only a message.
-* :func:`parse_verb`: a verb subject and its body into a :class:`VerbMail`.
-* :func:`build_relay`: the message a relay sends: From, To, Date,
-  Message-ID, UTF-8 text.
-"""
+"""Pure parsing and building of mails: no I/O, no database."""
 
 from __future__ import annotations
 
@@ -200,6 +190,7 @@ def parse_verb(subject: str, body: str) -> VerbMail:
 
 
 def make_message_id(domain: str) -> str:
+    """A new ``Message-ID`` header value in ``domain`` (``localhost`` without one)."""
     return email.utils.make_msgid(domain=domain or "localhost")
 
 

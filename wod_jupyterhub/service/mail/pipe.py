@@ -1,20 +1,4 @@
-"""``wod mail``: one mail on stdin, taken as the listener takes it (for sites that keep postfix).
-
-The original's procmail piped every mail to a script; a site that keeps its
-postfix does the same with this command (``master.cf``)::
-
-    wod unix - n n - - pipe user=wod argv=wod mail --config /etc/wod/jupyterhub_config.py --from ${sender} --to ${recipient}
-
-Stdin holds the message (headers and body), or a whole SMTP dialog as the
-portal writes it (``HELO`` … ``.``), whose ``MAIL FROM``/``RCPT TO`` then
-give the envelope. A verb mail is queued as an operation in the shared
-database, where the running service's dispatcher finds it; a participant
-mail waits in the relay's outbox for the service's relay loop.
-
-Exit status, as postfix reads it: 0 taken (or a repeat of one taken
-before), 2 refused (bounced; the reason on stderr), 75 (EX_TEMPFAIL) not
-stored, try again.
-"""
+"""``wod mail``: one mail on stdin, taken as the listener takes it (for sites that keep postfix)."""
 
 from __future__ import annotations
 

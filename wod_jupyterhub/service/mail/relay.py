@@ -1,30 +1,4 @@
-"""The durable outbox of participant mails and its delivery loop to the smarthost.
-
-The portal's mails to participants (welcome, credentials, reminders) are
-written to ``wod_mail`` (kind ``relay``) before the listener says 250, and
-sent from there by the mechanics every outbox of the service shares
-(:mod:`~wod_jupyterhub.outbox`), so a smarthost that is down loses nothing:
-
-* **In order per participant.** A mail's key is its recipient: a
-  participant's mails leave in the order the portal sent them (the welcome
-  before the credentials), different participants' independently.
-* **Retried with back-off.** Connection errors, timeouts, 4xx answers and a
-  refused login keep the mail (exponential back-off with jitter, up to
-  ``WodMail.retry_max``); a 5xx answer to the mail itself marks it failed
-  for good, logged and kept for the admin.
-* **Once.** A mail is claimed with a lease before it is sent (several
-  processes on one database never send one mail at once) and marked
-  delivered right after the smarthost's 250. A crash in between sends it
-  once more, with the same Message-ID, which receiving systems use to drop
-  the copy.
-* **A proper message.** Rebuilt from what the portal meant: From, To,
-  Subject, Date, Message-ID and the body as UTF-8 text
-  (:func:`..message.build_relay`).
-
-Sending is blocking (``smtplib``) and runs in a thread of the relay's own, not
-the event loop's default executor, which ``asyncio.run`` waits for at exit: a
-smarthost that does not answer never holds up the service's stop.
-"""
+"""The durable outbox of participant mails and its delivery loop to the smarthost."""
 
 from __future__ import annotations
 

@@ -83,10 +83,12 @@ def holder_after_pending(work, s, n: int):
 
 
 def check_holder(n: int, holder, customer) -> None:
+    """Refuse (409) a request for seat ``n`` by a customer other than the one holding it."""
     if holder is not None and holder != customer:
         raise Conflict(f"student {n} is held by another customer, not by {customer}; CLEANUP or PURGE it first")
 
 
 def check_active(ws, folder):
+    """Refuse (422) a workshop whose ``wod.yml`` says it is not active."""
     if not ws.active:
         raise Unprocessable(f"workshop {folder} is not active (wod.yml says active: false)")

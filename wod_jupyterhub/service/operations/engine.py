@@ -1,25 +1,4 @@
-"""The engine: a durable queue of operations in the database, run by every service process sharing it.
-
-It knows no verb: it runs ``VERBS[op.verb]`` (``operations/verbs.py``).
-How an operation lives:
-
-1. ``submit`` has the request checked (a user's mistake raises a
-   ``WodError`` and changes nothing), then writes the ``Operation`` row
-   (``queued``) in the same transaction that makes sure the student rows exist.
-2. The dispatcher of any service process sharing the database claims it
-   (``claim``): in one transaction it takes the lease of every student the
-   operation touches (a conditional UPDATE on
-   ``Student.lock_owner``/``lock_expires``, so it works across processes on
-   PostgreSQL and SQLite), checks that no older unfinished operation touches
-   one of them (first come, first served) and flips it to ``running``.
-3. The verb runs its steps through ``Run.step`` (``operations/journal.py``),
-   which commits each step's effects with its journal entry.
-4. A process that finds an operation ``running`` under an owner that is dead
-   (same host: the pid is gone; elsewhere: its heartbeat is older than the
-   lease) takes it over (``recover``) and resumes it from the first step not
-   journaled. An operation recovered too often fails, so nothing stays
-   running forever.
-"""
+"""The engine: a durable queue of operations in the database, run by every service process sharing it."""
 
 import asyncio
 import datetime

@@ -1,22 +1,4 @@
-"""One run of an operation and its journal: ``Run.step`` is the one way a verb does a step.
-
-The journal (``Operation.steps``) is the operation's story: one entry per
-step, in the order the steps began, each ``done``, ``skipped`` (with the
-reason) or ``failed`` (with the error). A resumed run skips the steps its
-journal says are done or skipped.
-
-When things are committed, so that a crash leaves the operation at a step
-boundary and an operation costs few write transactions:
-
-- a step's database effects, its entry and the result so far are committed
-  together, when the next step begins (before its work), or with the
-  operation's end for the last step;
-- a step without database effects (files on disk, hub calls, hooks: work
-  that is done again, harmlessly, after a crash) rides with the next commit.
-
-So a CREATE costs four write transactions: submit, claim, the rotation, and
-the assignment with the end.
-"""
+"""One run of an operation and its journal: ``Run.step`` is the one way a verb does a step."""
 
 import itertools
 

@@ -1,10 +1,4 @@
-"""The work the verbs and the preparation of free seats do on a seat, outside the database.
-
-A new password (hashed in threads of its own), the hub side of a seat (end
-its sessions), erasing a home and its processes, running a workshop's hooks,
-and the thread pools all that blocking work runs in. It holds the parts the
-service built, so a verb gets everything it needs from one object.
-"""
+"""The work the verbs and the preparation of free seats do on a seat, outside the database."""
 
 import asyncio
 import collections

@@ -1,10 +1,4 @@
-"""The steps several verbs share, with one name each in every journal.
-
-- ``rotate``: a new password, its hash on the seat (which ends every session
-  issued before: the seat's generation changes), sealed on the operation;
-- ``end-sessions``: on the hub, the seat's server stopped, its tokens revoked;
-- ``hooks-<kind>``: the workshop's hooks, ``skipped`` when it has none.
-"""
+"""The steps several verbs share, with one name each in every journal."""
 
 from ...store.models import Seat, read_seat, update_seat, utcnow
 from ..hubclient import HubAPIError
@@ -79,6 +73,7 @@ def end_sessions_step(run, work, seats, *, tolerate_hub_errors=False):
 
 
 def hooks_step(run, work, kind, folder, ws, mode, n):
+    """The step ``hooks-<kind>``: the workshop's hooks of that kind for seat ``n``, skipped when it has none."""
     async def hooks():
         return await work.run_hooks(kind, folder, ws, mode, n, run.customer)
 

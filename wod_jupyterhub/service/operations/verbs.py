@@ -1,14 +1,4 @@
-"""The four verbs: what each does to a seat, step by step. The engine runs ``VERBS[op.verb](run, work)``.
-
-Each verb is a function whose docstring lists its steps in order; each step
-is one ``run.step(name, work, effects)`` (``operations/journal.py``): its
-work outside the database, then its database effects, journaled together.
-The steps several verbs share are in ``operations/steps.py``.
-
-Every verb rotates the password before it ends the hub sessions: from the
-rotation on, no one logs in with the old password, so nothing can start a
-session the ``end-sessions`` step would miss.
-"""
+"""The four verbs: what each does to a seat, step by step. The engine runs ``VERBS[op.verb](run, work)``."""
 
 import asyncio
 import json
@@ -172,8 +162,8 @@ async def cleanup(run, work):
 
     The hooks read the home as the participant left it; the rotation before
     them already stopped anyone from starting a new session. The ratio is
-    read once the server is stopped (DESIGN.md only asks for it before the
-    erase): a running server could still write the notebooks it counts.
+    read once the server is stopped, not merely before the erase: a running
+    server could still write the notebooks it counts.
     """
     n, outbox = run.student, work.outbox
 
@@ -185,7 +175,7 @@ async def cleanup(run, work):
     ws, folder, mode = work.catalog.workshop_or_none(run.workshop)
     await hooks_step(run, work, "cleanup", folder, ws, mode, n)
 
-    # Stop, then measure, then erase (issue 8 #12): what the participant's server
+    # Stop, then measure, then erase: what the participant's server
     # could still write is written before the ratio is read.
     await end_sessions_step(run, work, [n])
 
