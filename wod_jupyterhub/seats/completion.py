@@ -331,6 +331,7 @@ def provisioned_notebooks(workshop) -> list[str]:
     (a fabricated notebook at 100 %) does not count; a provisioned one the
     student deleted counts 0 of 0 with its error.
     """
+    # Here, not at the top: the worker process imports this module with the standard library only.
     from ..workshops.trees import source_tree
 
     return [

@@ -73,8 +73,6 @@ class WodService(Application):
 
     @default("log_level")
     def _log_level_default(self):
-        import logging
-
         return logging.INFO
 
     @default("log_format")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from ...errors import WodError
+from ...errors import Conflict, Unprocessable, WodError
 from ...store.models import MailMessage, Operation, Seat, Status, Student, utcnow
 from .message import PROMISE, parse_message, parse_verb
 
@@ -210,8 +210,6 @@ class Ingress:
 
     def _students(self, mail, base: int) -> tuple[int, int]:
         """This backend's student numbers from the portal's; ``[object Promise]`` from the customer's seat."""
-        from ...errors import Unprocessable
-
         if mail.student is None:
             n = self.seat_of(mail.customer)
             if n is None:
@@ -241,8 +239,6 @@ class Ingress:
 
     def _duplicate(self, verb: str, first: int, last: int, customer: str) -> str | None:
         """The operation this verb repeats (not to run again), or None; Conflict when it is stale."""
-        from ...errors import Conflict
-
         with self.store.Session() as s:
             touching = (
                 Operation.student <= last,

@@ -97,7 +97,7 @@ class Preparer:
                 self.log.exception("Preparing free seats failed; trying again later")
 
     async def _scan(self):
-        from ...seats import homes
+        from ...seats import homes  # as in verbs.create: not loaded by `wod mail`, which only queues
 
         self._scan_at = time.monotonic() + self.settings.prepare_rescan
         seats = sorted(self.seat_workshops())
@@ -190,7 +190,7 @@ class Preparer:
             self.engine.wake()  # an operation may have waited for the seat
 
     async def _stage(self, n: int, ws) -> bool:
-        from ...seats import homes
+        from ...seats import homes  # as in verbs.create: not loaded by `wod mail`, which only queues
 
         try:
             built = await self.work.in_background(homes.stage, self.work.wod, ws, n)
@@ -212,7 +212,7 @@ def warm_up(work) -> int:
 
     Stops between two files once the service is stopping (``work.closing``).
     """
-    from ...workshops.templating import is_templated
+    from ...workshops.templating import is_templated  # Jinja2: not loaded by `wod mail`, which only queues
 
     compiled = 0
     for ws in work.catalog.get().workshops.values():

@@ -34,6 +34,7 @@ async def create(run, work):
 
     A CREATE that fails before ``assign`` erases what it provisioned.
     """
+    # Here, not at the top: homes brings Jinja2 and nbformat, which `wod mail` (it only queues) never needs.
     from ...seats import homes
     from ...workshops.variables import template_variables
 
