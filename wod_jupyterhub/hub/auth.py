@@ -17,7 +17,7 @@ from ..passwords import cheap_hash, hash_params, hash_password, verify_password
 from ..store.models import Seat, Store, utcnow
 from . import internals
 from .client_address import forwarded_client, networks
-from .sessions import changed_hands, end_sessions, keep_sweeping, new_cookie_id, session_generation
+from .sessions import changed_hands, keep_sweeping, new_cookie_id, revoke_sessions, session_generation
 from .spawner import server_token_ids
 from .throttle import LoginThrottle
 
@@ -404,7 +404,7 @@ class WodAuthenticator(Authenticator):
         # The hub's own record of the user's running servers (never a token's note, which users write).
         users = internals.hub_users(self.parent)
         keep = server_token_ids(users.get(orm_user.id) if users is not None else None, generation)
-        ended = end_sessions(db, orm_user, generation, keep)
+        ended = revoke_sessions(db, orm_user, generation, keep)
         if commit:
             db.commit()
         return ended

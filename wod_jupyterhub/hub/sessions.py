@@ -24,7 +24,7 @@ def new_cookie_id(generation: int) -> str:
     return f"{SESSION_TAG}{generation}.{internals.random_token()}"
 
 
-def end_sessions(db, orm_user, generation: int, keep=()) -> str:
+def revoke_sessions(db, orm_user, generation: int, keep=()) -> str:
     """Draw ``orm_user`` a new ``cookie_id`` of ``generation`` and delete its tokens but ``keep`` (ids); not committed.
 
     Returns what was ended, for the caller's log line.

@@ -80,7 +80,7 @@ async def _run(args, data: bytes) -> int:
     from .ingress import Ingress
     from .relay import Relay
     from .settings import WodMail
-    from .verbs import engine_submit
+    from .submit import engine_submit
 
     log = logging.getLogger("wod.mail")
     config = _load_config(args.config)

@@ -178,7 +178,7 @@ class Preparer:
             return  # an operation holds it: that one talks to the hub itself
         ended = False
         try:
-            detail = await self.work.end_sessions(n, stop=True)
+            detail = await self.work.end_hub_sessions(n, stop=True)
             ended = True
             if detail.get("stopped") or detail.get("revoked"):
                 self.log.info("Ended what was left on the hub of free seat %s: %s", n, detail)

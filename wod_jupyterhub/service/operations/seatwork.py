@@ -96,7 +96,7 @@ class SeatWork:
 
     # ---- the hub
 
-    async def end_sessions(self, n: int, stop: bool = True) -> dict:
+    async def end_hub_sessions(self, n: int, stop: bool = True) -> dict:
         """Stop the server (if asked) and revoke every token of ``student<n>`` on the hub."""
         name = f"student{n}"
         if not self.hub.configured:

@@ -56,7 +56,7 @@ def end_sessions_step(run, work, seats, *, tolerate_hub_errors=False):
         detail = {}
         for n in seats:
             try:
-                detail[str(n)] = await work.end_sessions(n, stop=True)
+                detail[str(n)] = await work.end_hub_sessions(n, stop=True)
             except HubAPIError as e:
                 if not tolerate_hub_errors:
                     raise

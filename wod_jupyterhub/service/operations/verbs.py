@@ -117,7 +117,7 @@ async def _hub_part(run, work) -> dict:
         return {"created": True}  # a new user has no token to revoke
     if not _needs_revoke(run):
         return {"revoked": "already: at the seat's last CLEANUP, PURGE or RESET, or while it was free"}
-    return await work.end_sessions(n, stop=False)
+    return await work.end_hub_sessions(n, stop=False)
 
 
 def _needs_revoke(run) -> bool:
