@@ -167,7 +167,7 @@ class WodService(Application):
         from ..store.models import Store
         from ..workshops.catalog import CatalogCache
         from ..workshops.templating import Renderer
-        from .callbacks.portal import Outbox
+        from .callbacks.portal import PortalCallbacks
         from .hubclient import HubAPI
         from .metrics import Metrics
         from .operations import Engine, Preparer, SeatWork, Views
@@ -175,7 +175,7 @@ class WodService(Application):
         self.store = Store(self.wod.db_url)
         self.sealer = Sealer.from_settings(self.wod)
         self.portal = WodPortal(parent=self, log=self.log)
-        self.outbox = Outbox(self.store, self.sealer, self.portal, self.wod, log=self.log)
+        self.outbox = PortalCallbacks(self.store, self.sealer, self.portal, self.wod, log=self.log)
         self.hub = HubAPI(log=self.log)
         self.hub_auth = HubAuth(cache_max_age=60)
         self.metrics = Metrics()

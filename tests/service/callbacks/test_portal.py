@@ -16,7 +16,7 @@ from traitlets import TraitError
 from tests.portal_server import DEFAULT_PASSWORD, DEFAULT_USERNAME, PortalServer
 from wod_jupyterhub.config import Wod
 from wod_jupyterhub.passwords import Sealer, generate
-from wod_jupyterhub.service.callbacks.portal import Outbox, WodPortal
+from wod_jupyterhub.service.callbacks.portal import PortalCallbacks, WodPortal
 from wod_jupyterhub.store.models import OutboxMessage, Store, utcnow
 
 BASE = 1000
@@ -42,7 +42,7 @@ def store(db_url):
 def make_outbox(store, url, sealer=None, **options):
     settings = dict(username=DEFAULT_USERNAME, password=DEFAULT_PASSWORD, retry_initial=0.02, retry_max=0.2, timeout=5)
     settings.update(options)
-    return Outbox(
+    return PortalCallbacks(
         store,
         sealer or Sealer(Fernet.generate_key().decode()),
         WodPortal(url=url, **settings),
@@ -305,7 +305,7 @@ async def test_a_password_sealed_with_another_key_is_refused_not_stuck(store, po
 
 
 async def test_url_empty_means_callbacks_off(store):
-    outbox = Outbox(store, None, WodPortal(url=""), Wod(base_student_id=BASE))
+    outbox = PortalCallbacks(store, None, WodPortal(url=""), Wod(base_student_id=BASE))
     with store.session() as s:
         results = [
             outbox.student_password(s, 1, "pw-that-goes-nowhere"),

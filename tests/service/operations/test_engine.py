@@ -24,7 +24,7 @@ from wod_jupyterhub.config import Wod
 from wod_jupyterhub.errors import BadRequest, Unprocessable
 from wod_jupyterhub.leases import _host
 from wod_jupyterhub.passwords import Sealer, verify_password
-from wod_jupyterhub.service.callbacks.portal import Outbox, WodPortal
+from wod_jupyterhub.service.callbacks.portal import PortalCallbacks, WodPortal
 from wod_jupyterhub.service.hooks import WodHooks
 from wod_jupyterhub.service.hubclient import HubAPI
 from wod_jupyterhub.service.metrics import Metrics
@@ -46,7 +46,7 @@ class Parts:
         self.settings = WodOperations(**settings)
         self.store = Store(db_url)
         self.sealer = Sealer(Fernet.generate_key().decode())
-        outbox = Outbox(self.store, self.sealer, WodPortal(), self.wod, log=LOG)  # no portal URL: callbacks off
+        outbox = PortalCallbacks(self.store, self.sealer, WodPortal(), self.wod, log=LOG)  # no portal URL: callbacks off
         self.work = SeatWork(
             self.wod, self.settings, catalog=CatalogCache(self.wod), hub=HubAPI(api_url="", token="", log=LOG),
             hooks=WodHooks(self.wod, log=LOG), renderer=Renderer(), sealer=self.sealer, outbox=outbox, log=LOG,

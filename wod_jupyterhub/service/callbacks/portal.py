@@ -113,7 +113,7 @@ def _masked(body: dict) -> dict:
     return {k: ("***" if isinstance(v, dict) and SEALED in v else v) for k, v in body.items()}
 
 
-class Outbox:
+class PortalCallbacks:
     """Durable portal callbacks: builders that enqueue, and the loop that delivers."""
 
     def __init__(self, store, sealer, portal: WodPortal, wod, log=None):
@@ -123,7 +123,7 @@ class Outbox:
         self.wod = wod
         self.log = log or logging.getLogger("wod.portal")
         if portal.enabled and sealer is None:
-            raise ValueError("Outbox needs a Sealer when WodPortal.url is set: passwords wait sealed")
+            raise ValueError("PortalCallbacks needs a Sealer when WodPortal.url is set: passwords wait sealed")
         self.client = PortalClient(portal, self.log)
         # Every attempt (login, workshop lookup, request, re-login, retry) ends
         # before its lease does, so no two processes ever hold one message.
