@@ -41,6 +41,7 @@ def test_the_hub_application_and_its_users_hold_what_is_read():
     assert "users" in JupyterHub.class_traits()
     assert "self.db = " in inspect.getsource(JupyterHub)
     assert "self.spawners = " in inspect.getsource(User) and "self.db = " in inspect.getsource(User)
+    assert isinstance(BaseHandler.db, property) and isinstance(BaseHandler.users, property)
     assert internals.hub_users(object()) is None and internals.hub_db(object()) is None
 
 

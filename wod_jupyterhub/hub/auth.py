@@ -265,7 +265,7 @@ class WodAuthenticator(Authenticator):
             )
         ended = ""
         if kind == "student" and handler is not None:
-            ended = self.begin_session(handler.db, name, outcome["generation"], users=handler.users)
+            ended = self.begin_session(internals.hub_db(handler), name, outcome["generation"], users=internals.hub_users(handler))
         # The work is the check itself; the rest of the time it waited for a hashing thread.
         self.log.info("Authenticated %s (%.1f ms, %.1f ms of work)%s", name, elapsed_ms, work_ms, f"; {ended}" if ended else "")
         return {"name": name}

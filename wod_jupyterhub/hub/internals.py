@@ -12,13 +12,13 @@ JUPYTERHUB_VERSIONS = ">=5,<7"
 
 
 def hub_users(app) -> dict | None:
-    """The hub application's users in memory (``{orm id: User}``); None outside a hub (a test's parent, a tool's)."""
+    """The hub's users in memory (``{orm id: User}``), from its application or a request handler; None outside a hub."""
     users = getattr(app, "users", None)
     return users if isinstance(users, dict) else None
 
 
 def hub_db(app):
-    """The hub application's database session (shared by all its requests); None outside a hub."""
+    """The hub's database session (shared by all its requests), from its application or a request handler; None outside a hub."""
     return getattr(app, "db", None)
 
 
