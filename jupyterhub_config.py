@@ -54,7 +54,7 @@ c.ConfigurableHTTPProxy.pid_file = str(STATE / "jupyterhub-proxy.pid")
 # checks this age against the signed cookie on every request, and it is also
 # the lifetime of the OAuth tokens behind the single-user servers' cookies
 # (JupyterHub.oauth_token_expires_in defaults to it). A seat that changes
-# hands ends its sessions earlier still (see wod_jupyterhub/auth.py).
+# hands ends its sessions earlier still (see wod_jupyterhub/hub/auth.py).
 WORKSHOP_HOURS = float(os.environ.get("WOD_SESSION_HOURS", "4"))
 c.JupyterHub.cookie_max_age_days = WORKSHOP_HOURS / 24
 # ... and the browser forgets the cookies then too (tornado's default is 30 days).
@@ -145,7 +145,7 @@ c.Wod.variables = {
 }
 
 # ---------------------------------------------------------------------------
-# Login: WodAuthenticator (wod_jupyterhub/auth.py)
+# Login: WodAuthenticator (wod_jupyterhub/hub/auth.py)
 # ---------------------------------------------------------------------------
 
 c.JupyterHub.authenticator_class = "wod"
@@ -175,7 +175,7 @@ if os.environ.get("WOD_ADMIN_HASH"):
 # c.WodAuthenticator.auth_refresh_age = 0.001
 
 # ---------------------------------------------------------------------------
-# Servers: WodSpawner (wod_jupyterhub/spawner.py)
+# Servers: WodSpawner (wod_jupyterhub/hub/spawner.py)
 # ---------------------------------------------------------------------------
 
 c.JupyterHub.spawner_class = "wod"
@@ -183,7 +183,7 @@ c.JupyterHub.spawner_class = "wod"
 c.WodSpawner.start_url = "/lab/tree/{workshop}/{readme}"
 
 # ---------------------------------------------------------------------------
-# The wod service: the REST API the portal calls (wod_jupyterhub/service.py)
+# The wod service: the REST API the portal calls (wod_jupyterhub/service/app.py)
 # ---------------------------------------------------------------------------
 
 # The verbs: c.WodOperations (wod_jupyterhub/service/operations/settings.py documents
@@ -246,7 +246,7 @@ c.JupyterHub.services = [
 ]
 
 # Callbacks to the registration portal (the original api-db contract, see
-# wod_jupyterhub/portal.py). Off while the URL is empty, as in the demo.
+# wod_jupyterhub/service/callbacks/portal.py). Off while the URL is empty, as in the demo.
 # production: the portal's base URL and the backend's account on it.
 c.WodPortal.url = os.environ.get("WOD_PORTAL_URL", "")
 c.WodPortal.username = os.environ.get("WOD_PORTAL_USER", "")
