@@ -34,7 +34,7 @@ from pathlib import Path
 
 import httpx
 
-# One way to start and stop a hub, shared with `make demo` (wod_jupyterhub/hubprocess.py).
+# One way to start and stop a hub, shared with `make demo` (wod_jupyterhub/cli/hubprocess.py).
 from wod_jupyterhub.cli.hubprocess import free_port, hub_env, start_hub, stop_group
 
 SERVICE_PREFIX = "/services/wod/"

@@ -163,6 +163,19 @@ def test_the_readme_names_every_module_where_it_is_in_the_order_of_the_layers():
     assert layers == sorted(layers), "the table follows the layers"
 
 
+def test_every_path_of_the_package_named_in_the_repository_exists():
+    # Docs, comments and docstrings that name a module by its path follow it when it moves.
+    root = PACKAGE.parent
+    texts = [root / "README.md", root / "jupyterhub_config.py", root / "setup.cfg", root / "Makefile", *root.glob("docs/*.md")]
+    texts += [p for folder in ("wod_jupyterhub", "tests", "bench") for p in (root / folder).rglob("*.py")]
+    wrong = []
+    for text in texts:
+        for path in re.findall(r"wod_jupyterhub/[\w/]*\w+\.(?:py|json|html)\b", text.read_text()):
+            if not (root / path).exists():
+                wrong.append(f"{text.relative_to(root)} names {path}")
+    assert wrong == []
+
+
 def test_no_test_module_imports_another():
     # Shared helpers live in tests/*util.py (and conftest.py's fixtures), never in a test module.
     tests = PACKAGE.parent / "tests"

@@ -1,4 +1,4 @@
-"""`wod users create`: the accounts of many seats in one locked batch (wod_jupyterhub/accounts.py).
+"""`wod users create`: the accounts of many seats in one locked batch (wod_jupyterhub/seats/accounts.py).
 
 The account files are machine-wide: these tests write copies of them, in a
 temporary folder or, for the real command, in a private mount namespace
