@@ -2,7 +2,8 @@
 
 from alembic import context
 
-from ..models import Base
+# Absolute: Alembic runs this file as a script, not as a module of the package.
+from wod_jupyterhub.store.models import Base
 
 connection = context.config.attributes.get("connection")
 if connection is None:
