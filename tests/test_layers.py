@@ -170,10 +170,27 @@ def test_every_path_of_the_package_named_in_the_repository_exists():
     texts += [p for folder in ("wod_jupyterhub", "tests", "bench") for p in (root / folder).rglob("*.py")]
     wrong = []
     for text in texts:
-        for path in re.findall(r"wod_jupyterhub/[\w/]*\w+\.(?:py|json|html)\b", text.read_text()):
+        content = text.read_text()
+        for path in re.findall(r"wod_jupyterhub/[\w/]*\w+\.(?:py|json|html)\b", content):
             if not (root / path).exists():
                 wrong.append(f"{text.relative_to(root)} names {path}")
+        for dotted in re.findall(r"\bwod_jupyterhub(?:\.\w+)+", content):
+            parts = dotted.split(".")
+            # the longest prefix that is a module; what follows it must be a module or a name in it
+            n = max(i for i in range(1, len(parts) + 1) if _is_module(root, parts[:i]))
+            if n < len(parts) and not re.search(rf"\b{parts[n]}\b", _module_source(root, parts[:n])):
+                wrong.append(f"{text.relative_to(root)} names {dotted}")
     assert wrong == []
+
+
+def _is_module(root, parts) -> bool:
+    path = root.joinpath(*parts)
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def _module_source(root, parts) -> str:
+    path = root.joinpath(*parts)
+    return (path / "__init__.py" if path.is_dir() else path.with_suffix(".py")).read_text()
 
 
 def test_no_test_module_imports_another():

@@ -413,7 +413,7 @@ class WodAuthenticator(Authenticator):
         """End ahead the sessions of the seats that changed hands (one commit); the names.
 
         So a class's first logins find their seat's generation already in
-        the ``cookie_id`` and write nothing (see :mod:`wod_jupyterhub.sessions`).
+        the ``cookie_id`` and write nothing (see :mod:`wod_jupyterhub.hub.sessions`).
         """
         users, db = internals.hub_users(self.parent), internals.hub_db(self.parent)
         if users is None or db is None:
