@@ -8,16 +8,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.cliutil import REPO, WOD, run_json, wod
 from tests.hubutil import write_workshop
-
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = Path(sys.executable).parent / "wod"
-WOD = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "wod_jupyterhub.cli"]
 
 # Seats of workshops' ranges: no Linux accounts are made here (single-user mode).
 CLASS = "WKSHP-Class"  # reset: true, seats 11-15
@@ -42,26 +37,6 @@ def hub(module_hubs, tmp_path_factory):
     slow.chmod(0o755)
     with module_hubs(root, notebooks=[notebooks], wod_config={"scripts": [str(scripts)]}) as h:
         yield h
-
-
-def wod(hub, *args, token="portal", cwd=None, env=None, url=True):
-    token = {"portal": hub.portal_token, "noscope": hub.noscope_token}.get(token, token)
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    full_env.pop("WOD_URL", None)
-    full_env.pop("WOD_API_TOKEN", None)
-    argv = list(WOD) + [str(a) for a in args]
-    if url:
-        argv += ["--url", hub.url]
-    if token:
-        argv += ["--token", token]
-    return subprocess.run(argv, capture_output=True, text=True, cwd=cwd or hub.root, env={**full_env, **(env or {})}, timeout=180)
-
-
-def run_json(hub, *args, expect=0):
-    r = wod(hub, *args, "--json")
-    assert r.returncode == expect, (r.returncode, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr
-    return json.loads(r.stdout), r
 
 
 def seats(data):
