@@ -41,17 +41,18 @@ async def test_within_gives_the_result_or_cancels_on_timeout():
 
 
 async def test_settle_cancels_and_reports_what_would_not_end():
-    async def stubborn():
-        while True:
-            try:
-                await asyncio.sleep(30)
-            except asyncio.CancelledError:
-                continue  # refuses to end
+    async def slow_to_end():
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.5)  # cleans up for longer than settle waits
+            raise
 
     quick = asyncio.ensure_future(asyncio.sleep(30))
-    hard = asyncio.ensure_future(stubborn())
+    slow = asyncio.ensure_future(slow_to_end())
     await asyncio.sleep(0)
-    assert await settle([quick, hard, None], 0.1) == {hard}
-    assert quick.cancelled()
+    assert await settle([quick, slow, None], 0.1) == {slow}
+    assert quick.cancelled() and not slow.done()
+    await asyncio.wait({slow}, timeout=5)
+    assert slow.cancelled()
     assert await settle([], 0.1) == set()
-    hard.cancel()  # it swallows this one too; the loop's end takes it
