@@ -51,10 +51,11 @@ lint: deps
 test: deps chromium lint system-users
 	PATH="$(CURDIR)/node_modules/.bin:$$PATH" WOD_STUDENT_PYTHON="$(STUDENT_VENV)/bin/python" $(BIN)/pytest -q -ra $(PYTEST_ARGS)
 
-# The tests that need neither a hub nor root (nor a browser), in parallel processes: under a minute.
-# PostgreSQL ones run where it is reachable. `make test` runs everything, one test at a time.
+# The tests that need neither a hub nor root, a browser or a PostgreSQL server (their SQLite variants run),
+# in parallel processes: under a minute. `make test` runs everything, one test at a time.
+QUICK = not hub and not root and not browser and not postgres
 test-quick: deps
-	$(BIN)/pytest -q -ra -n 4 -m "not hub and not root and not browser" $(PYTEST_ARGS)
+	$(BIN)/pytest -q -ra -n 4 -m "$(QUICK)" $(PYTEST_ARGS)
 
 # WOD_SYSTEM_USERS=1 make demo (as root): the accounts of the demo's range, every server as its student.
 demo: deps $(if $(filter-out 0,$(WOD_SYSTEM_USERS)),system-users)
