@@ -48,6 +48,24 @@ def portal_send(port: int, data: bytes, read_first: bool = True) -> bytes:
             return b""
 
 
+def portal_dialog(port: int, data: bytes, timeout: float = 15) -> str:
+    """Write ``data`` at once on connect as ``portal_send`` does, then read the replies: the last is the message's.
+
+    The portal itself reads only the greeting; a test reads on to see what the service answered the mail.
+    """
+    replies = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        end = time.monotonic() + timeout
+        # greeting, HELO, MAIL, RCPT, DATA (354), the message's reply: six lines
+        while replies.count(b"\n") < 6 and time.monotonic() < end:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            replies += chunk
+    return replies.decode("utf-8", "replace").strip().splitlines()[-1]
+
+
 class _Handler:
     def __init__(self):
         self.messages = []
