@@ -1,4 +1,4 @@
-"""Durable operations: the four verbs, journaled in the database from before they start to their end."""
+"""Durable operations: the verbs, journaled in the database from before they start to their end."""
 
 from .engine import PREPARE, Engine
 from .prepare import Preparer, warm_up
