@@ -71,6 +71,7 @@ def folder_of(catalog, name: str | None) -> str | None:
 
 
 def same_workshop(catalog, a: str | None, b: str | None) -> bool:
+    """Whether workshops ``a`` and ``b`` render into one folder (a ``CHLG-`` and its ``WKSHP-``); None matches only None."""
     return folder_of(catalog, a) == folder_of(catalog, b)
 
 
