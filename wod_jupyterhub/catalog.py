@@ -261,7 +261,7 @@ def load_workshop(folder: Path, root: Path, readme: str = README) -> Workshop:
             ws.range = _parse_range(meta["range"], ws)
         ws.active = _parse_bool(meta, "active", ws)
         ws.reset = _parse_bool(meta, "reset", ws)
-        for key in ("ldap", "varpass", "beta", "compile"):
+        for key in ("ldap", "varpass", "beta", "compile", "show_readme"):
             _parse_bool(meta, key, ws)
         ws.mono_appliance = _parse_bool(meta, "monoAppliance", ws)
         ws.multi_appliance = _parse_bool(meta, "multiAppliance", ws)

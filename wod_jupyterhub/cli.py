@@ -340,6 +340,25 @@ def cmd_check(args) -> int:
     return selftest.exit_status(report)
 
 
+# -- wod unlock ----------------------------------------------------------------------------
+
+
+def cmd_unlock(args) -> int:
+    from .store import Store
+    from .unlock import unlock
+
+    if not (args.name or args.address):
+        raise BadRequest("give a NAME (student<N> or an admin) or --address ADDRESS to unlock")
+    wod = _base_wod(args)
+    lifted = unlock(Store(wod.db_url), args.name, args.address)
+    who = " and ".join(x for x in (args.name, args.address and f"address {args.address}") if x)
+    if lifted:
+        print(f"unlocked {who}: " + "; ".join(lifted))
+    else:
+        print(f"{who} was not locked; its failed logins are forgotten")
+    return 0
+
+
 # -- wod config ----------------------------------------------------------------------------
 
 
@@ -453,6 +472,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vars-file", metavar="FILE.yml", help="template variables from a YAML mapping (--var wins)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser(
+        "unlock", help="lift the login throttle's locks on a name (every address) or an address (every name)",
+        description="Forget the failed logins and locks of NAME and/or --address in the shared database (c.Wod.db_url), "
+        "so a locked-out participant logs in at once. Reads --config, else ./jupyterhub_config.py.",
+    )
+    p.add_argument("name", metavar="NAME", nargs="?", help="student<N>, or an admin's name")
+    p.add_argument("--address", metavar="ADDRESS", help="a client address (an IPv6 address counts by its /64)")
+    p.add_argument("--config", "-f", metavar="FILE", help="the hub's jupyterhub_config.py (default ./jupyterhub_config.py when present)")
+    p.set_defaults(func=cmd_unlock)
 
     p = sub.add_parser(
         "config", help="every c.Wod* option of jupyterhub_config.py with its default and help",
