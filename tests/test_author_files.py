@@ -8,6 +8,7 @@ from wod_jupyterhub.catalog import load_catalog
 from wod_jupyterhub.completion import provisioned_notebooks
 from wod_jupyterhub.config import Wod, share_dir
 from wod_jupyterhub.homes import drain, provision, stage
+from wod_jupyterhub.variables import template_variables
 
 
 @pytest.mark.parametrize("staged", [False, True])
@@ -23,7 +24,7 @@ def test_the_home_leaves_out_wod_yml_and_the_readme_unless_the_workshop_shows_it
     assert ws.problems == []
     if staged:
         stage(wod, ws, 2)
-    home = provision(wod, ws, 2, {"STDID": 2, "PASSSTU": "pw", **wod.variables})
+    home = provision(wod, ws, 2, template_variables(wod, ws, 2, "pw"))
     drain()
     names = {p.name for p in (home / "WKSHP-PythonBasics").iterdir()}
     assert "0-ReadMeFirst.ipynb" in names and "wod.yml" not in names
