@@ -32,3 +32,11 @@ def run_json(hub, *args, expect=0):
     assert r.returncode == expect, (r.returncode, r.stdout, r.stderr)
     assert "Traceback" not in r.stderr
     return json.loads(r.stdout), r
+
+
+def run_wod(*args, input=None, cwd=None, cmd=None):
+    """Run ``wod ARGS`` (or ``cmd ARGS``) with this checkout first on the path; the finished process."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        (cmd or WOD) + [str(a) for a in args], input=input, capture_output=True, text=True, cwd=cwd, env=env, timeout=120
+    )

@@ -13,16 +13,18 @@ from .errors import BadRequest, Unprocessable
 from .limits import limits_from_meta, parse_size
 from .passwords import DEFAULT_ALPHABET, cost_for
 
-#: the ``share/`` folder of a source checkout or of an installed package
-_HERE = Path(__file__).resolve().parent
+#: the package's folder (the top one, wherever this module sits in it)
+_PACKAGE = Path(os.sys.modules[__name__.partition(".")[0]].__file__).resolve().parent
 
 
 def share_dir() -> Path:
-    """Where the bundled samples, skeleton and page templates live."""
-    for candidate in (_HERE.parent / "share", Path(os.sys.prefix) / "share" / "wod-jupyterhub"):
-        if candidate.is_dir():
-            return candidate
-    return _HERE.parent / "share"
+    """Where the sample workshops and the skeleton live.
+
+    Inside the package once installed (the wheel carries ``share/`` as
+    ``wod_jupyterhub/share``, see setup.py), beside it in a source checkout.
+    """
+    installed = _PACKAGE / "share"
+    return installed if installed.is_dir() else _PACKAGE.parent / "share"
 
 
 #: the notebook every workshop must have and that opens first (``c.Wod.readme_notebook``)
@@ -122,8 +124,14 @@ class Wod(Configurable):
         help="""Global template variables (``BRANDING``, ``WODBEEXTFQDN``, ``JPHUB`` …).
 
         Per-workshop variable files and the built-ins (``STDID``, ``PASSSTU`` …) win over these.
+        The default names the platform (``BRANDING``, ``BRANDINGWOD``), so the
+        sample workshops render with no configuration; setting this replaces it.
         """,
     ).tag(config=True)
+
+    @default("variables")
+    def _variables_default(self):
+        return {"BRANDING": "Workshops-on-Demand", "BRANDINGWOD": "Workshops-on-Demand"}
 
     variables_dirs = List(
         Unicode(),

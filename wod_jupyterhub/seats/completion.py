@@ -332,11 +332,11 @@ def provisioned_notebooks(workshop) -> list[str]:
     student deleted counts 0 of 0 with its error.
     """
     # Here, not at the top: the worker process imports this module with the standard library only.
-    from ..workshops.trees import source_tree
+    from ..workshops.trees import workshop_tree
 
     return [
         rel
-        for rel, _src, is_dir in source_tree(Path(workshop.path), Path(workshop.root))
+        for rel, _src, is_dir in workshop_tree(workshop)
         if not is_dir and rel.endswith(".ipynb") and CHECKPOINTS not in rel.split("/")
     ]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from .. import errors
 from ..leases import pid_alive
 from ..workshops.templating import Renderer, default_renderer, is_templated
-from ..workshops.trees import DIR_MODE, copy_skel, executable, source_tree, write_tree
+from ..workshops.trees import DIR_MODE, copy_skel, executable, workshop_tree, write_tree
 from .fdtrees import chown_tree, erase_tree
 
 #: JupyterLab (jupyterlab_server.workspaces_handler.slugify) stores the
@@ -430,7 +430,7 @@ def stage(wod, workshop, student: int) -> bool:
     _check_workshop(wod, workshop)
     home_path(wod, student)
     _students_root(wod)
-    entries = source_tree(Path(workshop.path), Path(workshop.root))
+    entries = workshop_tree(workshop)
     side = _side_folder(wod, student)
     target = _staged_path(wod, student, _stage_key(wod, workshop, entries))
     if os.path.isdir(target):
@@ -478,7 +478,7 @@ def provision(
     home = home_path(wod, student)
     _check_workshop(wod, workshop)
     _students_root(wod)
-    entries = source_tree(Path(workshop.path), Path(workshop.root))
+    entries = workshop_tree(workshop)
     side = _side_folder(wod, student)
     stale = _stale(side)
     # Not made (mkdtemp) but claimed by renaming the stage to it: a staged CREATE makes no new inode (see
