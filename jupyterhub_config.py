@@ -19,7 +19,6 @@ import secrets
 import sqlite3
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit
 
 HERE = Path(__file__).resolve().parent
 # Every file the demo writes (databases, homes, keys) goes here; the demo's
@@ -107,13 +106,10 @@ SYSTEM_USERS = os.environ.get("WOD_SYSTEM_USERS", "0").lower() not in ("", "0", 
 c.Wod.system_users = SYSTEM_USERS
 c.Wod.uid_base = 10000
 if SYSTEM_USERS:
-    # Each seat's server on a web origin of its own, http://student<N>.localhost:8000 (browsers
-    # resolve *.localhost to loopback), and the hub's cookies on its host alone: a page one student
-    # serves cannot act as another student or an admin who opens it. Browse the hub at
-    # http://localhost:8000. production: the hub's https URL, its wildcard domain pointing at it.
-    _public = urlsplit(c.JupyterHub.bind_url)
-    c.JupyterHub.subdomain_host = os.environ.get("WOD_SUBDOMAIN_HOST") or f"{_public.scheme}://localhost:{_public.port or 80}"
-    c.JupyterHub.cookie_host_prefix_enabled = True
+    # A demo's browsers are its admin's own: every seat's server on the hub's origin, which
+    # system-users mode otherwise refuses (production: c.JupyterHub.subdomain_host, a wildcard
+    # domain, and c.JupyterHub.cookie_host_prefix_enabled = True; README, "Security model").
+    c.Wod.allow_single_origin = True
     # The servers run as student<N>: with a Python every account may execute
     # (`make system-users` builds one in .venv-students; the hub's own may sit under /root).
     c.Spawner.cmd = [os.environ.get("WOD_STUDENT_PYTHON") or sys.executable, "-m", "jupyterhub.singleuser"]

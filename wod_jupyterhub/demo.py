@@ -202,11 +202,9 @@ def main(argv=None) -> int:
         password = result.get("password")
         if not password:
             raise RuntimeError("the finished CREATE carries no password")
-        # In system-users mode the hub's origin is localhost (its seats are student<N>.localhost): jupyterhub_config.py.
-        public = hub.url.replace("//127.0.0.1:", "//localhost:") if system_users_requested(hub.env) else hub.url
-        login_url = result.get("login_url") or f"{public}/hub/login"
+        login_url = result.get("login_url") or f"{hub.url}/hub/login"
         if login_url.startswith("/"):
-            login_url = public + login_url
+            login_url = hub.url + login_url
         print(
             f"\nwod demo is up: {hub.url}\n"
             f"  workshop     {op.get('workshop')}\n"
