@@ -91,9 +91,12 @@ def test_the_hub_refuses_to_start_system_users_mode_on_one_origin(tmp_path):
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     token = secrets.token_hex(16)
+    # no notebooks given: the bundled samples, with the variables their templates need
+    variables = {"BRANDING": "HPE Developer Community", "BRANDINGWOD": "Workshops-on-Demand"}
     with RealHub(
-        tmp_path_factory.mktemp("origins"), authenticator_class="wod", extra_config=f"c.ConfigurableHTTPProxy.auth_token = {token!r}"
-    ) as h:
+        tmp_path_factory.mktemp("origins"), authenticator_class="wod", wod_config={"variables": variables},
+        extra_config=f"c.ConfigurableHTTPProxy.auth_token = {token!r}",
+    ) as h:  # fmt: skip
         h.proxy_token = token
         yield h
 
