@@ -88,8 +88,8 @@ def queue(tmp_path):
     config.Wod.student_min, config.Wod.student_max = 200, 249
     wod = Wod(config=config)
     store = Store(wod.db_url)
-    submit, close = engine_submit(config, wod, store, logging.getLogger("test.peers"))
-    yield wod, store, submit
+    submit, holding, close = engine_submit(config, wod, store, logging.getLogger("test.peers"))
+    yield wod, store, submit, holding
     close()
     store.dispose()
 
@@ -100,10 +100,10 @@ def operations(store) -> list:
 
 
 async def test_a_students_smtp_from_loopback_is_refused_and_nothing_is_queued(account, queue):
-    wod, store, submit = queue
+    wod, store, submit, holding = queue
     # The portal on this machine: loopback allowed (the setting of the finding).
     settings = WodMail(sender=SENDER, ip="127.0.0.1", port=0, allowed_sources=["127.0.0.0/8"], timeout=5)
-    ingress = Ingress(settings, wod, store, relay=None, submit=submit)
+    ingress = Ingress(settings, wod, store, relay=None, submit=submit, holding=holding)
     listener = await MailListener(settings, ingress).start()
     port = listener.address[1]
     try:
