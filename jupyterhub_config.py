@@ -121,6 +121,10 @@ SYSTEM_USERS = os.environ.get("WOD_SYSTEM_USERS", "0").lower() not in ("", "0", 
 c.Wod.system_users = SYSTEM_USERS
 c.Wod.uid_base = 10000
 if SYSTEM_USERS:
+    # A demo's browsers are its admin's own: every seat's server on the hub's origin, which
+    # system-users mode otherwise refuses (production: c.JupyterHub.subdomain_host, a wildcard
+    # domain, and c.JupyterHub.cookie_host_prefix_enabled = True; README, "Security model").
+    c.Wod.allow_single_origin = True
     # The servers run as student<N>: with a Python every account may execute
     # (`make system-users` builds one in .venv-students; the hub's own may sit under /root).
     c.Spawner.cmd = [os.environ.get("WOD_STUDENT_PYTHON") or sys.executable, "-m", "jupyterhub.singleuser"]

@@ -257,6 +257,33 @@ class Wod(Configurable):
             "127.0.0.1, or set c.Wod.single_user_on_network = True if every participant is trusted."
         )
 
+    allow_single_origin = Bool(
+        False,
+        help="""Let system-users mode run with every server on the hub's own web origin (tests only).
+
+        With ``system_users`` the hub does not start unless
+        ``c.JupyterHub.subdomain_host`` gives each server its own origin and
+        ``c.JupyterHub.cookie_host_prefix_enabled`` keeps the hub's cookies
+        to the hub's host: on one origin, a page a student serves can read
+        the hub's cookies in the browser of whoever opens it (another
+        student, an admin) and act as them. Set this only for a test whose
+        browsers are all the test's own.
+        """,
+    ).tag(config=True)
+
+    def check_origin(self, subdomain_host: str, cookie_host_prefix: bool) -> str | None:
+        """A sentence when system-users mode would serve students' pages on the hub's origin (see ``allow_single_origin``)."""
+        if not self.system_users or self.allow_single_origin or (subdomain_host and cookie_host_prefix):
+            return None
+        missing = [name for name, ok in (("c.JupyterHub.subdomain_host", subdomain_host),
+                                         ("c.JupyterHub.cookie_host_prefix_enabled = True", cookie_host_prefix)) if not ok]  # fmt: skip
+        return (
+            f"System-users mode needs {' and '.join(missing)}: without them every student's server shares the hub's "
+            "web origin, and a page a student serves can act as whoever opens it. Give the hub a wildcard domain "
+            "(e.g. subdomain_host = 'https://wod.example.com' with *.wod.example.com pointing at it), or set "
+            "c.Wod.allow_single_origin = True for a test."
+        )
+
     uid_base = Integer(10000, help="With ``system_users``, student N has uid and gid ``uid_base + N``.").tag(config=True)
 
     home_size_limit = Unicode(
