@@ -33,7 +33,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import errors
+from . import compiled, errors
 from .fdtrees import chown_tree, erase_tree
 from .owners import pid_alive
 from .templating import Renderer, default_renderer, is_templated
@@ -297,6 +297,13 @@ def _workspace(workshop_name: str, readme: str) -> str:
     )
 
 
+def _sources(workshop) -> list:
+    """The workshop's files a home gets (:func:`.trees.source_tree`): all but the sources of its compiled scripts."""
+    entries = source_tree(Path(workshop.path), Path(workshop.root))
+    hidden = compiled.excluded(workshop)
+    return [e for e in entries if e[0] not in hidden] if hidden else entries
+
+
 def _check_workshop(wod, workshop) -> None:
     if not Path(workshop.path).is_dir():
         raise errors.NotFound(f"Workshop folder {workshop.path} does not exist.", code="no_workshop")
@@ -427,6 +434,9 @@ def _build(wod, workshop, new: str, entries, renderer: Renderer, variables, part
             f.write(_workspace(workshop.name, wod.readme_notebook))
     if uid is not None:
         chown_tree(new, uid, gid if gid is not None else uid)
+    if part != "static" and getattr(workshop, "compile", ()):
+        # After the handover: the loaders stay root's (a stage never holds them: its files become the student's).
+        compiled.install(compiled.build_all(wod.compiled_dir, workshop), os.path.join(new, workshop.name))
 
 
 def stage(wod, workshop, student: int) -> bool:
@@ -447,7 +457,12 @@ def stage(wod, workshop, student: int) -> bool:
     _check_workshop(wod, workshop)
     home_path(wod, student)
     _students_root(wod)
-    entries = source_tree(Path(workshop.path), Path(workshop.root))
+    entries = _sources(workshop)
+    if getattr(workshop, "compile", ()) and os.geteuid() == 0:
+        try:
+            compiled.build_all(wod.compiled_dir, workshop)  # compiled ahead too, once per script version
+        except errors.WodError:
+            pass  # the seat's CREATE says why
     side = _side_folder(wod, student)
     target = _staged_path(wod, student, _stage_key(wod, workshop, entries))
     if os.path.isdir(target):
@@ -494,8 +509,9 @@ def provision(
     renderer = renderer or default_renderer(wod)
     home = home_path(wod, student)
     _check_workshop(wod, workshop)
+    compiled.check_can_install(workshop, uid)
     _students_root(wod)
-    entries = source_tree(Path(workshop.path), Path(workshop.root))
+    entries = _sources(workshop)
     side = _side_folder(wod, student)
     stale = _stale(side)
     # Not made (mkdtemp) but claimed by renaming the stage to it: a staged CREATE makes no new inode (see
