@@ -43,7 +43,7 @@ credentials on its standard input or in a here-document
 (``curl --config - <<EOF``), never as arguments.
 
 Compiled once per script version (its text, its interpreter) and cached in
-``compiled_dir``; a CREATE only copies the loader (16 KB) into the home.
+``compiled_dir``; a CREATE only copies the loader (17 KB) into the home.
 Interpreters: ``sh``, ``dash``, ``bash`` and ``python3`` (the ``#!`` line,
 ``/usr/bin/env NAME`` included); a script without one runs with ``sh``. A
 script missing, with another interpreter, or with a syntax error is a
