@@ -95,6 +95,11 @@ def test_a_script_that_cannot_be_compiled_is_a_problem_naming_it(tmp_path):
     ))
     ws = load_catalog([root]).get(WORKSHOP)
     assert ws.valid and ws.compile == ("login.sh",), ws.problems
+    r = subprocess.run(
+        [sys.executable, "-m", "wod_jupyterhub.cli", "check", WORKSHOP, "--notebooks", str(root), "--config", str(config)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr  # renders for a scratch seat, the programs left out
 
 
 def test_compile_false_and_bad_values(tmp_path):

@@ -199,7 +199,11 @@ class WodService(Application):
         from .directory import Directory, WodLdap
 
         ldap = WodLdap(parent=self)
-        self.directory = Directory(ldap)  # reads its bind password now: the secrets leave the environment below
+        try:
+            self.directory = Directory(ldap)  # reads its bind password now: the secrets leave the environment below
+        except TraitError as e:
+            print(f"wod service: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
         os.environ.pop(ldap.bind_password_env, None)
         self.work = SeatWork(
             self.wod, settings, catalog=self.catalog, hub=self.hub, hooks=WodHooks(self.wod, parent=self, log=self.log),
