@@ -298,3 +298,29 @@ def test_the_settings_are_checked_and_the_password_never_in_the_text(tmp_path, m
     with pytest.raises(TraitError, match="cannot be read"):
         WodLdap(bind_password_file=str(tmp_path / "missing")).read_bind_password()
     assert "password" not in {name for name in WodLdap.class_trait_names() if name != "bind_password_file" and name != "bind_password_env"}
+
+
+async def test_a_password_rotation_tells_the_portal_once_the_directory_knows(tmp_path, slapd):
+    """PASSWORD (any verb that hands a new password out): the portal hears it after the ldap step, never before."""
+    config = ldap_config(tmp_path, slapd, retry_for=120.0)
+    assert users_create(config, 1, 9, "--ldap-only").returncode == 0
+    with PortalServer() as portal:
+        parts = Parts(tmp_path, portal, config)
+        try:
+            op = await parts.run("CREATE", 7, customer="c1", email="e@x", workshop=WORKSHOP)
+            assert op.status == Status.SUCCEEDED, (op.error, op.steps)
+            given = await parts.portal_password(7)
+            slapd.stop()
+            op = await parts.engine.submit("PASSWORD", 7, customer="c1", workshop=WORKSHOP)
+            await asyncio.sleep(2.5)
+            now = parts.engine.read(op.id)
+            assert now.status == Status.RUNNING and [s["name"] for s in now.steps] == ["rotate"], now.steps
+            assert await parts.portal_password(7) == given  # not told yet
+            slapd.start()
+            op = await parts.engine.wait(op.id, 60)
+            assert op.status == Status.SUCCEEDED, (op.error, op.steps)
+            assert [s["name"] for s in op.steps] == ["rotate", "ldap", "end-sessions", "reopen"]
+            fresh = await parts.portal_password(7)
+            assert fresh != given and bind(slapd, 7, fresh) and not bind(slapd, 7, given)
+        finally:
+            await parts.close()

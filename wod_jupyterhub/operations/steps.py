@@ -54,16 +54,25 @@ async def rotate_step(run, work, seats, *, check=None, owner_only=False, seat=No
             run.result["passwords"] = {str(n): work.sealer.seal(password) for n, (password, _) in fresh.items()}
 
     def rotated(conn, _detail):
+        # A verb handing the password out to an ldap: true workshop's seat does what it does with it (tell the
+        # portal) in the ldap step instead, once the directory knows it.
+        later = directory == HAND_OUT and _ldap_workshop(run, work) is not None
         for n, (password, hashed) in fresh.items():
-            more = (seat(conn, n, password) or {}) if seat is not None else {}
+            more = (seat(conn, n, password) or {}) if seat is not None and not later else {}
             # The new generation ends every session issued before the seat changed hands.
             update_seat(conn, n, new_generation=True, password_hash=hashed, rotated_at=utcnow(), **more)
 
     await run.step("rotate", rotate, rotated)
-    await directory_step(run, work, seats, directory)
+    await directory_step(run, work, seats, directory, seat=seat if directory == HAND_OUT else None)
 
 
-async def directory_step(run, work, seats, directory=HAND_OUT):
+def _ldap_workshop(run, work):
+    """The run's workshop if it has ``ldap: true``, else None."""
+    ws = work.catalog.workshop_or_none(run.workshop)[0]
+    return ws if ws is not None and ws.ldap else None
+
+
+async def directory_step(run, work, seats, directory=HAND_OUT, seat=None):
     """The ``ldap`` step: the rotated passwords of ``seats`` set in the directory, if the run's workshop has ``ldap: true``.
 
     The passwords come from the operation's sealed result, so a run resumed
@@ -72,9 +81,11 @@ async def directory_step(run, work, seats, directory=HAND_OUT):
     ``c.WodLdap.retry_for`` seconds, then fails the verb (before anyone
     hears the password); :data:`TAKE_BACK` tries as long, then journals a
     warning and goes on; :data:`AT_ONCE` tries once, a failure a warning.
+    ``seat(conn, n, password)``: the verb's work with the password, left
+    by the ``rotate`` step to this step's effects (:data:`HAND_OUT` only).
     """
-    ws = work.catalog.workshop_or_none(run.workshop)[0]
-    if ws is None or not ws.ldap:
+    ws = _ldap_workshop(run, work)
+    if ws is None:
         return None
     if len(seats) == 1 and "password" in run.result:
         sealed = {seats[0]: run.result["password"]}
@@ -89,7 +100,13 @@ async def directory_step(run, work, seats, directory=HAND_OUT):
             passwords, retry=directory != AT_ONCE, required=directory == HAND_OUT, workshop=ws.name
         )
 
-    return await run.step("ldap", set_passwords)
+    def handed_out(conn, _detail):
+        for n, v in sealed.items():
+            more = seat(conn, n, work.sealer.open(v))
+            if more:
+                update_seat(conn, n, **more)
+
+    return await run.step("ldap", set_passwords, handed_out if seat is not None else None)
 
 
 def end_sessions_step(run, work, seats, *, tolerate_hub_errors=False):
