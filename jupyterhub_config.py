@@ -164,6 +164,20 @@ c.Wod.variables = {
 }
 
 # ---------------------------------------------------------------------------
+# ldap: true workshops: the directory that learns each rotated seat password
+# (wod_jupyterhub/directory.py; README "Writing a workshop"). Off in the demo.
+# ---------------------------------------------------------------------------
+
+# c.WodLdap.uri = "ldaps://ldap.example.org:636"  # or ldap://…:389 with start_tls = True
+# c.WodLdap.bind_dn = "cn=admin,dc=example,dc=org"
+# c.WodLdap.bind_password_file = "/etc/wod/ldap.secret"  # else $WOD_LDAP_PASSWORD; never written here
+# c.WodLdap.seat_dn = "uid=student{N},ou=people,dc=example,dc=org"
+# c.WodLdap.retry_for = 300  # seconds a CREATE waits for a directory it cannot reach, then fails
+
+# compile: workshops: their scripts, compiled into loaders the students run but cannot read.
+# c.Wod.compiled_dir = "/var/lib/wod-jupyterhub/compiled"
+
+# ---------------------------------------------------------------------------
 # Login: WodAuthenticator (wod_jupyterhub/auth.py)
 # ---------------------------------------------------------------------------
 

@@ -53,6 +53,22 @@ def check_student_number(n) -> int:
     return n
 
 
+def load_config_file(path: str | None):
+    """The traitlets config of the Python file ``path`` (the hub's ``jupyterhub_config.py``); empty without one.
+
+    A missing file raises ``FileNotFoundError`` with a sentence.
+    """
+    from traitlets.config import Config
+    from traitlets.config.loader import PyFileConfigLoader
+
+    if not path:
+        return Config()
+    full = os.path.abspath(path)
+    if not os.path.isfile(full):
+        raise FileNotFoundError(f"configuration file {path} does not exist")
+    return PyFileConfigLoader(os.path.basename(full), os.path.dirname(full)).load_config()
+
+
 class Wod(Configurable):
     """Settings shared by ``WodAuthenticator``, ``WodSpawner`` and the ``wod`` service."""
 
@@ -145,6 +161,26 @@ class Wod(Configurable):
         Unicode(),
         help="Folders searched, public first then private, for the hooks ``create-``, ``post-copy-``, ``cleanup-`` and ``reset-<WKSHP>.sh``.",
     ).tag(config=True)
+
+    compiled_dir = Unicode(
+        help="""Where the scripts of ``compile:`` workshops are kept compiled: their texts, loaders and interpreters.
+
+        Root's alone (the texts in a ``0700`` folder); made when missing. A
+        seat gets a copy of its script's loader, never the text. Defaults to
+        ``/var/lib/wod-jupyterhub/compiled`` as root, else
+        ``~/.cache/wod-jupyterhub/compiled``. See the README's "Compiled scripts".
+        """,
+    ).tag(config=True)
+
+    @default("compiled_dir")
+    def _compiled_dir_default(self):
+        if os.geteuid() == 0:
+            return "/var/lib/wod-jupyterhub/compiled"
+        return os.path.join(os.path.expanduser("~"), ".cache", "wod-jupyterhub", "compiled")
+
+    @validate("compiled_dir")
+    def _abs_compiled_dir(self, proposal):
+        return os.path.abspath(proposal["value"])
 
     strict_undefined = Bool(
         True,

@@ -147,7 +147,7 @@ def check_workshop(wod, catalog, name: str, *, execute: bool, timeout: float, va
         scratch_wod = Wod(students_root=scratch, **settings)
         try:
             values = template_variables(scratch_wod, ws, n, SCRATCH_PASSWORD, modews=mode, hostname="wod-check")
-            home = homes.provision(scratch_wod, ws, n, values, renderer=default_renderer(scratch_wod))
+            home = homes.provision(scratch_wod, ws, n, values, renderer=default_renderer(scratch_wod), compiled_scripts=False)
         except WodError as e:
             report.update(status=FAILED, problems=[f"render: {e.message}"])
             return report

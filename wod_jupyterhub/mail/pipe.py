@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 
 EX_TEMPFAIL = 75
@@ -34,15 +33,9 @@ EX_REFUSED = 2
 
 
 def _load_config(path: str | None):
-    from traitlets.config import Config
-    from traitlets.config.loader import PyFileConfigLoader
+    from ..config import load_config_file
 
-    if not path:
-        return Config()
-    full = os.path.abspath(path)
-    if not os.path.isfile(full):
-        raise FileNotFoundError(f"configuration file {path} does not exist")
-    return PyFileConfigLoader(os.path.basename(full), os.path.dirname(full)).load_config()
+    return load_config_file(path)
 
 
 def build_parser():
