@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import os
 import subprocess
 
 SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}.get(os.uname().machine)
 KEYCTL_JOIN_SESSION_KEYRING, KEYCTL_CLEAR, KEYCTL_GET_PERSISTENT = 1, 7, 22
 KEY_SPEC_PROCESS_KEYRING, KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING = -2, -4, -5
+
+log = logging.getLogger("wod.keyrings")
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _syscall = _libc.syscall
@@ -47,7 +50,11 @@ def _clear_own() -> None:
 
 
 def clear_keyrings(uid: int, gid: int) -> bool:
-    """Clear the keyrings of ``uid`` as that uid (a child set to it); whether the child ran (root only)."""
+    """Clear the keyrings of ``uid`` as that uid (a child set to it); whether that ran (root only).
+
+    Never raises: it runs while a seat is wiped, after the rest, and a
+    failure here is logged and reported, not allowed to hide another.
+    """
     if os.geteuid() != 0 or SYS_KEYCTL is None:
         return False
 
@@ -57,8 +64,12 @@ def clear_keyrings(uid: int, gid: int) -> bool:
         os.setuid(uid)
         _clear_own()
 
-    subprocess.run(
-        ["/bin/true"], preexec_fn=as_uid, env={}, cwd="/", close_fds=True, check=True, timeout=30,
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    return True
+    try:
+        r = subprocess.run(
+            ["/bin/true"], preexec_fn=as_uid, env={}, cwd="/", close_fds=True, check=False, timeout=30,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        log.warning("could not clear the keyrings of uid %d: %s", uid, e)
+        return False
+    return r.returncode == 0

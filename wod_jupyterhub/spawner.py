@@ -134,7 +134,7 @@ class WodSpawner(LocalProcessSpawner):
 
     @default("private_tmp")
     def _private_tmp_default(self):
-        return self.wod.system_users and os.geteuid() == 0
+        return self._system_users() and os.geteuid() == 0
 
     private_tmp_size = Unicode(
         "1G",
@@ -178,7 +178,7 @@ class WodSpawner(LocalProcessSpawner):
 
     @default("kernel_transport")
     def _kernel_transport_default(self):
-        return "ipc" if self.wod.system_users else "tcp"
+        return "ipc" if self._system_users() else "tcp"
 
     python_flags = List(
         Unicode(),
@@ -247,12 +247,15 @@ class WodSpawner(LocalProcessSpawner):
         # The hub's own interpreter: jupyterhub-singleuser need not be on PATH.
         return [sys.executable, "-m", "jupyterhub.singleuser"]
 
+    def _system_users(self) -> bool:
+        # A default may be asked for before __init__ has made self.wod.
+        return (getattr(self, "wod", None) or Wod(config=self.config)).system_users
+
     @default("disable_user_config")
     def _disable_user_config_default(self):
         # In system-users mode a student owns ~/.jupyter: a jupyter_server_config.py there could
         # serve any page under the hub's origin. JupyterHub then tells the server to skip it.
-        wod = getattr(self, "wod", None) or Wod(config=self.config)
-        return wod.system_users
+        return self._system_users()
 
     @default("env_keep")
     def _env_keep_default(self):
