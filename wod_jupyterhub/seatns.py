@@ -99,6 +99,15 @@ def _bytes(value: str | None):
     return value.encode() if value is not None else None
 
 
+def _ancestors(path: str) -> list:
+    """(folder, its stat) of ``path`` and each folder above it, top first (``/`` left out)."""
+    found = []
+    while path not in ("/", ""):
+        found.append((path, os.stat(path)))
+        path = os.path.dirname(path)
+    return found[::-1]
+
+
 class SeatNamespace:
     """The namespaces a seat's server enters before it drops root; build it before the fork, ``enter()`` after."""
 
@@ -113,11 +122,18 @@ class SeatNamespace:
         _check(_unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare")
         # The carried folders as they are now: a tmpfs mounted on /tmp would hide one below it.
         carried = {i: os.open(m.source, os.O_PATH | os.O_DIRECTORY) for i, m in enumerate(self._mounts) if m.carry}
+        # ... and the folders above them, remade with their owner and mode where a tmpfs hid them.
+        above = {i: _ancestors(self._mounts[i].target) for i in carried}
         for i, (source, target, fstype, flags, data) in enumerate(self._calls):
             m = self._mounts[i]
-            if m.make or m.carry:
+            if m.make:
                 os.makedirs(m.target, 0o755, exist_ok=True)
             if i in carried:
+                for path, st in above[i]:
+                    if not os.path.isdir(path):
+                        os.mkdir(path)
+                        os.chown(path, st.st_uid, st.st_gid)
+                        os.chmod(path, st.st_mode & 0o7777)
                 source = b"/proc/self/fd/%d" % carried[i]
             _check(_mount(source, target, fstype, flags, data), f"mount {m.target}")
         for fd in carried.values():
