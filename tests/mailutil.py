@@ -48,6 +48,28 @@ def portal_send(port: int, data: bytes, read_first: bool = True) -> bytes:
             return b""
 
 
+def portal_dialog(port: int, data: bytes, timeout: float = 15) -> str:
+    """The portal's bytes, written at once once the greeting is read; the service's reply to the message.
+
+    The portal itself writes before the greeting and reads nothing else, so the
+    listener answers it with the greeting only (``portal_send``); a test that
+    wants to read the answer to the mail waits for the greeting first.
+    """
+    replies = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        end = time.monotonic() + timeout
+        # the greeting, then HELO, MAIL, RCPT, DATA (354) and the message's own reply: six lines
+        for lines in (1, 6):
+            while replies.count(b"\n") < lines and time.monotonic() < end:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                replies += chunk
+            if lines == 1:
+                s.sendall(data)
+    return replies.decode("utf-8", "replace").strip().splitlines()[-1]
+
+
 class _Handler:
     def __init__(self):
         self.messages = []

@@ -281,6 +281,7 @@ async def test_stop_cancels_a_running_verb_within_its_grace(db_url, tmp_path):
 def test_the_verb_table_names_each_verb():
     assert {verb: fn.__name__ for verb, fn in VERBS.items()} == {
         "CREATE": "create", "CLEANUP": "cleanup", "RESET": "reset", "PURGE": "purge",
+        "PASSWORD": "password",
     }
     for fn in VERBS.values():
         assert "Steps, in order:" in fn.__doc__, fn.__name__

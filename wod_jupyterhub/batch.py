@@ -1,4 +1,4 @@
-"""``wod create|cleanup|reset|purge WORKSHOP STUDENTS``: one verb over a range of seats, through the REST API.
+"""``wod create|cleanup|reset|purge|passwords WORKSHOP STUDENTS``: one verb over a range of seats, through the REST API.
 
 What the original's ``wod-test-action.sh VERB WKSHP MIN[,MAX]`` did by mail,
 over the service's API: every seat is one operation (a RESET of a
@@ -9,6 +9,11 @@ the password of a CREATE with ``--show-passwords``; the completion of a
 CLEANUP) or ``--json``. The exit status is 1 when a seat failed (they are
 named on stderr), 130 after Ctrl-C: the first stops submitting and waits
 for what runs, a second stops waiting.
+
+``create`` first asks the service who holds each seat (``api/students/{N}``,
+the rule the service admits verbs by) and, if any is held, names them and
+sends nothing: ``--force`` provisions them again, ``passwords`` gives their
+participants new passwords without touching a home.
 """
 
 import asyncio
@@ -21,7 +26,11 @@ from .client import AsyncWodClient, ServiceError
 from .errors import BadRequest
 from .tables import format_table, progress_bar
 
-VERBS = ("create", "cleanup", "reset", "purge")
+VERBS = ("create", "cleanup", "reset", "purge", "passwords")
+#: the REST verb of a command, where its name differs
+ENDPOINTS = {"passwords": "password"}
+#: the commands whose table and JSON carry each seat's new password
+SHOWS_PASSWORDS = ("create", "passwords")
 #: a seat's outcome when nothing was sent for it (Ctrl-C came first)
 NOT_SUBMITTED = "not submitted"
 MAX_SEATS = 10_000
@@ -90,9 +99,10 @@ class Batch:
     """Runs one verb over seats with at most ``parallel`` operations in flight."""
 
     def __init__(self, client: AsyncWodClient, verb: str, workshop: str, seats: list[int], *, customer=None,
-                 email=None, parallel: int = 8, poll: float = 0.5, on_done=None):
+                 email=None, parallel: int = 8, poll: float = 0.5, on_done=None, force: bool = False):
         self.client = client
         self.verb = verb
+        self.force = force
         self.workshop = workshop
         self.seats = {n: Seat(n) for n in seats}
         self.customer = customer
@@ -122,14 +132,27 @@ class Batch:
             return body
         body["student"] = n
         customer = self.customer
-        if customer is None and self.verb in ("cleanup", "purge"):
+        if customer is None and self.verb in ("cleanup", "purge", "passwords"):
             # The seat's holder, so the admin need not know who booked it.
             seat = await self.client.request("GET", f"api/students/{n}")
             customer = seat.get("customer")
         body["customer"] = customer or "0"  # the original's test script called its customer 0
         if self.verb == "create":
             body["email"] = self.email or "wod-cli@localhost"
+            if self.force:
+                body["force"] = True
         return body
+
+    async def held(self) -> dict[int, dict]:
+        """The seats of the batch that are held (or will be, once their queued operations ran): number -> holding."""
+        slots = asyncio.Semaphore(self.parallel)
+
+        async def one(n):
+            async with slots:
+                return n, (await self.client.request("GET", f"api/students/{n}")).get("holding")
+
+        found = await asyncio.gather(*(one(n) for n in sorted(self.seats)))
+        return {n: h for n, h in found if h and h["state"] != "free"}
 
     async def _one(self, numbers: list[int]) -> None:
         started = time.monotonic()
@@ -138,7 +161,7 @@ class Batch:
             seat.status = "submitted"
         try:
             op = await self.client.request(
-                "POST", f"api/{self.verb}", ok=(200, 202), json=await self._body(numbers), params={"wait": "30"}
+                "POST", f"api/{ENDPOINTS.get(self.verb, self.verb)}", ok=(200, 202), json=await self._body(numbers), params={"wait": "30"}
             )
             while op["status"] in ("queued", "running"):
                 await asyncio.sleep(self.poll)
@@ -195,7 +218,7 @@ def _line(seat: Seat) -> str:
 
 def table(batch: Batch, show_passwords: bool) -> str:
     header = ["SEAT", "STATUS", "TIME"]
-    if batch.verb == "create" and show_passwords:
+    if batch.verb in SHOWS_PASSWORDS and show_passwords:
         header.append("PASSWORD")
     if batch.verb == "cleanup":
         header.append("COMPLETION")
@@ -203,13 +226,23 @@ def table(batch: Batch, show_passwords: bool) -> str:
     rows = []
     for seat in batch.seats.values():
         row = [f"student{seat.number}", seat.status, "-" if seat.seconds is None else f"{seat.seconds:.2f}s"]
-        if batch.verb == "create" and show_passwords:
+        if batch.verb in SHOWS_PASSWORDS and show_passwords:
             row.append(seat.password or "-")
         if batch.verb == "cleanup":
             row.append("-" if seat.completion is None else f"{seat.completion} %")
         row.append((seat.error or "").splitlines()[0][:120] if seat.error and seat.failed else "")
         rows.append(row)
     return format_table(header, rows)
+
+
+def refusal(held: dict[int, dict]) -> str:
+    """Why ``wod create`` sent nothing: the held seats, each with its workshop and customer, and the ways on."""
+    names = ", ".join(f"student{n} ({h['workshop'] or 'no workshop'}, customer {h['customer']})" for n, h in sorted(held.items()))
+    return (
+        f"wod: {len(held)} seat(s) are held, so nothing was sent: {names}. "
+        "`wod passwords WORKSHOP STUDENTS` gives them new passwords and keeps their homes; "
+        "--force provisions them again (their homes are erased)."
+    )
 
 
 def run_command(args, client: AsyncWodClient) -> int:
@@ -234,10 +267,19 @@ def run_command(args, client: AsyncWodClient) -> int:
 
     batch = Batch(
         client, args.verb, args.workshop, seats, customer=args.customer, email=getattr(args, "email", None),
-        parallel=args.parallel, on_done=on_done,
+        parallel=args.parallel, on_done=on_done, force=getattr(args, "force", False),
     )
 
     async def main():
+        if args.verb == "create" and not batch.force:
+            try:
+                state["held"] = await batch.held()
+            except BaseException:
+                await client.close()
+                raise
+            if state["held"]:
+                await client.close()  # nothing is sent for any seat
+                return
         loop = asyncio.get_running_loop()
         task = asyncio.ensure_future(batch.run())
 
@@ -260,7 +302,11 @@ def run_command(args, client: AsyncWodClient) -> int:
             loop.remove_signal_handler(signal.SIGINT)
             await client.close()
 
+    state["held"] = {}
     asyncio.run(main())
+    if state["held"]:
+        print(refusal(state["held"]), file=sys.stderr)
+        return 1
     if tty:
         sys.stderr.write("\n")
     failed = batch.failed

@@ -416,16 +416,23 @@ def build_parser() -> argparse.ArgumentParser:
         "cleanup": "measure completion and wipe seats (CLEANUP)",
         "reset": "wipe the kept seats of a reset: true workshop (RESET; a contiguous run is one operation)",
         "purge": "wipe seats whatever their state (PURGE)",
+        "passwords": "new passwords for active seats, their homes untouched (PASSWORD; the table shows them)",
     }
     for verb, text in verb_help.items():
         p = sub.add_parser(verb, help=f"{text} over a range of students, through the service")
         p.add_argument("workshop", metavar="WORKSHOP", help="WKSHP-<Name> (or CHLG-<Name>)")
         p.add_argument("students", metavar="STUDENTS", help="N, A-B or a list like 1,4,10-12")
         service_options(p)
-        p.add_argument("--customer", help="the customer id sent (default: CREATE 0; CLEANUP and PURGE: the seat's holder)")
+        p.add_argument("--customer", help="the customer id sent (default: CREATE 0; the others: the seat's holder)")
         if verb == "create":
             p.add_argument("--email", help="the participant's address sent with CREATE (default wod-cli@localhost)")
-        p.add_argument("--show-passwords", action="store_true", help="show the new passwords of CREATE in the table and JSON")
+            p.add_argument("--force", action="store_true",
+                           help="provision seats that are held again (their homes are erased); without it, held seats "
+                                "are named and nothing is sent")
+        if verb == "passwords":
+            p.set_defaults(show_passwords=True)
+        else:
+            p.add_argument("--show-passwords", action="store_true", help="show the new passwords of CREATE in the table and JSON")
         p.add_argument("--parallel", type=int, default=8, metavar="N", help="operations in flight at once (default %(default)s)")
         p.set_defaults(func=cmd_verb, verb=verb)
 

@@ -115,15 +115,16 @@ _STR = (str,)
 # The portal's customer ids are integers; other callers send strings. Both are
 # kept as the text the caller wrote (4242 and "4242" name one customer).
 _ID = (str, int)
-_TYPES = {"integer": _INT, "string": _STR, "array": (list,), ("string", "integer"): _ID}
-_KINDS = {_INT: "a whole number", _STR: "a string", _ID: "a string or a whole number"}
+_BOOL = (bool,)
+_TYPES = {"integer": _INT, "string": _STR, "array": (list,), "boolean": _BOOL, ("string", "integer"): _ID}
+_KINDS = {_INT: "a whole number", _STR: "a string", _ID: "a string or a whole number", _BOOL: "true or false"}
 MAX_TEXT = 255
 
 
 def verb_fields(openapi: dict) -> dict:
     """The body fields each verb takes, read from the OpenAPI document: verb → {name: (types, required)}."""
     fields = {}
-    for verb in ("CREATE", "CLEANUP", "RESET", "PURGE"):
+    for verb in ("CREATE", "CLEANUP", "RESET", "PURGE", "PASSWORD"):
         schema = openapi["components"]["schemas"][f"{verb.capitalize()}Request"]
         required = set(schema.get("required", ()))
         fields[verb] = {
@@ -186,7 +187,7 @@ class VerbHandler(BaseHandler):
                 if required:
                     raise BadRequest(f"Field {name!r} is required for {self.verb}.", code="missing_field")
                 continue
-            if not isinstance(value, types) or isinstance(value, bool):
+            if not isinstance(value, types) or (isinstance(value, bool) and types is not _BOOL):
                 kind = _KINDS.get(types, "a list")
                 raise BadRequest(f"Field {name!r} must be {kind}, not {json.dumps(value)[:40]}.", code="bad_field")
             if types is _ID and isinstance(value, int):
@@ -219,15 +220,18 @@ class VerbHandler(BaseHandler):
                     last = None
         # The engine runs the verb: VERBS[verb] in operations/verbs.py.
         op = await self.engine.submit(
-            self.verb, first, last, customer=body.get("customer"), email=body.get("email"), workshop=body.get("workshop")
+            self.verb, first, last, customer=body.get("customer"), email=body.get("email"), workshop=body.get("workshop"),
+            force=bool(body.get("force")),
         )
         self.app.metrics.request(self.verb)
-        if wait:
+        # A repeated CREATE is answered with the first one (Engine.submit ran nothing for it).
+        repeat = getattr(op, "repeat", False)
+        if wait and op.status in Status.UNFINISHED:
             op = await self.engine.wait(op.id, wait, op)
-            if op.status in Status.FINISHED:
-                return self.send(self.views.operation_json(op, reveal=self.can_operate), 200)
+        if op.status in Status.FINISHED:
+            return self.send(self.views.operation_json(op, reveal=self.can_operate, repeat=repeat), 200)
         self.set_header("Location", f"{self.app.prefix}api/operations/{op.id}")
-        self.send(self.views.operation_json(op, reveal=self.can_operate), 202)
+        self.send(self.views.operation_json(op, reveal=self.can_operate, repeat=repeat), 202)
 
 
 class OperationHandler(BaseHandler):
@@ -246,7 +250,7 @@ class OperationsHandler(BaseHandler):
             raise BadRequest(f"Query parameter status must be queued, running, succeeded or failed, not {status!r}.")
         verb = (self.get_query_argument("verb", None) or "").upper() or None
         if verb and verb not in VERB_FIELDS:
-            raise BadRequest(f"Query parameter verb must be CREATE, CLEANUP, RESET or PURGE, not {verb!r}.")
+            raise BadRequest(f"Query parameter verb must be CREATE, CLEANUP, RESET, PURGE or PASSWORD, not {verb!r}.")
         ops = self.views.operations(student=student, status=status, verb=verb, limit=limit)
         self.send({"operations": [self.views.operation_json(op, reveal=self.can_operate) for op in ops]})
 

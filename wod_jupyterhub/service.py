@@ -204,11 +204,14 @@ class WodService(Application):
         self.engine = Engine(settings, self.store, self.work, log=self.log)
         self.engine.on_end(self.metrics.operation_ended)
         self.preparer = Preparer(settings, self.store, self.work, self.engine, log=self.log)
-        self.views = Views(self.wod, self.store, self.sealer)
+        self.views = Views(self.wod, self.store, self.sealer, catalog=self.catalog)
         from .mail.gateway import MailGateway
 
         # In this process, beside the engine: see mail/gateway.py for why.
-        self.mail = MailGateway(WodMail(parent=self), self.wod, self.store, self.engine.submit, self.log, metrics=self.metrics)
+        self.mail = MailGateway(
+            WodMail(parent=self), self.wod, self.store, self.engine.submit, self.log, metrics=self.metrics,
+            holding=self.engine.holding,
+        )
         self.disk = DiskWatch(lambda n: str(self.wod.home(n)), self.wod.home_size_bytes, self.disk_interval, log=self.log)
         self.openapi = OPENAPI
         from .admin_api import CheckRuns

@@ -28,6 +28,15 @@ def format_status(data: dict) -> str:
             f"{c['mean']} % of {c['count']}" if c["count"] else "-",
         ])
     out.append(format_table(["WORKSHOP", "ACTIVE", "RANGE", "CAPACITY", "FREE", "ACTIVE", "KEPT", "CLEANING", "COMPLETION"], rows))
+    held = data.get("seats") or []
+    out.append(f"\nHeld seats: {len(held)}")
+    if held:
+        # What a verb for a seat must name: its workshop and its customer.
+        out.append(format_table(
+            ["SEAT", "STATE", "WORKSHOP", "CUSTOMER", "SINCE"],
+            [[f"student{st['student']}", st["state"], st["workshop"] or "-", st["customer"] or "-", st["since"] or "-"]
+             for st in held],
+        ))
     ops = data["operations"]
     for title, key in (("Running operations", "running"), ("Failed operations (latest)", "failed")):
         out.append(f"\n{title}: {len(ops[key])}")

@@ -20,11 +20,11 @@ from .relay import Relay
 
 
 class MailGateway:
-    def __init__(self, settings, wod, store, submit, log, metrics=None):
+    def __init__(self, settings, wod, store, submit, log, metrics=None, holding=None):
         self.settings = settings
         self.log = log
         self.relay = Relay(store, settings, log=log, metrics=metrics)
-        self.ingress = Ingress(settings, wod, store, self.relay, submit, log=log, metrics=metrics)
+        self.ingress = Ingress(settings, wod, store, self.relay, submit, log=log, metrics=metrics, holding=holding)
         self.listener = MailListener(settings, self.ingress, log=log)
         self.wod = wod
         self._relay_task = None

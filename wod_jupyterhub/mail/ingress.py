@@ -17,7 +17,10 @@ address, ``MAIL FROM``, ``RCPT TO``) and hands it the message at the end;
   again (a second rotation would invalidate the credentials already
   mailed); a PURGE or single-seat RESET that names a customer while the
   seat is held by another is stale and refused (it would take the seat from
-  its new holder). A repeated Message-ID is stored once.
+  its new holder). A repeated Message-ID is stored once. Who holds a seat
+  is the engine's rule (``operations/holders.py``), as for the REST verbs;
+  a CLEANUP or PURGE whose body names another workshop than the seat's is
+  refused like the REST 409.
 * Every other mail from the sender is a participant mail, written to the
   relay's outbox before the listener answers 250.
 * Anything refused changes nothing and is counted by reason in
@@ -35,6 +38,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from ..catalog import parse_workshop_name
 from ..errors import WodError
 from ..store import MailMessage, Operation, Seat, Status, Student, utcnow
 from .message import PROMISE, parse_message, parse_verb
@@ -71,8 +75,9 @@ class Envelope:
 class Ingress:
     """Judges and stores received mail; shared by the listener and ``wod mail``."""
 
-    def __init__(self, settings, wod, store, relay=None, submit=None, log=None, metrics=None):
-        """``submit``: the engine's ``async submit(verb, student, student_last, customer=, email=, workshop=)``.
+    def __init__(self, settings, wod, store, relay=None, submit=None, log=None, metrics=None, holding=None):
+        """``submit``: the engine's ``async submit(verb, student, student_last, customer=, email=, workshop=)``;
+        ``holding``: the engine's ``holding(n)``, who holds a seat (the rule the REST admission uses too).
 
         ``metrics``: told of each event (``mail_received(kind)``, ``mail_refused(reason)``,
         ``mail_duplicate()``), as the metrics module's counters want it.
@@ -82,6 +87,7 @@ class Ingress:
         self.store = store
         self.relay = relay
         self.submit = submit
+        self.holding = holding
         self.log = log or logging.getLogger("wod.mail")
         self.metrics = metrics
         self.received = Counter()  # kind -> mails accepted
@@ -197,7 +203,7 @@ class Ingress:
             self._count("duplicate")
             self.log.info("Verb mail %r repeats operation %s; not run again", subject, duplicate)
             return Reply(250, f"2.0.0 Ok: already operation {duplicate}")
-        workshop = mail.workshop if mail.verb in ("CREATE", "RESET") else None
+        workshop = mail.workshop if mail.verb in ("CREATE", "RESET") else _named_workshop(mail.workshop)
         if mail.verb in ("CREATE", "RESET") and not workshop:
             return self.refuse("workshop", 550, f"5.6.0 {mail.verb} needs the workshop folder on the body's first line.", subject)
         if self.submit is None:
@@ -208,6 +214,10 @@ class Ingress:
             )
         except WodError as e:
             return self.refuse(_reason(e), 550, f"5.7.1 {e.message}", subject)
+        if getattr(op, "repeat", False):
+            self._count("duplicate")
+            self.log.info("Verb mail %r repeats operation %s; not run again", subject, op.id)
+            return Reply(250, f"2.0.0 Ok: already operation {op.id}")
         self._count("received", "verb")
         self._record(envelope, message, op.id)
         self.log.info("Verb mail %r from %s became operation %s", subject, envelope.sender, op.id)
@@ -296,8 +306,9 @@ class Ingress:
                 )
                 if earlier is not None:
                     return earlier
-            if verb in ("PURGE", "RESET") and first == last:
-                holder = self._holder(s, first)
+            if verb in ("PURGE", "RESET") and first == last and self.holding is not None:
+                seat = self.holding(first)
+                holder = seat.customer if seat.held else None
                 if holder is not None and holder != customer:
                     raise Conflict(
                         f"{verb} for customer {customer}, but student {first} is now held by customer {holder}:"
@@ -305,19 +316,17 @@ class Ingress:
                     )
         return None
 
-    @staticmethod
-    def _holder(s, n: int) -> str | None:
-        """Who holds seat ``n`` once the queued operations ran, as far as a CREATE decides it."""
-        pending = s.scalar(
-            select(Operation.customer)
-            .where(Operation.verb == "CREATE", Operation.student == n, Operation.status.in_(Status.UNFINISHED))
-            .order_by(Operation.created.desc())
-            .limit(1)
-        )
-        if pending is not None:
-            return pending
-        st = s.get(Student, n)
-        return st.customer if st is not None and st.state in Seat.HELD else None
+
+def _named_workshop(line: str | None) -> str | None:
+    """The workshop a CLEANUP or PURGE mail names on its body's first line, if that line is one.
+
+    A named workshop the seat does not hold is refused (the admission's 409); a body without one names none.
+    """
+    try:
+        parse_workshop_name(line)
+    except WodError:
+        return None
+    return line
 
 
 def _reason(e: WodError) -> str:

@@ -107,9 +107,9 @@ async def _run(args, data: bytes) -> int:
         return EX_REFUSED
     store = Store(wod.db_url)
     try:
-        submit, close = engine_submit(config, wod, store, log)
+        submit, holding, close = engine_submit(config, wod, store, log)
         try:
-            ingress = Ingress(settings, wod, store, Relay(store, settings, log=log), submit, log=log)
+            ingress = Ingress(settings, wod, store, Relay(store, settings, log=log), submit, log=log, holding=holding)
             reply = await take(ingress, data, args.sender, args.recipients, args.peer)
         finally:
             close()

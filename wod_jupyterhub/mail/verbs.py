@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def engine_submit(config, wod, store, log):
-    """(submit, close): the same admission checks and durable queueing as the service's REST verbs.
+    """(submit, holding, close): the same admission checks and durable queueing as the service's REST verbs.
 
     The engine is not started here: the operation row it writes is found by
     the dispatcher of the service process(es) sharing the database.
@@ -18,4 +18,4 @@ def engine_submit(config, wod, store, log):
         sealer=None, outbox=None, log=log,
     )  # fmt: skip
     engine = Engine(settings, store, work, log=log)
-    return engine.submit, work.close
+    return engine.submit, engine.holding, work.close

@@ -1,4 +1,4 @@
-"""Durable operations: the four verbs, journaled in the database from before they start to their end.
+"""Durable operations: the verbs, journaled in the database from before they start to their end.
 
 The files say the architecture:
 
@@ -6,10 +6,12 @@ The files say the architecture:
   heartbeat, start and stop; it knows no verb and runs ``VERBS[op.verb]``;
 - ``journal.py``: one run of an operation and its journal; ``Run.step`` is
   the one way a verb does a step;
-- ``verbs.py``: ``VERBS``, the table of the four verbs (CREATE, CLEANUP,
-  RESET, PURGE), each a function whose docstring lists its steps;
+- ``verbs.py``: ``VERBS``, the table of the verbs (CREATE, CLEANUP,
+  RESET, PURGE, PASSWORD), each a function whose docstring lists its steps;
 - ``steps.py``: the steps several verbs share (rotate, end-sessions, hooks);
 - ``admission.py``: whether a request may be queued (the checks of ``submit``);
+- ``holders.py``: who holds a seat once its pending operations ran, the one
+  rule the admission, the mail ingress and the class tools ask;
 - ``seatwork.py``: the work on a seat outside the database (passwords, hub,
   homes, hooks) and the threads it runs in;
 - ``prepare.py``: the idle preparation of free seats, and the warm-up;

@@ -4,25 +4,11 @@ A user's mistake raises a ``WodError`` (a sentence and its HTTP status) and
 changes nothing.
 """
 
-from sqlalchemy import and_, bindparam, func, select
-
 from ..catalog import parse_workshop_name
 from ..errors import Conflict, Unprocessable
-from ..store import Operation, Seat, Status, read_seat
+from .holders import holding, holding_create, overlapping, same_workshop
 
-
-def overlapping(first: int, last: int | None = None):
-    """The WHERE clause of the operations whose students include any of ``first..last``."""
-    last = first if last is None else last
-    return and_(Operation.student <= last, func.coalesce(Operation.student_last, Operation.student) >= first)
-
-
-# Built once (a statement caches its own cache key): every request of a burst runs it.
-_PENDING_FOR_SEAT = (
-    select(Operation.verb, Operation.customer, Operation.workshop)
-    .where(Operation.status.in_(Status.UNFINISHED), overlapping(bindparam("seat_number")))
-    .order_by(Operation.created, Operation.id)
-)
+__all__ = ["check_active", "check_holder", "check_request", "check_seat", "overlapping"]
 
 
 def check_request(work, verb, student, student_last=None, workshop=None):
@@ -43,43 +29,44 @@ def check_request(work, verb, student, student_last=None, workshop=None):
             raise Unprocessable(f"workshop {folder} has no reset: true in wod.yml, so it cannot be RESET")
         for n in {student, student_last if student_last is not None else student}:
             catalog.get().check_student(ws, n, wod)
-    elif verb == "CLEANUP" and workshop:
+    elif verb in ("CLEANUP", "PURGE", "PASSWORD") and workshop:
         parse_workshop_name(workshop)  # the seat knows its workshop; a named one must at least be well formed
     return workshop
 
 
-def check_seat(work, s, verb, n: int, customer) -> None:
-    """In the submitting transaction: a CREATE or CLEANUP names the customer who will hold seat ``n`` by then."""
-    if verb in ("CREATE", "CLEANUP"):
-        check_holder(n, holder_after_pending(work, s, n), customer)
+def check_seat(work, s, verb, n: int, customer, workshop=None, *, single=True, force=False) -> str | None:
+    """In the submitting transaction: may the verb be queued for seat ``n`` as it will be by then?
 
-
-def holder_after_pending(work, s, n: int):
-    """Who holds seat ``n`` once the operations already queued for it have run (None: free).
-
-    ``s``: a session or a connection (plain column reads, no ORM objects).
+    Returns the id of the CREATE that a repeated CREATE repeats (the caller
+    answers it and queues nothing), else None. Raises ``Conflict`` (409, a
+    sentence naming both sides) when the verb would take the seat from its
+    holder or names another workshop than the one the seat holds.
+    ``single``: the verb names seat ``n`` alone (a RESET over a range picks its
+    seats itself).
     """
-    st = read_seat(s, n)
-    holder = st.customer if st is not None and st.state in Seat.HELD else None
-    # The workshop the seat is kept for, if it is: only a RESET of that one frees it.
-    kept = st.workshop if st is not None and st.state == Seat.KEPT else None
-    pending = s.execute(_PENDING_FOR_SEAT, {"seat_number": n}).all()
-    for op in pending:
-        if op.verb == "CREATE":
-            holder, kept = op.customer, None
-        elif op.verb == "CLEANUP":
-            name = op.workshop or (st.workshop if st else None)
-            ws, _, _ = work.catalog.workshop_or_none(name)
-            if ws is not None and ws.reset:
-                kept = name
-            else:
-                holder = None
-        elif op.verb == "RESET":
-            if kept is not None and work.catalog.workshop_or_none(kept)[1] == work.catalog.workshop_or_none(op.workshop)[1]:
-                holder, kept = None, None
-        else:
-            holder, kept = None, None
-    return holder
+    h = holding(work.catalog, s, n)
+    if verb == "CREATE":
+        check_holder(n, h.customer if h.held else None, customer)
+        if h.active and not force:
+            if same_workshop(work.catalog, h.workshop, workshop):
+                repeated = holding_create(s, h)
+                if repeated is not None:
+                    return repeated
+            raise Conflict(
+                f"student {n} is active for customer {customer} with {h.workshop}; a CREATE for {workshop} would"
+                " erase their home: send force to re-provision it, or CLEANUP it first"
+            )
+        return None
+    if verb in ("CLEANUP", "PASSWORD"):
+        check_holder(n, h.customer if h.held else None, customer)
+    if workshop and h.held and single and not same_workshop(work.catalog, h.workshop, workshop):
+        raise Conflict(
+            f"{verb} names {workshop}, but student {n} holds {h.workshop}: nothing was done; name the seat's workshop"
+            + (" (or none: a PURGE naming no workshop takes any seat back)" if verb == "PURGE" else "")
+        )
+    if verb == "PASSWORD" and not h.active:
+        raise Conflict(f"student {n} is not active (it is {h.state}): only an active seat's password is renewed")
+    return None
 
 
 def check_holder(n: int, holder, customer) -> None:

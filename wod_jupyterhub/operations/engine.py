@@ -37,7 +37,8 @@ from ..owners import make_owner, owner_alive_locally
 from ..store import SEATS, Operation, Seat, Status, Student, utcnow
 from ..waiting import nap, settle
 from .admission import check_request, check_seat, overlapping
-from .journal import Run, release
+from .holders import holding
+from .journal import Run, forced_entry, release
 from .verbs import VERBS
 
 # The lease of a free seat being prepared (no operation): "<owner>/prepare-<N>".
@@ -147,8 +148,13 @@ class Engine:
 
     # ------------------------------------------------------------------ submit
 
-    async def submit(self, verb, student, student_last=None, customer=None, email=None, workshop=None) -> Operation:
-        """Queue an operation; a request the verb refuses raises its ``WodError`` and changes nothing."""
+    async def submit(self, verb, student, student_last=None, customer=None, email=None, workshop=None, force=False) -> Operation:
+        """Queue an operation; a request the verb refuses raises its ``WodError`` and changes nothing.
+
+        A repeated CREATE (its customer holds the seat for its workshop already, or will once its CREATE ran)
+        queues nothing: the answer is that CREATE, with ``repeat`` set. ``force``: a CREATE re-provisions a seat
+        its customer holds; the journal's first entry says so.
+        """
         if verb not in self.verbs:
             raise Unprocessable(f"unknown verb {verb!r}")
         workshop = check_request(self.work, verb, student, student_last, workshop)
@@ -160,13 +166,18 @@ class Engine:
         for attempt in range(5):
             values = dict(
                 id=uuid.uuid4().hex, verb=verb, student=student, student_last=student_last, customer=customer, email=email,
-                workshop=workshop, status=Status.QUEUED, steps=[], result={}, created=utcnow(),
+                workshop=workshop, status=Status.QUEUED, steps=forced_entry(force), result={}, created=utcnow(),
             )
             try:
                 with self.store.engine.begin() as conn:
                     ensure_students(conn, numbers)
-                    check_seat(self.work, conn, verb, student, customer)
-                    conn.execute(_ADD_OPERATION, values)
+                    repeated = check_seat(
+                        self.work, conn, verb, student, customer, workshop, single=student_last is None, force=force
+                    )
+                    if repeated is None:
+                        conn.execute(_ADD_OPERATION, values)
+                if repeated is not None:
+                    return self._repeat(repeated)
                 break
             except IntegrityError:
                 # Another process created the same student row in between: try again.
@@ -177,6 +188,17 @@ class Engine:
         self._last_busy = time.monotonic()
         self._wake.set()
         self.log.info("Queued %s %s for student %s", op.id, verb, student if student_last is None else f"{student}..{last}")
+        return op
+
+    def holding(self, n: int):
+        """Who holds seat ``n`` once the operations queued for it ran (``operations/holders.py``): a ``Holding``."""
+        with self.store.engine.connect() as conn:
+            return holding(self.work.catalog, conn, n)
+
+    def _repeat(self, op_id: str) -> Operation:
+        op = self.read(op_id)
+        op.repeat = True
+        self.log.info("A repeated %s for student %s answers operation %s; nothing is run again", op.verb, op.student, op_id)
         return op
 
     async def wait(self, op_id: str, timeout: float, op: Operation | None = None) -> Operation:

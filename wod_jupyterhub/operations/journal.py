@@ -150,6 +150,11 @@ async def _ready(value):
     return value
 
 
+def forced_entry(force: bool) -> list:
+    """The journal a submitted operation starts with: a ``force`` entry when it was sent with force."""
+    return [_entry("force", utcnow(), {"reason": "sent with force: a seat its customer holds is provisioned again"})] if force else []
+
+
 def _entry(name, started, detail=None, status=DONE, error=None) -> dict:
     entry = {"name": name, "status": status, "started": iso(started), "finished": iso(utcnow())}
     if detail is not None:

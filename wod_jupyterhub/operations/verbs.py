@@ -1,4 +1,4 @@
-"""The four verbs: what each does to a seat, step by step. The engine runs ``VERBS[op.verb](run, work)``.
+"""The verbs: what each does to a seat, step by step. The engine runs ``VERBS[op.verb](run, work)``.
 
 Each verb is a function whose docstring lists its steps in order; each step
 is one ``run.step(name, work, effects)`` (``operations/journal.py``): its
@@ -335,5 +335,32 @@ async def purge(run, work):
     await run.step("erase", erase, erased)
 
 
+# ---------------------------------------------------------------- PASSWORD
+
+
+async def password(run, work):
+    """PASSWORD: a new password for active seat N; its home, its workshop and its customer stay as they are.
+
+    Steps, in order:
+      rotate        a new password: its hash on the seat (every session issued before ends), sealed on the
+                    operation; the portal hears it, as after a CREATE
+      end-sessions  the server stopped, the tokens revoked: no one works on with the old password
+      reopen        the seat's hub sessions are its holder's again (the next CREATE asks the hub to revoke them)
+    """
+    n = run.student
+
+    def renewed(conn, n, password):
+        work.outbox.student_password(conn, n, password, operation_id=run.id)
+
+    await rotate_step(run, work, [n], owner_only=True, seat=renewed)
+    await end_sessions_step(run, work, [n])
+
+    def reopened(conn, _detail):
+        # The participant logs in again with the new password: the seat's sessions are live once more.
+        update_seat(conn, n, sessions_ended=False)
+
+    await run.step("reopen", None, reopened)
+
+
 #: verb -> the function that runs it; the engine runs ``VERBS[op.verb](run, work)``.
-VERBS = {"CREATE": create, "CLEANUP": cleanup, "RESET": reset, "PURGE": purge}
+VERBS = {"CREATE": create, "CLEANUP": cleanup, "RESET": reset, "PURGE": purge, "PASSWORD": password}

@@ -4,17 +4,22 @@ from sqlalchemy import select
 
 from ..errors import NotFound
 from ..store import Completion, Operation, Seat, Status, Student
-from .admission import overlapping
+from .holders import holding, overlapping
 from .journal import iso
+
+#: the verbs whose answer carries the seat's new password (to a caller who may operate)
+PASSWORD_VERBS = ("CREATE", "PASSWORD")
 
 
 class Views:
     """Reads operations and seats from the database and shapes them for the API."""
 
-    def __init__(self, wod, store, sealer):
+    def __init__(self, wod, store, sealer, catalog=None):
+        """``catalog``: the workshops (``CatalogCache``), for a seat's ``holding``; without it, none is shown."""
         self.wod = wod
         self.store = store
         self.sealer = sealer
+        self.catalog = catalog
 
     def operation(self, op_id: str) -> Operation:
         with self.store.Session() as s:
@@ -34,13 +39,15 @@ class Views:
         with self.store.Session() as s:
             return list(s.scalars(q))
 
-    def operation_json(self, op: Operation, reveal: bool = False) -> dict:
-        """``op`` as the API shows it; a finished CREATE's password only when ``reveal`` (the caller may operate)."""
+    def operation_json(self, op: Operation, reveal: bool = False, repeat: bool = False) -> dict:
+        """``op`` as the API shows it; a finished CREATE's or PASSWORD's password only when ``reveal`` (the caller
+        may operate). ``repeat``: the answer to a repeated CREATE, which ran nothing (``Engine.submit``)."""
         result = dict(op.result or {})
         public = {k: result[k] for k in ("login_url", "completion", "students") if k in result}
-        if op.verb == "CREATE" and op.status == Status.SUCCEEDED and "password" in result:
+        if op.verb in PASSWORD_VERBS and op.status == Status.SUCCEEDED and "password" in result:
             public["password"] = self.sealer.open(result["password"]) if reveal else None
         return {
+            "repeat": repeat,
             "id": op.id,
             "verb": op.verb,
             "student": op.student,
@@ -70,6 +77,7 @@ class Views:
                 select(Completion).where(Completion.student == n).order_by(Completion.taken_at.desc(), Completion.id.desc()).limit(1)
             ).first()
             busy = s.scalars(select(Operation.id).where(Operation.status.in_(Status.UNFINISHED), overlapping(n))).all()
+            held = holding(self.catalog, s, n).to_json() if self.catalog is not None else None
         return {
             "student": n,
             "user": f"student{n}",
@@ -82,6 +90,7 @@ class Views:
             "generation": st.generation if st else 0,
             "home_exists": self.wod.home(n).exists(),
             "pending_operations": list(busy),
+            "holding": held,
             "completion": None
             if last is None
             else {
