@@ -385,7 +385,7 @@ def test_a_kernels_output_goes_to_the_seats_log_never_the_hubs(hub):
     n = 362
     c, customer = seat(hub, n)
     mark = f"FORGED-{secrets.token_hex(6)}"
-    assert asyncio.run(run(hub, c, n, SHOUT.format(mark=mark))).split()[-1] == "done"  # after the shell's line, shown too
+    assert "done" in asyncio.run(run(hub, c, n, SHOUT.format(mark=mark))).split()  # the shell's line is shown too, in any order
     seat_log = hub.root / "seat-logs" / f"student{n}.log"
 
     def text(path):
