@@ -8,13 +8,13 @@ CHP := node_modules/.bin/configurable-http-proxy
 STUDENT_PYTHON ?= /usr/bin/python3
 STUDENT_VENV ?= $(CURDIR)/.venv-students
 
-.PHONY: demo test lint bench deps chromium system-users clean
+.PHONY: demo test lint bench deps chromium system-users students-reach clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
+$(VENV)/.installed: $(BIN)/python setup.cfg setup.py pyproject.toml MANIFEST.in
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
@@ -36,6 +36,14 @@ $(STUDENT_VENV)/.installed: $(VENV)/.installed
 	chmod -R a+rX $(STUDENT_VENV)
 	touch $@
 
+# As root, the students' Python must sit where every account can reach it: a clone in a folder
+# others cannot enter (a 0700 /root or mktemp -d) stops here, first, with what to do.
+students-reach:
+	@if [ "$$(id -u)" = 0 ]; then d="$(abspath $(STUDENT_VENV))"; while [ "$$d" != / ]; do d=$$(dirname "$$d"); \
+	  if [ -d "$$d" ] && [ $$(( 0$$(stat -c %a "$$d") & 1 )) = 0 ]; then \
+	    echo "make: the students' Python would go in $(STUDENT_VENV), which other accounts cannot reach ($$d is $$(stat -c %a "$$d")): run 'chmod o+x $$d', or set STUDENT_VENV to a folder every account can enter (e.g. make test STUDENT_VENV=/opt/wod-students)" >&2; exit 1; \
+	  fi; done; fi
+
 # As root, what system-users mode and its tests need: the students' Python, and cron and at
 # (the tests show that `wod users create` refuses them to students). Not root: those tests skip.
 system-users: deps
@@ -48,11 +56,11 @@ system-users: deps
 lint: deps
 	$(BIN)/ruff check .
 
-test: deps chromium lint system-users
+test: students-reach deps chromium lint system-users
 	PATH="$(CURDIR)/node_modules/.bin:$$PATH" WOD_STUDENT_PYTHON="$(STUDENT_VENV)/bin/python" $(BIN)/pytest -q -ra $(PYTEST_ARGS)
 
 # WOD_SYSTEM_USERS=1 make demo (as root): the accounts of the demo's range, every server as its student.
-demo: deps $(if $(filter-out 0,$(WOD_SYSTEM_USERS)),system-users)
+demo: $(if $(filter-out 0,$(WOD_SYSTEM_USERS)),students-reach) deps $(if $(filter-out 0,$(WOD_SYSTEM_USERS)),system-users)
 	PATH="$(CURDIR)/node_modules/.bin:$$PATH" WOD_STUDENT_PYTHON="$(STUDENT_VENV)/bin/python" $(BIN)/python -m wod_jupyterhub.demo
 
 # Each benchmark runs as a module from the repository root, so it imports

@@ -60,6 +60,21 @@ c.JupyterHub.cookie_max_age_days = WORKSHOP_HOURS / 24
 # ... and the browser forgets the cookies then too (tornado's default is 30 days).
 c.JupyterHub.tornado_settings = {"cookie_options": {"expires_days": WORKSHOP_HOURS / 24}}
 
+# What people see: the login page names the platform and helps participants
+# (wod_jupyterhub/templates/hub/login.html); an admin, who holds no seat, lands
+# on the wod dashboard instead of a server that cannot start.
+from wod_jupyterhub import pages  # noqa: E402
+
+c.JupyterHub.template_paths = [pages.TEMPLATES]
+c.JupyterHub.template_vars = {
+    "wod_platform_name": os.environ.get("WOD_PLATFORM_NAME", "Workshops-on-Demand"),
+    "wod_login_help": os.environ.get(
+        "WOD_LOGIN_HELP",
+        "Log in with the student name and password your registration mail gave you. Admins log in as admin.",
+    ),
+}
+c.JupyterHub.default_url = pages.landing_url
+
 # Servers nobody uses are not stopped by the hub: the workshop's CLEANUP does it.
 # A server gets this long to come up (a lab server needs ~6 s on a small VM).
 c.Spawner.start_timeout = 120
@@ -106,6 +121,10 @@ SYSTEM_USERS = os.environ.get("WOD_SYSTEM_USERS", "0").lower() not in ("", "0", 
 c.Wod.system_users = SYSTEM_USERS
 c.Wod.uid_base = 10000
 if SYSTEM_USERS:
+    # A demo's browsers are its admin's own: every seat's server on the hub's origin, which
+    # system-users mode otherwise refuses (production: c.JupyterHub.subdomain_host, a wildcard
+    # domain, and c.JupyterHub.cookie_host_prefix_enabled = True; README, "Security model").
+    c.Wod.allow_single_origin = True
     # The servers run as student<N>: with a Python every account may execute
     # (`make system-users` builds one in .venv-students; the hub's own may sit under /root).
     c.Spawner.cmd = [os.environ.get("WOD_STUDENT_PYTHON") or sys.executable, "-m", "jupyterhub.singleuser"]

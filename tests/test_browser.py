@@ -13,6 +13,7 @@ import pytest
 
 from tests.hubutil import RealHub
 from wod_jupyterhub.hubprocess import REPO
+from wod_jupyterhub.passwords import hash_password
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "artifacts"
@@ -24,14 +25,56 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+ADMIN_PASSWORD = "Admin-Pa55-" + uuid.uuid4().hex[:8]
+PLATFORM = "Acme Workshops"
+HELP = "Your student name and password are in the mail Acme sent you."
+BROWSER_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     # no notebooks given: c.Wod.notebooks defaults to the bundled samples
     variables = {"BRANDING": "HPE Developer Community", "BRANDINGWOD": "Workshops-on-Demand"}
+    # the pages as the demo configuration sets them, and an admin with a password hash
+    pages = (
+        "from wod_jupyterhub import pages\n"
+        "c.JupyterHub.template_paths = [pages.TEMPLATES]\n"
+        f"c.JupyterHub.template_vars = {{'wod_platform_name': {PLATFORM!r}, 'wod_login_help': {HELP!r}}}\n"
+        "c.JupyterHub.default_url = pages.landing_url\n"
+        f"c.WodAuthenticator.admin_password_hashes = {{'admin': {hash_password(ADMIN_PASSWORD, cost=4)!r}}}\n"
+    )
     with RealHub(
-        tmp_path_factory.mktemp("browser"), authenticator_class="wod", spawner_class="wod", wod_config={"variables": variables}
+        tmp_path_factory.mktemp("browser"), authenticator_class="wod", spawner_class="wod", wod_config={"variables": variables},
+        extra_config=pages,
     ) as h:
         yield h
+
+
+def test_the_admin_logs_in_and_lands_on_the_dashboard_and_a_student_sees_the_branded_login(hub):
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(hub.url + "hub/login")
+            expect(page.locator("#wod-platform-name")).to_have_text(PLATFORM)
+            expect(page.locator("#wod-login-help")).to_have_text(HELP)
+            page.screenshot(path=str(ARTIFACTS / "browser-branded-login.png"))
+            page.fill("input[name=username]", "admin")
+            page.fill("input[name=password]", ADMIN_PASSWORD)
+            page.click("input[type=submit], button[type=submit]")
+            # no seat, no server to spawn: the hub's OAuth takes the admin to the wod dashboard
+            page.wait_for_url("**/services/wod/", timeout=60_000)
+            expect(page.locator("body")).to_contain_text("WKSHP-PythonBasics", timeout=30_000)
+            assert "spawn" not in page.url and "Failed to start" not in page.content()
+            page.screenshot(path=str(ARTIFACTS / "browser-admin-dashboard.png"))
+        finally:
+            browser.close()
 
 
 def test_student_logs_in_and_sees_the_readme_in_jupyterlab(hub):
@@ -50,19 +93,7 @@ def test_student_logs_in_and_sees_the_readme_in_jupyterlab(hub):
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "browser-login.png"
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.goto(hub.url + "hub/login")

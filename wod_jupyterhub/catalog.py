@@ -261,7 +261,7 @@ def load_workshop(folder: Path, root: Path, readme: str = README) -> Workshop:
             ws.range = _parse_range(meta["range"], ws)
         ws.active = _parse_bool(meta, "active", ws)
         ws.reset = _parse_bool(meta, "reset", ws)
-        for key in ("ldap", "varpass", "beta", "compile"):
+        for key in ("ldap", "varpass", "beta", "compile", "show_readme"):
             _parse_bool(meta, key, ws)
         ws.mono_appliance = _parse_bool(meta, "monoAppliance", ws)
         ws.multi_appliance = _parse_bool(meta, "multiAppliance", ws)
@@ -376,19 +376,41 @@ def load_catalog(roots: list, prefer_private: bool = False, readme: str = README
 
 
 class CatalogCache:
-    """The catalog of ``wod.notebooks`` for a long-running process: read again once older than ``ttl`` seconds."""
+    """The catalog of ``wod.notebooks`` for a long-running process.
+
+    Read again when a notebooks root, a workshop folder or a ``wod.yml``
+    changed on disk (a few ``stat`` calls per request: a workshop added,
+    removed or edited is seen by the next request), and at the latest once
+    older than ``ttl`` seconds.
+    """
 
     def __init__(self, wod, ttl: float = 5.0):
         self.wod = wod
         self.ttl = ttl
         self._catalog: Catalog | None = None
         self._read_at = 0.0
+        self._signature: tuple = ()
+
+    def _stat_signature(self) -> tuple:
+        paths = [Path(r) for r in self.wod.notebooks]
+        if self._catalog is not None:
+            for ws in self._catalog.workshops.values():
+                paths += [ws.path, ws.path / META_FILE]
+        signature = []
+        for path in paths:
+            try:
+                st = os.stat(path)
+                signature.append((st.st_ino, st.st_mtime_ns, st.st_size))
+            except OSError:
+                signature.append(None)
+        return tuple(signature)
 
     def get(self) -> Catalog:
         now = time.monotonic()
-        if self._catalog is None or now - self._read_at > self.ttl:
+        if self._catalog is None or now - self._read_at > self.ttl or self._stat_signature() != self._signature:
             self._catalog = load_catalog(self.wod.notebooks, self.wod.prefer_private, self.wod.readme_notebook)
             self._read_at = now
+            self._signature = self._stat_signature()
         return self._catalog
 
     def workshop(self, name: str) -> tuple[Workshop, str, str]:

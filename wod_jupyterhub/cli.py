@@ -56,18 +56,10 @@ def _fail(message: str) -> int:
 
 
 def _base_wod(args):
-    """The c.Wod settings of ``--config`` (the hub's jupyterhub_config.py), or the defaults."""
-    from .config import Wod
+    """The c.Wod settings of ``--config``, else of ``./jupyterhub_config.py`` when present, else the defaults."""
+    from .hubconfig import load_wod
 
-    path = getattr(args, "config", None)
-    if not path:
-        return Wod()
-    from traitlets.config.loader import PyFileConfigLoader
-
-    full = os.path.abspath(path)
-    if not os.path.isfile(full):
-        raise BadRequest(f"configuration file {path} does not exist")
-    return Wod(config=PyFileConfigLoader(os.path.basename(full), os.path.dirname(full)).load_config())
+    return load_wod(getattr(args, "config", None))
 
 
 def _roots(args) -> list[str]:
@@ -115,7 +107,7 @@ def cmd_workshops(args) -> int:
         item["warnings"] = warnings.get(item["name"], [])
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True, default=str))
-        return 0
+        return 1 if any(item["problems"] for item in data) else 0
     workshops = [catalog.workshops[k] for k in sorted(catalog.workshops)]
     rows = [("WORKSHOP", "RANGE", "ACTIVE", "USABLE", "FOLDER")]
     for w in workshops:
@@ -134,7 +126,7 @@ def cmd_workshops(args) -> int:
         print(f"\n{len(repaired)} warning(s):")
         for name, w in repaired:
             print(f"  {name}: {w}")
-    return 0
+    return 1 if problems else 0
 
 
 # -- wod render ----------------------------------------------------------------------------
@@ -295,13 +287,16 @@ def _client_args(args):
 def cmd_verb(args) -> int:
     from .batch import parse_students, run_command
     from .catalog import parse_workshop_name
-    from .client import AsyncWodClient
+    from .client import AsyncWodClient, check_service
 
     parse_workshop_name(args.workshop)
     parse_students(args.students)  # bad input is refused before anything is sent
     if args.parallel < 1:
         raise BadRequest(f"--parallel must be 1 or more, not {args.parallel}")
     url, token = _client_args(args)
+    entry = check_service(url, token, parse_workshop_name(args.workshop)[0])
+    if args.verb == "create" and entry.get("name") and not entry.get("valid", True):
+        raise Unprocessable(f"workshop {entry['name']} cannot be provisioned: {' '.join(entry.get('problems') or [])}")
     return run_command(args, AsyncWodClient(url, token, concurrency=args.parallel))
 
 
@@ -328,16 +323,12 @@ def cmd_status(args) -> int:
 
 def cmd_check(args) -> int:
     from . import selftest
-    from .users import load_wod
 
     if bool(args.workshop) == bool(args.all):
         raise BadRequest("give one WORKSHOP or --all")
     if not 0 < args.timeout <= 3600:
         raise BadRequest(f"--timeout must be between 0 and 3600 seconds, not {args.timeout}")
-    config = args.config or ("jupyterhub_config.py" if os.path.isfile("jupyterhub_config.py") else None)
-    if config and not os.path.isfile(config):
-        raise BadRequest(f"--config {config} is not a file")
-    wod = load_wod(config)
+    wod = _base_wod(args)
     if args.notebooks:
         wod.notebooks = _roots(args)
     if args.prefer_private:
@@ -347,6 +338,38 @@ def cmd_check(args) -> int:
     report = selftest.check(wod, names, execute=args.execute, timeout=args.timeout, variables=_variables(args), progress=progress)
     print(json.dumps(report, indent=2) if args.json else selftest.format_report(report))
     return selftest.exit_status(report)
+
+
+# -- wod unlock ----------------------------------------------------------------------------
+
+
+def cmd_unlock(args) -> int:
+    from .store import Store
+    from .unlock import unlock
+
+    if not (args.name or args.address):
+        raise BadRequest("give a NAME (student<N> or an admin) or --address ADDRESS to unlock")
+    wod = _base_wod(args)
+    lifted = unlock(Store(wod.db_url), args.name, args.address)
+    who = " and ".join(x for x in (args.name, args.address and f"address {args.address}") if x)
+    if lifted:
+        print(f"unlocked {who}: " + "; ".join(lifted))
+    else:
+        print(f"{who} was not locked; its failed logins are forgotten")
+    return 0
+
+
+# -- wod config ----------------------------------------------------------------------------
+
+
+def cmd_config(args) -> int:
+    from .options import CLASSES, describe, option_classes
+
+    unknown = [n for n in args.classes if n not in CLASSES]
+    if unknown:
+        raise BadRequest(f"no option class {unknown[0]}; the classes are {', '.join(CLASSES)}")
+    print("\n\n".join(describe(cls) for cls in option_classes(args.classes)))
+    return 0
 
 
 # -- the parser ----------------------------------------------------------------------------
@@ -377,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     notebooks_options(p)
     variables_options(p)
-    p.add_argument("--config", "-f", metavar="FILE", help="the hub's jupyterhub_config.py: its c.Wod notebooks, variables and variables_dirs")
+    p.add_argument("--config", "-f", metavar="FILE", help="the hub's jupyterhub_config.py: its c.Wod notebooks, variables and variables_dirs "
+                   "(default ./jupyterhub_config.py when present, as wod check)")
     p.add_argument("--json", action="store_true", help="print the catalog as JSON")
     p.add_argument("--no-render", action="store_true", help="read the wod.yml files only; do not render the templates")
     p.set_defaults(func=cmd_workshops)
@@ -456,6 +480,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_check)
 
+    p = sub.add_parser(
+        "unlock", help="lift the login throttle's locks on a name (every address) or an address (every name)",
+        description="Forget the failed logins and locks of NAME and/or --address in the shared database (c.Wod.db_url), "
+        "so a locked-out participant logs in at once. Reads --config, else ./jupyterhub_config.py.",
+    )
+    p.add_argument("name", metavar="NAME", nargs="?", help="student<N>, or an admin's name")
+    p.add_argument("--address", metavar="ADDRESS", help="a client address (an IPv6 address counts by its /64)")
+    p.add_argument("--config", "-f", metavar="FILE", help="the hub's jupyterhub_config.py (default ./jupyterhub_config.py when present)")
+    p.set_defaults(func=cmd_unlock)
+
+    p = sub.add_parser(
+        "config", help="every c.Wod* option of jupyterhub_config.py with its default and help",
+        description="Print the options of wod-jupyterhub's classes as `jupyterhub --help-all` prints JupyterHub's.",
+    )
+    p.add_argument("classes", nargs="*", metavar="CLASS", help="only these classes (Wod, WodAuthenticator, WodService …)")
+    p.set_defaults(func=cmd_config)
+
     for name, (_, text) in DELEGATES.items():
         sub.add_parser(name, help=text, add_help=False)
     return parser
@@ -480,8 +521,13 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return args.func(args) or 0
+    except BrokenPipeError:
+        # `wod status | head`: the reader has gone, which is no error; nothing more is written.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except WodError as e:
-        return _fail(e.message)
+        _fail(e.message)
+        return getattr(e, "exit_status", 2)
     except yaml.YAMLError as e:
         return _fail(f"invalid YAML: {' '.join(str(e).split())}")
     except OSError as e:

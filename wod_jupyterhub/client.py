@@ -10,8 +10,6 @@ or ``ip``/``port``/``base_url``). The token is ``--token``, else
 Core: imports neither the hub nor the service.
 """
 
-import contextlib
-import io
 import os
 import re
 from pathlib import Path
@@ -19,36 +17,27 @@ from pathlib import Path
 import httpx
 
 from .errors import BadRequest, WodError
+from .hubconfig import CONFIG_FILE, load_config, public_url
 
 SERVICE_PATH = "services/wod/"
-CONFIG_FILE = "jupyterhub_config.py"
 
 
 class ServiceError(WodError):
-    """The service refused a call or could not be reached; the sentence says which."""
+    """The service refused a call or could not be reached; the sentence says which.
 
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
+    ``exit_status``: 2 when the request or the token is wrong (the caller can
+    fix it), 1 when the hub or the service is not there to answer.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None, exit_status: int = 2):
         super().__init__(message, code=code)
         self.status = status or 0
+        self.exit_status = exit_status
 
 
 def _hub_url_from_config(path: Path) -> str | None:
     """The hub's public URL as ``path`` configures it, or None when it says nothing."""
-    from traitlets.config.loader import PyFileConfigLoader
-
-    # The demo configuration prints a generated portal token when it has none:
-    # that line is not for a person asking the status of a class.
-    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-        config = PyFileConfigLoader(path.name, str(path.parent.absolute())).load_config()
-    hub = config.get("JupyterHub", {})
-    base = str(hub.get("base_url", "/") or "/")
-    if "bind_url" in hub:
-        url = str(hub["bind_url"])
-    elif "ip" in hub or "port" in hub:
-        url = f"http://{hub.get('ip') or '127.0.0.1'}:{hub.get('port', 8000)}{base}"
-    else:
-        return None
-    return url
+    return public_url(load_config(str(path)))
 
 
 def resolve_url(url: str | None = None, cwd: str | None = None) -> str:
@@ -57,10 +46,7 @@ def resolve_url(url: str | None = None, cwd: str | None = None) -> str:
     if not url:
         config = Path(cwd or ".") / CONFIG_FILE
         if config.is_file():
-            try:
-                url = _hub_url_from_config(config)
-            except Exception as e:  # noqa: BLE001 - any error in the admin's file is reported, never raised
-                raise BadRequest(f"cannot read the hub's URL from {config}: {e.__class__.__name__}: {e}") from None
+            url = _hub_url_from_config(config)
         if not url:
             raise BadRequest(f"where is the hub? give --url URL, set $WOD_URL, or run in the folder of its {CONFIG_FILE}")
     if not re.match(r"^https?://[^/]+", url):
@@ -78,28 +64,53 @@ def resolve_token(token: str | None = None) -> str:
     return token
 
 
-def _explain(r: httpx.Response) -> ServiceError:
-    try:
-        body = r.json()
-        message, code = body.get("message") or r.text, body.get("error")
-    except (ValueError, AttributeError):
-        message, code = (r.text or r.reason_phrase).strip()[:300], None
-    if r.status_code == 401:
-        message = f"the service refused the token: {message}"
-    return ServiceError(message, status=r.status_code, code=code)
+def hub_of(url: str) -> str:
+    """The hub's public URL of a service URL (``…/services/wod/`` dropped)."""
+    return url[: -len(SERVICE_PATH)] if url.endswith(SERVICE_PATH) else url
 
 
-def _unreachable(url: str, e: Exception) -> ServiceError:
-    return ServiceError(f"cannot reach the wod service at {url}: {e.__class__.__name__}: {e}")
-
-
-def _answer(r: httpx.Response, ok):
-    if r.status_code not in ok:
-        raise _explain(r)
+def _json(r: httpx.Response):
+    if "json" not in r.headers.get("content-type", ""):
+        return None
     try:
         return r.json()
     except ValueError:
-        raise ServiceError(f"the service at {r.request.url} answered {r.status_code} with no JSON: is this the wod service?") from None
+        return None
+
+
+def _not_the_service(r: httpx.Response, url: str) -> ServiceError:
+    return ServiceError(
+        f"the hub answers at {hub_of(url)} but the wod service does not (HTTP {r.status_code}): "
+        "is the service running? The hub's log says why it stopped.",
+        status=r.status_code, exit_status=1,
+    )
+
+
+def _explain(r: httpx.Response, url: str) -> ServiceError:
+    body = _json(r)
+    if not isinstance(body, dict):
+        return _not_the_service(r, url)
+    message, code = body.get("message") or r.reason_phrase, body.get("error")
+    if r.status_code == 401:
+        message = (f"the hub at {hub_of(url)} does not know this token (HTTP 401): give a token of this hub "
+                   "with --token or $WOD_API_TOKEN")
+    elif r.status_code == 403:
+        message = f"the service refused the token: {message}"
+    return ServiceError(message, status=r.status_code, code=code, exit_status=2 if r.status_code < 500 else 1)
+
+
+def _unreachable(url: str, e: Exception) -> ServiceError:
+    reason = str(e) or e.__class__.__name__
+    return ServiceError(f"cannot reach the hub at {hub_of(url)}: {reason}; is it running there? (--url, $WOD_URL)", exit_status=1)
+
+
+def _answer(r: httpx.Response, ok, url: str):
+    if r.status_code not in ok:
+        raise _explain(r, url)
+    body = _json(r)
+    if body is None:
+        raise _not_the_service(r, url)
+    return body
 
 
 class WodClient:
@@ -123,7 +134,7 @@ class WodClient:
             r = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as e:
             raise _unreachable(self.url, e) from None
-        return _answer(r, ok)
+        return _answer(r, ok, self.url)
 
     def get(self, path: str, **params):
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
@@ -150,4 +161,15 @@ class AsyncWodClient:
             r = await self._http.request(method, path, **kwargs)
         except httpx.HTTPError as e:
             raise _unreachable(self.url, e) from None
-        return _answer(r, ok)
+        return _answer(r, ok, self.url)
+
+
+def check_service(url: str, token: str, workshop: str) -> dict:
+    """One call before a batch: the hub is there, the service answers, the token is known.
+
+    Answers the workshop's catalog entry (``{"error": "no_workshop", …}`` when
+    the catalog has none), so that a batch fails once, with the reason,
+    instead of once per seat.
+    """
+    with WodClient(url, token, timeout=30) as client:
+        return client.request("GET", f"api/workshops/{workshop}", ok=(200, 404))

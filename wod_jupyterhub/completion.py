@@ -377,11 +377,11 @@ def provisioned_notebooks(workshop) -> list[str]:
     (a fabricated notebook at 100 %) does not count; a provisioned one the
     student deleted counts 0 of 0 with its error.
     """
-    from .trees import source_tree
+    from .trees import workshop_tree
 
     return [
         rel
-        for rel, _src, is_dir in source_tree(Path(workshop.path), Path(workshop.root))
+        for rel, _src, is_dir in workshop_tree(workshop)
         if not is_dir and rel.endswith(".ipynb") and CHECKPOINTS not in rel.split("/")
     ]
 

@@ -19,16 +19,18 @@ from .errors import BadRequest, Unprocessable
 from .leftovers import TEMP_FOLDERS
 from .limits import limits_from_meta, parse_size
 
-#: the ``share/`` folder of a source checkout or of an installed package
-_HERE = Path(__file__).resolve().parent
+#: the package's folder (the top one, wherever this module sits in it)
+_PACKAGE = Path(os.sys.modules[__name__.partition(".")[0]].__file__).resolve().parent
 
 
 def share_dir() -> Path:
-    """Where the bundled samples, skeleton and page templates live."""
-    for candidate in (_HERE.parent / "share", Path(os.sys.prefix) / "share" / "wod-jupyterhub"):
-        if candidate.is_dir():
-            return candidate
-    return _HERE.parent / "share"
+    """Where the sample workshops and the skeleton live.
+
+    Inside the package once installed (the wheel carries ``share/`` as
+    ``wod_jupyterhub/share``, see setup.py), beside it in a source checkout.
+    """
+    installed = _PACKAGE / "share"
+    return installed if installed.is_dir() else _PACKAGE.parent / "share"
 
 
 # Letters and digits a person can read back without doubt: no 0/O, 1/l/I.
@@ -125,8 +127,14 @@ class Wod(Configurable):
         help="""Global template variables (``BRANDING``, ``WODBEEXTFQDN``, ``JPHUB`` …).
 
         Per-workshop variable files and the built-ins (``STDID``, ``PASSSTU`` …) win over these.
+        The default names the platform (``BRANDING``, ``BRANDINGWOD``), so the
+        sample workshops render with no configuration; setting this replaces it.
         """,
     ).tag(config=True)
+
+    @default("variables")
+    def _variables_default(self):
+        return {"BRANDING": "Workshops-on-Demand", "BRANDINGWOD": "Workshops-on-Demand"}
 
     variables_dirs = List(
         Unicode(),
@@ -247,6 +255,33 @@ class Wod(Configurable):
             f"The hub would listen on {bind_url} in single-user mode (c.Wod.system_users = False), where every "
             "student runs as the hub's own account and can read its secrets. Use system users, bind the hub to "
             "127.0.0.1, or set c.Wod.single_user_on_network = True if every participant is trusted."
+        )
+
+    allow_single_origin = Bool(
+        False,
+        help="""Let system-users mode run with every server on the hub's own web origin (tests only).
+
+        With ``system_users`` the hub does not start unless
+        ``c.JupyterHub.subdomain_host`` gives each server its own origin and
+        ``c.JupyterHub.cookie_host_prefix_enabled`` keeps the hub's cookies
+        to the hub's host: on one origin, a page a student serves can read
+        the hub's cookies in the browser of whoever opens it (another
+        student, an admin) and act as them. Set this only for a test whose
+        browsers are all the test's own.
+        """,
+    ).tag(config=True)
+
+    def check_origin(self, subdomain_host: str, cookie_host_prefix: bool) -> str | None:
+        """A sentence when system-users mode would serve students' pages on the hub's origin (see ``allow_single_origin``)."""
+        if not self.system_users or self.allow_single_origin or (subdomain_host and cookie_host_prefix):
+            return None
+        missing = [name for name, ok in (("c.JupyterHub.subdomain_host", subdomain_host),
+                                         ("c.JupyterHub.cookie_host_prefix_enabled = True", cookie_host_prefix)) if not ok]  # fmt: skip
+        return (
+            f"System-users mode needs {' and '.join(missing)}: without them every student's server shares the hub's "
+            "web origin, and a page a student serves can act as whoever opens it. Give the hub a wildcard domain "
+            "(e.g. subdomain_host = 'https://wod.example.com' with *.wod.example.com pointing at it), or set "
+            "c.Wod.allow_single_origin = True for a test."
         )
 
     uid_base = Integer(10000, help="With ``system_users``, student N has uid and gid ``uid_base + N``.").tag(config=True)

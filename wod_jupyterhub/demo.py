@@ -187,10 +187,16 @@ def main(argv=None) -> int:
     state = args.state
     if args.check and not (state or os.environ.get("WOD_STATE_DIR")):
         state = tmp = tempfile.mkdtemp(prefix="wod-demo-")
+    admin_password = None
+    if not os.environ.get("WOD_ADMIN_HASH"):
+        # An admin to log in with: the dashboard is the admin's way in (a hash, as production has it).
+        from .passwords import generate, hash_password
+
+        admin_password = generate(16)
+        os.environ["WOD_ADMIN_HASH"] = hash_password(admin_password, cost=11)
     hub = DemoHub(args.config, state=state, url=args.url, private=args.check)
-    if args.check:
-        # A self-check keeps the hub's log in a file, shown only if something fails.
-        hub.log_path = Path(hub.cwd) / "hub.log"
+    # The hub's start-up (proxy, service, servers) goes to a file; the terminal keeps what a person needs.
+    hub.log_path = Path(hub.cwd) / "hub.log"
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
     try:
         if system_users_requested(hub.env):
@@ -205,20 +211,24 @@ def main(argv=None) -> int:
         login_url = result.get("login_url") or f"{hub.url}/hub/login"
         if login_url.startswith("/"):
             login_url = hub.url + login_url
-        print(
-            f"\nwod demo is up: {hub.url}\n"
-            f"  workshop     {op.get('workshop')}\n"
-            f"  student      {name}\n"
-            f"  password     {password}\n"
-            f"  portal token {hub.token}\n"
-            f"  login        {login_url}\n",
-            flush=True,
-        )
+        admin = f"admin, password {admin_password}" if admin_password else "admin, with the password whose hash is $WOD_ADMIN_HASH"
         if args.check:
             login(hub.url, name, password).close()
             print(f"demo check: {name} logged in through the login form", flush=True)
+        else:
+            print(f"The hub's log is {hub.log_path}; Ctrl-C stops the hub, the proxy, the service and the servers.", flush=True)
+        print(
+            f"\nwod demo is up: {hub.url}\n"
+            f"  workshop     {op.get('workshop')}\n"
+            f"  login        {login_url}\n"
+            f"  student      {name}, password {password}\n"
+            f"  dashboard    {hub.url}/services/wod/ (log in as the admin)\n"
+            f"  admin        {admin}\n"
+            f"  portal token {hub.token} (WOD_API_TOKEN of the wod command)",
+            flush=True,
+        )
+        if args.check:
             return 0
-        print("Ctrl-C stops the hub, the proxy, the service and the servers.", flush=True)
         hub.proc.wait()
         return hub.proc.returncode or 0
     except KeyboardInterrupt:

@@ -37,7 +37,7 @@ from . import errors
 from .fdtrees import chown_tree, erase_tree
 from .owners import pid_alive
 from .templating import Renderer, default_renderer, is_templated
-from .trees import DIR_MODE, copy_skel, executable, source_tree, write_tree
+from .trees import DIR_MODE, copy_skel, executable, workshop_tree, write_tree
 
 #: JupyterLab (jupyterlab_server.workspaces_handler.slugify) stores the
 #: workspace named "default" -- the one ``/lab`` opens -- in
@@ -447,7 +447,7 @@ def stage(wod, workshop, student: int) -> bool:
     _check_workshop(wod, workshop)
     home_path(wod, student)
     _students_root(wod)
-    entries = source_tree(Path(workshop.path), Path(workshop.root))
+    entries = workshop_tree(workshop)
     side = _side_folder(wod, student)
     target = _staged_path(wod, student, _stage_key(wod, workshop, entries))
     if os.path.isdir(target):
@@ -495,7 +495,7 @@ def provision(
     home = home_path(wod, student)
     _check_workshop(wod, workshop)
     _students_root(wod)
-    entries = source_tree(Path(workshop.path), Path(workshop.root))
+    entries = workshop_tree(workshop)
     side = _side_folder(wod, student)
     stale = _stale(side)
     # Not made (mkdtemp) but claimed by renaming the stage to it: a staged CREATE makes no new inode (see

@@ -99,7 +99,10 @@ def overview(store, catalog, wod, *, workshop: str | None = None, recent: int = 
         retrying = s.scalar(select(func.count()).select_from(OutboxMessage).where(*undelivered, OutboxMessage.attempts > 0))
         locked = [
             {"key": t.key, "failures": t.failures, "locked_until": _iso(t.locked_until)}
-            for t in s.scalars(select(Throttle).where(Throttle.locked_until > now).order_by(Throttle.locked_until.desc()).limit(200))
+            # a "try:" row times a locked name's one try per interval; it is not a lock
+            for t in s.scalars(
+                select(Throttle).where(Throttle.locked_until > now, Throttle.key.not_like("try:%")).order_by(Throttle.locked_until.desc()).limit(200)
+            )
         ]
         mail = _mail_backlog(s)
 

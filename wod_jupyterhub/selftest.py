@@ -139,8 +139,11 @@ def check_workshop(wod, catalog, name: str, *, execute: bool, timeout: float, va
         return report
     report["workshop"] = ws.name
     if not ws.valid:
-        report.update(status=FAILED, problems=list(ws.blocking))
+        report.update(status=FAILED, problems=list(ws.problems))
         return report
+    if ws.problems:
+        # usable, but its wod.yml says something wrong (capacity: lots, an overlap): a check fails on it
+        report.update(status=FAILED, problems=list(ws.problems))
     lo = max(ws.range[0], wod.student_min)
     report["student"] = n = lo
     scratch = tempfile.mkdtemp(prefix="wod-check-")
@@ -164,7 +167,7 @@ def check_workshop(wod, catalog, name: str, *, execute: bool, timeout: float, va
             elif execute:
                 entry.update(run_notebook(path, timeout))
             report["notebooks"].append(entry)
-        if any(nb["status"] == FAILED for nb in report["notebooks"]):
+        if report["problems"] or any(nb["status"] == FAILED for nb in report["notebooks"]):
             report["status"] = FAILED
         elif execute and report["notebooks"] and all(nb["status"] == NO_KERNEL for nb in report["notebooks"]):
             report["status"] = NO_KERNEL
@@ -187,12 +190,12 @@ def _validate(path: Path) -> str | None:
 
 
 def check(wod, names: list[str] | None, *, execute: bool = False, timeout: float = 60, variables=None, progress=None) -> dict:
-    """The report for ``names`` (None: every active workshop of the catalog)."""
+    """The report for ``names`` (None: every active workshop of the catalog, and every one whose wod.yml is missing or unreadable)."""
     from .catalog import load_catalog
 
     catalog = load_catalog(wod.notebooks, prefer_private=wod.prefer_private)
     if names is None:
-        names = sorted(w.name for w in catalog.workshops.values() if w.active)
+        names = sorted(w.name for w in catalog.workshops.values() if w.active or not w.meta)
     started = time.monotonic()
     reports = []
     for name in names:

@@ -1,6 +1,19 @@
 """Plain-text builders for the ``wod`` command: aligned tables and a progress bar (pure functions)."""
 
 
+def describe_key(key: str) -> str:
+    """A throttle key in words: ``pair:student3@10.0.0.1`` → ``student3 from 10.0.0.1``."""
+    kind, _, rest = key.partition(":")
+    if kind == "pair":
+        name, _, address = rest.rpartition("@")
+        return f"{name} from {address or 'an unknown address'}"
+    if kind == "user":
+        return f"{rest} (the name, from every address)"
+    if kind == "ip":
+        return f"address {rest} (every name)"
+    return key
+
+
 def format_table(header: list[str], rows: list[list[str]]) -> str:
     """Columns padded to their widest cell; trailing blanks dropped."""
     cells = [list(map(str, header))] + [[str(c) for c in r] for r in rows]
@@ -54,7 +67,8 @@ def format_status(data: dict) -> str:
     locked = data["locked_logins"]
     out.append(f"Locked logins: {len(locked)}")
     for t in locked:
-        out.append(f"  {t['key']}  {t['failures']} failures, locked until {t['locked_until']}")
+        # a lock starts a fresh count, so its failures say nothing about it: who is locked, until when
+        out.append(f"  {describe_key(t['key'])}  locked until {t['locked_until']} (wod unlock lifts it)")
     if "service" in data:
         svc = data["service"]
         out.append(f"Service: {svc['running']} operation(s) running here, {svc['prepare_pending']} free seat(s) to prepare")

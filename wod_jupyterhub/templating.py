@@ -339,8 +339,8 @@ class Renderer:
                 try:
                     original.render(variables)
                 except Exception as e2:  # noqa: BLE001
-                    raise self._explain(e2, path, rel) from None
-            raise self._explain(e, path, rel) from None
+                    raise self._explain(e2, path, rel, variables) from None
+            raise self._explain(e, path, rel, variables) from None
         if not p.notebook or p.tags_in_sources:
             return out
         try:
@@ -362,7 +362,7 @@ class Renderer:
             out = _dump_notebook(nb)
         return out
 
-    def _explain(self, e: Exception, path: Path, rel: str) -> RenderError:
+    def _explain(self, e: Exception, path: Path, rel: str, variables: dict = ()) -> RenderError:
         if isinstance(e, RenderError):
             return e
         line = None
@@ -382,11 +382,17 @@ class Renderer:
             m = _UNDEFINED_NAME.search(msg)
             var = next((g for g in m.groups() if g), None) if m else None
             if var:
-                return RenderError(f"{where}: variable {var} is undefined.", file=rel, line=line, variable=var)
+                return RenderError(f"{where}: variable {var} is undefined{_defined_names(variables)}.", file=rel, line=line, variable=var)
             return RenderError(f"{where}: {_clause(msg)}.", file=rel, line=line)
         if isinstance(e, TemplateSyntaxError):
             return RenderError(f"{where}: template syntax error: {_clause(e.message)}.", file=rel, line=line)
         return RenderError(f"{where}: the template failed: {type(e).__name__}: {_clause(e)}.", file=rel, line=line)
+
+
+def _defined_names(variables) -> str:
+    """``; defined: A, B, …``: what a template could have meant (a first try writes ``{{ student }}``)."""
+    names = sorted(k for k in variables if isinstance(k, str) and not k.startswith("_"))
+    return f"; the variables defined are {', '.join(names)}" if names else ""
 
 
 _renderers: dict = {}

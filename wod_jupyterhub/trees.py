@@ -113,7 +113,7 @@ def check_templates(renderer: Renderer, workshop, variables: dict) -> tuple[list
     """
     problems, warnings = [], []
     try:
-        entries = source_tree(Path(workshop.path), Path(workshop.root))
+        entries = workshop_tree(workshop)
     except (RenderError, OSError) as e:
         return [getattr(e, "message", None) or str(e)], []
     top = Path(workshop.path).name
@@ -133,6 +133,22 @@ def check_templates(renderer: Renderer, workshop, variables: dict) -> tuple[list
         if repaired:
             warnings.append(f"{name} was repaired as Jupyter does on load: {'; '.join(repaired)}.")
     return problems, warnings
+
+
+#: files of a workshop's top folder that are for its authors, not its students: never copied into a home
+AUTHOR_FILES = ("wod.yml", "README.md")
+
+
+def workshop_tree(workshop) -> list[tuple[str, str, bool]]:
+    """:func:`source_tree` of a catalog workshop, without its authors' files.
+
+    ``wod.yml`` stays out of every home; ``README.md`` too, unless the
+    workshop's ``wod.yml`` says ``show_readme: true``.
+    """
+    show = str(workshop.meta.get("show_readme", "")).strip().lower() in ("true", "yes")
+    leave_out = {"wod.yml"} if show else set(AUTHOR_FILES)
+    entries = source_tree(Path(workshop.path), Path(workshop.root))
+    return [e for e in entries if e[0] not in leave_out]
 
 
 def source_tree(src: Path, root: Path | None = None) -> list[tuple[str, str, bool]]:

@@ -29,16 +29,11 @@ from .tables import progress_bar
 
 
 def load_wod(config_file: str | None) -> Wod:
-    from traitlets.config import Config
-    from traitlets.config.loader import PyFileConfigLoader
+    from .hubconfig import load_config
 
-    config = Config()
-    if config_file:
-        path = os.path.abspath(config_file)
-        if not os.path.isfile(path):
-            raise SystemExit(f"wod users: {config_file} is not a file")
-        config = PyFileConfigLoader(os.path.basename(path), os.path.dirname(path)).load_config()
-    return Wod(config=config)
+    if config_file and not os.path.isfile(config_file):
+        raise SystemExit(f"wod users: {config_file} is not a file")
+    return Wod(config=load_config(config_file))  # quietly: what the file prints is not this command's
 
 
 def accounts_for(wod: Wod, first: int, last: int) -> list[Account]:

@@ -75,5 +75,8 @@ def check_holder(n: int, holder, customer) -> None:
 
 
 def check_active(ws, folder):
+    if not ws.meta:
+        # no wod.yml, or one that cannot be read: that is the reason, not "active: false"
+        raise Unprocessable(f"workshop {folder} cannot be used: {' '.join(ws.blocking)}", code="workshop_unusable")
     if not ws.active:
         raise Unprocessable(f"workshop {folder} is not active (wod.yml says active: false)")

@@ -5,6 +5,8 @@ import os
 from traitlets import Bool, Float, Integer, TraitError, Unicode, default, validate
 from traitlets.config import Configurable
 
+from ..hubconfig import public_url
+
 
 class WodOperations(Configurable):
     """How the service runs the verbs: concurrency, leases, recovery, the idle preparation of free seats."""
@@ -48,14 +50,19 @@ class WodOperations(Configurable):
     login_url = Unicode(
         help="""Login URL a finished CREATE reports; ``{user}`` and ``{student}`` are replaced.
 
-        Defaults to the hub's public URL (``$JUPYTERHUB_PUBLIC_HUB_URL``, set by the hub) + ``/login``.
+        Always absolute: a portal mails it. Defaults to the hub's public URL
+        (``c.JupyterHub.public_url``, else ``bind_url``, else ``ip``/``port``
+        of the configuration the service reads) + ``hub/login``.
         """,
     ).tag(config=True)
 
     @default("login_url")
     def _login_url_default(self):
-        public = os.environ.get("JUPYTERHUB_PUBLIC_HUB_URL") or os.environ.get("JUPYTERHUB_BASE_URL", "/") + "hub/"
-        return public.rstrip("/") + "/login"
+        public = os.environ.get("JUPYTERHUB_PUBLIC_HUB_URL")
+        if public:
+            return public.rstrip("/") + "/login"
+        hub = public_url(self.config) or "http://127.0.0.1:8000" + os.environ.get("JUPYTERHUB_BASE_URL", "/")
+        return hub.rstrip("/") + "/hub/login"
 
     stage_seats = Bool(
         True,
