@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -166,3 +167,29 @@ class Hopper:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def student_python(uid: int) -> tuple[list[str], dict]:
+    """The server command and environment for a student's ``uid``.
+
+    The hub's interpreter may live where a student cannot run it (a pyenv
+    under /root here): then the system's Python of the same version runs the
+    servers with the hub's site-packages on its path (same ABI, read-only
+    for the student).
+    """
+    exe = sys.executable
+    try:
+        ok = subprocess.run([exe, "-c", "pass"], user=uid, group=uid, capture_output=True, cwd="/").returncode == 0
+    except PermissionError:
+        ok = False
+    if ok:
+        return [exe, "-m", "jupyterhub.singleuser"], {}
+    system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    if not os.access(system, os.X_OK):
+        pytest.skip(f"no Python a student uid can run: {exe} is closed to it and {system} is missing")
+    # The hub's environment's jupyter config (the lab extension) and data (lab assets) too.
+    return [system, "-m", "jupyterhub.singleuser"], {
+        "PYTHONPATH": sysconfig.get_paths()["purelib"],
+        "JUPYTER_CONFIG_PATH": os.path.join(sys.prefix, "etc", "jupyter"),
+        "JUPYTER_PATH": os.path.join(sys.prefix, "share", "jupyter"),
+    }

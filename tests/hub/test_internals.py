@@ -42,6 +42,8 @@ def test_the_hub_application_and_its_users_hold_what_is_read():
     assert "self.db = " in inspect.getsource(JupyterHub)
     assert "self.spawners = " in inspect.getsource(User) and "self.db = " in inspect.getsource(User)
     assert isinstance(BaseHandler.db, property) and isinstance(BaseHandler.users, property)
+    # hub/frameless.py extends these two and sets their headers
+    assert all(hasattr(cls, "set_default_headers") for cls in (internals.CacheControlStaticFilesHandler, internals.LogoHandler))
     assert internals.hub_users(object()) is None and internals.hub_db(object()) is None
 
 

@@ -10,8 +10,6 @@ import asyncio
 import os
 import secrets
 import subprocess
-import sys
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +19,7 @@ import pytest
 from tests import seatutil
 from tests.hubutil import write_workshop
 from tests.seatutil import Kernel, live_processes, open_lab, trivial, verb
+from tests.sysusers import student_python
 from wod_jupyterhub.cli.users import accounts_for
 from wod_jupyterhub.config import Wod
 from wod_jupyterhub.seats import accounts as etc_accounts
@@ -35,32 +34,6 @@ MEM_LIMIT = 300 * M
 PIDS_LIMIT = 64
 #: the seats the tests book (accounts are made for these only: useradd is slow)
 SEATS = (300, 301, 302, 303, 304, 340, 345)
-
-
-def student_python() -> tuple[list[str], dict]:
-    """The server command and environment for a student's uid.
-
-    The hub's interpreter may live where a student cannot run it (a pyenv
-    under /root here): then the system's Python of the same version runs the
-    servers with the hub's site-packages on its path (same ABI, read-only
-    for the student).
-    """
-    exe = sys.executable
-    try:
-        ok = subprocess.run([exe, "-c", "pass"], user=10000 + FIRST, group=10000 + FIRST, capture_output=True, cwd="/").returncode == 0
-    except PermissionError:
-        ok = False
-    if ok:
-        return [exe, "-m", "jupyterhub.singleuser"], {}
-    system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
-    if not os.access(system, os.X_OK):
-        pytest.skip(f"no Python a student uid can run: {exe} is closed to it and {system} is missing")
-    # The hub's environment's jupyter config (the lab extension) and data (lab assets) too.
-    return [system, "-m", "jupyterhub.singleuser"], {
-        "PYTHONPATH": sysconfig.get_paths()["purelib"],
-        "JUPYTER_CONFIG_PATH": os.path.join(sys.prefix, "etc", "jupyter"),
-        "JUPYTER_PATH": os.path.join(sys.prefix, "share", "jupyter"),
-    }
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +76,7 @@ def hub(module_hubs, tmp_path_factory, accounts):
     students = Path(tempfile.mkdtemp(prefix="wod-fair-students-"))
     students.chmod(0o711)
     parent = f"wod-test-{secrets.token_hex(4)}"
-    cmd, env = student_python()
+    cmd, env = student_python(10000 + FIRST)
     extra = "\n".join(
         [
             f"c.WodSpawner.cmd = {cmd!r}",
@@ -159,10 +132,8 @@ def test_the_server_and_its_kernels_live_in_the_seats_group_with_its_limits(hub)
 
     async def kernel_inside():
         async with Kernel(hub, c, f"student{n}") as k:
-            assert (await k.run("import os; open('/tmp/wod-fair-kernel-%d' % os.getuid(), 'w').write(str(os.getpid()))"))[0] == "ok"
-            pid = int(Path(f"/tmp/wod-fair-kernel-{uid}").read_text())
-            os.unlink(f"/tmp/wod-fair-kernel-{uid}")
-            return pid
+            assert (await k.run("import os; print(os.getpid())"))[0] == "ok"
+            return int("".join(k.output))
 
     kernel = asyncio.run(kernel_inside())
     assert kernel not in members

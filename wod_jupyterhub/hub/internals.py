@@ -1,6 +1,9 @@
 """What the hub parts use of JupyterHub beyond its documented extension points, in one place."""
 
 from jupyterhub import orm
+
+# The hub's own handlers of its static files and logo, which hub/frameless.py extends (re-exported).
+from jupyterhub.handlers.static import CacheControlStaticFilesHandler, LogoHandler  # noqa: F401
 from jupyterhub.utils import new_token
 from sqlalchemy import select
 from sqlalchemy.orm import object_session

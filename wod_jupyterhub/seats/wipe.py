@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from . import cgroups, homes
 from .fdtrees import tree_size
+from .keyrings import clear_keyrings
 from .leftovers import remove_leftovers
 from .processes import kill_uid
 
@@ -18,10 +19,11 @@ def wipe_seat(wod, n: int, keep_home: bool = False) -> dict:
     # The seat's control group first: frozen while it is killed, nothing the server started forks away.
     detail: dict = cgroups.end_seat(wod, n)
     uid = wod.uid_base + n if wod.system_users else None
-    if uid is not None:
-        # Then the uid: what the student started outside the server (a cron or at job) is not in the group.
-        detail["killed"] = kill_uid(uid)
     try:
+        if uid is not None:
+            # Then the uid: what the student started outside the server (a cron or at job) is not in the group.
+            # Inside the try: processes that would not die still leave the leftovers' removal to run.
+            detail["killed"] = kill_uid(uid)
         limit = wod.home_size_bytes
         if keep_home and limit:
             size = home_bytes(wod, n)
@@ -35,4 +37,5 @@ def wipe_seat(wod, n: int, keep_home: bool = False) -> dict:
     finally:
         if uid is not None:
             detail.update(remove_leftovers(uid, uid, f"student{n}", wod.temp_folders))
+            detail["keyrings_cleared"] = clear_keyrings(uid, uid)
     return detail
