@@ -20,7 +20,7 @@ from tornado import web
 from traitlets import TraitError
 from traitlets.config import Config
 
-from wod_jupyterhub.cli.main import users
+from wod_jupyterhub.cli import users
 from wod_jupyterhub.hub.spawner import WodSpawner
 from wod_jupyterhub.limits import Limits
 from wod_jupyterhub.seats import cgroups
