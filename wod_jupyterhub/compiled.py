@@ -36,6 +36,22 @@ home: in their place each seat gets a small loader, owned by root, mode
   run the participant's code inside the protected process. Python runs
   with ``-I``.
 
+- **Only for a seat, only from its home.** While root, the loader refuses
+  unless its caller's real uid is one of the seats' (compiled in) and
+  ``/proc/self/exe`` lies in that account's home (a copy moved to
+  ``/var/tmp`` runs for no one; a seat's cleanup removes it), and unless
+  ``/proc/sys/fs/suid_dumpable`` is 0. It opens the text and the
+  interpreter one folder at a time without following links (each folder
+  and file root's, writable by no one else) and executes the interpreter
+  by that descriptor; the store's folders above must be root's too.
+- **Sources kept closed.** A source others may read where it is kept, or
+  held under a second name (a link) the seats would get in clear, is a
+  blocking problem; so is an interpreter that is not a system one
+  (``/usr/bin``, ``/bin``, root's) or a ``#!`` option that prints the text
+  (``-x``, ``-v``) or opens a prompt (``-i``). The syntax check runs as
+  ``nobody``, on the text as it will run. An edited script's old text and
+  loader are removed: a loader left behind says its script is missing.
+
 What the protection does not cover: what the script gives to the programs
 it runs. A program started from a readable file (``curl``) is the
 participant's to inspect, its command line and environment included: pass
