@@ -372,13 +372,13 @@ def test_a_source_others_can_read_where_it_is_kept_is_a_blocking_problem(place):
 
 def test_a_source_under_a_second_name_is_a_blocking_problem(tmp_path):
     root = tmp_path / "nb"
-    folder = hidden_workshop(root, {"bin/real.sh": LOGIN, "api.sh": LOGIN.replace("logged", "api")}, "login.sh,api.sh")
-    (folder / "login.sh").symlink_to("bin/real.sh")
+    folder = hidden_workshop(root, {"tools/real.sh": LOGIN, "api.sh": LOGIN.replace("logged", "api")}, "login.sh,api.sh")
+    (folder / "login.sh").symlink_to("tools/real.sh")
     os.link(folder / "api.sh", folder / "api-copy.sh")
     ws = load_catalog([root]).get(WORKSHOP)
     text = "\n".join(ws.blocking)
     assert not ws.valid
-    assert f"{WORKSHOP}/login.sh is also in the workshop as bin/real.sh" in text, text
+    assert f"{WORKSHOP}/login.sh is also in the workshop as tools/real.sh" in text, text
     assert f"{WORKSHOP}/api.sh is also in the workshop as api-copy.sh" in text, text
 
 
