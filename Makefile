@@ -8,7 +8,7 @@ CHP := node_modules/.bin/configurable-http-proxy
 STUDENT_PYTHON ?= /usr/bin/python3
 STUDENT_VENV ?= $(CURDIR)/.venv-students
 
-.PHONY: demo test lint bench deps chromium system-users students-reach clean
+.PHONY: demo test lint bench deps chromium system-users students-reach ldap-tools clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,16 @@ chromium:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 deps: $(VENV)/.installed $(CHP)
+
+# Debian's OpenLDAP server and clients for tests/test_ldap.py (each test starts its own slapd on loopback;
+# no_configuration: the package makes no directory of its own), and what the compiled scripts need and
+# their tests use: a C compiler, strace and gdb.
+ldap-tools:
+	@if [ "$$(id -u)" = 0 ]; then \
+	  { test -x /usr/sbin/slapd && command -v ldapwhoami && command -v cc && command -v strace && command -v gdb; } >/dev/null || { \
+	    echo "slapd slapd/no_configuration boolean true" | debconf-set-selections; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slapd ldap-utils gcc libc6-dev strace gdb >/dev/null; }; \
+	else echo "ldap-tools: not root; the tests needing slapd or root will be skipped"; fi
 
 # The students' Python: the hub's versions of jupyterhub, jupyterlab and ipykernel, readable by all.
 $(STUDENT_VENV)/.installed: $(VENV)/.installed
@@ -56,7 +66,7 @@ system-users: deps
 lint: deps
 	$(BIN)/ruff check .
 
-test: students-reach deps chromium lint system-users
+test: students-reach deps chromium lint system-users ldap-tools
 	PATH="$(CURDIR)/node_modules/.bin:$$PATH" WOD_STUDENT_PYTHON="$(STUDENT_VENV)/bin/python" $(BIN)/pytest -q -ra $(PYTEST_ARGS)
 
 # WOD_SYSTEM_USERS=1 make demo (as root): the accounts of the demo's range, every server as its student.

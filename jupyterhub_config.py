@@ -121,6 +121,10 @@ SYSTEM_USERS = os.environ.get("WOD_SYSTEM_USERS", "0").lower() not in ("", "0", 
 c.Wod.system_users = SYSTEM_USERS
 c.Wod.uid_base = 10000
 if SYSTEM_USERS:
+    # A demo's browsers are its admin's own: every seat's server on the hub's origin, which
+    # system-users mode otherwise refuses (production: c.JupyterHub.subdomain_host, a wildcard
+    # domain, and c.JupyterHub.cookie_host_prefix_enabled = True; README, "Security model").
+    c.Wod.allow_single_origin = True
     # The servers run as student<N>: with a Python every account may execute
     # (`make system-users` builds one in .venv-students; the hub's own may sit under /root).
     c.Spawner.cmd = [os.environ.get("WOD_STUDENT_PYTHON") or sys.executable, "-m", "jupyterhub.singleuser"]
@@ -158,6 +162,20 @@ c.Wod.variables = {
     "WODBEEXTFQDN": "127.0.0.1:8000",
     "JPHUB": c.JupyterHub.bind_url,
 }
+
+# ---------------------------------------------------------------------------
+# ldap: true workshops: the directory that learns each rotated seat password
+# (wod_jupyterhub/directory.py; README "Writing a workshop"). Off in the demo.
+# ---------------------------------------------------------------------------
+
+# c.WodLdap.uri = "ldaps://ldap.example.org:636"  # or ldap://…:389 with start_tls = True
+# c.WodLdap.bind_dn = "cn=admin,dc=example,dc=org"
+# c.WodLdap.bind_password_file = "/etc/wod/ldap.secret"  # else $WOD_LDAP_PASSWORD; never written here
+# c.WodLdap.seat_dn = "uid=student{N},ou=people,dc=example,dc=org"
+# c.WodLdap.retry_for = 300  # seconds a CREATE waits for a directory it cannot reach, then fails
+
+# compile: workshops: their scripts, compiled into loaders the students run but cannot read.
+# c.Wod.compiled_dir = "/var/lib/wod-jupyterhub/compiled"
 
 # ---------------------------------------------------------------------------
 # Login: WodAuthenticator (wod_jupyterhub/auth.py)

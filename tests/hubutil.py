@@ -202,6 +202,8 @@ class RealHub(_Subprocess):
             "db_url": self.db_url,
             "students_root": str(self.students_root),
             "secret_key": self.secret_key,
+            # A test's browsers are its own; test_origins.py runs system-users mode on subdomains.
+            "allow_single_origin": True,
         }
         if self.notebooks:
             wod["notebooks"] = self.notebooks

@@ -18,8 +18,11 @@ from tornado.websocket import websocket_connect
 from tests.test_e2e_hub import logged_in, open_lab, spawn
 
 
-def live_processes(uid: int) -> list[int]:
-    """Pids running as ``uid`` that are not zombies (PID 1 here reaps late)."""
+def live_processes(uid: int, ids=(1,)) -> list[int]:
+    """Pids running as ``uid`` that are not zombies (PID 1 here reaps late).
+
+    ``ids``: which of the real (0), effective (1) and saved (2) uids to match (by default the effective one).
+    """
     found = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
@@ -28,7 +31,7 @@ def live_processes(uid: int) -> list[int]:
             except OSError:
                 continue
             fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-            if int(fields["Uid"].split()[1]) == uid and not fields["State"].strip().startswith(("Z", "X")):
+            if uid in (int(fields["Uid"].split()[i]) for i in ids) and not fields["State"].strip().startswith(("Z", "X")):
                 found.append(int(entry.name))
     return found
 
@@ -63,7 +66,8 @@ class Kernel:
         assert lab.status_code == 200, (lab.status_code, str(lab.url), lab.text[-300:])
         xsrf = next(c.value for c in self.client.cookies.jar if c.name == "_xsrf" and c.path.startswith(self.base))
         self.headers = {"X-XSRFToken": xsrf}
-        r = self.client.post(f"{self.base}/api/kernels", json={"name": "python3"}, headers=self.headers)
+        # path "": the kernel starts in the server's root folder (the home), as JupyterLab's do in theirs
+        r = self.client.post(f"{self.base}/api/kernels", json={"name": "python3", "path": ""}, headers=self.headers)
         assert r.status_code == 201, (r.status_code, r.text)
         self.id = r.json()["id"]
         cookie = "; ".join(f"{c.name}={c.value}" for c in self.client.cookies.jar)
@@ -83,6 +87,7 @@ class Kernel:
                   "date": datetime.datetime.now(datetime.timezone.utc).isoformat()}
         content = {"code": code, "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False, "stop_on_error": True}
         started = time.perf_counter()
+        self.output = []  # the cell's stream text (stdout and stderr), for the tests that read it
         self.ws.write_message(json.dumps({"header": header, "parent_header": {}, "metadata": {}, "content": content, "channel": "shell", "buffers": []}))
         deadline = time.monotonic() + timeout
         while True:
@@ -90,6 +95,9 @@ class Kernel:
             assert raw is not None, "the kernel's websocket closed"
             msg = json.loads(raw)
             kind = msg["header"]["msg_type"]
+            if kind in ("stream", "error") and msg.get("parent_header", {}).get("msg_id") == msg_id:
+                content = msg["content"]
+                self.output.append(content["text"] if kind == "stream" else f"{content['ename']}: {content['evalue']}\n")
             if kind == "status" and msg["content"].get("execution_state") in ("restarting", "dead"):
                 return "died", time.perf_counter() - started
             if kind == "execute_reply" and msg.get("parent_header", {}).get("msg_id") == msg_id:

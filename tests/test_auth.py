@@ -8,6 +8,7 @@ in-process, where every branch is cheap to reach.
 import asyncio
 import datetime
 import ipaddress
+import time
 
 import pytest
 from jupyterhub import orm
@@ -21,7 +22,7 @@ from wod_jupyterhub import passwords
 from wod_jupyterhub.auth import WodAuthenticator
 from wod_jupyterhub.client_address import forwarded_client
 from wod_jupyterhub.config import student_number
-from wod_jupyterhub.passwords import hash_params, hash_password, verify_password
+from wod_jupyterhub.passwords import hash_params, hash_password
 from wod_jupyterhub.sessions import SESSION_TAG, new_cookie_id, session_generation
 from wod_jupyterhub.store import Student, Throttle, utcnow
 
@@ -123,8 +124,8 @@ def test_admin_hash_config_is_validated(db_url):
         make_auth(db_url, admin_password_hashes={"root": "plaintext"})
     with pytest.raises(TraitError, match="0 or more"):
         make_auth(db_url, throttle_lockout=-1)
-    with pytest.raises(TraitError, match="locked_name_interval must be 0 or more"):
-        make_auth(db_url, locked_name_interval=-1)
+    with pytest.raises(TraitError, match="costly_checks_waiting must be 0 or more"):
+        make_auth(db_url, costly_checks_waiting=-1)
 
 
 async def test_throttle_locks_name_then_survives_restart(db_url):
@@ -133,9 +134,10 @@ async def test_throttle_locks_name_then_survives_restart(db_url):
     for _ in range(3):
         assert await login(auth, "student5", "guess") is None
     with pytest.raises(web.HTTPError) as e:
-        await login(auth, "student5", pw)  # even the right password, while locked
+        await login(auth, "student5", "guess again")  # a wrong password, while locked
     assert e.value.status_code == 429
     assert "Too many failed logins" in e.value.log_message and "minute" in e.value.log_message
+    assert await login(auth, "student5", pw) == {"name": "student5"}  # the right one, never refused
     # other names are not affected
     pw6 = seat(auth, 6)
     assert await login(auth, "student6", pw6) == {"name": "student6"}
@@ -143,12 +145,12 @@ async def test_throttle_locks_name_then_survives_restart(db_url):
 
     restarted = make_auth(db_url, throttle_failures=3, throttle_ip_failures=0)
     with pytest.raises(web.HTTPError) as e:
-        await login(restarted, "student5", pw)
+        await login(restarted, "student5", "guess")
     assert e.value.status_code == 429
-    # the lockout ends (moved into the past instead of sleeping through it)
+    # the lockout ends (moved into the past instead of sleeping through it): a wrong password is a plain refusal again
     with restarted.store.session() as s:
         s.execute(update(Throttle).values(locked_until=utcnow() - datetime.timedelta(seconds=1)))
-    assert await login(restarted, "student5", pw) == {"name": "student5"}
+    assert await login(restarted, "student5", "guess") is None
     restarted.store.dispose()
 
 
@@ -171,85 +173,74 @@ async def test_throttle_per_client_address(db_url):
     pw9, pw10 = seat(auth, 9), seat(auth, 10, password="pw-ten-xxxxxx")
     for i in range(4):  # spread over names: only the address adds up
         assert (await login(auth, f"student{10 + i}", "guess", ip="192.0.2.7"))["kind"] == "bad"
-    # The address is locked: a name failing from it now waits for the lock's end, even with the right password ...
-    assert (await login(auth, "student10", "guess again", ip="192.0.2.7"))["kind"] == "bad"
-    assert (await login(auth, "student10", pw10, ip="192.0.2.7"))["kind"] == "locked"
-    assert (await login(auth, "student10", pw10, ip="192.0.2.8")) == {"kind": "student", "generation": 1}
-    # ... a name that did not fail since the lock gets its try (a room behind one NAT).
+    # The address is locked: a wrong password from it is told so, and its pair stays locked as long ...
+    assert (await login(auth, "student10", "guess again", ip="192.0.2.7"))["kind"] == "locked"
+    with auth.store.session() as s:
+        assert s.get(Throttle, "pair:student10@192.0.2.7").locked_until > utcnow()
+    # ... and the right password is never refused, from there or elsewhere (a room behind one NAT).
+    assert (await login(auth, "student10", pw10, ip="192.0.2.7")) == {"kind": "student", "generation": 1}
     assert (await login(auth, "student9", pw9, ip="192.0.2.7")) == {"kind": "student", "generation": 1}
     auth.store.dispose()
 
 
 async def test_guesses_from_many_addresses_never_lock_out_the_owner(db_url):
-    """Issue 8 #8: five wrong guesses from five addresses locked student3 against its owner's right password."""
+    """Issue 8 #8, and a flood from every source of this machine: the owner's right password always works."""
     auth = make_auth(db_url, throttle_failures=5, throttle_ip_failures=30)
     pw = seat(auth, 3)
     for i in range(5):
         assert (await login(auth, "student3", "guess", ip=f"203.0.113.{i}"))["kind"] == "bad"
-    # The name is locked now, but only against the addresses that failed for it.
+    # The name is locked now: every wrong try is told so, from anywhere ...
+    for i in range(5, 40):
+        assert (await login(auth, "student3", f"guess{i}", ip=f"203.0.113.{i}"))["kind"] == "locked"
+    # ... and the owner's right password works from an address that failed, and one that did not.
+    assert (await login(auth, "student3", pw, ip="203.0.113.2")) == {"kind": "student", "generation": 1}
     assert (await login(auth, "student3", pw, ip="198.51.100.9")) == {"kind": "student", "generation": 1}
-    # Each address still gets one try (one per locked_name_interval, passed here by moving the
-    # last try into the past); one that fails now waits for the name's lock to end.
-    for i in range(5):
-        expire_locked_name_try(auth, "student3")
-        assert (await login(auth, "student3", "guess", ip=f"203.0.113.{10 + i}"))["kind"] == "bad"
-        assert (await login(auth, "student3", pw, ip=f"203.0.113.{10 + i}"))["kind"] == "locked"
     # The owner's success did not lift the name's lock for the guessers.
     with auth.store.session() as s:
         assert s.get(Throttle, "user:student3").locked_until > utcnow()
-    # One address failing for one name locks that pair only.
-    for _ in range(5):
-        assert (await login(auth, "student4", "guess", ip="192.0.2.50"))["kind"] == "bad"
-    pw4 = seat(auth, 4)
-    assert (await login(auth, "student4", pw4, ip="192.0.2.50"))["kind"] == "locked"
-    assert (await login(auth, "student4", pw4, ip="192.0.2.51")) == {"kind": "student", "generation": 1}
     auth.store.dispose()
 
 
-def expire_locked_name_try(auth, name):
-    with auth.store.session() as s:
-        s.execute(update(Throttle).where(Throttle.key == f"try:{name}").values(locked_until=utcnow() - datetime.timedelta(seconds=1)))
-
-
-@pytest.mark.parametrize(
-    "interval,guesses,checked_at_most",
-    [
-        (30, 30, 1),  # the security review: 30 addresses, one guess each, at a locked admin name
-        (3600, 30, 1),
-        (0, 5, 5),  # 0 turns the limit off: every new address is heard (the old rule)
-    ],
-)
-async def test_rotating_addresses_get_one_try_per_interval_at_a_locked_name(db_url, monkeypatch, interval, guesses, checked_at_most):
-    auth = make_auth(db_url, throttle_failures=5, throttle_ip_failures=30, locked_name_interval=interval)
-    for i in range(5):  # lock the admin name
-        assert (await login(auth, "boss", "guess", ip=f"198.51.100.{i}"))["kind"] == "bad"
-    checks = []
-    real_verify = verify_password
-    monkeypatch.setattr("wod_jupyterhub.auth.verify_password", lambda pw, h: checks.append(pw) or real_verify(pw, h))
-    outcomes = [await login(auth, "boss", f"guess{i}", ip=f"203.0.113.{i}") for i in range(guesses)]
-    guessed = {pw for pw in checks if pw.startswith("guess")}
-    assert len(guessed) <= checked_at_most
-    assert sum(o["kind"] == "bad" for o in outcomes) == checked_at_most
-    assert all(o["kind"] == "locked" and 1 <= o["seconds"] <= interval for o in outcomes if o["kind"] != "bad")
-    # The 429 says so on the form (through authenticate(), as the hub calls it).
-    if interval:
-        handler = type("H", (), {})()
-        monkeypatch.setattr(auth, "client_address", lambda h: "203.0.113.250")
-        with pytest.raises(web.HTTPError) as e:
-            await auth.authenticate(handler, {"username": "boss", "password": "admin-secret-pw"})
-        assert e.value.status_code == 429
-        # Once the interval has passed, the owner from a new address is heard.
-        expire_locked_name_try(auth, "boss")
-        assert (await login(auth, "boss", "admin-secret-pw", ip="192.0.2.77")) == {"kind": "admin"}
+async def test_all_of_loopback_is_one_address(db_url):
+    """A student's kernel can bind any 127.x.y.z: its guesses from 200 sources add up as one address's."""
+    auth = make_auth(db_url, throttle_failures=0, throttle_ip_failures=30)
+    seat(auth, 3)
+    outcomes = [await login(auth, f"student{1 + i % 40}", "guess", ip=f"127.{1 + i // 250}.{i % 250}.{1 + i % 7}") for i in range(40)]
+    assert [o["kind"] for o in outcomes] == ["bad"] * 30 + ["locked"] * 10  # the 30th failure locks
+    assert auth.throttle.keys("student3", "127.200.1.2") == auth.throttle.keys("student3", "::1")
+    assert auth.throttle.keys("student3", "::ffff:127.0.0.9") == auth.throttle.keys("student3", "127.0.0.1")
     auth.store.dispose()
 
 
-async def test_concurrent_tries_at_a_locked_name_claim_one_slot(db_url):
-    auth = make_auth(db_url, throttle_failures=5, throttle_ip_failures=30, locked_name_interval=30)
-    for i in range(5):
-        assert (await login(auth, "boss", "guess", ip=f"198.51.100.{i}"))["kind"] == "bad"
-    outcomes = await asyncio.gather(*(login(auth, "boss", f"guess{i}", ip=f"203.0.113.{i}") for i in range(12)))
-    assert sorted(o["kind"] for o in outcomes) == ["bad"] + ["locked"] * 11
+async def test_a_flood_at_an_admin_name_waits_for_one_costly_check_and_the_owner_goes_first(db_url, monkeypatch):
+    """Issue 23 #11: wrong tries at an admin name take one core at most; the admin's try from elsewhere goes first."""
+    auth = make_auth(db_url, throttle_failures=5, throttle_ip_failures=30, costly_checks=1, costly_checks_waiting=8)
+    running, most, order = [0], [0], []
+    real = auth.check_login
+
+    def counted(name, password, ip):
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        try:
+            return real(name, password, ip)
+        finally:
+            order.append(password)
+            running[0] -= 1
+
+    monkeypatch.setattr(auth, "check_login", counted)
+    for i in range(5):  # the guesser's address has failed for the name
+        await auth.checked("boss", f"guess{i}", "127.0.0.1")
+    flood = [asyncio.ensure_future(auth.checked("boss", f"flood{i}", "127.0.0.1")) for i in range(30)]
+    await asyncio.sleep(0)
+    owner = asyncio.ensure_future(auth.checked("boss", "admin-secret-pw", "192.0.2.77"))
+    outcomes = [o for o, _ in await asyncio.gather(*flood)]
+    assert (await owner)[0] == {"kind": "admin"}
+    assert most[0] == 1
+    # At most one running and eight waiting: the rest were told the hub is busy, without a check.
+    assert sum(o["kind"] == "busy" for o in outcomes) >= 30 - 1 - 8
+    assert len([p for p in order if p.startswith("flood")]) <= 1 + 8
+    # The owner's try was checked before every queued guess but the one already running.
+    assert order.index("admin-secret-pw") <= order.index(next(p for p in order if p.startswith("flood"))) + 1
     auth.store.dispose()
 
 
@@ -261,6 +252,8 @@ async def test_concurrent_tries_at_a_locked_name_claim_one_slot(db_url):
         ("2001:db8:1:3::5", "ip:2001:db8:1:3::/64"),
         ("::ffff:192.0.2.9", "ip:192.0.2.9"),
         ("192.0.2.9", "ip:192.0.2.9"),
+        ("127.3.4.5", "ip:127.0.0.0/8"),
+        ("::1", "ip:127.0.0.0/8"),
     ],
 )
 def test_ipv6_addresses_count_by_their_64(db_url, address, counted):
@@ -275,11 +268,12 @@ async def test_a_room_behind_one_address_logs_in_despite_typos(db_url):
     room = "192.0.2.99"
     passwords = {n: seat(auth, n, password=f"pw-{n}-xxxxxxxx") for n in range(1, 41)}
     for n in range(1, 41):  # each of forty people mistypes once: the 30th failure locks the address
-        assert (await login(auth, f"student{n}", "typo", ip=room))["kind"] == "bad"
+        assert (await login(auth, f"student{n}", "typo", ip=room))["kind"] == ("bad" if n <= 30 else "locked")
     for n in range(1, 41):
         outcome = await login(auth, f"student{n}", passwords[n], ip=room)
-        # only those who mistyped after the address's lock wait for its end
-        assert outcome["kind"] == ("student" if n <= 30 else "locked"), (n, outcome)
+        # the address's lock never refuses a right password
+        assert outcome["kind"] == "student", (n, outcome)
+    assert (await login(auth, "student1", "typo again", ip=room))["kind"] == "locked"
     auth.store.dispose()
 
 
@@ -538,7 +532,8 @@ LOOPBACK = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1")]
         ("127.0.0.1", "198.51.100.7", "198.51.100.7"),  # what the hub's proxy saw
         ("127.0.0.1", "1.2.3.4, 198.51.100.7", "198.51.100.7"),  # the client's own entries are never reached
         ("127.0.0.1", "1.2.3.4,127.0.0.2,198.51.100.7", "198.51.100.7"),
-        ("127.0.0.1", "198.51.100.7, 127.0.0.5", "198.51.100.7"),  # two trusted proxies in a row
+        # a loopback entry is a client of the proxy on this machine (a student's kernel): what it wrote is its own
+        ("127.0.0.1", "198.51.100.7, 127.0.0.5", "127.0.0.5"),
         ("127.0.0.1", "127.0.0.1", "127.0.0.1"),  # a local client
         ("127.0.0.1", "not-an-address", "127.0.0.1"),
         ("127.0.0.1", "", "127.0.0.1"),
@@ -554,12 +549,13 @@ def test_trusted_proxies_are_validated(db_url):
         make_auth(db_url, trusted_proxies=["proxy.example.com"])
 
 
-def test_every_refusal_does_the_same_work(db_url, monkeypatch):
-    """Issue 8 #11: an admin's hash costs far more than a student's, so refusals told admin names apart.
+def test_every_refusal_checks_once_at_its_own_cost_and_answers_after_the_same_wait(db_url, monkeypatch):
+    """Issues 8 #11 and 23 #11: a refusal's time must not tell admin names apart, nor may its work feed a flood.
 
-    Equality of work instead of a timed assertion: each refusal path must check
-    the password exactly once at each hash cost in use (the time then follows;
-    bench/login_refusal.py prints the measured ratio).
+    Each refusal checks the password once, at the cost of the name's hash
+    (an unknown name's dummy at the students' cost): no admin-cost hash for
+    a student's or nobody's name. Its answer then waits as long as the
+    costliest check takes, sleeping (bench/login_refusal.py prints the times).
     """
     c = Config()
     c.Wod.db_url = db_url
@@ -572,26 +568,33 @@ def test_every_refusal_does_the_same_work(db_url, monkeypatch):
         s.merge(Student(number=4, state="free", generation=0))
     import wod_jupyterhub.auth as auth_mod
 
-    calls = []
+    calls, slept = [], []
     real = auth_mod.verify_password
 
     def recording(password, stored):
         calls.append(hash_params(stored))
         return real(password, stored)
 
+    real_sleep = asyncio.sleep
     monkeypatch.setattr(auth_mod, "verify_password", recording)
-    cheap = (passwords.STUDENT_COST, 8, 1)
-    for check in (auth.check_login, lambda *a: asyncio.run(auth.checked(*a))[0]):  # the thread's check and the login's path
-        work = {}
-        for name in ("boss", "student3", "student4", "student7", "student99", "nobody", "student1\n"):
-            calls.clear()
-            assert check(name, "wrong password", "192.0.2.1") == {"kind": "bad"}
-            work[name] = sorted(calls)
-        assert set(map(tuple, work.values())) == {(cheap, (14, 8, 1))}, work
-        auth.throttle.forgive(["pair:student3@192.0.2.1", "user:student3"])
+    monkeypatch.setattr(auth_mod.asyncio, "sleep", lambda seconds: slept.append(seconds) or real_sleep(0))
+    cheap, costly = (passwords.STUDENT_COST, 8, 1), (14, 8, 1)
+    assert auth._refusal_seconds > 0
+    work = {}
+    for name in ("boss", "student3", "student4", "student7", "student99", "nobody", "student1\n"):
         calls.clear()
-        assert check("student3", "pw-" + "x" * 10, "192.0.2.1")["kind"] == "student"
-        assert calls == [cheap]  # a student's success stays cheap
+        slept.clear()
+        started = time.perf_counter()
+        assert asyncio.run(auth.checked(name, "wrong password", "192.0.2.1"))[0] == {"kind": "bad"}
+        took = time.perf_counter() - started
+        work[name] = sorted(calls)
+        # the answer waited for the rest of the costliest check's time
+        assert len(slept) == 1 and abs(slept[0] + took - auth._refusal_seconds) < took + 0.05
+    assert work == {name: [costly if name == "boss" else cheap] for name in work}, work
+    auth.throttle.forgive(["pair:student3@192.0.2.1", "user:student3"])
+    calls.clear()
+    assert asyncio.run(auth.checked("student3", "pw-" + "x" * 10, "192.0.2.1"))[0]["kind"] == "student"
+    assert calls == [cheap]  # a student's success stays cheap
     auth.store.dispose()
 
 

@@ -127,7 +127,11 @@ def spawn(hub, client, name, timeout=90):
         if server and server.get("ready"):
             return server
         time.sleep(0.3)
-    raise AssertionError(f"the server of {name} did not become ready:\n" + Path(hub.log_path).read_text()[-3000:])
+    seat_log = Path(hub.root) / "seat-logs" / f"{name}.log"
+    raise AssertionError(
+        f"the server of {name} did not become ready:\n" + Path(hub.log_path).read_text()[-3000:]
+        + ("\n-- its own log:\n" + seat_log.read_text()[-3000:] if seat_log.exists() else "")
+    )
 
 
 def server_get(client, name, path):

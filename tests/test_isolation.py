@@ -312,3 +312,52 @@ def test_a_kept_home_over_the_size_limit_is_erased_and_one_under_it_kept(account
     full = wipe_seat(wod, B, keep_home=True)
     assert full["over_limit"] is True and full["erased"] is True and full["home_bytes"] > 3 << 20
     assert not (place / "students" / f"student{B}").exists()
+
+
+def test_leftovers_and_keyrings_go_even_when_processes_survive_the_kill(accounts, place, monkeypatch):
+    """Processes that will not die fail the wipe, but never keep what the uid left elsewhere from going."""
+    from wod_jupyterhub import wipe
+    from wod_jupyterhub.processes import ProcessesSurvived
+
+    def survivors(uid, *args, **kwargs):
+        raise ProcessesSurvived(f"135 process(es) of uid {uid} still live after 10 s of SIGKILL")
+
+    monkeypatch.setattr(wipe, "kill_uid", survivors)
+    wod = Wod(students_root=str(place / "students"), uid_base=10000, system_users=True, temp_folders=[str(place / "tmp")])
+    (place / "students").mkdir(mode=0o711)
+    (place / "tmp").mkdir(mode=0o1777)
+    (place / "tmp").chmod(0o1777)
+    assert as_student(B, "import sys; open(sys.argv[1] + '/b-tmp', 'w').write('x')", place / "tmp").returncode == 0
+    assert as_student(B, ADD_KEY).returncode == 0
+    with pytest.raises(ProcessesSurvived):
+        wipe.wipe_seat(wod, B)
+    assert list((place / "tmp").iterdir()) == []
+    assert as_student(B, FIND_KEY).stdout.split() == ["found:"]
+
+
+# Adds a key to the uid's keyring (@u) and its default session keyring (@us); then finds them.
+ADD_KEY = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+for ring in (-4, -5):
+    assert libc.syscall(248, b"user", b"wod-secret", b"payload", 7, ctypes.c_long(ring)) > 0, ctypes.get_errno()
+"""
+FIND_KEY = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+found = [name for ring, name in ((-4, "@u"), (-5, "@us")) if libc.syscall(250, 10, ctypes.c_long(ring), b"user", b"wod-secret", 0) > 0]
+print("found:", *found)
+"""
+
+
+def test_a_uids_keyrings_outlive_its_processes_until_the_wipe_clears_them(accounts):
+    from wod_jupyterhub.keyrings import clear_keyrings
+
+    assert as_student(A, ADD_KEY).returncode == 0
+    assert as_student(A, FIND_KEY).stdout.split() == ["found:", "@u", "@us"]  # no process of the uid in between
+    assert as_student(B, FIND_KEY).stdout.split() == ["found:"]
+    assert as_student(B, ADD_KEY).returncode == 0
+    assert clear_keyrings(uid(A), uid(A)) is True
+    assert as_student(A, FIND_KEY).stdout.split() == ["found:"]
+    assert as_student(B, FIND_KEY).stdout.split() == ["found:", "@u", "@us"]  # another uid's are not touched
+    clear_keyrings(uid(B), uid(B))

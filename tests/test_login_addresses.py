@@ -34,7 +34,7 @@ def hub(tmp_path_factory):
         for attempt in range(20):
             try:
                 with store.session() as s:
-                    for n in (3, 5):
+                    for n in (3, 5, 7):
                         s.merge(Student(number=n, password_hash=hash_password(PASSWORD), state="active", generation=1, workshop="WKSHP-X", customer="c"))
                 break
             except IntegrityError:
@@ -67,8 +67,8 @@ def test_spoofed_addresses_do_not_lock_the_owner_out(hub):
         spoof = {"X-Real-Ip": f"203.0.113.{i}", "X-Forwarded-For": f"198.51.100.{i}"}
         assert login(hub, "127.0.0.2", "student3", f"guess{i}", spoof) == 403
     # The guesser's real address is the one that failed: its pair is locked, whatever it claims now.
-    assert login(hub, "127.0.0.2", "student3", PASSWORD, {"X-Real-Ip": "192.0.2.200"}) == 429
-    # The owner, from an address that never failed, logs in.
+    assert login(hub, "127.0.0.2", "student3", "guess5", {"X-Real-Ip": "192.0.2.200"}) == 429
+    # The owner logs in: a lock never refuses the right password.
     assert login(hub, "127.0.0.3", "student3", PASSWORD) == 302
 
 
@@ -77,3 +77,23 @@ def test_claiming_the_owners_address_does_not_lock_it(hub):
     for i in range(6):
         assert login(hub, "127.0.0.4", "student5", f"guess{i}", {"X-Real-Ip": "127.0.0.5", "X-Forwarded-For": "127.0.0.5"}) in (403, 429)
     assert login(hub, "127.0.0.5", "student5", PASSWORD) == 302
+
+
+def test_a_flood_from_every_loopback_source_with_forged_headers_never_locks_the_owner_out(hub):
+    """Issue 23 #5: wrong tries from 127.1.0.x, each with a forged X-Forwarded-For, failed the owner 26 of 26 times."""
+    for i in range(12):
+        forged = {"X-Forwarded-For": f"198.51.100.{i}", "X-Real-Ip": f"203.0.113.{i}"}
+        assert login(hub, f"127.1.0.{i + 1}", "student7", f"guess{i}", forged) in (403, 429)
+    # All of loopback was one address: no count names a forged address or a 127.1.0.x of its own.
+    store = Store(hub.db_url)
+    try:
+        from wod_jupyterhub.store import Throttle
+
+        with store.Session() as s:
+            keys = {t.key for t in s.query(Throttle) if "student7" in t.key or t.key.startswith("ip:")}
+    finally:
+        store.dispose()
+    assert keys == {"user:student7", "pair:student7@127.0.0.0/8", "ip:127.0.0.0/8"}, keys
+    # The owner, on this machine too (the same counted address), logs in while the name is locked.
+    assert login(hub, "127.0.0.1", "student7", PASSWORD) == 302
+    assert login(hub, "127.1.0.99", "student7", PASSWORD, {"X-Forwarded-For": "198.51.100.99"}) == 302

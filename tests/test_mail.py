@@ -53,7 +53,7 @@ def test_verb_subjects(subject, expected):
     [
         "", "Hello", "CREATE 401 825", "CREATE abc 825 a@b.c", f"CREATE {PROMISE} 825 a@b.c",
         f"CLEANUP {PROMISE} 825", "CLEANUP 401,402 825", "PURGE 401 825 extra", "DELETE 401 825",
-        "CREATE 401 825 not-an-address", "RESET 401",
+        "CREATE 401 825 not-an-address", "RESET 401", "CREATE 401 825 a\x00b@example.com", "PURGE 401 82\x005",
     ],
 )  # fmt: skip
 def test_malformed_subjects_are_refused_with_a_sentence(subject):

@@ -8,6 +8,7 @@ outlives the per-cell timeout.
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -128,8 +129,11 @@ def test_the_service_runs_a_check_in_the_background_and_keeps_its_report(hub):
 
         clean = check(api.post("api/check", json={"workshop": "WKSHP-CheckClean", "execute": True}), 202)
         assert wait_check(api, clean["id"])["status"] == "passed"
-    # kept on disk, beside the service
-    assert (hub.root / "wod_checks" / f"{record['id']}.json").is_file()
+    # kept on disk, beside the service, the service's alone: a failing cell's source is in a report
+    folder = hub.root / "wod_checks"
+    assert (folder / f"{record['id']}.json").is_file()
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {0o600}
 
 
 @pytest.mark.parametrize(
@@ -148,6 +152,19 @@ def test_bad_check_requests_start_nothing(hub, body, status):
     with hub.client("portal") as api:
         before = len(check(api.get("api/checks?limit=500"), 200)["checks"])
         check(api.post("api/check", json=body), status)
+        assert len(check(api.get("api/checks?limit=500"), 200)["checks"]) == before
+
+
+@pytest.mark.parametrize(
+    "raw, status",
+    [(b"[" * 100_000, 400), (b'{"workshop": ' + b"[" * 100_000, 400), (b'{"workshop": [[[[[[[[[[]]]]]]]]]]}', 400),
+     (b'{"workshop": "' + b"x" * (2 * 1024 * 1024) + b'"}', 413)],
+)  # fmt: skip
+def test_deep_or_huge_check_bodies_are_refused_with_a_sentence(hub, raw, status):
+    with hub.client("portal") as api:
+        before = len(check(api.get("api/checks?limit=500"), 200)["checks"])
+        err = check(api.post("api/check", content=raw, headers={"Content-Type": "application/json"}), status)
+        assert len(err["message"]) > 10 and "Traceback" not in str(err)
         assert len(check(api.get("api/checks?limit=500"), 200)["checks"]) == before
 
 

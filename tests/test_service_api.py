@@ -495,6 +495,11 @@ BAD = [
     # Nested past the JSON decoder's recursion limit (issue 8 #13): a 400, not a 500.
     ("create", b"[" * 100_000, 400),
     ("create", b'{"student": ' + b"[" * 100_000, 400),
+    # Control characters in a customer id or an address never reach logs, callbacks or mails.
+    ("create", {"student": 1, "customer": "82\x005", "email": "e@example.com", "workshop": "WKSHP-Svc"}, 400),
+    ("create", {"student": 1, "customer": CUSTOMER, "email": "e@example.com\r\nBcc: x@y.z", "workshop": "WKSHP-Svc"}, 400),
+    ("purge", {"student": 1, "customer": "c\u2028d"}, 400),
+    ("create", b'{"student": 1, "customer": ' + b"[" * 20 + b"]" * 20 + b"}", 400),
     ("cleanup", {"student": 1}, 400),
     ("cleanup", {"student": 1000, "customer": CUSTOMER}, 422),
     ("cleanup", {"student": 1, "customer": CUSTOMER, "workshop": "a/b"}, 400),

@@ -98,9 +98,10 @@ async def test_active_seat_starts_in_its_home_on_the_readme(hubdb, setup):
     assert env["HOME"] == str(home) and env["USER"] == "student3"
     assert env["JUPYTERHUB_ROOT_DIR"] == str(home)
     assert env["JUPYTERHUB_DEFAULT_URL"] == "/lab/tree/WKSHP-Sample/0-ReadMeFirst.ipynb"
-    # the process really starts in the home (the preexec function, run by a real fork)
+    # the process really starts in a neutral folder, not on its home (the preexec function, run by a real fork):
+    # the home is its root_dir, never on its import path
     out = subprocess.run(["pwd"], preexec_fn=sp.make_preexec_fn("student3"), env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == str(home)
+    assert out.stdout.strip() == "/"
     assert sp.cmd == [sys.executable, "-m", "jupyterhub.singleuser"]
     assert ("--allow-root" in sp.get_args()) == (os.geteuid() == 0)
 
@@ -354,5 +355,5 @@ async def test_without_control_groups_the_server_starts_anyway(hubdb, setup, tmp
     await sp.run_pre_spawn_hook()
     assert sp._procs_files is None
     out = subprocess.run(["pwd"], preexec_fn=sp.make_preexec_fn("student3"), capture_output=True, text=True, check=True)
-    assert out.stdout.strip().endswith("student3")
+    assert out.stdout.strip() == "/"
     assert "Servers start without these per-seat limits" in caplog.text and "memory (mem_limit)" in caplog.text

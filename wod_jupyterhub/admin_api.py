@@ -20,8 +20,8 @@ import sys
 import uuid
 from pathlib import Path
 
-from .errors import BadRequest, Conflict, NotFound
-from .handlers import SCOPE_OPERATE, BaseHandler
+from .errors import BadRequest, Conflict, NotFound, PayloadTooLarge
+from .handlers import SCOPE_OPERATE, BaseHandler, json_object
 from .overview import overview
 
 CHECK_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -75,9 +75,15 @@ class CheckRuns:
         return self.folder / f"{check_id}.json"
 
     def _write(self, record: dict) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        # The service's alone: a failing cell's rendered source (a seat's variables) may be in a report.
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.folder.stat().st_mode & 0o077:
+            self.folder.chmod(0o700)
         tmp = self._path(record["id"]).with_suffix(".tmp")
-        tmp.write_text(json.dumps(record))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(fd, 0o600)
+            f.write(json.dumps(record))
         os.replace(tmp, self._path(record["id"]))
 
     def start(self, workshop: str | None, execute: bool, timeout: float) -> dict:
@@ -162,12 +168,9 @@ class CheckHandler(BaseHandler):
     scopes = (SCOPE_OPERATE,)
 
     async def post(self):
-        try:
-            body = json.loads(self.request.body or b"null")
-        except (ValueError, UnicodeDecodeError) as e:
-            raise BadRequest(f"The request body is not valid JSON: {e}.", code="bad_json") from None
-        if not isinstance(body, dict):
-            raise BadRequest("The request body must be a JSON object.", code="bad_json")
+        if len(self.request.body) > self.app.max_body_size:
+            raise PayloadTooLarge(f"The request body is larger than {self.app.max_body_size} bytes.")
+        body = json_object(self.request.body)
         unknown = sorted(set(body) - {"workshop", "all", "execute", "timeout"})
         if unknown:
             raise BadRequest(f"Unknown field(s) for a check: {', '.join(unknown)}.", code="bad_field")

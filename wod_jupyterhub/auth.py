@@ -21,9 +21,12 @@ from sqlalchemy.orm import object_session
 from tornado import web
 from traitlets import Dict, Float, Integer, List, TraitError, Unicode, default, validate
 
+from . import frameless
 from .client_address import forwarded_client, networks
 from .config import Wod, student_number
-from .passwords import cheap_hash, hash_params, hash_password, verify_password
+from .hash_budget import Busy, HashBudget
+from .local_peers import is_local_address, student_peer
+from .passwords import cheap_hash, hash_password, refusal_time, verify_password
 from .sessions import changed_hands, end_sessions, keep_sweeping, new_cookie_id, session_generation
 from .spawner import server_token_ids
 from .store import Seat, Store, utcnow
@@ -42,18 +45,17 @@ class WodAuthenticator(Authenticator):
 
     throttle_failures = Integer(
         5,
-        help="""Failed logins for one user name from one client address, within ``throttle_window`` seconds, that lock that pair.
+        help="""Failed logins for one user name, or for one name from one client address, within ``throttle_window`` seconds, that lock it.
 
-        Locked, the pair is refused (even with the right password) for
-        ``throttle_lockout`` seconds, and the login form says so with a 429.
-        The same number of failures for the name from any addresses locks
-        the name: then an address that has not failed for it gets one try,
-        but all such addresses together only one per
-        ``locked_name_interval`` seconds, and one that fails is locked out
-        of that name until the name's lock ends. So guesses from elsewhere
-        delay the owner by at most that interval, and rotating addresses
-        buys a guesser one guess per interval, not one per address. 0
-        disables both.
+        Locked, a wrong password is answered with a 429 ("too many failed
+        logins", for ``throttle_lockout`` seconds) instead of the form's
+        "invalid password", and a name that fails while its name or its
+        address is locked stays locked as long. A lock never refuses the
+        right password: whoever locked the name (guesses from elsewhere, or
+        from the owner's own address, e.g. the same machine) cannot lock
+        the owner out. What bounds guessing is the password (a student's
+        has ~70 bits) and the hashing budget (``costly_checks``). 0 disables
+        both counts.
         """,
     ).tag(config=True)
 
@@ -79,22 +81,26 @@ class WodAuthenticator(Authenticator):
         help="Seconds a name, a client address or a pair of both stays locked once it reached its failure limit.",
     ).tag(config=True)
 
-    locked_name_interval = Integer(
-        30,
-        help="""Seconds between the tries at a locked name from addresses that have not failed for it.
+    costly_checks = Integer(
+        1,
+        help="""Password checks at an admin's cost (``wod hash-password``: 2 ** 15, ~100 ms of a core) that run at once.
 
-        While a name is locked (``throttle_failures``), each address that has
-        not failed for it may still try once, so the owner gets in; but only
-        one such try per name is checked in this many seconds, the others are
-        refused with a 429 without checking the password. Without it, a
-        guesser rotating addresses (or forging ``X-Forwarded-For`` from the
-        hub's own machine, which every student can in system-users mode)
-        would get one guess per address. IPv6 addresses count by their /64.
-        0 turns the limit off.
+        Tries at an admin name beyond these wait, at most
+        ``costly_checks_waiting`` of them, a try from an address that has
+        not failed for the name ahead of the others; more are told the hub
+        is busy (429) without a check. So a flood of wrong tries at an
+        admin name takes at most this many cores, and the admin's own try
+        from elsewhere goes first. Student passwords cost ~0.05 ms and are
+        not counted here.
         """,
     ).tag(config=True)
 
-    @validate("throttle_failures", "throttle_ip_failures", "throttle_window", "throttle_lockout", "locked_name_interval")
+    costly_checks_waiting = Integer(
+        16,
+        help="Tries at an admin name that may wait for one of the ``costly_checks``; more are answered 429 at once.",
+    ).tag(config=True)
+
+    @validate("throttle_failures", "throttle_ip_failures", "throttle_window", "throttle_lockout", "costly_checks_waiting")
     def _not_negative(self, proposal):
         if proposal["value"] < 0:
             raise TraitError(f"{proposal['trait'].name} must be 0 or more, not {proposal['value']}")
@@ -113,9 +119,11 @@ class WodAuthenticator(Authenticator):
         is ignored. The default trusts loopback, where the hub's own proxy
         connects from; add the address of a load balancer in front of the
         proxy. Note that a process on the hub's machine connects from
-        loopback too (in system-users mode, a student's), so it could name
-        any address; ``locked_name_interval`` bounds the guesses that buys at
-        a locked name. Trust only the proxy's exact address in production.
+        loopback too: in system-users mode a loopback peer whose socket is a
+        student's is never believed, and an ``X-Forwarded-For`` entry on
+        loopback (a client of the proxy on this machine) ends the walk. All
+        of 127/8 and ``::1`` counts as one address. Trust only the proxy's
+        exact address in production.
         """,
     ).tag(config=True)
 
@@ -209,25 +217,27 @@ class WodAuthenticator(Authenticator):
         super().__init__(**kwargs)
         self.executor = ThreadPoolExecutor(max(1, self.hash_threads), thread_name_prefix="wod-auth")
         self.wod = Wod(config=self.config)
-        exposed = self.wod.check_exposure(getattr(self.parent, "bind_url", "") or "") if self.parent is not None else None
+        exposed = None
+        if self.parent is not None:
+            exposed = self.wod.check_exposure(getattr(self.parent, "bind_url", "") or "") or self.wod.check_origin(
+                getattr(self.parent, "subdomain_host", ""), getattr(self.parent, "cookie_host_prefix_enabled", False)
+            )
+            frameless.protect(self.parent)
         if exposed:
             # The authenticator is made while the hub starts: this stops it, with the sentence and no traceback.
             self.log.critical(exposed)
             raise SystemExit(1)
         self.store = Store.shared(self.wod.db_url)
         self._trusted = networks(self.trusted_proxies)
-        # One hash of a random password per hash cost in use: the students' and
-        # each admin's (admins' hashes cost far more). Every refusal checks the
-        # password once at each of these costs, whatever the name, so neither
-        # the time nor the work of a refusal tells an admin name from a
-        # student's or from nobody's (item 11 of issue 8: 131 ms against 5.6).
-        self._dummies = {}
-        students = f"scrypt${self.wod.password_hash_cost}$8$1$"
-        for stored in [students] + sorted(self.admin_password_hashes.values()):
-            params = hash_params(stored)
-            if params not in self._dummies:
-                self._dummies[params] = hash_password(secrets.token_urlsafe(16), *params)
-        self._dummy_hash = self._dummies[hash_params(students)]
+        # A refusal checks the password once, at the name's own cost: an unknown name against a
+        # dummy at the students' cost. Its answer then waits as long as the costliest check in use
+        # takes (sleeping, not hashing), so the time of a refusal tells an admin name from no other,
+        # and a flood of refusals costs the hub no admin-cost hashes.
+        self._dummy_hash = hash_password(secrets.token_urlsafe(16), self.wod.password_hash_cost, 8, 1)
+        # With a margin over the costliest check, so that its own refusals (a thread's hand-off, the
+        # database's read and count) are padded too: all refusals then answer at the same time.
+        self._refusal_seconds = 1.25 * refusal_time([self._dummy_hash, *self.admin_password_hashes.values()]) + 0.005
+        self.budget = HashBudget(self.costly_checks, self.costly_checks_waiting)
         # Reads this authenticator's settings live (tests and the hub may change them after start).
         self.throttle = LoginThrottle(self.store, self)
         self._sweeper = None
@@ -255,6 +265,9 @@ class WodAuthenticator(Authenticator):
             raise web.HTTPError(503, "Logging in is not possible right now. Please try again in a minute.") from None
         elapsed_ms = (time.perf_counter() - started) * 1000
         kind = outcome["kind"]
+        if kind == "busy":
+            self.log.warning("Refused login for %r from %s: the costly checks are all taken", name[:32], ip)
+            raise web.HTTPError(429, "The hub is busy checking passwords. Please try again in a minute.")
         if kind == "locked":
             self.log.warning("Refused login for %r from %s: throttled for %d s more", name[:32], ip, outcome["seconds"])
             minutes = max(1, math.ceil(outcome["seconds"] / 60))
@@ -293,15 +306,28 @@ class WodAuthenticator(Authenticator):
         """
         started = time.perf_counter()
         work, args = self.check_login, (name, password, ip)
-        if not self.store.is_postgres:
-            keys, rows, seat = self.login_facts(name, ip)
-            if not rows and seat is not None and seat.password_hash and cheap_hash(seat.password_hash):
+        costly = name in self.admin_password_hashes
+        if not self.store.is_postgres or costly:
+            keys, rows, seat = await self.read(self.login_facts, name, ip)
+            if not costly and not rows and seat is not None and seat.password_hash and cheap_hash(seat.password_hash):
                 if verify_password(password, seat.password_hash):
                     return seat_outcome(seat), (time.perf_counter() - started) * 1000
-                # Checked once already: the refusal does only the rest (the same work as every refusal).
-                work, args = self.refuse, (password, seat.password_hash, keys)
+                # Checked once already: the refusal only counts the failure.
+                work, args = self.refuse, (keys,)
         inline_ms = (time.perf_counter() - started) * 1000
-        outcome, work_ms = await asyncio.get_running_loop().run_in_executor(self.executor, self._timed, work, *args)
+        loop = asyncio.get_running_loop()
+        try:
+            if costly:
+                pair_failed = any(k.startswith(("pair:", "ip:")) for k in rows)
+                outcome, work_ms = await self.budget.run(
+                    lambda: loop.run_in_executor(self.executor, self._timed, work, *args), first=not pair_failed
+                )
+            else:
+                outcome, work_ms = await loop.run_in_executor(self.executor, self._timed, work, *args)
+        except Busy:
+            outcome, work_ms = {"kind": "busy"}, 0.0
+        if outcome["kind"] in ("bad", "locked"):
+            await asyncio.sleep(self._refusal_seconds - (time.perf_counter() - started))
         return outcome, inline_ms + work_ms
 
     @staticmethod
@@ -325,21 +351,16 @@ class WodAuthenticator(Authenticator):
         """
         keys, rows, seat = self.login_facts(name, ip)
         now = utcnow()
-        seconds, lock_pair_until = self.throttle.locks(keys, rows, now) if keys else (0, None)
-        if seconds:
-            return {"kind": "locked", "seconds": seconds}
         stored = self.admin_password_hashes.get(name) or (seat.password_hash if seat is not None else None)
-        name_key = f"user:{name[:200]}"
-        if name_key in rows and rows[name_key].locked_until and rows[name_key].locked_until > now:
-            seconds = self.throttle.take_locked_name_try(name, now)
-            if seconds:
-                return {"kind": "locked", "seconds": seconds}
-
-        # Always hash, even for a name that has no hash, and a refusal hashes at every cost in use.
-        checked = stored or self._dummy_hash
-        ok = verify_password(password, checked) and stored is not None
+        # Always hash, even for a name that has no hash; and whatever is locked: a lock never
+        # refuses the right password, so nobody can lock its owner out.
+        ok = verify_password(password, stored or self._dummy_hash) and stored is not None
+        seconds, lock_pair_until = self.throttle.locks(keys, rows, now) if keys else (0, None)
         if not ok:
-            return self.refuse(password, checked, keys, lock_pair_until)
+            self.refuse(keys, lock_pair_until)
+            if lock_pair_until is not None:
+                seconds = max(seconds, math.ceil((lock_pair_until - now).total_seconds()))
+            return {"kind": "locked", "seconds": seconds} if seconds else {"kind": "bad"}
         # A success forgives the typos of this name from this address (and the
         # name's count), not the address's failures for other names.
         # A lock of the name stays: the owner's success must not hand guessers elsewhere a new round.
@@ -348,18 +369,10 @@ class WodAuthenticator(Authenticator):
             self.throttle.forgive(forgiven)
         return {"kind": "admin"} if name in self.admin_password_hashes else seat_outcome(seat)
 
-    def refuse(self, password: str, checked: str, keys: dict, lock_pair_until=None) -> dict:
-        """After ``password`` failed against ``checked``: the other costs' hashes, the failure counted."""
-        self.equalize_refusal(password, checked)
+    def refuse(self, keys: dict, lock_pair_until=None) -> dict:
+        """After a wrong password: the failure counted (the answer's wait is ``checked``'s)."""
         self.throttle.record_failure(keys, lock_pair_until)
         return {"kind": "bad"}
-
-    def equalize_refusal(self, password: str, checked: str) -> None:
-        """Check ``password`` against the dummy hash of every cost in use but the one of ``checked``."""
-        done = hash_params(checked)
-        for params, dummy in self._dummies.items():
-            if params != done:
-                verify_password(password, dummy)
 
     def client_address(self, handler) -> str | None:
         """The address the nearest untrusted hop was seen from (see ``trusted_proxies``)."""
@@ -369,7 +382,21 @@ class WodAuthenticator(Authenticator):
         # remote_ip with whatever X-Real-Ip the client sent.
         address = getattr(context, "address", None)
         peer = getattr(context, "_orig_remote_ip", None) or (address[0] if isinstance(address, tuple) else request.remote_ip)
-        return forwarded_client(peer, request.headers.get("X-Forwarded-For"), self._trusted)
+        forwarded = request.headers.get("X-Forwarded-For")
+        if forwarded and self.wod.system_users and is_local_address(peer):
+            # The proxy and a student's kernel both connect from loopback: only the socket's owner tells them apart.
+            sock = getattr(getattr(request.connection, "stream", None), "socket", None)
+            try:
+                ends = (sock.getsockname(), sock.getpeername()) if sock is not None else (None, None)
+            except OSError:
+                ends = (None, None)
+            if student_peer(self.wod, *ends):
+                return peer
+        return forwarded_client(peer, forwarded, self._trusted)
+
+    def get_handlers(self, app):
+        # Placed before the hub's own: its logo, like its static files, must not be framed (see frameless).
+        return [*super().get_handlers(app), *frameless.handlers(app)]
 
     # -- allow ------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from . import errors
+from . import compiled, errors
 from .config import check_student_number
 from .limits import Limits, limits_from_meta
 
@@ -80,6 +80,10 @@ class Workshop:
     capacity: int | None = None
     mono_appliance: bool = False
     multi_appliance: bool = False
+    #: ``ldap: true``: every rotation of a seat's password sets it in the directory too (``directory.py``)
+    ldap: bool = False
+    #: ``compile:``: the scripts given to the seats compiled, runnable but unreadable (``compiled.py``)
+    compile: tuple[str, ...] = ()
     #: the seat limits the workshop asks for in ``limits:`` (unset fields: the hub's defaults)
     limits: Limits = field(default_factory=Limits)
     #: problems that make the workshop unusable (no wod.yml, no range, no
@@ -108,6 +112,8 @@ class Workshop:
             "capacity": self.capacity,
             "mono_appliance": self.mono_appliance,
             "multi_appliance": self.multi_appliance,
+            "ldap": self.ldap,
+            "compile": list(self.compile),
             "limits": self.limits.to_json(),
             "valid": self.valid,
             "problems": list(self.problems),
@@ -261,8 +267,10 @@ def load_workshop(folder: Path, root: Path, readme: str = README) -> Workshop:
             ws.range = _parse_range(meta["range"], ws)
         ws.active = _parse_bool(meta, "active", ws)
         ws.reset = _parse_bool(meta, "reset", ws)
-        for key in ("ldap", "varpass", "beta", "compile", "show_readme"):
+        ws.ldap = _parse_bool(meta, "ldap", ws)
+        for key in ("varpass", "beta", "show_readme"):
             _parse_bool(meta, key, ws)
+        ws.compile = compiled.scripts_of(meta, ws)
         ws.mono_appliance = _parse_bool(meta, "monoAppliance", ws)
         ws.multi_appliance = _parse_bool(meta, "multiAppliance", ws)
         ws.limits, problems = limits_from_meta(meta.get("limits"))

@@ -8,6 +8,8 @@ believed here. This module is core: it imports nothing from the hub process.
 
 import ipaddress
 
+from .local_peers import is_local_address
+
 
 def networks(items) -> list:
     """``ip_network`` of each address or CIDR; ValueError naming the first that is neither."""
@@ -38,7 +40,10 @@ def forwarded_client(peer: str, forwarded_for: str | None, trusted: list) -> str
         except ValueError:
             break
         address = hop
+        if is_local_address(hop):
+            break  # a client of the proxy on this machine: whatever it wrote further left is its own
     return address
+
 
 
 def is_trusted(address: str, trusted: list) -> bool:
@@ -49,8 +54,11 @@ def is_trusted(address: str, trusted: list) -> bool:
     return any(ip in network for network in trusted)
 
 
+LOOPBACK = "127.0.0.0/8"
+
+
 def counted_address(address: str | None) -> str | None:
-    """The address a failure counts against: an IPv6 address by its /64, an IPv4 address as it is.
+    """The address a failure counts against: loopback as one, an IPv6 address by its /64, an IPv4 address as it is.
 
     One IPv6 client usually holds a whole /64 and can pick a new address
     from it for every try; counting each would give it 2**64 first tries.
@@ -61,6 +69,9 @@ def counted_address(address: str | None) -> str | None:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return address
+    if is_local_address(address):
+        # Every process of this machine can bind any 127.x.y.z: all of loopback is one client.
+        return LOOPBACK
     if ip.version == 6 and ip.ipv4_mapped:
         return str(ip.ipv4_mapped)
     if ip.version == 6:

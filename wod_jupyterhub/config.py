@@ -53,6 +53,22 @@ def check_student_number(n) -> int:
     return n
 
 
+def load_config_file(path: str | None):
+    """The traitlets config of the Python file ``path`` (the hub's ``jupyterhub_config.py``); empty without one.
+
+    A missing file raises ``FileNotFoundError`` with a sentence.
+    """
+    from traitlets.config import Config
+    from traitlets.config.loader import PyFileConfigLoader
+
+    if not path:
+        return Config()
+    full = os.path.abspath(path)
+    if not os.path.isfile(full):
+        raise FileNotFoundError(f"configuration file {path} does not exist")
+    return PyFileConfigLoader(os.path.basename(full), os.path.dirname(full)).load_config()
+
+
 class Wod(Configurable):
     """Settings shared by ``WodAuthenticator``, ``WodSpawner`` and the ``wod`` service."""
 
@@ -145,6 +161,26 @@ class Wod(Configurable):
         Unicode(),
         help="Folders searched, public first then private, for the hooks ``create-``, ``post-copy-``, ``cleanup-`` and ``reset-<WKSHP>.sh``.",
     ).tag(config=True)
+
+    compiled_dir = Unicode(
+        help="""Where the scripts of ``compile:`` workshops are kept compiled: their texts, loaders and interpreters.
+
+        Root's alone (the texts in a ``0700`` folder); made when missing. A
+        seat gets a copy of its script's loader, never the text. Defaults to
+        ``/var/lib/wod-jupyterhub/compiled`` as root, else
+        ``~/.cache/wod-jupyterhub/compiled``. See the README's "Compiled scripts".
+        """,
+    ).tag(config=True)
+
+    @default("compiled_dir")
+    def _compiled_dir_default(self):
+        if os.geteuid() == 0:
+            return "/var/lib/wod-jupyterhub/compiled"
+        return os.path.join(os.path.expanduser("~"), ".cache", "wod-jupyterhub", "compiled")
+
+    @validate("compiled_dir")
+    def _abs_compiled_dir(self, proposal):
+        return os.path.abspath(proposal["value"])
 
     strict_undefined = Bool(
         True,
@@ -255,6 +291,33 @@ class Wod(Configurable):
             f"The hub would listen on {bind_url} in single-user mode (c.Wod.system_users = False), where every "
             "student runs as the hub's own account and can read its secrets. Use system users, bind the hub to "
             "127.0.0.1, or set c.Wod.single_user_on_network = True if every participant is trusted."
+        )
+
+    allow_single_origin = Bool(
+        False,
+        help="""Let system-users mode run with every server on the hub's own web origin (tests only).
+
+        With ``system_users`` the hub does not start unless
+        ``c.JupyterHub.subdomain_host`` gives each server its own origin and
+        ``c.JupyterHub.cookie_host_prefix_enabled`` keeps the hub's cookies
+        to the hub's host: on one origin, a page a student serves can read
+        the hub's cookies in the browser of whoever opens it (another
+        student, an admin) and act as them. Set this only for a test whose
+        browsers are all the test's own.
+        """,
+    ).tag(config=True)
+
+    def check_origin(self, subdomain_host: str, cookie_host_prefix: bool) -> str | None:
+        """A sentence when system-users mode would serve students' pages on the hub's origin (see ``allow_single_origin``)."""
+        if not self.system_users or self.allow_single_origin or (subdomain_host and cookie_host_prefix):
+            return None
+        missing = [name for name, ok in (("c.JupyterHub.subdomain_host", subdomain_host),
+                                         ("c.JupyterHub.cookie_host_prefix_enabled = True", cookie_host_prefix)) if not ok]  # fmt: skip
+        return (
+            f"System-users mode needs {' and '.join(missing)}: without them every student's server shares the hub's "
+            "web origin, and a page a student serves can act as whoever opens it. Give the hub a wildcard domain "
+            "(e.g. subdomain_host = 'https://wod.example.com' with *.wod.example.com pointing at it), or set "
+            "c.Wod.allow_single_origin = True for a test."
         )
 
     uid_base = Integer(10000, help="With ``system_users``, student N has uid and gid ``uid_base + N``.").tag(config=True)

@@ -16,6 +16,8 @@ from tornado import web
 from . import __version__
 from .cgroups import seat_resources
 from .errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, Unauthorized, WodError
+from .fields import printable
+from .local_peers import student_peer
 from .store import Status
 
 SCOPE_OPERATE = "custom:wod:operate"
@@ -52,6 +54,7 @@ class BaseHandler(web.RequestHandler):
         self.caller = None
         if self.scopes is None:
             return
+        self.refuse_students()
         model = await self.app.hub_auth.get_user(self, sync=False)
         if not model:
             raise Unauthorized("A JupyterHub API token is required (header 'Authorization: token <token>').")
@@ -60,6 +63,26 @@ class BaseHandler(web.RequestHandler):
             who = model.get("name") or "the caller"
             raise Forbidden(f"The token of {who} lacks the scope {self.scopes[0]} this call needs.")
         self.caller = model
+
+    def refuse_students(self) -> None:
+        """403 for a connection from a seat's own process (system-users mode), whatever token it carries.
+
+        The portal's token is the only thing between a student's kernel and
+        the verbs; a connection from this machine is looked up by the owner
+        of its socket, once per connection.
+        """
+        conn = self.request.connection
+        if not hasattr(conn, "wod_student"):
+            stream = getattr(conn, "stream", None)
+            sock = getattr(stream, "socket", None)
+            try:
+                ends = (sock.getsockname(), sock.getpeername()) if sock is not None else (None, None)
+            except OSError:
+                ends = (None, None)
+            conn.wod_student = student_peer(self.app.wod, *ends)
+        if conn.wod_student:
+            self.app.log.warning("Refused %s %s: %s", self.request.method, self.request.path, conn.wod_student)
+            raise Forbidden("This service takes no requests from a student's process.", code="student_process")
 
     @property
     def can_operate(self) -> bool:
@@ -131,6 +154,30 @@ def request_fields(openapi: dict, schema_name: str) -> dict:
     }
 
 
+#: nesting a request body may have; every request of the API is flat, a list in an object at most
+MAX_DEPTH = 8
+
+
+def json_object(raw: bytes) -> dict:
+    """A request body as a JSON object of at most ``MAX_DEPTH`` levels; BadRequest (400) with a sentence otherwise."""
+    try:
+        body = json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"The request body is not valid JSON: {e}.", code="bad_json") from None
+    except RecursionError:
+        # json's C decoder recurses once per nesting level: a body of "[" * 100000 ends here.
+        raise BadRequest(f"The request body is nested more than {MAX_DEPTH} levels deep.", code="bad_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.", code="bad_json")
+    level, todo = 0, [body]
+    while todo:  # breadth first, without recursion
+        level += 1
+        if level > MAX_DEPTH:
+            raise BadRequest(f"The request body is nested more than {MAX_DEPTH} levels deep.", code="bad_json")
+        todo = [v for c in todo for v in (c.values() if isinstance(c, dict) else c) if isinstance(v, (dict, list))]
+    return body
+
+
 def verb_fields(openapi: dict) -> dict:
     """The body fields each verb takes, read from the OpenAPI document: verb → {name: (types, required)}."""
     return {verb: request_fields(openapi, f"{verb.capitalize()}Request") for verb in ("CREATE", "CLEANUP", "RESET", "PURGE", "PASSWORD")}
@@ -141,15 +188,7 @@ def parse_body(raw: bytes, fields: dict, what: str) -> dict:
 
     Anything else is a :class:`BadRequest` with a sentence naming ``what`` the body was for.
     """
-    try:
-        body = json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest(f"The request body is not valid JSON: {e}.", code="bad_json") from None
-    except RecursionError:
-        # json's C decoder recurses once per nesting level: a body of "[" * 100000 ends here.
-        raise BadRequest("The request body is not valid JSON: it is nested too deeply.", code="bad_json") from None
-    if not isinstance(body, dict):
-        raise BadRequest("The request body must be a JSON object.", code="bad_json")
+    body = json_object(raw)
     unknown = sorted(set(body) - set(fields))
     if unknown:
         raise BadRequest(f"Unknown field(s) for {what}: {', '.join(unknown)}.", code="bad_field")
@@ -166,6 +205,8 @@ def parse_body(raw: bytes, fields: dict, what: str) -> dict:
             value = body[name] = str(value)
         if types in (_STR, _ID) and (len(value) > MAX_TEXT or not value.strip()):
             raise BadRequest(f"Field {name!r} must be a non-empty string of at most {MAX_TEXT} characters.", code="bad_field")
+        if types in (_STR, _ID) and not printable(value):
+            raise BadRequest(f"Field {name!r} must not hold control characters (NUL, newlines, escapes).", code="bad_field")
     return body
 
 

@@ -33,7 +33,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import errors
+from . import compiled, errors
 from .fdtrees import chown_tree, erase_tree
 from .owners import pid_alive
 from .templating import Renderer, default_renderer, is_templated
@@ -297,6 +297,13 @@ def _workspace(workshop_name: str, readme: str) -> str:
     )
 
 
+def _sources(workshop) -> list:
+    """The workshop's files a home gets (:func:`.trees.workshop_tree`): all but the sources of its compiled scripts."""
+    entries = workshop_tree(workshop)
+    hidden = compiled.excluded(workshop)
+    return [e for e in entries if e[0] not in hidden] if hidden else entries
+
+
 def _check_workshop(wod, workshop) -> None:
     if not Path(workshop.path).is_dir():
         raise errors.NotFound(f"Workshop folder {workshop.path} does not exist.", code="no_workshop")
@@ -401,7 +408,7 @@ def sweep_stages(wod) -> int:
     return len(dead)
 
 
-def _build(wod, workshop, new: str, entries, renderer: Renderer, variables, part: str, uid, gid) -> None:
+def _build(wod, workshop, new: str, entries, renderer: Renderer, variables, part: str, uid, gid, scripts=True) -> None:
     """Fill ``new``: skeleton, ``<WKSHP>/``, the workspace; ``part`` as in :func:`.trees.write_tree`.
 
     ``"templates"`` fills a stage, which holds the skeleton and the workspace already.
@@ -427,6 +434,9 @@ def _build(wod, workshop, new: str, entries, renderer: Renderer, variables, part
             f.write(_workspace(workshop.name, wod.readme_notebook))
     if uid is not None:
         chown_tree(new, uid, gid if gid is not None else uid)
+    if part != "static" and scripts and getattr(workshop, "compile", ()):
+        # After the handover: the loaders stay root's (a stage never holds them: its files become the student's).
+        compiled.install(compiled.build_all(wod.compiled_dir, workshop, compiled.seat_uids(wod)), os.path.join(new, workshop.name))
 
 
 def stage(wod, workshop, student: int) -> bool:
@@ -447,7 +457,12 @@ def stage(wod, workshop, student: int) -> bool:
     _check_workshop(wod, workshop)
     home_path(wod, student)
     _students_root(wod)
-    entries = workshop_tree(workshop)
+    entries = _sources(workshop)
+    if getattr(workshop, "compile", ()) and os.geteuid() == 0:
+        try:
+            compiled.build_all(wod.compiled_dir, workshop, compiled.seat_uids(wod))  # compiled ahead too, once per script version
+        except errors.WodError:
+            pass  # the seat's CREATE says why
     side = _side_folder(wod, student)
     target = _staged_path(wod, student, _stage_key(wod, workshop, entries))
     if os.path.isdir(target):
@@ -482,6 +497,7 @@ def provision(
     uid: int | None = None,
     gid: int | None = None,
     info: dict | None = None,
+    compiled_scripts: bool = True,
 ) -> Path:
     """Give ``student<N>`` a fresh home: skeleton, ``<WKSHP>/`` rendered, a workspace opening the ReadMeFirst.
 
@@ -489,13 +505,17 @@ def provision(
     at once; on any failure the previous home is left exactly as it was.
     A current stage of the seat (:func:`stage`) is used when there is one:
     then only the templated files are rendered here. ``info`` (a dict, if
-    given) gets ``staged``: whether one was.
+    given) gets ``staged``: whether one was. ``compiled_scripts``: False
+    leaves out the programs of the workshop's compiled scripts (``wod check``
+    renders for a scratch seat, as no student: their sources were checked).
     """
     renderer = renderer or default_renderer(wod)
     home = home_path(wod, student)
     _check_workshop(wod, workshop)
+    if compiled_scripts:
+        compiled.check_can_install(workshop, uid)
     _students_root(wod)
-    entries = workshop_tree(workshop)
+    entries = _sources(workshop)
     side = _side_folder(wod, student)
     stale = _stale(side)
     # Not made (mkdtemp) but claimed by renaming the stage to it: a staged CREATE makes no new inode (see
@@ -520,7 +540,7 @@ def provision(
             _remove(leftover)  # from a process that died mid-way, or an outdated stage (a used one is gone)
         if info is not None:
             info["staged"] = staged
-        _build(wod, workshop, new, entries, renderer, variables, "templates" if staged else "all", uid, gid)
+        _build(wod, workshop, new, entries, renderer, variables, "templates" if staged else "all", uid, gid, compiled_scripts)
         # the check again, right before the swap: the home may have changed meanwhile
         home_path(wod, student)
         _let_move(home)

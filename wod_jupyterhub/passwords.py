@@ -93,6 +93,26 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(got, expected)
 
 
+def refusal_time(stored: list, tries: int = 3) -> float:
+    """Seconds the costliest of ``stored`` takes to refuse a wrong password (the median of ``tries``).
+
+    What every refusal of a login waits for, whatever its name costs to check.
+    """
+    import statistics
+    import time
+
+    slowest = 0.0
+    for params in {hash_params(h) for h in stored}:
+        sample = next(h for h in stored if hash_params(h) == params)
+        times = []
+        for _ in range(tries):
+            started = time.perf_counter()
+            verify_password("not the password", sample)
+            times.append(time.perf_counter() - started)
+        slowest = max(slowest, statistics.median(times))
+    return slowest
+
+
 class Sealer:
     """Symmetric sealing (Fernet: AES-128-CBC + HMAC-SHA256) of passwords that must wait.
 

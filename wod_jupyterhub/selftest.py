@@ -53,6 +53,7 @@ def run_notebook(path: Path, timeout: float, startup_timeout: float = 60) -> dic
     from jupyter_client.kernelspec import NoSuchKernel
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+    from traitlets.config import Config
 
     nb = nbformat.read(path, as_version=4)
     spec = nb.metadata.get("kernelspec") or {}
@@ -68,10 +69,14 @@ def run_notebook(path: Path, timeout: float, startup_timeout: float = 60) -> dic
         if cell_index in code and (execute_reply or {}).get("content", {}).get("status") == "ok":
             done.append(cell_index)
 
+    # The kernel's sockets are Unix sockets in a folder of its own (0700): on loopback ports any
+    # local process, a student's included, could subscribe to its output.
+    sockets = tempfile.mkdtemp(prefix="wod-kernel-")
+    config = Config({"KernelManager": {"transport": "ipc", "connection_file": os.path.join(sockets, "kernel.json")}})
     client = NotebookClient(
         nb, timeout=timeout, startup_timeout=startup_timeout, kernel_name=kernel, allow_errors=False,
         resources={"metadata": {"path": str(path.parent)}},
-        on_cell_execute=on_execute, on_cell_executed=on_executed,
+        on_cell_execute=on_execute, on_cell_executed=on_executed, config=config,
     )
     out = {"kernel": kernel, "cells": len(code), "run": 0, "status": PASSED, "failed_cell": None, "error": None}
     started = time.monotonic()
@@ -92,6 +97,7 @@ def run_notebook(path: Path, timeout: float, startup_timeout: float = 60) -> dic
         out.update(status=FAILED, error=f"{e.__class__.__name__}: {_first_line(str(e))}; kernel output: {_tail(kernel_log)}")
     finally:
         kernel_log.close()
+        shutil.rmtree(sockets, ignore_errors=True)
     out["run"] = len(done)
     out["seconds"] = round(time.monotonic() - started, 2)
     return out
@@ -147,7 +153,7 @@ def check_workshop(wod, catalog, name: str, *, execute: bool, timeout: float, va
         scratch_wod = Wod(students_root=scratch, **settings)
         try:
             values = template_variables(scratch_wod, ws, n, SCRATCH_PASSWORD, modews=mode, hostname="wod-check")
-            home = homes.provision(scratch_wod, ws, n, values, renderer=default_renderer(scratch_wod))
+            home = homes.provision(scratch_wod, ws, n, values, renderer=default_renderer(scratch_wod), compiled_scripts=False)
         except WodError as e:
             report.update(status=FAILED, problems=[f"render: {e.message}"])
             return report

@@ -196,10 +196,20 @@ class WodService(Application):
         self.metrics = Metrics()
         settings = WodOperations(parent=self)
         self.catalog = CatalogCache(self.wod, ttl=settings.catalog_ttl)
+        from .directory import Directory, WodLdap
+
+        ldap = WodLdap(parent=self)
+        try:
+            self.directory = Directory(ldap)  # reads its bind password now: the secrets leave the environment below
+        except TraitError as e:
+            print(f"wod service: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        os.environ.pop(ldap.bind_password_env, None)
         self.work = SeatWork(
             self.wod, settings, catalog=self.catalog, hub=self.hub, hooks=WodHooks(self.wod, parent=self, log=self.log),
             renderer=Renderer(strict_undefined=self.wod.strict_undefined, clear_outputs=self.wod.clear_outputs),
             sealer=self.sealer, outbox=self.outbox, hostname=self.hostname, log=self.log, on_ahead_cpu=self.metrics.ahead_cpu,
+            directory=self.directory,
         )
         self.engine = Engine(settings, self.store, self.work, log=self.log)
         self.engine.on_end(self.metrics.operation_ended)
@@ -373,7 +383,7 @@ def renamed_settings(config) -> list[str]:
 
 
 #: Environment variables the service reads once at start and then drops (see ``WodService.build``).
-SECRET_ENV = ("WOD_SECRET_KEY", "WOD_PORTAL_PASSWORD", "WOD_API_TOKEN", "WOD_ADMIN_HASH", "WOD_DB_URL")
+SECRET_ENV = ("WOD_SECRET_KEY", "WOD_PORTAL_PASSWORD", "WOD_API_TOKEN", "WOD_ADMIN_HASH", "WOD_DB_URL", "WOD_LDAP_PASSWORD")
 
 
 def drop_secrets(environ) -> list:

@@ -22,18 +22,20 @@ Each step is a small method, so a deployment can override one of them
 import asyncio
 import os
 import pwd
+import subprocess
 import sys
+from pathlib import Path
 
 from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
 from jupyterhub.utils import maybe_future
 from tornado import web
-from traitlets import Integer, TraitError, Unicode, default, validate
+from traitlets import Bool, CaselessStrEnum, Integer, List, TraitError, Unicode, default, validate
 
-from . import cgroups, completion, completion_worker
+from . import cgroups, completion, completion_worker, keyrings, seatlog, seatns
 from .catalog import find_workshop, load_catalog, parse_workshop_name
 from .config import Wod, student_number
 from .errors import WodError
-from .limits import Limits, limits_from_meta
+from .limits import Limits, limits_from_meta, parse_size
 from .store import Completion, Store
 
 # (cgroup_root, cgroup_parent) whose missing parts this hub process already warned about
@@ -60,6 +62,20 @@ def server_token_ids(user, generation: int) -> set:
         if token_id is not None and spawner.active and assignment.get("generation") == generation:
             keep.add(token_id)
     return keep
+
+
+#: the servers' runtime folder (connection files, kernels' sockets) inside the seat's private /tmp
+RUNTIME_DIR = "/tmp/jupyter-runtime"
+
+
+def python_command(cmd: list[str], flags: list[str]) -> list[str]:
+    """``cmd`` with ``flags`` right after its interpreter when it runs Python (``python``, ``python3.11`` …); else as is."""
+    if not cmd or not os.path.basename(cmd[0]).startswith("python"):
+        return list(cmd)
+    # The interpreter's own options end at the first word that is not one (-m, -c, a script).
+    options = next((i for i, word in enumerate(cmd[1:], 1) if not word.startswith("-") or word in ("-m", "-c")), len(cmd))
+    missing = [f for f in flags if f not in cmd[1:options]]
+    return [cmd[0], *missing, *cmd[1:]]
 
 
 def workshop_folder(workshop: str) -> str:
@@ -102,6 +118,104 @@ class WodSpawner(LocalProcessSpawner):
     def _valid_pids_limit(self, proposal):
         return self._checked_limit("pids", proposal["value"])
 
+    private_tmp = Bool(
+        help="""Start each server in a mount and IPC namespace of its own (as systemd's PrivateTmp and PrivateIPC do).
+
+        The seat then has its own ``/tmp``, ``/var/tmp``, ``/dev/shm`` and
+        ``/run/lock`` (tmpfs of ``private_tmp_size`` and ``private_tmp_inodes``,
+        ``nosuid``, gone with the seat's last process), its own POSIX message
+        queues and System V objects, its kernels' sockets in a folder only
+        its uid can enter (``c.WodSpawner.kernel_transport``), the students'
+        folder ``nosuid``, and cannot gain privileges through a setuid
+        program. Defaults to ``c.Wod.system_users`` when the hub runs as root
+        (it needs root); see the README's security model.
+        """,
+    ).tag(config=True)
+
+    @default("private_tmp")
+    def _private_tmp_default(self):
+        return self._system_users() and os.geteuid() == 0
+
+    private_tmp_size = Unicode(
+        "1G",
+        help="""Most bytes each of a seat's private temporary folders holds (``512M``, ``2G``).
+
+        tmpfs keeps them in memory, charged to the seat's control group, so
+        they count against its ``mem_limit`` too.
+        """,
+    ).tag(config=True)
+
+    @validate("private_tmp_size", "log_max_bytes", "log_rate")
+    def _valid_size(self, proposal):
+        try:
+            parse_size(proposal["value"])
+        except ValueError as e:
+            raise TraitError(f"WodSpawner.{proposal['trait'].name}: {e}") from None
+        return proposal["value"]
+
+    private_tmp_inodes = Integer(
+        200_000,
+        help="Most files and folders each of a seat's private temporary folders holds.",
+    ).tag(config=True)
+
+    @validate("private_tmp_inodes", "log_backups")
+    def _valid_count(self, proposal):
+        if proposal["value"] < (1 if proposal["trait"].name == "private_tmp_inodes" else 0):
+            raise TraitError(f"WodSpawner.{proposal['trait'].name} must be a positive number, not {proposal['value']}")
+        return proposal["value"]
+
+    kernel_transport = CaselessStrEnum(
+        ["ipc", "tcp"],
+        help="""How a server talks to its kernels: ``ipc`` (Unix sockets) or ``tcp`` (ports on loopback).
+
+        On ``tcp`` any process of the machine can subscribe to a kernel's
+        output port and read what it runs and prints (messages are signed,
+        not encrypted). ``ipc`` puts the sockets in the seat's runtime folder,
+        which only its uid can enter (in the seat's private ``/tmp`` with
+        ``private_tmp``). Defaults to ``ipc`` in system-users mode.
+        """,
+    ).tag(config=True)
+
+    @default("kernel_transport")
+    def _kernel_transport_default(self):
+        return "ipc" if self._system_users() else "tcp"
+
+    python_flags = List(
+        Unicode(),
+        ["-P", "-s"],
+        help="""Flags given to the server's Python when ``cmd`` runs one (its first word is ``python…``).
+
+        ``-P``: the working folder is not put on the import path; ``-s``: the
+        user's site-packages (``~/.local/lib/python3.X``, with its ``.pth``
+        files) is not either. Together with the server's neutral working
+        folder (``/``), nothing in a student's home is imported by the server
+        (``~/jupyterhub/__init__.py`` would replace the hub's own): only what
+        ``disable_user_config`` allows. Flags are not inherited, so kernels
+        still import from the notebook's folder and ``pip install --user``.
+        """,
+    ).tag(config=True)
+
+    log_folder = Unicode(
+        "seat-logs",
+        help="""Folder (made 0700; relative to the hub's working folder) of each seat's log, ``student<N>.log``.
+
+        A server's and its kernels' output goes there, never to the hub's
+        own stdout or stderr, rotated at ``log_max_bytes`` and kept in
+        ``log_backups`` older files.
+        """,
+    ).tag(config=True)
+
+    @validate("log_folder")
+    def _abs_log_folder(self, proposal):
+        return str(Path(proposal["value"]).expanduser().absolute())
+
+    log_max_bytes = Unicode("10M", help="Size at which a seat's log is rotated (``10M``).").tag(config=True)
+    log_backups = Integer(2, help="Rotated logs kept per seat (``student<N>.log.1`` …); 0 keeps none.").tag(config=True)
+    log_rate = Unicode(
+        "1M",
+        help="Bytes a second of a seat's output copied into its log; a server that prints faster waits (and only it).",
+    ).tag(config=True)
+
     # JupyterHub's own limits get defaults that share a 2-core class machine fairly.
     @default("mem_limit")
     def _mem_limit_default(self):
@@ -133,12 +247,15 @@ class WodSpawner(LocalProcessSpawner):
         # The hub's own interpreter: jupyterhub-singleuser need not be on PATH.
         return [sys.executable, "-m", "jupyterhub.singleuser"]
 
+    def _system_users(self) -> bool:
+        # A default may be asked for before __init__ has made self.wod.
+        return (getattr(self, "wod", None) or Wod(config=self.config)).system_users
+
     @default("disable_user_config")
     def _disable_user_config_default(self):
         # In system-users mode a student owns ~/.jupyter: a jupyter_server_config.py there could
         # serve any page under the hub's origin. JupyterHub then tells the server to skip it.
-        wod = getattr(self, "wod", None) or Wod(config=self.config)
-        return wod.system_users
+        return self._system_users()
 
     @default("env_keep")
     def _env_keep_default(self):
@@ -154,6 +271,7 @@ class WodSpawner(LocalProcessSpawner):
         # The seat's cgroup.procs files the server joins before it execs (None: no group).
         self._procs_files = None
         self._limits = None
+        self._namespace = None
 
     @property
     def store(self) -> Store:
@@ -276,18 +394,69 @@ class WodSpawner(LocalProcessSpawner):
 
     # -- the process -------------------------------------------------------
 
+    def seat_namespace(self) -> seatns.SeatNamespace | None:
+        """The private namespaces the server enters (``private_tmp``), built before the fork; None without."""
+        if not self.private_tmp:
+            return None
+        uid = pwd.getpwnam(self.user.name).pw_uid if self.wod.system_users else os.geteuid()
+        mounts = seatns.plan(self.private_tmp_size, self.private_tmp_inodes, nosuid_folders=[self.wod.students_root])
+        runtime = RUNTIME_DIR if self.kernel_transport == "ipc" else None
+        return seatns.SeatNamespace(mounts, runtime_dir=runtime, uid=uid)
+
+    def log_path(self) -> str:
+        """The seat's log file (the current one; rotated ones end in ``.1``, ``.2`` …)."""
+        return os.path.join(self.log_folder, f"{self.user.name}.log")
+
+    def open_output(self) -> int | None:
+        """The write end of the pipe into the seat's log (None: no log could be opened; the output is dropped)."""
+        try:
+            return seatlog.open_seat_log(
+                self.log_folder, self.user.name, parse_size(self.log_max_bytes), self.log_backups, parse_size(self.log_rate)
+            )
+        except OSError as e:
+            self.log.warning("No log for %s (%s): its server's output is dropped", self.user.name, e)
+            return None
+
+    async def start(self):
+        # The server's interpreter with the safe flags, whatever cmd was configured (idempotent).
+        self.cmd = python_command(self.cmd, self.python_flags)
+        self._namespace = await asyncio.to_thread(self.seat_namespace)
+        out = await asyncio.to_thread(self.open_output)
+        configured = self.popen_kwargs
+        # Never the hub's stdout and stderr: a student could forge its lines and fill its disk.
+        target = subprocess.DEVNULL if out is None else out
+        self.popen_kwargs = {**configured, "stdin": subprocess.DEVNULL, "stdout": target, "stderr": target}
+        try:
+            return await super().start()
+        except subprocess.SubprocessError:
+            self.log.error("The server of %s could not start; its log says why: %s", self.user.name, self.log_path())
+            raise
+        finally:
+            self.popen_kwargs = configured
+            if out is not None:
+                os.close(out)
+
     def make_preexec_fn(self, name):
-        home = self.home
         procs_files = self._procs_files or []
         setuid = set_user_setuid(name, chdir=False) if self.wod.system_users else None
+        namespace = self._namespace
 
         def preexec():
             # Still root here: join the seat's group before anything else runs,
             # so every process the server ever forks is born inside it.
             cgroups.join(procs_files)
+            if namespace is not None:
+                try:
+                    namespace.enter()
+                except OSError as e:
+                    # Popen says only "Exception occurred in preexec_fn": the reason goes to the seat's log.
+                    os.write(2, f"The seat's private namespace could not be made: {e}\n".encode())
+                    raise
             if setuid is not None:
                 setuid()
-            os.chdir(home)
+                keyrings.join_new_session()
+            # A neutral working folder: the home (the server's root_dir) is not on its import path.
+            os.chdir("/")
 
         return preexec
 
@@ -306,12 +475,17 @@ class WodSpawner(LocalProcessSpawner):
         env["USER"] = self.user.name
         env["HOME"] = self.home
         env["SHELL"] = self.shell
+        if self.private_tmp and self.kernel_transport == "ipc":
+            # Made 0700 by the seat's namespace; a Unix socket's path must stay under 108 bytes.
+            env["JUPYTER_RUNTIME_DIR"] = RUNTIME_DIR
         return env
 
     def get_args(self):
         args = list(super().get_args())
         if not self.wod.system_users and os.geteuid() == 0 and "--allow-root" not in args:
             args.append("--allow-root")
+        if self.kernel_transport == "ipc":
+            args.append("--KernelManager.transport=ipc")
         return args
 
     # The assignment a server was started for outlives a hub restart, so the

@@ -2,11 +2,10 @@
 
 ``WodAuthenticator`` asks :class:`LoginThrottle` which keys a login counts
 against (the name and address pair, the name, the address), whether one of
-them is locked, and records failures. The rules (see ``locks``): only a
-locked pair refuses; a locked name or address makes every pair that fails
-during it wait as long, and a locked name hears one try per
-``locked_name_interval`` from addresses that have not failed, so rotating
-addresses buys one guess per interval.
+them is locked, and records failures. The rules (see ``locks``): a locked
+key changes the answer to a wrong password (a 429), never to the right
+one; a locked name or address makes every pair that fails during it stay
+locked as long.
 
 Core module: imports nothing of the hub or the service.
 """
@@ -34,38 +33,6 @@ class LoginThrottle:
         """Forget the counts of ``keys`` (a success forgives the typos of its pair and name)."""
         self.retry(lambda s: s.execute(delete(Throttle).where(Throttle.key.in_(keys))))
 
-    def take_locked_name_try(self, name: str, now) -> int:
-        """Claim the one try per ``locked_name_interval`` at a locked name: 0 if claimed, else seconds to wait.
-
-        A conditional update claims it, so of two tries at once only one
-        gets it, on SQLite and PostgreSQL alike.
-        """
-        if not self.settings.locked_name_interval:
-            return 0
-        key = f"try:{name[:200]}"
-        until = now + datetime.timedelta(seconds=self.settings.locked_name_interval)
-        claimed = []
-
-        def claim(s):
-            changed = s.execute(
-                update(Throttle)
-                .where(Throttle.key == key, or_(Throttle.locked_until.is_(None), Throttle.locked_until <= now))
-                .values(locked_until=until, window_start=now, failures=0)
-            ).rowcount
-            if not changed and s.get(Throttle, key) is None:
-                s.add(Throttle(key=key, failures=0, window_start=now, locked_until=until))
-                s.flush()
-                changed = 1
-            claimed[:] = [bool(changed)]
-
-        self.retry(claim)
-        if claimed[0]:
-            return 0
-        with self.store.session() as s:
-            row = s.get(Throttle, key)
-            left = (row.locked_until - now).total_seconds() if row is not None and row.locked_until else 1
-        return max(1, math.ceil(left))
-
     def keys(self, name: str, ip: str | None) -> dict:
         """``{key: failure limit}`` for the keys a login counts against; a limit of 0 is left out."""
         keys = {}
@@ -85,13 +52,10 @@ class LoginThrottle:
     def locks(keys: dict, rows: dict, now) -> tuple:
         """(seconds the pair is locked for or 0, end of the name's or the address's lock or None).
 
-        Only a locked pair (name, address) refuses a login. The name locked,
-        or the address locked, refuses nothing by itself: every pair gets its
-        try, and a pair that fails during such a lock is locked until that
-        lock ends. So an address that has not failed for a name is always
-        heard (guesses from elsewhere never lock its owner out), and a room
-        behind one NAT address keeps logging in: only those who mistype
-        after the address is locked wait.
+        A pair (name, address) that fails during a lock of its name or its
+        address is locked until that lock ends. No lock refuses the right
+        password, so a room behind one NAT address keeps logging in, and
+        guesses from anywhere never lock the owner out.
         """
         pair = next(k for k in keys if k.startswith("pair:"))
         until = {k: t.locked_until for k, t in rows.items() if t.locked_until and t.locked_until > now}

@@ -7,7 +7,9 @@ accounts with the expected uid are left alone, so the command can be run
 again after widening the range; an account with another uid is an error
 (nothing is changed). All of them are written in one locked batch
 (``accounts.py`` says why not ``useradd``): 2,000 accounts take a fraction
-of a second. ``--hub-users`` creates the hub's users of the range too.
+of a second. ``--hub-users`` creates the hub's users of the range too;
+``--ldap`` their entries in the directory of ``c.WodLdap`` (``--ldap-only``:
+those alone, without root).
 Needs root, like ``useradd``.
 
 The accounts are also refused ``cron`` and ``at`` (their names in
@@ -25,15 +27,43 @@ from . import accounts
 from .accounts import Account
 from .config import Wod
 from .errors import WodError
+from .hubconfig import load_config as read_config
 from .tables import progress_bar
 
 
-def load_wod(config_file: str | None) -> Wod:
-    from .hubconfig import load_config
-
+def load_config(config_file: str | None):
+    """The traitlets config of ``config_file`` (empty without one)."""
     if config_file and not os.path.isfile(config_file):
         raise SystemExit(f"wod users: {config_file} is not a file")
-    return Wod(config=load_config(config_file))  # quietly: what the file prints is not this command's
+    return read_config(config_file)  # quietly: what the file prints is not this command's output
+
+
+def load_wod(config_file: str | None) -> Wod:
+    return Wod(config=load_config(config_file))
+
+
+def create_directory_entries(config, first: int, last: int) -> int:
+    """``--ldap``: the directory entries of seats ``first..last`` (``directory.Directory.create_entries``); an exit status."""
+    from traitlets import TraitError
+
+    from .directory import Directory, WodLdap
+
+    try:
+        directory = Directory(WodLdap(config=config))
+    except TraitError as e:
+        print(f"wod users: {e}", file=sys.stderr)
+        return 2
+    if not directory.configured:
+        print("wod users: --ldap needs c.WodLdap.uri (and bind_dn, and its password) in the configuration", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    try:
+        added, existing = directory.create_entries(range(first, last + 1))
+    except WodError as e:
+        print(f"wod users: {e.message}", file=sys.stderr)
+        return 2
+    print(f"{added} directory entr{'y' if added == 1 else 'ies'} created, {existing} already there ({time.monotonic() - started:.2f} s)")
+    return 0
 
 
 def accounts_for(wod: Wod, first: int, last: int) -> list[Account]:
@@ -125,20 +155,28 @@ def main(argv=None) -> int:
         "--hub-users", action="store_true",
         help="also create the hub's users student<N> (POST /hub/api/users) with $JUPYTERHUB_API_TOKEN, a token with admin:users",
     )
+    create.add_argument(
+        "--ldap", action="store_true",
+        help="also create the seats' entries in the directory of c.WodLdap (for ldap: true workshops); existing ones are kept",
+    )
+    create.add_argument("--ldap-only", action="store_true", help="create the directory entries only, no account (needs no root)")
     create.add_argument("--url", help="the hub's public URL for --hub-users (default $WOD_URL, else ./jupyterhub_config.py's)")
     create.add_argument("--hub-api", help="the hub's API URL for --hub-users (default: the public URL + hub/api)")
     args = parser.parse_args(argv)
 
     try:
-        wod = load_wod(args.config if os.path.exists(args.config) or args.config != "jupyterhub_config.py" else None)
+        config = load_config(args.config if os.path.exists(args.config) or args.config != "jupyterhub_config.py" else None)
     except SystemExit as e:
         print(e, file=sys.stderr)
         return 2
+    wod = Wod(config=config)
     first = wod.student_min if args.first is None else args.first
     last = wod.student_max if args.last is None else args.last
     if not (wod.in_range(first) and wod.in_range(last)) or first > last:
         print(f"wod users: {first}..{last} is not a range within {wod.student_min}..{wod.student_max}", file=sys.stderr)
         return 2
+    if args.ldap_only:
+        return create_directory_entries(config, first, last)
     token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
     if args.hub_users and not token:
         print("wod users: --hub-users needs $JUPYTERHUB_API_TOKEN (a hub token with admin:users)", file=sys.stderr)
@@ -190,6 +228,8 @@ def main(argv=None) -> int:
         if tty:
             sys.stderr.write("\n")
         print(f"{made} hub user(s) created, {len(wanted)} in the range ({time.monotonic() - started:.2f} s)")
+    if args.ldap:
+        return create_directory_entries(config, first, last)
     return 0
 
 

@@ -14,6 +14,7 @@ import asyncio
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..local_peers import readable
 from .ingress import Ingress
 from .listener import MailListener
 from .relay import Relay
@@ -38,7 +39,14 @@ class MailGateway:
         if not self.settings.enabled:
             self.log.info("The mail API is off (c.WodMail.sender is empty)")
             return
-        refusal = self.settings.refusal(bool(getattr(self.wod, "system_users", False)))
+        system_users = bool(getattr(self.wod, "system_users", False))
+        refusal = self.settings.refusal(system_users)
+        unreadable = readable() if system_users and self.settings.port > 0 else None
+        if refusal is None and unreadable:
+            refusal = (
+                f"The mail listener does not start: with c.Wod.system_users it refuses students' processes by the "
+                f"owner of their socket, and {unreadable}."
+            )
         if refusal:
             # The REST API and the relay still run; health says why the listener does not.
             self.error = refusal

@@ -113,7 +113,10 @@ class Ingress:
 
     # ------------------------------------------------------------------ the dialog's steps
 
-    def check_source(self, peer: str | None) -> Reply | None:
+    def check_source(self, peer: str | None, student: str | None = None) -> Reply | None:
+        """The refusal of a client by its address, or as a seat's process (``student``: why, from ``local_peers``)."""
+        if student is not None:
+            return self.refuse("source", 554, "5.7.1 This address may not send mail here.", student)
         if peer is not None and not self.settings.source_allowed(peer):
             return self.refuse("source", 554, "5.7.1 This address may not send mail here.", f"client {peer}")
         return None
@@ -311,7 +314,8 @@ class Ingress:
                 holder = seat.customer if seat.held else None
                 if holder is not None and holder != customer:
                     raise Conflict(
-                        f"{verb} for customer {customer}, but student {first} is now held by customer {holder}:"
+                        # Never the holder's id: whoever sent the mail must not learn whom to name next.
+                        f"{verb} for customer {customer}, but student {first} is now held by another customer:"
                         " the mail is stale and would take the seat from its holder."
                     )
         return None

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from ..local_peers import student_peer
 from ..waiting import nap, within
 from .ingress import Envelope
 from .message import path_address
@@ -54,6 +55,7 @@ class _Session(asyncio.Protocol):
         self.paused = False
         self.transport = None
         self.peer = None
+        self.student = None
         self.task = None
         self.too_large = None
         # A client that talks before the greeting (the portal) reads nothing but the greeting and
@@ -72,6 +74,8 @@ class _Session(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else None
+        # Looked up now, while the client's socket surely exists: a seat's process is refused even from loopback.
+        self.student = student_peer(self.ingress.wod, transport.get_extra_info("sockname"), peer if isinstance(peer, tuple) else None)
         self.task = asyncio.ensure_future(self.run())
         self.listener.sessions.add(self)
 
@@ -170,7 +174,7 @@ class _Session(asyncio.Protocol):
                 self.transport.close()
 
     async def dialog(self):
-        refused = self.ingress.check_source(self.peer)
+        refused = self.ingress.check_source(self.peer, self.student)
         if refused is not None:
             self.reply(refused.code, refused.text)
             return

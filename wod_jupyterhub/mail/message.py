@@ -22,6 +22,7 @@ from email.header import decode_header, make_header
 from email.message import EmailMessage
 
 from ..errors import BadRequest
+from ..fields import printable
 
 #: a header line: a field name (printable ASCII but ':' and space) and a colon
 _HEADER = re.compile(rb"^[!-9;-~]+:")
@@ -189,7 +190,7 @@ def parse_verb(subject: str, body: str) -> VerbMail:
         raise BadRequest(f"Only RESET takes a range of students, not {verb}.", code="bad_subject")
     address = m.group("email")
     if verb == "CREATE":
-        if not address or not _EMAIL.match(address):
+        if not address or not _EMAIL.match(address) or not printable(address):
             raise BadRequest("CREATE needs the participant's address after the customer id.", code="bad_subject")
     elif address:
         raise BadRequest(f"{verb} takes a student and a customer id, nothing more: {subject[:120]!r}.", code="bad_subject")

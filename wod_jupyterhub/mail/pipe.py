@@ -3,13 +3,18 @@
 The original's procmail piped every mail to a script; a site that keeps its
 postfix does the same with this command (``master.cf``)::
 
-    wod unix - n n - - pipe user=wod argv=wod mail --config /etc/wod/jupyterhub_config.py --from ${sender} --to ${recipient}
+    wod unix - n n - - pipe user=wod argv=wod mail --config /etc/wod/jupyterhub_config.py --from ${sender} --to ${recipient} --peer ${client_address}
 
 Stdin holds the message (headers and body), or a whole SMTP dialog as the
 portal writes it (``HELO`` … ``.``), whose ``MAIL FROM``/``RCPT TO`` then
 give the envelope. A verb mail is queued as an operation in the shared
 database, where the running service's dispatcher finds it; a participant
 mail waits in the relay's outbox for the service's relay loop.
+
+With ``c.Wod.system_users``, a mail without ``--peer`` or with a loopback
+one is refused: it was submitted on this machine (``sendmail``, or a
+client of postfix on loopback), where any student may have submitted it,
+and postfix no longer knows by whom.
 
 Exit status, as postfix reads it: 0 taken (or a repeat of one taken
 before), 2 refused (bounced; the reason on stderr), 75 (EX_TEMPFAIL) not
@@ -21,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 
 EX_TEMPFAIL = 75
@@ -29,15 +33,9 @@ EX_REFUSED = 2
 
 
 def _load_config(path: str | None):
-    from traitlets.config import Config
-    from traitlets.config.loader import PyFileConfigLoader
+    from ..config import load_config_file
 
-    if not path:
-        return Config()
-    full = os.path.abspath(path)
-    if not os.path.isfile(full):
-        raise FileNotFoundError(f"configuration file {path} does not exist")
-    return PyFileConfigLoader(os.path.basename(full), os.path.dirname(full)).load_config()
+    return load_config_file(path)
 
 
 def build_parser():
@@ -65,7 +63,7 @@ async def take(ingress, data: bytes, sender: str | None, recipients: list[str] |
         recipients = recipients or [a for a in (_address(x) for x in (headers.get("to") or "").split(",")) if a]
     if not sender or not recipients:
         return ingress.refuse("syntax", 554, "5.5.1 No sender or recipient: give --from and --to (postfix: ${sender} ${recipient}).")
-    refused = ingress.check_source(peer)
+    refused = ingress.check_source(peer, _local_submission(ingress.wod, peer))
     if refused is not None:
         return refused
     env = Envelope(peer=peer)
@@ -81,6 +79,15 @@ async def take(ingress, data: bytes, sender: str | None, recipients: list[str] |
     if len(data) > ingress.settings.max_message_size:
         return ingress.refuse("too_large", 552, f"5.3.4 Message larger than {ingress.settings.max_message_size} bytes; refused.")
     return await ingress.deliver(env, data)
+
+
+def _local_submission(wod, peer: str | None) -> str | None:
+    """Why a piped mail counts as a student's, or None: in system-users mode, one submitted on this machine."""
+    from ..local_peers import is_local_address
+
+    if getattr(wod, "system_users", False) and (not peer or is_local_address(peer)):
+        return f"submitted on this machine ({'no --peer' if not peer else f'--peer {peer}'}), maybe by a student"
+    return None
 
 
 def _address(value: str) -> str | None:

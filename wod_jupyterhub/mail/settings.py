@@ -8,6 +8,8 @@ import socket
 from traitlets import Bool, Float, Integer, List, TraitError, Unicode, default, validate
 from traitlets.config import Configurable
 
+from ..local_peers import plain_ip
+
 _ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
 _LOCAL_PART = re.compile(r"^[A-Za-z0-9._%+-]+$")
 
@@ -107,12 +109,9 @@ class WodMail(Configurable):
 
     def source_allowed(self, address: str) -> bool:
         """Whether mail from ``address`` is taken: one of ``allowed_sources``, or loopback while that is empty."""
-        try:
-            ip = ipaddress.ip_address(address.split("%", 1)[0])
-        except ValueError:
+        ip = plain_ip(address)
+        if ip is None:
             return False
-        if ip.version == 6 and ip.ipv4_mapped:
-            ip = ip.ipv4_mapped
         if not self.allowed_sources:
             return ip.is_loopback
         return any(ip in ipaddress.ip_network(n, strict=False) for n in self.allowed_sources)

@@ -14,13 +14,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import passwords
+from ..directory import DirectoryRefused, DirectoryUnreachable
+from ..errors import Unprocessable
 from ..wipe import wipe_seat
 
 
 class SeatWork:
     """The parts a verb works with (``wod``, ``catalog``, ``hub``, ``hooks``, ``renderer``, ``sealer``, ``outbox``) and their blocking work."""
 
-    def __init__(self, wod, settings, *, catalog, hub, hooks, renderer, sealer, outbox, log, hostname=None, on_ahead_cpu=None):
+    def __init__(
+        self, wod, settings, *, catalog, hub, hooks, renderer, sealer, outbox, log, hostname=None, on_ahead_cpu=None,
+        directory=None,
+    ):
         self.wod = wod
         self.log = log
         self.settings = settings
@@ -31,6 +36,8 @@ class SeatWork:
         self.sealer = sealer
         self.outbox = outbox
         self.hostname = hostname
+        #: the LDAP directory of ``ldap: true`` workshops (``directory.Directory``); None: none configured
+        self.directory = directory
         self.pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="wod-op")
         # Hashing gets its own threads (scrypt releases the GIL): a rotation must not queue behind provisionings.
         self.hash_pool = ThreadPoolExecutor(2, thread_name_prefix="wod-hash")
@@ -99,6 +106,47 @@ class SeatWork:
             self._fresh.extend(pair)
             added += len(pair)
         return added
+
+    # ---- the directory
+
+    async def set_directory_passwords(self, passwords: dict, *, retry: bool, required: bool, workshop: str) -> dict:
+        """Set ``{N: password}`` in the directory; the ``ldap`` step's detail (never a password).
+
+        ``retry``: an unreachable directory is tried again, a little later
+        each time, for ``c.WodLdap.retry_for`` seconds. ``required``: a
+        directory that stays unreachable, refuses, or is not configured
+        raises (the verb fails); else the detail holds a ``warning``.
+        """
+        d = self.directory
+        if d is None or not d.configured:
+            why = f"{workshop} has ldap: true, but no directory is configured (c.WodLdap.uri)"
+            if required:
+                raise Unprocessable(why, code="no_directory")
+            return {"warning": why}
+        started = time.monotonic()
+        deadline = started + (d.settings.retry_for if retry else 0)
+        delay, attempts = 0.5, 0
+        while True:
+            attempts += 1
+            try:
+                detail = await self.blocking(d.set_passwords, passwords)
+            except DirectoryUnreachable as e:
+                if time.monotonic() + delay <= deadline:
+                    self.log.warning("%s; trying again in %.1f s", e.message, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 15.0)
+                    continue
+                gave_up = f"{e.message} (tried {attempts} time(s) in {time.monotonic() - started:.0f} s)"
+                if required:
+                    raise DirectoryUnreachable(f"{gave_up}: the seat is not handed out with a password it does not know") from None
+                return {"warning": gave_up, "attempts": attempts}
+            except DirectoryRefused as e:
+                if required:
+                    raise
+                return {"warning": e.message, "attempts": attempts}
+            if attempts > 1:
+                detail["attempts"] = attempts
+            return detail
 
     # ---- the hub
 

@@ -22,7 +22,7 @@ from ..errors import Unprocessable, WodError
 from ..hooks import new_vars_file, read_vars_file
 from ..store import SEATS, Completion, Seat, read_seat, update_seat, utcnow
 from .admission import check_active
-from .steps import FREED, end_sessions_step, hooks_step, rotate_step
+from .steps import AT_ONCE, FREED, TAKE_BACK, end_sessions_step, hooks_step, rotate_step
 
 # ---------------------------------------------------------------- CREATE
 
@@ -32,6 +32,9 @@ async def create(run, work):
 
     Steps, in order:
       rotate           a new password: its hash on the seat, sealed on the operation
+      ldap             (``ldap: true`` workshops) the password set in the directory; an unreachable one is
+                       tried for ``c.WodLdap.retry_for`` seconds, then the CREATE fails: the seat is never
+                       handed out with a password the directory does not know
       hub              the hub user exists and the previous holder's tokens are revoked
                        (beside the next three steps: the hub is another process, with its own core)
       hooks-create     the workshop's create hooks; they may hand variables to the templates
@@ -165,6 +168,8 @@ async def cleanup(run, work):
 
     Steps, in order:
       rotate         a new password; the seat is ``cleaning``; the portal hears the password
+      ldap           (``ldap: true`` workshops) the password set in the directory (a directory still down
+                     after ``c.WodLdap.retry_for``: a warning, the seat's next CREATE sets it)
       hooks-cleanup  the workshop's cleanup hooks
       end-sessions   the server stopped, the tokens revoked
       completion     the completion ratio of the workshop's own notebooks, stored and sent to the portal
@@ -181,7 +186,7 @@ async def cleanup(run, work):
         outbox.student_password(conn, n, password, operation_id=run.id)
         return {"state": Seat.CLEANING}  # from here no one logs in as N: the assignment ends with the old password
 
-    await rotate_step(run, work, [n], owner_only=True, seat=cleaning)
+    await rotate_step(run, work, [n], owner_only=True, seat=cleaning, directory=TAKE_BACK)
     ws, folder, mode = work.catalog.workshop_or_none(run.workshop)
     await hooks_step(run, work, "cleanup", folder, ws, mode, n)
 
@@ -254,6 +259,7 @@ async def reset(run, work):
       seats         which seats of the range are kept for this workshop: the only ones it touches
                     (not a free seat, not a seat of another workshop whose range overlaps)
       rotate        a new password per seat; the seats are ``cleaning``; the portal hears the passwords
+      ldap          (``ldap: true`` workshops) the passwords set in the directory, as for CLEANUP
       end-sessions  the servers stopped, the tokens revoked
       hooks-reset   the workshop's reset hooks
       erase         the homes erased, the seats free; the portal hears the workshop's capacity (for a range)
@@ -273,7 +279,7 @@ async def reset(run, work):
         return {"state": Seat.CLEANING}
 
     if numbers:
-        await rotate_step(run, work, numbers, seat=cleaning)
+        await rotate_step(run, work, numbers, seat=cleaning, directory=TAKE_BACK)
         await end_sessions_step(run, work, numbers)
     else:
         none = f"no seat of {run.student}..{run.last} is kept for {folder}"
@@ -312,6 +318,7 @@ async def purge(run, work):
 
     Steps, in order:
       rotate        a new password; the seat is ``cleaning``
+      ldap          (``ldap: true`` workshops) the password set in the directory: one attempt, a failure a warning
       end-sessions  the server stopped, the tokens revoked; a hub error is kept as a warning, not a failure
       erase         the home erased, the seat free; the portal hears the new password
     """
@@ -320,7 +327,7 @@ async def purge(run, work):
     def cleaning(_conn, _n, _password):
         return {"state": Seat.CLEANING}
 
-    await rotate_step(run, work, [n], seat=cleaning)
+    await rotate_step(run, work, [n], seat=cleaning, directory=AT_ONCE)
     # PURGE must get the seat back even when the hub side is broken too.
     await end_sessions_step(run, work, [n], tolerate_hub_errors=True)
 

@@ -1,0 +1,80 @@
+"""The pure parts of a seat's start: its interpreter's flags, its namespace's mounts, its rotating log."""
+
+import os
+import time
+
+import pytest
+
+from wod_jupyterhub import seatlog, seatns
+from wod_jupyterhub.spawner import python_command
+
+FLAGS = ["-P", "-s"]
+
+
+@pytest.mark.parametrize(
+    "cmd, expected",
+    [
+        (["/usr/bin/python3", "-m", "jupyterhub.singleuser"], ["/usr/bin/python3", "-P", "-s", "-m", "jupyterhub.singleuser"]),
+        (["/opt/py/bin/python3.11", "-P", "-m", "x"], ["/opt/py/bin/python3.11", "-s", "-P", "-m", "x"]),
+        (["python", "-m", "x", "-s"], ["python", "-P", "-s", "-m", "x", "-s"]),  # the module's own -s is not the interpreter's
+        (["jupyterhub-singleuser"], ["jupyterhub-singleuser"]),  # not a Python interpreter: left as it is
+        ([], []),
+    ],
+)
+def test_the_servers_python_gets_the_safe_flags(cmd, expected):
+    assert python_command(cmd, FLAGS) == expected
+
+
+def test_a_seats_mounts_are_private_nosuid_and_limited():
+    mounts = seatns.plan("64M", 1000, nosuid_folders=["/srv/students"], exists=lambda f: f != "/run/lock")
+    assert mounts[0].target == "/" and mounts[0].flags & seatns.MS_PRIVATE and mounts[0].flags & seatns.MS_REC
+    tmpfs = {m.target: m for m in mounts if m.fstype == "tmpfs"}
+    assert sorted(tmpfs) == ["/dev/shm", "/tmp", "/var/tmp"]  # /run/lock only where it exists
+    for m in tmpfs.values():
+        assert m.flags & seatns.MS_NOSUID and m.flags & seatns.MS_NODEV
+        assert m.data == f"size={64 << 20},nr_inodes=1000,mode=1777"
+    [mq] = [m for m in mounts if m.fstype == "mqueue"]
+    assert mq.target == "/dev/mqueue" and mq.make
+    bind, remount = [m for m in mounts if m.target == "/srv/students"]
+    assert bind.flags & seatns.MS_BIND and remount.flags & seatns.MS_REMOUNT and remount.flags & seatns.MS_NOSUID
+    with pytest.raises(ValueError):
+        seatns.plan("lots", 1000)
+
+
+def _lines_of(folder, name):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(name))
+
+
+def test_a_seats_log_is_rotated_and_capped(tmp_path):
+    folder = tmp_path / "logs"
+    w = seatlog.open_seat_log(str(folder), "student9", max_bytes=1000, backups=2, rate=1 << 30)
+    for i in range(50):
+        os.write(w, f"{i:04d} ".encode() * 20)  # 100 bytes a line
+    os.close(w)
+    deadline = time.monotonic() + 10
+    while sum(p.stat().st_size for p in folder.iterdir()) < 2000 or (folder / "student9.log").stat().st_size < 1000:
+        assert time.monotonic() < deadline, [(p.name, p.stat().st_size) for p in folder.iterdir()]
+        time.sleep(0.05)
+    time.sleep(0.2)
+    assert _lines_of(folder, "student9") == ["student9.log", "student9.log.1", "student9.log.2"]
+    assert all(p.stat().st_size <= 1000 for p in folder.iterdir())
+    assert (folder / "student9.log").read_bytes().endswith(b"0049 ")  # the newest output is in the current file
+    assert oct(folder.stat().st_mode & 0o777) == "0o700"
+    assert oct((folder / "student9.log").stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_seat_that_prints_faster_than_its_rate_waits_and_loses_nothing(tmp_path):
+    folder = tmp_path / "logs"
+    w = seatlog.open_seat_log(str(folder), "student8", max_bytes=1 << 20, backups=0, rate=100_000)
+    data = b"x" * 250_000
+    started = time.monotonic()
+    os.set_blocking(w, True)
+    os.write(w, data[:60_000])  # a pipe holds 64 KiB: the rest waits for the pump
+    os.write(w, data[60_000:])
+    waited = time.monotonic() - started
+    os.close(w)
+    deadline = time.monotonic() + 10
+    while (folder / "student8.log").stat().st_size < len(data):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert waited > 0.8  # about 1.5 s past the first second's budget: the writer waited, not the pump's thread

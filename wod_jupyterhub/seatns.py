@@ -1,0 +1,145 @@
+"""A seat's own view of the machine: private temporary folders, its own IPC namespace, no setuid.
+
+What systemd's ``PrivateTmp=``, ``PrivateIPC=`` and ``NoNewPrivileges=``
+give a service, given to each student's server (and all it starts) in
+system-users mode. The server is started in a mount namespace and an IPC
+namespace of its own, where
+
+- ``/tmp``, ``/var/tmp``, ``/dev/shm`` and ``/run/lock`` are fresh tmpfs
+  mounts, size- and inode-limited, ``nosuid`` and ``nodev``: what one seat
+  writes there no other seat sees, a flood of files stays in the seat's own
+  memory (tmpfs pages are charged to the seat's control group), and all of
+  it is gone when the seat's last process ends, before the wipe walks the
+  machine's own temporary folders;
+- ``/dev/mqueue`` is the seat's own POSIX message queues (an IPC namespace
+  has its own, as it has its own System V objects): they end with the seat;
+- the students' folder is bind-mounted ``nosuid`` onto itself, and the
+  process cannot gain privileges through any setuid program
+  (``PR_SET_NO_NEW_PRIVS``): a program a student made setuid runs with the
+  uid of whoever runs it, so another seat can never run processes of this
+  seat's uid (which would keep its CLEANUP from ever killing them all).
+
+:func:`plan` is pure (what is mounted where, with which flags), so it is
+tested without root; :meth:`SeatNamespace.enter` does the system calls in
+the server's child process, between the fork and the exec (still root).
+Everything it needs is built before the fork, and it calls only the C
+library: nothing that could take a lock another thread of the hub held.
+
+Core module: imports nothing of the hub or the service.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from dataclasses import dataclass
+
+from .limits import parse_size
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 32, 4096, 16384, 1 << 18
+PR_SET_NO_NEW_PRIVS = 38
+
+#: the folders every account may write into, each given a tmpfs of its own (``/run/lock`` where it exists)
+PRIVATE_FOLDERS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+MQUEUE = "/dev/mqueue"
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# Resolved now, in the parent: a lookup after the fork could take the loader's lock.
+_unshare, _mount, _prctl = _libc.unshare, _libc.mount, _libc.prctl
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One ``mount(2)`` call: ``source`` on ``target`` of ``fstype`` with ``flags`` and ``data``."""
+
+    source: str
+    target: str
+    fstype: str | None
+    flags: int
+    data: str | None = None
+    #: a folder made (root's, 0755) when missing, before mounting
+    make: bool = False
+    #: a bind mount whose source is the folder as it was before any mount (opened first, bound from its descriptor)
+    carry: bool = False
+
+
+def tmpfs_options(size: str, inodes: int) -> str:
+    """The tmpfs options of a private folder: ``size=<bytes>,nr_inodes=<n>,mode=1777``."""
+    return f"size={parse_size(size)},nr_inodes={inodes},mode=1777"
+
+
+def plan(size: str, inodes: int, nosuid_folders=(), folders=PRIVATE_FOLDERS, exists=os.path.isdir) -> list[Mount]:
+    """The mounts of a seat's namespace, in order.
+
+    ``nosuid_folders``: folders students may write into (their homes'
+    folder) bind-mounted ``nosuid`` onto themselves. A private folder that
+    does not exist on this machine is left out (``/run/lock`` on some).
+    """
+    mounts = [Mount("none", "/", None, MS_REC | MS_PRIVATE)]  # nothing propagates back to the machine
+    options = tmpfs_options(size, inodes)
+    mounts += [Mount("tmpfs", f, "tmpfs", MS_NOSUID | MS_NODEV, options) for f in folders if exists(f)]
+    mounts.append(Mount("mqueue", MQUEUE, "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC, make=True))
+    for folder in nosuid_folders:
+        # Bound from the folder as it was before the tmpfs mounts (it may live under /tmp).
+        mounts.append(Mount(folder, folder, None, MS_BIND | MS_REC, carry=True))
+        mounts.append(Mount(folder, folder, None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV))
+    return mounts
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def _bytes(value: str | None):
+    return value.encode() if value is not None else None
+
+
+def _ancestors(path: str) -> list:
+    """(folder, its stat) of ``path`` and each folder above it, top first (``/`` left out)."""
+    found = []
+    while path not in ("/", ""):
+        found.append((path, os.stat(path)))
+        path = os.path.dirname(path)
+    return found[::-1]
+
+
+class SeatNamespace:
+    """The namespaces a seat's server enters before it drops root; build it before the fork, ``enter()`` after."""
+
+    def __init__(self, mounts: list[Mount], runtime_dir: str | None = None, uid: int | None = None):
+        # Encoded now: the child only passes these to the C library.
+        self._mounts = mounts
+        self._calls = [(_bytes(m.source), _bytes(m.target), _bytes(m.fstype), m.flags, _bytes(m.data)) for m in mounts]
+        self._runtime_dir, self._uid = runtime_dir, uid
+
+    def enter(self) -> None:
+        """Unshare, mount, make the runtime folder, forbid new privileges (in the child, as root)."""
+        _check(_unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare")
+        # The carried folders as they are now: a tmpfs mounted on /tmp would hide one below it.
+        carried = {i: os.open(m.source, os.O_PATH | os.O_DIRECTORY) for i, m in enumerate(self._mounts) if m.carry}
+        # ... and the folders above them, remade with their owner and mode where a tmpfs hid them.
+        above = {i: _ancestors(self._mounts[i].target) for i in carried}
+        for i, (source, target, fstype, flags, data) in enumerate(self._calls):
+            m = self._mounts[i]
+            if m.make:
+                os.makedirs(m.target, 0o755, exist_ok=True)
+            if i in carried:
+                for path, st in above[i]:
+                    if not os.path.isdir(path):
+                        os.mkdir(path)
+                        os.chown(path, st.st_uid, st.st_gid)
+                        os.chmod(path, st.st_mode & 0o7777)
+                source = b"/proc/self/fd/%d" % carried[i]
+            _check(_mount(source, target, fstype, flags, data), f"mount {m.target}")
+        for fd in carried.values():
+            os.close(fd)
+        if self._runtime_dir is not None:
+            # In the seat's fresh /tmp: the kernels' sockets live here, the uid's alone.
+            os.mkdir(self._runtime_dir, 0o700)
+            os.chown(self._runtime_dir, self._uid, self._uid)
+        _check(_prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
