@@ -8,6 +8,7 @@ run them, try to read, copy, trace and inspect them. The checks without root
 
 import json
 import os
+import pwd
 import subprocess
 import sys
 import time
@@ -17,7 +18,8 @@ import pytest
 
 from tests.hubutil import write_workshop
 from tests.sysusers import as_student, ensure_accounts, uid
-from wod_jupyterhub import compiled, homes
+from wod_jupyterhub import accounts as etc_accounts
+from wod_jupyterhub import compiled, homes, leftovers
 from wod_jupyterhub import fdtrees as trees
 from wod_jupyterhub.catalog import load_catalog
 from wod_jupyterhub.config import Wod
@@ -50,7 +52,7 @@ def hidden_workshop(root: Path, scripts: dict, compile_value) -> Path:
     (folder / "tools").mkdir(exist_ok=True)
     for rel, text in scripts.items():
         (folder / rel).write_text(text)
-        (folder / rel).chmod(0o755)
+        (folder / rel).chmod(0o700)  # readable by others, a source would be a blocking problem
     with open(folder / "wod.yml", "a") as f:
         f.write(f"compile: {json.dumps(compile_value)}\n")
     return folder
@@ -144,11 +146,32 @@ def place():
 
 
 @pytest.fixture
-def seat(accounts, place):
+def homes_in(accounts):
+    """Point students S and T's accounts (their ``pw_dir``) at homes under a folder, as the service's seats are; restored after."""
+    before = {n: pwd.getpwuid(uid(n)).pw_dir for n in (S, T)}
+
+    def rehome(n: int, home) -> None:
+        # Rewritten in place (usermod refuses while a process of the account lives, as a test's may).
+        etc_accounts.remove({f"student{n}"})
+        etc_accounts.add([etc_accounts.Account(f"student{n}", uid(n), uid(n), str(home))])
+
+    yield lambda students_root: [rehome(n, students_root / f"student{n}") for n in (S, T)]
+    for n, home in before.items():
+        rehome(n, home)
+
+
+def seat_config(place: Path, **kwargs) -> Wod:
+    kwargs.setdefault("compiled_dir", str(place / "compiled"))
+    return Wod(students_root=str(place / "students"), uid_base=10000, system_users=True, student_min=200, student_max=249, **kwargs)
+
+
+@pytest.fixture
+def seat(accounts, place, homes_in):
     """Student S's home, provisioned (staged first, as a free seat is) from a workshop compiling two scripts."""
     root = place / "nb"
     hidden_workshop(root, {"login.sh": LOGIN, "tools/api.py": API}, "login.sh,tools/api.py")
-    wod = Wod(students_root=str(place / "students"), uid_base=10000, system_users=True, compiled_dir=str(place / "compiled"))
+    wod = seat_config(place)
+    homes_in(place / "students")
     ws = load_catalog([root]).get(WORKSHOP)
     assert ws.valid, ws.problems
     homes.stage(wod, ws, S)
@@ -321,6 +344,149 @@ def test_it_is_compiled_once_per_script_version(seat, place):
     (Path(ws.path) / "login.sh").write_text(LOGIN.replace("logged in", "signed in"))
     ws = load_catalog([Path(ws.root)]).get(WORKSHOP)
     homes.provision(wod, ws, S, variables, uid=uid(S), gid=uid(S))
-    assert len(os.listdir(place / "compiled" / "bin")) == 3
+    assert len(os.listdir(place / "compiled" / "bin")) == 2  # the old version's loader and text are gone
+    assert len(os.listdir(place / "compiled" / "scripts")) == 2
     run = "import subprocess, sys; print(subprocess.run([sys.argv[1]], capture_output=True, text=True).stdout)"
     assert "signed in as" in as_student(S, run, home / ws.name / "login.sh").stdout
+
+
+# -- what a student attacking the protection tried -------------------------------------------------
+
+
+def test_a_source_others_can_read_where_it_is_kept_is_a_blocking_problem(place):
+    """``cat <notebooks root>/WKSHP-X/login.sh`` must not print what the seats' programs hide."""
+    root = place / "nb"
+    folder = hidden_workshop(root, {"login.sh": LOGIN}, "login.sh")
+    for d in (root, folder):
+        d.chmod(0o755)  # as share/workshops is
+    (folder / "login.sh").chmod(0o644)
+    ws = load_catalog([root]).get(WORKSHOP)
+    assert not ws.valid and any(f"{WORKSHOP}/login.sh can be read by every user" in p for p in ws.blocking), ws.problems
+    (folder / "login.sh").chmod(0o640)
+    ws = load_catalog([root]).get(WORKSHOP)
+    assert ws.valid, ws.problems
+    (folder / "login.sh").chmod(0o644)
+    folder.chmod(0o750)  # readable, but no one else may pass the folder
+    assert load_catalog([root]).get(WORKSHOP).valid
+
+
+def test_a_source_under_a_second_name_is_a_blocking_problem(tmp_path):
+    root = tmp_path / "nb"
+    folder = hidden_workshop(root, {"tools/real.sh": LOGIN, "api.sh": LOGIN.replace("logged", "api")}, "login.sh,api.sh")
+    (folder / "login.sh").symlink_to("tools/real.sh")
+    os.link(folder / "api.sh", folder / "api-copy.sh")
+    ws = load_catalog([root]).get(WORKSHOP)
+    text = "\n".join(ws.blocking)
+    assert not ws.valid
+    assert f"{WORKSHOP}/login.sh is also in the workshop as tools/real.sh" in text, text
+    assert f"{WORKSHOP}/api.sh is also in the workshop as api-copy.sh" in text, text
+
+
+def test_only_a_system_interpreter_runs_and_never_for_its_check_as_root(accounts, place):
+    """``#!/tmp/atk/pub/bash``: the syntax check would run the student's file as root."""
+    pub = place / "pub"
+    pub.mkdir()
+    pub.chmod(0o777)
+    ran = place / "ran-as"
+    fake = pub / "bash"
+    fake.write_text(f"#!/bin/sh\nid -u > {ran}\ncat > /dev/null\n")
+    fake.chmod(0o755)
+    root = place / "nb"
+    hidden_workshop(root, {"login.sh": f"#!{fake}\necho hi\n"}, "login.sh")
+    ws = load_catalog([root]).get(WORKSHOP)
+    assert not ws.valid and "interpreter must be a system one in /usr/bin or /bin" in ws.blocking[0], ws.problems
+    assert not ran.exists()
+
+
+def test_options_that_print_the_text_or_open_a_prompt_are_refused(tmp_path):
+    root = tmp_path / "nb"
+    for line in ("#!/bin/bash -x", "#!/bin/bash -v", "#!/bin/sh -ex", "#!/usr/bin/python3 -i", "#!/bin/bash -i"):
+        hidden_workshop(root, {"login.sh": f"{line}\necho hi\n"}, "login.sh")
+        ws = load_catalog([root]).get(WORKSHOP)
+        assert not ws.valid and "#! line may only add the options" in ws.blocking[0], (line, ws.problems)
+    hidden_workshop(root, {"login.sh": "#!/bin/bash -eu\necho hi\n"}, "login.sh")
+    assert load_catalog([root]).get(WORKSHOP).valid
+
+
+FUTURE = f'''#!/usr/bin/env python3
+"""A docstring,
+on two lines."""
+from __future__ import annotations  # a comment
+import sys
+TOKEN: "str" = "{PY_SECRET}"
+print("future says", len(TOKEN))
+raise SystemExit(sys._getframe().f_lineno)
+'''
+
+
+def test_a_python_script_with_future_imports_compiles_and_keeps_its_line_numbers(tmp_path):
+    root = tmp_path / "nb"
+    hidden_workshop(root, {"api.py": FUTURE}, "api.py")
+    ws = load_catalog([root]).get(WORKSHOP)
+    assert ws.valid, ws.problems
+    interp, _options, _real = compiled.parse_shebang(FUTURE.encode(), "api.py")
+    text = compiled.with_prologue(interp, FUTURE.encode())
+    assert text.count(b"\n") == FUTURE.count("\n")
+    code = compile(text, "api.py", "exec", dont_inherit=True)
+    assert "_wod_os" in code.co_names and text.split(b"\n")[3].startswith(b"from __future__ import annotations; import os")
+    r = subprocess.run([sys.executable, "-I", "-c", text.decode().replace("_wod_os.close(3)", "None")], capture_output=True, text=True)
+    assert r.stdout == f"future says {len(PY_SECRET)}\n" and r.returncode == 8, r
+
+
+def test_a_loader_moved_out_of_the_home_runs_for_no_one_and_goes_with_the_seat(seat, place):
+    """student S moves the loader (root's, 4711) to a temporary folder; S, T or anyone then running it gets nothing."""
+    _wod, ws, home = seat
+    tmp = place / "tmp"
+    tmp.mkdir()
+    tmp.chmod(0o1777)
+    r = as_student(S, "import os, sys; os.rename(sys.argv[1], sys.argv[2])", home / ws.name / "login.sh", tmp / "x")
+    assert r.returncode == 0, r.stderr
+    st = os.lstat(tmp / "x")
+    assert st.st_uid == 0 and st.st_mode & 0o4000
+    run = "import subprocess, sys; r = subprocess.run([sys.argv[1]], capture_output=True, text=True); print(r.returncode, r.stdout, r.stderr)"
+    for n in (S, T):
+        out = as_student(n, run, tmp / "x").stdout
+        assert out.startswith("126") and "runs only from its participant's home" in out and "logged in" not in out, out
+    nobody = subprocess.run([tmp / "x"], user="nobody", capture_output=True, text=True, cwd="/")
+    assert nobody.returncode == 126 and "runs only for the workshop's participants" in nobody.stderr, nobody
+    # Cleaning the seat removes it from the temporary folders.
+    assert leftovers.remove_temp_files(uid(S), uid(S), [str(tmp)]) == 1
+    assert not (tmp / "x").exists()
+
+
+def test_an_old_loader_finds_its_script_gone(seat, place):
+    wod, ws, home = seat
+    old = (home / ws.name / "login.sh").read_bytes()
+    (Path(ws.path) / "login.sh").write_text(LOGIN.replace("logged in", "signed in"))
+    ws = load_catalog([Path(ws.root)]).get(WORKSHOP)
+    home = homes.provision(wod, ws, S, template_variables(wod, ws, S, "Pw-2", modews="WKSHP"), uid=uid(S), gid=uid(S))
+    kept = home / ws.name / "old.sh"
+    kept.write_bytes(old)
+    os.chown(kept, 0, 0)
+    kept.chmod(0o4711)
+    run = "import subprocess, sys; r = subprocess.run([sys.argv[1]], capture_output=True, text=True); print(r.returncode, r.stdout, r.stderr)"
+    out = as_student(S, run, kept).stdout
+    assert out.startswith("126") and "script is missing" in out and "logged in" not in out, out
+
+
+def test_the_store_must_sit_below_folders_no_one_else_can_write(accounts, place, homes_in):
+    root = place / "nb"
+    hidden_workshop(root, {"login.sh": LOGIN}, "login.sh")
+    ws = load_catalog([root]).get(WORKSHOP)
+    shared = place / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # a student's, say: they could swap compiled/ for a tree of their own
+    wod = seat_config(place, compiled_dir=str(shared / "compiled"))
+    homes_in(place / "students")
+    with pytest.raises(Unprocessable, match="every folder above the compiled scripts must be root's"):
+        homes.provision(wod, ws, S, template_variables(wod, ws, S, "Pw-1", modews="WKSHP"), uid=uid(S), gid=uid(S))
+
+
+def test_the_loader_follows_no_link_to_its_script_or_interpreter(seat, place):
+    """Even a link only root could make: the loader opens each folder itself, never through a link."""
+    _wod, ws, home = seat
+    os.rename(place / "compiled", place / "compiled-real")
+    (place / "compiled").symlink_to("compiled-real")
+    run = "import subprocess, sys; r = subprocess.run([sys.argv[1]], capture_output=True, text=True); print(r.returncode, r.stdout, r.stderr)"
+    out = as_student(S, run, home / ws.name / "login.sh").stdout
+    assert out.startswith("126") and "is missing" in out and "logged in" not in out, out

@@ -294,6 +294,7 @@ def test_the_settings_are_checked_and_the_password_never_in_the_text(tmp_path, m
     assert WodLdap().read_bind_password() == "from-env"
     secret = tmp_path / "s"
     secret.write_text("from-file\nignored\n")
+    secret.chmod(0o600)
     assert WodLdap(bind_password_file=str(secret)).read_bind_password() == "from-file"
     with pytest.raises(TraitError, match="cannot be read"):
         WodLdap(bind_password_file=str(tmp_path / "missing")).read_bind_password()

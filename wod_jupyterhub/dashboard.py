@@ -3,8 +3,9 @@
 Browsers log in with the hub's OAuth (``HubOAuthenticated``): the hub sends
 them back with a token whose scopes must include ``custom:wod:read`` (or
 operate) -- give the service ``oauth_client_allowed_scopes:
-["custom:wod:read"]`` and the admins a role with that scope. Anyone else
-gets 403; an anonymous browser goes to the hub's login. The page is plain
+["custom:wod:read", "custom:wod:operate"]`` and the admins a role with
+those scopes (operate shows the Unlock buttons, ``unlock_api.py``). Anyone
+else gets 403; an anonymous browser goes to the hub's login. The page is plain
 HTML and a little vanilla JavaScript (``templates/dashboard.html``): no
 build step; every value it shows is set as text, never as markup, since a
 customer id is whatever the portal was sent.
@@ -19,6 +20,8 @@ from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated,
 from .admin_api import status
 from .errors import Forbidden, Unauthorized
 from .handlers import SCOPE_OPERATE, SCOPE_READ, BaseHandler
+from .tables import describe_key
+from .unlock import target
 
 PAGE = Path(__file__).resolve().parent / "templates" / "dashboard.html"
 
@@ -30,7 +33,7 @@ def make_oauth():
     return HubOAuth(access_scopes={SCOPE_READ, SCOPE_OPERATE}, cache_max_age=60)
 
 
-class _Browser(HubOAuthenticated, BaseHandler):
+class Browser(HubOAuthenticated, BaseHandler):
     """A handler for browsers: the hub's OAuth cookie, scopes checked like a token's."""
 
     @property
@@ -62,7 +65,7 @@ class _Browser(HubOAuthenticated, BaseHandler):
             raise Forbidden(f"{model.get('name') or 'This account'} may not see the wod dashboard.")
 
 
-class DashboardHandler(_Browser):
+class DashboardHandler(Browser):
     def set_default_headers(self):
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
@@ -75,11 +78,16 @@ class DashboardHandler(_Browser):
         self.finish(PAGE.read_text(encoding="utf-8").replace("__XSRF_TOKEN__", html.escape(token, quote=True)))
 
 
-class DashboardDataHandler(_Browser):
+class DashboardDataHandler(Browser):
     redirect_to_login = False
 
     async def get(self):
-        self.send(await status(self.app, self.get_query_argument("workshop", None) or None))
+        data = await status(self.app, self.get_query_argument("workshop", None) or None)
+        for lock in data["locked_logins"]:
+            # in words, and what the row's Unlock button sends to dashboard/unlock
+            lock.update(who=describe_key(lock["key"]), unlock=target(lock["key"]))
+        data["can_operate"] = SCOPE_OPERATE in set(self.caller.get("scopes") or [])
+        self.send(data)
 
 
 class OAuthCallbackHandler(HubOAuthCallbackHandler):

@@ -15,9 +15,11 @@ never to a log line or an error.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import math
 import os
 import ssl
+import urllib.parse
 
 from traitlets import Bool, Float, List, TraitError, Unicode, default, validate
 from traitlets.config import Configurable
@@ -63,6 +65,16 @@ class WodLdap(Configurable):
 
     start_tls = Bool(
         False, help="Upgrade an ``ldap://`` connection with StartTLS before binding (the certificate is verified)."
+    ).tag(config=True)
+
+    allow_plaintext = Bool(
+        False,
+        help="""Allow a plain ``ldap://`` URI to a host other than loopback without ``start_tls``.
+
+        Off by default: the bind DN's password and the seats' passwords
+        would cross the network in clear. Turn on only for a directory
+        reached over a link that is private by other means.
+        """,
     ).tag(config=True)
 
     ca_file = Unicode(
@@ -159,14 +171,40 @@ class WodLdap(Configurable):
         return ["inetOrgPerson"]
 
     def read_bind_password(self) -> str:
-        """The bind DN's password, from ``bind_password_file`` or ``$<bind_password_env>``; '' when neither has one."""
+        """The bind DN's password, from ``bind_password_file`` or ``$<bind_password_env>``; '' when neither has one.
+
+        The file must be the service's user's with no access for its group
+        or others (``chmod 600``): else a TraitError saying so.
+        """
         if self.bind_password_file:
             try:
                 with open(self.bind_password_file, encoding="utf-8") as f:
+                    st = os.fstat(f.fileno())
+                    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+                        raise TraitError(
+                            f"WodLdap.bind_password_file {self.bind_password_file} must belong to the service's user with "
+                            f"no access for its group or others (chmod 600), not mode {st.st_mode & 0o777:04o} of uid {st.st_uid}."
+                        )
                     return f.readline().rstrip("\r\n")
             except OSError as e:
                 raise TraitError(f"WodLdap.bind_password_file {self.bind_password_file} cannot be read: {e.strerror}") from None
         return os.environ.get(self.bind_password_env, "")
+
+    def check_transport(self) -> None:
+        """A TraitError when passwords would cross the network in clear (``ldap://`` to a non-loopback host, no StartTLS)."""
+        uri = self.uri.lower()
+        if not uri.startswith("ldap://") or self.start_tls or self.allow_plaintext:
+            return
+        host = urllib.parse.urlsplit(self.uri).hostname or "localhost"
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if not loopback:
+            raise TraitError(
+                f"WodLdap.uri {self.uri} sends the passwords in clear to {host}: use ldaps://, set c.WodLdap.start_tls = True, "
+                "or, on a link private by other means, c.WodLdap.allow_plaintext = True."
+            )
 
 
 class Directory:
@@ -174,6 +212,7 @@ class Directory:
 
     def __init__(self, settings: WodLdap, bind_password: str | None = None):
         self.settings = settings
+        settings.check_transport()
         # Read now, once: the service drops the secret variables from its environment after its start.
         self._password = settings.read_bind_password() if bind_password is None else bind_password
 

@@ -436,7 +436,7 @@ def _build(wod, workshop, new: str, entries, renderer: Renderer, variables, part
         chown_tree(new, uid, gid if gid is not None else uid)
     if part != "static" and scripts and getattr(workshop, "compile", ()):
         # After the handover: the loaders stay root's (a stage never holds them: its files become the student's).
-        compiled.install(compiled.build_all(wod.compiled_dir, workshop), os.path.join(new, workshop.name))
+        compiled.install(compiled.build_all(wod.compiled_dir, workshop, compiled.seat_uids(wod)), os.path.join(new, workshop.name))
 
 
 def stage(wod, workshop, student: int) -> bool:
@@ -460,7 +460,7 @@ def stage(wod, workshop, student: int) -> bool:
     entries = _sources(workshop)
     if getattr(workshop, "compile", ()) and os.geteuid() == 0:
         try:
-            compiled.build_all(wod.compiled_dir, workshop)  # compiled ahead too, once per script version
+            compiled.build_all(wod.compiled_dir, workshop, compiled.seat_uids(wod))  # compiled ahead too, once per script version
         except errors.WodError:
             pass  # the seat's CREATE says why
     side = _side_folder(wod, student)

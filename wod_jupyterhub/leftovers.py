@@ -18,7 +18,10 @@ entered only when the uid could have written into it (its own, or writable
 by all or by its group; below ``/tmp`` itself only when root owns it or it
 is sticky, since elsewhere another student may rename anything under us),
 and what belongs to the uid is erased by
-:func:`fdtrees.erase_tree` relative to that descriptor.
+:func:`fdtrees.erase_tree` relative to that descriptor. So is any setuid
+file of root's found there: a student may move a seat's compiled-script
+loader (root's, ``4711``) out of their home into a temporary folder, and
+no such file belongs in one.
 
 Core module: imports nothing of the hub or the service.
 """
@@ -55,6 +58,10 @@ def _problem(problems: list | None, where: str, name: str, error: OSError) -> No
         problems.append({"path": f"{where}/{name}", "errno": error.errno, "error": error.strerror or str(error)})
 
 
+def _setuid_root(st: os.stat_result) -> bool:
+    return st.st_uid == 0 and stat.S_ISREG(st.st_mode) and bool(st.st_mode & stat.S_ISUID)
+
+
 def _trusted(st: os.stat_result) -> bool:
     """Whether names in a folder stay as we see them: only root may rename there, or the folder is sticky."""
     return st.st_uid == 0 or bool(st.st_mode & stat.S_ISVTX)
@@ -78,7 +85,7 @@ def _erase_at(dir_fd: int, name: str) -> None:
 
 
 def remove_temp_files(uid: int, gid: int | None = None, folders=TEMP_FOLDERS, problems: list | None = None) -> int:
-    """Remove every file, link and folder that ``uid`` owns in the shared temporary ``folders``; return how many.
+    """Remove every file, link and folder that ``uid`` owns, and every setuid file of root's, in the shared temporary ``folders``; return how many.
 
     A folder of another owner is searched only when ``uid`` could have
     written into it (``/tmp`` itself, a world-writable folder inside it),
@@ -102,7 +109,7 @@ def remove_temp_files(uid: int, gid: int | None = None, folders=TEMP_FOLDERS, pr
                 try:
                     for name, st in _stats(fd):
                         try:
-                            if st.st_uid == uid:
+                            if st.st_uid == uid or _setuid_root(st):
                                 _erase_at(fd, name)
                                 removed += 1
                             elif descend and stat.S_ISDIR(st.st_mode) and _writable_by(st, uid, gid):

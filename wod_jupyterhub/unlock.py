@@ -39,3 +39,13 @@ def unlock(store, name: str | None = None, address: str | None = None) -> list[s
         rows = s.execute(select(Throttle.key, Throttle.locked_until).where(or_(*conditions))).all()
         s.execute(delete(Throttle).where(or_(*conditions)))
     return [describe_key(key) for key, until in rows if until and until > now and not key.startswith("try:")]
+
+
+def target(key: str) -> dict:
+    """What lifts the lock of a throttle key: ``{"name": ...}`` for a name's keys, ``{"address": ...}`` for an address's."""
+    kind, _, rest = key.partition(":")
+    if kind == "ip":
+        return {"address": rest}
+    if kind == "pair":
+        return {"name": rest.rpartition("@")[0]}
+    return {"name": rest}
