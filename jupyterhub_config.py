@@ -267,9 +267,10 @@ c.JupyterHub.services = [
         "environment": {k: v for k, v in os.environ.items() if k.startswith("WOD_") and k not in HUB_ONLY_ENV},
         # Admins open its dashboard (/services/wod/) in the browser, logged in
         # by the hub's OAuth: the token the hub hands the service may carry
-        # the read scope (the wod-admins role below grants it).
+        # the read scope (to look) and the operate scope (its Unlock buttons),
+        # as far as the user's roles grant them (the wod-admins role below does).
         "oauth_no_confirm": True,
-        "oauth_client_allowed_scopes": ["custom:wod:read"],
+        "oauth_client_allowed_scopes": ["custom:wod:read", "custom:wod:operate"],
     },
     {
         # Not a process: the identity of the registration portal's token.

@@ -191,8 +191,9 @@ class RealHub(_Subprocess):
     def config_text(self) -> str:
         service = {
             "name": "wod", "url": f"http://127.0.0.1:{self.service_port}", "api_token": self.service_token,
-            # The dashboard: browsers log in with the hub's OAuth; their token may carry the read scope.
-            "oauth_client_allowed_scopes": ["custom:wod:read"], "oauth_no_confirm": True,
+            # The dashboard: browsers log in with the hub's OAuth; their token may carry the read scope
+            # (to look) and the operate scope (to unlock), as far as the user's roles grant them.
+            "oauth_client_allowed_scopes": ["custom:wod:read", "custom:wod:operate"], "oauth_no_confirm": True,
         }
         if not self.managed_service:
             # The hub waits this long for an external service at start-up; the test starts it later.

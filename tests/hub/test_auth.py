@@ -19,9 +19,9 @@ from traitlets import TraitError
 from traitlets.config import Config, Configurable
 
 from wod_jupyterhub import passwords
+from wod_jupyterhub.client_address import forwarded_client
 from wod_jupyterhub.config import student_number
 from wod_jupyterhub.hub.auth import WodAuthenticator
-from wod_jupyterhub.hub.client_address import forwarded_client
 from wod_jupyterhub.hub.sessions import SESSION_TAG, new_cookie_id, session_generation
 from wod_jupyterhub.passwords import hash_params, hash_password
 from wod_jupyterhub.store.models import Student, Throttle, utcnow

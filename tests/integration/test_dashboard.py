@@ -32,7 +32,11 @@ def hub(module_hubs, tmp_path_factory):
     write_workshop(root / "notebooks", WORKSHOP, (61, 64))
     # "helper" may reach the service (the hub lets it through OAuth) but lacks custom:wod:read:
     # then the service itself refuses.
-    extra = "c.JupyterHub.load_roles.append({'name': 'helper', 'users': ['helper'], 'scopes': ['access:services!service=wod']})"
+    # "viewer" may read the dashboard but not operate: it sees the locks and no Unlock button.
+    extra = (
+        "c.JupyterHub.load_roles.append({'name': 'helper', 'users': ['helper'], 'scopes': ['access:services!service=wod']})\n"
+        "c.JupyterHub.load_roles.append({'name': 'viewer', 'users': ['viewer'], 'scopes': ['custom:wod:read', 'access:services!service=wod']})"
+    )
     with module_hubs(root, notebooks=[root / "notebooks"], extra_config=extra) as h:
         yield h
 
@@ -131,3 +135,61 @@ def test_an_anonymous_browser_is_sent_to_the_hubs_login(hub, browser):
     page.goto(hub.url + "services/wod/")
     assert "/hub/login" in page.url
     page.context.close()
+
+
+def dashboard_with_a_lock(hub, browser, user, name, address):
+    """Lock ``name`` from ``address`` (the throttle's own way), open the dashboard as ``user``: the page, the store, the name's row."""
+    from playwright.sync_api import expect
+
+    from tests.test_unlock import SETTINGS, lock
+    from wod_jupyterhub.store import Store
+    from wod_jupyterhub.throttle import LoginThrottle
+
+    store = Store(hub.db_url)
+    lock(LoginThrottle(store, SETTINGS), name, address)
+    page = login(browser, hub, user)
+    page.goto(hub.url + "services/wod/")
+    # who is locked, in words, and until when (a lock's failure count says nothing)
+    row = page.locator("#locked tbody tr", has_text=f"{name} (the name, from every address)")
+    expect(row).to_have_count(1, timeout=30_000)
+    return page, store, row
+
+
+def test_an_admin_unlocks_a_locked_login_from_the_dashboard(hub, browser):
+    from playwright.sync_api import expect
+
+    from tests.test_unlock import locked_keys
+
+    page, store, row = dashboard_with_a_lock(hub, browser, "admin", "student63", "10.1.2.3")
+    expect(page.locator("#locked tbody tr", has_text="student63 from 10.1.2.3")).to_have_count(1)
+    row.locator("button.unlock").click()
+    expect(page.locator("#unlock-result")).to_contain_text("Unlocked student63: ", timeout=15_000)
+    expect(page.locator("#unlock-result")).to_contain_text("student63 from 10.1.2.3")
+    expect(page.locator("#locked tbody tr", has_text="student63")).to_have_count(0, timeout=15_000)
+    # the address's own lock (its third failure) is another lock: it stays
+    expect(page.locator("#locked tbody tr", has_text="address 10.1.2.3 (every name)")).to_have_count(1)
+    assert not {k for k in locked_keys(store) if "student63" in k}
+    assert "admin unlocked student63" in (hub.root / "hub.log").read_text()
+    page.context.close()
+    store.engine.dispose()
+
+
+def test_a_reader_sees_the_locks_but_may_not_unlock(hub, browser):
+    from playwright.sync_api import expect
+
+    from tests.test_unlock import locked_keys
+
+    page, store, row = dashboard_with_a_lock(hub, browser, "viewer", "student64", "10.1.2.4")
+    expect(page.locator("#locked button")).to_have_count(0)
+    # the page's own fetch, with its XSRF token: refused with a sentence, nothing lifted
+    answer = page.evaluate("""async () => {
+        const r = await fetch("dashboard/unlock", {method: "POST", credentials: "same-origin",
+            headers: {"Content-Type": "application/json",
+                      "X-XSRFToken": document.querySelector("meta[name=xsrf-token]").content},
+            body: JSON.stringify({name: "student64"})});
+        return [r.status, (await r.json()).message];
+    }""")
+    assert answer[0] == 403 and "needs the scope custom:wod:operate" in answer[1], answer
+    assert "user:student64" in locked_keys(store)
+    page.context.close()
+    store.engine.dispose()

@@ -30,7 +30,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system-users mode nee
 
 FIRST, LAST = 360, 369
 WORKSHOP = "WKSHP-Seat"
-SEATS = tuple(range(FIRST, 368))
+COMPILED = "WKSHP-SeatCompiled"  # a workshop with a compiled script, seats 368..369
+SEATS = tuple(range(FIRST, 369))
 UID = 10000
 TMP_INODES = 3000
 
@@ -60,7 +61,13 @@ def accounts():
 def hub(module_hubs, tmp_path_factory, accounts):
     root = tmp_path_factory.mktemp("seatproc")
     notebooks = root / "notebooks"
-    write_workshop(notebooks, WORKSHOP, (FIRST, LAST))
+    write_workshop(notebooks, WORKSHOP, (FIRST, 367))
+    folder = write_workshop(notebooks, COMPILED, (368, LAST), extra={"login.sh": COMPILED_SOURCE})
+    (folder / "login.sh").chmod(0o755)
+    with open(folder / "wod.yml", "a") as f:
+        f.write("compile: 'login.sh'\n")
+    # Outside /tmp: the seat's own /tmp would hide the interpreters' copies.
+    compiled_dir = f"/var/lib/wod-test-seatproc-{secrets.token_hex(4)}"
     students = Path(tempfile.mkdtemp(prefix="wod-seatproc-"))
     students.chmod(0o711)
     parent = f"wod-test-{secrets.token_hex(4)}"
@@ -76,18 +83,19 @@ def hub(module_hubs, tmp_path_factory, accounts):
         ]
     )
     wod = {"student_min": FIRST, "student_max": LAST, "system_users": True, "cgroups": True, "cgroup_parent": parent, "students_root": str(students)}
+    wod["compiled_dir"] = compiled_dir
     try:
         with module_hubs(root, notebooks=[notebooks], authenticator_class="wod", spawner_class="wod", wod_config=wod, extra_config=extra) as h:
             h.students_root = students
             yield h
     finally:
         cgroups.detect("/sys/fs/cgroup", parent).clear()
-        subprocess.run(["rm", "-rf", str(students)], check=False)
+        subprocess.run(["rm", "-rf", str(students), compiled_dir], check=False)
 
 
-def book(hub, n):
+def book(hub, n, workshop=WORKSHOP):
     customer = f"cust-{secrets.token_hex(4)}"
-    op = verb(hub, "create", {"student": n, "customer": customer, "email": f"{customer}@example.com", "workshop": WORKSHOP})
+    op = verb(hub, "create", {"student": n, "customer": customer, "email": f"{customer}@example.com", "workshop": workshop})
     return customer, op["result"]["password"]
 
 
@@ -97,8 +105,8 @@ def start(hub, n, password):
     return c
 
 
-def seat(hub, n):
-    customer, password = book(hub, n)
+def seat(hub, n, workshop=WORKSHOP):
+    customer, password = book(hub, n, workshop)
     return start(hub, n, password), customer
 
 
@@ -327,6 +335,31 @@ def test_a_setuid_respawner_from_a_second_seat_cannot_stall_cleanup(hub):
         assert not home_a.exists() or not (home_a / "leftover-marker").exists()
     finally:
         verb(hub, "cleanup", {"student": b, "customer": customer_b})
+
+
+COMPILED_SOURCE = """#!/bin/bash
+TOKEN="seat-secret-never-seen"
+echo "compiled says $(id -un) $(id -u) ${#TOKEN}"
+"""
+
+RUN_COMPILED = """
+import os, subprocess
+r = subprocess.run([os.path.expanduser("~/WKSHP-SeatCompiled/login.sh")], capture_output=True, text=True)
+print(r.stdout + r.stderr + f"exit {r.returncode}")
+"""
+
+
+def test_a_compiled_script_runs_from_the_seats_own_kernel(hub):
+    """Its loader is setuid root: a seat of a compile: workshop keeps setuid in its home (its /tmp stays nosuid)."""
+    n = 368
+    c, customer = seat(hub, n, COMPILED)
+    try:
+        out = asyncio.run(run(hub, c, n, RUN_COMPILED))
+        assert out == f"compiled says student{n} {UID + n} {len('seat-secret-never-seen')}\nexit 0\n", out
+        mounts = asyncio.run(run(hub, c, n, "print(open('/proc/self/mounts').read())"))
+        assert " nosuid" in [line for line in mounts.splitlines() if " /tmp " in line][0], mounts
+    finally:
+        verb(hub, "cleanup", {"student": n, "customer": customer})
 
 
 KEEP_SECRETS = """

@@ -562,3 +562,64 @@ def test_metrics(api):
     r = api.get("metrics")
     assert r.status_code == 200
     assert "wod_operations_finished" in r.text and "wod_operation_seconds_bucket" in r.text
+
+
+# ------------------------------------------------------------------ unlock
+
+
+def test_unlock_lifts_a_names_and_an_addresss_locks_and_says_which(hub, api):
+    from tests.test_unlock import SETTINGS, lock, locked_keys
+    from wod_jupyterhub.store import Store
+    from wod_jupyterhub.throttle import LoginThrottle
+
+    store = Store(hub.db_url)
+    throttle = LoginThrottle(store, SETTINGS)
+    lock(throttle, "student7", "10.0.0.1")
+    lock(throttle, "student8", "10.0.0.9")
+    lock(throttle, "student9", "10.0.0.9")  # the address's third failing name locks it
+    assert {"pair:student7@10.0.0.1", "user:student7", "ip:10.0.0.9"} <= locked_keys(store)
+    status = check(api.get("api/status"), 200)
+    assert {"user:student7", "ip:10.0.0.9"} <= {t["key"] for t in status["locked_logins"]}
+
+    data = check(api.post("api/unlock", json={"name": "student7"}), 200)
+    assert data["name"] == "student7" and data["address"] is None
+    assert "student7 from 10.0.0.1" in data["unlocked"] and "student7 (the name, from every address)" in data["unlocked"]
+    assert not {k for k in locked_keys(store) if "student7" in k}
+    assert "ip:10.0.0.9" in locked_keys(store)  # another's lock stays
+
+    data = check(api.post("api/unlock", json={"address": "10.0.0.9"}), 200)
+    assert "address 10.0.0.9 (every name)" in data["unlocked"]
+    assert not {k for k in locked_keys(store) if "10.0.0.9" in k}
+    # nothing locked any more: an empty list, not an error
+    assert check(api.post("api/unlock", json={"name": "student7"}), 200)["unlocked"] == []
+    assert "wod-portal unlocked student7: student7 from 10.0.0.1" in (hub.root / "hub.log").read_text()  # the caller, logged
+    store.engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "body, status, says",
+    [
+        ({}, 400, "takes a 'name'"),
+        ({"name": ""}, 400, "non-empty string"),
+        ({"name": 7}, 400, "must be a string"),
+        ({"address": "not-an-ip"}, 400, "must be an IP address"),
+        ({"student": 3}, 400, "Unknown field(s) for an unlock: student"),
+        ([], 400, "must be a JSON object"),
+    ],
+)
+def test_bad_unlock_requests_are_400_with_a_sentence(hub, api, body, status, says):
+    from tests.test_unlock import SETTINGS, lock, locked_keys
+    from wod_jupyterhub.store import Store
+    from wod_jupyterhub.throttle import LoginThrottle
+
+    store = Store(hub.db_url)
+    lock(LoginThrottle(store, SETTINGS), "student6", "10.0.0.6")
+    before = locked_keys(store)
+    err = check(api.post("api/unlock", json=body), status)
+    assert says in err["message"], err
+    assert locked_keys(store) == before  # changes nothing
+    with hub.client("noscope") as noscope, hub.client(None) as anon:
+        assert "custom:wod:operate" in check(noscope.post("api/unlock", json={"name": "student6"}), 403)["message"]
+        check(anon.post("api/unlock", json={"name": "student6"}), 401)
+    assert locked_keys(store) == before
+    store.engine.dispose()

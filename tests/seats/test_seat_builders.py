@@ -41,6 +41,25 @@ def test_a_seats_mounts_are_private_nosuid_and_limited():
         seatns.plan("lots", 1000)
 
 
+@pytest.mark.parametrize(
+    "allow, students_flags, no_new_privs",
+    [
+        # A seat without compiled scripts: its students' folder nosuid, no new privileges.
+        (False, [seatns.MS_BIND | seatns.MS_REC, seatns.MS_BIND | seatns.MS_REMOUNT | seatns.MS_NOSUID | seatns.MS_NODEV], True),
+        # A seat with compiled scripts: the folder bound as it is (still seen), setuid loaders can get root.
+        (True, [seatns.MS_BIND | seatns.MS_REC], False),
+    ],
+)
+def test_only_a_seat_with_compiled_scripts_may_run_setuid_programs(allow, students_flags, no_new_privs):
+    ns = seatns.build("64M", 1000, "/srv/students", allow_setuid_programs=allow, exists=lambda f: True)
+    assert [m.flags for m in ns.mounts if m.target == "/srv/students"] == students_flags
+    assert ns.no_new_privs is no_new_privs
+    # The private temporary folders stay nosuid either way: nowhere for a second seat to run a setuid copy from.
+    tmpfs = [m for m in ns.mounts if m.fstype == "tmpfs"]
+    assert [m.target for m in tmpfs] == list(seatns.PRIVATE_FOLDERS)
+    assert all(m.flags & seatns.MS_NOSUID and m.flags & seatns.MS_NODEV for m in tmpfs)
+
+
 def _lines_of(folder, name):
     return sorted(p.name for p in folder.iterdir() if p.name.startswith(name))
 

@@ -334,8 +334,8 @@ def cmd_check(args) -> int:
 
 
 def cmd_unlock(args) -> int:
+    from ..store.locks import unlock
     from ..store.models import Store
-    from .unlock import unlock
 
     if not (args.name or args.address):
         raise BadRequest("give a NAME (student<N> or an admin) or --address ADDRESS to unlock")

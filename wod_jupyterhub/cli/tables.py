@@ -1,17 +1,6 @@
 """Plain-text builders for the ``wod`` command: aligned tables and a progress bar (pure functions)."""
 
-
-def describe_key(key: str) -> str:
-    """A throttle key in words: ``pair:student3@10.0.0.1`` → ``student3 from 10.0.0.1``."""
-    kind, _, rest = key.partition(":")
-    if kind == "pair":
-        name, _, address = rest.rpartition("@")
-        return f"{name} from {address or 'an unknown address'}"
-    if kind == "user":
-        return f"{rest} (the name, from every address)"
-    if kind == "ip":
-        return f"address {rest} (every name)"
-    return key
+from ..store.locks import describe_key
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:

@@ -12,12 +12,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from tornado import web
 from traitlets import Dict, Float, Integer, List, TraitError, Unicode, default, validate
 
+from ..client_address import forwarded_client, networks
 from ..config import Wod, student_number
 from ..local_peers import is_local_address, student_peer
 from ..passwords import cheap_hash, hash_password, refusal_time, verify_password
 from ..store.models import Seat, Store, utcnow
 from . import frameless, internals
-from .client_address import forwarded_client, networks
 from .hash_budget import Busy, HashBudget
 from .sessions import changed_hands, keep_sweeping, new_cookie_id, revoke_sessions, session_generation
 from .spawner import server_token_ids

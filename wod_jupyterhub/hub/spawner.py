@@ -108,7 +108,8 @@ class WodSpawner(LocalProcessSpawner):
         queues and System V objects, its kernels' sockets in a folder only
         its uid can enter (``c.WodSpawner.kernel_transport``), the students'
         folder ``nosuid``, and cannot gain privileges through a setuid
-        program. Defaults to ``c.Wod.system_users`` when the hub runs as root
+        program (except a seat whose workshop has compiled scripts: see
+        ``runs_compiled_scripts``). Defaults to ``c.Wod.system_users`` when the hub runs as root
         (it needs root); see the README's security model.
         """,
     ).tag(config=True)
@@ -375,14 +376,24 @@ class WodSpawner(LocalProcessSpawner):
 
     # -- the process -------------------------------------------------------
 
+    def runs_compiled_scripts(self, workshop: str) -> bool:
+        """Whether the seat's workshop has ``compile:`` scripts, whose setuid loaders its server must be able to run."""
+        ws = find_workshop(self.wod.notebooks, workshop_folder(workshop), self.wod.prefer_private, self.wod.readme_notebook)
+        return bool(ws is not None and ws.compile)
+
     def seat_namespace(self) -> seatns.SeatNamespace | None:
         """The private namespaces the server enters (``private_tmp``), built before the fork; None without."""
         if not self.private_tmp:
             return None
         uid = pwd.getpwnam(self.user.name).pw_uid if self.wod.system_users else os.geteuid()
-        mounts = seatns.plan(self.private_tmp_size, self.private_tmp_inodes, nosuid_folders=[self.wod.students_root])
         runtime = RUNTIME_DIR if self.kernel_transport == "ipc" else None
-        return seatns.SeatNamespace(mounts, runtime_dir=runtime, uid=uid)
+        # A compiled script's loader is setuid root: the seat's own terminal and kernels
+        # must be able to run it, so such a seat keeps setuid (its temporary folders stay nosuid).
+        allow = bool(self._assignment) and self.runs_compiled_scripts(self._assignment["workshop"])
+        return seatns.build(
+            self.private_tmp_size, self.private_tmp_inodes, self.wod.students_root,
+            allow_setuid_programs=allow, runtime_dir=runtime, uid=uid,
+        )
 
     def log_path(self) -> str:
         """The seat's log file (the current one; rotated ones end in ``.1``, ``.2`` …)."""

@@ -7,8 +7,8 @@ import time
 from sqlalchemy import case, delete, or_, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from ..client_address import counted_address
 from ..store.models import Throttle, utcnow
-from .client_address import counted_address
 
 
 class LoginThrottle:

@@ -1,4 +1,4 @@
-"""A seat's own view of the machine: private temporary folders, its own IPC namespace, no setuid."""
+"""A seat's own view of the machine: private temporary folders, its own IPC namespace, no setuid (but in a seat of compiled scripts)."""
 
 from __future__ import annotations
 
@@ -43,12 +43,16 @@ def tmpfs_options(size: str, inodes: int) -> str:
     return f"size={parse_size(size)},nr_inodes={inodes},mode=1777"
 
 
-def plan(size: str, inodes: int, nosuid_folders=(), folders=PRIVATE_FOLDERS, exists=os.path.isdir) -> list[Mount]:
+def plan(
+    size: str, inodes: int, nosuid_folders=(), folders=PRIVATE_FOLDERS, exists=os.path.isdir, allow_setuid_programs=False
+) -> list[Mount]:
     """The mounts of a seat's namespace, in order.
 
     ``nosuid_folders``: folders students may write into (their homes'
-    folder) bind-mounted ``nosuid`` onto themselves. A private folder that
-    does not exist on this machine is left out (``/run/lock`` on some).
+    folder) bind-mounted ``nosuid`` onto themselves; with
+    ``allow_setuid_programs`` bound as they are (still seen, though they
+    may live under ``/tmp``). A private folder that does not exist on this
+    machine is left out (``/run/lock`` on some).
     """
     mounts = [Mount("none", "/", None, MS_REC | MS_PRIVATE)]  # nothing propagates back to the machine
     options = tmpfs_options(size, inodes)
@@ -57,8 +61,23 @@ def plan(size: str, inodes: int, nosuid_folders=(), folders=PRIVATE_FOLDERS, exi
     for folder in nosuid_folders:
         # Bound from the folder as it was before the tmpfs mounts (it may live under /tmp).
         mounts.append(Mount(folder, folder, None, MS_BIND | MS_REC, carry=True))
-        mounts.append(Mount(folder, folder, None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV))
+        if not allow_setuid_programs:
+            mounts.append(Mount(folder, folder, None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV))
     return mounts
+
+
+def build(
+    size: str, inodes: int, students_root: str, *, allow_setuid_programs: bool, runtime_dir=None, uid=None, exists=os.path.isdir
+) -> SeatNamespace:
+    """A seat's namespace: the one place deciding whether its processes may run setuid programs.
+
+    Without ``allow_setuid_programs`` (the default for a seat) the students'
+    folder is ``nosuid`` and the server has no_new_privs; with it (a
+    workshop with compiled scripts, whose setuid loaders must get root)
+    neither. The private temporary folders are ``nosuid`` either way.
+    """
+    mounts = plan(size, inodes, nosuid_folders=[students_root], exists=exists, allow_setuid_programs=allow_setuid_programs)
+    return SeatNamespace(mounts, runtime_dir=runtime_dir, uid=uid, no_new_privs=not allow_setuid_programs)
 
 
 def _check(rc: int, what: str) -> None:
@@ -83,21 +102,22 @@ def _ancestors(path: str) -> list:
 class SeatNamespace:
     """The namespaces a seat's server enters before it drops root; build it before the fork, ``enter()`` after."""
 
-    def __init__(self, mounts: list[Mount], runtime_dir: str | None = None, uid: int | None = None):
+    def __init__(self, mounts: list[Mount], runtime_dir: str | None = None, uid: int | None = None, no_new_privs: bool = True):
         # Encoded now: the child only passes these to the C library.
-        self._mounts = mounts
+        self.mounts = mounts
+        self.no_new_privs = no_new_privs
         self._calls = [(_bytes(m.source), _bytes(m.target), _bytes(m.fstype), m.flags, _bytes(m.data)) for m in mounts]
         self._runtime_dir, self._uid = runtime_dir, uid
 
     def enter(self) -> None:
-        """Unshare, mount, make the runtime folder, forbid new privileges (in the child, as root)."""
+        """Unshare, mount, make the runtime folder, forbid new privileges unless allowed (in the child, as root)."""
         _check(_unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare")
         # The carried folders as they are now: a tmpfs mounted on /tmp would hide one below it.
-        carried = {i: os.open(m.source, os.O_PATH | os.O_DIRECTORY) for i, m in enumerate(self._mounts) if m.carry}
+        carried = {i: os.open(m.source, os.O_PATH | os.O_DIRECTORY) for i, m in enumerate(self.mounts) if m.carry}
         # ... and the folders above them, remade with their owner and mode where a tmpfs hid them.
-        above = {i: _ancestors(self._mounts[i].target) for i in carried}
+        above = {i: _ancestors(self.mounts[i].target) for i in carried}
         for i, (source, target, fstype, flags, data) in enumerate(self._calls):
-            m = self._mounts[i]
+            m = self.mounts[i]
             if m.make:
                 os.makedirs(m.target, 0o755, exist_ok=True)
             if i in carried:
@@ -114,4 +134,5 @@ class SeatNamespace:
             # In the seat's fresh /tmp: the kernels' sockets live here, the uid's alone.
             os.mkdir(self._runtime_dir, 0o700)
             os.chown(self._runtime_dir, self._uid, self._uid)
-        _check(_prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+        if self.no_new_privs:
+            _check(_prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")

@@ -234,9 +234,9 @@ class WodService(Application):
             (rf"{p}metrics", MetricsHandler),
         ]
         from . import admin as admin_api
-        from . import dashboard
+        from . import dashboard, unlock_api
 
-        routes += admin_api.routes(self.prefix) + dashboard.routes(self.prefix)
+        routes += admin_api.routes(self.prefix) + dashboard.routes(self.prefix) + unlock_api.routes(self.prefix)
         return web.Application(
             routes, default_handler_class=NotFoundHandler, wod_service=self, log_function=self._log_request,
             # Signs the dashboard's OAuth cookies; a restart only sends browsers through the hub's OAuth again.

@@ -7,6 +7,7 @@ from pathlib import Path
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated, UserNotAllowed
 
 from ..errors import Forbidden, Unauthorized
+from ..store.locks import describe_key, target
 from .admin import status
 from .handlers import SCOPE_OPERATE, SCOPE_READ, BaseHandler
 
@@ -20,7 +21,7 @@ def make_oauth():
     return HubOAuth(access_scopes={SCOPE_READ, SCOPE_OPERATE}, cache_max_age=60)
 
 
-class _Browser(HubOAuthenticated, BaseHandler):
+class Browser(HubOAuthenticated, BaseHandler):
     """A handler for browsers: the hub's OAuth cookie, scopes checked like a token's."""
 
     @property
@@ -52,7 +53,7 @@ class _Browser(HubOAuthenticated, BaseHandler):
             raise Forbidden(f"{model.get('name') or 'This account'} may not see the wod dashboard.")
 
 
-class DashboardHandler(_Browser):
+class DashboardHandler(Browser):
     def set_default_headers(self):
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
@@ -65,11 +66,16 @@ class DashboardHandler(_Browser):
         self.finish(PAGE.read_text(encoding="utf-8").replace("__XSRF_TOKEN__", html.escape(token, quote=True)))
 
 
-class DashboardDataHandler(_Browser):
+class DashboardDataHandler(Browser):
     redirect_to_login = False
 
     async def get(self):
-        self.send(await status(self.app, self.get_query_argument("workshop", None) or None))
+        data = await status(self.app, self.get_query_argument("workshop", None) or None)
+        for lock in data["locked_logins"]:
+            # in words, and what the row's Unlock button sends to dashboard/unlock
+            lock.update(who=describe_key(lock["key"]), unlock=target(lock["key"]))
+        data["can_operate"] = SCOPE_OPERATE in set(self.caller.get("scopes") or [])
+        self.send(data)
 
 
 class OAuthCallbackHandler(HubOAuthCallbackHandler):

@@ -139,6 +139,16 @@ _KINDS = {_INT: "a whole number", _STR: "a string", _ID: "a string or a whole nu
 MAX_TEXT = 255
 
 
+def request_fields(openapi: dict, schema_name: str) -> dict:
+    """The body fields of one request schema of the OpenAPI document: {name: (types, required)}."""
+    schema = openapi["components"]["schemas"][schema_name]
+    required = set(schema.get("required", ()))
+    return {
+        name: (_TYPES[tuple(p["type"]) if isinstance(p["type"], list) else p["type"]], name in required)
+        for name, p in schema["properties"].items()
+    }
+
+
 #: nesting a request body may have; every request of the API is flat, a list in an object at most
 MAX_DEPTH = 8
 
@@ -165,15 +175,34 @@ def json_object(raw: bytes) -> dict:
 
 def verb_fields(openapi: dict) -> dict:
     """The body fields each verb takes, read from the OpenAPI document: verb → {name: (types, required)}."""
-    fields = {}
-    for verb in ("CREATE", "CLEANUP", "RESET", "PURGE", "PASSWORD"):
-        schema = openapi["components"]["schemas"][f"{verb.capitalize()}Request"]
-        required = set(schema.get("required", ()))
-        fields[verb] = {
-            name: (_TYPES[tuple(p["type"]) if isinstance(p["type"], list) else p["type"]], name in required)
-            for name, p in schema["properties"].items()
-        }
-    return fields
+    return {verb: request_fields(openapi, f"{verb.capitalize()}Request") for verb in ("CREATE", "CLEANUP", "RESET", "PURGE", "PASSWORD")}
+
+
+def parse_body(raw: bytes, fields: dict, what: str) -> dict:
+    """A request body as a JSON object holding only ``fields`` (from :func:`request_fields`), each of its type.
+
+    Anything else is a :class:`BadRequest` with a sentence naming ``what`` the body was for.
+    """
+    body = json_object(raw)
+    unknown = sorted(set(body) - set(fields))
+    if unknown:
+        raise BadRequest(f"Unknown field(s) for {what}: {', '.join(unknown)}.", code="bad_field")
+    for name, (types, required) in fields.items():
+        value = body.get(name)
+        if value is None:
+            if required:
+                raise BadRequest(f"Field {name!r} is required for {what}.", code="missing_field")
+            continue
+        if not isinstance(value, types) or (isinstance(value, bool) and types is not _BOOL):
+            kind = _KINDS.get(types, "a list")
+            raise BadRequest(f"Field {name!r} must be {kind}, not {json.dumps(value)[:40]}.", code="bad_field")
+        if types is _ID and isinstance(value, int):
+            value = body[name] = str(value)
+        if types in (_STR, _ID) and (len(value) > MAX_TEXT or not value.strip()):
+            raise BadRequest(f"Field {name!r} must be a non-empty string of at most {MAX_TEXT} characters.", code="bad_field")
+        if types in (_STR, _ID) and not printable(value):
+            raise BadRequest(f"Field {name!r} must not hold control characters (NUL, newlines, escapes).", code="bad_field")
+    return body
 
 
 OPENAPI = json.loads(OPENAPI_FILE.read_text())
@@ -210,27 +239,7 @@ class VerbHandler(BaseHandler):
     def parse(self) -> dict:
         if self._too_large:
             raise PayloadTooLarge(f"The request body is larger than {self.app.max_body_size} bytes.")
-        body = json_object(b"".join(self._chunks))
-        fields = VERB_FIELDS[self.verb]
-        unknown = sorted(set(body) - set(fields))
-        if unknown:
-            raise BadRequest(f"Unknown field(s) for {self.verb}: {', '.join(unknown)}.", code="bad_field")
-        for name, (types, required) in fields.items():
-            value = body.get(name)
-            if value is None:
-                if required:
-                    raise BadRequest(f"Field {name!r} is required for {self.verb}.", code="missing_field")
-                continue
-            if not isinstance(value, types) or (isinstance(value, bool) and types is not _BOOL):
-                kind = _KINDS.get(types, "a list")
-                raise BadRequest(f"Field {name!r} must be {kind}, not {json.dumps(value)[:40]}.", code="bad_field")
-            if types is _ID and isinstance(value, int):
-                value = body[name] = str(value)
-            if types in (_STR, _ID) and (len(value) > MAX_TEXT or not value.strip()):
-                raise BadRequest(f"Field {name!r} must be a non-empty string of at most {MAX_TEXT} characters.", code="bad_field")
-            if types in (_STR, _ID) and not printable(value):
-                raise BadRequest(f"Field {name!r} must not hold control characters (NUL, newlines, escapes).", code="bad_field")
-        return body
+        return parse_body(b"".join(self._chunks), VERB_FIELDS[self.verb], self.verb)
 
     async def post(self):
         await self.authenticate()

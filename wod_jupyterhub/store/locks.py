@@ -1,10 +1,22 @@
-"""Lifting the login throttle's locks on a name or an address, for an admin (``wod unlock``)."""
+"""The login throttle's locks: lifting them on a name or an address (``wod unlock``, ``api/unlock``), a lock's key in words."""
 
 from sqlalchemy import delete, or_, select
 
-from ..hub.client_address import counted_address
-from ..store.models import Throttle, utcnow
-from .tables import describe_key
+from ..client_address import counted_address
+from .models import Throttle, utcnow
+
+
+def describe_key(key: str) -> str:
+    """A throttle key in words: ``pair:student3@10.0.0.1`` → ``student3 from 10.0.0.1``."""
+    kind, _, rest = key.partition(":")
+    if kind == "pair":
+        name, _, address = rest.rpartition("@")
+        return f"{name} from {address or 'an unknown address'}"
+    if kind == "user":
+        return f"{rest} (the name, from every address)"
+    if kind == "ip":
+        return f"address {rest} (every name)"
+    return key
 
 
 def _conditions(name: str | None, address: str | None) -> list:
@@ -32,3 +44,13 @@ def unlock(store, name: str | None = None, address: str | None = None) -> list[s
         rows = s.execute(select(Throttle.key, Throttle.locked_until).where(or_(*conditions))).all()
         s.execute(delete(Throttle).where(or_(*conditions)))
     return [describe_key(key) for key, until in rows if until and until > now and not key.startswith("try:")]
+
+
+def target(key: str) -> dict:
+    """What lifts the lock of a throttle key: ``{"name": ...}`` for a name's keys, ``{"address": ...}`` for an address's."""
+    kind, _, rest = key.partition(":")
+    if kind == "ip":
+        return {"address": rest}
+    if kind == "pair":
+        return {"name": rest.rpartition("@")[0]}
+    return {"name": rest}
