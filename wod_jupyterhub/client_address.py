@@ -2,7 +2,7 @@
 
 import ipaddress
 
-from ..local_peers import is_local_address
+from .local_peers import is_local_address
 
 
 def networks(items) -> list:

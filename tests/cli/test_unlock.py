@@ -1,25 +1,12 @@
 """``wod unlock``: an admin lifts the throttle's locks on a name or an address; ``wod status`` says who is locked."""
 
-from types import SimpleNamespace
 
-from sqlalchemy import select
 
 from tests.cliutil import run_wod as wod
+from tests.lockutil import SETTINGS, lock, locked_keys
 from wod_jupyterhub.cli.tables import format_status
 from wod_jupyterhub.hub.throttle import LoginThrottle
-from wod_jupyterhub.store.models import Store, Throttle, utcnow
-
-SETTINGS = SimpleNamespace(throttle_failures=2, throttle_ip_failures=3, throttle_window=600, throttle_lockout=300, locked_name_interval=30)
-
-
-def locked_keys(store) -> set:
-    with store.session() as s:
-        return {k for k, until in s.execute(select(Throttle.key, Throttle.locked_until)) if until and until > utcnow()}
-
-
-def lock(throttle, name, ip, times=3):
-    for _ in range(times):
-        throttle.record_failure(throttle.keys(name, ip))
+from wod_jupyterhub.store.models import Store
 
 
 def test_unlock_a_name_then_an_address(tmp_path):

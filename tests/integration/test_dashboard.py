@@ -141,9 +141,9 @@ def dashboard_with_a_lock(hub, browser, user, name, address):
     """Lock ``name`` from ``address`` (the throttle's own way), open the dashboard as ``user``: the page, the store, the name's row."""
     from playwright.sync_api import expect
 
-    from tests.test_unlock import SETTINGS, lock
+    from tests.lockutil import SETTINGS, lock
+    from wod_jupyterhub.hub.throttle import LoginThrottle
     from wod_jupyterhub.store import Store
-    from wod_jupyterhub.throttle import LoginThrottle
 
     store = Store(hub.db_url)
     lock(LoginThrottle(store, SETTINGS), name, address)
@@ -158,7 +158,7 @@ def dashboard_with_a_lock(hub, browser, user, name, address):
 def test_an_admin_unlocks_a_locked_login_from_the_dashboard(hub, browser):
     from playwright.sync_api import expect
 
-    from tests.test_unlock import locked_keys
+    from tests.lockutil import locked_keys
 
     page, store, row = dashboard_with_a_lock(hub, browser, "admin", "student63", "10.1.2.3")
     expect(page.locator("#locked tbody tr", has_text="student63 from 10.1.2.3")).to_have_count(1)
@@ -177,7 +177,7 @@ def test_an_admin_unlocks_a_locked_login_from_the_dashboard(hub, browser):
 def test_a_reader_sees_the_locks_but_may_not_unlock(hub, browser):
     from playwright.sync_api import expect
 
-    from tests.test_unlock import locked_keys
+    from tests.lockutil import locked_keys
 
     page, store, row = dashboard_with_a_lock(hub, browser, "viewer", "student64", "10.1.2.4")
     expect(page.locator("#locked button")).to_have_count(0)
