@@ -143,7 +143,7 @@ def dashboard_with_a_lock(hub, browser, user, name, address):
 
     from tests.lockutil import SETTINGS, lock
     from wod_jupyterhub.hub.throttle import LoginThrottle
-    from wod_jupyterhub.store import Store
+    from wod_jupyterhub.store.models import Store
 
     store = Store(hub.db_url)
     lock(LoginThrottle(store, SETTINGS), name, address)

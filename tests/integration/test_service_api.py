@@ -570,7 +570,7 @@ def test_metrics(api):
 def test_unlock_lifts_a_names_and_an_addresss_locks_and_says_which(hub, api):
     from tests.lockutil import SETTINGS, lock, locked_keys
     from wod_jupyterhub.hub.throttle import LoginThrottle
-    from wod_jupyterhub.store import Store
+    from wod_jupyterhub.store.models import Store
 
     store = Store(hub.db_url)
     throttle = LoginThrottle(store, SETTINGS)
@@ -610,7 +610,7 @@ def test_unlock_lifts_a_names_and_an_addresss_locks_and_says_which(hub, api):
 def test_bad_unlock_requests_are_400_with_a_sentence(hub, api, body, status, says):
     from tests.lockutil import SETTINGS, lock, locked_keys
     from wod_jupyterhub.hub.throttle import LoginThrottle
-    from wod_jupyterhub.store import Store
+    from wod_jupyterhub.store.models import Store
 
     store = Store(hub.db_url)
     lock(LoginThrottle(store, SETTINGS), "student6", "10.0.0.6")
