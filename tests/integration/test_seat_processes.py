@@ -38,12 +38,16 @@ TMP_INODES = 3000
 
 @pytest.fixture(scope="module")
 def accounts():
-    wod = Wod(student_min=FIRST, student_max=LAST, students_root="/nonexistent-seat-processes")
+    """The seats' accounts, their homes in the hub's students' folder (as ``wod users create`` makes them:
+    a compiled script's loader runs only from its participant's home); yields that folder."""
+    students = Path(tempfile.mkdtemp(prefix="wod-seatproc-"))
+    students.chmod(0o711)
+    wod = Wod(student_min=FIRST, student_max=LAST, students_root=str(students))
     wanted = [a for n in SEATS for a in accounts_for(wod, n, n)]
     made, problems = etc_accounts.plan(wanted)
     assert not problems, problems
     etc_accounts.add(made)
-    yield
+    yield students
     for n in SEATS:
         for _ in range(100):
             pids = live_processes(UID + n)
@@ -68,8 +72,7 @@ def hub(module_hubs, tmp_path_factory, accounts):
         f.write("compile: 'login.sh'\n")
     # Outside /tmp: the seat's own /tmp would hide the interpreters' copies.
     compiled_dir = f"/var/lib/wod-test-seatproc-{secrets.token_hex(4)}"
-    students = Path(tempfile.mkdtemp(prefix="wod-seatproc-"))
-    students.chmod(0o711)
+    students = accounts
     parent = f"wod-test-{secrets.token_hex(4)}"
     cmd, env = student_python(10300)
     extra = "\n".join(
@@ -357,7 +360,8 @@ def test_a_compiled_script_runs_from_the_seats_own_kernel(hub):
         out = asyncio.run(run(hub, c, n, RUN_COMPILED))
         assert out == f"compiled says student{n} {UID + n} {len('seat-secret-never-seen')}\nexit 0\n", out
         mounts = asyncio.run(run(hub, c, n, "print(open('/proc/self/mounts').read())"))
-        assert " nosuid" in [line for line in mounts.splitlines() if " /tmp " in line][0], mounts
+        tmp = [line.split() for line in mounts.splitlines() if line.split()[1:2] == ["/tmp"]][-1]
+        assert "nosuid" in tmp[3].split(","), mounts
     finally:
         verb(hub, "cleanup", {"student": n, "customer": customer})
 
