@@ -223,18 +223,25 @@ class Kernel:
         self.output = []  # the cell's stream text (stdout and stderr), for the tests that read it
         self.ws.write_message(json.dumps({"header": header, "parent_header": {}, "metadata": {}, "content": content, "channel": "shell", "buffers": []}))
         deadline = time.monotonic() + timeout
-        while True:
+        # The reply (shell) and the output (iopub) travel apart: the cell is done when both its
+        # reply and its iopub "idle" have come, so no output that follows the reply is missed.
+        status, idle = None, False
+        while status is None or not idle:
             raw = await asyncio.wait_for(self.ws.read_message(), max(0.1, deadline - time.monotonic()))
             assert raw is not None, "the kernel's websocket closed"
             msg = json.loads(raw)
             kind = msg["header"]["msg_type"]
-            if kind in ("stream", "error") and msg.get("parent_header", {}).get("msg_id") == msg_id:
+            mine = msg.get("parent_header", {}).get("msg_id") == msg_id
+            if kind in ("stream", "error") and mine:
                 content = msg["content"]
                 self.output.append(content["text"] if kind == "stream" else f"{content['ename']}: {content['evalue']}\n")
             if kind == "status" and msg["content"].get("execution_state") in ("restarting", "dead"):
                 return "died", time.perf_counter() - started
-            if kind == "execute_reply" and msg.get("parent_header", {}).get("msg_id") == msg_id:
-                return msg["content"]["status"], time.perf_counter() - started
+            if kind == "status" and mine and msg["content"].get("execution_state") == "idle":
+                idle = True
+            if kind == "execute_reply" and mine:
+                status = msg["content"]["status"]
+        return status, time.perf_counter() - started
 
 
 async def trivial(hub, client, name) -> str:
