@@ -337,7 +337,7 @@ class Directory:
 def _close(conn) -> None:
     try:
         conn.unbind()
-    except Exception:  # noqa: BLE001 - closing a broken connection: nothing left to tell
+    except Exception:  # closing a broken connection: nothing left to tell
         pass
 
 
