@@ -451,9 +451,11 @@ class Wod(Configurable):
         }
 
     def home(self, n: int) -> Path:
+        """Seat ``n``'s home folder, under ``students_root``."""
         return Path(self.students_root) / f"student{n}"
 
     def in_range(self, n: int) -> bool:
+        """Whether seat ``n`` is one of this hub's (``student_min`` .. ``student_max``)."""
         return self.student_min <= n <= self.student_max
 
     def seat(self, name: str):

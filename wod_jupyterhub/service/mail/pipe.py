@@ -22,6 +22,7 @@ def _load_config(path: str | None):
 
 
 def build_parser():
+    """The parser of ``wod mail``'s options."""
     p = argparse.ArgumentParser(prog="wod mail", description="Take one mail from stdin as the mail listener would.")
     p.add_argument("--config", "-f", metavar="FILE", help="the hub's jupyterhub_config.py (c.Wod, c.WodMail)")
     p.add_argument("--from", dest="sender", metavar="ADDRESS", help="envelope sender (postfix: ${sender})")
@@ -112,6 +113,7 @@ async def _run(args, config, data: bytes) -> int:
 
 
 def main(argv=None) -> int:
+    """``wod mail``: take the mail on stdin; 0 when taken, 75 to try again later, 2 when refused."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="[%(levelname)1.1s %(asctime)s wod mail] %(message)s", stream=sys.stderr)
     logging.getLogger("wod").setLevel(logging.INFO)
