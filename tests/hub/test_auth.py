@@ -184,7 +184,7 @@ async def test_throttle_per_client_address(db_url):
 
 
 async def test_guesses_from_many_addresses_never_lock_out_the_owner(db_url):
-    """Issue 8 #8, and a flood from every source of this machine: the owner's right password always works."""
+    """A flood from every source of this machine: the owner's right password always works."""
     auth = make_auth(db_url, throttle_failures=5, throttle_ip_failures=30)
     pw = seat(auth, 3)
     for i in range(5):
@@ -213,7 +213,7 @@ async def test_all_of_loopback_is_one_address(db_url):
 
 
 async def test_a_flood_at_an_admin_name_waits_for_one_costly_check_and_the_owner_goes_first(db_url, monkeypatch):
-    """Issue 23 #11: wrong tries at an admin name take one core at most; the admin's try from elsewhere goes first."""
+    """Wrong tries at an admin name take one core at most; the admin's try from elsewhere goes first."""
     auth = make_auth(db_url, throttle_failures=5, throttle_ip_failures=30, costly_checks=1, costly_checks_waiting=8)
     running, most, order = [0], [0], []
     real = auth.check_login
@@ -519,7 +519,7 @@ async def test_unreachable_database_is_a_503_sentence_and_ends_sessions(tmp_path
     assert auth.auth_refresh_strict is True  # token requests too
 
 
-# -- the client address, the cost of a refusal, the names (issue 8) ---------
+# -- the client address, the cost of a refusal, the names ---------------------
 
 LOOPBACK = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1")]
 
@@ -550,7 +550,7 @@ def test_trusted_proxies_are_validated(db_url):
 
 
 def test_every_refusal_checks_once_at_its_own_cost_and_answers_after_the_same_wait(db_url, monkeypatch):
-    """Issues 8 #11 and 23 #11: a refusal's time must not tell admin names apart, nor may its work feed a flood.
+    """A refusal's time must not tell admin names apart, nor may its work feed a flood.
 
     Each refusal checks the password once, at the cost of the name's hash
     (an unknown name's dummy at the students' cost): no admin-cost hash for

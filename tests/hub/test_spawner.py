@@ -242,7 +242,7 @@ async def test_post_stop_without_the_workshop_folder_records_nothing(hubdb, setu
 
 
 async def test_snapshot_counts_only_the_workshops_notebooks_and_parses_outside_the_hub(hubdb, setup, monkeypatch):
-    """Issue 8 #2, #3, #12: a snapshot reads the workshop's own notebooks, in a worker process, without following links."""
+    """A snapshot reads the workshop's own notebooks, in a worker process, without following links."""
     import wod_jupyterhub.seats.completion as completion_mod
 
     config, store, root = setup

@@ -200,7 +200,7 @@ def test_create_then_cleanup_through_the_proxy(hub, db, portal):
 
 
 def test_cleanup_of_a_hostile_home_succeeds_and_counts_only_the_workshops_notebooks(hub, db, api):
-    """Issue 8 #2, #4, #12: malformed notebooks, a fabricated one at 100 %, a link to / in the workshop folder."""
+    """Malformed notebooks, a fabricated one at 100 %, a link to / in the workshop folder."""
     n = 5
     assert create(api, n, "c-hostile")["status"] == "succeeded"
     ws = home(hub, n) / "WKSHP-Svc"
@@ -219,7 +219,7 @@ def test_cleanup_of_a_hostile_home_succeeds_and_counts_only_the_workshops_notebo
     ratio = op["result"]["completion"]
     assert (ratio["executed"], ratio["total"], ratio["ratio"]) == (1, 2, 50)
     assert {e["path"]: bool(e["error"]) for e in ratio["notebooks"]} == {"0-ReadMeFirst.ipynb": True, "1-Exercise.ipynb": False}
-    # Read once the student's server is stopped (DESIGN.md: completion before erase).
+    # Read once the student's server is stopped (the completion is read before the erase).
     names = [s["name"] for s in op["steps"]]
     assert names.index("end-sessions") < names.index("completion") < names.index("release"), names
     assert not home(hub, n).exists() and db.student(n).state == "free"
@@ -335,7 +335,7 @@ def test_cleanup_of_a_reset_workshop_keeps_the_home_until_reset(hub, db, portal,
 
 
 def test_reset_of_a_range_touches_only_the_seats_kept_for_its_workshop(hub, db, api):
-    """Issue 8 #17: seat 16 is in session for another workshop whose range overlaps; 18 is free."""
+    """Seat 16 is in session for another workshop whose range overlaps; 18 is free."""
     password = create(api, 16, "c-over", "WKSHP-Over")["result"]["password"]
     (home(hub, 16) / "work.txt").write_text("in session")
     assert create(api, 17, "c-kept", "WKSHP-Keep")["status"] == "succeeded"
@@ -480,7 +480,7 @@ BAD = [
     ("create?wait=abc", {"student": 1, "customer": CUSTOMER, "email": "e", "workshop": "WKSHP-Svc"}, 400),
     ("create?wait=-1", {"student": 1, "customer": CUSTOMER, "email": "e", "workshop": "WKSHP-Svc"}, 400),
     ("create", HUGE, 413),
-    # Nested past the JSON decoder's recursion limit (issue 8 #13): a 400, not a 500.
+    # Nested past the JSON decoder's recursion limit: a 400, not a 500.
     ("create", b"[" * 100_000, 400),
     ("create", b'{"student": ' + b"[" * 100_000, 400),
     # Control characters in a customer id or an address never reach logs, callbacks or mails.
