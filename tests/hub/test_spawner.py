@@ -1,4 +1,4 @@
-"""WodSpawner's own steps on a real database and JupyterHub's real ORM objects.
+"""WodSpawner's own steps on a real (SQLite) database and JupyterHub's real ORM objects.
 
 Starting real servers through a real hub is in test_e2e_hub.py; here the
 computed environment, arguments, working folder and hooks are checked.
@@ -35,7 +35,9 @@ def hubdb():
 
 
 @pytest.fixture
-def setup(db_url, tmp_path):
+def setup(sqlite_url, tmp_path):
+    # The spawner's own steps: the store they read is the subject of tests/store and tests/hub/test_auth.py.
+    db_url = sqlite_url
     c = Config()
     c.Wod.db_url = db_url
     c.Wod.students_root = str(tmp_path / "students")
