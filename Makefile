@@ -79,11 +79,12 @@ lint: deps
 test: students-reach deps chromium lint system-users ldap-tools
 	PATH="$(CURDIR)/node_modules/.bin:$$PATH" WOD_STUDENT_PYTHON="$(STUDENT_VENV)/bin/python" $(BIN)/pytest -q -ra $(PYTEST_ARGS)
 
-# The tests that need neither a hub nor root, a browser or a PostgreSQL server (their SQLite variants run),
-# in parallel processes: under a minute. `make test` runs everything, one test at a time.
-QUICK = not hub and not root and not browser and not postgres
+# The tests that need neither a hub nor root nor a browser (the store's tests on PostgreSQL too: they are
+# quick), in parallel processes, a module's tests in one of them (its module fixtures are made once):
+# under a minute. `make test` runs everything, one test at a time.
+QUICK = not hub and not root and not browser
 test-quick: deps
-	$(BIN)/pytest -q -ra -n 4 -m "$(QUICK)" $(PYTEST_ARGS)
+	$(BIN)/pytest -q -ra -n 4 --dist loadfile -m "$(QUICK)" $(PYTEST_ARGS)
 
 # WOD_SYSTEM_USERS=1 make demo (as root): the accounts of the demo's range, every server as its student.
 demo: $(if $(filter-out 0,$(WOD_SYSTEM_USERS)),students-reach) deps $(if $(filter-out 0,$(WOD_SYSTEM_USERS)),system-users)
