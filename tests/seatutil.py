@@ -21,6 +21,12 @@ import httpx
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
+from tests.sysusers import student_python
+from wod_jupyterhub.cli.users import accounts_for
+from wod_jupyterhub.config import Wod
+from wod_jupyterhub.seats import accounts as etc_accounts
+from wod_jupyterhub.seats import cgroups
+
 #: the workshop ``create`` books by default
 WORKSHOP = "WKSHP-E2E"
 #: a seat's account has uid UID_BASE + its number (``c.Wod.uid_base``'s default)
@@ -265,10 +271,6 @@ def seat_accounts(first: int, last: int, seats, students_root: str, check_surviv
     On leaving, what their processes left running is killed (looping: it may fork) and only the
     accounts made here are removed; with ``check_survivors`` a process that outlived its test fails.
     """
-    from wod_jupyterhub.cli.users import accounts_for
-    from wod_jupyterhub.config import Wod
-    from wod_jupyterhub.seats import accounts as etc_accounts
-
     wod = Wod(student_min=first, student_max=last, students_root=str(students_root))
     wanted = [a for n in seats for a in accounts_for(wod, n, n)]
     made, problems = etc_accounts.plan(wanted)
@@ -308,9 +310,6 @@ def system_users_hub(module_hubs, root, notebooks, first: int, last: int, studen
     folders to delete at the end. The seats' parent group (``hub.cgroup_parent``, of its own) and
     ``students`` are removed on leaving.
     """
-    from tests.sysusers import student_python
-    from wod_jupyterhub.seats import cgroups
-
     parent = f"wod-test-{secrets.token_hex(4)}"
     cmd, env = student_python(UID_BASE + first)
     extra = [f"c.WodSpawner.cmd = {cmd!r}", f"c.WodSpawner.environment = {env!r}", *spawner, "c.WodAuthenticator.throttle_ip_failures = 0"]
