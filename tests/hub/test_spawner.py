@@ -1,6 +1,6 @@
 """WodSpawner's own steps on a real (SQLite) database and JupyterHub's real ORM objects.
 
-Starting real servers through a real hub is in test_e2e_hub.py; here the
+Starting real servers through a real hub is in tests/integration/test_e2e.py; here the
 computed environment, arguments, working folder and hooks are checked.
 """
 
