@@ -347,7 +347,7 @@ async def test_seat_change_rotates_cookie_and_revokes_personal_tokens(auth, hubd
     assert session_generation(user.orm_user.cookie_id) == 2
     assert hubdb.query(orm.User).filter_by(cookie_id=first_cookie).first() is None
     # a note says nothing (users write their own): no server of this user runs, so no token stays
-    # (tests/tests/integration/test_e2e.py: the token of a server started for the current participant stays)
+    # (tests/integration/test_e2e.py: the token of a server started for the current participant stays)
     assert [t.note for t in user.orm_user.api_tokens] == []
 
     # still no active assignment: refused without another rotation
