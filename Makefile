@@ -16,7 +16,14 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python setup.cfg setup.py pyproject.toml MANIFEST.in
 	$(BIN)/pip install -q -e '.[test]'
+	@$(call drop-unused,$(BIN)/python)
 	touch $@
+
+# jsonschema checks the "iri" format with rfc3987-syntax when that is installed (jupyter-events asks for
+# it), and that package builds four Earley parsers when imported: a second or more of a core in every
+# hub, single-user server and wod command that loads jsonschema. Nothing here checks IRIs, so neither
+# Python keeps it (jsonschema then leaves that one format unchecked). $(1): the Python of a venv.
+drop-unused = { $(1) -c "import importlib.util as u, sys; sys.exit(u.find_spec('rfc3987_syntax') is None)" && $(1) -m pip uninstall -q -y rfc3987-syntax || true; }
 
 $(CHP): package.json
 	npm install --no-audit --no-fund --loglevel=error
@@ -27,6 +34,7 @@ chromium:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 deps: $(VENV)/.installed $(CHP)
+	@$(call drop-unused,$(BIN)/python)
 
 # Debian's OpenLDAP server and clients for tests/test_ldap.py (each test starts its own slapd on loopback;
 # no_configuration: the package makes no directory of its own), and what the compiled scripts need and
@@ -43,6 +51,7 @@ $(STUDENT_VENV)/.installed: $(VENV)/.installed
 	$(STUDENT_PYTHON) -m venv $(STUDENT_VENV)
 	$(STUDENT_VENV)/bin/pip install -q --upgrade pip
 	$(STUDENT_VENV)/bin/pip install -q $$($(BIN)/pip freeze | grep -iE '^(jupyterhub|jupyterlab|ipykernel)==')
+	@$(call drop-unused,$(STUDENT_VENV)/bin/python)
 	chmod -R a+rX $(STUDENT_VENV)
 	touch $@
 
@@ -60,6 +69,7 @@ system-users: deps
 	@if [ "$$(id -u)" = 0 ]; then \
 	  { command -v crontab && command -v at; } >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cron at >/dev/null; }; \
 	  $(MAKE) --no-print-directory $(STUDENT_VENV)/.installed; \
+	  $(call drop-unused,$(STUDENT_VENV)/bin/python); \
 	else echo "system-users: not root; the system-users tests will be skipped"; fi
 
 # ruff (the `test` extra) with the settings of pyproject.toml; `make test` runs it first.
@@ -69,11 +79,12 @@ lint: deps
 test: students-reach deps chromium lint system-users ldap-tools
 	PATH="$(CURDIR)/node_modules/.bin:$$PATH" WOD_STUDENT_PYTHON="$(STUDENT_VENV)/bin/python" $(BIN)/pytest -q -ra $(PYTEST_ARGS)
 
-# The tests that need neither a hub nor root, a browser or a PostgreSQL server (their SQLite variants run),
-# in parallel processes: under a minute. `make test` runs everything, one test at a time.
-QUICK = not hub and not root and not browser and not postgres
+# The tests that need neither a hub nor root nor a browser (the store's tests on PostgreSQL too: they are
+# quick), in parallel processes, a module's tests in one of them (its module fixtures are made once):
+# under a minute. `make test` runs everything, one test at a time.
+QUICK = not hub and not root and not browser
 test-quick: deps
-	$(BIN)/pytest -q -ra -n 4 -m "$(QUICK)" $(PYTEST_ARGS)
+	$(BIN)/pytest -q -ra -n 4 --dist loadfile -m "$(QUICK)" $(PYTEST_ARGS)
 
 # WOD_SYSTEM_USERS=1 make demo (as root): the accounts of the demo's range, every server as its student.
 demo: $(if $(filter-out 0,$(WOD_SYSTEM_USERS)),students-reach) deps $(if $(filter-out 0,$(WOD_SYSTEM_USERS)),system-users)

@@ -1,8 +1,10 @@
 """Fixtures shared by the whole suite, and the markers it applies.
 
 ``db_url`` gives every test that asks for it a fresh, empty database, once
-on SQLite and once on the real PostgreSQL server. Under CI (``CI=true``) a
-PostgreSQL that cannot be reached fails the run instead of skipping.
+on SQLite and once on the real PostgreSQL server: for the tests whose subject
+is the store (its rows, leases, queues and their concurrency). ``sqlite_url``
+gives the others one, on SQLite only. Under CI (``CI=true``) a PostgreSQL that
+cannot be reached fails the run instead of skipping.
 ``module_hubs`` and ``hubs`` are the one way a test starts a real hub.
 
 Markers (declared in pyproject.toml): a test that uses a hub fixture is marked ``hub``, one on
@@ -34,6 +36,12 @@ def db_url(request, tmp_path):
     from sqlalchemy import create_engine  # noqa: F401 - engines of the test are gone by now
 
     drop()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    """A fresh SQLite database, for a test that needs the store but is not about it."""
+    return f"sqlite:///{tmp_path / 'wod.sqlite'}"
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """A real, small HTTP server on loopback standing in for the portal's api-db.
 
-It speaks the contract the original backend used (DESIGN.md, "Callbacks to
+It speaks the contract the original backend used ("Callbacks to
 the portal") and checks it strictly, so a test fails when a callback drifts:
 
 * ``POST /api/login`` ``{"username", "password"}`` → ``{"accessToken"}``;

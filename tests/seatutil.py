@@ -5,10 +5,14 @@ Shared by the tests that start hubs and the benches that size a seat
 """
 
 import asyncio
+import contextlib
 import datetime
 import json
 import os
 import re
+import secrets
+import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -17,8 +21,16 @@ import httpx
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
+from tests.sysusers import student_python
+from wod_jupyterhub.cli.users import accounts_for
+from wod_jupyterhub.config import Wod
+from wod_jupyterhub.seats import accounts as etc_accounts
+from wod_jupyterhub.seats import cgroups
+
 #: the workshop ``create`` books by default
 WORKSHOP = "WKSHP-E2E"
+#: a seat's account has uid UID_BASE + its number (``c.Wod.uid_base``'s default)
+UID_BASE = 10000
 
 
 # -- helpers: what a browser does ------------------------------------------
@@ -247,3 +259,68 @@ class Kernel:
 async def trivial(hub, client, name) -> str:
     async with Kernel(hub, client, name) as k:
         return (await k.run("1 + 1"))[0]
+
+
+# -- seats as their own Linux accounts (system-users mode, as root) ---------
+
+
+@contextlib.contextmanager
+def seat_accounts(first: int, last: int, seats, students_root: str, check_survivors: bool = False):
+    """The accounts of ``seats``, made as ``wod users create`` makes them (homes under ``students_root``).
+
+    On leaving, what their processes left running is killed (looping: it may fork) and only the
+    accounts made here are removed; with ``check_survivors`` a process that outlived its test fails.
+    """
+    wod = Wod(student_min=first, student_max=last, students_root=str(students_root))
+    wanted = [a for n in seats for a in accounts_for(wod, n, n)]
+    made, problems = etc_accounts.plan(wanted)
+    assert not problems, problems
+    etc_accounts.add(made)
+    try:
+        yield
+    finally:
+        survivors = {}
+        for n in seats:
+            for _ in range(100):
+                pids = live_processes(UID_BASE + n)
+                if not pids:
+                    break
+                survivors.setdefault(n, set()).update(pids)
+                for pid in pids:
+                    try:
+                        os.kill(pid, 9)
+                    except ProcessLookupError:
+                        pass
+        etc_accounts.remove({a.name for a in made})
+    assert not (check_survivors and survivors), f"processes of these seats outlived the tests: {survivors}"
+
+
+def students_folder(prefix: str) -> Path:
+    """A students' folder their accounts can reach (pytest's tmp folders are 0700): removed by :func:`system_users_hub`."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    folder.chmod(0o711)
+    return folder
+
+
+@contextlib.contextmanager
+def system_users_hub(module_hubs, root, notebooks, first: int, last: int, students: Path, *, spawner=(), wod=None, remove=()):
+    """A hub in system-users mode with control groups (as root): seats ``first``..``last``, homes in ``students``.
+
+    ``spawner``: more ``c.WodSpawner`` lines; ``wod``: more ``c.Wod`` settings; ``remove``: more
+    folders to delete at the end. The seats' parent group (``hub.cgroup_parent``, of its own) and
+    ``students`` are removed on leaving.
+    """
+    parent = f"wod-test-{secrets.token_hex(4)}"
+    cmd, env = student_python(UID_BASE + first)
+    extra = [f"c.WodSpawner.cmd = {cmd!r}", f"c.WodSpawner.environment = {env!r}", *spawner, "c.WodAuthenticator.throttle_ip_failures = 0"]
+    config = {"student_min": first, "student_max": last, "system_users": True, "cgroups": True, "cgroup_parent": parent,
+              "students_root": str(students), **(wod or {})}
+    try:
+        with module_hubs(root, notebooks=[notebooks], authenticator_class="wod", spawner_class="wod", wod_config=config,
+                         extra_config="\n".join(extra)) as h:
+            h.cgroup_parent = parent
+            h.students_root = students
+            yield h
+    finally:
+        cgroups.detect("/sys/fs/cgroup", parent).clear()
+        subprocess.run(["rm", "-rf", str(students), *map(str, remove)], check=False)

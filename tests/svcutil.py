@@ -1,5 +1,6 @@
-"""Helpers shared by the service tests: OpenAPI validation of every answer, database look-ups."""
+"""Helpers shared by the service tests: OpenAPI validation of every answer, database look-ups, the portal's callbacks."""
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -85,3 +86,32 @@ class DB:
 
     def dispose(self):
         self.engine.dispose()
+
+
+@contextlib.contextmanager
+def hub_and_db(hub):
+    """Start ``hub`` (a RealHub not started yet); yield it with a :class:`DB` on its database; stop both after."""
+    with hub:
+        db = DB(hub.db_url)
+        try:
+            yield hub, db
+        finally:
+            db.dispose()
+
+
+def health(hub) -> dict:
+    """The service's ``api/health`` answer, checked against the OpenAPI document."""
+    import httpx
+
+    return check(httpx.get(hub.service_url + "api/health", timeout=10), 200)
+
+
+def settle(portal, db) -> int:
+    """How many callbacks the portal took, once every one queued so far went out (an operation may end before)."""
+    assert portal.wait_for(lambda p: all(m.delivered or m.failed for m in db.outbox()), 30), "callbacks still pending"
+    return len(portal.accepted())
+
+
+def puts(portal, paths, since=0) -> list:
+    """(path, body) of the callbacks to ``paths`` the portal took from the ``since``-th on."""
+    return [(c.path, c.body) for c in portal.accepted()[since:] if c.path in paths]

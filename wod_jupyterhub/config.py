@@ -50,22 +50,6 @@ def check_student_number(n) -> int:
     return n
 
 
-def load_config_file(path: str | None):
-    """The traitlets config of the Python file ``path`` (the hub's ``jupyterhub_config.py``); empty without one.
-
-    A missing file raises ``FileNotFoundError`` with a sentence.
-    """
-    from traitlets.config import Config
-    from traitlets.config.loader import PyFileConfigLoader
-
-    if not path:
-        return Config()
-    full = os.path.abspath(path)
-    if not os.path.isfile(full):
-        raise FileNotFoundError(f"configuration file {path} does not exist")
-    return PyFileConfigLoader(os.path.basename(full), os.path.dirname(full)).load_config()
-
-
 class Wod(Configurable):
     """Settings shared by ``WodAuthenticator``, ``WodSpawner`` and the ``wod`` service."""
 
@@ -467,9 +451,11 @@ class Wod(Configurable):
         }
 
     def home(self, n: int) -> Path:
+        """Seat ``n``'s home folder, under ``students_root``."""
         return Path(self.students_root) / f"student{n}"
 
     def in_range(self, n: int) -> bool:
+        """Whether seat ``n`` is one of this hub's (``student_min`` .. ``student_max``)."""
         return self.student_min <= n <= self.student_max
 
     def seat(self, name: str):

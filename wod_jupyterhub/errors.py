@@ -13,6 +13,7 @@ class WodError(Exception):
             self.code = code
 
     def to_json(self) -> dict:
+        """The JSON body of the answer: the error's code and its sentence."""
         return {"error": self.code, "message": self.message}
 
 

@@ -30,7 +30,7 @@ def load_config(path: str | None) -> Config:
     try:
         with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
             return PyFileConfigLoader(os.path.basename(full), os.path.dirname(full)).load_config()
-    except Exception as e:  # noqa: BLE001 - any error in the admin's file is reported, never raised
+    except Exception as e:  # any error in the admin's file is reported, never raised
         raise BadRequest(f"cannot read {path}: {e.__class__.__name__}: {e}") from None
 
 

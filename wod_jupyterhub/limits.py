@@ -70,9 +70,11 @@ class Limits:
         )
 
     def to_json(self) -> dict:
+        """The limits as JSON (None where unlimited)."""
         return {"memory": self.memory, "cpu": self.cpu, "pids": self.pids}
 
     def describe(self) -> str:
+        """The limits in one line for a log (``memory 300 MB, cpu 1.0, processes 64``)."""
         cpu = self.cpu if self.cpu is not None else "unlimited"
         pids = self.pids if self.pids is not None else "unlimited"
         return f"memory {format_size(self.memory)}, cpu {cpu}, processes {pids}"

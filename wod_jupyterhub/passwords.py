@@ -111,14 +111,17 @@ class Sealer:
 
     @classmethod
     def from_settings(cls, wod) -> "Sealer":
+        """The sealer of ``c.Wod.secret_key``, else of the key kept in ``secret_key_file`` (made on first use)."""
         if wod.secret_key:
             return cls(wod.secret_key)
         return cls(load_or_create_key(wod.secret_key_file))
 
     def seal(self, text: str) -> str:
+        """``text`` encrypted and authenticated, as text fit for the database."""
         return self._fernet.encrypt(text.encode()).decode()
 
     def open(self, token: str) -> str:
+        """The text :meth:`seal` sealed into ``token``; a token sealed with another key raises."""
         return self._fernet.decrypt(token.encode()).decode()
 
 

@@ -1,8 +1,10 @@
 """WodAuthenticator on a real database (SQLite and PostgreSQL) and JupyterHub's real ORM.
 
 The hub-level behaviour (login form, 429 shown on the form, cookies ending
-when the seat changes hands) is in test_e2e_hub.py; here the same code runs
-in-process, where every branch is cheap to reach.
+when the seat changes hands) is in tests/integration/test_e2e.py; here the same code runs
+in-process, where every branch is cheap to reach. The settings' checks, the
+grouping of addresses and the cost of a refusal are not the store's: they run
+on SQLite only.
 """
 
 import asyncio
@@ -117,15 +119,15 @@ async def test_admin_logs_in_with_configured_hash(auth):
     assert auth.is_admin(None, {"name": "student3"}) is None
 
 
-def test_admin_hash_config_is_validated(db_url):
+def test_admin_hash_config_is_validated(sqlite_url):
     with pytest.raises(TraitError, match="student name"):
-        make_auth(db_url, admin_password_hashes={"student5": ADMIN_HASH})
+        make_auth(sqlite_url, admin_password_hashes={"student5": ADMIN_HASH})
     with pytest.raises(TraitError, match="wod hash-password"):
-        make_auth(db_url, admin_password_hashes={"root": "plaintext"})
+        make_auth(sqlite_url, admin_password_hashes={"root": "plaintext"})
     with pytest.raises(TraitError, match="0 or more"):
-        make_auth(db_url, throttle_lockout=-1)
+        make_auth(sqlite_url, throttle_lockout=-1)
     with pytest.raises(TraitError, match="costly_checks_waiting must be 0 or more"):
-        make_auth(db_url, costly_checks_waiting=-1)
+        make_auth(sqlite_url, costly_checks_waiting=-1)
 
 
 async def test_throttle_locks_name_then_survives_restart(db_url):
@@ -184,7 +186,7 @@ async def test_throttle_per_client_address(db_url):
 
 
 async def test_guesses_from_many_addresses_never_lock_out_the_owner(db_url):
-    """Issue 8 #8, and a flood from every source of this machine: the owner's right password always works."""
+    """A flood from every source of this machine: the owner's right password always works."""
     auth = make_auth(db_url, throttle_failures=5, throttle_ip_failures=30)
     pw = seat(auth, 3)
     for i in range(5):
@@ -212,9 +214,9 @@ async def test_all_of_loopback_is_one_address(db_url):
     auth.store.dispose()
 
 
-async def test_a_flood_at_an_admin_name_waits_for_one_costly_check_and_the_owner_goes_first(db_url, monkeypatch):
-    """Issue 23 #11: wrong tries at an admin name take one core at most; the admin's try from elsewhere goes first."""
-    auth = make_auth(db_url, throttle_failures=5, throttle_ip_failures=30, costly_checks=1, costly_checks_waiting=8)
+async def test_a_flood_at_an_admin_name_waits_for_one_costly_check_and_the_owner_goes_first(sqlite_url, monkeypatch):
+    """Wrong tries at an admin name take one core at most; the admin's try from elsewhere goes first."""
+    auth = make_auth(sqlite_url, throttle_failures=5, throttle_ip_failures=30, costly_checks=1, costly_checks_waiting=8)
     running, most, order = [0], [0], []
     real = auth.check_login
 
@@ -256,8 +258,8 @@ async def test_a_flood_at_an_admin_name_waits_for_one_costly_check_and_the_owner
         ("::1", "ip:127.0.0.0/8"),
     ],
 )
-def test_ipv6_addresses_count_by_their_64(db_url, address, counted):
-    auth = make_auth(db_url, throttle_failures=5, throttle_ip_failures=30)
+def test_ipv6_addresses_count_by_their_64(sqlite_url, address, counted):
+    auth = make_auth(sqlite_url, throttle_failures=5, throttle_ip_failures=30)
     keys = auth.throttle.keys("student3", address)
     assert counted in keys and f"pair:student3@{counted[3:]}" in keys
     auth.store.dispose()
@@ -345,7 +347,7 @@ async def test_seat_change_rotates_cookie_and_revokes_personal_tokens(auth, hubd
     assert session_generation(user.orm_user.cookie_id) == 2
     assert hubdb.query(orm.User).filter_by(cookie_id=first_cookie).first() is None
     # a note says nothing (users write their own): no server of this user runs, so no token stays
-    # (tests/test_e2e_hub.py: the token of a server started for the current participant stays)
+    # (tests/integration/test_e2e.py: the token of a server started for the current participant stays)
     assert [t.note for t in user.orm_user.api_tokens] == []
 
     # still no active assignment: refused without another rotation
@@ -490,9 +492,9 @@ async def test_a_failing_sweep_is_logged_once_until_it_works_again():
     ]
 
 
-def test_the_sweep_interval_is_checked(db_url):
+def test_the_sweep_interval_is_checked(sqlite_url):
     with pytest.raises(TraitError, match="session_sweep_interval must be 0 or more"):
-        make_auth(db_url, session_sweep_interval=-1)
+        make_auth(sqlite_url, session_sweep_interval=-1)
 
 
 async def test_admins_are_never_refreshed_out(auth, hubdb):
@@ -519,7 +521,7 @@ async def test_unreachable_database_is_a_503_sentence_and_ends_sessions(tmp_path
     assert auth.auth_refresh_strict is True  # token requests too
 
 
-# -- the client address, the cost of a refusal, the names (issue 8) ---------
+# -- the client address, the cost of a refusal, the names ---------------------
 
 LOOPBACK = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1")]
 
@@ -544,13 +546,13 @@ def test_client_address_is_what_the_trusted_proxy_saw(peer, forwarded, expected)
     assert forwarded_client(peer, forwarded, LOOPBACK) == expected
 
 
-def test_trusted_proxies_are_validated(db_url):
+def test_trusted_proxies_are_validated(sqlite_url):
     with pytest.raises(TraitError, match="not an address or a network"):
-        make_auth(db_url, trusted_proxies=["proxy.example.com"])
+        make_auth(sqlite_url, trusted_proxies=["proxy.example.com"])
 
 
-def test_every_refusal_checks_once_at_its_own_cost_and_answers_after_the_same_wait(db_url, monkeypatch):
-    """Issues 8 #11 and 23 #11: a refusal's time must not tell admin names apart, nor may its work feed a flood.
+def test_every_refusal_checks_once_at_its_own_cost_and_answers_after_the_same_wait(sqlite_url, monkeypatch):
+    """A refusal's time must not tell admin names apart, nor may its work feed a flood.
 
     Each refusal checks the password once, at the cost of the name's hash
     (an unknown name's dummy at the students' cost): no admin-cost hash for
@@ -558,7 +560,7 @@ def test_every_refusal_checks_once_at_its_own_cost_and_answers_after_the_same_wa
     costliest check takes, sleeping (bench/login_refusal.py prints the times).
     """
     c = Config()
-    c.Wod.db_url = db_url
+    c.Wod.db_url = sqlite_url
     c.Wod.student_min, c.Wod.student_max = 1, 40
     c.Authenticator.admin_users = {"boss"}
     c.WodAuthenticator.admin_password_hashes = {"boss": hash_password("admin-secret-pw", cost=14)}

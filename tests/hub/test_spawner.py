@@ -1,6 +1,6 @@
-"""WodSpawner's own steps on a real database and JupyterHub's real ORM objects.
+"""WodSpawner's own steps on a real (SQLite) database and JupyterHub's real ORM objects.
 
-Starting real servers through a real hub is in test_e2e_hub.py; here the
+Starting real servers through a real hub is in tests/integration/test_e2e.py; here the
 computed environment, arguments, working folder and hooks are checked.
 """
 
@@ -35,7 +35,9 @@ def hubdb():
 
 
 @pytest.fixture
-def setup(db_url, tmp_path):
+def setup(sqlite_url, tmp_path):
+    # The spawner's own steps: the store they read is the subject of tests/store and tests/hub/test_auth.py.
+    db_url = sqlite_url
     c = Config()
     c.Wod.db_url = db_url
     c.Wod.students_root = str(tmp_path / "students")
@@ -242,7 +244,7 @@ async def test_post_stop_without_the_workshop_folder_records_nothing(hubdb, setu
 
 
 async def test_snapshot_counts_only_the_workshops_notebooks_and_parses_outside_the_hub(hubdb, setup, monkeypatch):
-    """Issue 8 #2, #3, #12: a snapshot reads the workshop's own notebooks, in a worker process, without following links."""
+    """A snapshot reads the workshop's own notebooks, in a worker process, without following links."""
     import wod_jupyterhub.seats.completion as completion_mod
 
     config, store, root = setup

@@ -161,7 +161,7 @@ def test_previous_participants_session_ends_and_others_stay_out(hub):
 
 
 def test_a_token_noted_like_a_servers_ends_with_the_seat_generation(hub):
-    """Issue 8 #16: the hub keeps a running server's own token, recognised by what it knows, not by a note."""
+    """The hub keeps a running server's own token, recognised by what it knows, not by a note."""
     n, name = 21, "student21"
     password, _ = create(hub, n)
     c = logged_in(hub, name, password)
@@ -282,7 +282,7 @@ def test_create_can_start_the_students_server(hubs, tmp_path):
         assert hub.hub_api("GET", f"/users/{name}").json()["servers"] == {}
 
         # The seat's next participant: the login ends the previous generation's sessions, and keeps
-        # the token the hub gave the server the service started for this one (issue 8 #16).
+        # the token the hub gave the server the service started for this one.
         password, customer = create(hub, n)
         wait_ready(hub, name)
         c = logged_in(hub, name, password)

@@ -7,10 +7,6 @@ its own (``wod-test-<random>``), removed too. Limits are kept small
 """
 
 import asyncio
-import os
-import secrets
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,10 +15,6 @@ import pytest
 from tests import seatutil
 from tests.hubutil import write_workshop
 from tests.seatutil import Kernel, live_processes, open_lab, trivial, verb
-from tests.sysusers import student_python
-from wod_jupyterhub.cli.users import accounts_for
-from wod_jupyterhub.config import Wod
-from wod_jupyterhub.seats import accounts as etc_accounts
 from wod_jupyterhub.seats import cgroups
 
 pytestmark = pytest.mark.root(reason="system-users mode and control groups need root (CI runs as root)")
@@ -37,33 +29,7 @@ SEATS = (300, 301, 302, 303, 304, 340, 345)
 
 
 @pytest.fixture(scope="module")
-def accounts():
-    """The accounts the tests use, made like `wod users create` makes them; only those made here are removed."""
-    wod = Wod(student_min=FIRST, student_max=LAST, students_root="/nonexistent-fair-share")
-    wanted = [a for n in SEATS for a in accounts_for(wod, n, n)]
-    made, problems = etc_accounts.plan(wanted)
-    assert not problems, problems
-    etc_accounts.add(made)
-    yield
-    survivors = {}
-    for n in SEATS:
-        # Whatever a failed test left behind ends here (looping: it may fork), then is reported.
-        for _ in range(100):
-            pids = live_processes(10000 + n)
-            if not pids:
-                break
-            survivors.setdefault(n, set()).update(pids)
-            for pid in pids:
-                try:
-                    os.kill(pid, 9)
-                except ProcessLookupError:
-                    pass
-    etc_accounts.remove({a.name for a in made})
-    assert not survivors, f"processes of these seats outlived the tests: {survivors}"
-
-
-@pytest.fixture(scope="module")
-def hub(module_hubs, tmp_path_factory, accounts):
+def hub(module_hubs, tmp_path_factory):
     root = tmp_path_factory.mktemp("fair")
     notebooks = root / "notebooks"
     write_workshop(notebooks, FAIR, (FIRST, 339))
@@ -72,30 +38,11 @@ def hub(module_hubs, tmp_path_factory, accounts):
     # a workshop asking for more than the hub's defaults
     with open(notebooks / BIG / "wod.yml", "a") as f:
         f.write("limits: {memory: 400M, processes: 100}\n")
-    # Homes must be reachable by their students: not under pytest's 0700 tmp folder.
-    students = Path(tempfile.mkdtemp(prefix="wod-fair-students-"))
-    students.chmod(0o711)
-    parent = f"wod-test-{secrets.token_hex(4)}"
-    cmd, env = student_python(10000 + FIRST)
-    extra = "\n".join(
-        [
-            f"c.WodSpawner.cmd = {cmd!r}",
-            f"c.WodSpawner.environment = {env!r}",
-            f"c.WodSpawner.mem_limit = {MEM_LIMIT}",
-            "c.WodSpawner.cpu_limit = 1.0",
-            f"c.WodSpawner.pids_limit = {PIDS_LIMIT}",
-            "c.WodAuthenticator.throttle_ip_failures = 0",
-        ]
-    )
-    wod = {"student_min": FIRST, "student_max": LAST, "system_users": True, "cgroups": True, "cgroup_parent": parent, "students_root": str(students)}
-    try:
-        with module_hubs(root, notebooks=[notebooks], authenticator_class="wod", spawner_class="wod", wod_config=wod, extra_config=extra) as h:
-            h.cgroup_parent = parent
-            h.students_root = students
-            yield h
-    finally:
-        cgroups.detect("/sys/fs/cgroup", parent).clear()
-        subprocess.run(["rm", "-rf", str(students)], check=False)
+    students = seatutil.students_folder("wod-fair-students-")
+    spawner = [f"c.WodSpawner.mem_limit = {MEM_LIMIT}", "c.WodSpawner.cpu_limit = 1.0", f"c.WodSpawner.pids_limit = {PIDS_LIMIT}"]
+    with seatutil.seat_accounts(FIRST, LAST, SEATS, students, check_survivors=True), \
+            seatutil.system_users_hub(module_hubs, root, notebooks, FIRST, LAST, students, spawner=spawner) as h:
+        yield h
 
 
 # -- helpers ------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 from tests.hubutil import free_port, write_workshop
 from tests.mailutil import SENDER, Smarthost, participant_bytes, portal_bytes, portal_send
 from tests.portal_server import PortalServer
-from tests.svcutil import DB, check
+from tests.svcutil import check, health, hub_and_db, puts, settle
 
 BASE = 400  # the portal calls our student N "N + 400"
 PROMISE = "[object Promise]"
@@ -53,10 +53,8 @@ def env(module_hubs, tmp_path_factory, portal, smarthost):
             ]
         ),
     )
-    with hub:
-        db = DB(hub.db_url)
+    with hub_and_db(hub) as (hub, db):
         yield hub, db, mail_port
-        db.dispose()
 
 
 @pytest.fixture
@@ -75,10 +73,6 @@ def mail(env):
     return lambda data: portal_send(env[2], data)
 
 
-def health(hub) -> dict:
-    return check(httpx.get(hub.service_url + "api/health", timeout=10), 200)
-
-
 def wait_ops(db, count, timeout=60, **where) -> list:
     """The operations matching ``where`` once ``count`` of them exist and all have ended."""
     end = time.monotonic() + timeout
@@ -88,15 +82,6 @@ def wait_ops(db, count, timeout=60, **where) -> list:
             return ops
         assert time.monotonic() < end, f"{len(ops)} operations {where}: {[(o.verb, o.status) for o in ops]}"
         time.sleep(0.05)
-
-
-def puts(portal, paths, since=0):
-    return [(c.path, c.body) for c in portal.accepted()[since:] if c.path in paths]
-
-
-def settle(portal, db) -> int:
-    assert portal.wait_for(lambda p: all(m.delivered or m.failed for m in db.outbox()), 30), "callbacks still pending"
-    return len(portal.accepted())
 
 
 def wait_puts(portal, paths, since, count):

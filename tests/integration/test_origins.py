@@ -52,7 +52,7 @@ document.body.appendChild(frame);
 
 
 class _Attacker(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server's name
+    def do_GET(self):  # http.server's name
         self.send_response(200)
         self.send_header("Content-Type", "text/html")
         self.send_header("Content-Length", str(len(ATTACK)))

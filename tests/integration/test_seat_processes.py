@@ -18,13 +18,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from tests import seatutil
 from tests.hubutil import write_workshop
 from tests.seatutil import Kernel, live_processes, logged_in, spawn, verb
-from tests.sysusers import student_python
-from wod_jupyterhub.cli.users import accounts_for
-from wod_jupyterhub.config import Wod
-from wod_jupyterhub.seats import accounts as etc_accounts
-from wod_jupyterhub.seats import cgroups
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system-users mode needs root (CI runs as root)")
 
@@ -37,32 +33,9 @@ TMP_INODES = 3000
 
 
 @pytest.fixture(scope="module")
-def accounts():
-    """The seats' accounts, their homes in the hub's students' folder (as ``wod users create`` makes them:
-    a compiled script's loader runs only from its participant's home); yields that folder."""
-    students = Path(tempfile.mkdtemp(prefix="wod-seatproc-"))
-    students.chmod(0o711)
-    wod = Wod(student_min=FIRST, student_max=LAST, students_root=str(students))
-    wanted = [a for n in SEATS for a in accounts_for(wod, n, n)]
-    made, problems = etc_accounts.plan(wanted)
-    assert not problems, problems
-    etc_accounts.add(made)
-    yield students
-    for n in SEATS:
-        for _ in range(100):
-            pids = live_processes(UID + n)
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, 9)
-                except ProcessLookupError:
-                    pass
-    etc_accounts.remove({a.name for a in made})
-
-
-@pytest.fixture(scope="module")
-def hub(module_hubs, tmp_path_factory, accounts):
+def hub(module_hubs, tmp_path_factory):
+    """The seats' accounts have their homes in the hub's students' folder, as ``wod users create`` makes them
+    (a compiled script's loader runs only from its participant's home)."""
     root = tmp_path_factory.mktemp("seatproc")
     notebooks = root / "notebooks"
     write_workshop(notebooks, WORKSHOP, (FIRST, 367))
@@ -72,28 +45,12 @@ def hub(module_hubs, tmp_path_factory, accounts):
         f.write("compile: 'login.sh'\n")
     # Outside /tmp: the seat's own /tmp would hide the interpreters' copies.
     compiled_dir = f"/var/lib/wod-test-seatproc-{secrets.token_hex(4)}"
-    students = accounts
-    parent = f"wod-test-{secrets.token_hex(4)}"
-    cmd, env = student_python(10300)
-    extra = "\n".join(
-        [
-            f"c.WodSpawner.cmd = {cmd!r}",
-            f"c.WodSpawner.environment = {env!r}",
-            "c.WodSpawner.mem_limit = 400 * 1024**2",
-            "c.WodSpawner.pids_limit = 64",
-            f"c.WodSpawner.private_tmp_inodes = {TMP_INODES}",
-            "c.WodAuthenticator.throttle_ip_failures = 0",
-        ]
-    )
-    wod = {"student_min": FIRST, "student_max": LAST, "system_users": True, "cgroups": True, "cgroup_parent": parent, "students_root": str(students)}
-    wod["compiled_dir"] = compiled_dir
-    try:
-        with module_hubs(root, notebooks=[notebooks], authenticator_class="wod", spawner_class="wod", wod_config=wod, extra_config=extra) as h:
-            h.students_root = students
-            yield h
-    finally:
-        cgroups.detect("/sys/fs/cgroup", parent).clear()
-        subprocess.run(["rm", "-rf", str(students), compiled_dir], check=False)
+    students = seatutil.students_folder("wod-seatproc-")
+    spawner = ["c.WodSpawner.mem_limit = 400 * 1024**2", "c.WodSpawner.pids_limit = 64", f"c.WodSpawner.private_tmp_inodes = {TMP_INODES}"]
+    with seatutil.seat_accounts(FIRST, LAST, SEATS, students), \
+            seatutil.system_users_hub(module_hubs, root, notebooks, FIRST, LAST, students, spawner=spawner,
+                                      wod={"compiled_dir": compiled_dir}, remove=[compiled_dir]) as h:
+        yield h
 
 
 def book(hub, n, workshop=WORKSHOP):

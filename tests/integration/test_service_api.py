@@ -14,7 +14,7 @@ import pytest
 from tests.homeutil import stages as staged_folders
 from tests.hubutil import write_workshop
 from tests.portal_server import PortalServer
-from tests.svcutil import DB, OPENAPI, check
+from tests.svcutil import OPENAPI, check, hub_and_db, puts, settle
 from wod_jupyterhub.store.models import Seat
 
 CUSTOMER = "825"
@@ -60,10 +60,8 @@ def env(module_hubs, tmp_path_factory, portal):
         # Free seats are looked at every 2 s (not 60), so the preparation test need not wait long.
         extra_config="c.WodOperations.prepare_rescan = 2.0",
     )
-    with hub:
-        db = DB(hub.db_url)
-        yield hub, db
-        db.dispose()
+    with hub_and_db(hub) as env:
+        yield env
 
 
 @pytest.fixture
@@ -93,16 +91,6 @@ def verb(api, name, body, wait=60, expect=200):
 
 def home(hub, n):
     return Path(hub.students_root) / f"student{n}"
-
-
-def settled(portal, db) -> int:
-    """How many callbacks the portal took, once every one queued so far went out (an operation may end before)."""
-    assert portal.wait_for(lambda p: all(m.delivered or m.failed for m in db.outbox()), 30), "callbacks still pending"
-    return len(portal.accepted())
-
-
-def puts_for(portal, paths, since=0):
-    return [(c.path, c.body) for c in portal.accepted()[since:] if c.path in paths]
 
 
 # ------------------------------------------------------------------ plumbing
@@ -145,7 +133,7 @@ def test_workshops_catalog(api):
 
 def test_create_then_cleanup_through_the_proxy(hub, db, portal):
     n = 2
-    since = settled(portal, db)
+    since = settle(portal, db)
     with hub.client(via_proxy=True) as proxied:
         op = create(proxied, n)
     assert op["status"] == "succeeded", (op["error"], op["steps"])
@@ -166,8 +154,8 @@ def test_create_then_cleanup_through_the_proxy(hub, db, portal):
     generation = st.generation
     assert hub.hub_api("GET", f"/users/student{n}").status_code == 200
     # The callbacks of CREATE, in the original's order.
-    assert portal.wait_for(lambda p: len(puts_for(p, {f"/api/student/{n}", f"/api/customer/{CUSTOMER}"}, since)) >= 2, 30)
-    assert puts_for(portal, {f"/api/student/{n}", f"/api/customer/{CUSTOMER}"}, since) == [
+    assert portal.wait_for(lambda p: len(puts(p, {f"/api/student/{n}", f"/api/customer/{CUSTOMER}"}, since)) >= 2, 30)
+    assert puts(portal, {f"/api/student/{n}", f"/api/customer/{CUSTOMER}"}, since) == [
         (f"/api/student/{n}", {"password": password}),
         (f"/api/customer/{CUSTOMER}", {"active": "true"}),
     ]
@@ -180,7 +168,7 @@ def test_create_then_cleanup_through_the_proxy(hub, db, portal):
     assert r.status_code == 201, r.text
     token_id = r.json()["id"]
 
-    since = settled(portal, db)
+    since = settle(portal, db)
     with hub.client() as api:
         op = verb(api, "cleanup", {"student": n, "customer": CUSTOMER})
     assert op["status"] == "succeeded", (op["error"], op["steps"])
@@ -193,8 +181,8 @@ def test_create_then_cleanup_through_the_proxy(hub, db, portal):
     tokens = hub.hub_api("GET", f"/users/student{n}/tokens").json()
     assert token_id not in [t["id"] for t in tokens.get("api_tokens", [])]
     want = 4
-    assert portal.wait_for(lambda p: len(puts_for(p, {f"/api/student/{n}", f"/api/customer/{CUSTOMER}"}, since)) >= want, 30)
-    got = puts_for(portal, {f"/api/student/{n}", f"/api/customer/{CUSTOMER}"}, since)
+    assert portal.wait_for(lambda p: len(puts(p, {f"/api/student/{n}", f"/api/customer/{CUSTOMER}"}, since)) >= want, 30)
+    got = puts(portal, {f"/api/student/{n}", f"/api/customer/{CUSTOMER}"}, since)
     assert [path for path, _ in got] == [f"/api/student/{n}", f"/api/customer/{CUSTOMER}", f"/api/student/{n}", f"/api/customer/{CUSTOMER}"]
     new_password = got[0][1]["password"]
     assert db.password_ok(n, new_password)
@@ -212,7 +200,7 @@ def test_create_then_cleanup_through_the_proxy(hub, db, portal):
 
 
 def test_cleanup_of_a_hostile_home_succeeds_and_counts_only_the_workshops_notebooks(hub, db, api):
-    """Issue 8 #2, #4, #12: malformed notebooks, a fabricated one at 100 %, a link to / in the workshop folder."""
+    """Malformed notebooks, a fabricated one at 100 %, a link to / in the workshop folder."""
     n = 5
     assert create(api, n, "c-hostile")["status"] == "succeeded"
     ws = home(hub, n) / "WKSHP-Svc"
@@ -231,7 +219,7 @@ def test_cleanup_of_a_hostile_home_succeeds_and_counts_only_the_workshops_notebo
     ratio = op["result"]["completion"]
     assert (ratio["executed"], ratio["total"], ratio["ratio"]) == (1, 2, 50)
     assert {e["path"]: bool(e["error"]) for e in ratio["notebooks"]} == {"0-ReadMeFirst.ipynb": True, "1-Exercise.ipynb": False}
-    # Read once the student's server is stopped (DESIGN.md: completion before erase).
+    # Read once the student's server is stopped (the completion is read before the erase).
     names = [s["name"] for s in op["steps"]]
     assert names.index("end-sessions") < names.index("completion") < names.index("release"), names
     assert not home(hub, n).exists() and db.student(n).state == "free"
@@ -317,28 +305,28 @@ def test_a_free_seat_has_its_hub_sessions_ended_ahead_so_its_create_need_not(hub
 def test_cleanup_of_a_reset_workshop_keeps_the_home_until_reset(hub, db, portal, api):
     n, customer = 12, "c-keep"
     assert create(api, n, customer, "WKSHP-Keep")["status"] == "succeeded"
-    since = settled(portal, db)
+    since = settle(portal, db)
     op = verb(api, "cleanup", {"student": n, "customer": customer})
     assert op["status"] == "succeeded", (op["error"], op["steps"])
     assert db.student(n).state == "kept" and home(hub, n).is_dir()
     paths = {f"/api/student/{n}", f"/api/customer/{customer}"}
-    assert portal.wait_for(lambda p: len(puts_for(p, paths, since)) >= 5, 30)
-    got = puts_for(portal, paths, since)
+    assert portal.wait_for(lambda p: len(puts(p, paths, since)) >= 5, 30)
+    got = puts(portal, paths, since)
     assert [b for _, b in got[1:]] == [
         {"completionPercentage": "0"}, {"assigned": "true"}, {"active": "false"}, {"cleaned": "true"},
     ]
     # A kept seat is not free for someone else until RESET.
     check(api.post("api/create", json={"student": n, "customer": "other", "email": "e@x", "workshop": "WKSHP-Keep"}), 409)
 
-    since = settled(portal, db)
+    since = settle(portal, db)
     op = verb(api, "reset", {"student": n, "customer": customer, "workshop": "WKSHP-Keep"})
     assert op["status"] == "succeeded", (op["error"], op["steps"])
     assert db.student(n).state == "free" and not home(hub, n).exists()
-    assert portal.wait_for(lambda p: len(puts_for(p, paths, since)) >= 2, 30)
-    got = puts_for(portal, paths, since)
+    assert portal.wait_for(lambda p: len(puts(p, paths, since)) >= 2, 30)
+    got = puts(portal, paths, since)
     assert db.password_ok(n, got[0][1]["password"]) and got[1][1] == {"assigned": "false"}
 
-    since = settled(portal, db)
+    since = settle(portal, db)
     op = verb(api, "reset", {"students": [13, 15], "workshop": "WKSHP-Keep"})
     assert op["status"] == "succeeded" and op["students"] == [13, 15], op
     assert portal.wait_for(lambda p: any(c.path == "/api/workshop/7" for c in p.accepted()[since:]), 30)
@@ -347,7 +335,7 @@ def test_cleanup_of_a_reset_workshop_keeps_the_home_until_reset(hub, db, portal,
 
 
 def test_reset_of_a_range_touches_only_the_seats_kept_for_its_workshop(hub, db, api):
-    """Issue 8 #17: seat 16 is in session for another workshop whose range overlaps; 18 is free."""
+    """Seat 16 is in session for another workshop whose range overlaps; 18 is free."""
     password = create(api, 16, "c-over", "WKSHP-Over")["result"]["password"]
     (home(hub, 16) / "work.txt").write_text("in session")
     assert create(api, 17, "c-kept", "WKSHP-Keep")["status"] == "succeeded"
@@ -492,7 +480,7 @@ BAD = [
     ("create?wait=abc", {"student": 1, "customer": CUSTOMER, "email": "e", "workshop": "WKSHP-Svc"}, 400),
     ("create?wait=-1", {"student": 1, "customer": CUSTOMER, "email": "e", "workshop": "WKSHP-Svc"}, 400),
     ("create", HUGE, 413),
-    # Nested past the JSON decoder's recursion limit (issue 8 #13): a 400, not a 500.
+    # Nested past the JSON decoder's recursion limit: a 400, not a 500.
     ("create", b"[" * 100_000, 400),
     ("create", b'{"student": ' + b"[" * 100_000, 400),
     # Control characters in a customer id or an address never reach logs, callbacks or mails.

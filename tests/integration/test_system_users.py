@@ -1,4 +1,4 @@
-"""System-users mode end to end (issue 8): real accounts, the real hub, its proxy and servers, student B an adversary.
+"""System-users mode end to end: real accounts, the real hub, its proxy and servers, student B an adversary.
 
 Two seats of one workshop are booked over REST: A (``student210``) and B
 (``student211``), Linux accounts made by ``wod users create``. B logs in and
@@ -11,10 +11,9 @@ ratio (not A's), leave no process and no file of B's uid, and free the
 seat; A's home must be byte for byte what it was; B's next CREATE must
 give a clean home.
 
-Two parts rest on the other half of issue 8: the completion that never
-follows the workshop folder's link and never fails on a malformed notebook
-or a deep tree (items 2, 4, 5 of its walk), and the wod database created
-``0600`` (item 10).
+Two parts rest on other guards: the completion that never follows the
+workshop folder's link and never fails on a malformed notebook or a deep
+tree, and the wod database created ``0600``.
 
 The hub's folder is made as a production one would be: passable by all
 (the homes are inside), listable by none, its configuration the hub's alone.
@@ -181,7 +180,7 @@ def test_a_student_reaches_nothing_of_another_and_leaves_nothing_behind(hub, pla
         ("read", str(root / "wod_secret.key")),
         ("read", str(root / "jupyterhub_cookie_secret")),
         ("read", str(hub.config_path)),
-        ("read", str(root / "wod.sqlite")),  # 0600: issue 8 item 10
+        ("read", str(root / "wod.sqlite")),  # 0600
     ]
     asyncio.run(run_cells(hub, browser, f"student{B}", [f"PATHS = {paths!r}\n" + PROBE]))
     probe = json.loads((home_b / "probe.json").read_text())
@@ -222,7 +221,7 @@ def test_a_student_reaches_nothing_of_another_and_leaves_nothing_behind(hub, pla
 
 
 def test_the_cleanup_of_a_kept_seat_kills_and_clears_too(hub, place):
-    """Issue 8 #7: a ``reset: true`` workshop keeps the home for its RESET, not the participant's processes or temp files."""
+    """A ``reset: true`` workshop keeps the home for its RESET, not the participant's processes or temp files."""
     _, customer = create(hub, K, workshop=KEPT)
     home = Path(hub.students_root) / f"student{K}"
     tag = f"wod-sysusers-k-{uuid.uuid4().hex[:6]}"

@@ -13,14 +13,14 @@ import re
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.cliutil import run_json, wod
 from tests.hubutil import free_port, write_workshop
 from tests.mailutil import SENDER, portal_bytes, portal_dialog, portal_send
 from tests.portal_server import PortalServer
-from tests.svcutil import DB, check
+from tests.seatutil import browser, login_form
+from tests.svcutil import DB, check, health, settle
 
 BASE = 400  # the portal calls our student N "N + 400"
 ALPHA, BETA = "WKSHP-Alpha", "WKSHP-Beta"
@@ -96,10 +96,8 @@ def home(hub, n) -> dict:
 
 def logs_in(hub, n, password) -> bool:
     """A browser's login on the hub's form: True when the hub lets student<n> in with ``password``."""
-    with httpx.Client(base_url=hub.url.rstrip("/"), timeout=60, follow_redirects=False) as c:
-        page = c.get("/hub/login")
-        xsrf = re.search(r'name="_xsrf"\s+value="([^"]+)"', page.text).group(1)
-        r = c.post("/hub/login", data={"username": f"student{n}", "password": password, "_xsrf": xsrf})
+    with browser(hub) as c:
+        r = login_form(c, f"student{n}", password)
     return r.status_code == 302 and "/hub/login" not in r.headers.get("location", "")
 
 
@@ -110,19 +108,13 @@ def create(hub, n, customer, workshop=ALPHA, **more) -> dict:
     return op
 
 
-def settle(portal, db) -> int:
-    """The number of callbacks the portal took once every queued one is delivered."""
-    assert portal.wait_for(lambda p: all(m.delivered or m.failed for m in db.outbox()), 30), "callbacks still pending"
-    return len(portal.accepted())
-
-
 def seat_as_is(hub, db, n) -> tuple:
     st = db.student(n)
     return st.state, st.customer, st.workshop, st.password_hash, st.generation, home(hub, n)
 
 
 def mail_stats(hub) -> dict:
-    return check(httpx.get(hub.service_url + "api/health", timeout=10), 200)["mail"]
+    return health(hub)["mail"]
 
 
 # ---------------------------------------------------------------- a repeated CREATE

@@ -275,7 +275,7 @@ def test_every_real_notebook_agrees_with_nbformat(tmp_path, corpus):
     assert completion(tmp_path / "copy") == whole
 
 
-# -- a home is the student's: hostile content (issue 8 #2, #3, #4, #5) -------------------------
+# -- a home is the student's: hostile content -------------------------------------------
 
 
 def test_a_linked_workshop_folder_is_not_walked(tmp_path):
@@ -309,7 +309,7 @@ def test_a_linked_folder_inside_is_not_walked_and_a_linked_component_not_opened(
 
 
 def test_only_the_named_notebooks_count(tmp_path):
-    """Issue 8 #12: a fabricated notebook in the folder gave 100 %."""
+    """A fabricated notebook in the folder must not give 100 %."""
     ws = tmp_path / "WKSHP-Demo"
     write_nb(ws / "0-ReadMeFirst.ipynb", [md("# Read me")])
     write_nb(ws / "1-Intro.ipynb", [code("a", 1), code("b"), code("c")])
@@ -365,7 +365,7 @@ def test_too_many_entries_are_reported(tmp_path):
 
 GOOD_CELL = {"cell_type": "code", "source": "x", "execution_count": 1}
 MALFORMED = [
-    {"nbformat": 3, "worksheets": [{"cells": 5}]},  # the one of issue 8 #4 (a TypeError out of the CLEANUP)
+    {"nbformat": 3, "worksheets": [{"cells": 5}]},  # it once raised a TypeError out of the CLEANUP
     {"nbformat": 3, "worksheets": [{"cells": None}]},
     {"nbformat": 3, "worksheets": [{"cells": "abc"}]},
     {"nbformat": 3, "worksheets": [{"cells": [5]}]},
@@ -457,7 +457,7 @@ def test_measure_runs_in_a_worker_and_agrees(tmp_path):
 
 
 def test_a_notebook_that_needs_too_much_memory_is_reported_not_parsed(tmp_path):
-    """Issue 8 #3: ``[{},{},…]`` costs ~25 times its size parsed; the worker's address space is bounded."""
+    """``[{},{},…]`` costs ~25 times its size parsed; the worker's address space is bounded."""
     from wod_jupyterhub.seats.completion_worker import measure
 
     ws = tmp_path / "WKSHP-Mem"

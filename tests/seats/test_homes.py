@@ -1,4 +1,4 @@
-"""Provisioning from templates: the real corpus, the samples, and every bad input of issue 2.
+"""Provisioning from templates: the real corpus, the samples, and every bad input.
 
 Documented variable set used to render the real public workshops (``VARS``
 below): the configured globals of the original's ``all.yml`` / ``wod-backend``
@@ -378,7 +378,7 @@ def test_structure_changing_template_is_fully_validated(tmp_path):
     assert nb.cells[2].execution_count is None
 
 
-# Values a render must never let out of their JSON string (issue 13's fast path renders without re-checking).
+# Values a render must never let out of their JSON string (the fast path renders without re-checking).
 HOSTILE = ['"', "\\", '\\"', "\\u00", '"]}, {"cell_type": "raw"', "\n\r\t\x00\x1f", "{{ X }}", "\u2028é😀", "Z"]
 
 

@@ -1,4 +1,4 @@
-"""A seat handed on carries nothing of its previous participant (issue 8): real uids, real processes.
+"""A seat handed on carries nothing of its previous participant: real uids, real processes.
 
 Each test plays the student with a real process under the student's uid
 (``sysusers.as_student``, a setuid child), as root may; the accounts are

@@ -1,4 +1,4 @@
-"""Files holding secrets are the owner's only (issue 8 #10): the wod database, its -wal/-shm, the key file."""
+"""Files holding secrets are the owner's only: the wod database, its -wal/-shm, the key file."""
 
 import os
 import stat

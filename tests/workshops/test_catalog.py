@@ -121,7 +121,7 @@ def test_tabs_anywhere_between_key_and_value(tmp_path):
         (yml("[1,2,3]"), "must be written [min, max]"),
         (yml("12"), "must be written [min, max]"),
         ("%YAML 1.1\n---\nname: 'x'\n", "range is missing"),
-        # A billion laughs (issue 8 #14): nine levels of aliases, each repeating the previous nine times.
+        # A billion laughs: nine levels of aliases, each repeating the previous nine times.
         (LAUGHS, "an alias (*l0) is not allowed"),
         (yml("[1,2]", "base: &b {x: 1}\nmore:\n  <<: *b\n"), "an alias (*b) is not allowed"),
         ("name: 'x'\nrange: [1,2]\n#" + "x" * (256 * 1024) + "\n", "larger than 262144 bytes"),

@@ -28,6 +28,9 @@ from wod_jupyterhub.workshops.catalog import load_catalog
 from wod_jupyterhub.workshops.variables import template_variables
 
 S, T = 236, 237  # students of tests/sysusers.py's range, this module's
+#: the tests that run a seat's loaders as its student need root (real accounts, setuid children): marked so,
+#: they are left out of ``make test-quick``, whose processes would share the accounts
+ROOT = pytest.mark.root(reason="the compiled scripts' tests need root (real accounts, setuid children)")
 WORKSHOP = "WKSHP-Hidden"
 SECRET = "tok-9f3b2c7e-never-seen"
 PY_SECRET = "py-4a81d0-never-seen"
@@ -190,6 +193,7 @@ def _files_holding(folder: Path, text: str) -> list[str]:
     return found
 
 
+@ROOT
 def test_the_home_holds_loaders_and_no_source(seat, place):
     wod, ws, home = seat
     for rel in ("login.sh", "tools/api.py"):
@@ -203,6 +207,7 @@ def test_the_home_holds_loaders_and_no_source(seat, place):
     assert oct(os.stat(place / "compiled" / "scripts").st_mode & 0o777) == "0o700"
 
 
+@ROOT
 def test_a_compiled_script_runs_as_the_student_and_prints_what_its_source_prints(seat, place):
     _wod, ws, home = seat
     # The source, run by the student the plain way, for comparison.
@@ -219,6 +224,7 @@ def test_a_compiled_script_runs_as_the_student_and_prints_what_its_source_prints
     assert api.stdout == f"api says {len(PY_SECRET)} ['x'] no startup\n0\n", api.stdout + api.stderr
 
 
+@ROOT
 def test_the_caller_s_environment_does_not_reach_the_script(seat, place):
     """BASH_ENV (and any variable) of the caller is dropped: the student's code never runs inside the protected shell."""
     _wod, ws, home = seat
@@ -254,6 +260,7 @@ print(" ".join(out))
 """
 
 
+@ROOT
 def test_the_student_cannot_read_or_copy_it(seat):
     _wod, ws, home = seat
     for rel in ("login.sh", "tools/api.py"):
@@ -296,6 +303,7 @@ print(repr(out))
 """
 
 
+@ROOT
 def test_the_student_cannot_trace_or_inspect_the_running_script(seat):
     import ast
 
@@ -319,6 +327,7 @@ print(r.returncode, r.stdout + r.stderr)
 """
 
 
+@ROOT
 def test_a_script_started_under_a_tracer_refuses_to_run(seat):
     """A tracer from the first instruction could steer the process: the loader then runs without root and refuses."""
     _wod, ws, home = seat
@@ -328,12 +337,14 @@ def test_a_script_started_under_a_tracer_refuses_to_run(seat):
     assert SECRET not in out and "refuses to run traced" in out, out
 
 
+@ROOT
 def test_another_student_cannot_run_it_through_the_home(seat):
     _wod, ws, home = seat
     r = as_student(T, "import subprocess, sys; print(subprocess.run([sys.argv[1]]).returncode)", home / ws.name / "login.sh")
     assert "PermissionError" in r.stderr or r.returncode != 0
 
 
+@ROOT
 def test_it_is_compiled_once_per_script_version(seat, place):
     wod, ws, home = seat
     loaders = sorted(os.listdir(place / "compiled" / "bin"))
@@ -383,6 +394,7 @@ def test_a_source_under_a_second_name_is_a_blocking_problem(tmp_path):
     assert f"{WORKSHOP}/api.sh is also in the workshop as api-copy.sh" in text, text
 
 
+@ROOT
 def test_only_a_system_interpreter_runs_and_never_for_its_check_as_root(accounts, place):
     """``#!/tmp/atk/pub/bash``: the syntax check would run the student's file as root."""
     pub = place / "pub"
@@ -434,6 +446,7 @@ def test_a_python_script_with_future_imports_compiles_and_keeps_its_line_numbers
     assert r.stdout == f"future says {len(PY_SECRET)}\n" and r.returncode == 8, r
 
 
+@ROOT
 def test_a_loader_moved_out_of_the_home_runs_for_no_one_and_goes_with_the_seat(seat, place):
     """student S moves the loader (root's, 4711) to a temporary folder; S, T or anyone then running it gets nothing."""
     _wod, ws, home = seat
@@ -455,6 +468,7 @@ def test_a_loader_moved_out_of_the_home_runs_for_no_one_and_goes_with_the_seat(s
     assert not (tmp / "x").exists()
 
 
+@ROOT
 def test_an_old_loader_finds_its_script_gone(seat, place):
     wod, ws, home = seat
     old = (home / ws.name / "login.sh").read_bytes()
@@ -470,6 +484,7 @@ def test_an_old_loader_finds_its_script_gone(seat, place):
     assert out.startswith("126") and "script is missing" in out and "logged in" not in out, out
 
 
+@ROOT
 def test_the_store_must_sit_below_folders_no_one_else_can_write(accounts, place, homes_in):
     root = place / "nb"
     hidden_workshop(root, {"login.sh": LOGIN}, "login.sh")
@@ -483,6 +498,7 @@ def test_the_store_must_sit_below_folders_no_one_else_can_write(accounts, place,
         homes.provision(wod, ws, S, template_variables(wod, ws, S, "Pw-1", modews="WKSHP"), uid=uid(S), gid=uid(S))
 
 
+@ROOT
 def test_the_loader_follows_no_link_to_its_script_or_interpreter(seat, place):
     """Even a link only root could make: the loader opens each folder itself, never through a link."""
     _wod, ws, home = seat

@@ -154,6 +154,7 @@ def account():
 
 
 @pytest.mark.root(reason="creating a Linux account needs root")
+@pytest.mark.root(reason="creating a Linux account needs root")
 def test_every_public_workshop_provisions_for_a_real_system_user(corpus, account):
     wod, entry = account
     # pytest's tmp folders are root's alone (0700): the student could not reach a home in there.

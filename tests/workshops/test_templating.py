@@ -1,4 +1,4 @@
-"""Templates are a workshop author's, rendered in the service: the known Jinja2 sandbox escapes are refused (issue 8 #9).
+"""Templates are a workshop author's, rendered in the service: the known Jinja2 sandbox escapes are refused.
 
 Jinja2 3.1.5 let ``|attr("format")`` reach ``str.format`` unchecked, and a
 payload printed the service's environment; ``setup.cfg`` asks for 3.1.6 or

@@ -201,6 +201,7 @@ def _line(seat: Seat) -> str:
 
 
 def table(batch: Batch, show_passwords: bool) -> str:
+    """The batch's seats as a text table (passwords only when asked and the verb gives any)."""
     header = ["SEAT", "STATUS", "TIME"]
     if batch.verb in SHOWS_PASSWORDS and show_passwords:
         header.append("PASSWORD")

@@ -18,6 +18,7 @@ from .hubprocess import REPO, free_port, hub_env, start_hub, stop_group
 
 
 def wait_for(url: str, proc: subprocess.Popen, timeout: float, what: str, headers=None) -> None:
+    """Until ``url`` answers 200; ``RuntimeError`` when ``proc`` ends or ``timeout`` passes first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -156,6 +157,7 @@ def make_accounts(config: str, env: dict) -> None:
 
 
 def main(argv=None) -> int:
+    """``make demo``: run a hub with this configuration until Ctrl-C (``--check``: book a seat, log in once, stop); the exit status."""
     parser = argparse.ArgumentParser(prog="python -m wod_jupyterhub.cli.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(REPO / "jupyterhub_config.py"), help="hub configuration (default: %(default)s)")
     parser.add_argument("--check", action="store_true", help="book a seat, log in once through the login form, stop, exit 0")

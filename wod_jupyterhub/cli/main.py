@@ -366,6 +366,7 @@ def cmd_config(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``wod`` command's parser, every subcommand with its options."""
     parser = _Parser(prog=PROG, description="Workshops-on-Demand for JupyterHub: admin commands.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -127,6 +127,7 @@ def deny_jobs(names, deny_files=DENY_FILES) -> list[str]:
 
 
 def main(argv=None) -> int:
+    """``wod users``: plan, create or remove the seats' Linux accounts; the exit status."""
     parser = argparse.ArgumentParser(prog="wod users", description="Manage the Linux accounts of the student seats (system_users mode).")
     sub = parser.add_subparsers(dest="action", required=True)
     create = sub.add_parser("create", help="create the accounts student<N> with uid uid_base + N, in one locked batch")

@@ -74,15 +74,15 @@ class WodAuthenticator(Authenticator):
 
     costly_checks = Integer(
         1,
-        help="""Password checks at an admin's cost (``wod hash-password``: 2 ** 15, ~100 ms of a core) that run at once.
+        help="""Password checks at an admin's cost (``wod hash-password``: scrypt at 2 ** 15) that run at once.
 
         Tries at an admin name beyond these wait, at most
         ``costly_checks_waiting`` of them, a try from an address that has
         not failed for the name ahead of the others; more are told the hub
         is busy (429) without a check. So a flood of wrong tries at an
         admin name takes at most this many cores, and the admin's own try
-        from elsewhere goes first. Student passwords cost ~0.05 ms and are
-        not counted here.
+        from elsewhere goes first. Students' passwords, hashed at a far lower
+        cost, are not counted here.
         """,
     ).tag(config=True)
 

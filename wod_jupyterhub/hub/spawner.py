@@ -253,6 +253,7 @@ class WodSpawner(LocalProcessSpawner):
         # The seat's cgroup.procs files the server joins before it execs (None: no group).
         self._procs_files = None
         self._limits = None
+        self._workshop = None  # (folder, catalog entry) of this start's seat
         self._namespace = None
 
     @property
@@ -317,6 +318,7 @@ class WodSpawner(LocalProcessSpawner):
 
     async def run_pre_spawn_hook(self):
         self.warn_same_origin()
+        self._workshop = None  # the catalog may have changed since the last start
         self._assignment = await asyncio.to_thread(self.load_assignment)
         self.apply_assignment(self._assignment)
         self.server_token_id = self.find_server_token_id()
@@ -325,11 +327,18 @@ class WodSpawner(LocalProcessSpawner):
 
     # -- the seat's control group ------------------------------------------
 
+    def seat_workshop(self, workshop: str):
+        """The catalog's entry of the seat's workshop (None when it is gone), looked up once per start."""
+        folder = workshop_folder(workshop)
+        if self._workshop is None or self._workshop[0] != folder:
+            self._workshop = (folder, find_workshop(self.wod.notebooks, folder, self.wod.prefer_private, self.wod.readme_notebook))
+        return self._workshop[1]
+
     def seat_limits(self, workshop: str) -> Limits:
         """``c.Wod.workshop_limits`` over the workshop's ``wod.yml`` ``limits:`` over this spawner's defaults."""
         limits = Limits(memory=self.mem_limit or None, cpu=self.cpu_limit or None, pids=self.pids_limit)
         folder = workshop_folder(workshop)
-        ws = find_workshop(self.wod.notebooks, folder, self.wod.prefer_private, self.wod.readme_notebook)
+        ws = self.seat_workshop(workshop)
         if ws is not None:
             limits = ws.limits.over(limits)
         if folder in self.wod.workshop_limits:
@@ -378,7 +387,7 @@ class WodSpawner(LocalProcessSpawner):
 
     def runs_compiled_scripts(self, workshop: str) -> bool:
         """Whether the seat's workshop has ``compile:`` scripts, whose setuid loaders its server must be able to run."""
-        ws = find_workshop(self.wod.notebooks, workshop_folder(workshop), self.wod.prefer_private, self.wod.readme_notebook)
+        ws = self.seat_workshop(workshop)
         return bool(ws is not None and ws.compile)
 
     def seat_namespace(self) -> seatns.SeatNamespace | None:

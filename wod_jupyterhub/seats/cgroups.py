@@ -59,9 +59,11 @@ class Hierarchy:
 
     @property
     def available(self) -> bool:
+        """Whether any controller can be used here (else servers run without per-seat limits)."""
         return bool(self.dirs)
 
     def enforces(self, controller: str) -> bool:
+        """Whether ``controller`` (``memory``, ``cpu``, ``pids`` …) is usable here."""
         return controller in self.dirs
 
     def warning(self) -> str | None:
@@ -87,6 +89,7 @@ class Hierarchy:
         return None
 
     def seat(self, name: str) -> "SeatGroup":
+        """The group of the seat named ``name`` (``student<N>``) under the parent; nothing is made yet."""
         return SeatGroup(self, name)
 
     def clear(self) -> int:
@@ -108,6 +111,7 @@ class Hierarchy:
         return killed
 
     def to_json(self) -> dict:
+        """What the service reports: the version, the root, the controllers enforced and why the others are not."""
         return {"version": self.version, "root": str(self.root), "enforced": sorted(c for c in self.dirs if c in WHAT), "missing": dict(self.missing)}
 
 
@@ -240,6 +244,7 @@ class SeatGroup:
         return d / self.name if d else None
 
     def exists(self) -> bool:
+        """Whether the seat's group exists under any controller."""
         return any(d.is_dir() for d in self.dirs)
 
     def create(self, limits: Limits) -> dict:
@@ -266,6 +271,7 @@ class SeatGroup:
         return [str(d / "cgroup.procs") for d in self.dirs]
 
     def pids(self) -> set[int]:
+        """The processes in the seat's group now."""
         found = set()
         for d in self.dirs:
             try:

@@ -35,6 +35,7 @@ class Budget:
         self.left = max_total
 
     def take(self, size: int) -> None:
+        """Count ``size`` bytes as read; ``ValueError`` when that is more than is left."""
         if size > self.left:
             raise ValueError(f"not read: the notebooks of this folder hold more than {self.max_total} bytes in all")
         self.left -= size

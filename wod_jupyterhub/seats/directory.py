@@ -206,12 +206,14 @@ class Directory:
 
     @property
     def configured(self) -> bool:
+        """Whether a directory is set (``c.WodLdap.uri``)."""
         return bool(self.settings.uri)
 
     def seat_dn(self, n: int) -> str:
         return self.settings.seat_dn.replace("{N}", str(int(n)))
 
     def where(self) -> str:
+        """The directory's URI, for a message."""
         return self.settings.uri or "(no c.WodLdap.uri)"
 
     # ---- connections
@@ -337,7 +339,7 @@ class Directory:
 def _close(conn) -> None:
     try:
         conn.unbind()
-    except Exception:  # noqa: BLE001 - closing a broken connection: nothing left to tell
+    except Exception:  # closing a broken connection: nothing left to tell
         pass
 
 

@@ -70,9 +70,11 @@ class DiskWatch:
         return {"bytes": m["bytes"], "limit": self.limit, "over": self.limit is not None and m["bytes"] > self.limit, "measured_at": isoformat(m["at"])}
 
     def over(self) -> list[int]:
+        """The seats whose home was over the limit when last measured, in order."""
         return sorted(n for n in self.sizes if self.limit is not None and self.sizes[n]["bytes"] > self.limit)
 
     async def measure(self, n: int) -> None:
+        """Size seat ``n``'s home now (forgotten when it has none); warn once when it goes over the limit."""
         size = await home_bytes(self.home(n))
         if size is None:
             self.sizes.pop(n, None)

@@ -38,6 +38,7 @@ class RotatingFile:
             os.unlink(self.path)
 
     def write(self, data: bytes) -> None:
+        """Append ``data``, rotating the file whenever it reaches its size."""
         while data:
             if self.fd is None:
                 self._open()
@@ -50,6 +51,7 @@ class RotatingFile:
             self.size += len(part)
 
     def close(self) -> None:
+        """Close the current file (the next write opens it again)."""
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None

@@ -61,6 +61,7 @@ class WodHooks(LoggingConfigurable):
         self.wod = wod
 
     def find(self, kind: str, workshop: str) -> list[Path]:
+        """The executable ``<kind>-<workshop>.sh`` scripts of ``c.Wod.scripts``, in the folders' order."""
         if kind not in KINDS:
             raise ValueError(f"unknown hook kind {kind!r}")
         found = []

@@ -90,7 +90,7 @@ class Client:
             connector = session.connector
             session.detach()
             if connector is not None:
-                connector._close()  # noqa: SLF001 - the synchronous close; the public one needs the session's loop
+                connector._close()  # the synchronous close; the public one needs the session's loop
 
     async def aclose(self) -> None:
         """Close the connections (from the loop they belong to; from another they are let go)."""

@@ -33,6 +33,7 @@ class HubAPI:
 
     @property
     def configured(self) -> bool:
+        """Whether the hub's API URL and a token are known."""
         return bool(self.api_url and self.token)
 
     async def close(self):
@@ -173,6 +174,7 @@ class HubAPI:
             await asyncio.sleep(0.2)
 
     async def start_server(self, name: str) -> None:
+        """Ask the hub to start ``name``'s server; one already running or starting is fine."""
         # 400: already running or pending, which is what we want.
         await self._request("POST", f"/users/{quote(name)}/server", ok=(201, 202, 400))
 

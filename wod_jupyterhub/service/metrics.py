@@ -51,6 +51,7 @@ class Metrics:
     # ---- events
 
     def request(self, verb: str) -> None:
+        """Count one request for ``verb``."""
         self.requests.labels(verb).inc()
 
     def ahead_cpu(self, work: str, seconds: float) -> None:
@@ -65,15 +66,19 @@ class Metrics:
             self.recovered.inc()
 
     def mail_received(self, kind: str) -> None:
+        """Count one mail taken (``verb`` or ``relay``)."""
         self.mail_received_total.labels(kind).inc()
 
     def mail_refused(self, reason: str) -> None:
+        """Count one mail refused, by its reason."""
         self.mail_refused_total.labels(reason).inc()
 
     def mail_duplicate(self) -> None:
+        """Count one mail taken again (the same verb mail twice)."""
         self.mail_duplicates.inc()
 
     def mail_relay(self, outcome: str) -> None:
+        """Count one relay attempt, by its outcome."""
         self.mail_relay_total.labels(outcome).inc()
 
     # ---- scrape

@@ -147,7 +147,7 @@ class OutboxQueue:
             )
 
     def delivered(self, message):
-        # Whoever holds the lease now, the receiver has it: record that.
+        """Record ``message`` as delivered, whoever holds its lease now: the receiver has it."""
         with self.store.engine.begin() as conn:
             conn.execute(self._delivered, {"b_id": message.id, "delivered": utcnow()})
 

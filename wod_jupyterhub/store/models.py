@@ -99,6 +99,7 @@ class Student(Base):
 
     @property
     def active(self) -> bool:
+        """Whether the seat is given to a participant now."""
         return self.state == Seat.ACTIVE
 
 
@@ -323,6 +324,7 @@ class Store:
 
     @property
     def is_postgres(self) -> bool:
+        """Whether the store is on PostgreSQL (else SQLite)."""
         return self.engine.dialect.name == "postgresql"
 
     def upgrade(self) -> None:
@@ -352,6 +354,7 @@ class Store:
                 raise
 
     def student(self, number: int, session=None) -> Student | None:
+        """The row of seat ``number`` (None when it was never used), in ``session`` or a short one of its own."""
         if session is not None:
             return session.get(Student, number)
         with self.Session() as s:
@@ -379,4 +382,5 @@ class Store:
             return dict(conn.execute(_GENERATIONS).all())
 
     def dispose(self) -> None:
+        """Close the engine's connections (at the end of a process or a test)."""
         self.engine.dispose()

@@ -61,6 +61,7 @@ def parse_workshop_name(name: str) -> tuple[str, str]:
 
 @dataclass
 class Workshop:
+    """One ``WKSHP-*`` (or ``CHLG-*``) folder of a notebooks root: its ``wod.yml`` read, and what is wrong with it."""
     name: str
     path: Path
     root: Path
@@ -85,14 +86,17 @@ class Workshop:
 
     @property
     def valid(self) -> bool:
+        """Whether the workshop can be given to seats (no blocking problem)."""
         return not self.blocking
 
     def problem(self, sentence: str, blocking: bool = False) -> None:
+        """Note a problem of the workshop; a ``blocking`` one makes it unusable."""
         self.problems.append(sentence)
         if blocking:
             self.blocking.append(sentence)
 
     def to_json(self) -> dict:
+        """The workshop as ``api/workshops`` and ``wod workshops`` show it."""
         return {
             "name": self.name,
             "title": self.meta.get("name"),
@@ -191,7 +195,7 @@ class NoAliasLoader(yaml.SafeLoader):
 
 def load_yaml(text):
     """``yaml.safe_load`` without aliases (see :class:`NoAliasLoader`)."""
-    return yaml.load(text, Loader=NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=NoAliasLoader)  # a SafeLoader subclass: no arbitrary objects
 
 
 def _untab(text: str) -> str:
@@ -302,6 +306,7 @@ class Catalog:
         self.workshops = dict(workshops or {})
 
     def get(self, name: str) -> Workshop:
+        """The workshop of ``name`` (``WKSHP-X`` or ``CHLG-X``); ``NotFound`` when no root has it."""
         folder, _mode = parse_workshop_name(name)
         try:
             return self.workshops[folder]
@@ -327,6 +332,7 @@ class Catalog:
             )
 
     def to_json(self) -> list[dict]:
+        """Every workshop as JSON, by folder name."""
         return [self.workshops[k].to_json() for k in sorted(self.workshops)]
 
     def _report_overlaps(self) -> None:
@@ -406,6 +412,7 @@ class CatalogCache:
         return tuple(signature)
 
     def get(self) -> Catalog:
+        """The catalog, read again when its time is up or a notebooks root changed."""
         now = time.monotonic()
         if self._catalog is None or now - self._read_at > self.ttl or self._stat_signature() != self._signature:
             self._catalog = load_catalog(self.wod.notebooks, self.wod.prefer_private, self.wod.readme_notebook)

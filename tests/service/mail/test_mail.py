@@ -135,7 +135,16 @@ class Mailer:
 
 @pytest.fixture
 def store(db_url):
-    s = Store(db_url)  # SQLite and the real PostgreSQL (conftest.db_url)
+    """The relay's queue on SQLite and on the real PostgreSQL (conftest.db_url): its delivery is the store's."""
+    s = Store(db_url)
+    yield s
+    s.dispose()
+
+
+@pytest.fixture
+def sqlite_store(sqlite_url):
+    """A store on SQLite only, for the listener's own checks."""
+    s = Store(sqlite_url)
     yield s
     s.dispose()
 
@@ -191,8 +200,8 @@ async def test_smarthost_down_first_and_up_later_still_once(store):
     assert all(row.delivered is not None for row in m.rows())
 
 
-async def test_a_standard_smtp_client_is_served(store, smarthost):
-    async with Mailer(store, smarthost) as m:
+async def test_a_standard_smtp_client_is_served(sqlite_store, smarthost):
+    async with Mailer(sqlite_store, smarthost) as m:
 
         def client():
             with smtplib.SMTP("127.0.0.1", m.port, timeout=5) as s:
@@ -226,9 +235,9 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", [*BAD, "never finishes"])
-async def test_bad_mail_changes_nothing_and_the_listener_keeps_serving(store, smarthost, caplog, case):
+async def test_bad_mail_changes_nothing_and_the_listener_keeps_serving(sqlite_store, smarthost, caplog, case):
     caplog.set_level(logging.INFO, logger="wod.mail")
-    async with Mailer(store, smarthost, timeout=1.0) as m:
+    async with Mailer(sqlite_store, smarthost, timeout=1.0) as m:
         if case == "never finishes":
             reason = "timeout"
             sock = await asyncio.to_thread(_never_finishing, m.port)
@@ -247,17 +256,17 @@ async def test_bad_mail_changes_nothing_and_the_listener_keeps_serving(store, sm
     assert [g["to"] for g in got] == [["ok@example.org"]]
 
 
-async def test_participant_mail_without_a_relay_and_strangers_by_address_are_refused(store):
-    async with Mailer(store, None) as m:
+async def test_participant_mail_without_a_relay_and_strangers_by_address_are_refused(sqlite_store):
+    async with Mailer(sqlite_store, None) as m:
         await m.send(participant_bytes("p@example.org", "Hi", "x"))
         await until(lambda: m.ingress.refused["relay_off"] == 1)
-    async with Mailer(store, None, allowed_sources=["192.0.2.0/24"]) as m:
+    async with Mailer(sqlite_store, None, allowed_sources=["192.0.2.0/24"]) as m:
         assert await m.send(participant_bytes("p@example.org", "Hi", "x")) == b"5"
         assert m.ingress.refused["source"] == 1
     assert m.rows() == []
 
 
-async def test_starttls_and_login_at_the_smarthost(store, tmp_path, monkeypatch):
+async def test_starttls_and_login_at_the_smarthost(sqlite_store, tmp_path, monkeypatch):
     import ssl
 
     from aiosmtpd.smtp import AuthResult
@@ -277,12 +286,12 @@ async def test_starttls_and_login_at_the_smarthost(store, tmp_path, monkeypatch)
 
     host = Smarthost(tls_context=server_tls, require_starttls=True, auth_required=True, authenticator=authenticator)
     with host:
-        async with Mailer(store, host, relay_starttls=True, relay_username="wod", relay_password="wrong-pw") as m:
+        async with Mailer(sqlite_store, host, relay_starttls=True, relay_username="wod", relay_password="wrong-pw") as m:
             await m.send(participant_bytes("p@example.org", "Credentials", "pw"))
             await until(lambda: m.rows() and m.rows()[0].attempts >= 1)
             assert "refused the login" in m.rows()[0].last_error and "wrong-pw" not in m.rows()[0].last_error
             assert host.messages == []
-        async with Mailer(store, host, relay_starttls=True, relay_username="wod", relay_password="s3cret-pw") as m:
+        async with Mailer(sqlite_store, host, relay_starttls=True, relay_username="wod", relay_password="s3cret-pw") as m:
             got = await asyncio.to_thread(host.wait_for, 1)
         assert got[0]["message"]["Subject"] == "Credentials" and ("wod", "s3cret-pw") in logins
 
@@ -307,10 +316,10 @@ def test_listener_defaults_to_loopback_and_empty_sources_mean_loopback_only():
 
 
 @pytest.mark.parametrize("system_users,sources,listens", [(True, [], False), (True, ["127.0.0.1"], True), (False, [], True)])
-async def test_system_users_mode_refuses_a_listener_open_to_loopback(store, caplog, system_users, sources, listens):
+async def test_system_users_mode_refuses_a_listener_open_to_loopback(sqlite_store, caplog, system_users, sources, listens):
     settings = WodMail(sender=SENDER, ip="127.0.0.1", port=free_port(), allowed_sources=sources, poll_interval=0.1)
     log = logging.getLogger("test.wod.mail")
-    gateway = MailGateway(settings, Wod(system_users=system_users), store, submit=None, log=log)
+    gateway = MailGateway(settings, Wod(system_users=system_users), sqlite_store, submit=None, log=log)
     with caplog.at_level(logging.ERROR, logger="test.wod.mail"):
         await gateway.start()
     try:

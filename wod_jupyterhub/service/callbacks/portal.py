@@ -105,6 +105,7 @@ class WodPortal(LoggingConfigurable):
 
     @property
     def enabled(self) -> bool:
+        """Whether a portal is set (``c.WodPortal.url``): without one no callback is queued."""
         return bool(self.url)
 
 
@@ -167,19 +168,23 @@ class PortalCallbacks:
         return self._enqueue(conn, key, path, {"password": {SEALED: self.sealer.seal(password)}}, operation_id)
 
     def student_assigned(self, conn, n, assigned: bool, operation_id=None):
+        """Queue, in ``conn``'s transaction, the portal's note that seat ``n`` is given (or given back)."""
         key, path = self._student(n)
         return self._enqueue(conn, key, path, {"assigned": "true" if assigned else "false"}, operation_id)
 
     def customer_active(self, conn, n, customer, active: bool, operation_id=None):
+        """Queue the note that ``customer``'s workshop on seat ``n`` is open (or closed)."""
         key, _ = self._student(n)
         return self._enqueue(conn, key, self._customer_path(customer), {"active": "true" if active else "false"}, operation_id)
 
     def customer_completion(self, conn, n, customer, percent: int, operation_id=None):
+        """Queue ``customer``'s completion (whole percent) measured on seat ``n``."""
         key, _ = self._student(n)
         body = {"completionPercentage": str(int(percent))}
         return self._enqueue(conn, key, self._customer_path(customer), body, operation_id)
 
     def customer_cleaned(self, conn, n, customer, operation_id=None):
+        """Queue the note that ``customer``'s seat ``n`` was cleaned up."""
         key, _ = self._student(n)
         return self._enqueue(conn, key, self._customer_path(customer), {"cleaned": "true"}, operation_id)
 

@@ -50,6 +50,7 @@ class PortalClient:
         return self._http
 
     async def aclose(self) -> None:
+        """Close the HTTP connections (the next call opens new ones and logs in again)."""
         await self._http.aclose()
         self._loop = None  # the next call logs in again, as on a fresh loop
 
@@ -105,6 +106,7 @@ class PortalClient:
         return response
 
     async def workshops(self) -> list:
+        """The portal's list of workshops; ``Transient`` when it answers anything but a JSON list."""
         response = await self.call("GET", "/api/workshops")
         try:
             items = response.json()
@@ -115,6 +117,7 @@ class PortalClient:
         return items
 
     def forget_workshop(self, folder: str) -> None:
+        """Drop the cached portal id of ``folder``, so that the next call asks again."""
         self._workshop_ids.pop(folder, None)
 
     async def workshop_id(self, folder: str) -> str:

@@ -23,11 +23,13 @@ _RECIPIENT = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9](?:[
 
 @dataclass
 class Reply:
+    """An SMTP reply: its code and its text (what the listener says and ``wod mail`` prints)."""
     code: int
     text: str
 
     @property
     def ok(self) -> bool:
+        """Whether the mail was taken (a code below 400)."""
         return self.code < 400
 
     def __str__(self):
@@ -81,6 +83,7 @@ class Ingress:
             hook() if label is None else hook(label)
 
     def refuse(self, reason: str, code: int, text: str, detail: str = "") -> Reply:
+        """Count and log a refusal for ``reason``; the reply that says it."""
         self._count("refused", reason)
         self.log.warning("Mail refused (%s): %s%s", reason, text, f" [{detail}]" if detail else "")
         return Reply(code, text)
@@ -96,6 +99,7 @@ class Ingress:
         return None
 
     def check_sender(self, envelope: Envelope, sender: str) -> Reply:
+        """OK for the portal's sender, else the refusal."""
         if not self.settings.is_sender(sender):
             return self.refuse(
                 "sender", 550, f"5.7.1 Sender <{sender[:200]}> is not accepted here.", f"client {envelope.peer}"
@@ -103,6 +107,7 @@ class Ingress:
         return OK
 
     def check_recipient(self, envelope: Envelope, recipient: str) -> Reply:
+        """OK for the verbs' address or a participant's one (when relaying is on), else the refusal."""
         if not (_RECIPIENT.match(recipient) or self.settings.is_verb_recipient(recipient)):
             return self.refuse("recipient", 550, f"5.1.3 Bad recipient address <{recipient[:200]}>.")
         kind = "verb" if self.settings.is_verb_recipient(recipient) else "relay"

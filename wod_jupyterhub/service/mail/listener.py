@@ -281,11 +281,13 @@ class MailListener:
 
     @property
     def address(self) -> tuple[str, int] | None:
+        """The (host, port) the listener is bound to, once started."""
         if self.server is None or not self.server.sockets:
             return None
         return self.server.sockets[0].getsockname()[:2]
 
     async def start(self, port: int | None = None):
+        """Listen on ``c.WodMail.ip`` and ``port`` (default ``c.WodMail.port``; 0: any free one)."""
         port = self.settings.port if port is None else port
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(lambda: _Session(self), self.settings.ip or None, port, reuse_address=True)
@@ -299,6 +301,7 @@ class MailListener:
         return self
 
     async def stop(self):
+        """Stop listening and close the sessions."""
         if self.server is None:
             return
         self.server.close()

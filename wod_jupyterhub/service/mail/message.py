@@ -40,6 +40,7 @@ class Message:
 
     @property
     def message_id(self) -> str | None:
+        """The ``Message-ID`` header (at most 255 characters), or None."""
         value = self.headers.get("message-id", "").strip()
         return value[:255] or None
 

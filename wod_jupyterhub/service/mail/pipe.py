@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 EX_TEMPFAIL = 75
@@ -12,12 +13,16 @@ EX_REFUSED = 2
 
 
 def _load_config(path: str | None):
-    from ...config import load_config_file
+    """The hub's configuration of ``--config`` (empty without one); a missing file is ``FileNotFoundError``."""
+    from ...hubconfig import load_config
 
-    return load_config_file(path)
+    if path and not os.path.isfile(path):
+        raise FileNotFoundError(f"configuration file {path} does not exist")
+    return load_config(path)
 
 
 def build_parser():
+    """The parser of ``wod mail``'s options."""
     p = argparse.ArgumentParser(prog="wod mail", description="Take one mail from stdin as the mail listener would.")
     p.add_argument("--config", "-f", metavar="FILE", help="the hub's jupyterhub_config.py (c.Wod, c.WodMail)")
     p.add_argument("--from", dest="sender", metavar="ADDRESS", help="envelope sender (postfix: ${sender})")
@@ -76,7 +81,7 @@ def _address(value: str) -> str | None:
     return address or None
 
 
-async def _run(args, data: bytes) -> int:
+async def _run(args, config, data: bytes) -> int:
     from ...config import Wod
     from ...store.models import Store
     from .ingress import Ingress
@@ -85,7 +90,6 @@ async def _run(args, data: bytes) -> int:
     from .submit import engine_submit
 
     log = logging.getLogger("wod.mail")
-    config = _load_config(args.config)
     wod = Wod(config=config)
     settings = WodMail(config=config)
     if not settings.enabled:
@@ -109,19 +113,24 @@ async def _run(args, data: bytes) -> int:
 
 
 def main(argv=None) -> int:
+    """``wod mail``: take the mail on stdin; 0 when taken, 75 to try again later, 2 when refused."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="[%(levelname)1.1s %(asctime)s wod mail] %(message)s", stream=sys.stderr)
     logging.getLogger("wod").setLevel(logging.INFO)
     from .settings import WodMail
 
     limit = WodMail.max_message_size.default_value
+    config = problem = None
     try:
-        limit = WodMail(config=_load_config(args.config)).max_message_size
-    except Exception:  # _run reports a broken configuration with its reason
-        pass
+        config = _load_config(args.config)
+        limit = WodMail(config=config).max_message_size
+    except Exception as e:  # reported below with its reason, once the mail is read
+        problem = e
     data = sys.stdin.buffer.read(limit * 2 + 65536)
     try:
-        return asyncio.run(_run(args, data))
+        if problem is not None:
+            raise problem
+        return asyncio.run(_run(args, config, data))
     except FileNotFoundError as e:
         print(f"wod mail: error: {e}", file=sys.stderr)
         return EX_REFUSED

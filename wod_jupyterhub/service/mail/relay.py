@@ -51,6 +51,7 @@ class Relay:
     # ------------------------------------------------------------------ enqueue
 
     def enqueue(self, session, *, sender, recipient, subject, body, peer=None, received_id=None) -> MailMessage:
+        """Add a mail to relay to ``session`` (sent once it commits and :meth:`notify` wakes the loop)."""
         now = utcnow()
         row = MailMessage(
             kind="relay", key=recipient.lower()[:320], received_id=received_id, received=now, peer=peer, sender=sender,
@@ -65,6 +66,7 @@ class Relay:
         self.loop.notify()
 
     def stats(self) -> dict:
+        """The relay's counts for ``api/health``: pending, failed and delivered mails, the oldest pending one's time."""
         with self.store.Session() as s:
             count = lambda *where: s.scalar(select(func.count()).select_from(MailMessage).where(*where))  # noqa: E731
             return {

@@ -140,6 +140,7 @@ class WodMail(Configurable):
 
     @property
     def relay_address(self) -> tuple[str, int]:
+        """The smarthost of ``relay`` as (host, port)."""
         return _host_port(self.relay, "relay")
 
     relay_starttls = Bool(False, help="Upgrade the smarthost connection with STARTTLS before sending.").tag(config=True)
@@ -207,15 +208,19 @@ class WodMail(Configurable):
 
     @property
     def enabled(self) -> bool:
+        """Whether the mail API is on (``sender`` is set)."""
         return bool(self.sender)
 
     @property
     def relay_enabled(self) -> bool:
+        """Whether participants' mails are relayed (a ``sender`` and a ``relay``)."""
         return bool(self.sender and self.relay)
 
     def is_sender(self, address: str) -> bool:
+        """Whether ``address`` is the portal's ``sender`` (letter case aside)."""
         return bool(self.sender) and (address or "").strip().lower() == self.sender.lower()
 
     def is_verb_recipient(self, address: str) -> bool:
+        """Whether ``address``'s local part is the verbs' ``recipient``: a verb to run, not a mail to relay."""
         local = (address or "").strip().rsplit("@", 1)[0] if "@" in (address or "") else (address or "").strip()
         return local.lower() == self.recipient.lower()

@@ -34,6 +34,7 @@ class Holding:
 
     @property
     def held(self) -> bool:
+        """Whether the seat is anyone's (not free)."""
         return self.state != Seat.FREE
 
     @property
@@ -42,6 +43,7 @@ class Holding:
         return self.state == Seat.ACTIVE
 
     def to_json(self) -> dict:
+        """The seat's state, customer and workshop, as the API shows them."""
         return {"state": self.state, "customer": self.customer, "workshop": self.workshop}
 
 

@@ -52,6 +52,7 @@ class Run:
 
     @property
     def students(self) -> range:
+        """The seats the operation covers (one, or a range)."""
         return range(self.student, self.last + 1)
 
     def step(self, name: str, work=None, effects=None, *, skip: str | None = None):

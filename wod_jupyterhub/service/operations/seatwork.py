@@ -158,6 +158,7 @@ class SeatWork:
     # ---- the home
 
     def uid(self, n: int) -> int | None:
+        """Seat ``n``'s uid in system-users mode; None when the servers run as the hub's user."""
         return self.wod.uid_base + n if self.wod.system_users else None
 
     def wipe(self, n: int, keep_home: bool = False) -> dict:

@@ -21,6 +21,7 @@ class Views:
         self.catalog = catalog
 
     def operation(self, op_id: str) -> Operation:
+        """The operation ``op_id``; ``NotFound`` when there is none."""
         with self.store.Session() as s:
             op = s.get(Operation, op_id)
         if op is None:
@@ -28,6 +29,7 @@ class Views:
         return op
 
     def operations(self, student=None, status=None, verb=None, limit=100) -> list[Operation]:
+        """The latest ``limit`` operations, newest first; only those covering seat ``student``, of ``status``, of ``verb`` when given."""
         q = select(Operation).order_by(Operation.created.desc(), Operation.id.desc()).limit(limit)
         if student is not None:
             q = q.where(overlapping(student))
@@ -69,6 +71,7 @@ class Views:
             return list(s.scalars(select(Student.number).where(Student.state.in_(Seat.HELD))))
 
     def student_json(self, n: int) -> dict:
+        """What ``api/students/<n>`` answers: the seat's row, its home, its last completion, what holds it."""
         self.wod.check_student(n)
         with self.store.Session() as s:
             st = s.get(Student, n)
