@@ -3,6 +3,7 @@
 import ipaddress
 import os
 import re
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -400,6 +401,27 @@ class Wod(Configurable):
             if problems:
                 raise TraitError(f"workshop_limits[{name!r}]: " + " ".join(problems))
         return proposal["value"]
+
+    kernel_python = Unicode(
+        help="""The Python the students' kernels run, asked once which kernels it has and what they report.
+
+        Each notebook of a workshop gets the ``kernelspec`` and
+        ``language_info`` its kernel writes into it when JupyterLab opens
+        it, so it opens unchanged rather than marked unsaved. Default: the
+        interpreter of ``c.Spawner.cmd`` when that runs Python (the
+        students' servers start their kernels with their own Python), else
+        this process's. Empty: notebooks keep the metadata their authors
+        gave them.
+        """,
+    ).tag(config=True)
+
+    @default("kernel_python")
+    def _kernel_python_default(self):
+        for section in ("WodSpawner", "Spawner"):
+            cmd = self.config[section].get("cmd") if section in self.config else None
+            if isinstance(cmd, (list, tuple)) and cmd and os.path.basename(str(cmd[0])).startswith("python"):
+                return str(cmd[0])
+        return sys.executable
 
     readme_notebook = Unicode(
         README_NOTEBOOK,

@@ -42,11 +42,15 @@ def load_wod(path: str | None = None):
 
 
 def public_url(config: Config) -> str | None:
-    """The hub's public URL as ``config`` sets it (``public_url``, ``bind_url``, ``ip``/``port``), or None."""
+    """The hub's public URL as ``config`` sets it (``public_url``, ``subdomain_host``, ``bind_url``, ``ip``/``port``), or None."""
     hub = config.get("JupyterHub", {})
     base = str(hub.get("base_url", "/") or "/")
     if hub.get("public_url"):
         return str(hub["public_url"])
+    if hub.get("subdomain_host"):
+        # The hub's own host then (each server on a subdomain of it), as JupyterHub takes it.
+        host = str(hub["subdomain_host"]).rstrip("/")
+        return (host if "://" in host else "https://" + host) + base  # JupyterHub's own default scheme
     if "bind_url" in hub:
         return str(hub["bind_url"])
     if "ip" in hub or "port" in hub:

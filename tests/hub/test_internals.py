@@ -83,3 +83,21 @@ def test_cookie_id_and_tokens_through_the_hub_orm(hubdb):
     assert [t.id for t in row.api_tokens] == [kept_id] and internals.token_id(hubdb, gone) is None
     assert internals.spawners(user) == list(user.spawners.values()) and internals.spawners(None) == []
     assert internals.random_token() != internals.random_token()
+
+
+def test_the_admin_page_starts_servers_with_the_global_fetch_and_shows_no_reason():
+    # What hub/templates/admin.html builds on: the admin app's Start calls window.fetch (which the page wraps)
+    # and says only "Failed to start server." itself; a release that shows the hub's reason makes the wrapper moot.
+    from jupyterhub._data import DATA_FILES_PATH
+
+    static = Path(DATA_FILES_PATH)
+    app = (static / "static" / "js" / "admin-react.js").read_text(encoding="utf-8")
+    assert "fetch(n,{method:t" in app and 's("Failed to ".concat(a.toLowerCase(),"."))' in app
+    assert '{% block main %}' in (static / "templates" / "admin.html").read_text(encoding="utf-8")
+
+
+def test_a_service_knows_its_own_host_and_prefix_for_the_landing_page():
+    from jupyterhub.services.service import Service
+
+    assert isinstance(BaseHandler.services, property)
+    assert {"host", "prefix"} <= set(Service.class_traits()) | {n for n, v in vars(Service).items() if isinstance(v, property)}

@@ -73,6 +73,17 @@ def test_the_admin_logs_in_and_lands_on_the_dashboard_and_a_student_sees_the_bra
             expect(page.locator("body")).to_contain_text("WKSHP-PythonBasics", timeout=30_000)
             assert "spawn" not in page.url and "Failed to start" not in page.content()
             page.screenshot(path=str(ARTIFACTS / "browser-admin-dashboard.png"))
+
+            # The hub's admin page: Start for a seat nobody booked says why, not only that it failed.
+            free = "student2"
+            assert hub.hub_api("POST", f"/users/{free}").status_code in (201, 409)
+            page.goto(hub.url + "hub/admin")
+            row = page.locator("tr", has=page.locator("td", has_text=free))
+            row.locator("button", has_text="Start Server").first.click(timeout=30_000)
+            expect(page.locator("body")).to_contain_text("Failed to start server.", timeout=30_000)  # the admin page's own
+            refused = page.locator(f".wod-start-refused[data-user={free}]")
+            expect(refused).to_contain_text(f"{free}: {free} has no workshop booked at the moment", timeout=10_000)
+            page.screenshot(path=str(ARTIFACTS / "browser-admin-start-refused.png"))
         finally:
             browser.close()
 
@@ -109,6 +120,13 @@ def test_student_logs_in_and_sees_the_readme_in_jupyterlab(hub):
             heading = page.locator(".jp-NotebookPanel:visible .jp-RenderedMarkdown h1").first
             expect(heading).to_contain_text("Welcome to Python Basics, student1", timeout=60_000)
             expect(page.locator(".jp-NotebookPanel:visible .jp-InputArea-editor", has_text="Hello, student1!").first).to_be_visible()
+            # Its kernel has started and written its kernelspec and language_info into the notebook:
+            # the same values the provisioning gave it, so the notebook is still unchanged (not "unsaved").
+            idle = page.locator(".jp-NotebookPanel:visible .jp-Notebook-ExecutionIndicator[data-status=idle]")
+            expect(idle.first).to_be_attached(timeout=90_000)
+            page.wait_for_timeout(1000)  # the kernel_info answer lands in the model right after the status
+            assert "jp-mod-dirty" not in (tab.first.locator("xpath=..").get_attribute("class") or "")
+            assert page.locator(".lm-TabBar-tab.jp-mod-dirty").count() == 0
             page.wait_for_timeout(1000)  # let the lab finish painting for the screenshot
             page.screenshot(path=str(shot))
         finally:

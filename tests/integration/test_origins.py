@@ -8,17 +8,15 @@ origin), since a stock server sandboxes the files it serves. Student B
 (``student1``, a booked seat) logs in and opens it.
 """
 
-import http.server
 import os
 import secrets
 import shutil
-import threading
 import uuid
 
 import httpx
 import pytest
 
-from tests.hubutil import free_port
+from tests.pageserver import PageServer
 from wod_jupyterhub.config import Wod
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -49,18 +47,6 @@ frame.onload = attack;
 setTimeout(attack, 5000);
 document.body.appendChild(frame);
 </script></body></html>"""
-
-
-class _Attacker(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # http.server's name
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html")
-        self.send_header("Content-Length", str(len(ATTACK)))
-        self.end_headers()
-        self.wfile.write(ATTACK)
-
-    def log_message(self, *args):
-        pass
 
 
 @pytest.mark.parametrize(
@@ -121,13 +107,11 @@ def test_a_page_served_on_the_hubs_origin_cannot_read_its_xsrf_cookie_or_mint_a_
     )  # fmt: skip
     assert r.status_code == 200 and r.json()["status"] == "succeeded", r.text
     password = r.json()["result"]["password"]
-    attacker = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _Attacker)
-    threading.Thread(target=attacker.serve_forever, daemon=True).start()
-    try:
+    with PageServer(ATTACK) as attacker:
         route = httpx.post(
             f"http://127.0.0.1:{hub.proxy_api_port}/api/routes/user/student2",
             headers={"Authorization": f"token {hub.proxy_token}"},
-            json={"target": f"http://127.0.0.1:{attacker.server_address[1]}"},
+            json={"target": attacker.url},
             timeout=10,
         )
         assert route.status_code == 201, route.text
@@ -146,8 +130,6 @@ def test_a_page_served_on_the_hubs_origin_cannot_read_its_xsrf_cookie_or_mint_a_
                 result = page.evaluate("window.result")
             finally:
                 browser.close()
-    finally:
-        attacker.shutdown()
     assert "_xsrf" not in (result["cookie"] or ""), result
     assert result["status"] is None, result
     tokens = httpx.get(hub.api_url + "/users/student1/tokens", headers={"Authorization": f"token {hub.admin_token}"}, timeout=10)

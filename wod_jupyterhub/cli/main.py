@@ -504,10 +504,41 @@ def _delegate(name: str, argv: list[str]) -> int:
     return module.main(argv) or 0
 
 
+#: ``wod mail``'s exit status when the mail should wait in the mail system's queue (sysexits' EX_TEMPFAIL)
+MAIL_TRY_AGAIN = 75
+
+
+def _mail_argv(argv: list[str]) -> list[str]:
+    """``wod mail``'s arguments with its configuration found and read as every command's is.
+
+    ``--config`` (which must exist), else ``./jupyterhub_config.py`` when
+    present; passed on as one absolute ``--config``. A file that exists but
+    cannot be read raises with the reason.
+    """
+    from ..hubconfig import find_config, load_config
+
+    options = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    options.add_argument("--config", "-f")
+    known, rest = options.parse_known_args(argv)
+    path = find_config(known.config)  # BadRequest: the named file is not there
+    if path is None:
+        return rest
+    load_config(path)  # BadRequest with the reason; the mail then waits for a fixed file
+    return ["--config", path, *rest]
+
+
 def main(argv=None) -> int:
     """The ``wod`` command: parse ``argv`` (``sys.argv[1:]`` by default), run the subcommand; the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     # Handed over whole: their options are theirs, argparse must not read them.
+    if argv and argv[0] == "mail":
+        try:
+            mail_argv = _mail_argv(argv[1:])
+        except BadRequest as e:
+            # Not the mail's fault: the mail system keeps it and tries again once the file is fixed.
+            print(f"{PROG} mail: error: {e.message}; the mail waits until it is fixed", file=sys.stderr)
+            return MAIL_TRY_AGAIN
+        return _delegate("mail", mail_argv)
     if argv and argv[0] in DELEGATES:
         return _delegate(argv[0], argv[1:])
     try:

@@ -6,6 +6,9 @@ from jupyterhub.utils import url_path_join
 
 from ..config import student_number
 
+#: the managed service whose pages are the dashboard
+DASHBOARD_SERVICE = "wod"
+
 #: the folder to put in ``c.JupyterHub.template_paths``
 TEMPLATES = str(Path(__file__).resolve().parent / "templates")
 
@@ -21,5 +24,9 @@ def landing_url(handler) -> str:
     if user is None or student_number(user.name) is not None:
         return ""
     if user.admin:
-        return url_path_join(handler.base_url, "services/wod/")
+        service = handler.services.get(DASHBOARD_SERVICE)
+        if service is not None and service.host:
+            # On a subdomain of its own with c.JupyterHub.subdomain_host (Service.href drops the port).
+            return service.host + service.prefix
+        return url_path_join(handler.base_url, f"services/{DASHBOARD_SERVICE}/")
     return url_path_join(handler.hub.base_url, "home")

@@ -166,7 +166,7 @@ class WodService(Application):
         from ..passwords import Sealer
         from ..store.models import Store
         from ..workshops.catalog import CatalogCache
-        from ..workshops.templating import Renderer
+        from ..workshops.templating import default_renderer
         from .callbacks.portal import PortalCallbacks
         from .hubclient import HubAPI
         from .metrics import Metrics
@@ -192,7 +192,7 @@ class WodService(Application):
         os.environ.pop(ldap.bind_password_env, None)
         self.work = SeatWork(
             self.wod, settings, catalog=self.catalog, hub=self.hub, hooks=WodHooks(self.wod, parent=self, log=self.log),
-            renderer=Renderer(strict_undefined=self.wod.strict_undefined, clear_outputs=self.wod.clear_outputs),
+            renderer=default_renderer(self.wod),
             sealer=self.sealer, outbox=self.outbox, hostname=self.hostname, log=self.log, on_ahead_cpu=self.metrics.ahead_cpu,
             directory=self.directory,
         )

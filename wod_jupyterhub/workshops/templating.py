@@ -227,9 +227,11 @@ class Renderer:
     one-off notebook validation once per template file, not once per seat.
     """
 
-    def __init__(self, strict_undefined: bool = True, clear_outputs: bool = True):
+    def __init__(self, strict_undefined: bool = True, clear_outputs: bool = True, kernels=None):
         self.strict_undefined = strict_undefined
         self.clear_outputs = clear_outputs
+        # A kernels.Kernels: each notebook gets the kernel metadata JupyterLab would write on open.
+        self.kernels = kernels
         undefined = jinja2.StrictUndefined if strict_undefined else jinja2.Undefined
         opts = dict(trim_blocks=True, keep_trailing_newline=True, undefined=undefined, autoescape=False)
         self.text_env = SandboxedEnvironment(**opts)
@@ -301,6 +303,11 @@ class Renderer:
                     text = _dump_notebook(nb)
                     p.cleared_before = True  # the template is a re-serialization: errors are named at the source's lines
                     log.warning("%s: repaired as Jupyter does on load: %s", rel, "; ".join(p.repaired))
+            if self.kernels is not None and not any(m in json.dumps(nb.get("metadata")) for m in _JINJA_MARKS):
+                # Once per template, like the repair: the notebook opens as its kernel would leave it.
+                if self.kernels.fill(nb):
+                    text = _dump_notebook(nb)
+                    p.cleared_before = True  # a re-serialization, as above
             if validate_notebook(nb) is None and all(type(c) is dict for c in nb["cells"]):
                 p.skeleton = _Skeleton(nb)
         elif self.clear_outputs:
@@ -391,8 +398,11 @@ _renderers: dict = {}
 
 def default_renderer(wod) -> Renderer:
     """One warm Renderer per setting, shared by every provisioning of this process."""
-    key = (bool(wod.strict_undefined), bool(wod.clear_outputs))
+    key = (bool(wod.strict_undefined), bool(wod.clear_outputs), wod.kernel_python)
     r = _renderers.get(key)
     if r is None:
-        r = _renderers.setdefault(key, Renderer(strict_undefined=key[0], clear_outputs=key[1]))
+        from .kernels import Kernels
+
+        kernels = Kernels(key[2]) if key[2] else None
+        r = _renderers.setdefault(key, Renderer(strict_undefined=key[0], clear_outputs=key[1], kernels=kernels))
     return r

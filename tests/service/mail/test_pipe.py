@@ -92,3 +92,21 @@ def test_a_database_it_cannot_reach_means_try_again(tmp_path):
     r = wod_mail(config, participant_bytes("zoe@example.org", "Bienvenue", "x"))
     assert r.returncode == 75, (r.stdout, r.stderr)
     assert b"try again" in r.stderr and b"Traceback" not in r.stderr
+
+
+def test_without_config_it_reads_the_current_folders_configuration_as_every_command(site):
+    config, db = site
+    r = subprocess.run(WOD, input=portal_bytes("CREATE 403 4243 q@example.org", "WKSHP-Pipe"),
+                       capture_output=True, timeout=120, cwd=config.parent)
+    assert r.returncode == 0, r.stderr
+    assert db.count_ops() == 1
+
+
+@pytest.mark.parametrize("text,words", [("c = get_config()  # noqa\nc.Wod.db_url = (\n", b"cannot read"), (None, b"does not exist")])
+def test_a_configuration_it_cannot_read_is_one_sentence_and_the_mail_waits(tmp_path, text, words):
+    config = tmp_path / "jupyterhub_config.py"
+    if text is not None:
+        config.write_text(text)
+    r = wod_mail(config, portal_bytes("CREATE 402 4242 p@example.org", "WKSHP-Pipe"))
+    assert r.returncode == 75, (r.stdout, r.stderr)
+    assert words in r.stderr and b"waits" in r.stderr and b"Traceback" not in r.stderr

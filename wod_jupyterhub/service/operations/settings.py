@@ -51,7 +51,7 @@ class WodOperations(Configurable):
         help="""Login URL a finished CREATE reports; ``{user}`` and ``{student}`` are replaced.
 
         Always absolute: a portal mails it. Defaults to the hub's public URL
-        (``c.JupyterHub.public_url``, else ``bind_url``, else ``ip``/``port``
+        (``c.JupyterHub.public_url``, else ``subdomain_host``, else ``bind_url``, else ``ip``/``port``
         of the configuration the service reads) + ``hub/login``.
         """,
     ).tag(config=True)
