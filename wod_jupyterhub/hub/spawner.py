@@ -254,6 +254,8 @@ class WodSpawner(LocalProcessSpawner):
         self._procs_files = None
         self._limits = None
         self._namespace = None
+        # Set at the stop: True when the server was started ahead and no browser ever reached it.
+        self._never_opened = False
 
     @property
     def store(self) -> Store:
@@ -318,6 +320,8 @@ class WodSpawner(LocalProcessSpawner):
     async def run_pre_spawn_hook(self):
         self.warn_same_origin()
         self._assignment = await asyncio.to_thread(self.load_assignment)
+        # Started by the wod service ahead of its participant (c.WodOperations.start_server), not by a sign-in.
+        self._assignment["ahead"] = internals.requested_by_service(self.handler)
         self.apply_assignment(self._assignment)
         self.server_token_id = self.find_server_token_id()
         self._procs_files = await asyncio.to_thread(self.prepare_group, self._assignment)
@@ -536,9 +540,22 @@ class WodSpawner(LocalProcessSpawner):
         self.log.info("Completion snapshot for %s: %d%% (%d/%d cells)", self.user.name, ratio["ratio"], ratio["executed"], ratio["total"])
         return ratio
 
+    async def stop(self, now=False):
+        # Asked now: right after, the hub deletes the server's OAuth client with the tokens that tell.
+        try:
+            self._never_opened = bool((self._assignment or {}).get("ahead")) and not internals.has_oauth_token(
+                self.user, self.oauth_client_id
+            )
+        except Exception:  # never in the way of a stop: the snapshot is taken as for any server
+            self.log.exception("Could not tell whether the server of %s was opened", self.user.name)
+        return await super().stop(now=now)
+
     async def run_post_stop_hook(self):
         assignment = self._assignment
-        if assignment is not None:
+        if assignment is not None and self._never_opened:
+            # A server started ahead that its participant never opened says nothing of their progress.
+            self.log.info("No completion snapshot for %s: its server was started ahead and never opened", self.user.name)
+        elif assignment is not None:
             try:
                 await asyncio.to_thread(self.snapshot, assignment)
             except Exception:  # a snapshot must never keep a server from stopping
@@ -546,4 +563,5 @@ class WodSpawner(LocalProcessSpawner):
         # Not in clear_state: poll() clears the state before this hook runs.
         self._assignment = None
         self.server_token_id = None
+        self._never_opened = False
         return await maybe_future(super().run_post_stop_hook())
