@@ -39,6 +39,7 @@ import asyncio
 import os
 import re
 import shutil
+import signal
 import ssl
 import statistics
 import sys
@@ -50,6 +51,7 @@ import httpx
 
 from bench import process_cpu
 from tests.hubutil import RealHub, write_workshop
+from wod_jupyterhub.service.operations.settings import WodOperations
 
 WORKSHOP = "WKSHP-Room"
 GOALS = {"p95": 3.0, "cold_cpu": 1.0, "pss": 55.0, "probe_p99": 1.0}
@@ -208,10 +210,14 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=300, help="seconds a participant waits for the lab before giving up")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (hub and service logs)")
     args = ap.parse_args()
+    # A stopped bench stops its hub, which stops the servers it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     work = Path(tempfile.mkdtemp(prefix="wod-room-"))
     cold_n, lone_n = args.n + 2, args.n + 1
     write_workshop(work / "notebooks", WORKSHOP, (1, cold_n))
-    service = {} if args.ahead == "default" else {"WodOperations.start_server": args.ahead == "on"}
+    # The service's own default (on where the machine's memory budget holds a seat), or as asked.
+    ahead = WodOperations().start_server if args.ahead == "default" else args.ahead == "on"
+    service = {"WodOperations.start_server": ahead}
     hub = RealHub(
         work / "hub", notebooks=[work / "notebooks"], authenticator_class="wod", spawner_class="wod",
         wod_config={"student_min": 1, "student_max": cold_n},
@@ -224,7 +230,10 @@ def main() -> int:
         with hub:
             # One cold start, alone: the server's CPU from its start until ready.
             asyncio.run(book_all(hub, [cold_n]))
-            if not _wait(lambda: server_pid(hub, f"student{cold_n}"), 5):  # not started ahead: start it
+            def has_server():
+                return hub.hub_api("GET", f"/users/student{cold_n}").json().get("servers")
+
+            if not _wait(has_server, 5):  # not started ahead: start it
                 hub.hub_api("POST", f"/users/student{cold_n}/server").raise_for_status()
             pid = _wait(lambda: server_pid(hub, f"student{cold_n}"), 120)
             fig["cold_cpu"] = process_cpu(pid, children=True)
@@ -235,16 +244,16 @@ def main() -> int:
             t0 = time.perf_counter()
             passwords = asyncio.run(book_all(hub, list(range(1, lone_n + 1))))
             fig["booked"] = time.perf_counter() - t0
-            ahead = _wait(lambda: (s := ready_servers(hub)) and len(s) >= lone_n and s, 10 if args.ahead == "off" else 600) or {}
+            _wait(lambda: len(ready_servers(hub)) >= lone_n, 600 if ahead else 0)
             fig["ahead_ready"] = time.perf_counter() - t0
             time.sleep(5)  # idle, as a seat waits for its participant
-            ahead = ready_servers(hub)
-            fig["ahead"] = len(ahead)
-            if ahead:
-                per_seat = [sum(pss(p) for p in tree(pid)) / MB for pid in ahead.values()]
+            started = ready_servers(hub)
+            fig["ahead"] = len(started)
+            if started:
+                per_seat = [sum(pss(p) for p in tree(pid)) / MB for pid in started.values()]
                 fig["pss"] = statistics.median(per_seat)
                 fig["pss_total"] = sum(per_seat)
-                fig["ahead_cpu"] = statistics.median(process_cpu(pid, children=True) for pid in ahead.values())
+                fig["ahead_cpu"] = statistics.median(process_cpu(pid, children=True) for pid in started.values())
             fig["load_before"] = os.getloadavg()[0]
             lone_s, results, wall, probes = asyncio.run(room(hub, passwords, lone_n, args.timeout))
             fig["load_after"] = os.getloadavg()[0]
@@ -259,7 +268,7 @@ def main() -> int:
     during = [d for d, _, status in probes]
     probe_errors = sum(1 for *_, status in probes if status != 200)
     print(f"room: {args.n} participants at once, form -> ready lab; start ahead "
-          f"{args.ahead if args.ahead != 'default' else 'as configured by default'}; {os.cpu_count()} CPUs, "
+          f"{'on' if ahead else 'off'}{' (the default here)' if args.ahead == 'default' else ''}; {os.cpu_count()} CPUs, "
           f"load {fig['load_before']:.1f} before the room, {fig['load_after']:.1f} after")
     print(f"  cold start      : {fig['cold_cpu']:.2f} s of the server's CPU until ready; PSS {fig['cold_pss']:.1f} MB alone")
     if fig.get("ahead"):
