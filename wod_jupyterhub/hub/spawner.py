@@ -59,6 +59,29 @@ def python_command(cmd: list[str], flags: list[str]) -> list[str]:
     return [cmd[0], *missing, *cmd[1:]]
 
 
+SINGLEUSER = "jupyterhub.singleuser"
+
+
+def without_imports(cmd: list[str], modules: list[str]) -> list[str]:
+    """``cmd`` running ``python -m jupyterhub.singleuser`` so that ``modules`` cannot be imported; else as is.
+
+    Marked missing in ``sys.modules`` before anything is imported, so the
+    libraries that use them only if present (``try: import …``) go without.
+    """
+    if not modules or not cmd or not os.path.basename(cmd[0]).startswith("python"):
+        return list(cmd)
+    for i in range(1, len(cmd) - 1):
+        if cmd[i] == "-m" and cmd[i + 1] == SINGLEUSER:
+            launcher = (
+                f"import sys; sys.modules.update(dict.fromkeys({sorted(modules)!r})); import runpy; "
+                f"runpy.run_module({SINGLEUSER!r}, run_name='__main__', alter_sys=True)"
+            )
+            return [*cmd[:i], "-c", launcher, *cmd[i + 2:]]
+        if not cmd[i].startswith("-"):  # a script or another module: not ours to change
+            break
+    return list(cmd)
+
+
 def workshop_folder(workshop: str) -> str:
     """The folder a booked workshop lives in: a ``CHLG-<Name>`` request renders into ``WKSHP-<Name>``."""
     return parse_workshop_name(workshop)[0]
@@ -174,6 +197,20 @@ class WodSpawner(LocalProcessSpawner):
         (``~/jupyterhub/__init__.py`` would replace the hub's own): only what
         ``disable_user_config`` allows. Flags are not inherited, so kernels
         still import from the notebook's folder and ``pip install --user``.
+        """,
+    ).tag(config=True)
+
+    skip_imports = List(
+        Unicode(),
+        ["rfc3987_syntax"],
+        help="""Modules the server runs without although installed, when ``cmd`` is ``python -m jupyterhub.singleuser``.
+
+        For optional dependencies that the server does not need and that cost
+        each start dearly: ``rfc3987_syntax`` (pulled in by jsonschema's
+        format checks, which jupyter_events loads) builds a grammar when
+        imported, about as much CPU as the rest of the server's imports
+        together; without it jsonschema leaves ``iri`` formats unchecked.
+        Kernels and terminals are not affected. Empty to import everything.
         """,
     ).tag(config=True)
 
@@ -415,7 +452,7 @@ class WodSpawner(LocalProcessSpawner):
 
     async def start(self):
         # The server's interpreter with the safe flags, whatever cmd was configured (idempotent).
-        self.cmd = python_command(self.cmd, self.python_flags)
+        self.cmd = without_imports(python_command(self.cmd, self.python_flags), self.skip_imports)
         self._namespace = await asyncio.to_thread(self.seat_namespace)
         out = await asyncio.to_thread(self.open_output)
         configured = self.popen_kwargs

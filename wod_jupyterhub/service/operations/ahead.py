@@ -24,7 +24,7 @@ from traitlets.config import Configurable
 from ...limits import parse_size
 from ..hubclient import HubAPIError
 
-#: what an idle seat's server holds (PSS), rounded up: the README's sizing table
+#: what an idle seat holds as its control group accounts it, rounded up: the README's sizing table
 IDLE_SEAT = "110M"
 
 
