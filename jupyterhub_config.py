@@ -221,9 +221,12 @@ c.WodSpawner.start_url = "/lab/tree/{workshop}/{readme}"
 
 # The verbs: c.WodOperations (wod_jupyterhub/service/operations/settings.py documents
 # each option: workers, threads, lease_seconds, poll_interval, max_recoveries,
-# stop_timeout, login_url ...). Start each student's server at the end of
-# CREATE:
-c.WodOperations.start_server = False
+# stop_timeout, login_url ...). Each booked seat's server is started ahead,
+# after its CREATE, where the memory budget holds it (c.WodAhead
+# (wod_jupyterhub/service/operations/ahead.py): memory_budget, seat_memory,
+# at_once, max_servers, unused_minutes); $WOD_START_AHEAD=0 turns that off.
+if os.environ.get("WOD_START_AHEAD"):
+    c.WodOperations.start_server = os.environ["WOD_START_AHEAD"].lower() not in ("0", "false", "no")
 # The hooks: c.WodHooks (wod_jupyterhub/service/hooks.py): timeout, appliance addresses.
 # c.WodHooks.timeout = 600
 # The service itself: c.WodService (wod_jupyterhub/service/app.py): shutdown_grace,

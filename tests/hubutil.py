@@ -250,6 +250,8 @@ class RealHub(_Subprocess):
             lines.append(f"c.JupyterHub.spawner_class = {self.spawner_class!r}")
         for key, value in wod.items():
             lines.append(f"c.Wod.{key} = {value!r}")
+        # No server starts unless a test asks for one (a test of servers started ahead sets it in service_config).
+        lines.append("c.WodOperations.start_server = False")
         for key, value in self.service_config.items():
             # "name" is c.WodService.name; "Section.name" (WodOperations.workers) is c.Section.name.
             lines.append(f"c.{key if '.' in key else 'WodService.' + key} = {value!r}")

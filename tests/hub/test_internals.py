@@ -101,3 +101,24 @@ def test_a_service_knows_its_own_host_and_prefix_for_the_landing_page():
 
     assert isinstance(BaseHandler.services, property)
     assert {"host", "prefix"} <= set(Service.class_traits()) | {n for n, v in vars(Service).items() if isinstance(v, property)}
+
+
+def test_a_servers_oauth_tokens_tell_it_was_opened_and_a_services_request_tells_who_started_it():
+    db = orm.new_session_factory("sqlite://")()
+    user = orm.User(name="student4")
+    db.add_all([user, orm.OAuthClient(identifier="jupyterhub"), client := orm.OAuthClient(identifier="jupyterhub-user-student4")])
+    db.commit()
+    user.new_api_token(note="Server at /user/student4/")  # the server's own token: not a browser's
+    db.commit()
+    assert not internals.has_oauth_token(user, client.identifier)
+    user.new_api_token(oauth_client=client)  # what the hub gives a browser that logs in to the server
+    db.commit()
+    assert internals.has_oauth_token(user, client.identifier)
+
+    class Request:
+        current_user = orm.Service(name="wod")
+
+    assert internals.requested_by_service(Request())
+    Request.current_user = user
+    assert not internals.requested_by_service(Request())
+    assert not internals.requested_by_service(None)

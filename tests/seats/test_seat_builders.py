@@ -1,11 +1,13 @@
 """The pure parts of a seat's start: its interpreter's flags, its namespace's mounts, its rotating log."""
 
 import os
+import subprocess
+import sys
 import time
 
 import pytest
 
-from wod_jupyterhub.hub.spawner import python_command
+from wod_jupyterhub.hub.spawner import python_command, without_imports
 from wod_jupyterhub.seats import seatlog, seatns
 
 FLAGS = ["-P", "-s"]
@@ -23,6 +25,20 @@ FLAGS = ["-P", "-s"]
 )
 def test_the_servers_python_gets_the_safe_flags(cmd, expected):
     assert python_command(cmd, FLAGS) == expected
+
+
+def test_the_server_runs_without_the_modules_it_skips_and_with_its_arguments():
+    cmd = without_imports([sys.executable, "-P", "-m", "jupyterhub.singleuser", "--help"], ["rfc3987_syntax", "json"])
+    assert cmd[:3] == [sys.executable, "-P", "-c"] and cmd[-1] == "--help"
+    assert without_imports(cmd, ["json"]) == cmd  # rewritten once
+    # What the launcher does before it runs the server: the skipped modules cannot be imported.
+    before_server = cmd[3].split("; import runpy")[0]
+    out = subprocess.run([sys.executable, "-c", before_server + "\ntry:\n import json\nexcept ImportError:\n print('skipped')"],
+                         capture_output=True, text=True)
+    assert out.stdout.strip() == "skipped", out.stderr
+    for other in (["jupyterhub-singleuser"], [sys.executable, "script.py", "-m", "jupyterhub.singleuser"], []):
+        assert without_imports(other, ["json"]) == other
+    assert without_imports(cmd[:1] + ["-m", "jupyterhub.singleuser"], []) == cmd[:1] + ["-m", "jupyterhub.singleuser"]
 
 
 def test_a_seats_mounts_are_private_nosuid_and_limited():

@@ -9,6 +9,7 @@ CLASSES = {
     "WodSpawner": "wod_jupyterhub.hub.spawner",
     "WodService": "wod_jupyterhub.service.app",
     "WodOperations": "wod_jupyterhub.service.operations.settings",
+    "WodAhead": "wod_jupyterhub.service.operations.ahead",
     "WodHooks": "wod_jupyterhub.service.hooks",
     "WodPortal": "wod_jupyterhub.service.callbacks.portal",
     "WodMail": "wod_jupyterhub.service.mail.settings",

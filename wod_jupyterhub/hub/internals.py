@@ -92,3 +92,19 @@ def refresh_age(default: float, help: str) -> Float:
     second works; the test of this module checks both facts on the installed JupyterHub.
     """
     return Float(default, help=help).tag(config=True)
+
+
+def has_oauth_token(user, client_id: str) -> bool:
+    """Whether a hub user holds a token of OAuth client ``client_id`` (a browser of theirs logged in to that server)."""
+    db = user_db(user)
+    if db is None:
+        return False
+    row = orm_user(user)
+    query = select(orm.APIToken.id).where(orm.APIToken.user_id == row.id, orm.APIToken.client_id == client_id).limit(1)
+    return db.scalar(query) is not None
+
+
+def requested_by_service(handler) -> bool:
+    """Whether the request behind a spawn (``Spawner.handler``) came from a service's token, not from a user."""
+    user = getattr(handler, "current_user", None) if handler is not None else None
+    return getattr(user, "kind", None) == "service"

@@ -59,6 +59,29 @@ def python_command(cmd: list[str], flags: list[str]) -> list[str]:
     return [cmd[0], *missing, *cmd[1:]]
 
 
+SINGLEUSER = "jupyterhub.singleuser"
+
+
+def without_imports(cmd: list[str], modules: list[str]) -> list[str]:
+    """``cmd`` running ``python -m jupyterhub.singleuser`` so that ``modules`` cannot be imported; else as is.
+
+    Marked missing in ``sys.modules`` before anything is imported, so the
+    libraries that use them only if present (``try: import …``) go without.
+    """
+    if not modules or not cmd or not os.path.basename(cmd[0]).startswith("python"):
+        return list(cmd)
+    for i in range(1, len(cmd) - 1):
+        if cmd[i] == "-m" and cmd[i + 1] == SINGLEUSER:
+            launcher = (
+                f"import sys; sys.modules.update(dict.fromkeys({sorted(modules)!r})); import runpy; "
+                f"runpy.run_module({SINGLEUSER!r}, run_name='__main__', alter_sys=True)"
+            )
+            return [*cmd[:i], "-c", launcher, *cmd[i + 2:]]
+        if not cmd[i].startswith("-"):  # a script or another module: not ours to change
+            break
+    return list(cmd)
+
+
 def workshop_folder(workshop: str) -> str:
     """The folder a booked workshop lives in: a ``CHLG-<Name>`` request renders into ``WKSHP-<Name>``."""
     return parse_workshop_name(workshop)[0]
@@ -177,6 +200,20 @@ class WodSpawner(LocalProcessSpawner):
         """,
     ).tag(config=True)
 
+    skip_imports = List(
+        Unicode(),
+        ["rfc3987_syntax"],
+        help="""Modules the server runs without although installed, when ``cmd`` is ``python -m jupyterhub.singleuser``.
+
+        For optional dependencies that the server does not need and that cost
+        each start dearly: ``rfc3987_syntax`` (pulled in by jsonschema's
+        format checks, which jupyter_events loads) builds a grammar when
+        imported, about as much CPU as the rest of the server's imports
+        together; without it jsonschema leaves ``iri`` formats unchecked.
+        Kernels and terminals are not affected. Empty to import everything.
+        """,
+    ).tag(config=True)
+
     log_folder = Unicode(
         "seat-logs",
         help="""Folder (made 0700; relative to the hub's working folder) of each seat's log, ``student<N>.log``.
@@ -255,6 +292,8 @@ class WodSpawner(LocalProcessSpawner):
         self._limits = None
         self._workshop = None  # (folder, catalog entry) of this start's seat
         self._namespace = None
+        # Set at the stop: True when the server was started ahead and no browser ever reached it.
+        self._never_opened = False
 
     @property
     def store(self) -> Store:
@@ -320,6 +359,8 @@ class WodSpawner(LocalProcessSpawner):
         self.warn_same_origin()
         self._workshop = None  # the catalog may have changed since the last start
         self._assignment = await asyncio.to_thread(self.load_assignment)
+        # Started by the wod service ahead of its participant (c.WodOperations.start_server), not by a sign-in.
+        self._assignment["ahead"] = internals.requested_by_service(self.handler)
         self.apply_assignment(self._assignment)
         self.server_token_id = self.find_server_token_id()
         self._procs_files = await asyncio.to_thread(self.prepare_group, self._assignment)
@@ -420,7 +461,7 @@ class WodSpawner(LocalProcessSpawner):
 
     async def start(self):
         # The server's interpreter with the safe flags, whatever cmd was configured (idempotent).
-        self.cmd = python_command(self.cmd, self.python_flags)
+        self.cmd = without_imports(python_command(self.cmd, self.python_flags), self.skip_imports)
         self._namespace = await asyncio.to_thread(self.seat_namespace)
         out = await asyncio.to_thread(self.open_output)
         configured = self.popen_kwargs
@@ -545,9 +586,22 @@ class WodSpawner(LocalProcessSpawner):
         self.log.info("Completion snapshot for %s: %d%% (%d/%d cells)", self.user.name, ratio["ratio"], ratio["executed"], ratio["total"])
         return ratio
 
+    async def stop(self, now=False):
+        # Asked now: right after, the hub deletes the server's OAuth client with the tokens that tell.
+        try:
+            self._never_opened = bool((self._assignment or {}).get("ahead")) and not internals.has_oauth_token(
+                self.user, self.oauth_client_id
+            )
+        except Exception:  # never in the way of a stop: the snapshot is taken as for any server
+            self.log.exception("Could not tell whether the server of %s was opened", self.user.name)
+        return await super().stop(now=now)
+
     async def run_post_stop_hook(self):
         assignment = self._assignment
-        if assignment is not None:
+        if assignment is not None and self._never_opened:
+            # A server started ahead that its participant never opened says nothing of their progress.
+            self.log.info("No completion snapshot for %s: its server was started ahead and never opened", self.user.name)
+        elif assignment is not None:
             try:
                 await asyncio.to_thread(self.snapshot, assignment)
             except Exception:  # a snapshot must never keep a server from stopping
@@ -555,4 +609,5 @@ class WodSpawner(LocalProcessSpawner):
         # Not in clear_state: poll() clears the state before this hook runs.
         self._assignment = None
         self.server_token_id = None
+        self._never_opened = False
         return await maybe_future(super().run_post_stop_hook())

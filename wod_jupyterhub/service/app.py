@@ -39,6 +39,7 @@ from .handlers import (
 from .hooks import WodHooks
 from .mail.settings import WodMail
 from .operations import WodOperations
+from .operations.ahead import WodAhead
 
 # ---------------------------------------------------------------------- application
 
@@ -63,7 +64,7 @@ class WodService(Application):
     for reads.
     """
     version = __version__
-    classes = [Wod, WodHooks, WodOperations, WodPortal, WodMail]
+    classes = [Wod, WodHooks, WodOperations, WodAhead, WodPortal, WodMail]
     aliases = {
         "config": "WodService.config_file",
         "f": "WodService.config_file",
@@ -171,6 +172,7 @@ class WodService(Application):
         from .hubclient import HubAPI
         from .metrics import Metrics
         from .operations import Engine, Preparer, SeatWork, Views
+        from .operations.ahead import Ahead
 
         self.store = Store(self.wod.db_url)
         self.sealer = Sealer.from_settings(self.wod)
@@ -194,7 +196,7 @@ class WodService(Application):
             self.wod, settings, catalog=self.catalog, hub=self.hub, hooks=WodHooks(self.wod, parent=self, log=self.log),
             renderer=default_renderer(self.wod),
             sealer=self.sealer, outbox=self.outbox, hostname=self.hostname, log=self.log, on_ahead_cpu=self.metrics.ahead_cpu,
-            directory=self.directory,
+            directory=self.directory, ahead=Ahead(WodAhead(parent=self), self.hub, log=self.log),
         )
         self.engine = Engine(settings, self.store, self.work, log=self.log)
         self.engine.on_end(self.metrics.operation_ended)
@@ -266,6 +268,8 @@ class WodService(Application):
         server.listen(port, host)
         self.engine.start()
         self.preparer.start()
+        if self.hub.configured and self.work.settings.start_server:
+            self.work.ahead.start()
         background = [asyncio.ensure_future(self.outbox.run())]
         await self.mail.start()
         background.append(asyncio.ensure_future(self.disk.run(self.views.held_seats, lambda: self.engine.idle)))
@@ -289,6 +293,7 @@ class WodService(Application):
         except TimeoutError:
             self.log.warning("The mail listener did not stop within 0.5 s")
         await self.preparer.stop()
+        await self.work.ahead.stop()
         await self.engine.stop(self.shutdown_grace)
         await within(self.checks.stop(), 0.5)
         if await settle(background, timeout=0.5):

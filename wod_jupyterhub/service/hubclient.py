@@ -85,7 +85,11 @@ class HubAPI:
         return len(self._known)
 
     async def has_server(self, name: str) -> bool:
-        """Whether ``name`` has a server running or starting.
+        """Whether ``name`` has a server running or starting (see ``active_users``)."""
+        return name in await self.active_users()
+
+    async def active_users(self) -> set[str]:
+        """The users with a server running or starting.
 
         Concurrent calls share one ``GET /users?state=active``: a burst of
         CLEANUPs asks the hub once instead of once per student.
@@ -94,7 +98,11 @@ class HubAPI:
         self._active_waiters.append(future)
         if self._active_fetch is None or self._active_fetch.done():
             self._active_fetch = asyncio.ensure_future(self._fetch_active())
-        return name in await asyncio.shield(future)
+        return await asyncio.shield(future)
+
+    async def active_models(self) -> list[dict]:
+        """The models of the users with a server running or starting (their servers' ``started`` and ``ready``)."""
+        return await self._list_users(state="active")
 
     async def _fetch_active(self):
         # Callers who arrive while a list is on its way wait for the next one: theirs must be fresh.
@@ -178,13 +186,17 @@ class HubAPI:
         # 400: already running or pending, which is what we want.
         await self._request("POST", f"/users/{quote(name)}/server", ok=(201, 202, 400))
 
-    async def revoke_tokens(self, name: str) -> int:
-        """Delete every API token of ``name`` (OAuth tokens of its sessions included); return how many."""
+    async def tokens(self, name: str) -> list[dict]:
+        """The API tokens of ``name`` (OAuth tokens of its sessions included); none when the user is gone."""
         r = await self._request("GET", f"/users/{quote(name)}/tokens", ok=(200, 404))
         if r.status_code == 404:
-            return 0
+            return []
         data = r.json()
-        tokens = data.get("api_tokens", []) + data.get("oauth_tokens", []) if isinstance(data, dict) else data
+        return data.get("api_tokens", []) + data.get("oauth_tokens", []) if isinstance(data, dict) else data
+
+    async def revoke_tokens(self, name: str) -> int:
+        """Delete every API token of ``name`` (OAuth tokens of its sessions included); return how many."""
+        tokens = await self.tokens(name)
         for token in tokens:
             await self._request("DELETE", f"/users/{quote(name)}/tokens/{quote(token['id'])}", ok=(204, 404))
         return len(tokens)

@@ -18,7 +18,7 @@ class SeatWork:
 
     def __init__(
         self, wod, settings, *, catalog, hub, hooks, renderer, sealer, outbox, log, hostname=None, on_ahead_cpu=None,
-        directory=None,
+        directory=None, ahead=None,
     ):
         self.wod = wod
         self.log = log
@@ -32,6 +32,8 @@ class SeatWork:
         self.hostname = hostname
         #: the LDAP directory of ``ldap: true`` workshops (``directory.Directory``); None: none configured
         self.directory = directory
+        #: the servers started ahead after CREATE (``ahead.Ahead``); None: none here
+        self.ahead = ahead
         self.pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="wod-op")
         # Hashing gets its own threads (scrypt releases the GIL): a rotation must not queue behind provisionings.
         self.hash_pool = ThreadPoolExecutor(2, thread_name_prefix="wod-hash")
@@ -151,6 +153,8 @@ class SeatWork:
             return {"skipped": "no hub API configured"}
         detail = {}
         if stop:
+            if self.ahead is not None:
+                self.ahead.forget(name)  # a start queued for the seat's previous holder
             detail["stopped"] = await self.hub.stop_server(name, timeout=self.settings.stop_timeout)
         detail["revoked"] = await self.hub.revoke_tokens(name)
         return detail

@@ -45,7 +45,21 @@ class WodOperations(Configurable):
 
     stop_timeout = Float(60, help="Seconds to wait for a student's server to stop.").tag(config=True)
 
-    start_server = Bool(False, help="Start the student's single-user server at the end of CREATE.").tag(config=True)
+    start_server = Bool(
+        help="""Start the participant's server ahead, after CREATE, so that the first sign-in lands in a running lab.
+
+        The starts wait their turn (``c.WodAhead``: how many at once, within
+        a memory budget; a server nobody opened is stopped after a while).
+        Defaults to True when ``c.WodAhead.memory_budget`` holds at least one
+        seat.
+        """,
+    ).tag(config=True)
+
+    @default("start_server")
+    def _start_server_default(self):
+        from .ahead import WodAhead
+
+        return WodAhead(config=self.config).limit() >= 1
 
     login_url = Unicode(
         help="""Login URL a finished CREATE reports; ``{user}`` and ``{student}`` are replaced.

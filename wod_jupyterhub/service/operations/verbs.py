@@ -33,7 +33,8 @@ async def create(run, work):
       assign           the seat is the customer's; the portal hears the password. After ``hub``: the
                        participant hears of the seat once the previous holder's tokens are gone, and a
                        hub that fails leaves no seat half given
-      start-server     the participant's server starts (``c.WodOperations.start_server`` only)
+      start-server     the participant's server is queued to start ahead (``c.WodOperations.start_server``;
+                       it starts when ``c.WodAhead`` gives it a turn)
 
     A CREATE that fails before ``assign`` erases what it provisioned.
     """
@@ -103,11 +104,10 @@ async def create(run, work):
         work.outbox.customer_active(conn, n, run.customer, True, operation_id=run.id)
 
     await run.step("assign", None, assign)
-    if work.settings.start_server and work.hub.configured:
+    if work.settings.start_server and work.hub.configured and work.ahead is not None:
 
         async def start_server():
-            await work.hub.start_server(f"student{n}")
-            return {"started": True}
+            return work.ahead.request(f"student{n}")
 
         await run.step("start-server", start_server)
 
