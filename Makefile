@@ -55,6 +55,12 @@ $(LABEXT): labextension/node_modules/.installed $(LABEXT_SOURCES) | $(VENV)/.ins
 
 labextension: $(LABEXT)
 
+# The hub's own environment holds the package as a link to the clone: it links the built bar too, so the
+# demo's servers, which run the hub's Python in single-user mode, show it.
+DEV_LABEXT := $(VENV)/share/jupyter/labextensions/wod-jupyterhub-sessionbar
+$(DEV_LABEXT): $(LABEXT)
+	mkdir -p $(dir $@) && ln -sfn $(CURDIR)/labextension/dist $@
+
 # The students' Python: the hub's versions of jupyterhub, jupyterlab and ipykernel, readable by all.
 $(STUDENT_VENV)/.installed: $(VENV)/.installed
 	$(STUDENT_PYTHON) -m venv $(STUDENT_VENV)
@@ -102,7 +108,7 @@ test-quick: deps
 	$(BIN)/pytest -q -ra -n 4 -m "$(QUICK)" $(PYTEST_ARGS)
 
 # WOD_SYSTEM_USERS=1 make demo (as root): the accounts of the demo's range, every server as its student.
-demo: $(if $(filter-out 0,$(WOD_SYSTEM_USERS)),students-reach) deps $(if $(filter-out 0,$(WOD_SYSTEM_USERS)),system-users)
+demo: $(if $(filter-out 0,$(WOD_SYSTEM_USERS)),students-reach) deps $(DEV_LABEXT) $(if $(filter-out 0,$(WOD_SYSTEM_USERS)),system-users)
 	PATH="$(CURDIR)/node_modules/.bin:$$PATH" WOD_STUDENT_PYTHON="$(STUDENT_VENV)/bin/python" $(BIN)/python -m wod_jupyterhub.cli.demo
 
 # Each benchmark runs as a module from the repository root, so it imports

@@ -52,18 +52,14 @@ class SeatForwardHandler(APIHandler):
         )
         client = AsyncHTTPClient(force_instance=True, max_body_size=MAX_ANSWER)
         try:
+            # raise_error=False: the service's own error answers come back as responses
             response = await client.fetch(request, raise_error=False)
-        except HTTPClientError as e:  # the answer was too large, or the connection broke mid-way
-            self.fail(502, f"The workshop service gave no usable answer ({e}).")
-            return
-        except OSError as e:
-            self.fail(502, f"The workshop service cannot be reached at the moment ({e.strerror or e}); the bar tries again shortly.")
+        except (HTTPClientError, OSError) as e:  # refused, timed out, cut off, or an answer over MAX_ANSWER
+            reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
+            self.fail(502, f"The workshop service cannot be reached at the moment ({reason}); the bar tries again shortly.")
             return
         finally:
             client.close()
-        if response.code == 599:  # tornado's code for a timeout or a refused connection
-            self.fail(502, f"The workshop service cannot be reached at the moment ({response.error}); the bar tries again shortly.")
-            return
         try:
             body = json.loads(response.body or b"null")
         except ValueError:
