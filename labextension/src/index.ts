@@ -302,6 +302,10 @@ class SessionBar extends Widget {
       this.stepsPanel.hidden = true;
       return;
     }
+    // Fixed below its button (the bar's node clips what overflows it).
+    const below = this.stepsButton.getBoundingClientRect();
+    this.stepsPanel.style.top = `${Math.round(below.bottom + 2)}px`;
+    this.stepsPanel.style.left = `${Math.round(below.left)}px`;
     this.stepsPanel.hidden = false;
     this.stepsPanel.textContent = 'Loading the steps…';
     const response = await this.request(this.url('steps'));
