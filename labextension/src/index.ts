@@ -347,7 +347,9 @@ class SessionBar extends Widget {
     const body: any = response ? await response.json().catch(() => null) : null;
     if (response && response.ok && body && typeof body.status === 'string') {
       this.renderStep(row, body as Step);
-      void this.poll(); // the bar's count of verified steps
+      // The bar's count of verified steps: an answer now, then the usual rhythm.
+      window.clearTimeout(this.timer);
+      void this.poll();
       return;
     }
     button.disabled = false;
@@ -355,7 +357,11 @@ class SessionBar extends Widget {
     row.append(element('div', 'wod-Step-message', (body && body.error) || 'The check could not run at the moment; try again shortly.'));
   }
 
-  /** The end screen, over everything the lab shows (its dialogs about a lost kernel included). */
+  /**
+   * The end screen, over everything the lab shows. The lab's own dialogs (a lost server, a dead kernel)
+   * are modal dialogs in the page's top layer, above any z-index: the end screen is one too, and closes
+   * every other that opens, so it stays the one on top and its link stays usable.
+   */
   private end(): void {
     if (this.ended) {
       return;
@@ -364,7 +370,7 @@ class SessionBar extends Widget {
     window.clearTimeout(this.timer);
     window.clearInterval(this.ticker);
     const end = this.session?.end;
-    const screen = element('div', 'wod-EndScreen');
+    const screen = element('dialog', 'wod-EndScreen');
     screen.id = 'wod-end-screen';
     screen.setAttribute('role', 'alertdialog');
     screen.setAttribute('aria-modal', 'true');
@@ -379,7 +385,13 @@ class SessionBar extends Widget {
       box.append(link);
     }
     screen.append(box);
+    screen.addEventListener('cancel', event => event.preventDefault()); // Escape does not close it
     document.body.append(screen);
+    const closeOthers = () =>
+      document.querySelectorAll<HTMLDialogElement>('dialog[open]:not(#wod-end-screen)').forEach(other => other.close());
+    closeOthers();
+    screen.showModal();
+    new MutationObserver(closeOthers).observe(document.body, { subtree: true, childList: true, attributes: true, attributeFilter: ['open'] });
     this.hide();
   }
 }
