@@ -141,7 +141,10 @@ class SessionBar extends Widget {
     this.stepsButton.addEventListener('click', () => void this.toggleSteps());
     this.stepsButton.hidden = true;
     this.stepsPanel.hidden = true;
-    this.node.append(workshop, this.time, progress, this.stepsButton, this.announcement, this.stepsPanel);
+    this.node.append(workshop, this.time, progress, this.stepsButton, this.announcement);
+    // On the page itself, not in the bar: the lab's panels contain their content (CSS contain), so
+    // nothing inside the bar can open over them.
+    document.body.append(this.stepsPanel);
     this.hide();
   }
 
@@ -302,7 +305,7 @@ class SessionBar extends Widget {
       this.stepsPanel.hidden = true;
       return;
     }
-    // Fixed below its button (the bar's node clips what overflows it).
+    // Fixed below its button.
     const below = this.stepsButton.getBoundingClientRect();
     this.stepsPanel.style.top = `${Math.round(below.bottom + 2)}px`;
     this.stepsPanel.style.left = `${Math.round(below.left)}px`;
@@ -387,6 +390,7 @@ class SessionBar extends Widget {
     screen.append(box);
     screen.addEventListener('cancel', event => event.preventDefault()); // Escape does not close it
     document.body.append(screen);
+    this.stepsPanel.hidden = true;
     const closeOthers = () =>
       document.querySelectorAll<HTMLDialogElement>('dialog[open]:not(#wod-end-screen)').forEach(other => other.close());
     closeOthers();
