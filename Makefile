@@ -8,7 +8,7 @@ CHP := node_modules/.bin/configurable-http-proxy
 STUDENT_PYTHON ?= /usr/bin/python3
 STUDENT_VENV ?= $(CURDIR)/.venv-students
 
-.PHONY: demo test test-quick lint bench deps chromium system-users students-reach ldap-tools clean
+.PHONY: demo test test-quick lint bench deps chromium system-users students-reach ldap-tools labextension clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,12 +46,44 @@ ldap-tools:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slapd ldap-utils gcc libc6-dev strace gdb >/dev/null; }; \
 	else echo "ldap-tools: not root; the tests needing slapd or root will be skipped"; fi
 
+# The session bar, a JupyterLab extension (labextension/): its npm packages, then TypeScript and webpack
+# against the hub's JupyterLab as the core it runs in. Rebuilt only when its sources change; the wheel
+# carries the result (labextension/dist, see setup.py), so no participant's machine builds anything.
+LABEXT := labextension/dist/package.json
+LABEXT_SOURCES := $(wildcard labextension/src/*.ts labextension/style/*) labextension/tsconfig.json labextension/install.json
+
+labextension/node_modules/.installed: labextension/package.json labextension/package-lock.json
+	cd labextension && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(LABEXT): labextension/node_modules/.installed $(LABEXT_SOURCES) | $(VENV)/.installed
+	rm -rf labextension/dist labextension/lib
+	cd labextension && node_modules/.bin/tsc && node node_modules/@jupyterlab/builder/lib/build-labextension.js \
+	  --core-path "$$($(abspath $(BIN))/python -c 'import jupyterlab, os; print(os.path.join(os.path.dirname(jupyterlab.__file__), "staging"))')" .
+
+labextension: $(LABEXT)
+
+# The hub's own environment holds the package as a link to the clone: it links the built bar too, so the
+# demo's servers, which run the hub's Python in single-user mode, show it.
+DEV_LABEXT := $(VENV)/share/jupyter/labextensions/wod-jupyterhub-sessionbar
+$(DEV_LABEXT): $(LABEXT)
+	mkdir -p $(dir $@) && ln -sfn $(CURDIR)/labextension/dist $@
+
 # The students' Python: the hub's versions of jupyterhub, jupyterlab and ipykernel, readable by all.
 $(STUDENT_VENV)/.installed: $(VENV)/.installed
 	$(STUDENT_PYTHON) -m venv $(STUDENT_VENV)
 	$(STUDENT_VENV)/bin/pip install -q --upgrade pip
 	$(STUDENT_VENV)/bin/pip install -q $$($(BIN)/pip freeze | grep -iE '^(jupyterhub|jupyterlab|ipykernel)==')
 	@$(call drop-unused,$(STUDENT_VENV)/bin/python)
+	chmod -R a+rX $(STUDENT_VENV)
+	touch $@
+
+# ... and this package, built and installed (not linked to the clone: the server imports nothing a student
+# could reach), for the session bar: its server extension and the prebuilt JupyterLab extension. Without its
+# dependencies: what runs in a seat's server (wod_jupyterhub/lab) needs only jupyter_server, there already.
+PACKAGE_SOURCES := setup.py setup.cfg MANIFEST.in $(shell find wod_jupyterhub share -type f ! -path '*/__pycache__/*' ! -name '*.pyc')
+$(STUDENT_VENV)/.wod-installed: $(STUDENT_VENV)/.installed $(LABEXT) $(PACKAGE_SOURCES)
+	$(STUDENT_VENV)/bin/pip install -q --no-deps --force-reinstall .
 	chmod -R a+rX $(STUDENT_VENV)
 	touch $@
 
@@ -70,13 +102,14 @@ system-users: deps
 	  { command -v crontab && command -v at; } >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cron at >/dev/null; }; \
 	  $(MAKE) --no-print-directory $(STUDENT_VENV)/.installed; \
 	  $(call drop-unused,$(STUDENT_VENV)/bin/python); \
+	  $(MAKE) --no-print-directory $(STUDENT_VENV)/.wod-installed; \
 	else echo "system-users: not root; the system-users tests will be skipped"; fi
 
 # ruff (the `test` extra) with the settings of pyproject.toml; `make test` runs it first.
 lint: deps
 	$(BIN)/ruff check .
 
-test: students-reach deps chromium lint system-users ldap-tools
+test: students-reach deps $(LABEXT) chromium lint system-users ldap-tools
 	PATH="$(CURDIR)/node_modules/.bin:$$PATH" WOD_STUDENT_PYTHON="$(STUDENT_VENV)/bin/python" $(BIN)/pytest -q -ra $(PYTEST_ARGS)
 
 # The tests that need neither a hub nor root nor a browser (the store's tests on PostgreSQL too: they are
@@ -87,7 +120,7 @@ test-quick: deps
 	$(BIN)/pytest -q -ra -n 4 --dist loadfile -m "$(QUICK)" $(PYTEST_ARGS)
 
 # WOD_SYSTEM_USERS=1 make demo (as root): the accounts of the demo's range, every server as its student.
-demo: $(if $(filter-out 0,$(WOD_SYSTEM_USERS)),students-reach) deps $(if $(filter-out 0,$(WOD_SYSTEM_USERS)),system-users)
+demo: $(if $(filter-out 0,$(WOD_SYSTEM_USERS)),students-reach) deps $(DEV_LABEXT) $(if $(filter-out 0,$(WOD_SYSTEM_USERS)),system-users)
 	PATH="$(CURDIR)/node_modules/.bin:$$PATH" WOD_STUDENT_PYTHON="$(STUDENT_VENV)/bin/python" $(BIN)/python -m wod_jupyterhub.cli.demo
 
 # Each benchmark runs as a module from the repository root, so it imports
@@ -96,4 +129,4 @@ bench: deps
 	PATH="$(CURDIR)/node_modules/.bin:$$PATH"; for b in bench/[!_]*.py; do n=$$(basename $$b .py); echo "== bench.$$n"; $(BIN)/python -m bench.$$n || exit 1; done
 
 clean:
-	rm -rf $(VENV) $(STUDENT_VENV) node_modules students wod.sqlite* wod_secret.key jupyterhub.sqlite jupyterhub_cookie_secret
+	rm -rf $(VENV) $(STUDENT_VENV) node_modules labextension/node_modules labextension/lib labextension/dist students wod.sqlite* wod_secret.key jupyterhub.sqlite jupyterhub_cookie_secret

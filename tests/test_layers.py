@@ -13,9 +13,10 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "wod_jupyterhub"
 
 #: from the bottom up: a module may import its own layer and those below it
-LAYERS = ("core", "store", "workshops", "seats", "hub|service", "cli", "compat")
-#: what runs in the hub and what runs in the service never import each other
-SIBLINGS = {"hub": "service", "service": "hub"}
+LAYERS = ("core", "store|lab", "workshops", "seats", "hub|service", "cli", "compat")
+#: layers of one rank that never import each other: what runs in the hub and what runs in the service;
+#: what runs in a participant's own server (lab) and the database, which that server never opens
+SIBLINGS = {"hub": "service", "service": "hub", "lab": "store", "store": "lab"}
 #: the deprecated top-level aliases of moved modules, above everything
 COMPAT = {"wod_jupyterhub.auth", "wod_jupyterhub.spawner"}
 

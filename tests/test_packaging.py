@@ -58,6 +58,11 @@ def test_the_wheel_carries_the_samples_and_the_skeleton_not_the_harness(installe
         if path.is_file():
             assert f"wod_jupyterhub/share/{path.relative_to(REPO / 'share')}" in names, path
     assert "wod_jupyterhub/hub/templates/login.html" in names
+    # the session bar: its server extension, and the JupyterLab extension make built, where JupyterLab finds it
+    assert "wod_jupyterhub/lab/extension.py" in names
+    data = f"wod_jupyterhub-{wheel.name.split('-')[1]}.data/data/share/jupyter/labextensions/wod-jupyterhub-sessionbar/"
+    assert {data + "package.json", data + "install.json"} <= names, "build it first: make labextension"
+    assert [n for n in names if n.startswith(data + "static/remoteEntry.") and n.endswith(".js")]
     assert not [n for n in names if n.endswith(("/hubprocess.py", "/demo.py"))]
 
 

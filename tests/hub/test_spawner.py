@@ -117,6 +117,28 @@ async def test_challenge_opens_the_workshop_folder(hubdb, setup):
     assert sp.get_env()["JUPYTERHUB_DEFAULT_URL"] == "/lab/tree/WKSHP-Sample/0-ReadMeFirst.ipynb"
 
 
+async def test_the_seats_server_learns_the_services_url_and_serves_the_session_bar(hubdb, setup):
+    config, store, root = setup
+    book(store, root, 5)
+    # no wod service among the hub's: no session bar, nothing added
+    sp = spawner(hubdb, config, "student5")
+    await sp.run_pre_spawn_hook()
+    assert sp.service_url == "" and "WOD_SERVICE_URL" not in sp.get_env()
+    assert not [a for a in sp.get_args() if "jpserver_extensions" in a]
+    # the hub's service named wod: its internal URL and its prefix under the hub's base URL
+    config.JupyterHub.base_url = "/wod-hub/"
+    config.JupyterHub.services = [{"name": "wod-portal", "api_token": "x"}, {"name": "wod", "url": "http://127.0.0.1:10101/"}]
+    hubdb.delete(hubdb.query(orm.User).filter_by(name="student5").one())
+    hubdb.commit()
+    sp = spawner(hubdb, config, "student5")
+    await sp.run_pre_spawn_hook()
+    assert sp.get_env()["WOD_SERVICE_URL"] == "http://127.0.0.1:10101/wod-hub/services/wod/"
+    assert "--ServerApp.jpserver_extensions=wod_jupyterhub.lab.extension=True" in sp.get_args()
+    # configured: that URL; empty: none
+    config.WodSpawner.service_url = ""
+    assert WodSpawner(config=config).service_url == ""
+
+
 async def test_system_users_mode_needs_the_account_and_does_not_add_allow_root(hubdb, setup):
     config, store, root = setup
     config.Wod.system_users = True

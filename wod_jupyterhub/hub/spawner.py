@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
-from jupyterhub.utils import maybe_future
+from jupyterhub.utils import maybe_future, url_path_join
 from tornado import web
 from traitlets import Bool, CaselessStrEnum, Integer, List, TraitError, Unicode, default, validate
 
@@ -44,6 +44,11 @@ def server_token_ids(user, generation: int) -> set:
             keep.add(token_id)
     return keep
 
+
+#: the name of the ``wod`` service among the hub's services
+SERVICE_NAME = "wod"
+#: the server extension of the session bar's routes, enabled in every seat's server that knows the service
+SESSION_EXTENSION = "wod_jupyterhub.lab.extension"
 
 #: the servers' runtime folder (connection files, kernels' sockets) inside the seat's private /tmp
 RUNTIME_DIR = "/tmp/jupyter-runtime"
@@ -104,6 +109,26 @@ class WodSpawner(LocalProcessSpawner):
     ).tag(config=True)
 
     shell = Unicode("/bin/bash", help="SHELL given to the student's terminals in single-user mode.").tag(config=True)
+
+    service_url = Unicode(
+        help="""The ``wod`` service's internal URL, ending in ``/``, that a seat's server reaches it at.
+
+        Given to the server as ``$WOD_SERVICE_URL``; the server's session bar
+        routes (the ``wod_jupyterhub.lab.extension`` server extension, enabled with it)
+        forward the participant's JupyterLab to the service's ``api/seat``
+        there, with the server's own token. Defaults to the ``url`` of the
+        hub's service named ``wod`` (``c.JupyterHub.services``) and its
+        prefix (``http://127.0.0.1:10101/services/wod/``). Empty: no session bar.
+        """,
+    ).tag(config=True)
+
+    @default("service_url")
+    def _service_url_default(self):
+        hub = self.config.JupyterHub
+        for service in hub.get("services", None) or []:
+            if service.get("name") == SERVICE_NAME and service.get("url"):
+                return service["url"].rstrip("/") + url_path_join(hub.get("base_url", None) or "/", "services", SERVICE_NAME) + "/"
+        return ""
 
     pids_limit = Integer(
         512,
@@ -520,6 +545,8 @@ class WodSpawner(LocalProcessSpawner):
         if self.private_tmp and self.kernel_transport == "ipc":
             # Made 0700 by the seat's namespace; a Unix socket's path must stay under 108 bytes.
             env["JUPYTER_RUNTIME_DIR"] = RUNTIME_DIR
+        if self.service_url:
+            env["WOD_SERVICE_URL"] = self.service_url
         return env
 
     def get_args(self):
@@ -528,6 +555,8 @@ class WodSpawner(LocalProcessSpawner):
             args.append("--allow-root")
         if self.kernel_transport == "ipc":
             args.append("--KernelManager.transport=ipc")
+        if self.service_url:
+            args.append(f"--ServerApp.jpserver_extensions={SESSION_EXTENSION}=True")
         return args
 
     # The assignment a server was started for outlives a hub restart, so the
