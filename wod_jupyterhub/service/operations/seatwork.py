@@ -32,6 +32,8 @@ class SeatWork:
         self.hostname = hostname
         #: the LDAP directory of ``ldap: true`` workshops (``directory.Directory``); None: none configured
         self.directory = directory
+        #: the checks of verified steps (``service/steps.py``), which CLEANUP runs again; None: none run
+        self.steps = None
         self.pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="wod-op")
         # Hashing gets its own threads (scrypt releases the GIL): a rotation must not queue behind provisionings.
         self.hash_pool = ThreadPoolExecutor(2, thread_name_prefix="wod-hash")
