@@ -58,6 +58,7 @@ def test_a_check_fails_with_its_message_and_first_hint_then_passes_and_stays_ver
         [row] = s.query(StepResult).filter_by(student=41).all()
         assert (row.checks, row.failures, row.passed, row.passed_at is not None) == (3, 2, True, True)
     assert checker.view(42)["verified"] == 0  # another seat's results are its own
+    assert (checker.counts(41), checker.counts(43)) == ({"verified": 1, "total": 3}, None)
 
 
 def test_unknown_steps_and_seats_without_a_workshop_are_refused_with_a_sentence(env):

@@ -137,7 +137,7 @@ def for_seat(wod, workshop, step, n: int, *, renderer, hostname=None, mode: str 
     """
     from pathlib import Path
 
-    from ..workshops.templating import RenderError
+    from ..errors import WodError
     from ..workshops.variables import template_variables
     from . import cgroups
 
@@ -146,7 +146,7 @@ def for_seat(wod, workshop, step, n: int, *, renderer, hostname=None, mode: str 
         # A check never sees the seat's password: it inspects state, not credentials.
         variables = template_variables(wod, workshop, n, "", hostname=hostname)
         source = renderer.render_file(Path(workshop.path) / step.file, step.file, variables)
-    except (RenderError, OSError) as e:
+    except (WodError, OSError) as e:  # a render error, a variables file that cannot be read
         return Outcome(False, f"The check could not be prepared: {getattr(e, 'message', None) or e}", 0.0)
     uid = wod.uid_base + n if wod.system_users else None
     procs = cgroups.seat_procs_files(wod, n)

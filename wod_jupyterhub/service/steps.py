@@ -91,6 +91,17 @@ class StepChecks:
         verified = sum(1 for s in steps if s["status"] == "passed")
         return {"steps": steps, "verified": verified, "total": len(steps)}
 
+    def counts(self, n: int) -> dict | None:
+        """``{"verified": n, "total": m}`` for ``api/seat`` when seat ``n``'s workshop has steps, else None (blocking)."""
+        try:
+            row, ws = self.assignment(n)
+        except Conflict:
+            return None
+        if not ws.steps:
+            return None
+        view = self._view(ws, self._results(n, row.assigned_at))
+        return {"verified": view["verified"], "total": view["total"]}
+
     def _hinter(self, ws, n: int):
         """Hints rendered for seat ``n`` like the rest of its workshop (a hint that will not render is shown as written)."""
         from ..workshops.variables import template_variables
