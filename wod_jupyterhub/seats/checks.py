@@ -1,7 +1,7 @@
 """Running a step's check (or its solution) for a seat: a child process as the seat's uid, in its group, bounded.
 
-The service never runs a check itself: :func:`run` starts ``python -m
-wod_jupyterhub.seats.checks`` as a child and reads one line of JSON back.
+The service never runs a check itself: :func:`run` starts a child Python
+running :func:`_main` and reads one line of JSON back.
 The child (still root) joins the seat's control group, enters a namespace
 built as the seat's server's is (``seatns``: private temporary folders, its
 own IPC, the students' folder ``nosuid``, no new privileges), then drops to
@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 #: what the child may print back (its one line of JSON)
 MAX_ANSWER = 64 * 1024
@@ -36,6 +37,41 @@ CHECK, SOLVE = "check", "solve"
 #: the only folders on a check's PATH
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 PR_SET_DUMPABLE = 4
+#: the interpreter whose standard library every account may read, when this process's is closed to them
+SYSTEM_PYTHON = "/usr/bin/python3"
+# The child imports this module as root (from wherever the package is), then runs the check as the seat:
+# its package folder goes last on the path, so the interpreter's own standard library comes first.
+_BOOT = "import sys; sys.path.append(sys.argv[1]); from wod_jupyterhub.seats.checks import _main; _main()"
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def readable_by_all(path: str) -> bool:
+    """Whether any account may read ``path`` (a folder): it and each folder above it open to others."""
+    path = os.path.realpath(path)
+    try:
+        if not os.stat(path).st_mode & 0o005 == 0o005:
+            return False
+        while path != "/":
+            path = os.path.dirname(path)
+            if not os.stat(path).st_mode & 0o001:
+                return False
+    except OSError:
+        return False
+    return True
+
+
+def default_python() -> str:
+    """The Python that runs checks: this one when every account may read its standard library, else the system's.
+
+    A check imports what it needs after it dropped to the seat's uid, from
+    the interpreter's standard library; a Python installed under ``/root``
+    (pyenv) would refuse it every module not loaded yet.
+    """
+    import sysconfig
+
+    if readable_by_all(sysconfig.get_paths()["stdlib"]) or not os.access(SYSTEM_PYTHON, os.X_OK):
+        return sys.executable
+    return SYSTEM_PYTHON
 
 
 @dataclass
@@ -53,6 +89,7 @@ class Outcome:
 def run(
     source: str, function: str, *, file: str, seat: dict, mode: str = CHECK, uid: int | None = None,
     procs_files=(), namespace: dict | None = None, timeout: float = 20.0, memory: int | None = 512 * 1024**2,
+    python: str | None = None,
 ) -> Outcome:
     """Run ``function`` of the rendered check ``source`` for ``seat`` in a child process (blocking).
 
@@ -61,6 +98,7 @@ def run(
     process's, when students run as the hub's account). ``procs_files``:
     the seat's control group to join (:meth:`.cgroups.SeatGroup.procs_files`).
     ``namespace``: the arguments of :func:`.seatns.build` (root only).
+    ``python``: the interpreter of the child (default: :func:`default_python`).
     """
     started = time.monotonic()
     order = {
@@ -70,7 +108,7 @@ def run(
     env = {"PATH": SAFE_PATH, "LANG": "C.UTF-8"}
     try:
         child = subprocess.Popen(
-            [sys.executable, "-I", "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [python or default_python(), "-I", "-c", _BOOT, _PACKAGE_PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, env=env, cwd="/", start_new_session=True, close_fds=True,
         )
     except OSError as e:
@@ -127,7 +165,7 @@ def _end(child: subprocess.Popen) -> None:
 
 
 def for_seat(wod, workshop, step, n: int, *, renderer, hostname=None, mode: str = CHECK, timeout: float = 20.0,
-             memory: int | None = 512 * 1024**2, private_tmp: bool | None = None) -> Outcome:
+             memory: int | None = 512 * 1024**2, private_tmp: bool | None = None, python: str | None = None) -> Outcome:
     """Run ``step``'s check (or, ``mode=SOLVE``, its solution) of ``workshop`` for seat ``n`` (blocking).
 
     The check file is rendered for the seat from the workshop's own copy
@@ -135,8 +173,6 @@ def for_seat(wod, workshop, step, n: int, *, renderer, hostname=None, mode: str 
     ``private_tmp`` (default: as root in system-users mode) gives the
     child a namespace built as the seat server's is.
     """
-    from pathlib import Path
-
     from ..errors import WodError
     from ..workshops.variables import template_variables
     from . import cgroups
@@ -165,7 +201,7 @@ def for_seat(wod, workshop, step, n: int, *, renderer, hostname=None, mode: str 
     }
     return run(
         source, function, file=step.file, seat=seat, mode=mode, uid=uid, procs_files=procs, namespace=namespace,
-        timeout=timeout, memory=memory,
+        timeout=timeout, memory=memory, python=python,
     )
 
 
@@ -176,8 +212,6 @@ class SeatInfo:
     """What a check function is given: ``student``, ``home``, ``folder`` (the workshop's, in the home), ``workshop``, ``variables``."""
 
     def __init__(self, data: dict):
-        from pathlib import Path
-
         self.student = data["student"]
         self.home = Path(data["home"])
         self.folder = Path(data["folder"])
@@ -265,7 +299,3 @@ def _call(order: dict) -> tuple[bool, str]:
         return False, "The check ran out of memory."
     except BaseException as e:  # noqa: BLE001 - any failure of the author's code is a failed check with a sentence
         return False, f"The check failed to run: {e.__class__.__name__}: {str(e)[:300]}"
-
-
-if __name__ == "__main__":
-    _main()
