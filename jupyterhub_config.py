@@ -229,6 +229,12 @@ if os.environ.get("WOD_START_AHEAD"):
     c.WodOperations.start_server = os.environ["WOD_START_AHEAD"].lower() not in ("0", "false", "no")
 # The hooks: c.WodHooks (wod_jupyterhub/service/hooks.py): timeout, appliance addresses.
 # c.WodHooks.timeout = 600
+# The checks of verified steps (steps: in a workshop's wod.yml): c.WodSteps
+# (wod_jupyterhub/service/steps.py). Seconds one check may run before it is killed
+# and fails; its address space; how many checks run at once in all.
+# c.WodSteps.timeout = 20
+# c.WodSteps.memory = 512 * 1024**2
+# c.WodSteps.at_once = 4
 # The service itself: c.WodService (wod_jupyterhub/service/app.py): shutdown_grace,
 # max_body_size, max_wait, warm_up ...
 

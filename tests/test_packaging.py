@@ -73,11 +73,11 @@ def test_wod_workshops_and_check_run_from_the_installed_package(installed):
     r = run([bin_dir / "wod", "workshops"], cwd=work)
     assert r.returncode == 0, (r.stdout, r.stderr)
     rows = [line.split() for line in r.stdout.splitlines()[1:] if line.strip()]
-    assert [(row[0], row[3]) for row in rows] == [("WKSHP-PythonBasics", "yes"), ("WKSHP-StdlibData", "yes")]
+    assert [(row[0], row[3]) for row in rows] == [("WKSHP-PythonBasics", "yes"), ("WKSHP-StdlibData", "yes"), ("WKSHP-VerifiedSteps", "yes")]
     assert all(row[4].startswith(str(bin_dir.parent)) for row in rows), rows
     r = run([bin_dir / "wod", "check", "--all"], cwd=work)
     assert r.returncode == 0, (r.stdout, r.stderr)
-    assert "2 of 2 workshop(s) passed" in r.stdout
+    assert "3 of 3 workshop(s) passed" in r.stdout
     r = run([bin_dir / "wod", "config", "Wod"], cwd=work)
     assert r.returncode == 0 and "--Wod.notebooks=" in r.stdout, r.stderr
 

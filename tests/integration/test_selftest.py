@@ -60,6 +60,27 @@ def test_a_failing_cell_and_a_cell_past_its_timeout_are_reported():
     assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
 
 
+def test_execute_proves_each_step_fails_fresh_and_passes_once_solved_and_names_a_check_that_cannot_tell(tmp_path):
+    import shutil
+
+    from wod_jupyterhub.config import share_dir
+
+    r = wod("check", "WKSHP-VerifiedSteps", "--notebooks", share_dir() / "workshops", "--execute", "--json")
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    [ws] = json.loads(r.stdout)["workshops"]
+    assert [(s["index"], s["status"], s["error"]) for s in ws["steps"]] == [(1, "passed", None), (2, "passed", None), (3, "passed", None)]
+    assert ws["steps"][1]["fresh"] == "Nothing listens on port 20041 yet." and ws["steps"][1]["solved"] == "Done."
+    # A check that passes on a fresh seat cannot tell a done step from one not started: the check fails, naming it.
+    shutil.copytree(share_dir() / "workshops" / "WKSHP-VerifiedSteps", tmp_path / "WKSHP-VerifiedSteps")
+    checks = tmp_path / "WKSHP-VerifiedSteps" / "checks" / "steps.py"
+    checks.write_text(checks.read_text().replace('    text = _read(seat, "answer.txt")', '    return None\n    text = _read(seat, "answer.txt")'))
+    r = wod("check", "WKSHP-VerifiedSteps", "--notebooks", tmp_path)
+    assert r.returncode == 0, (r.stdout, r.stderr)  # without --execute no check runs
+    r = wod("check", "WKSHP-VerifiedSteps", "--notebooks", tmp_path, "--execute")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "step 3 (Compute the answer): failed: its check passes on a fresh seat" in r.stdout, r.stdout
+
+
 def test_without_execute_the_rendered_notebooks_are_validated_only(tmp_path):
     write_workshop(tmp_path, "WKSHP-Undefined", (1, 2), readme_source="{{ NOT_DEFINED_ANYWHERE }}")
     write_workshop(tmp_path, "WKSHP-Fine", (3, 4))

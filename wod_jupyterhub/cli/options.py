@@ -13,6 +13,7 @@ CLASSES = {
     "WodHooks": "wod_jupyterhub.service.hooks",
     "WodPortal": "wod_jupyterhub.service.callbacks.portal",
     "WodMail": "wod_jupyterhub.service.mail.settings",
+    "WodSteps": "wod_jupyterhub.service.steps",
 }
 
 

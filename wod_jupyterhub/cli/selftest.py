@@ -137,6 +137,9 @@ def check_workshop(wod, catalog, name: str, *, execute: bool, timeout: float, va
             report.update(status=FAILED, problems=[f"render: {e.message}"])
             return report
         rendered = home / ws.name
+        if execute and ws.steps:
+            # On the fresh seat, before its notebooks run (they may do the steps).
+            report["steps"] = prove_steps(scratch_wod, ws, n, timeout)
         for path in _notebooks(rendered):
             rel = str(path.relative_to(rendered))
             entry = {"path": rel, "valid": True, "error": None, "status": NOT_RUN, "cells": None, "run": None}
@@ -146,7 +149,8 @@ def check_workshop(wod, catalog, name: str, *, execute: bool, timeout: float, va
             elif execute:
                 entry.update(run_notebook(path, timeout))
             report["notebooks"].append(entry)
-        if report["problems"] or any(nb["status"] == FAILED for nb in report["notebooks"]):
+        failed_steps = any(s["status"] == FAILED for s in report.get("steps", ()))
+        if report["problems"] or failed_steps or any(nb["status"] == FAILED for nb in report["notebooks"]):
             report["status"] = FAILED
         elif execute and report["notebooks"] and all(nb["status"] == NO_KERNEL for nb in report["notebooks"]):
             report["status"] = NO_KERNEL
@@ -154,6 +158,66 @@ def check_workshop(wod, catalog, name: str, *, execute: bool, timeout: float, va
     finally:
         homes.drain()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def prove_steps(wod, ws, n: int, timeout: float) -> list[dict]:
+    """Each step's check must fail on the fresh seat, and pass once its solution ran (where one is given).
+
+    What the solutions leave running (a step's server) is ended afterwards:
+    this process adopts it (a child subreaper) and kills what it adopted.
+    """
+    import ctypes
+
+    from ..seats import checks
+    from ..workshops.templating import default_renderer
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    renderer = default_renderer(wod)
+    out = []
+    try:
+        for step in ws.steps:
+            entry = {"index": step.number, "title": step.title, "status": PASSED, "fresh": None, "solved": None, "error": None}
+            fresh = checks.for_seat(wod, ws, step, n, renderer=renderer, timeout=timeout, private_tmp=False)
+            entry["fresh"] = fresh.message
+            if fresh.passed:
+                entry.update(status=FAILED, error="its check passes on a fresh seat: it cannot tell a done step from one not started")
+            elif step.solution:
+                solved = checks.for_seat(wod, ws, step, n, renderer=renderer, mode=checks.SOLVE, timeout=timeout, private_tmp=False)
+                after = checks.for_seat(wod, ws, step, n, renderer=renderer, timeout=timeout, private_tmp=False)
+                entry["solved"] = after.message
+                if not solved.passed:
+                    entry.update(status=FAILED, error=f"its solution failed: {solved.message}")
+                elif not after.passed:
+                    entry.update(status=FAILED, error=f"its check fails after the solution ran: {after.message}")
+            out.append(entry)
+    finally:
+        _end_adopted()
+    return out
+
+
+def _end_adopted() -> None:
+    """Kill and reap the processes this one adopted (those whose parent is this process and that it did not start itself)."""
+    import signal
+
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        ppid = int(data[data.rfind(b")") + 2 :].split()[1])
+        if ppid == me:
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+                os.waitpid(int(entry), 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
 
 
 def _validate(path: Path) -> str | None:
@@ -217,6 +281,9 @@ def format_report(report: dict) -> str:
                 lines.append("      > " + _first_line(cell["source"], 120))
             elif nb.get("error"):
                 lines.append(f"    {nb['error']}")
+        for step in ws.get("steps", ()):
+            line = f"  step {step['index']} ({step['title']}): {step['status']}"
+            lines.append(line + (f": {step['error']}" if step["error"] else ", fails fresh" + (" and passes solved" if step["solved"] else "")))
     passed = sum(1 for w in report["workshops"] if w["status"] == PASSED)
     lines.append(f"{passed} of {len(report['workshops'])} workshop(s) passed" + ("" if report["ok"] else "; some FAILED"))
     return "\n".join(lines)

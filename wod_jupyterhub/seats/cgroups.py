@@ -169,6 +169,14 @@ def seat_resources(wod, n: int) -> dict | None:
     return h.seat(f"student{n}").usage() if h.available else None
 
 
+def seat_procs_files(wod, n: int) -> list[str]:
+    """The ``cgroup.procs`` files a process writes to, to join seat ``n``'s group; none when the hub made no group."""
+    if not wod.cgroups or not _made(wod.cgroup_root, wod.cgroup_parent, f"student{n}"):
+        return []
+    h = for_wod(wod)
+    return h.seat(f"student{n}").procs_files() if h.available else []
+
+
 def _made(root: str, parent: str, name: str) -> bool:
     """Whether the hub made seat ``name``'s group (under any controller), without creating anything."""
     base = Path(root)

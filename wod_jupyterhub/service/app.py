@@ -40,6 +40,7 @@ from .hooks import WodHooks
 from .mail.settings import WodMail
 from .operations import WodOperations
 from .operations.ahead import WodAhead
+from .steps import StepChecks, WodSteps
 
 # ---------------------------------------------------------------------- application
 
@@ -64,7 +65,7 @@ class WodService(Application):
     for reads.
     """
     version = __version__
-    classes = [Wod, WodHooks, WodOperations, WodAhead, WodPortal, WodMail]
+    classes = [Wod, WodHooks, WodOperations, WodAhead, WodPortal, WodMail, WodSteps]
     aliases = {
         "config": "WodService.config_file",
         "f": "WodService.config_file",
@@ -198,6 +199,10 @@ class WodService(Application):
             sealer=self.sealer, outbox=self.outbox, hostname=self.hostname, log=self.log, on_ahead_cpu=self.metrics.ahead_cpu,
             directory=self.directory, ahead=Ahead(WodAhead(parent=self), self.hub, log=self.log),
         )
+        self.steps = StepChecks(
+            WodSteps(parent=self), self.wod, self.store, self.catalog, self.work.renderer, hostname=self.hostname, log=self.log
+        )
+        self.work.steps = self.steps  # CLEANUP checks the steps not verified yet
         self.engine = Engine(settings, self.store, self.work, log=self.log)
         self.engine.on_end(self.metrics.operation_ended)
         self.preparer = Preparer(settings, self.store, self.work, self.engine, log=self.log)
@@ -237,8 +242,10 @@ class WodService(Application):
         ]
         from . import admin as admin_api
         from . import dashboard, unlock_api
+        from . import steps as steps_api
 
         routes += admin_api.routes(self.prefix) + dashboard.routes(self.prefix) + unlock_api.routes(self.prefix)
+        routes += steps_api.routes(self.prefix)
         return web.Application(
             routes, default_handler_class=NotFoundHandler, wod_service=self, log_function=self._log_request,
             # Signs the dashboard's OAuth cookies; a restart only sends browsers through the hub's OAuth again.
@@ -296,6 +303,7 @@ class WodService(Application):
         await self.work.ahead.stop()
         await self.engine.stop(self.shutdown_grace)
         await within(self.checks.stop(), 0.5)
+        self.steps.close()
         if await settle(background, timeout=0.5):
             self.log.warning("Some background work did not stop when cancelled")
         for close in (self.outbox.close, self.hub.close):

@@ -1,5 +1,6 @@
 """The admins' dashboard at ``/services/wod/``: one HTML page that refreshes itself from ``dashboard/data``."""
 
+import asyncio
 import html
 import re
 from pathlib import Path
@@ -75,6 +76,9 @@ class DashboardDataHandler(Browser):
             # in words, and what the row's Unlock button sends to dashboard/unlock
             lock.update(who=describe_key(lock["key"]), unlock=target(lock["key"]))
         data["can_operate"] = SCOPE_OPERATE in set(self.caller.get("scopes") or [])
+        steps = self.app.steps
+        # Verified steps per step and per seat: a few queries, off the event loop.
+        data["steps"] = await asyncio.get_running_loop().run_in_executor(steps.pool, steps.summary, None)
         self.send(data)
 
 

@@ -236,6 +236,31 @@ class Completion(Base):
     taken_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
 
 
+class StepResult(Base):
+    """The last check of one step for one assignment of a seat (``assigned_at`` tells assignments apart).
+
+    ``passed_at`` is set by the first check that passes and kept: a
+    verified step stays verified. ``failures`` counts the failed checks, one
+    more hint revealed each.
+    """
+
+    __tablename__ = "wod_step_results"
+    __table_args__ = (Index("ix_wod_step_results_seat", "student", "assigned_at", "step", unique=True),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    student: Mapped[int] = mapped_column(Integer, nullable=False)
+    assigned_at: Mapped[datetime.datetime] = mapped_column(DateTime, nullable=False)
+    customer: Mapped[str | None] = mapped_column(String(255))
+    workshop: Mapped[str] = mapped_column(String(255), nullable=False)
+    step: Mapped[int] = mapped_column(Integer, nullable=False)
+    passed: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    message: Mapped[str | None] = mapped_column(Text)
+    failures: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    checks: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    checked_at: Mapped[datetime.datetime] = mapped_column(DateTime, nullable=False)
+    passed_at: Mapped[datetime.datetime | None] = mapped_column(DateTime)
+
+
 class Throttle(Base):
     """Failed logins per user name or client address, so that a hub restart forgets nothing."""
 

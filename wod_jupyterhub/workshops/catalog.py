@@ -14,7 +14,7 @@ import yaml
 from .. import errors
 from ..config import README_NOTEBOOK, check_student_number
 from ..limits import Limits, limits_from_meta
-from . import compiled
+from . import compiled, steps
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,8 @@ class Workshop:
     compile: tuple[str, ...] = ()
     #: the seat limits the workshop asks for in ``limits:`` (unset fields: the hub's defaults)
     limits: Limits = field(default_factory=Limits)
+    #: ``steps:``: the steps whose checks verify a participant's work (``steps.py``)
+    steps: tuple = ()
     #: problems that make the workshop unusable (no wod.yml, no range, no
     #: ReadMeFirst); overlaps and capacities are reported but do not block,
     #: since the real corpus has them and the original served those workshops.
@@ -111,6 +113,7 @@ class Workshop:
             "ldap": self.ldap,
             "compile": list(self.compile),
             "limits": self.limits.to_json(),
+            "steps": [s.to_json() for s in self.steps],
             "valid": self.valid,
             "problems": list(self.problems),
             "meta": _jsonable(self.meta),
@@ -267,6 +270,7 @@ def load_workshop(folder: Path, root: Path, readme: str = README_NOTEBOOK) -> Wo
         for key in ("varpass", "beta", "show_readme"):
             _parse_bool(meta, key, ws)
         ws.compile = compiled.scripts_of(meta, ws)
+        ws.steps = steps.steps_of(meta, ws)
         ws.mono_appliance = _parse_bool(meta, "monoAppliance", ws)
         ws.multi_appliance = _parse_bool(meta, "multiAppliance", ws)
         ws.limits, problems = limits_from_meta(meta.get("limits"))

@@ -6,6 +6,7 @@ import logging
 import os
 from pathlib import Path
 
+from .steps import CHECKS_FOLDER
 from .templating import Renderer, RenderError, is_templated
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,8 @@ def workshop_tree(workshop) -> list[tuple[str, str, bool]]:
     show = str(workshop.meta.get("show_readme", "")).strip().lower() in ("true", "yes")
     leave_out = {"wod.yml"} if show else set(AUTHOR_FILES)
     entries = source_tree(Path(workshop.path), Path(workshop.root))
-    return [e for e in entries if e[0] not in leave_out]
+    # The checks of verified steps are the authors' too: a participant who could read them could fake what they test.
+    return [e for e in entries if e[0] not in leave_out and e[0].split("/", 1)[0] != CHECKS_FOLDER]
 
 
 def source_tree(src: Path, root: Path | None = None) -> list[tuple[str, str, bool]]:

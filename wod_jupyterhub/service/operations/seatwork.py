@@ -34,6 +34,8 @@ class SeatWork:
         self.directory = directory
         #: the servers started ahead after CREATE (``ahead.Ahead``); None: none here
         self.ahead = ahead
+        #: the checks of verified steps (``service/steps.py``), which CLEANUP runs again; None: none run
+        self.steps = None
         self.pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="wod-op")
         # Hashing gets its own threads (scrypt releases the GIL): a rotation must not queue behind provisionings.
         self.hash_pool = ThreadPoolExecutor(2, thread_name_prefix="wod-hash")

@@ -11,6 +11,7 @@ from ...seats import completion as completion_mod
 from ...seats import completion_worker
 from ...store.models import SEATS, Completion, Seat, read_seat, update_seat, utcnow
 from ..hooks import new_vars_file, read_vars_file
+from ..steps import steps_ratio
 from .admission import check_active
 from .steps import AT_ONCE, FREED, TAKE_BACK, end_sessions_step, hooks_step, rotate_step
 
@@ -162,8 +163,11 @@ async def cleanup(run, work):
       ldap           (``ldap: true`` workshops) the password set in the directory (a directory still down
                      after ``c.WodLdap.retry_for``: a warning, the seat's next CREATE sets it)
       hooks-cleanup  the workshop's cleanup hooks
+      verify-steps   (workshops with steps) the checks of the steps not verified yet run again, while what
+                     the participant left running still runs
       end-sessions   the server stopped, the tokens revoked
-      completion     the completion ratio of the workshop's own notebooks, stored and sent to the portal
+      completion     the completion ratio, stored and sent to the portal: verified steps over steps for a
+                     workshop with steps, else the workshop's own notebooks' executed cells (both are stored)
       release        the home erased and the seat free; or, for a reset: true workshop, kept for RESET
 
     The hooks read the home as the participant left it; the rotation before
@@ -180,6 +184,14 @@ async def cleanup(run, work):
     await rotate_step(run, work, [n], owner_only=True, seat=cleaning, directory=TAKE_BACK)
     ws, folder, mode = work.catalog.workshop_or_none(run.workshop)
     await hooks_step(run, work, "cleanup", folder, ws, mode, n)
+    checker = getattr(work, "steps", None)
+    if checker is not None and ws is not None and ws.steps:
+
+        async def verify_steps():
+            run.result["steps"] = await work.blocking(checker.verify_remaining, n, run.workshop)
+            return run.result["steps"] or {"skipped": "the seat holds no assignment to check"}
+
+        await run.step("verify-steps", verify_steps)
 
     # Stop, then measure, then erase: what the participant's server
     # could still write is written before the ratio is read.
@@ -187,8 +199,13 @@ async def cleanup(run, work):
 
     async def measure():
         ratio = await work.blocking(_completion, work.wod, n, folder, ws)
+        verified = run.result.get("steps")
+        if verified:
+            # The cells' ratio stays in the detail; the ratio that counts is what the checks verified.
+            ratio = {**ratio, "cells_ratio": ratio["ratio"], "steps": verified,
+                     "ratio": steps_ratio(verified["verified"], verified["total"])}
         run.result["completion"] = ratio
-        return {"ratio": ratio["ratio"]}
+        return {"ratio": ratio["ratio"], **({"steps": f"{verified['verified']}/{verified['total']}"} if verified else {})}
 
     def store_completion(conn, _detail):
         ratio = run.result["completion"]
