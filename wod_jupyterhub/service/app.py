@@ -40,7 +40,7 @@ from .hooks import WodHooks
 from .mail.settings import WodMail
 from .operations import WodOperations
 from .operations.ahead import WodAhead
-from .steps import StepChecks, WodSteps
+from .steps import WodSteps
 
 # ---------------------------------------------------------------------- application
 
@@ -174,6 +174,7 @@ class WodService(Application):
         from .metrics import Metrics
         from .operations import Engine, Preparer, SeatWork, Views
         from .operations.ahead import Ahead
+        from .steps import StepChecks
 
         self.store = Store(self.wod.db_url)
         self.sealer = Sealer.from_settings(self.wod)
