@@ -18,7 +18,6 @@ from sqlalchemy import insert, select, update
 from ..errors import BadRequest, Conflict, NotFound
 from ..store.models import SEATS, Operation, Seat, Status, isoformat, utcnow
 from ..waiting import nap
-from .operations.holders import overlapping
 
 #: the journal entry a CLEANUP of an expired seat starts with
 EXPIRED = "expired"
@@ -75,6 +74,8 @@ def extend(store, n: int, *, minutes: int | None = None, ends_at: datetime.datet
         raise BadRequest("An extension takes either 'minutes' or 'ends_at'.", code="missing_field")
     if minutes is not None and not 1 <= minutes <= MAX_EXTEND_MINUTES:
         raise BadRequest(f"Field 'minutes' must be between 1 and {MAX_EXTEND_MINUTES}, not {minutes}.", code="bad_field")
+    from .operations.holders import overlapping  # here: the operations package imports this module
+
     now = utcnow()
     with store.engine.begin() as conn:
         row = conn.execute(
@@ -139,6 +140,8 @@ def expiry_repeat(s, n: int, customer) -> str | None:
     CLEANUP, for the same customer, and did not fail (a failed one leaves
     the seat ``cleaning``: the portal's CLEANUP is then a retry and runs).
     """
+    from .operations.holders import overlapping  # here: the operations package imports this module
+
     row = s.execute(_LAST_CHANGE.where(overlapping(n))).first()
     if row is None or row.verb != "CLEANUP" or row.status == Status.FAILED or row.customer != customer:
         return None

@@ -59,9 +59,9 @@ class Progress:
         if entry is not None and entry["workshop"] == workshop and time.monotonic() - entry["checked"] < max_age:
             return entry["value"]
         running = self._running.get(n)
-        if running is None:
+        if running is None or running.done():
             running = self._running[n] = asyncio.ensure_future(self._measure(n, workshop))
-            running.add_done_callback(lambda _f: self._running.pop(n, None))
+            running.add_done_callback(lambda f: self._running.pop(n, None) if self._running.get(n) is f else None)
         return await asyncio.shield(running)
 
     async def _measure(self, n: int, workshop: str) -> dict | None:
