@@ -169,6 +169,22 @@ def live_processes(uid: int, ids=(1,)) -> list[int]:
     return found
 
 
+def end_processes(uid: int) -> set[int]:
+    """Kill every process of ``uid`` until none is left (looping: they may fork); the pids that were found."""
+    seen = set()
+    for _ in range(100):
+        pids = live_processes(uid)
+        if not pids:
+            break
+        seen.update(pids)
+        for pid in pids:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+    return seen
+
+
 def verb(hub, path, body):
     with hub.client("portal", via_proxy=True) as c:
         r = c.post(f"api/{path}?wait=90", json=body)

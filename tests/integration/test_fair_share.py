@@ -7,7 +7,6 @@ its own (``wod-test-<random>``), removed too. Limits are kept small
 """
 
 import asyncio
-import os
 import secrets
 import subprocess
 import tempfile
@@ -18,7 +17,7 @@ import pytest
 
 from tests import seatutil
 from tests.hubutil import write_workshop
-from tests.seatutil import Kernel, live_processes, open_lab, trivial, verb
+from tests.seatutil import Kernel, end_processes, live_processes, open_lab, trivial, verb
 from tests.sysusers import student_python
 from wod_jupyterhub.cli.users import accounts_for
 from wod_jupyterhub.config import Wod
@@ -47,17 +46,10 @@ def accounts():
     yield
     survivors = {}
     for n in SEATS:
-        # Whatever a failed test left behind ends here (looping: it may fork), then is reported.
-        for _ in range(100):
-            pids = live_processes(10000 + n)
-            if not pids:
-                break
-            survivors.setdefault(n, set()).update(pids)
-            for pid in pids:
-                try:
-                    os.kill(pid, 9)
-                except ProcessLookupError:
-                    pass
+        # Whatever a failed test left behind ends here, then is reported.
+        left = end_processes(10000 + n)
+        if left:
+            survivors[n] = left
     etc_accounts.remove({a.name for a in made})
     assert not survivors, f"processes of these seats outlived the tests: {survivors}"
 

@@ -19,7 +19,7 @@ import nbformat
 import pytest
 
 from tests.hubutil import write_workshop
-from tests.seatutil import Kernel, live_processes, logged_in, spawn, verb
+from tests.seatutil import Kernel, end_processes, live_processes, logged_in, spawn, verb
 from tests.sysusers import student_python
 from wod_jupyterhub.cli.users import accounts_for
 from wod_jupyterhub.config import Wod
@@ -49,15 +49,7 @@ def accounts():
     etc_accounts.add(made)
     yield students
     for n in SEATS:
-        for _ in range(100):
-            pids = live_processes(UID + n)
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, 9)
-                except ProcessLookupError:
-                    pass
+        end_processes(UID + n)
     etc_accounts.remove({a.name for a in made})
 
 
