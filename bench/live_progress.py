@@ -17,7 +17,7 @@ notebooks and ``json.loads`` of each in this process, the least any
 correct measure of every seat must do. The event loop's longest stall
 during the passes is printed too: the measures run off it.
 
-Goal: under 1 s of CPU per pass, for the pass of a class at work.
+Goal: under 1 s of CPU per pass, even the cold one that measures every seat.
 """
 
 import asyncio
@@ -153,8 +153,8 @@ def main():
     print(f"a class at work ({CHANGED} seats saved since):        {working:.3f} s CPU = {working / t_floor:.2f} x the floor")
     print(f"idle pass (nobody saved):                         {idle:.3f} s CPU")
     print(f"longest stall of the event loop during the passes: {stall * 1000:.1f} ms")
-    ok = working < 1
-    print(f"goal: a pass of a class at work under 1 s of CPU: {'met' if ok else 'MISSED'}")
+    ok = cold < 1
+    print(f"goal: a pass measuring every seat under 1 s of CPU: {'met' if ok else 'MISSED'}")
     return 0 if ok else 1
 
 
