@@ -181,6 +181,22 @@ def live_processes(uid: int, ids=(1,)) -> list[int]:
     return found
 
 
+def end_processes(uid: int) -> set[int]:
+    """Kill every process of ``uid`` until none is left (looping: they may fork); the pids that were found."""
+    seen = set()
+    for _ in range(100):
+        pids = live_processes(uid)
+        if not pids:
+            break
+        seen.update(pids)
+        for pid in pids:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+    return seen
+
+
 def verb(hub, path, body):
     with hub.client("portal", via_proxy=True) as c:
         r = c.post(f"api/{path}?wait=90", json=body)
@@ -279,18 +295,7 @@ def seat_accounts(first: int, last: int, seats, students_root: str, check_surviv
     try:
         yield
     finally:
-        survivors = {}
-        for n in seats:
-            for _ in range(100):
-                pids = live_processes(UID_BASE + n)
-                if not pids:
-                    break
-                survivors.setdefault(n, set()).update(pids)
-                for pid in pids:
-                    try:
-                        os.kill(pid, 9)
-                    except ProcessLookupError:
-                        pass
+        survivors = {n: left for n in seats if (left := end_processes(UID_BASE + n))}
         etc_accounts.remove({a.name for a in made})
     assert not (check_survivors and survivors), f"processes of these seats outlived the tests: {survivors}"
 

@@ -463,6 +463,84 @@ class Wod(Configurable):
             raise TraitError(f"{proposal['trait'].name} must be more than 0, not {proposal['value']}")
         return proposal["value"]
 
+    default_duration = Float(
+        4,
+        help="""Hours a seat lasts when neither its CREATE (``ends_at``) nor its workshop (``duration`` in wod.yml) says.
+
+        A CREATE sets the seat's ``ends_at``; ``wod extend``, ``POST
+        api/students/{N}/extend`` and the dashboard move it. 0: seats without
+        a stated end have none (the service never cleans them up by itself).
+        """,
+    ).tag(config=True)
+
+    expiry_grace = Float(
+        900,
+        help="""Seconds after a seat's ``ends_at`` before the service cleans it up itself.
+
+        The portal sends CLEANUP at the end; this is the safety net behind it
+        (a portal whose expiry run failed). The CLEANUP runs once, with the
+        portal's callbacks as usual; the portal's own CLEANUP that comes later
+        is answered with it, and nothing runs twice.
+        """,
+    ).tag(config=True)
+
+    expiry_interval = Float(30, help="Seconds between two looks for seats past their end (and the grace).").tag(config=True)
+
+    warn_at = List(
+        [3600, 600],
+        help="Seconds left at which a participant's session bar warns that the workshop ends (``api/seat``'s ``warn_at``).",
+    ).tag(config=True)
+
+    end_message = Unicode(
+        "This workshop has ended. Thank you for taking part! Your notebooks have been removed with your seat.",
+        help="What a participant's end screen says once their seat is cleaned up or past its end (``api/seat``'s ``end``).",
+    ).tag(config=True)
+
+    end_url = Unicode(
+        "",
+        help="A link the end screen offers (what to do next: a survey, the catalog of workshops); empty: none.",
+    ).tag(config=True)
+
+    progress_max_age = Float(
+        5,
+        help="""Seconds a participant's measured progress (``api/seat``) is reused before it is measured again on request.
+
+        Measured off the service's event loop, in the completion workers;
+        ``progress_concurrency`` measures run at once at most.
+        """,
+    ).tag(config=True)
+
+    progress_concurrency = Integer(2, help="Progress measures (``api/seat``, the live class view) running at once at most.").tag(config=True)
+
+    live_interval = Float(
+        180,
+        help="Seconds between two measures of the progress of every active seat for the dashboard's live class view.",
+    ).tag(config=True)
+
+    stalled_minutes = Float(
+        15,
+        help="Minutes without progress after which the live class view marks an active seat as stuck.",
+    ).tag(config=True)
+
+    @validate("default_duration", "expiry_grace")
+    def _not_negative(self, proposal):
+        if proposal["value"] < 0:
+            raise TraitError(f"{proposal['trait'].name} must be 0 or more, not {proposal['value']}")
+        return proposal["value"]
+
+    @validate("expiry_interval", "progress_max_age", "live_interval", "stalled_minutes", "progress_concurrency")
+    def _positive(self, proposal):
+        if proposal["value"] <= 0:
+            raise TraitError(f"{proposal['trait'].name} must be more than 0, not {proposal['value']}")
+        return proposal["value"]
+
+    @validate("warn_at")
+    def _warn_at(self, proposal):
+        value = proposal["value"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+            raise TraitError(f"warn_at must be a list of whole numbers of seconds above 0, not {value!r}")
+        return sorted(value, reverse=True)
+
     def completion_limits(self) -> dict:
         """The keyword arguments of ``completion.measure`` these settings give."""
         return {

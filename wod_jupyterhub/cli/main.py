@@ -308,6 +308,29 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_extend(args) -> int:
+    """``wod extend STUDENTS --minutes M | --until TIME``: move the end of active seats, one request each."""
+    from .batch import parse_students
+    from .serviceclient import ServiceError, WodClient
+
+    numbers = parse_students(args.students)
+    if (args.minutes is None) == (args.until is None):
+        raise BadRequest("give --minutes M or --until TIME (ISO 8601)")
+    body = {"minutes": args.minutes} if args.minutes is not None else {"ends_at": args.until}
+    url, token = _client_args(args)
+    failed = 0
+    with WodClient(url, token) as client:
+        for n in numbers:
+            try:
+                answer = client.post(f"api/students/{n}/extend", body)
+            except ServiceError as e:
+                failed += 1
+                print(f"student{n}: not extended: {e}", file=sys.stderr)
+                continue
+            print(f"student{n}: ends at {answer['ends_at']} (was {answer['previous'] or 'no end'})")
+    return 1 if failed else 0
+
+
 # -- wod check -----------------------------------------------------------------------------
 
 
@@ -455,6 +478,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("workshop", metavar="WORKSHOP", nargs="?", help="only this workshop")
     service_options(p)
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("extend", help="move the end of active seats (journaled on the service as EXTEND)")
+    p.add_argument("students", metavar="STUDENTS", help="seats: N, N-M or N,M,...")
+    p.add_argument("--minutes", type=int, metavar="M", help="minutes added to each seat's end")
+    p.add_argument("--until", metavar="TIME", help="the new end, ISO 8601 (UTC without a zone)")
+    service_options(p)
+    p.set_defaults(func=cmd_extend)
 
     p = sub.add_parser(
         "check", help="render a workshop for a scratch seat, validate its notebooks, run them with --execute",

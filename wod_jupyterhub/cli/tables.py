@@ -35,9 +35,9 @@ def format_status(data: dict) -> str:
     if held:
         # What a verb for a seat must name: its workshop and its customer.
         out.append(format_table(
-            ["SEAT", "STATE", "WORKSHOP", "CUSTOMER", "SINCE"],
-            [[f"student{st['student']}", st["state"], st["workshop"] or "-", st["customer"] or "-", st["since"] or "-"]
-             for st in held],
+            ["SEAT", "STATE", "WORKSHOP", "CUSTOMER", "SINCE", "ENDS"],
+            [[f"student{st['student']}", st["state"], st["workshop"] or "-", st["customer"] or "-", st["since"] or "-",
+              st.get("ends_at") or "-"] for st in held],
         ))
     ops = data["operations"]
     for title, key in (("Running operations", "running"), ("Failed operations (latest)", "failed")):

@@ -255,6 +255,19 @@ def _open_under(top_fd: int, rel: str) -> int:
             os.close(d)
 
 
+def read_under(folder, rel: str, max_bytes: int = MAX_NOTEBOOK_BYTES) -> bytes:
+    """The bytes of file ``rel`` under ``folder``, no component followed if it is a link, at most ``max_bytes``.
+
+    ValueError (or OSError) with what is wrong: the file is a student's, any of it may be a trap.
+    """
+    top = _open_dir(os.fspath(folder))
+    try:
+        fd = _open_under(top, rel)
+    finally:
+        os.close(top)
+    return _read_fd(fd, Budget(max_bytes, max_bytes))
+
+
 def completion(path, relative_to=None, *, notebooks=None, budget: Budget | None = None, max_depth: int = MAX_DEPTH,
                max_entries: int = MAX_ENTRIES) -> dict:
     """The ratio for a workshop folder or for one notebook file, measured in this process.

@@ -208,6 +208,13 @@ class WodService(Application):
         self.engine.on_end(self.metrics.operation_ended)
         self.preparer = Preparer(settings, self.store, self.work, self.engine, log=self.log)
         self.views = Views(self.wod, self.store, self.sealer, catalog=self.catalog)
+        from .expiry import Expiry
+        from .liveview import LiveView
+        from .progress import Progress
+
+        self.progress = Progress(self.wod, self.catalog, self.log)
+        self.live = LiveView(self)
+        self.expiry = Expiry(self.wod, self.store, self.engine, self.log)
         from .mail.gateway import MailGateway
 
         # In this process, beside the engine: see mail/gateway.py for why.
@@ -242,11 +249,11 @@ class WodService(Application):
             (rf"{p}metrics", MetricsHandler),
         ]
         from . import admin as admin_api
-        from . import dashboard, unlock_api
+        from . import dashboard, liveview, seatapi, unlock_api
         from . import steps as steps_api
 
         routes += admin_api.routes(self.prefix) + dashboard.routes(self.prefix) + unlock_api.routes(self.prefix)
-        routes += steps_api.routes(self.prefix)
+        routes += seatapi.routes(self.prefix) + liveview.routes(self.prefix) + steps_api.routes(self.prefix)
         return web.Application(
             routes, default_handler_class=NotFoundHandler, wod_service=self, log_function=self._log_request,
             # Signs the dashboard's OAuth cookies; a restart only sends browsers through the hub's OAuth again.
@@ -281,6 +288,7 @@ class WodService(Application):
         background = [asyncio.ensure_future(self.outbox.run())]
         await self.mail.start()
         background.append(asyncio.ensure_future(self.disk.run(self.views.held_seats, lambda: self.engine.idle)))
+        background += [asyncio.ensure_future(self.expiry.run()), asyncio.ensure_future(self.live.run())]
         if self.warm_up:
             background.append(asyncio.ensure_future(self._warm_up()))
         if self.hub.configured:
@@ -300,6 +308,8 @@ class WodService(Application):
             await within(self.mail.stop(), 0.5)
         except TimeoutError:
             self.log.warning("The mail listener did not stop within 0.5 s")
+        self.expiry.stop()
+        self.live.stop()
         await self.preparer.stop()
         await self.work.ahead.stop()
         await self.engine.stop(self.shutdown_grace)

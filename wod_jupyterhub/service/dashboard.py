@@ -38,6 +38,7 @@ class Browser(HubOAuthenticated, BaseHandler):
 
     async def prepare(self):
         self.caller = None
+        self.refuse_students()
         model = await self.hub_auth.get_user(self, sync=False)
         if not model:
             if self.redirect_to_login and self.request.method == "GET":

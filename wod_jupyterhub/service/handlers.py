@@ -47,9 +47,10 @@ class BaseHandler(web.RequestHandler):
 
     async def authenticate(self):
         self.caller = None
+        # Every path but the seat's own view (``seatapi.SeatHandler``), with a token or without.
+        self.refuse_students()
         if self.scopes is None:
             return
-        self.refuse_students()
         model = await self.app.hub_auth.get_user(self, sync=False)
         if not model:
             raise Unauthorized("A JupyterHub API token is required (header 'Authorization: token <token>').")
@@ -263,10 +264,15 @@ class VerbHandler(BaseHandler):
                 first, last = pair
                 if last == first:
                     last = None
+        result = None
+        if body.get("ends_at") is not None:
+            from .expiry import check_end, isoformat, parse_time
+
+            result = {"ends_at": isoformat(check_end(parse_time(body["ends_at"])))}
         # The engine runs the verb: VERBS[verb] in operations/verbs.py.
         op = await self.engine.submit(
             self.verb, first, last, customer=body.get("customer"), email=body.get("email"), workshop=body.get("workshop"),
-            force=bool(body.get("force")),
+            force=bool(body.get("force")), result=result,
         )
         self.app.metrics.request(self.verb)
         # A repeated CREATE is answered with the first one (Engine.submit ran nothing for it).
@@ -396,4 +402,5 @@ class NotFoundHandler(BaseHandler):
     scopes = None
 
     def prepare(self):
+        self.refuse_students()
         raise NotFound(f"No such endpoint: {self.request.method} {self.request.path}.")

@@ -84,6 +84,10 @@ class HubAPI:
         self._known.update(u["name"] for u in await self._list_users())
         return len(self._known)
 
+    async def last_activity(self) -> dict:
+        """``{user name: last activity (ISO) or None}`` of every user of the hub."""
+        return {u["name"]: u.get("last_activity") for u in await self._list_users()}
+
     async def has_server(self, name: str) -> bool:
         """Whether ``name`` has a server running or starting (see ``active_users``)."""
         return name in await self.active_users()

@@ -118,7 +118,7 @@ def overview(store, catalog, wod, *, workshop: str | None = None, recent: int = 
         "workshops": out_workshops,
         "seats": [
             {"student": st.number, "state": st.state, "customer": st.customer, "workshop": st.workshop,
-             "since": isoformat(st.assigned_at)}
+             "since": isoformat(st.assigned_at), "ends_at": isoformat(st.ends_at)}
             for st in seats
         ],
         "operations": {"running": running, "failed": failed, "recent": latest},

@@ -17,11 +17,12 @@ from sqlalchemy import select
 from traitlets import Float, Integer, TraitError, validate
 from traitlets.config import Configurable
 
-from ..errors import Conflict, Forbidden, NotFound
+from ..errors import Conflict, NotFound
 from ..seats import checks as seat_checks
 from ..store.models import Seat, StepResult, Student, isoformat, utcnow
 from ..workshops.steps import find_step, revealed_hints
 from .handlers import BaseHandler
+from .seatapi import SeatOwnHandler
 
 
 class WodSteps(Configurable):
@@ -262,53 +263,16 @@ def steps_ratio(verified: int, total: int) -> int:
 
 # ---------------------------------------------------------------------- the participant's endpoints
 
-_STUDENT = re.compile(r"student([0-9]{1,9})")
 
 
-async def seat_of_request(handler) -> int:
-    """The student number of the seat whose own token the request carries; 403 with a sentence otherwise.
-
-    The token (``Authorization: token …``, the seat server's
-    ``JUPYTERHUB_API_TOKEN``) is resolved by the hub; only a student's own
-    token of this backend's range passes (an admin's, a service's or none:
-    403). This is the one request a student's process may make to the
-    service, so its connection is not refused for coming from one.
-    """
-    header = handler.request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "token" or not token:
-        raise Forbidden("This is a seat's own view: send its server's token (header 'Authorization: token <token>').", code="no_seat_token")
-    try:
-        model = await handler.app.hub_auth.user_for_token(token, sync=False)
-    except Exception as e:  # the hub's answer or its absence: a refusal, said in words
-        handler.app.log.warning("Resolving a seat's token failed: %s", e)
-        model = None
-    if not model or model.get("kind", "user") != "user" or model.get("admin"):
-        raise Forbidden("This token is not a seat's own: only a seat's server may ask for its steps.", code="not_a_seat")
-    m = _STUDENT.fullmatch(model.get("name") or "")
-    n = int(m.group(1)) if m else None
-    if n is None or not handler.app.wod.in_range(n):
-        raise Forbidden("This token is not a seat's own: only a seat's server may ask for its steps.", code="not_a_seat")
-    return n
-
-
-class SeatStepsBase(BaseHandler):
-    """A seat's own endpoints: authenticated by its token only (:func:`seat_of_request`)."""
-
-    async def authenticate(self):
-        self.caller = None
-        self.student = await seat_of_request(self)
-
-
-class SeatStepsHandler(SeatStepsBase):
+class SeatStepsHandler(SeatOwnHandler):
     async def get(self):
-        self.send(await asyncio.get_running_loop().run_in_executor(self.app.steps.pool, self.app.steps.view, self.student))
+        self.send(await asyncio.get_running_loop().run_in_executor(self.app.steps.pool, self.app.steps.view, self.seat))
 
 
-class SeatStepCheckHandler(SeatStepsBase):
+class SeatStepCheckHandler(SeatOwnHandler):
     async def post(self, number):
-        self.send(await self.app.steps.check(self.student, int(number)))
+        self.send(await self.app.steps.check(self.seat, int(number)))
 
 
 class StepsHandler(BaseHandler):

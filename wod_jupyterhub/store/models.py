@@ -96,6 +96,9 @@ class Student(Base):
     # The hub user's server is stopped and its tokens revoked, and nobody could
     # log in since: the next CREATE need not ask the hub. A CREATE clears it.
     sessions_ended: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(), nullable=False)
+    # When the seat's time is up (migration 0005): set by its CREATE, moved by an extension; past it (and
+    # ``c.Wod.expiry_grace``) the service cleans the seat up itself. None: a seat without an end.
+    ends_at: Mapped[datetime.datetime | None] = mapped_column(DateTime)
 
     @property
     def active(self) -> bool:
@@ -259,6 +262,18 @@ class StepResult(Base):
     checks: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
     checked_at: Mapped[datetime.datetime] = mapped_column(DateTime, nullable=False)
     passed_at: Mapped[datetime.datetime | None] = mapped_column(DateTime)
+
+
+class Announcement(Base):
+    """A message an admin sent to every participant of a workshop (migration 0005), shown in their ``api/seat``."""
+
+    __tablename__ = "wod_announcements"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    workshop: Mapped[str] = mapped_column(String(255), nullable=False, index=True)
+    text: Mapped[str] = mapped_column(Text, nullable=False)
+    author: Mapped[str | None] = mapped_column(String(255))
+    created: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
 
 
 class Throttle(Base):

@@ -77,6 +77,8 @@ class Workshop:
     ldap: bool = False
     #: ``compile:``: the scripts given to the seats compiled, runnable but unreadable (``compiled.py``)
     compile: tuple[str, ...] = ()
+    #: ``duration:`` hours a seat lasts (its CREATE's ``ends_at``); None: the configured default
+    duration: float | None = None
     #: the seat limits the workshop asks for in ``limits:`` (unset fields: the hub's defaults)
     limits: Limits = field(default_factory=Limits)
     #: ``steps:``: the steps whose checks verify a participant's work (``steps.py``)
@@ -111,6 +113,7 @@ class Workshop:
             "mono_appliance": self.mono_appliance,
             "multi_appliance": self.multi_appliance,
             "ldap": self.ldap,
+            "duration": self.duration,
             "compile": list(self.compile),
             "limits": self.limits.to_json(),
             "steps": [s.to_json() for s in self.steps],
@@ -129,6 +132,17 @@ def _jsonable(value):
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
+
+
+def _parse_duration(meta: dict, ws: Workshop) -> float | None:
+    """``duration:`` in hours, a number above 0; anything else is a problem (not blocking) and the default applies."""
+    value = meta.get("duration")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 24 * 366:
+        ws.problem(f"duration must be a number of hours above 0, not {value!r}; the configured default applies.")
+        return None
+    return float(value)
 
 
 def _parse_range(value, ws: Workshop):
@@ -267,6 +281,7 @@ def load_workshop(folder: Path, root: Path, readme: str = README_NOTEBOOK) -> Wo
         ws.active = _parse_bool(meta, "active", ws)
         ws.reset = _parse_bool(meta, "reset", ws)
         ws.ldap = _parse_bool(meta, "ldap", ws)
+        ws.duration = _parse_duration(meta, ws)
         for key in ("varpass", "beta", "show_readme"):
             _parse_bool(meta, key, ws)
         ws.compile = compiled.scripts_of(meta, ws)

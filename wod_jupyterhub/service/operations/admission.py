@@ -37,8 +37,9 @@ def check_request(work, verb, student, student_last=None, workshop=None):
 def check_seat(work, s, verb, n: int, customer, workshop=None, *, single=True, force=False) -> str | None:
     """In the submitting transaction: may the verb be queued for seat ``n`` as it will be by then?
 
-    Returns the id of the CREATE that a repeated CREATE repeats (the caller
-    answers it and queues nothing), else None. Raises ``Conflict`` (409, a
+    Returns the id of the CREATE that a repeated CREATE repeats, or of the
+    CLEANUP the service ran for an expired seat that the portal's CLEANUP
+    repeats (the caller answers it and queues nothing), else None. Raises ``Conflict`` (409, a
     sentence naming both sides) when the verb would take the seat from its
     holder or names another workshop than the one the seat holds.
     ``single``: the verb names seat ``n`` alone (a RESET over a range picks its
@@ -57,6 +58,13 @@ def check_seat(work, s, verb, n: int, customer, workshop=None, *, single=True, f
                 " erase their home: send force to re-provision it, or CLEANUP it first"
             )
         return None
+    if verb == "CLEANUP":
+        from ..expiry import expiry_repeat
+
+        # The service cleaned the seat up at its end already: the portal's CLEANUP is answered with that one.
+        repeated = expiry_repeat(s, n, customer)
+        if repeated is not None:
+            return repeated
     if verb in ("CLEANUP", "PASSWORD"):
         check_holder(n, h.customer if h.held else None, customer)
     if workshop and h.held and single and not same_workshop(work.catalog, h.workshop, workshop):

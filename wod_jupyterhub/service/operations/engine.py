@@ -128,12 +128,14 @@ class Engine:
 
     # ------------------------------------------------------------------ submit
 
-    async def submit(self, verb, student, student_last=None, customer=None, email=None, workshop=None, force=False) -> Operation:
+    async def submit(self, verb, student, student_last=None, customer=None, email=None, workshop=None, force=False,
+                     journal=None, result=None) -> Operation:
         """Queue an operation; a request the verb refuses raises its ``WodError`` and changes nothing.
 
         A repeated CREATE (its customer holds the seat for its workshop already, or will once its CREATE ran)
         queues nothing: the answer is that CREATE, with ``repeat`` set. ``force``: a CREATE re-provisions a seat
-        its customer holds; the journal's first entry says so.
+        its customer holds; the journal's first entry says so. ``journal``: entries the journal opens with (why the
+        service queued it); ``result``: what the operation's result starts with (a CREATE's requested ``ends_at``).
         """
         if verb not in self.verbs:
             raise Unprocessable(f"unknown verb {verb!r}")
@@ -146,7 +148,8 @@ class Engine:
         for attempt in range(5):
             values = dict(
                 id=uuid.uuid4().hex, verb=verb, student=student, student_last=student_last, customer=customer, email=email,
-                workshop=workshop, status=Status.QUEUED, steps=forced_entry(force), result={}, created=utcnow(),
+                workshop=workshop, status=Status.QUEUED, steps=forced_entry(force) + list(journal or ()),
+                result=dict(result or {}), created=utcnow(),
             )
             try:
                 with self.store.engine.begin() as conn:

@@ -137,4 +137,4 @@ def hooks_step(run, work, kind, folder, ws, mode, n):
 
 
 #: The columns of a seat given back (``update_seat(conn, n, **FREED)``).
-FREED = {"state": Seat.FREE, "customer": None, "email": None, "workshop": None, "assigned_at": None}
+FREED = {"state": Seat.FREE, "customer": None, "email": None, "workshop": None, "assigned_at": None, "ends_at": None}

@@ -9,7 +9,8 @@ from sqlalchemy import insert, select
 from ...errors import Unprocessable, WodError
 from ...seats import completion as completion_mod
 from ...seats import completion_worker
-from ...store.models import SEATS, Completion, Seat, read_seat, update_seat, utcnow
+from ...store.models import SEATS, Completion, Seat, isoformat, read_seat, update_seat, utcnow
+from ..expiry import parse_time, seat_end
 from ..hooks import new_vars_file, read_vars_file
 from ..steps import steps_ratio
 from .admission import check_active
@@ -31,7 +32,8 @@ async def create(run, work):
       hooks-create     the workshop's create hooks; they may hand variables to the templates
       provision        the home rendered from the workshop (a staged seat only renders its templates)
       hooks-post-copy  the workshop's post-copy hooks
-      assign           the seat is the customer's; the portal hears the password. After ``hub``: the
+      assign           the seat is the customer's until its ``ends_at`` (the request's, else the workshop's
+                       ``duration``, else ``c.Wod.default_duration``); the portal hears the password. After ``hub``: the
                        participant hears of the seat once the previous holder's tokens are gone, and a
                        hub that fails leaves no seat half given
       start-server     the participant's server is queued to start ahead (``c.WodOperations.start_server``;
@@ -97,9 +99,13 @@ async def create(run, work):
 
     def assign(conn, _detail):
         # sessions_ended: from now on the participant may log in.
+        now = utcnow()
+        requested = run.result.get("ends_at")
+        ends_at = seat_end(work.wod, ws, parse_time(requested) if requested else None, now)
+        run.result["ends_at"] = isoformat(ends_at)
         update_seat(
             conn, n, state=Seat.ACTIVE, sessions_ended=False, customer=run.customer, email=run.email,
-            workshop=run.workshop, assigned_at=utcnow(),
+            workshop=run.workshop, assigned_at=now, ends_at=ends_at,
         )
         work.outbox.student_password(conn, n, password, operation_id=run.id)
         work.outbox.customer_active(conn, n, run.customer, True, operation_id=run.id)
@@ -198,7 +204,7 @@ async def cleanup(run, work):
     await end_sessions_step(run, work, [n])
 
     async def measure():
-        ratio = await work.blocking(_completion, work.wod, n, folder, ws)
+        ratio = await work.blocking(seat_completion, work.wod, n, folder, ws)
         verified = run.result.get("steps")
         if verified:
             # The cells' ratio stays in the detail; the ratio that counts is what the checks verified.
@@ -240,7 +246,7 @@ async def cleanup(run, work):
     await run.step("release", release, released)
 
 
-def _completion(wod, n: int, folder: str | None, ws) -> dict:
+def seat_completion(wod, n: int, folder: str | None, ws) -> dict:
     """The ratio of the notebooks the workshop provisions in seat N's home, measured in a bounded worker.
 
     Only those count (a notebook the participant added gave 100 %); none

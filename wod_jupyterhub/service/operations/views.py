@@ -4,6 +4,7 @@ from sqlalchemy import select
 
 from ...errors import NotFound
 from ...store.models import Completion, Operation, Seat, Status, Student, isoformat
+from ..expiry import seconds_left
 from .holders import holding, overlapping
 
 #: the verbs whose answer carries the seat's new password (to a caller who may operate)
@@ -44,7 +45,7 @@ class Views:
         """``op`` as the API shows it; a finished CREATE's or PASSWORD's password only when ``reveal`` (the caller
         may operate). ``repeat``: the answer to a repeated CREATE, which ran nothing (``Engine.submit``)."""
         result = dict(op.result or {})
-        public = {k: result[k] for k in ("login_url", "completion", "students") if k in result}
+        public = {k: result[k] for k in ("login_url", "completion", "students", "ends_at") if k in result}
         if op.verb in PASSWORD_VERBS and op.status == Status.SUCCEEDED and "password" in result:
             public["password"] = self.sealer.open(result["password"]) if reveal else None
         return {
@@ -90,6 +91,8 @@ class Views:
             "assigned_at": isoformat(st.assigned_at, "milliseconds") if st else None,
             "rotated_at": isoformat(st.rotated_at, "milliseconds") if st else None,
             "generation": st.generation if st else 0,
+            "ends_at": isoformat(st.ends_at) if st else None,
+            "seconds_left": seconds_left(st.ends_at) if st and st.active else None,
             "home_exists": self.wod.home(n).exists(),
             "pending_operations": list(busy),
             "holding": held,

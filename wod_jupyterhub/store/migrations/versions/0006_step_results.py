@@ -3,16 +3,16 @@
 ``assigned_at`` (the seat's, at its CREATE) tells one participant's results
 from the next one's on the same seat; ``passed_at`` is kept once set.
 
-Revision ID: 0005_step_results
-Revises: 0004_mail
+Revision ID: 0006_step_results
+Revises: 0005_seat_ends
 Create Date: 2026-12-07
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005_step_results"
-down_revision = "0004_mail"
+revision = "0006_step_results"
+down_revision = "0005_seat_ends"
 branch_labels = None
 depends_on = None
 
