@@ -381,14 +381,15 @@ class Wod(Configurable):
         return self.system_users
 
     runtime = CaselessStrEnum(
-        ["local", "docker", "kubernetes"],
+        ["local", "docker", "swarm", "kubernetes"],
         "local",
         help="""Where seats' servers run, as the service sees it when it ends a seat (CLEANUP, RESET, PURGE).
 
         ``local``: processes of this machine, as ``student<N>`` in the seat's
         control group (``WodSpawner``, ``spawner_class = "wod"``). ``docker``:
         a container per seat, found by its labels (``spawner_class =
-        "wod-docker"``, ``c.DockerRuntime``). ``kubernetes``: a pod per seat
+        "wod-docker"``, ``c.DockerRuntime``); ``swarm``: a Swarm service per
+        seat (``"wod-swarm"``, ``c.SwarmRuntime``). ``kubernetes``: a pod per seat
         (``spawner_class = "wod-kubernetes"``, ``c.KubernetesRuntime``). The
         hub's spawner must match. See docs/scaling-out.md.
         """,

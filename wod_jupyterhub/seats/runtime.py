@@ -23,6 +23,7 @@ from traitlets.config import LoggingConfigurable
 RUNTIMES = {
     "local": "wod_jupyterhub.seats.wipe:LocalRuntime",
     "docker": "wod_jupyterhub.seats.containers:DockerRuntime",
+    "swarm": "wod_jupyterhub.seats.containers:SwarmRuntime",
     "kubernetes": "wod_jupyterhub.seats.kubernetes:KubernetesRuntime",
 }
 
