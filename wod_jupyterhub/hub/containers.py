@@ -92,8 +92,8 @@ class WodSwarmSpawner(ContainerSeatMixin, SwarmSpawner):
     """SwarmSpawner for seats: one Swarm service per seat, its one task's container as the seat's uid, with its limits.
 
     The service's network (``network_name``, default ``wod-seats``) is a
-    bridge of swarm scope (``docker network create --driver bridge --scope
-    swarm wod-seats``): every node has its own, each seat a network
+    bridge of swarm scope (``--driver bridge --scope swarm --config-from``
+    a config-only network of each node's subnet): every node has its own, each seat a network
     namespace of its own on it, and the hub reaches the task's container at
     its address there (routed to the nodes' bridges). ``extra_placement_spec``
     (``{"constraints": ["node.labels.wod==seats"]}``) keeps seats on the
