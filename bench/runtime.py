@@ -23,7 +23,6 @@ seat-image``); prints why and exits 0 otherwise.
 
 import argparse
 import asyncio
-import json
 import os
 import subprocess
 import sys
