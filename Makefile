@@ -8,7 +8,7 @@ CHP := node_modules/.bin/configurable-http-proxy
 STUDENT_PYTHON ?= /usr/bin/python3
 STUDENT_VENV ?= $(CURDIR)/.venv-students
 
-.PHONY: demo test test-quick lint bench deps chromium system-users students-reach ldap-tools labextension clean
+.PHONY: demo test test-quick lint bench deps chromium system-users students-reach ldap-tools labextension docker-tools seat-image clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -105,11 +105,30 @@ system-users: deps
 	  $(MAKE) --no-print-directory $(STUDENT_VENV)/.wod-installed; \
 	else echo "system-users: not root; the system-users tests will be skipped"; fi
 
+# Debian's Docker engine for the container runtime's tests (tests/dockerutil.py starts its own dockerd in
+# namespaces of its own; the package's service is never started here) and debootstrap for the seats' image.
+docker-tools:
+	@if [ "$$(id -u)" = 0 ]; then \
+	  { command -v dockerd && command -v containerd && command -v debootstrap; } >/dev/null || { \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io debootstrap >/dev/null; }; \
+	else echo "docker-tools: not root; the Docker tests will be skipped"; fi
+
+# The seats' container image as a root file system for `docker import` (no registry): Debian's minimal base
+# and the students' Python (share/docker/seat-rootfs.sh). Built once; rebuilt when the students' Python is.
+SEAT_ROOTFS := .cache/wod-seat-rootfs.tar
+$(SEAT_ROOTFS): share/docker/seat-rootfs.sh $(STUDENT_VENV)/.installed
+	@mkdir -p .cache && rm -rf .cache/dockerd
+	sh share/docker/seat-rootfs.sh $@ $(STUDENT_VENV)
+
+seat-image: docker-tools system-users
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory $(SEAT_ROOTFS); \
+	else echo "seat-image: not root; the Docker tests will be skipped"; fi
+
 # ruff (the `test` extra) with the settings of pyproject.toml; `make test` runs it first.
 lint: deps
 	$(BIN)/ruff check .
 
-test: students-reach deps $(LABEXT) chromium lint system-users ldap-tools
+test: students-reach deps $(LABEXT) chromium lint system-users ldap-tools seat-image
 	PATH="$(CURDIR)/node_modules/.bin:$$PATH" WOD_STUDENT_PYTHON="$(STUDENT_VENV)/bin/python" $(BIN)/pytest -q -ra $(PYTEST_ARGS)
 
 # The tests that need neither a hub nor root nor a browser (the store's tests on PostgreSQL too: they are
@@ -129,4 +148,4 @@ bench: deps
 	PATH="$(CURDIR)/node_modules/.bin:$$PATH"; for b in bench/[!_]*.py; do n=$$(basename $$b .py); echo "== bench.$$n"; $(BIN)/python -m bench.$$n || exit 1; done
 
 clean:
-	rm -rf $(VENV) $(STUDENT_VENV) node_modules labextension/node_modules labextension/lib labextension/dist students wod.sqlite* wod_secret.key jupyterhub.sqlite jupyterhub_cookie_secret
+test: students-reach deps $(LABEXT) chromium lint system-users ldap-tools seat-image

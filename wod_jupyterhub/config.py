@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from traitlets import Bool, Dict, Float, Integer, List, TraitError, Unicode, default, validate
+from traitlets import Bool, CaselessStrEnum, Dict, Float, Integer, List, TraitError, Unicode, default, validate
 from traitlets.config import Configurable
 
 from .errors import BadRequest, Unprocessable
@@ -364,6 +364,21 @@ class Wod(Configurable):
     @default("cgroups")
     def _cgroups_default(self):
         return self.system_users
+
+    runtime = CaselessStrEnum(
+        ["local", "docker", "swarm", "kubernetes"],
+        "local",
+        help="""Where seats' servers run, as the service sees it when it ends a seat (CLEANUP, RESET, PURGE).
+
+        ``local``: processes of this machine, as ``student<N>`` in the seat's
+        control group (``WodSpawner``, ``spawner_class = "wod"``). ``docker``:
+        a container per seat, found by its labels (``spawner_class =
+        "wod-docker"``, ``c.DockerRuntime``); ``swarm``: a Swarm service per
+        seat (``"wod-swarm"``, ``c.SwarmRuntime``). ``kubernetes``: a pod per seat
+        (``spawner_class = "wod-kubernetes"``, ``c.KubernetesRuntime``). The
+        hub's spawner must match. See docs/scaling-out.md.
+        """,
+    ).tag(config=True)
 
     cgroup_root = Unicode(
         "/sys/fs/cgroup",

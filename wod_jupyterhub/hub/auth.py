@@ -19,8 +19,8 @@ from ..passwords import cheap_hash, hash_password, refusal_time, verify_password
 from ..store.models import Seat, Store, utcnow
 from . import frameless, internals
 from .hash_budget import Busy, HashBudget
+from .seatspawner import server_token_ids
 from .sessions import changed_hands, keep_sweeping, new_cookie_id, revoke_sessions, session_generation
-from .spawner import server_token_ids
 from .throttle import LoginThrottle
 
 

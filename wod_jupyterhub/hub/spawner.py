@@ -8,47 +8,19 @@ import sys
 from pathlib import Path
 
 from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
-from jupyterhub.utils import maybe_future, url_path_join
-from tornado import web
 from traitlets import Bool, CaselessStrEnum, Integer, List, TraitError, Unicode, default, validate
 
-from ..config import Wod, student_number
-from ..errors import WodError
-from ..limits import Limits, limits_from_meta, parse_size
-from ..seats import cgroups, completion, completion_worker, keyrings, seatlog, seatns
-from ..store.models import Completion, Store
-from ..workshops.catalog import find_workshop, load_catalog, parse_workshop_name
-from . import internals
+from ..config import Wod
+from ..limits import parse_size
+from ..seats import cgroups, keyrings, seatlog, seatns
+from .seatspawner import SeatSpawnerMixin
 
 # (cgroup_root, cgroup_parent) whose missing parts this hub process already warned about
 _WARNED: set = set()
 
 
-def server_token_ids(user, generation: int) -> set:
-    """Ids of the API tokens the hub issued to ``user``'s servers that run for seat ``generation``.
-
-    ``user``: the hub's ``User`` (None: no server of it in this hub). The
-    ``WodAuthenticator`` keeps these tokens, and no other, when it ends a
-    user's sessions: recognised by what the hub itself knows, never by a
-    token's note (users write their own: a personal token noted "Server
-    at …" must end with the session like any other). A ``WodSpawner``
-    records the id of its token and the generation it was started for in
-    its state (kept across hub restarts); only a server started for the
-    current generation keeps its token, so a server left from a previous
-    participant loses its access to the hub too.
-    """
-    keep = set()
-    for spawner in internals.spawners(user):
-        token_id = getattr(spawner, "server_token_id", None)
-        if token_id is not None and spawner.active and getattr(spawner, "seat_generation", None) == generation:
-            keep.add(token_id)
-    return keep
-
-
-#: the name of the ``wod`` service among the hub's services
-SERVICE_NAME = "wod"
-#: the server extension of the session bar's routes, enabled in every seat's server that knows the service
-SESSION_EXTENSION = "wod_jupyterhub.lab.extension"
+# The same-origin warning is logged once per hub process, at the first spawn.
+_warned_same_origin = False
 
 #: the servers' runtime folder (connection files, kernels' sockets) inside the seat's private /tmp
 RUNTIME_DIR = "/tmp/jupyter-runtime"
@@ -87,65 +59,10 @@ def without_imports(cmd: list[str], modules: list[str]) -> list[str]:
     return list(cmd)
 
 
-def workshop_folder(workshop: str) -> str:
-    """The folder a booked workshop lives in: a ``CHLG-<Name>`` request renders into ``WKSHP-<Name>``."""
-    return parse_workshop_name(workshop)[0]
-
-
-# The same-origin warning is logged once per hub process, at the first spawn.
-_warned_same_origin = False
-
-
-class WodSpawner(LocalProcessSpawner):
-    """Local process spawner that knows about seats, homes and workshops."""
-
-    start_url = Unicode(
-        "/lab/tree/{workshop}/{readme}",
-        help="""Where a student's browser lands when the server starts.
-
-        ``{workshop}`` is the workshop folder (``WKSHP-<Name>``, also for a
-        challenge) and ``{readme}`` is ``c.Wod.readme_notebook``.
-        """,
-    ).tag(config=True)
+class WodSpawner(SeatSpawnerMixin, LocalProcessSpawner):
+    """Local process spawner that knows about seats, homes and workshops: the local runtime's spawner."""
 
     shell = Unicode("/bin/bash", help="SHELL given to the student's terminals in single-user mode.").tag(config=True)
-
-    service_url = Unicode(
-        help="""The ``wod`` service's internal URL, ending in ``/``, that a seat's server reaches it at.
-
-        Given to the server as ``$WOD_SERVICE_URL``; the server's session bar
-        routes (the ``wod_jupyterhub.lab.extension`` server extension, enabled with it)
-        forward the participant's JupyterLab to the service's ``api/seat``
-        there, with the server's own token. Defaults to the ``url`` of the
-        hub's service named ``wod`` (``c.JupyterHub.services``) and its
-        prefix (``http://127.0.0.1:10101/services/wod/``). Empty: no session bar.
-        """,
-    ).tag(config=True)
-
-    @default("service_url")
-    def _service_url_default(self):
-        hub = self.config.JupyterHub
-        for service in hub.get("services", None) or []:
-            if service.get("name") == SERVICE_NAME and service.get("url"):
-                return service["url"].rstrip("/") + url_path_join(hub.get("base_url", None) or "/", "services", SERVICE_NAME) + "/"
-        return ""
-
-    pids_limit = Integer(
-        512,
-        allow_none=True,
-        help="""Most processes (and threads) a seat may run at once: its server, kernels, terminals and all they fork.
-
-        A fork bomb stops there instead of exhausting the machine's pids. A
-        Jupyter server with a kernel uses about 30 (threads count); the
-        default leaves room for a workshop's own tools. None for no limit.
-        Enforced through the seat's control group (``c.Wod.cgroups``); a
-        workshop may ask for more in its ``wod.yml`` (``limits: {processes: N}``).
-        """,
-    ).tag(config=True)
-
-    @validate("pids_limit")
-    def _valid_pids_limit(self, proposal):
-        return self._checked_limit("pids", proposal["value"])
 
     private_tmp = Bool(
         help="""Start each server in a mount and IPC namespace of its own (as systemd's PrivateTmp and PrivateIPC do).
@@ -260,31 +177,11 @@ class WodSpawner(LocalProcessSpawner):
         help="Bytes a second of a seat's output copied into its log; a server that prints faster waits (and only it).",
     ).tag(config=True)
 
-    # JupyterHub's own limits get defaults that share a 2-core class machine fairly.
-    @default("mem_limit")
-    def _mem_limit_default(self):
-        return 2 * 1024**3
-
-    @default("cpu_limit")
-    def _cpu_limit_default(self):
-        return 1.0
-
-    @validate("mem_limit")
-    def _valid_mem_limit(self, proposal):
-        return self._checked_limit("memory", proposal["value"])
-
-    @validate("cpu_limit")
-    def _valid_cpu_limit(self, proposal):
-        return self._checked_limit("cpu", proposal["value"])
-
-    @staticmethod
-    def _checked_limit(field, value):
-        if value is not None:
-            try:
-                Limits(**{field: value})
-            except ValueError as e:
-                raise TraitError(f"WodSpawner: {e}") from None
-        return value
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        # The seat's cgroup.procs files the server joins before it execs (None: no group).
+        self._procs_files = None
+        self._namespace = None
 
     @default("cmd")
     def _cmd_default(self):
@@ -305,69 +202,6 @@ class WodSpawner(LocalProcessSpawner):
     def _env_keep_default(self):
         return super()._env_keep_default() + ["LANGUAGE", "TZ"]
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.wod = Wod(config=self.config)
-        self._assignment = None
-        # The id (not the secret) of the API token the hub issued to this server: WodAuthenticator keeps
-        # that token, and no other, when it ends the user's sessions (a note says nothing: users write them).
-        self.server_token_id = None
-        # The seat's cgroup.procs files the server joins before it execs (None: no group).
-        self._procs_files = None
-        self._limits = None
-        self._workshop = None  # (folder, catalog entry) of this start's seat
-        self._namespace = None
-        # Set at the stop: True when the server was started ahead and no browser ever reached it.
-        self._never_opened = False
-
-    @property
-    def store(self) -> Store:
-        # One engine per hub process, shared with the authenticator.
-        return Store.shared(self.wod.db_url)
-
-    @property
-    def number(self):
-        return student_number(self.user.name)
-
-    @property
-    def home(self) -> str:
-        return str(self.wod.home(self.number))
-
-    # -- before the start ------------------------------------------------
-
-    def load_assignment(self) -> dict:
-        """The seat's current assignment, or a clear refusal."""
-        n = self.wod.seat(self.user.name)
-        if n is None:
-            raise web.HTTPError(403, f"{self.user.name} is not a workshop seat of this hub, so it has no server here.")
-        row = self.store.student(n)
-        if row is None or not row.active or not row.workshop:
-            raise web.HTTPError(403, f"{self.user.name} has no workshop booked at the moment, so its server cannot start.")
-        if not os.path.isdir(self.home):
-            raise web.HTTPError(
-                409,
-                f"The home of {self.user.name} is missing ({self.home}); the workshop was not provisioned."
-                " Ask the organizers to book the seat again.",
-            )
-        if self.wod.system_users:
-            self.check_account(n)
-        return {"student": n, "customer": row.customer, "workshop": row.workshop, "generation": row.generation}
-
-    def check_account(self, n: int) -> None:
-        """In system-users mode the Linux account must exist with the expected uid."""
-        name, uid = self.user.name, self.wod.uid_base + n
-        try:
-            entry = pwd.getpwnam(name)
-        except KeyError:
-            raise web.HTTPError(409, f"The Linux account {name} does not exist; an admin must run `wod users create` (as root).") from None
-        if entry.pw_uid != uid:
-            raise web.HTTPError(409, f"The Linux account {name} has uid {entry.pw_uid}, not {uid} (uid_base + {n}); fix the account or c.Wod.uid_base.")
-
-    def apply_assignment(self, assignment: dict) -> None:
-        folder = workshop_folder(assignment["workshop"])
-        self.notebook_dir = self.home
-        self.default_url = self.start_url.format(workshop=folder, readme=self.wod.readme_notebook)
-
     def warn_same_origin(self) -> None:
         """Once per hub: in system-users mode without ``subdomain_host``, every server shares the hub's origin."""
         global _warned_same_origin
@@ -380,36 +214,11 @@ class WodSpawner(LocalProcessSpawner):
             "Set c.JupyterHub.subdomain_host (and cookie_host_prefix_enabled) in production."
         )
 
-    async def run_pre_spawn_hook(self):
-        self.warn_same_origin()
-        self._workshop = None  # the catalog may have changed since the last start
-        self._assignment = await asyncio.to_thread(self.load_assignment)
-        # Started by the wod service ahead of its participant (c.WodOperations.start_server), not by a sign-in.
-        self._assignment["ahead"] = internals.requested_by_service(self.handler)
-        self.apply_assignment(self._assignment)
-        self.server_token_id = self.find_server_token_id()
-        self._procs_files = await asyncio.to_thread(self.prepare_group, self._assignment)
-        return await maybe_future(super().run_pre_spawn_hook())
+    async def prepare_seat(self, assignment: dict) -> None:
+        """The local runtime's part before the start: the seat's control group."""
+        self._procs_files = await asyncio.to_thread(self.prepare_group, assignment)
 
     # -- the seat's control group ------------------------------------------
-
-    def seat_workshop(self, workshop: str):
-        """The catalog's entry of the seat's workshop (None when it is gone), looked up once per start."""
-        folder = workshop_folder(workshop)
-        if self._workshop is None or self._workshop[0] != folder:
-            self._workshop = (folder, find_workshop(self.wod.notebooks, folder, self.wod.prefer_private, self.wod.readme_notebook))
-        return self._workshop[1]
-
-    def seat_limits(self, workshop: str) -> Limits:
-        """``c.Wod.workshop_limits`` over the workshop's ``wod.yml`` ``limits:`` over this spawner's defaults."""
-        limits = Limits(memory=self.mem_limit or None, cpu=self.cpu_limit or None, pids=self.pids_limit)
-        folder = workshop_folder(workshop)
-        ws = self.seat_workshop(workshop)
-        if ws is not None:
-            limits = ws.limits.over(limits)
-        if folder in self.wod.workshop_limits:
-            limits = limits_from_meta(self.wod.workshop_limits[folder])[0].over(limits)
-        return limits
 
     def hierarchy(self) -> cgroups.Hierarchy | None:
         """The host's control groups, or None when ``c.Wod.cgroups`` is off; warns once per hub about what is missing."""
@@ -435,7 +244,6 @@ class WodSpawner(LocalProcessSpawner):
     def prepare_group(self, assignment: dict) -> list[str] | None:
         """Make the seat's group with its limits (as root, before the server starts); the files the server joins."""
         h = self.hierarchy()
-        self._limits = self.seat_limits(assignment["workshop"])
         if h is None or not h.available:
             return None
         group = h.seat(self.user.name)
@@ -545,8 +353,6 @@ class WodSpawner(LocalProcessSpawner):
         if self.private_tmp and self.kernel_transport == "ipc":
             # Made 0700 by the seat's namespace; a Unix socket's path must stay under 108 bytes.
             env["JUPYTER_RUNTIME_DIR"] = RUNTIME_DIR
-        if self.service_url:
-            env["WOD_SERVICE_URL"] = self.service_url
         return env
 
     def get_args(self):
@@ -555,88 +361,5 @@ class WodSpawner(LocalProcessSpawner):
             args.append("--allow-root")
         if self.kernel_transport == "ipc":
             args.append("--KernelManager.transport=ipc")
-        if self.service_url:
-            args.append(f"--ServerApp.jpserver_extensions={SESSION_EXTENSION}=True")
         return args
 
-    # The assignment a server was started for outlives a hub restart, so the
-    # snapshot at its stop names the participant who used it.
-    def get_state(self):
-        state = super().get_state()
-        if self._assignment:
-            state["wod_assignment"] = self._assignment
-        if self.server_token_id is not None:
-            state["wod_server_token"] = self.server_token_id
-        return state
-
-    def load_state(self, state):
-        super().load_state(state)
-        self._assignment = state.get("wod_assignment") or self._assignment
-        self.server_token_id = state.get("wod_server_token", self.server_token_id)
-
-    def find_server_token_id(self):
-        """The database id of ``self.api_token``, the token the hub made for this server start."""
-        return internals.token_id(internals.user_db(self.user), self.api_token)
-
-    @property
-    def seat_generation(self) -> int | None:
-        """The generation of the seat this server was started for; None when it runs for none."""
-        return (self._assignment or {}).get("generation")
-
-    # -- after the stop -----------------------------------------------------
-
-    def snapshot(self, assignment: dict) -> dict | None:
-        """Record the completion ratio of the workshop folder as it is now (a progress snapshot)."""
-        folder = os.path.join(self.home, workshop_folder(assignment["workshop"]))
-        if not os.path.isdir(folder):
-            self.log.info("No completion snapshot for %s: %s is gone", self.user.name, folder)
-            return None
-        try:
-            workshop = load_catalog(self.wod.notebooks, prefer_private=self.wod.prefer_private).get(assignment["workshop"])
-        except WodError:
-            self.log.info("No completion snapshot for %s: workshop %s is gone", self.user.name, assignment["workshop"])
-            return None
-        # In a worker process (bounded memory and time), never in the hub: json.loads
-        # of a student's notebook in a thread stalled the hub's event loop.
-        ratio = completion_worker.measure(folder, notebooks=completion.provisioned_notebooks(workshop), **self.wod.completion_limits())
-        with self.store.session() as s:
-            s.add(
-                Completion(
-                    student=assignment["student"],
-                    customer=assignment["customer"],
-                    workshop=assignment["workshop"],
-                    kind="snapshot",
-                    ratio=ratio["ratio"],
-                    executed=ratio["executed"],
-                    total=ratio["total"],
-                    detail=ratio,
-                )
-            )
-        self.log.info("Completion snapshot for %s: %d%% (%d/%d cells)", self.user.name, ratio["ratio"], ratio["executed"], ratio["total"])
-        return ratio
-
-    async def stop(self, now=False):
-        # Asked now: right after, the hub deletes the server's OAuth client with the tokens that tell.
-        try:
-            self._never_opened = bool((self._assignment or {}).get("ahead")) and not internals.has_oauth_token(
-                self.user, self.oauth_client_id
-            )
-        except Exception:  # never in the way of a stop: the snapshot is taken as for any server
-            self.log.exception("Could not tell whether the server of %s was opened", self.user.name)
-        return await super().stop(now=now)
-
-    async def run_post_stop_hook(self):
-        assignment = self._assignment
-        if assignment is not None and self._never_opened:
-            # A server started ahead that its participant never opened says nothing of their progress.
-            self.log.info("No completion snapshot for %s: its server was started ahead and never opened", self.user.name)
-        elif assignment is not None:
-            try:
-                await asyncio.to_thread(self.snapshot, assignment)
-            except Exception:  # a snapshot must never keep a server from stopping
-                self.log.exception("Completion snapshot failed for %s", self.user.name)
-        # Not in clear_state: poll() clears the state before this hook runs.
-        self._assignment = None
-        self.server_token_id = None
-        self._never_opened = False
-        return await maybe_future(super().run_post_stop_hook())

@@ -10,7 +10,7 @@ from tornado import web
 from .. import __version__
 from ..errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, Unauthorized, WodError
 from ..local_peers import student_peer
-from ..seats.cgroups import seat_resources
+from ..seats.runtime import seat_runtime
 from ..store.models import Status
 from .fields import printable
 
@@ -314,7 +314,7 @@ class StudentHandler(BaseHandler):
         n = int(number)
         data = self.views.student_json(n)
         data["disk"] = self.app.disk.to_json(n)
-        data["resources"] = await asyncio.to_thread(seat_resources, self.app.wod, n)
+        data["resources"] = await asyncio.to_thread(seat_runtime(self.app.wod).usage, n)
         data["server"] = None
         hub = self.app.hub
         if hub.configured:
