@@ -10,7 +10,8 @@ the settings they share (``c.Wod``). The service reads this same file
 Demo choices, to change for production (each is marked "production:"):
 SQLite files beside this file, single-user mode (every server runs as the
 hub's own user), the sample workshops bundled in ``share/workshops``, the hub
-on http://127.0.0.1:8000.
+on http://127.0.0.1:8000 (in system-users mode on https://wod.localhost:8000,
+each seat on a host of its own: see $WOD_SUBDOMAIN_HOST below).
 """
 
 import contextlib
