@@ -10,7 +10,8 @@ the settings they share (``c.Wod``). The service reads this same file
 Demo choices, to change for production (each is marked "production:"):
 SQLite files beside this file, single-user mode (every server runs as the
 hub's own user), the sample workshops bundled in ``share/workshops``, the hub
-on http://127.0.0.1:8000.
+on http://127.0.0.1:8000 (in system-users mode on https://wod.localhost:8000,
+each seat on a host of its own: see $WOD_SUBDOMAIN_HOST below).
 """
 
 import contextlib
@@ -43,6 +44,18 @@ if os.environ.get("WOD_HUB_API_URL"):
     c.JupyterHub.hub_bind_url = os.environ["WOD_HUB_API_URL"]
 if os.environ.get("WOD_PROXY_API_URL"):
     c.ConfigurableHTTPProxy.api_url = os.environ["WOD_PROXY_API_URL"]
+
+# Every server on a web origin of its own (docs/production.md, "TLS, a real
+# domain, subdomains"): `WOD_SYSTEM_USERS=1 make demo` sets these to
+# https://wod.localhost:<port> and a certificate it makes once; system-users
+# mode does not start without them. production: "https://wod.example.com",
+# a wildcard DNS entry and certificate.
+if os.environ.get("WOD_SUBDOMAIN_HOST"):
+    c.JupyterHub.subdomain_host = os.environ["WOD_SUBDOMAIN_HOST"]
+    c.JupyterHub.cookie_host_prefix_enabled = True
+if os.environ.get("WOD_SSL_CERT"):
+    c.JupyterHub.ssl_cert = os.environ["WOD_SSL_CERT"]
+    c.JupyterHub.ssl_key = os.environ["WOD_SSL_KEY"]
 
 # The hub's own database (users, servers, tokens); not the wod database below.
 # production: PostgreSQL, like c.Wod.db_url.
@@ -100,8 +113,10 @@ if os.environ.get("WOD_NOTEBOOKS"):
     c.Wod.notebooks = os.environ["WOD_NOTEBOOKS"].split(os.pathsep)
 
 # Seats this backend serves; each workshop's wod.yml narrows them further.
-c.Wod.student_min = 1
-c.Wod.student_max = 100
+# $WOD_STUDENT_MIN / $WOD_STUDENT_MAX move the demo's range (and the Linux
+# accounts `WOD_SYSTEM_USERS=1 make demo` makes) clear of seats already on the machine.
+c.Wod.student_min = int(os.environ.get("WOD_STUDENT_MIN", "1"))
+c.Wod.student_max = int(os.environ.get("WOD_STUDENT_MAX", "100"))
 
 # Offset between the portal's student ids and ours (the original's BASESTDID).
 c.Wod.base_student_id = 0
@@ -121,10 +136,6 @@ SYSTEM_USERS = os.environ.get("WOD_SYSTEM_USERS", "0").lower() not in ("", "0", 
 c.Wod.system_users = SYSTEM_USERS
 c.Wod.uid_base = 10000
 if SYSTEM_USERS:
-    # A demo's browsers are its admin's own: every seat's server on the hub's origin, which
-    # system-users mode otherwise refuses (production: c.JupyterHub.subdomain_host, a wildcard
-    # domain, and c.JupyterHub.cookie_host_prefix_enabled = True; README, "Security model").
-    c.Wod.allow_single_origin = True
     # The servers run as student<N>: with a Python every account may execute
     # (`make system-users` builds one in .venv-students; the hub's own may sit under /root).
     c.Spawner.cmd = [os.environ.get("WOD_STUDENT_PYTHON") or sys.executable, "-m", "jupyterhub.singleuser"]
@@ -160,7 +171,7 @@ c.Wod.variables = {
     "BRANDINGURL": "https://developer.hpe.com",
     "WODBEFQDN": "127.0.0.1",
     "WODBEEXTFQDN": "127.0.0.1:8000",
-    "JPHUB": c.JupyterHub.bind_url,
+    "JPHUB": os.environ.get("WOD_SUBDOMAIN_HOST") or c.JupyterHub.bind_url,
 }
 
 # ---------------------------------------------------------------------------

@@ -17,12 +17,13 @@ proxy's table at that seat's host (a stock server sandboxes the files it
 serves), opened by student500 while logged in.
 """
 
-import datetime
 import os
+import re
 import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -35,6 +36,8 @@ from tests.hubutil import write_workshop
 from tests.pageserver import PageServer
 from tests.seatutil import live_processes
 from tests.sysusers import student_python
+from wod_jupyterhub.cli import demo
+from wod_jupyterhub.cli.hubprocess import REPO, hub_env
 from wod_jupyterhub.cli.users import accounts_for
 from wod_jupyterhub.config import Wod
 from wod_jupyterhub.passwords import hash_password
@@ -48,6 +51,8 @@ pytestmark = [
 ]
 
 FIRST, LAST = 500, 509
+#: the seats of `WOD_SYSTEM_USERS=1 make demo`'s self-check below (its accounts made by the demo, removed here)
+DEMO_FIRST, DEMO_LAST = 490, 491
 VICTIM, ATTACKER = 500, 501
 WORKSHOP = "WKSHP-Subdomains"
 DOMAIN = "wod.localhost"
@@ -96,6 +101,49 @@ function framed(url) {{
   window.result = result;
 }})();
 </script></body></html>"""
+
+
+def test_the_system_users_demo_serves_each_seat_on_its_own_host():
+    """`WOD_SYSTEM_USERS=1 make demo` in its self-check mode: the repository's configuration, a seat's lab on its host.
+
+    The demo makes its certificate and the accounts of its range, books a seat
+    at the service's own port, logs in at ``wod.localhost`` and follows the hub
+    to the seat's lab, which must answer on ``student<N>.wod.localhost``.
+    """
+    state = Path(tempfile.mkdtemp(prefix="wod-demo-subdomains-"))
+    state.chmod(0o711)  # the students pass through it to their homes
+    notebooks = state / "notebooks"
+    write_workshop(notebooks, "WKSHP-Demo", (DEMO_FIRST, DEMO_LAST))
+    env = hub_env({
+        "WOD_SYSTEM_USERS": "1", "WOD_NOTEBOOKS": str(notebooks), "WOD_START_AHEAD": "0",
+        "WOD_STUDENT_MIN": str(DEMO_FIRST), "WOD_STUDENT_MAX": str(DEMO_LAST),
+        # what `make system-users` builds, unless the run names another (as the suite's command does)
+        "WOD_STUDENT_PYTHON": os.environ.get("WOD_STUDENT_PYTHON") or str(REPO / ".venv-students" / "bin" / "python"),
+    })  # fmt: skip
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "wod_jupyterhub.cli.demo", "--check", "--state", str(state)],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        key_mode = (state / "demo-tls.key").stat().st_mode & 0o777 if (state / "demo-tls.key").exists() else None
+    finally:
+        for n in range(DEMO_FIRST, DEMO_LAST + 1):
+            for pid in live_processes(10000 + n):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        etc_accounts.remove({f"student{n}" for n in range(DEMO_FIRST, DEMO_LAST + 1)})
+        subprocess.run(["rm", "-rf", str(state)], check=False)
+    assert r.returncode == 0, r.stdout + r.stderr.split("\n[", 1)[0] + r.stderr[-3000:]  # its sentence, then the log's end
+    login = re.search(r"^\s+login\s+(\S+)", r.stdout, re.M)
+    assert login and login.group(1).startswith(f"https://{DOMAIN}:") and "/hub/login" in login.group(1), r.stdout
+    lab = re.search(r"(student\d+)'s lab answered at (\S+)", r.stdout)
+    assert lab, r.stdout
+    name, url = lab.groups()
+    assert url.startswith(f"https://{name}.{DOMAIN}:") and f"/user/{name}/lab" in url, url
+    assert "accept" in r.stdout and f"wod--service.{DOMAIN}" in r.stdout, r.stdout
+    assert key_mode == 0o600
 
 
 @pytest.fixture(scope="module")
@@ -153,26 +201,9 @@ def hub(module_hubs, tmp_path_factory, accounts):
 
 def self_signed(folder: Path) -> tuple[Path, Path]:
     """A certificate for the hub's name and every name under it (the browser is told to accept it), and its key."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, DOMAIN)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(DOMAIN), x509.DNSName(f"*.{DOMAIN}")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )  # fmt: skip
-    cert_path, key_path = folder / "tls.crt", folder / "tls.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    key_path.chmod(0o600)
-    return cert_path, key_path
+    cert, key = folder / "tls.crt", folder / "tls.key"
+    demo.self_signed(cert, key, DOMAIN, days=1)
+    return cert, key
 
 
 def wait_ready_over_tls(h) -> None:
