@@ -506,6 +506,16 @@ class Wod(Configurable):
         help="Seconds left at which a participant's session bar warns that the workshop ends (``api/seat``'s ``warn_at``).",
     ).tag(config=True)
 
+    poll_seconds = Integer(
+        10,
+        help="""Seconds between two questions of a participant's session bar to its server (``api/seat``'s ``poll_seconds``).
+
+        A smaller value shows announcements, progress and the end sooner, at
+        one ``api/seat`` request per open JupyterLab each time (the bar takes
+        1 to 600).
+        """,
+    ).tag(config=True)
+
     end_message = Unicode(
         "This workshop has ended. Thank you for taking part! Your notebooks have been removed with your seat.",
         help="What a participant's end screen says once their seat is cleaned up or past its end (``api/seat``'s ``end``).",
@@ -547,6 +557,12 @@ class Wod(Configurable):
     def _positive(self, proposal):
         if proposal["value"] <= 0:
             raise TraitError(f"{proposal['trait'].name} must be more than 0, not {proposal['value']}")
+        return proposal["value"]
+
+    @validate("poll_seconds")
+    def _poll_seconds(self, proposal):
+        if not 1 <= proposal["value"] <= 600:
+            raise TraitError(f"poll_seconds must be between 1 and 600, not {proposal['value']}")
         return proposal["value"]
 
     @validate("warn_at")

@@ -411,7 +411,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
     }
     const bar = new SessionBar();
     app.shell.add(bar, 'header', { rank: 10 } as any);
-    bar.start();
+    // Once every plugin is active: a notification made before the lab's toasts listen is never shown.
+    void app.restored.then(() => bar.start());
   }
 };
 

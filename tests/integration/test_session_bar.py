@@ -1,40 +1,64 @@
-"""The participant's session bar: a real hub spawns a real seat server from the students' Python, with this
-package installed from its built wheel (`make system-users`); Chromium drives its JupyterLab.
+"""The participant's session bar against the real service, on a real hub in system-users mode (as root).
 
-The wod service's seat API is played by a real HTTP server on loopback (tests/seat_server.py: it resolves
-the caller's token with this hub, as the service does), pointed at by ``c.WodSpawner.service_url``, so the
-tests choose what the seat's answer says. Everything else is real: the hub, its proxy, the wod service
-(CREATE books the seat), the seat's server with its ``wod/`` routes, its kernel, the browser.
+Seat ``student490`` is a real account (made here, removed at the end); its server runs as the student
+from the students' Python, with this package installed from its built wheel (`make system-users`), so
+its ``wod/`` routes ask the real wod service with the server's own token. The workshop the test writes
+has one verified step, which the participant's first code cell does. Chromium drives the participant's
+JupyterLab and, for the announcement, the admin's dashboard; the CLEANUP is the portal's real verb.
 
 Screenshots are kept in artifacts/ (gitignored): session-bar-*.png.
 """
 
+import datetime
 import json
 import os
 import re
 import shutil
 import time
-import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.hubutil import notebook, write_workshop
-from tests.seat_server import SeatServer, active_session, iso
+from tests.seatutil import cleanup, seat_accounts, students_folder, system_users_hub
 from wod_jupyterhub.cli.hubprocess import REPO
+from wod_jupyterhub.passwords import hash_password
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "artifacts"
 #: the students' Python with this package installed (not linked), as `make system-users` builds it
 STUDENT_PYTHON = os.environ.get("WOD_STUDENT_PYTHON", "")
-WORKSHOP = "WKSHP-SessionBar"
-N = 490
+FIRST, LAST = 490, 499
+N = FIRST
 NAME = f"student{N}"
+WORKSHOP = "WKSHP-SessionBar"
+ADMIN_PASSWORD = "admin-pass-for-the-bar"
+END_MESSAGE = "Thank you for coming! Your seat has been cleaned up."
+#: the seat ends in under ten minutes: the bar shows the last warning from the start
+ENDS_IN = 590
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-sync"]
+
+# The one step: the participant's first code cell does it.
+STEPS = """duration: 2
+steps:
+  - title: Say hello
+    check: checks/steps.py:hello_written
+    hints:
+      - Run the first code cell of 0-ReadMeFirst, student{{ STDID }}.
+"""
+CHECKS = '''import os
+
+
+def hello_written(seat):
+    if not os.path.isfile(os.path.join(seat.folder, "hello.txt")):
+        return "There is no hello.txt in the workshop's folder yet."
+'''
+HELLO = "with open('hello.txt', 'w') as f:\n    f.write('hello')\nprint('hello written')"
 
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.skipif(os.geteuid() != 0, reason="system-users mode needs root (CI runs as root)"),
     pytest.mark.skipif(not os.path.exists(CHROMIUM) and not os.environ.get("CI"), reason="chromium is not installed (make chromium installs it)"),
     pytest.mark.skipif(
         not os.path.isfile(STUDENT_PYTHON) and not os.environ.get("CI"),
@@ -44,38 +68,41 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def seat():
-    with SeatServer() as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def hub(module_hubs, tmp_path_factory, seat):
+def hub(module_hubs, tmp_path_factory):
     root = tmp_path_factory.mktemp("sessionbar")
+    notebooks = root / "notebooks"
     # a notebook that names its kernel, so the lab starts one at once (no kernel dialog)
-    readme = json.loads(notebook(("markdown", "# {{ WORKSHOP }} for student{{ STDID }}"), ("code", "print('hello')")))
+    readme = json.loads(notebook(("markdown", "# {{ WORKSHOP }} for student{{ STDID }}"), ("code", HELLO)))
     readme["metadata"]["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    write_workshop(root / "notebooks", WORKSHOP, (N, N + 9), extra={"0-ReadMeFirst.ipynb": json.dumps(readme)})
-    config = (
-        f"c.WodSpawner.service_url = {seat.url!r}\n"
-        f"c.Spawner.cmd = [{STUDENT_PYTHON!r}, '-m', 'jupyterhub.singleuser']\n"
-    )
-    with module_hubs(root / "hub", notebooks=[root / "notebooks"], authenticator_class="wod", spawner_class="wod", extra_config=config) as h:
-        seat.hub_api_url = h.api_url
+    folder = write_workshop(notebooks, WORKSHOP, (FIRST, LAST), extra={"0-ReadMeFirst.ipynb": json.dumps(readme)})
+    with open(folder / "wod.yml", "a") as f:
+        f.write(STEPS)
+    (folder / "checks").mkdir()
+    (folder / "checks" / "steps.py").write_text(CHECKS)
+    students = students_folder("wod-bar-")
+    spawner = [
+        f"c.WodSpawner.cmd = [{STUDENT_PYTHON!r}, '-m', 'jupyterhub.singleuser']",
+        "c.WodSpawner.environment = {}",
+        f"c.WodAuthenticator.admin_password_hashes = {{'admin': {hash_password(ADMIN_PASSWORD, cost=4)!r}}}",
+    ]
+    # the bar asks every second and the progress is measured again after half a second: no test waits long
+    wod = {"poll_seconds": 1, "progress_max_age": 0.5, "end_message": END_MESSAGE, "end_url": "https://example.org/next-steps"}
+    with seat_accounts(FIRST, LAST, (N,), students), system_users_hub(
+        module_hubs, root, notebooks, FIRST, LAST, students, spawner=spawner, wod=wod,
+    ) as h:
         yield h
 
 
 @pytest.fixture(scope="module")
-def password(hub, seat):
-    r = httpx.post(
-        hub.proxy_service_url + "api/create?wait=60",
-        headers={"Authorization": f"token {hub.portal_token}"},
-        json={"student": N, "customer": f"cust-{uuid.uuid4().hex[:8]}", "email": "bar@example.com", "workshop": WORKSHOP},
-        timeout=90,
-    )
+def booked(hub):
+    """The seat's password and customer: CREATE with an end in under ten minutes."""
+    customer = "cust-bar"
+    ends_at = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=ENDS_IN)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    with hub.client("portal", via_proxy=True) as c:
+        r = c.post("api/create?wait=90", json={"student": N, "customer": customer, "email": "bar@example.com",
+                                               "workshop": WORKSHOP, "ends_at": ends_at})
     assert r.status_code == 200 and r.json()["status"] == "succeeded", r.text
-    seat.session = {**active_session(N, WORKSHOP), "poll_seconds": 1}
-    return r.json()["result"]["password"]
+    return r.json()["result"]["password"], customer
 
 
 def start_server(hub) -> None:
@@ -87,49 +114,34 @@ def start_server(hub) -> None:
         time.sleep(0.2)
 
 
-def test_the_seat_servers_routes_forward_with_the_servers_own_token(hub, seat, password):
+def test_the_seat_servers_routes_forward_to_the_service_with_the_servers_own_token(hub, booked):
     start_server(hub)
+    # (the browser test shows the server asks with its own token: the lab's page sends none, only its cookie)
     r = hub.hub_api("POST", f"/users/{NAME}/tokens", json={"scopes": [f"access:servers!user={NAME}"], "note": "test"})
     assert r.status_code == 201, r.text
     mine = r.json()["token"]
     base = f"{hub.url}user/{NAME}/wod/"
     with httpx.Client(headers={"Authorization": f"token {mine}"}, timeout=30) as client:
         r = client.get(base + "session")
-        assert r.status_code == 200 and r.json() == seat.session, r.text
-        # the service was asked with the server's own token (the stand-in had the hub resolve it to the seat), not the caller's
-        assert seat.calls[-1].path == "/services/wod/api/seat"
-        assert seat.calls[-1].authorization.startswith("token ") and mine not in seat.calls[-1].authorization
+        assert r.status_code == 200, r.text
+        session = r.json()
+        assert (session["student"], session["workshop"], session["state"]) == (N, WORKSHOP, "active")
+        assert 0 < session["seconds_left"] <= ENDS_IN and session["poll_seconds"] == 1
+        assert session["steps"] == {"verified": 0, "total": 1}
+        assert session["end"] == {"message": END_MESSAGE, "url": "https://example.org/next-steps"}
 
-        seat.steps = [{"index": 1, "title": "Say hello", "status": "unchecked", "message": None, "hints": [], "checked_at": None}]
         r = client.get(base + "steps")
-        assert r.status_code == 200 and r.json()["total"] == 1, r.text
+        assert r.status_code == 200, r.text
+        assert [(s["index"], s["title"], s["status"]) for s in r.json()["steps"]] == [(1, "Say hello", "unchecked")]
+        # the service's error: the same status and its sentence, never its page
         r = client.post(base + "steps/9/check")
-        assert (r.status_code, r.json()) == (404, {"error": "This workshop has no step 9."})
-        assert (seat.calls[-1].method, seat.calls[-1].path) == ("POST", "/services/wod/api/seat/steps/9/check")
-        before = len(seat.calls)
+        assert r.status_code == 404 and set(r.json()) == {"error"} and "9" in r.json()["error"], r.text
         r = client.post(base + "steps/..%2f..%2fapi%2fcreate/check")
-        assert r.status_code == 404 and len(seat.calls) == before
-
-        # the service's errors: the same status and a sentence, never its page or a traceback
-        seat.fail(403, {"error": "forbidden", "message": "This token is not a seat's server."})
-        r = client.get(base + "session")
-        assert (r.status_code, r.json()) == (403, {"error": "This token is not a seat's server."})
-        seat.fail(500, b"<html>Traceback (most recent call last)</html>")
-        r = client.get(base + "session")
-        assert (r.status_code, r.json()) == (500, {"error": "The workshop service answered 500."})
-        seat.fail(None)
-        seat.down()
-        try:
-            r = client.get(base + "session")
-            assert r.status_code == 502 and "cannot be reached" in r.json()["error"], r.text
-        finally:
-            seat.up()
-        assert client.get(base + "session").status_code == 200
+        assert r.status_code == 404, r.text
 
     # without a login the server forwards nothing
-    before = len(seat.calls)
     r = httpx.get(base + "session", timeout=30, follow_redirects=False)
-    assert r.status_code in (302, 403) and len(seat.calls) == before
+    assert r.status_code in (302, 403)
 
 
 def shot(page, name: str) -> Path:
@@ -140,18 +152,32 @@ def shot(page, name: str) -> Path:
     return path
 
 
-def test_the_participant_sees_time_progress_announcements_checks_and_the_end(hub, seat, password):
+def announce_from_the_dashboard(browser, hub, text: str) -> None:
+    """The admin logs in, and announces ``text`` to the workshop with the dashboard's form."""
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        page.goto(hub.url + "hub/login")
+        page.fill("input[name=username]", "admin")
+        page.fill("input[name=password]", ADMIN_PASSWORD)
+        page.click("input[type=submit], button[type=submit]")
+        page.wait_for_url(lambda url: "/hub/login" not in url, timeout=60_000)
+        page.goto(hub.url + "services/wod/")
+        expect(page.locator("#announce-workshop option", has_text=WORKSHOP)).to_have_count(1, timeout=60_000)
+        page.select_option("#announce-workshop", WORKSHOP)
+        page.fill("#announce-text", text)
+        page.click("#announce-form button[type=submit]")
+        expect(page.locator("#action-result")).to_contain_text(f"Announced to {WORKSHOP}", timeout=30_000)
+    finally:
+        context.close()
+
+
+def test_the_participant_sees_time_progress_checks_announcements_and_the_end(hub, booked):
     from playwright.sync_api import expect, sync_playwright
 
-    seat.update(steps={"verified": 0, "total": 2}, progress={"ratio": 0.0, "executed": 0, "total": 8, "measured_at": iso()})
-    seat.steps = [
-        {"index": 1, "title": "Say hello", "status": "unchecked", "message": None, "hints": [], "checked_at": None},
-        {"index": 2, "title": "Add two numbers", "status": "unchecked", "message": None, "hints": [], "checked_at": None},
-    ]
-    seat.outcomes = {1: [
-        {"status": "failed", "message": "No cell printed hello yet.", "hints": ["Run the first code cell of 0-ReadMeFirst."]},
-        {"status": "passed", "message": None},
-    ]}
+    password, customer = booked
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         try:
@@ -163,61 +189,59 @@ def test_the_participant_sees_time_progress_announcements_checks_and_the_end(hub
             page.wait_for_url(f"**/user/{NAME}/lab/**", timeout=120_000)
             bar = page.locator("#wod-session-bar")
             expect(bar.locator(".wod-SessionBar-workshop")).to_have_text(WORKSHOP, timeout=90_000)
-            # 5400 s left when answered: the bar counts down between answers
-            expect(bar.locator(".wod-SessionBar-time")).to_have_text(re.compile(r"^1 h (29|30) min left$"))
-            expect(bar.locator(".wod-SessionBar-time")).not_to_have_class(re.compile("wod-mod-warning"))
-            expect(bar.locator(".wod-SessionBar-progress")).to_have_text("0% done (0 of 8 cells run)")
-
-            # the progress moves when the answer does
-            seat.update(progress={"ratio": 0.375, "executed": 3, "total": 8, "measured_at": iso()})
-            expect(bar.locator(".wod-SessionBar-progress")).to_have_text("38% done (3 of 8 cells run)", timeout=15_000)
-            shot(page, "progress")
-
-            # an announcement: in the bar and as a JupyterLab notification
-            seat.update(announcements=[{"id": 7, "at": iso(), "text": "Break until 10:30, then step 2."}])
-            expect(bar.locator(".wod-SessionBar-announcement")).to_have_text("Break until 10:30, then step 2.", timeout=15_000)
-            expect(page.locator(".Toastify__toast", has_text="Break until 10:30, then step 2.")).to_be_visible()
-
-            # under the last threshold: the time turns to a warning, with a notification
-            seat.update(seconds_left=590, ends_at=iso(590))
-            expect(bar.locator(".wod-SessionBar-time.wod-mod-warning")).to_have_text(re.compile(r"^9 min \d\d s left$"), timeout=15_000)
+            # under ten minutes left from the start: the last warning, with a notification
+            expect(bar.locator(".wod-SessionBar-time.wod-mod-warning")).to_have_text(re.compile(r"^9 min \d\d s left$"))
             expect(page.locator(".Toastify__toast", has_text="The workshop ends in")).to_be_visible()
-            shot(page, "warning")
+            progress = bar.locator(".wod-SessionBar-progress")
+            expect(progress).to_have_text(re.compile(r"^0% done \(0 of \d+ cells run\)$"), timeout=15_000)
+            total = int(re.search(r"of (\d+) cells", progress.inner_text()).group(1))
+            assert total >= 2
+            expect(bar.locator(".wod-SessionBar-stepsButton")).to_have_text("Steps: 0 of 1 verified")
 
-            # Check: the failure's message and hint, then the pass
+            # Check before the step is done: the check's message and the first hint
             bar.locator(".wod-SessionBar-stepsButton").click()
             step = page.locator(".wod-SessionBar-steps .wod-Step[data-index='1']")
             expect(step.locator(".wod-Step-title")).to_have_text("1. Say hello")
             step.locator(".wod-Step-check").click()
-            expect(step.locator(".wod-Step-message")).to_have_text("No cell printed hello yet.")
-            expect(step.locator(".wod-Step-hint")).to_have_text("Hint: Run the first code cell of 0-ReadMeFirst.")
+            expect(step.locator(".wod-Step-message")).to_have_text("There is no hello.txt in the workshop's folder yet.", timeout=30_000)
+            expect(step.locator(".wod-Step-hint")).to_have_text(f"Hint: Run the first code cell of 0-ReadMeFirst, student{N}.")
             shot(page, "check-failed")
-            step.locator(".wod-Step-check").click()
-            expect(step.locator(".wod-Step-status")).to_have_text("Passed")
-            expect(step.locator(".wod-Step-message")).to_have_count(0)
-            shot(page, "check-passed")
+            bar.locator(".wod-SessionBar-stepsButton").click()  # closes the panel
 
-            # the service says the workshop ended: the end screen, with the configured message and link
-            seat.update(state="ended", seconds_left=0)
-            end = page.locator("#wod-end-screen")
-            expect(end.locator(".wod-EndScreen-title")).to_have_text("This workshop has ended", timeout=15_000)
-            expect(end.locator(".wod-EndScreen-message")).to_have_text("Thank you for coming! Your seat has been cleaned up.")
-            expect(end.locator("a.wod-EndScreen-link")).to_have_attribute("href", "https://example.org/next-steps")
-            shot(page, "ended")
-
-            # the server stopped as CLEANUP stops it, the answer still "active": the end screen, over the lab's errors
-            seat.update(state="active", seconds_left=590)
-            page.reload()
-            expect(bar.locator(".wod-SessionBar-workshop")).to_have_text(WORKSHOP, timeout=90_000)
-            expect(page.locator(".jp-Notebook-cell").first).to_be_visible(timeout=60_000)
+            # the participant runs the cell in the page and saves: the progress moves, the step is done
+            cell = page.locator(".jp-NotebookPanel:visible .jp-CodeCell").first
             expect(page.locator(".jp-NotebookPanel:visible .jp-Toolbar-kernelName")).to_contain_text("Python 3", timeout=60_000)
-            r = hub.hub_api("DELETE", f"/users/{NAME}/server")
-            assert r.status_code in (202, 204), r.text
+            cell.locator(".jp-InputArea-editor").click()
+            page.keyboard.press("Shift+Enter")
+            expect(cell.locator(".jp-OutputArea-output")).to_contain_text("hello written", timeout=60_000)
+            page.keyboard.press("Control+s")
+            expect(progress).to_have_text(f"{round(100 / total)}% done (1 of {total} cells run)", timeout=15_000)
+            shot(page, "progress")
+
+            bar.locator(".wod-SessionBar-stepsButton").click()
+            step.locator(".wod-Step-check").click()
+            expect(step.locator(".wod-Step-status")).to_have_text("Passed", timeout=30_000)
+            expect(step.locator(".wod-Step-message")).to_have_count(0)
+            expect(bar.locator(".wod-SessionBar-stepsButton")).to_have_text("Steps: 1 of 1 verified", timeout=15_000)
+            shot(page, "check-passed")
+            bar.locator(".wod-SessionBar-stepsButton").click()
+
+            # the instructor's announcement from the dashboard: in the bar and as a JupyterLab notification
+            text = "Break until 10:30, then step 2."
+            announce_from_the_dashboard(browser, hub, text)
+            expect(bar.locator(".wod-SessionBar-announcement")).to_have_text(text, timeout=15_000)
+            expect(page.locator(".Toastify__toast", has_text=text)).to_be_visible()
+            shot(page, "announcement")
+
+            # the portal's CLEANUP: the end screen, over whatever the lab says of its lost server and kernel
+            cleanup(hub, N, customer)
+            end = page.locator("#wod-end-screen")
             expect(end.locator(".wod-EndScreen-title")).to_have_text("This workshop has ended", timeout=30_000)
-            expect(end.locator(".wod-EndScreen-message")).to_have_text("Thank you for coming! Your seat has been cleaned up.")
-            page.wait_for_timeout(3000)  # the lab's own reaction to its lost server and kernel comes in meanwhile
+            expect(end.locator(".wod-EndScreen-message")).to_have_text(END_MESSAGE)
+            expect(end.locator("a.wod-EndScreen-link")).to_have_attribute("href", "https://example.org/next-steps")
+            page.wait_for_timeout(2000)  # the lab's own reaction to its lost server and kernel comes in meanwhile
             on_top = page.evaluate("() => !!document.elementFromPoint(innerWidth / 2, innerHeight / 2).closest('#wod-end-screen')")
             assert on_top, "something covers the end screen"
-            shot(page, "server-gone")
+            shot(page, "ended")
         finally:
             browser.close()

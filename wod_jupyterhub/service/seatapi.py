@@ -67,6 +67,7 @@ async def seat_view(app, n: int) -> dict:
         "ends_at": isoformat(ends_at),
         "seconds_left": seconds_left(ends_at, now),
         "warn_at": list(wod.warn_at),
+        "poll_seconds": wod.poll_seconds,
         "announcements": news,
         "progress": progress,
         "end": {"message": wod.end_message, "url": wod.end_url or None},
