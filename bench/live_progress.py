@@ -36,7 +36,7 @@ from wod_jupyterhub.config import Wod
 from wod_jupyterhub.seats import completion_worker
 from wod_jupyterhub.service.liveview import LiveView
 from wod_jupyterhub.service.progress import Progress
-from wod_jupyterhub.store.models import Seat, Store, Student
+from wod_jupyterhub.store.models import Seat, SeatState, Store
 from wod_jupyterhub.workshops.catalog import CatalogCache
 
 SEATS = 500
@@ -129,7 +129,7 @@ def main():
             build_home(root / "students", n)
         store = Store(wod.db_url)
         with store.session() as s:
-            s.add_all(Student(number=n, state=Seat.ACTIVE, workshop=WORKSHOP, customer=f"c{n}") for n in range(1, SEATS + 1))
+            s.add_all(Seat(number=n, state=SeatState.ACTIVE, workshop=WORKSHOP, customer=f"c{n}") for n in range(1, SEATS + 1))
         catalog = CatalogCache(wod, ttl=3600)
         log = logging.getLogger("bench")
         app = SimpleNamespace(wod=wod, store=store, log=log, hub=SimpleNamespace(configured=False))

@@ -24,7 +24,7 @@ from traitlets.config import Config
 
 from wod_jupyterhub import passwords
 from wod_jupyterhub.hub.auth import WodAuthenticator
-from wod_jupyterhub.store.models import Student
+from wod_jupyterhub.store.models import Seat
 
 REPEAT = 15
 NAMES = ("admin", "student3", "student7", "nobody")
@@ -41,7 +41,7 @@ def main() -> int:
         c.WodAuthenticator.throttle_ip_failures = 0
         auth = WodAuthenticator(config=c)
         with auth.store.session() as s:
-            s.add(Student(number=3, password_hash=passwords.hash_password("Student-pw-3"), state="active", generation=1))
+            s.add(Seat(number=3, password_hash=passwords.hash_password("Student-pw-3"), state="active", generation=1))
         times = {name: [] for name in NAMES}
         cpu = {name: [] for name in NAMES}
 

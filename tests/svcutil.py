@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from wod_jupyterhub import passwords
-from wod_jupyterhub.store.models import Operation, OutboxMessage, Student, make_engine
+from wod_jupyterhub.store.models import Operation, OutboxMessage, Seat, make_engine
 
 OPENAPI = json.loads((Path(__file__).resolve().parent.parent / "wod_jupyterhub" / "service" / "openapi.json").read_text())
 _ROUTES = [
@@ -58,9 +58,9 @@ class DB:
     def __init__(self, db_url: str):
         self.engine = make_engine(db_url)
 
-    def student(self, n) -> Student | None:
+    def student(self, n) -> Seat | None:
         with Session(self.engine) as s:
-            return s.get(Student, n)
+            return s.get(Seat, n)
 
     def count_ops(self) -> int:
         with Session(self.engine) as s:

@@ -26,7 +26,7 @@ from wod_jupyterhub.config import student_number
 from wod_jupyterhub.hub.auth import WodAuthenticator
 from wod_jupyterhub.hub.sessions import SESSION_TAG, new_cookie_id, session_generation
 from wod_jupyterhub.passwords import hash_params, hash_password
-from wod_jupyterhub.store.models import Student, Throttle, utcnow
+from wod_jupyterhub.store.models import Seat, Throttle, utcnow
 
 ADMIN_HASH = hash_password("admin-secret-pw", cost=11)
 
@@ -45,7 +45,7 @@ def make_auth(db_url, **options):
 
 def seat(auth, n, password="pw-" + "x" * 10, state="active", generation=1):
     with auth.store.session() as s:
-        row = s.get(Student, n) or Student(number=n)
+        row = s.get(Seat, n) or Seat(number=n)
         row.password_hash = hash_password(password)
         row.state = state
         row.generation = generation
@@ -57,7 +57,7 @@ def seat(auth, n, password="pw-" + "x" * 10, state="active", generation=1):
 
 def bump(auth, n):
     with auth.store.session() as s:
-        s.execute(update(Student).where(Student.number == n).values(generation=Student.generation + 1))
+        s.execute(update(Seat).where(Seat.number == n).values(generation=Seat.generation + 1))
 
 
 async def login(auth, name, password, ip=None):
@@ -101,7 +101,7 @@ async def test_inactive_seat_refused_with_a_sentence_only_after_the_right_passwo
 async def test_out_of_range_unknown_and_unprovisioned_names_refused(auth):
     pw = seat(auth, 39)
     with auth.store.session() as s:  # a row for 41 exists, but 41 is outside student_max=40
-        s.add(Student(number=41, password_hash=hash_password(pw), state="active", generation=1))
+        s.add(Seat(number=41, password_hash=hash_password(pw), state="active", generation=1))
     assert await login(auth, "student41", pw) is None
     assert await login(auth, "student0", pw) is None
     assert await login(auth, "student039", pw) is None
@@ -567,7 +567,7 @@ def test_every_refusal_checks_once_at_its_own_cost_and_answers_after_the_same_wa
     auth = WodAuthenticator(config=c)
     seat(auth, 3)
     with auth.store.session() as s:  # a seat with no password (never provisioned)
-        s.merge(Student(number=4, state="free", generation=0))
+        s.merge(Seat(number=4, state="free", generation=0))
     import wod_jupyterhub.hub.auth as auth_mod
 
     calls, slept = [], []

@@ -33,7 +33,7 @@ from wod_jupyterhub.hub.kubernetes import WodKubeSpawner  # noqa: E402
 from wod_jupyterhub.seats.kubernetes import KubernetesRuntime, SeatStillRuns  # noqa: E402
 from wod_jupyterhub.seats.runtime import seat_runtime  # noqa: E402
 from wod_jupyterhub.seats.wipe import wipe_seat  # noqa: E402
-from wod_jupyterhub.store.models import Store, Student  # noqa: E402
+from wod_jupyterhub.store.models import Seat, Store  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "share" / "workshops"
@@ -71,7 +71,7 @@ def place(tmp_path, monkeypatch):
 async def manifest(config, store, workshop: str, n: int) -> dict:
     """The pod WodKubeSpawner would create for seat ``n`` booked for ``workshop``, as the API server receives it."""
     with store.session() as s:
-        s.merge(Student(number=n, state="active", workshop=workshop, customer="c", generation=1))
+        s.merge(Seat(number=n, state="active", workshop=workshop, customer="c", generation=1))
     (Path(config.Wod.students_root) / f"student{n}" / workshop).mkdir(parents=True, exist_ok=True)
     db = orm.new_session_factory("sqlite://")()
     u = orm.User(name=f"student{n}")

@@ -24,7 +24,7 @@ from wod_jupyterhub.cli import users
 from wod_jupyterhub.hub.spawner import WodSpawner
 from wod_jupyterhub.limits import Limits
 from wod_jupyterhub.seats import cgroups
-from wod_jupyterhub.store.models import Completion, Store, Student
+from wod_jupyterhub.store.models import Completion, Seat, Store
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def setup(sqlite_url, tmp_path):
 
 def book(store, root, n, workshop="WKSHP-Sample", customer="cust-1", state="active", make_home=True):
     with store.session() as s:
-        s.merge(Student(number=n, state=state, workshop=workshop, customer=customer, generation=1))
+        s.merge(Seat(number=n, state=state, workshop=workshop, customer=customer, generation=1))
     home = root / f"student{n}"
     if make_home:
         (home / workshop.replace("CHLG-", "WKSHP-")).mkdir(parents=True, exist_ok=True)

@@ -63,7 +63,7 @@ def test_a_new_pools_seats_are_prepared_without_asking_the_hub_seat_by_seat(hub)
     from sqlalchemy import select
     from sqlalchemy.orm import Session
 
-    from wod_jupyterhub.store.models import Student, make_engine
+    from wod_jupyterhub.store.models import Seat, make_engine
 
     deadline = time.monotonic() + 60
     while httpx.get(hub.service_url + "api/health", timeout=10).json()["prepare_pending"]:
@@ -72,7 +72,7 @@ def test_a_new_pools_seats_are_prepared_without_asking_the_hub_seat_by_seat(hub)
     seats = [*range(11, 16), *range(21, 26), *range(31, 36)]
     assert all(hub.hub_api("GET", f"/users/student{n}").status_code == 200 for n in seats)
     with Session(make_engine(hub.db_url)) as s:
-        ended = dict(s.execute(select(Student.number, Student.sessions_ended).where(Student.number.in_(seats))).all())
+        ended = dict(s.execute(select(Seat.number, Seat.sessions_ended).where(Seat.number.in_(seats))).all())
     assert ended == {n: True for n in seats}
     log = (hub.root / "hub.log").read_text()
     assert "/tokens" not in log and "DELETE /hub/api/users/student" not in log

@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 
 from tests.seatutil import WORKSHOP, browser, cleanup, create, logged_in, login_form, open_lab, run_cells, server_get, spawn, wait_ready, whoami
 from wod_jupyterhub.passwords import hash_password
-from wod_jupyterhub.store.models import Completion, Store, Student
+from wod_jupyterhub.store.models import Completion, Seat, Store
 
 ADMIN_PASSWORD = "admin-pass-for-e2e"
 THROTTLE = 3
@@ -179,7 +179,7 @@ def test_a_token_noted_like_a_servers_ends_with_the_seat_generation(hub):
     # failed or is yet to come): the hub alone must end what the participant had
     store = Store(hub.db_url)
     with store.session() as s:
-        s.execute(update(Student).where(Student.number == n).values(generation=Student.generation + 1))
+        s.execute(update(Seat).where(Seat.number == n).values(generation=Seat.generation + 1))
     store.dispose()
     assert me() == 403
     assert me() == 403  # not only refused once: the token is gone
@@ -202,7 +202,7 @@ def test_admin_login_and_refusals(hub):
     pw, customer = create(hub, 6)
     store = Store(hub.db_url)
     with store.session() as s:  # a RESET-kept seat: the home waits, nobody logs in
-        s.execute(update(Student).where(Student.number == 6).values(state="kept"))
+        s.execute(update(Seat).where(Seat.number == 6).values(state="kept"))
     store.dispose()
     r = login_form(browser(hub), "student6", pw)
     assert r.status_code == 403 and "no workshop booked" in r.text

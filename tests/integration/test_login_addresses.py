@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 
 from wod_jupyterhub.passwords import hash_password
-from wod_jupyterhub.store.models import Store, Student
+from wod_jupyterhub.store.models import Seat, Store
 
 PASSWORD = "owner-pass-Kq7w"
 
@@ -34,7 +34,7 @@ def hub(module_hubs, tmp_path_factory):
             try:
                 with store.session() as s:
                     for n in (3, 5, 7):
-                        s.merge(Student(number=n, password_hash=hash_password(PASSWORD), state="active", generation=1, workshop="WKSHP-X", customer="c"))
+                        s.merge(Seat(number=n, password_hash=hash_password(PASSWORD), state="active", generation=1, workshop="WKSHP-X", customer="c"))
                 break
             except IntegrityError:
                 # The service, just started, adds the range's seat rows while idle: merge's

@@ -15,7 +15,7 @@ from tests.homeutil import stages as staged_folders
 from tests.hubutil import write_workshop
 from tests.portal_server import PortalServer
 from tests.svcutil import OPENAPI, check, hub_and_db, puts, settle
-from wod_jupyterhub.store.models import Seat
+from wod_jupyterhub.store.models import SeatState
 
 CUSTOMER = "825"
 
@@ -272,7 +272,7 @@ def test_free_seats_are_staged_and_a_create_renders_into_its_stage(hub, db, api)
 def test_a_free_seat_has_its_hub_sessions_ended_ahead_so_its_create_need_not(hub, db, api):
     from sqlalchemy import update
 
-    from wod_jupyterhub.store.models import Student
+    from wod_jupyterhub.store.models import Seat
 
     n = 10
     stager_done(hub)
@@ -285,7 +285,7 @@ def test_a_free_seat_has_its_hub_sessions_ended_ahead_so_its_create_need_not(hub
     assert r.status_code == 201, r.text
     token = r.json()["token"]
     with db.engine.begin() as conn:
-        conn.execute(update(Student).where(Student.number == n).values(sessions_ended=False))
+        conn.execute(update(Seat).where(Seat.number == n).values(sessions_ended=False))
     # The next look at the free seats (every 2 s here) ends it while the service is idle.
     deadline = time.monotonic() + 30
     while not db.student(n).sessions_ended:
@@ -518,7 +518,7 @@ def test_bad_verb_requests_change_nothing(hub, db, api, path, body, status):
     # The idle preparation may add rows for free seats meanwhile (it creates a
     # seat's row before staging it); a request changes no row that was there.
     assert {n: after[n] for n in seats} == seats
-    assert all(after[n] == (Seat.FREE, 0) for n in after.keys() - seats.keys()), after
+    assert all(after[n] == (SeatState.FREE, 0) for n in after.keys() - seats.keys()), after
 
 
 BAD_READS = [

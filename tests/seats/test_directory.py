@@ -27,7 +27,7 @@ from wod_jupyterhub.service.callbacks.portal import PortalCallbacks, WodPortal
 from wod_jupyterhub.service.hooks import WodHooks
 from wod_jupyterhub.service.hubclient import HubAPI
 from wod_jupyterhub.service.operations import Engine, SeatWork, Views, WodOperations
-from wod_jupyterhub.store.models import Seat, Status, Store
+from wod_jupyterhub.store.models import SeatState, Status, Store
 from wod_jupyterhub.workshops.catalog import CatalogCache
 from wod_jupyterhub.workshops.templating import Renderer
 
@@ -185,7 +185,7 @@ async def test_every_rotation_sets_the_seat_s_directory_password(tmp_path, slapd
             assert steps(op)["ldap"]["status"] == "done"
             second = await parts.portal_password(3)
             assert second != first and bind(slapd, 3, second) and not bind(slapd, 3, first)
-            assert parts.store.student(3).state == Seat.KEPT  # reset: true
+            assert parts.store.student(3).state == SeatState.KEPT  # reset: true
 
             op = await parts.run("RESET", 1, student_last=9, workshop=WORKSHOP)
             assert op.status == Status.SUCCEEDED, (op.error, op.steps)
@@ -216,7 +216,7 @@ async def test_a_create_waits_for_the_directory_and_loses_nothing(tmp_path, slap
             await asyncio.sleep(2.5)
             now = parts.engine.read(op.id)
             assert now.status == Status.RUNNING and [s["name"] for s in now.steps] == ["rotate"], now.steps
-            assert parts.store.student(4).state == Seat.FREE
+            assert parts.store.student(4).state == SeatState.FREE
             assert await parts.portal_password(4) is None  # the portal heard nothing
             slapd.start()
             op = await parts.engine.wait(op.id, 60)
@@ -224,7 +224,7 @@ async def test_a_create_waits_for_the_directory_and_loses_nothing(tmp_path, slap
             assert steps(op)["ldap"]["detail"]["attempts"] > 1
             password = await parts.portal_password(4)
             assert password and bind(slapd, 4, password)
-            assert parts.store.student(4).state == Seat.ACTIVE
+            assert parts.store.student(4).state == SeatState.ACTIVE
         finally:
             await parts.close()
 
@@ -244,7 +244,7 @@ async def test_a_directory_that_stays_down_fails_the_create_not_the_take_back(tm
             op = await parts.run("CLEANUP", 5, customer="c1")
             assert op.status == Status.SUCCEEDED, (op.error, op.steps)
             assert "cannot be reached" in steps(op)["ldap"]["detail"]["warning"]
-            assert parts.store.student(5).state == Seat.KEPT
+            assert parts.store.student(5).state == SeatState.KEPT
 
             # PURGE: one attempt, a warning.
             op = await parts.run("PURGE", 5)
@@ -256,7 +256,7 @@ async def test_a_directory_that_stays_down_fails_the_create_not_the_take_back(tm
             assert op.status == Status.FAILED
             assert "cannot be reached" in op.error and "not handed out" in op.error, op.error
             assert steps(op)["ldap"]["status"] == "failed"
-            assert parts.store.student(6).state == Seat.FREE and not parts.wod.home(6).exists()
+            assert parts.store.student(6).state == SeatState.FREE and not parts.wod.home(6).exists()
             assert await parts.portal_password(6) is None
 
             slapd.start()
@@ -279,7 +279,7 @@ async def test_an_ldap_workshop_without_a_directory_is_never_handed_out(tmp_path
         try:
             op = await parts.run("CREATE", 2, customer="c1", email="e@x", workshop=WORKSHOP)
             assert op.status == Status.FAILED and "no directory is configured (c.WodLdap.uri)" in op.error, op.error
-            assert parts.store.student(2).state == Seat.FREE and await parts.portal_password(2) is None
+            assert parts.store.student(2).state == SeatState.FREE and await parts.portal_password(2) is None
         finally:
             await parts.close()
 

@@ -10,7 +10,7 @@ import pytest
 from wod_jupyterhub.config import Wod
 from wod_jupyterhub.errors import BadRequest, Conflict
 from wod_jupyterhub.service import expiry
-from wod_jupyterhub.store.models import Operation, Seat, Store, Student, utcnow
+from wod_jupyterhub.store.models import Operation, Seat, SeatState, Store, utcnow
 
 
 def test_a_seat_ends_when_asked_else_after_its_workshops_duration_else_the_default():
@@ -40,14 +40,14 @@ def _store(db_url, **seats):
     store = Store(db_url)
     with store.session() as s:
         for n, values in seats.items():
-            s.add(Student(number=int(n[1:]), **values))
+            s.add(Seat(number=int(n[1:]), **values))
     return store
 
 
 def test_an_extension_moves_an_active_seats_end_once_journaled_and_refuses_the_rest(db_url):
     end = utcnow().replace(microsecond=0) + datetime.timedelta(hours=1)
-    store = _store(db_url, s3={"state": Seat.ACTIVE, "customer": "c3", "workshop": "WKSHP-A", "ends_at": end},
-                   s4={"state": Seat.FREE}, s5={"state": Seat.ACTIVE, "customer": "c5", "workshop": "WKSHP-A"})
+    store = _store(db_url, s3={"state": SeatState.ACTIVE, "customer": "c3", "workshop": "WKSHP-A", "ends_at": end},
+                   s4={"state": SeatState.FREE}, s5={"state": SeatState.ACTIVE, "customer": "c5", "workshop": "WKSHP-A"})
     answer = expiry.extend(store, 3, minutes=30, who="admin")
     assert answer["ends_at"] == expiry.isoformat(end + datetime.timedelta(minutes=30))
     assert store.student(3).ends_at == end + datetime.timedelta(minutes=30)
@@ -75,7 +75,7 @@ def test_an_extension_moves_an_active_seats_end_once_journaled_and_refuses_the_r
 
 
 def test_only_the_services_own_cleanup_of_an_expired_seat_is_repeated_and_only_for_its_customer(db_url):
-    store = _store(db_url, s6={"state": Seat.FREE})
+    store = _store(db_url, s6={"state": SeatState.FREE})
     entry = expiry.expired_entry(utcnow(), 60)
     t = utcnow()
     with store.session() as s:
@@ -102,11 +102,11 @@ def test_the_loop_finds_active_seats_past_their_end_and_the_grace_not_busy_ones(
     past = now - datetime.timedelta(minutes=10)
     store = _store(
         db_url,
-        s1={"state": Seat.ACTIVE, "customer": "c1", "workshop": "WKSHP-A", "ends_at": past},
-        s2={"state": Seat.ACTIVE, "customer": "c2", "workshop": "WKSHP-A", "ends_at": now - datetime.timedelta(minutes=1)},  # in its grace
-        s3={"state": Seat.ACTIVE, "customer": "c3", "workshop": "WKSHP-A", "ends_at": past},  # a CLEANUP is queued
-        s4={"state": Seat.KEPT, "customer": "c4", "workshop": "WKSHP-A", "ends_at": past},
-        s5={"state": Seat.ACTIVE, "customer": "c5", "workshop": "WKSHP-A"},  # no end
+        s1={"state": SeatState.ACTIVE, "customer": "c1", "workshop": "WKSHP-A", "ends_at": past},
+        s2={"state": SeatState.ACTIVE, "customer": "c2", "workshop": "WKSHP-A", "ends_at": now - datetime.timedelta(minutes=1)},  # in its grace
+        s3={"state": SeatState.ACTIVE, "customer": "c3", "workshop": "WKSHP-A", "ends_at": past},  # a CLEANUP is queued
+        s4={"state": SeatState.KEPT, "customer": "c4", "workshop": "WKSHP-A", "ends_at": past},
+        s5={"state": SeatState.ACTIVE, "customer": "c5", "workshop": "WKSHP-A"},  # no end
     )
     with store.session() as s:
         s.add(Operation(id="c" * 32, verb="CLEANUP", student=3, customer="c3", status="queued", steps=[], result={}))

@@ -13,7 +13,7 @@ import pytest
 from wod_jupyterhub.config import Wod, share_dir
 from wod_jupyterhub.errors import Conflict, NotFound
 from wod_jupyterhub.service.steps import StepChecks, WodSteps, steps_ratio
-from wod_jupyterhub.store.models import Seat, StepResult, Store, Student
+from wod_jupyterhub.store.models import Seat, SeatState, StepResult, Store
 from wod_jupyterhub.workshops.catalog import CatalogCache
 from wod_jupyterhub.workshops.templating import Renderer
 
@@ -29,9 +29,9 @@ def env(tmp_path, db_url):
     at = datetime.datetime(2026, 12, 7, 9, 0)
     with store.session() as s:
         for n in (41, 42):
-            s.add(Student(number=n, state=Seat.ACTIVE, customer=f"c{n}", workshop=SAMPLE, assigned_at=at))
+            s.add(Seat(number=n, state=SeatState.ACTIVE, customer=f"c{n}", workshop=SAMPLE, assigned_at=at))
             (tmp_path / "students" / f"student{n}" / SAMPLE).mkdir(parents=True)
-        s.add(Student(number=43, state=Seat.FREE))
+        s.add(Seat(number=43, state=SeatState.FREE))
     checker = StepChecks(WodSteps(timeout=10), wod, store, CatalogCache(wod), Renderer(), hostname="test")
     yield checker, tmp_path / "students"
     checker.close()

@@ -1,6 +1,6 @@
 from sqlalchemy import inspect, select
 
-from wod_jupyterhub.store.models import Operation, Store, Student, utcnow
+from wod_jupyterhub.store.models import Operation, Seat, Store, utcnow
 
 
 def test_upgrade_creates_schema_and_is_idempotent(db_url):
@@ -14,7 +14,7 @@ def test_upgrade_creates_schema_and_is_idempotent(db_url):
 def test_roundtrip_student_and_operation(db_url):
     store = Store(db_url)
     with store.session() as s:
-        s.add(Student(number=7, state="active", customer="825", workshop="WKSHP-Sample"))
+        s.add(Seat(number=7, state="active", customer="825", workshop="WKSHP-Sample"))
         s.add(Operation(id="a" * 32, verb="CREATE", student=7, steps=[{"name": "render"}], status="queued"))
     st = store.student(7)
     assert (st.state, st.customer, st.generation, st.active) == ("active", "825", 0, True)
@@ -29,7 +29,7 @@ def test_failed_session_rolls_back(db_url):
     store = Store(db_url)
     try:
         with store.session() as s:
-            s.add(Student(number=3))
+            s.add(Seat(number=3))
             raise RuntimeError("boom")
     except RuntimeError:
         pass
@@ -57,6 +57,6 @@ def test_a_seat_starts_with_its_sessions_not_known_ended(db_url):
     """Migration 0003: a seat of an older database, or a new row, makes its first CREATE ask the hub."""
     store = Store(db_url)
     with store.session() as s:
-        s.add(Student(number=3))
+        s.add(Seat(number=3))
     assert store.student(3).sessions_ended is False
     store.dispose()

@@ -6,7 +6,7 @@ import stat
 from sqlalchemy import text
 
 from wod_jupyterhub.passwords import load_or_create_key
-from wod_jupyterhub.store.models import Store, Student
+from wod_jupyterhub.store.models import Seat, Store
 
 
 def mode(path) -> int:
@@ -19,7 +19,7 @@ def test_a_new_sqlite_database_and_its_wal_and_shm_are_private(tmp_path):
         db = tmp_path / "wod.sqlite"
         store = Store(f"sqlite:///{db}")
         with store.session() as s:
-            s.add(Student(number=1, password_hash="scrypt$x", state="free", generation=0))
+            s.add(Seat(number=1, password_hash="scrypt$x", state="free", generation=0))
         with store.engine.connect() as c:  # the -wal and -shm exist while a connection is open
             c.execute(text("select 1"))
             files = {p.name: mode(p) for p in tmp_path.iterdir()}

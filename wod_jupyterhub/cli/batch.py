@@ -51,7 +51,7 @@ def runs(numbers: list[int]) -> list[tuple[int, int]]:
     return [(a, b) for a, b in out]
 
 
-class Seat:
+class SeatOutcome:
     """What the command knows of one seat: its operation, outcome and time."""
 
     def __init__(self, number: int):
@@ -88,7 +88,7 @@ class Batch:
         self.verb = verb
         self.force = force
         self.workshop = workshop
-        self.seats = {n: Seat(n) for n in seats}
+        self.seats = {n: SeatOutcome(n) for n in seats}
         self.customer = customer
         self.email = email
         self.parallel = max(1, parallel)
@@ -183,7 +183,7 @@ class Batch:
         await asyncio.gather(*tasks)
 
     @property
-    def failed(self) -> list[Seat]:
+    def failed(self) -> list[SeatOutcome]:
         return [s for s in self.seats.values() if s.failed]
 
     @property
@@ -194,7 +194,7 @@ class Batch:
 # ---------------------------------------------------------------------- the command
 
 
-def _line(seat: Seat) -> str:
+def _line(seat: SeatOutcome) -> str:
     extra = f"  completion {seat.completion} %" if seat.completion is not None else ""
     error = f"  {seat.error.splitlines()[0][:200]}" if seat.failed and seat.error else ""
     return f"student{seat.number} {seat.status} {seat.seconds:.2f}s{extra}{error}"

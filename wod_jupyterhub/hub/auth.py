@@ -16,7 +16,7 @@ from ..client_address import forwarded_client, networks
 from ..config import Wod, student_number
 from ..local_peers import is_local_address, student_peer
 from ..passwords import cheap_hash, hash_password, refusal_time, verify_password
-from ..store.models import Seat, Store, utcnow
+from ..store.models import SeatState, Store, utcnow
 from . import frameless, internals
 from .hash_budget import Busy, HashBudget
 from .seatspawner import server_token_ids
@@ -26,7 +26,7 @@ from .throttle import LoginThrottle
 
 def seat_outcome(seat) -> dict:
     """The outcome of the right password for a seat (its row from ``Store.login_facts``)."""
-    if seat.state != Seat.ACTIVE:
+    if seat.state != SeatState.ACTIVE:
         return {"kind": "inactive"}
     return {"kind": "student", "generation": seat.generation}
 
@@ -492,4 +492,4 @@ class WodAuthenticator(Authenticator):
             ended = self.end_sessions(internals.user_db(user), internals.orm_user(user), generation)
             self.log.info("Logged out %s: the seat changed hands (%s)", user.name, ended)
             return False
-        return row is not None and row.state == Seat.ACTIVE
+        return row is not None and row.state == SeatState.ACTIVE

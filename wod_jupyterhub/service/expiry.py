@@ -16,7 +16,7 @@ import uuid
 from sqlalchemy import insert, select, update
 
 from ..errors import BadRequest, Conflict, NotFound
-from ..store.models import SEATS, Operation, Seat, Status, isoformat, utcnow
+from ..store.models import SEATS, Operation, SeatState, Status, isoformat, utcnow
 from ..waiting import nap
 
 #: the journal entry a CLEANUP of an expired seat starts with
@@ -81,8 +81,8 @@ def extend(store, n: int, *, minutes: int | None = None, ends_at: datetime.datet
         row = conn.execute(
             select(SEATS.c.state, SEATS.c.customer, SEATS.c.workshop, SEATS.c.ends_at).where(SEATS.c.number == n)
         ).first()
-        if row is None or row.state != Seat.ACTIVE:
-            raise Conflict(f"student {n} is not active (it is {row.state if row else Seat.FREE}): only an active seat's end moves")
+        if row is None or row.state != SeatState.ACTIVE:
+            raise Conflict(f"student {n} is not active (it is {row.state if row else SeatState.FREE}): only an active seat's end moves")
         busy = conn.execute(
             select(Operation.id).where(Operation.status.in_(Status.UNFINISHED), overlapping(n)).limit(1)
         ).first()
@@ -96,7 +96,7 @@ def extend(store, n: int, *, minutes: int | None = None, ends_at: datetime.datet
             new = check_end(ends_at, now)
         # Only while the seat is still active: a CLEANUP claimed in between wins.
         changed = conn.execute(
-            update(SEATS).where(SEATS.c.number == n, SEATS.c.state == Seat.ACTIVE).values(ends_at=new)
+            update(SEATS).where(SEATS.c.number == n, SEATS.c.state == SeatState.ACTIVE).values(ends_at=new)
         ).rowcount
         if changed != 1:
             raise Conflict(f"student {n} stopped being active meanwhile; nothing was extended")
@@ -164,7 +164,7 @@ class Expiry:
         limit = (now or utcnow()) - datetime.timedelta(seconds=self.wod.expiry_grace)
         busy = select(Operation.student).where(Operation.status.in_(Status.UNFINISHED))
         q = select(SEATS.c.number, SEATS.c.customer, SEATS.c.workshop, SEATS.c.ends_at).where(
-            SEATS.c.state == Seat.ACTIVE, SEATS.c.ends_at.is_not(None), SEATS.c.ends_at < limit, SEATS.c.number.not_in(busy),
+            SEATS.c.state == SeatState.ACTIVE, SEATS.c.ends_at.is_not(None), SEATS.c.ends_at < limit, SEATS.c.number.not_in(busy),
         ).order_by(SEATS.c.ends_at)
         with self.store.engine.connect() as conn:
             return conn.execute(q.limit(500)).all()

@@ -16,7 +16,7 @@ import time
 from sqlalchemy import select
 
 from ..errors import BadRequest, Conflict, Forbidden, NotFound, WodError
-from ..store.models import Seat, Student, isoformat, utcnow
+from ..store.models import Seat, SeatState, isoformat, utcnow
 from ..waiting import nap
 from .dashboard import Browser
 from .expiry import extend, parse_time, seconds_left
@@ -33,8 +33,8 @@ ACTIONS = ("extend", "password", "cleanup")
 def _live_seats(store) -> list:
     with store.engine.connect() as conn:
         return conn.execute(
-            select(Student.number, Student.workshop, Student.customer, Student.ends_at, Student.assigned_at)
-            .where(Student.state == Seat.ACTIVE).order_by(Student.number)
+            select(Seat.number, Seat.workshop, Seat.customer, Seat.ends_at, Seat.assigned_at)
+            .where(Seat.state == SeatState.ACTIVE).order_by(Seat.number)
         ).all()
 
 
@@ -165,8 +165,8 @@ async def seat_action(app, action: str, n: int, who: str, minutes: int | None = 
         if action == "extend":
             return {"student": n, "ok": True, **await asyncio.to_thread(extend, app.store, n, minutes=minutes, who=who)}
         with app.store.engine.connect() as conn:
-            row = conn.execute(select(Student.state, Student.customer, Student.workshop).where(Student.number == n)).first()
-        if row is None or row.state != Seat.ACTIVE:
+            row = conn.execute(select(Seat.state, Seat.customer, Seat.workshop).where(Seat.number == n)).first()
+        if row is None or row.state != SeatState.ACTIVE:
             raise Conflict(f"student {n} is not active")
         stamp = isoformat(utcnow(), "milliseconds")
         asked = [{"name": "requested", "status": "done", "started": stamp, "finished": stamp, "detail": {"by": who, "from": "live view"}}]
@@ -204,8 +204,8 @@ def seat_notebooks(app, n: int) -> tuple:
     """(workshop folder path, the provisioned notebooks) of active seat ``n``; NotFound when it has none."""
     app.wod.check_student(n)
     with app.store.Session() as s:
-        st = s.get(Student, n)
-    if st is None or st.state not in Seat.HELD or not st.workshop:
+        st = s.get(Seat, n)
+    if st is None or st.state not in SeatState.HELD or not st.workshop:
         raise NotFound(f"student {n} holds no workshop: there is no notebook to show")
     ws, folder, _ = app.catalog.workshop_or_none(st.workshop)
     if ws is None:

@@ -4,7 +4,7 @@ import datetime
 
 from sqlalchemy import func, select
 
-from ..store.models import Completion, MailMessage, Operation, OutboxMessage, Student, Throttle, isoformat, utcnow
+from ..store.models import Completion, MailMessage, Operation, OutboxMessage, Seat, Throttle, isoformat, utcnow
 from .mail import relay
 
 SEAT_STATES = ("free", "active", "kept", "cleaning")
@@ -53,13 +53,13 @@ def overview(store, catalog, wod, *, workshop: str | None = None, recent: int = 
         workshops = [w for w in workshops if w.name == workshop]
     with store.Session() as s:
         held = s.execute(
-            select(Student.workshop, Student.state, func.count()).where(Student.state != "free")
-            .group_by(Student.workshop, Student.state)
+            select(Seat.workshop, Seat.state, func.count()).where(Seat.state != "free")
+            .group_by(Seat.workshop, Seat.state)
         ).all()
-        busy_numbers = [n for (n,) in s.execute(select(Student.number).where(Student.state != "free"))]
-        active_q = select(Student).where(Student.state != "free").order_by(Student.number)
+        busy_numbers = [n for (n,) in s.execute(select(Seat.number).where(Seat.state != "free"))]
+        active_q = select(Seat).where(Seat.state != "free").order_by(Seat.number)
         if workshop is not None:
-            active_q = active_q.where(Student.workshop == workshop)
+            active_q = active_q.where(Seat.workshop == workshop)
         seats = list(s.scalars(active_q.limit(2000)))
 
         def ops(q, journal, limit):

@@ -14,7 +14,7 @@ import re
 from sqlalchemy import insert, select
 
 from ..errors import BadRequest, Forbidden, NotFound
-from ..store.models import Announcement, Seat, Student, isoformat, utcnow
+from ..store.models import Announcement, Seat, SeatState, isoformat, utcnow
 from ..workshops.catalog import parse_workshop_name
 from .dashboard import Browser
 from .expiry import seconds_left
@@ -30,9 +30,9 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # newlines and tabs are text
 
 def seat_state(st, now) -> str:
     """"active", "ended" (past its end, or being taken back) or "free", as the participant's bar shows it."""
-    if st is None or st.state == Seat.FREE:
+    if st is None or st.state == SeatState.FREE:
         return "free"
-    if st.state == Seat.ACTIVE and (st.ends_at is None or st.ends_at > now):
+    if st.state == SeatState.ACTIVE and (st.ends_at is None or st.ends_at > now):
         return "active"
     return "ended"
 
@@ -52,7 +52,7 @@ async def seat_view(app, n: int) -> dict:
     """What ``api/seat`` answers for seat ``n`` (see the OpenAPI document's ``Seat``)."""
     now = utcnow()
     with app.store.Session() as s:
-        st = s.get(Student, n)
+        st = s.get(Seat, n)
         state = seat_state(st, now)
         workshop = st.workshop if st is not None and state != "free" else None
         news = announcements_for(s, workshop, st.assigned_at if st is not None else None)
@@ -142,7 +142,7 @@ def announce(app, raw: bytes, caller: dict) -> dict:
             insert(Announcement.__table__).values(workshop=workshop, text=text, author=caller.get("name"), created=now)
         ).inserted_primary_key[0]
         seats = conn.execute(
-            select(Student.number).where(Student.workshop == workshop, Student.state == Seat.ACTIVE)
+            select(Seat.number).where(Seat.workshop == workshop, Seat.state == SeatState.ACTIVE)
         ).all()
     app.log.info("%s announced to %s (%d active seats): %r", caller.get("name") or "a token", workshop, len(seats), text[:80])
     return {"id": new_id, "workshop": workshop, "at": isoformat(now), "text": text, "seats": len(seats)}

@@ -19,7 +19,7 @@ from traitlets.config import Configurable
 
 from ..errors import Conflict, NotFound
 from ..seats import checks as seat_checks
-from ..store.models import Seat, StepResult, Student, isoformat, utcnow
+from ..store.models import Seat, SeatState, StepResult, isoformat, utcnow
 from ..workshops.steps import find_step, revealed_hints
 from .handlers import BaseHandler
 from .seatapi import SeatOwnHandler
@@ -51,7 +51,7 @@ class WodSteps(Configurable):
 def _seat_row(store, n: int):
     with store.engine.connect() as conn:
         return conn.execute(
-            select(Student.state, Student.workshop, Student.customer, Student.assigned_at).where(Student.number == n)
+            select(Seat.state, Seat.workshop, Seat.customer, Seat.assigned_at).where(Seat.number == n)
         ).first()
 
 
@@ -69,7 +69,7 @@ class StepChecks:
     def assignment(self, n: int):
         """(seat row, workshop) of active seat ``n``; Conflict when it holds no workshop now."""
         row = _seat_row(self.store, n)
-        if row is None or row.state != Seat.ACTIVE or not row.workshop or row.assigned_at is None:
+        if row is None or row.state != SeatState.ACTIVE or not row.workshop or row.assigned_at is None:
             raise Conflict(f"Seat student{n} holds no workshop now: there is nothing to check.", code="no_assignment")
         ws, _folder, _mode = self.catalog.workshop_or_none(row.workshop)
         if ws is None:
@@ -202,7 +202,7 @@ class StepChecks:
         catalog = self.catalog.get()
         with self.store.session() as s:
             seats = s.execute(
-                select(Student.number, Student.workshop, Student.customer, Student.assigned_at).where(Student.state == Seat.ACTIVE)
+                select(Seat.number, Seat.workshop, Seat.customer, Seat.assigned_at).where(Seat.state == SeatState.ACTIVE)
             ).all()
             held = {(n, a) for n, _w, _c, a in seats}
             numbers = [n for n, *_ in seats]

@@ -44,8 +44,8 @@ def isoformat(t: datetime.datetime | float | None, timespec: str = "seconds") ->
     return t.isoformat(timespec=timespec) + "Z"
 
 
-class Seat:
-    """The states of a seat (``Student.state``)."""
+class SeatState:
+    """The states of a seat (``Seat.state``)."""
 
     FREE = "free"  # nobody holds it
     ACTIVE = "active"  # its customer may log in
@@ -72,10 +72,10 @@ class Base(DeclarativeBase):
     pass
 
 
-class Student(Base):
+class Seat(Base):
     """One pooled seat ``student<N>``: its password hash and who holds it."""
 
-    __tablename__ = "wod_students"
+    __tablename__ = "wod_students"  # older than the class's name: renaming the table needs a migration
 
     number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     password_hash: Mapped[str | None] = mapped_column(String(255))
@@ -83,8 +83,8 @@ class Student(Base):
     # Bumped whenever the seat changes hands; a login records the generation
     # it was made under, and a session from an older one is ended.
     generation: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
-    # One of Seat.*.
-    state: Mapped[str] = mapped_column(String(16), default=Seat.FREE, nullable=False)
+    # One of SeatState.*.
+    state: Mapped[str] = mapped_column(String(16), default=SeatState.FREE, nullable=False)
     customer: Mapped[str | None] = mapped_column(String(255))
     email: Mapped[str | None] = mapped_column(String(320))
     workshop: Mapped[str | None] = mapped_column(String(255))
@@ -103,11 +103,11 @@ class Student(Base):
     @property
     def active(self) -> bool:
         """Whether the seat is given to a participant now."""
-        return self.state == Seat.ACTIVE
+        return self.state == SeatState.ACTIVE
 
 
 #: The seats' table, for Core statements on the hot path (see :func:`update_seat`).
-SEATS = Student.__table__
+SEATS = Seat.__table__
 
 # Built once: a statement object caches its own cache key, so SQLAlchemy compiles it once per set of columns.
 _SET_SEAT = update(SEATS).where(SEATS.c.number == bindparam("seat_number"))
@@ -393,12 +393,12 @@ class Store:
                 s.rollback()
                 raise
 
-    def student(self, number: int, session=None) -> Student | None:
+    def student(self, number: int, session=None) -> Seat | None:
         """The row of seat ``number`` (None when it was never used), in ``session`` or a short one of its own."""
         if session is not None:
-            return session.get(Student, number)
+            return session.get(Seat, number)
         with self.Session() as s:
-            return s.get(Student, number)
+            return s.get(Seat, number)
 
     def login_facts(self, throttle_keys, number: int | None) -> tuple[dict, object]:
         """What a login reads: ``({key: (key, locked_until)}, (password_hash, state, generation) or None)``.

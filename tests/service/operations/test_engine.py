@@ -29,7 +29,7 @@ from wod_jupyterhub.service.hooks import WodHooks
 from wod_jupyterhub.service.hubclient import HubAPI
 from wod_jupyterhub.service.metrics import Metrics
 from wod_jupyterhub.service.operations import VERBS, Engine, SeatWork, Views, WodOperations
-from wod_jupyterhub.store.models import Operation, Seat, Status, Store, Student, utcnow
+from wod_jupyterhub.store.models import Operation, Seat, SeatState, Status, Store, utcnow
 from wod_jupyterhub.workshops.catalog import CatalogCache
 from wod_jupyterhub.workshops.templating import Renderer
 
@@ -138,7 +138,7 @@ async def test_create_and_cleanup_tell_their_story(db_url, tmp_path):
         assert "no create-WKSHP-Unit.sh" in op.steps[2]["detail"]["reason"]
         password = parts.views.operation_json(op, reveal=True)["result"]["password"]
         st = parts.store.student(3)
-        assert st.state == Seat.ACTIVE and st.customer == "c1" and verify_password(password, st.password_hash)
+        assert st.state == SeatState.ACTIVE and st.customer == "c1" and verify_password(password, st.password_hash)
         assert "for student3" in (parts.wod.home(3) / WORKSHOP / "0-ReadMeFirst.ipynb").read_text()
 
         op = await parts.run("CLEANUP", 3, customer="c1")
@@ -146,7 +146,7 @@ async def test_create_and_cleanup_tell_their_story(db_url, tmp_path):
         assert [s["name"] for s in op.steps] == ["rotate", "hooks-cleanup", "end-sessions", "completion", "release"]
         assert op.workshop == WORKSHOP  # taken from the seat
         st = parts.store.student(3)
-        assert st.state == Seat.FREE and st.customer is None and not parts.wod.home(3).exists()
+        assert st.state == SeatState.FREE and st.customer is None and not parts.wod.home(3).exists()
         assert not verify_password(password, st.password_hash)
     finally:
         await parts.close()
@@ -218,7 +218,7 @@ async def test_a_resumed_operation_lists_what_it_skips_in_step_order(db_url, tmp
         owner = f"{_host()}:{dead.pid}:1:dead"
         done = [{"name": n, "status": "done", "started": None, "finished": None} for n in ("zeta", "alpha")]
         with parts.store.session() as s:
-            s.add(Student(number=4, state=Seat.FREE, lock_owner=f"{owner}/{'9' * 32}", lock_expires=utcnow()))
+            s.add(Seat(number=4, state=SeatState.FREE, lock_owner=f"{owner}/{'9' * 32}", lock_expires=utcnow()))
             s.add(Operation(id="9" * 32, verb="THREE", student=4, status=Status.RUNNING, owner=owner, steps=done,
                             result={}, created=utcnow(), heartbeat=utcnow()))
         parts.engine.recover()

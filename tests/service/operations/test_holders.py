@@ -12,7 +12,7 @@ import pytest
 from tests.hubutil import write_workshop
 from wod_jupyterhub.config import Wod
 from wod_jupyterhub.service.operations.holders import holding, holding_create
-from wod_jupyterhub.store.models import Operation, Status, Store, Student, utcnow
+from wod_jupyterhub.store.models import Operation, Seat, Status, Store, utcnow
 from wod_jupyterhub.workshops.catalog import CatalogCache
 
 PLAIN, KEEP = "WKSHP-Plain", "WKSHP-Keep"  # reset: false, reset: true
@@ -62,7 +62,7 @@ def test_holding_follows_the_seat_then_its_queued_operations(parts, case):
     with store.session() as s:
         if row is not None:
             state, customer, workshop = row
-            s.add(Student(number=N, state=state, customer=customer, workshop=workshop, generation=0, sessions_ended=False))
+            s.add(Seat(number=N, state=state, customer=customer, workshop=workshop, generation=0, sessions_ended=False))
         for i, (verb, customer, workshop) in enumerate(queued):
             s.add(operation(verb, customer, workshop, start + datetime.timedelta(milliseconds=i)))
     with store.engine.connect() as conn:
@@ -79,7 +79,7 @@ def test_the_create_a_repeat_answers_is_the_queued_one_else_the_last_that_succee
     other_seat = operation("CREATE", "c1", PLAIN, t + datetime.timedelta(seconds=2), Status.SUCCEEDED, student=N + 1)
     failed = operation("CREATE", "c1", PLAIN, t + datetime.timedelta(seconds=3), Status.FAILED)
     with store.session() as s:
-        s.add(Student(number=N, state="active", customer="c1", workshop=PLAIN, generation=0, sessions_ended=False))
+        s.add(Seat(number=N, state="active", customer="c1", workshop=PLAIN, generation=0, sessions_ended=False))
         s.add_all([old, mine, other_seat, failed])
     with store.engine.connect() as conn:
         assert holding_create(conn, holding(catalog, conn, N)) == mine.id

@@ -15,7 +15,7 @@ import pytest
 from wod_jupyterhub.config import Wod
 from wod_jupyterhub.leases import _host
 from wod_jupyterhub.service.operations import PREPARE, Engine, Preparer, SeatWork, WodOperations
-from wod_jupyterhub.store.models import Operation, Store, Student, utcnow
+from wod_jupyterhub.store.models import Operation, Seat, Store, utcnow
 from wod_jupyterhub.workshops.catalog import CatalogCache
 
 
@@ -94,7 +94,7 @@ async def test_a_seat_an_operation_holds_is_not_prepared(db_url, tmp_path):
     try:
         op = queue_create(ops.store, 5)
         with ops.store.session() as s:
-            s.add(Student(number=5, state="free"))
+            s.add(Seat(number=5, state="free"))
         assert ops.engine.claim(op.id, 5, 5, op.created) is not None
         await ops.preparer.end_sessions_ahead(5)
         assert hub.calls == [] and ops.store.student(5).sessions_ended is False
@@ -109,8 +109,8 @@ def test_the_lease_of_a_process_killed_while_preparing_is_released(db_url, tmp_p
     ops = operations(db_url, tmp_path)
     try:
         with ops.store.session() as s:
-            s.add(Student(number=6, state="free", lock_owner=f"{_host()}:{dead.pid}:1:dead/{PREPARE}6", lock_expires=utcnow()))
-            s.add(Student(number=7, state="free", lock_owner=f"{ops.owner}/{PREPARE}7", lock_expires=utcnow()))
+            s.add(Seat(number=6, state="free", lock_owner=f"{_host()}:{dead.pid}:1:dead/{PREPARE}6", lock_expires=utcnow()))
+            s.add(Seat(number=7, state="free", lock_owner=f"{ops.owner}/{PREPARE}7", lock_expires=utcnow()))
         ops.engine.recover()
         assert ops.store.student(6).lock_owner is None  # its process is gone: at once, not after the lease
         assert ops.store.student(7).lock_owner == f"{ops.owner}/{PREPARE}7"  # ours, alive
@@ -152,8 +152,8 @@ def test_seats_whose_hub_users_a_look_just_created_need_no_ending(db_url, tmp_pa
     ops = operations(db_url, tmp_path)
     try:
         with ops.store.session() as s:
-            s.add(Student(number=9, state="active", customer="c"))  # given meanwhile: its CREATE records what it did
-            s.add(Student(number=10, state="free", lock_owner="someone/else", lock_expires=utcnow()))  # an operation on it
+            s.add(Seat(number=9, state="active", customer="c"))  # given meanwhile: its CREATE records what it did
+            s.add(Seat(number=10, state="free", lock_owner="someone/else", lock_expires=utcnow()))  # an operation on it
         ops.preparer._sessions_ended_for_new_users({"student8", "student9", "student10", "admin"})
         assert ops.store.student(8).sessions_ended is True  # its row made too
         assert ops.store.student(9).sessions_ended is False
@@ -170,7 +170,7 @@ def test_a_claim_answers_the_operation_as_running_so_its_run_reads_nothing(db_ur
         ops.store.engine.dialect.update_returning = returning
         op = queue_create(ops.store, 11)
         with ops.store.session() as s:
-            s.add(Student(number=11, state="free"))
+            s.add(Seat(number=11, state="free"))
         before = utcnow()
         claimed = ops.engine.claim(op.id, 11, 11, op.created)
         assert (claimed.id, claimed.verb, claimed.student, claimed.customer) == (op.id, "CREATE", 11, "c")

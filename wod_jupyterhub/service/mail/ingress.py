@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from ...errors import Conflict, Unprocessable, WodError
-from ...store.models import MailMessage, Operation, Seat, Status, Student, utcnow
+from ...store.models import MailMessage, Operation, Seat, SeatState, Status, utcnow
 from ...workshops.catalog import parse_workshop_name
 from .message import PROMISE, parse_message, parse_verb
 
@@ -241,7 +241,7 @@ class Ingress:
         """The seat ``customer`` holds, else the one they held last (their latest operation's)."""
         with self.store.Session() as s:
             held = s.scalar(
-                select(Student.number).where(Student.customer == customer, Student.state.in_(Seat.HELD)).limit(1)
+                select(Seat.number).where(Seat.customer == customer, Seat.state.in_(SeatState.HELD)).limit(1)
             )
             if held is not None:
                 return held

@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ...errors import Unprocessable, WodError
 from ...leases import make_owner, owner_alive_locally
-from ...store.models import SEATS, Operation, Seat, Status, Student, utcnow
+from ...store.models import SEATS, Operation, Seat, SeatState, Status, utcnow
 from ...waiting import nap, settle
 from ..hooks import HookFailed
 from ..hubclient import HubAPIError
@@ -40,7 +40,7 @@ _READ_OPERATION = select(Operation.__table__).where(Operation.__table__.c.id == 
 
 
 def ensure_students(s, numbers) -> None:
-    """Add the missing ``Student`` rows of ``numbers`` (free), on session or connection ``s``.
+    """Add the missing ``Seat`` rows of ``numbers`` (free), on session or connection ``s``.
 
     Core statements: the callers read the rows they need themselves, so there is nothing for an ORM session to track.
     """
@@ -48,7 +48,7 @@ def ensure_students(s, numbers) -> None:
     have = set(s.scalars(_HAVE_SEATS, {"numbers": numbers}))
     missing = [n for n in numbers if n not in have]
     if missing:
-        s.execute(_ADD_SEATS, [{"number": n, "state": Seat.FREE, "generation": 0, "sessions_ended": False} for n in missing])
+        s.execute(_ADD_SEATS, [{"number": n, "state": SeatState.FREE, "generation": 0, "sessions_ended": False} for n in missing])
 
 
 @functools.cache
@@ -63,8 +63,8 @@ def _claim_statements():
     """
     p = bindparam
     take = (
-        update(Student)
-        .where(Student.number.between(p("first"), p("last")), or_(Student.lock_owner.is_(None), Student.lock_expires < p("now")))
+        update(Seat)
+        .where(Seat.number.between(p("first"), p("last")), or_(Seat.lock_owner.is_(None), Seat.lock_expires < p("now")))
         .values(lock_owner=p("lock"), lock_expires=p("expires"))
     )
     older = (
@@ -251,8 +251,8 @@ class Engine:
                 now = utcnow()
                 with self.store.session() as s:
                     s.execute(
-                        update(Student)
-                        .where(Student.lock_owner.like(self.owner + "/%"))
+                        update(Seat)
+                        .where(Seat.lock_owner.like(self.owner + "/%"))
                         .values(lock_expires=now + datetime.timedelta(seconds=lease))
                     )
                     s.execute(
@@ -332,7 +332,7 @@ class Engine:
     def recover(self) -> None:
         """Take over operations whose owner died and resume them; free the seats a dead process was preparing."""
         with self.store.Session() as s:
-            preparing = s.scalars(select(Student.lock_owner).where(Student.lock_owner.like(f"%/{PREPARE}%"))).all()
+            preparing = s.scalars(select(Seat.lock_owner).where(Seat.lock_owner.like(f"%/{PREPARE}%"))).all()
         for lock in set(preparing):
             if owner_alive_locally(lock.rsplit("/", 1)[0]) is False:
                 with self.store.session() as s:
@@ -364,10 +364,10 @@ class Engine:
                 if got != 1:
                     continue
                 s.execute(
-                    update(Student)
+                    update(Seat)
                     .where(
-                        Student.number.between(first, last),
-                        or_(Student.lock_owner.is_(None), Student.lock_owner.like(f"{owner}/%"), Student.lock_expires < now),
+                        Seat.number.between(first, last),
+                        or_(Seat.lock_owner.is_(None), Seat.lock_owner.like(f"{owner}/%"), Seat.lock_expires < now),
                     )
                     .values(lock_owner=f"{self.owner}/{op_id}", lock_expires=now + lease)
                 )

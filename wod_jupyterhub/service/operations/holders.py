@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import and_, bindparam, func, select
 
-from ...store.models import Operation, Seat, Status, read_seat
+from ...store.models import Operation, SeatState, Status, read_seat
 
 
 def overlapping(first: int, last: int | None = None):
@@ -35,12 +35,12 @@ class Holding:
     @property
     def held(self) -> bool:
         """Whether the seat is anyone's (not free)."""
-        return self.state != Seat.FREE
+        return self.state != SeatState.FREE
 
     @property
     def active(self) -> bool:
         """The customer may log in (or will, once the pending CREATE ran)."""
-        return self.state == Seat.ACTIVE
+        return self.state == SeatState.ACTIVE
 
     def to_json(self) -> dict:
         """The seat's state, customer and workshop, as the API shows them."""
@@ -83,8 +83,8 @@ def holding(catalog, s, n: int) -> Holding:
     ``s``: a session or a connection (plain column reads, no ORM objects).
     """
     st = read_seat(s, n)
-    if st is None or st.state not in Seat.HELD:
-        state, customer, workshop = Seat.FREE, None, None
+    if st is None or st.state not in SeatState.HELD:
+        state, customer, workshop = SeatState.FREE, None, None
     else:
         # A seat being cleaned stays held: its pending CLEANUP, RESET or PURGE decides below, and one whose
         # verb failed stays ``cleaning`` (held, not active) until a PURGE takes it back.
@@ -92,19 +92,19 @@ def holding(catalog, s, n: int) -> Holding:
     pending_create = None
     for op in s.execute(_PENDING_FOR_SEAT, {"seat_number": n}).all():
         if op.verb == "CREATE":
-            state, customer, workshop, pending_create = Seat.ACTIVE, op.customer, op.workshop, op.id
+            state, customer, workshop, pending_create = SeatState.ACTIVE, op.customer, op.workshop, op.id
         elif op.verb == "CLEANUP":
             name = op.workshop or workshop
             ws, _, _ = catalog.workshop_or_none(name)
             if ws is not None and ws.reset:
-                state, workshop, pending_create = Seat.KEPT, name, None
+                state, workshop, pending_create = SeatState.KEPT, name, None
             else:
-                state, customer, workshop, pending_create = Seat.FREE, None, None, None
+                state, customer, workshop, pending_create = SeatState.FREE, None, None, None
         elif op.verb == "RESET":
-            if state == Seat.KEPT and same_workshop(catalog, workshop, op.workshop):
-                state, customer, workshop = Seat.FREE, None, None
+            if state == SeatState.KEPT and same_workshop(catalog, workshop, op.workshop):
+                state, customer, workshop = SeatState.FREE, None, None
         elif op.verb == "PURGE":
-            state, customer, workshop, pending_create = Seat.FREE, None, None, None
+            state, customer, workshop, pending_create = SeatState.FREE, None, None, None
     return Holding(n, state, customer, workshop, pending_create)
 
 

@@ -4,14 +4,14 @@ import itertools
 
 from sqlalchemy import bindparam, update
 
-from ...store.models import SEATS, Operation, Student, isoformat, utcnow
+from ...store.models import SEATS, Operation, Seat, isoformat, utcnow
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 
 
 def release(lock: str):
     """The UPDATE that frees every student leased under ``lock``."""
-    return update(Student).where(Student.lock_owner == lock).values(lock_owner=None, lock_expires=None)
+    return update(Seat).where(Seat.lock_owner == lock).values(lock_owner=None, lock_expires=None)
 
 
 # The statements of ``Run.commit``, built once (a statement caches its own cache key): the journal's UPDATE,

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ...config import student_number
 from ...errors import WodError
-from ...store.models import Seat, Student, read_seat, utcnow
+from ...store.models import Seat, SeatState, read_seat, utcnow
 from ...waiting import settle
 from ..hubclient import HubAPIError
 from .engine import NO_SYNC, PREPARE, ensure_students
@@ -120,7 +120,7 @@ class Preparer:
     def _sessions_ended_for_new_users(self, names) -> None:
         """A hub user just created has no server and no token: its free seat needs no ending on the hub.
 
-        Recorded in ``Student.sessions_ended`` in one statement, so preparing
+        Recorded in ``Seat.sessions_ended`` in one statement, so preparing
         the seats of a new pool (2,000 of them at a bootstrap) asks the hub
         nothing per seat. Only free seats nobody holds a lease on: a CREATE
         under way records what it did itself.
@@ -132,8 +132,8 @@ class Preparer:
             ensure_students(s, numbers)
             s.flush()
             s.execute(
-                update(Student)
-                .where(Student.number.in_(numbers), Student.state == Seat.FREE, Student.lock_owner.is_(None))
+                update(Seat)
+                .where(Seat.number.in_(numbers), Seat.state == SeatState.FREE, Seat.lock_owner.is_(None))
                 .values(sessions_ended=True),
                 execution_options=NO_SYNC,
             )
@@ -145,7 +145,7 @@ class Preparer:
             return
         with self.store.engine.connect() as conn:
             row = read_seat(conn, n)
-        if row is not None and row.state != Seat.FREE:
+        if row is not None and row.state != SeatState.FREE:
             return
         if not (row is not None and row.sessions_ended) and self.work.hub.configured:
             await self.end_sessions_ahead(n)
@@ -165,11 +165,11 @@ class Preparer:
             ensure_students(s, [n])
             s.flush()
             got = s.execute(
-                update(Student)
+                update(Seat)
                 .where(
-                    Student.number == n,
-                    Student.state == Seat.FREE,
-                    or_(Student.lock_owner.is_(None), Student.lock_expires < now),
+                    Seat.number == n,
+                    Seat.state == SeatState.FREE,
+                    or_(Seat.lock_owner.is_(None), Seat.lock_expires < now),
                 )
                 .values(lock_owner=lock, lock_expires=now + datetime.timedelta(seconds=self.settings.lease_seconds)),
                 execution_options=NO_SYNC,

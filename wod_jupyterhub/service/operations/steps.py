@@ -1,7 +1,7 @@
 """The steps several verbs share, with one name each in every journal."""
 
 from ...errors import Unprocessable
-from ...store.models import Seat, read_seat, update_seat, utcnow
+from ...store.models import SeatState, read_seat, update_seat, utcnow
 from ..hubclient import HubAPIError
 from .admission import check_holder
 
@@ -34,7 +34,7 @@ async def rotate_step(run, work, seats, *, check=None, owner_only=False, seat=No
             for n in seats:
                 st = read_seat(conn, n)
                 if owner_only:
-                    check_holder(n, st.customer if st.state in Seat.HELD else None, run.customer)
+                    check_holder(n, st.customer if st.state in SeatState.HELD else None, run.customer)
                 run.seat = {"sessions_ended": st.sessions_ended}
                 run.workshop = run.workshop or st.workshop
         for n in seats:
@@ -105,7 +105,7 @@ def end_sessions_step(run, work, seats, *, tolerate_hub_errors=False):
 
     Its detail: what the hub said for the one seat, or per seat (``{"11": {...}, ...}``) for several.
 
-    Records ``Student.sessions_ended`` per seat; a skipped or failed attempt leaves the next CREATE to ask the hub.
+    Records ``Seat.sessions_ended`` per seat; a skipped or failed attempt leaves the next CREATE to ask the hub.
     """
 
     async def end():
@@ -137,4 +137,4 @@ def hooks_step(run, work, kind, folder, ws, mode, n):
 
 
 #: The columns of a seat given back (``update_seat(conn, n, **FREED)``).
-FREED = {"state": Seat.FREE, "customer": None, "email": None, "workshop": None, "assigned_at": None, "ends_at": None}
+FREED = {"state": SeatState.FREE, "customer": None, "email": None, "workshop": None, "assigned_at": None, "ends_at": None}

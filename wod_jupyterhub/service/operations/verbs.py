@@ -9,7 +9,7 @@ from sqlalchemy import insert, select
 from ...errors import Unprocessable, WodError
 from ...seats import completion as completion_mod
 from ...seats import completion_worker
-from ...store.models import SEATS, Completion, Seat, isoformat, read_seat, update_seat, utcnow
+from ...store.models import SEATS, Completion, SeatState, isoformat, read_seat, update_seat, utcnow
 from ..expiry import parse_time, seat_end
 from ..hooks import new_vars_file, read_vars_file
 from ..steps import steps_ratio
@@ -104,7 +104,7 @@ async def create(run, work):
         ends_at = seat_end(work.wod, ws, parse_time(requested) if requested else None, now)
         run.result["ends_at"] = isoformat(ends_at)
         update_seat(
-            conn, n, state=Seat.ACTIVE, sessions_ended=False, customer=run.customer, email=run.email,
+            conn, n, state=SeatState.ACTIVE, sessions_ended=False, customer=run.customer, email=run.email,
             workshop=run.workshop, assigned_at=now, ends_at=ends_at,
         )
         work.outbox.student_password(conn, n, password, operation_id=run.id)
@@ -131,7 +131,7 @@ async def _hub_part(run, work) -> dict:
 
 
 def _needs_revoke(run) -> bool:
-    """False when the seat's sessions were ended on the hub already (``Student.sessions_ended``).
+    """False when the seat's sessions were ended on the hub already (``Seat.sessions_ended``).
 
     CLEANUP, PURGE and RESET end them, and so does the preparation of a
     free seat while the service is idle; since then no one could log in
@@ -148,7 +148,7 @@ async def _undo_create(run, work):
     """A CREATE that failed before the assignment leaves no half-provisioned home behind."""
     with run.store.engine.connect() as conn:
         st = read_seat(conn, run.student)
-    held = st is not None and st.state in Seat.HELD
+    held = st is not None and st.state in SeatState.HELD
     if not held:
         try:
             await work.blocking(work.wipe, run.student)
@@ -185,7 +185,7 @@ async def cleanup(run, work):
 
     def cleaning(conn, n, password):
         outbox.student_password(conn, n, password, operation_id=run.id)
-        return {"state": Seat.CLEANING}  # from here no one logs in as N: the assignment ends with the old password
+        return {"state": SeatState.CLEANING}  # from here no one logs in as N: the assignment ends with the old password
 
     await rotate_step(run, work, [n], owner_only=True, seat=cleaning, directory=TAKE_BACK)
     ws, folder, mode = work.catalog.workshop_or_none(run.workshop)
@@ -235,7 +235,7 @@ async def cleanup(run, work):
 
     def released(conn, _detail):
         if keep:
-            update_seat(conn, n, state=Seat.KEPT)
+            update_seat(conn, n, state=SeatState.KEPT)
             outbox.student_assigned(conn, n, True, operation_id=run.id)
             outbox.customer_active(conn, n, run.customer, False, operation_id=run.id)
         else:
@@ -290,7 +290,7 @@ async def reset(run, work):
 
     def cleaning(conn, n, password):
         outbox.student_password(conn, n, password, operation_id=run.id)
-        return {"state": Seat.CLEANING}
+        return {"state": SeatState.CLEANING}
 
     if numbers:
         await rotate_step(run, work, numbers, seat=cleaning, directory=TAKE_BACK)
@@ -319,7 +319,7 @@ async def reset(run, work):
 def kept_for(work, conn, numbers, folder) -> list:
     """The seats of ``numbers`` kept for workshop ``folder`` (their workshop may be named ``CHLG-…``)."""
     rows = conn.execute(
-        select(SEATS.c.number, SEATS.c.workshop).where(SEATS.c.number.in_(numbers), SEATS.c.state == Seat.KEPT)
+        select(SEATS.c.number, SEATS.c.workshop).where(SEATS.c.number.in_(numbers), SEATS.c.state == SeatState.KEPT)
     ).all()
     return sorted(n for n, ws in rows if ws and work.catalog.workshop_or_none(ws)[1] == folder)
 
@@ -339,7 +339,7 @@ async def purge(run, work):
     n, outbox = run.student, work.outbox
 
     def cleaning(_conn, _n, _password):
-        return {"state": Seat.CLEANING}
+        return {"state": SeatState.CLEANING}
 
     await rotate_step(run, work, [n], seat=cleaning, directory=AT_ONCE)
     # PURGE must get the seat back even when the hub side is broken too.

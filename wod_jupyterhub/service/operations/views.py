@@ -3,7 +3,7 @@
 from sqlalchemy import select
 
 from ...errors import NotFound
-from ...store.models import Completion, Operation, Seat, Status, Student, isoformat
+from ...store.models import Completion, Operation, Seat, SeatState, Status, isoformat
 from ..expiry import seconds_left
 from .holders import holding, overlapping
 
@@ -69,13 +69,13 @@ class Views:
     def held_seats(self) -> list[int]:
         """Seats whose home belongs to a participant now (active, kept for a RESET, or being cleaned)."""
         with self.store.Session() as s:
-            return list(s.scalars(select(Student.number).where(Student.state.in_(Seat.HELD))))
+            return list(s.scalars(select(Seat.number).where(Seat.state.in_(SeatState.HELD))))
 
     def student_json(self, n: int) -> dict:
         """What ``api/students/<n>`` answers: the seat's row, its home, its last completion, what holds it."""
         self.wod.check_student(n)
         with self.store.Session() as s:
-            st = s.get(Student, n)
+            st = s.get(Seat, n)
             last = s.scalars(
                 select(Completion).where(Completion.student == n).order_by(Completion.taken_at.desc(), Completion.id.desc()).limit(1)
             ).first()
@@ -84,7 +84,7 @@ class Views:
         return {
             "student": n,
             "user": f"student{n}",
-            "state": st.state if st else Seat.FREE,
+            "state": st.state if st else SeatState.FREE,
             "customer": st.customer if st else None,
             "email": st.email if st else None,
             "workshop": st.workshop if st else None,
