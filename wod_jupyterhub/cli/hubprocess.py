@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -14,11 +15,44 @@ REPO = Path(__file__).resolve().parents[2]
 NODE_BIN = REPO / "node_modules" / ".bin"
 
 
+#: ports this process handed out already (each is bound later, by another process)
+_HANDED_OUT: set[int] = set()
+#: the lowest port :func:`free_port` picks
+LOWEST_PORT = 20000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the range the kernel takes outgoing connections' own ports from."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A loopback port free right now (tests and ``--check`` never use fixed ports)."""
+    """A loopback port free right now (tests and ``--check`` never use fixed ports).
+
+    Picked below the kernel's range for outgoing connections: a port from that
+    range may be taken by any connection (a health poll) between this answer
+    and the bind of the process it is given to. Never the same port twice.
+    """
+    high = _ephemeral_low()
+    for _ in range(200 if high - LOWEST_PORT > 1000 else 0):
+        port = random.randrange(LOWEST_PORT, high)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port = s.getsockname()[1]
+    _HANDED_OUT.add(port)
+    return port
 
 
 def hub_env(extra: dict | None = None) -> dict:
