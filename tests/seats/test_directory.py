@@ -13,6 +13,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from cryptography.fernet import Fernet
@@ -137,6 +138,15 @@ def steps(op) -> dict:
     return {s["name"]: s for s in op.steps}
 
 
+async def found_down(caplog, limit=60.0):
+    """Until the ``ldap`` step has found the directory down once and said it tries again (the limit only stops a hung test)."""
+    caplog.set_level(logging.WARNING, logger=LOG.name)
+    end = time.monotonic() + limit
+    while not any("trying again" in r.getMessage() for r in caplog.records if r.name == LOG.name):
+        assert time.monotonic() < end, "the ldap step never found the directory down"
+        await asyncio.sleep(0.05)
+
+
 def bind(slapd, n, password) -> bool:
     return ldaputil.can_bind(slapd.uri, ldaputil.SEAT_DN.replace("{N}", str(n)), password)
 
@@ -204,7 +214,7 @@ async def test_every_rotation_sets_the_seat_s_directory_password(tmp_path, slapd
             await parts.close()
 
 
-async def test_a_create_waits_for_the_directory_and_loses_nothing(tmp_path, slapd):
+async def test_a_create_waits_for_the_directory_and_loses_nothing(tmp_path, slapd, caplog):
     """Directory down during a CREATE: no assignment, no password to the portal; once it is back the CREATE ends."""
     config = ldap_config(tmp_path, slapd, retry_for=120.0)
     assert users_create(config, 1, 9, "--ldap-only").returncode == 0
@@ -213,7 +223,7 @@ async def test_a_create_waits_for_the_directory_and_loses_nothing(tmp_path, slap
         try:
             slapd.stop()
             op = await parts.engine.submit("CREATE", 4, customer="c1", email="e@x", workshop=WORKSHOP)
-            await asyncio.sleep(2.5)
+            await found_down(caplog)
             now = parts.engine.read(op.id)
             assert now.status == Status.RUNNING and [s["name"] for s in now.steps] == ["rotate"], now.steps
             assert parts.store.student(4).state == SeatState.FREE
@@ -301,7 +311,7 @@ def test_the_settings_are_checked_and_the_password_never_in_the_text(tmp_path, m
     assert "password" not in {name for name in WodLdap.class_trait_names() if name != "bind_password_file" and name != "bind_password_env"}
 
 
-async def test_a_password_rotation_tells_the_portal_once_the_directory_knows(tmp_path, slapd):
+async def test_a_password_rotation_tells_the_portal_once_the_directory_knows(tmp_path, slapd, caplog):
     """PASSWORD (any verb that hands a new password out): the portal hears it after the ldap step, never before."""
     config = ldap_config(tmp_path, slapd, retry_for=120.0)
     assert users_create(config, 1, 9, "--ldap-only").returncode == 0
@@ -313,7 +323,7 @@ async def test_a_password_rotation_tells_the_portal_once_the_directory_knows(tmp
             given = await parts.portal_password(7)
             slapd.stop()
             op = await parts.engine.submit("PASSWORD", 7, customer="c1", workshop=WORKSHOP)
-            await asyncio.sleep(2.5)
+            await found_down(caplog)
             now = parts.engine.read(op.id)
             assert now.status == Status.RUNNING and [s["name"] for s in now.steps] == ["rotate"], now.steps
             assert await parts.portal_password(7) == given  # not told yet
