@@ -128,16 +128,19 @@ seat-image: docker-tools system-users
 lint: deps
 	$(BIN)/ruff check .
 
-# The tests that need neither a hub nor root nor a browser (the store's tests on PostgreSQL too: they are
-# quick), in parallel processes, a module's tests in one of them (its module fixtures are made once).
-QUICK = not hub and not root and not browser
+# The tests that need neither a hub nor root nor a browser (the store's tests on PostgreSQL too), in parallel
+# processes, a module's tests in one of them (its module fixtures are made once). The quick set is those less
+# the ones marked slow, which run an outside tool's whole job (tests/conftest.py says which and why).
+ALONE = not hub and not root and not browser
+QUICK = $(ALONE) and not slow
 
-# Everything, in two runs: the quick set in two processes, then the rest (hubs, root, browsers: shared
-# accounts, control groups and ports) one test at a time; both run, and either failing fails the target.
+# Everything, in two runs: the tests that need no hub, root or browser (slow ones included) in two
+# processes, then the rest (hubs, root, browsers: shared accounts, control groups and ports) one test at a
+# time; both run, and either failing fails the target.
 test: students-reach deps $(LABEXT) chromium lint system-users ldap-tools seat-image
 	@export PATH="$(CURDIR)/node_modules/.bin:$$PATH" WOD_STUDENT_PYTHON="$(STUDENT_VENV)/bin/python"; rc=0; \
-	$(BIN)/pytest -q -ra -n 2 --dist loadfile -m "$(QUICK)" $(PYTEST_ARGS) || rc=1; \
-	$(BIN)/pytest -q -ra -m "not ($(QUICK))" $(PYTEST_ARGS) || rc=1; \
+	$(BIN)/pytest -q -ra -n 2 --dist loadfile -m "$(ALONE)" $(PYTEST_ARGS) || rc=1; \
+	$(BIN)/pytest -q -ra -m "not ($(ALONE))" $(PYTEST_ARGS) || rc=1; \
 	exit $$rc
 
 test-quick: deps

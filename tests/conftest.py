@@ -10,7 +10,11 @@ cannot be reached fails the run instead of skipping.
 Markers (declared in pyproject.toml): a test that uses a hub fixture is marked ``hub``, one on
 PostgreSQL ``postgres``, one that uses ``require_root`` ``root``; a test marked ``root`` is
 skipped without root. ``make test-quick`` runs what is marked neither ``hub`` nor ``root``
-nor ``browser``, and a hub started by a test not marked ``hub`` fails it.
+nor ``browser`` nor ``slow``, and a hub started by a test not marked ``hub`` fails it.
+``slow`` marks the few tests that run an outside tool's whole job (a wheel built from the
+sdist, Ansible's template module, notebooks executed in real kernels), each costing more of
+a core than whole modules of units. ``make test`` runs them with the other tests that need
+no hub, in parallel.
 """
 
 import contextlib

@@ -51,6 +51,7 @@ def installed(tmp_path_factory):
     return env_dir / "bin", work, wheel
 
 
+@pytest.mark.slow  # builds the sdist, the wheel from it and a virtualenv
 def test_the_wheel_carries_the_samples_and_the_skeleton_not_the_harness(installed):
     _, _, wheel = installed
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -66,6 +67,7 @@ def test_the_wheel_carries_the_samples_and_the_skeleton_not_the_harness(installe
     assert not [n for n in names if n.endswith(("/hubprocess.py", "/demo.py"))]
 
 
+@pytest.mark.slow  # needs the wheel built and installed above
 def test_wod_workshops_and_check_run_from_the_installed_package(installed):
     bin_dir, work, _ = installed
     r = run([bin_dir / "python", "-c", "import wod_jupyterhub; print(wod_jupyterhub.__file__)"], cwd=work)

@@ -35,6 +35,7 @@ def notebooks(report, workshop):
     return ws, {nb["path"]: nb for nb in ws["notebooks"]}
 
 
+@pytest.mark.slow  # executes the notebooks in real kernels
 def test_a_clean_workshop_passes_and_a_missing_kernel_is_no_failure():
     r = wod("check", "WKSHP-CheckClean", "--notebooks", SAMPLES, "--execute", "--json")
     assert r.returncode == 0, (r.stdout, r.stderr)
@@ -49,6 +50,7 @@ def test_a_clean_workshop_passes_and_a_missing_kernel_is_no_failure():
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow  # executes the notebooks in real kernels, one cell until its timeout
 def test_a_failing_cell_and_a_cell_past_its_timeout_are_reported():
     r = wod("check", "WKSHP-CheckFails", "--notebooks", SAMPLES, "--execute", "--timeout", "3")
     assert r.returncode == 1, (r.stdout, r.stderr)
@@ -60,6 +62,7 @@ def test_a_failing_cell_and_a_cell_past_its_timeout_are_reported():
     assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
 
 
+@pytest.mark.slow  # executes the notebooks in real kernels, twice
 def test_execute_proves_each_step_fails_fresh_and_passes_once_solved_and_names_a_check_that_cannot_tell(tmp_path):
     import shutil
 

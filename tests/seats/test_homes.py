@@ -162,6 +162,7 @@ def _ansible_playbook():
     return None
 
 
+@pytest.mark.slow  # a real ansible-playbook run
 def test_byte_identical_to_ansible(corpus, tmp_path):
     """The real thing, when ansible-core is at hand (WOD_ANSIBLE_PLAYBOOK or on PATH): Ansible's template module."""
     playbook = _ansible_playbook()
