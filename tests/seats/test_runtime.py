@@ -12,8 +12,7 @@ import pytest
 from traitlets import TraitError
 
 from wod_jupyterhub.config import Wod
-from wod_jupyterhub.seats.runtime import RUNTIMES, SeatRuntime, runtime_class, seat_runtime
-from wod_jupyterhub.seats.wipe import LocalRuntime
+from wod_jupyterhub.seats.runtime import RUNTIMES, LocalRuntime, SeatRuntime, runtime_class, seat_runtime
 
 N = 420
 
