@@ -19,11 +19,12 @@ $(VENV)/.installed: $(BIN)/python setup.cfg setup.py pyproject.toml MANIFEST.in
 	@$(call drop-unused,$(BIN)/python)
 	touch $@
 
-# jsonschema checks the "iri" format with rfc3987-syntax when that is installed (jupyter-events asks for
-# it), and that package builds four Earley parsers when imported: a second or more of a core in every
-# hub, single-user server and wod command that loads jsonschema. Nothing here checks IRIs, so neither
-# Python keeps it (jsonschema then leaves that one format unchecked). $(1): the Python of a venv.
-drop-unused = { $(1) -c "import importlib.util as u, sys; sys.exit(u.find_spec('rfc3987_syntax') is None)" && $(1) -m pip uninstall -q -y rfc3987-syntax || true; }
+# The optional modules that c.WodSpawner.skip_imports keeps out of every single-user server (its help text
+# says which and why; this list and its default are one, tests/hub/test_spawner.py checks it). A production
+# virtualenv keeps them installed and the option leaves them out of the servers only; here neither Python
+# keeps them, so the hub, the wod commands and the tests go without them too. $(1): the Python of a venv.
+UNUSED_MODULES := rfc3987_syntax
+drop-unused = { for m in $(UNUSED_MODULES); do $(1) -c "import importlib.util as u, sys; sys.exit(u.find_spec('$$m') is None)" && $(1) -m pip uninstall -q -y "$$m"; done; true; }
 
 $(CHP): package.json
 	npm install --no-audit --no-fund --loglevel=error

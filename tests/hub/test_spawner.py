@@ -382,3 +382,10 @@ async def test_without_control_groups_the_server_starts_anyway(hubdb, setup, tmp
     out = subprocess.run(["pwd"], preexec_fn=sp.make_preexec_fn("student3"), capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "/"
     assert "Servers start without these per-seat limits" in caplog.text and "memory (mem_limit)" in caplog.text
+
+
+def test_make_deps_drops_exactly_the_modules_the_servers_skip():
+    """The Makefile's ``UNUSED_MODULES`` (left out of the repository's virtualenvs) are ``skip_imports``' default."""
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
+    (line,) = [line for line in makefile.splitlines() if line.startswith("UNUSED_MODULES :=")]
+    assert sorted(line.split(":=", 1)[1].split()) == sorted(WodSpawner.class_traits()["skip_imports"].default())
