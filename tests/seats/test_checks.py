@@ -53,7 +53,7 @@ def test_a_hanging_check_is_stopped_at_its_timeout_with_what_it_started():
     assert not outcome.passed and outcome.message == "The check did not answer within 1.5 seconds: it was stopped."
     assert time.monotonic() - started < 10
     time.sleep(0.2)
-    assert _sleeps() == before  # its child went with it
+    assert not _sleeps() - before  # its child went with it (another run's may come and go meanwhile)
 
 
 def _sleeps():
