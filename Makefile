@@ -144,8 +144,10 @@ test: students-reach deps $(LABEXT) chromium lint system-users ldap-tools seat-i
 	$(BIN)/pytest -q -ra -m "not ($(ALONE))" $(PYTEST_ARGS) || rc=1; \
 	exit $$rc
 
+# Two processes, as make test's first run: the quick set is mostly CPU (wod commands in child processes,
+# password hashing), so on two cores more processes only add their own start-up and collection.
 test-quick: deps
-	$(BIN)/pytest -q -ra -n 4 --dist loadfile -m "$(QUICK)" $(PYTEST_ARGS)
+	$(BIN)/pytest -q -ra -n 2 --dist loadfile -m "$(QUICK)" $(PYTEST_ARGS)
 
 # WOD_SYSTEM_USERS=1 make demo (as root): the accounts of the demo's range, every server as its student.
 demo: $(if $(filter-out 0,$(WOD_SYSTEM_USERS)),students-reach) deps $(DEV_LABEXT) $(if $(filter-out 0,$(WOD_SYSTEM_USERS)),system-users)
