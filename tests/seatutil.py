@@ -308,11 +308,13 @@ def students_folder(prefix: str) -> Path:
 
 
 @contextlib.contextmanager
-def system_users_hub(module_hubs, root, notebooks, first: int, last: int, students: Path, *, spawner=(), wod=None, remove=()):
+def system_users_hub(module_hubs, root, notebooks, first: int, last: int, students: Path, *, spawner=(), wod=None, service=None,
+                     remove=()):
     """A hub in system-users mode with control groups (as root): seats ``first``..``last``, homes in ``students``.
 
-    ``spawner``: more ``c.WodSpawner`` lines; ``wod``: more ``c.Wod`` settings; ``remove``: more
-    folders to delete at the end. The seats' parent group (``hub.cgroup_parent``, of its own) and
+    ``spawner``: more ``c.WodSpawner`` lines; ``wod``: more ``c.Wod`` settings; ``service``: the
+    service's settings (``{"WodOperations.start_server": True}``); ``remove``: more folders to
+    delete at the end. The seats' parent group (``hub.cgroup_parent``, of its own) and
     ``students`` are removed on leaving.
     """
     parent = f"wod-test-{secrets.token_hex(4)}"
@@ -322,7 +324,7 @@ def system_users_hub(module_hubs, root, notebooks, first: int, last: int, studen
               "students_root": str(students), **(wod or {})}
     try:
         with module_hubs(root, notebooks=[notebooks], authenticator_class="wod", spawner_class="wod", wod_config=config,
-                         extra_config="\n".join(extra)) as h:
+                         service_config=service or {}, extra_config="\n".join(extra)) as h:
             h.cgroup_parent = parent
             h.students_root = students
             yield h

@@ -12,7 +12,6 @@ Python, which every account can execute (the suite's own may live under
 ``/root``).
 """
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -68,41 +67,6 @@ def ensure_accounts(first: int, last: int, students_root) -> None:
         timeout=120,
     )
     assert r.returncode == 0, r.stdout + r.stderr
-
-
-@contextlib.contextmanager
-def seat_accounts(first: int, last: int, seats, students_root):
-    """The accounts of ``seats`` made as ``wod users create`` makes them (homes in ``students_root``), for a module's hub.
-
-    Only the accounts made here are removed at the end, after every process
-    left under their uids is killed (looping: one may fork); yields the
-    dict those leftovers are reported in, ``{seat: pids}``.
-    """
-    from tests.seatutil import live_processes
-    from wod_jupyterhub.cli.users import accounts_for
-    from wod_jupyterhub.config import Wod
-    from wod_jupyterhub.seats import accounts as etc_accounts
-
-    wod = Wod(student_min=first, student_max=last, students_root=str(students_root))
-    made, problems = etc_accounts.plan([a for n in seats for a in accounts_for(wod, n, n)])
-    assert not problems, problems
-    etc_accounts.add(made)
-    survivors: dict = {}
-    try:
-        yield survivors
-    finally:
-        for n in seats:
-            for _ in range(100):
-                pids = live_processes(UID_BASE + n)
-                if not pids:
-                    break
-                survivors.setdefault(n, set()).update(pids)
-                for pid in pids:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-        etc_accounts.remove({a.name for a in made})
 
 
 def as_student(n: int, code: str, *args, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:

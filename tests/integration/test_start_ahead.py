@@ -7,8 +7,6 @@ at the end. The participants sign in through the login form as a browser does.
 
 import os
 import secrets
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -16,53 +14,26 @@ import pytest
 from sqlalchemy import select
 
 from tests.hubutil import write_workshop
-from tests.seatutil import live_processes, logged_in, open_lab, server_get, verb, wait_ready
-from tests.sysusers import student_python
-from wod_jupyterhub.cli.users import accounts_for
-from wod_jupyterhub.config import Wod
-from wod_jupyterhub.seats import accounts as etc_accounts
-from wod_jupyterhub.seats import cgroups
+from tests.seatutil import UID_BASE, logged_in, open_lab, seat_accounts, server_get, students_folder, system_users_hub, verb, wait_ready
 from wod_jupyterhub.store.models import Completion, Store
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system-users mode needs root (CI runs as root)")
 
 FIRST, LAST = 430, 431
 WORKSHOP = "WKSHP-Ahead"
-UID = 10000
-UNUSED = 0.2  # minutes a server nobody opened keeps running
+UID = UID_BASE
+UNUSED = 0.1  # minutes a server nobody opened keeps running: enough for A to be opened in, little for B to wait out
 
 
 @pytest.fixture(scope="module")
 def hub(module_hubs, tmp_path_factory):
-    students = Path(tempfile.mkdtemp(prefix="wod-ahead-"))
-    students.chmod(0o711)
-    wod = Wod(student_min=FIRST, student_max=LAST, students_root=str(students))
-    made, problems = etc_accounts.plan([a for n in range(FIRST, LAST + 1) for a in accounts_for(wod, n, n)])
-    assert not problems, problems
-    etc_accounts.add(made)
+    students = students_folder("wod-ahead-")
     root = tmp_path_factory.mktemp("ahead")
     write_workshop(root / "notebooks", WORKSHOP, (FIRST, LAST))
-    parent = f"wod-test-{secrets.token_hex(4)}"
-    cmd, env = student_python(UID + FIRST)
-    config = {"student_min": FIRST, "student_max": LAST, "system_users": True, "cgroups": True, "cgroup_parent": parent,
-              "students_root": str(students)}
-    extra = f"c.WodSpawner.cmd = {cmd!r}\nc.WodSpawner.environment = {env!r}\nc.WodAuthenticator.throttle_ip_failures = 0"
-    try:
-        with module_hubs(
-            root, notebooks=[root / "notebooks"], authenticator_class="wod", spawner_class="wod", wod_config=config,
-            service_config={"WodOperations.start_server": True, "WodAhead.unused_minutes": UNUSED}, extra_config=extra,
-        ) as h:
-            yield h
-    finally:
-        for n in range(FIRST, LAST + 1):
-            for pid in live_processes(UID + n):
-                try:
-                    os.kill(pid, 9)
-                except ProcessLookupError:
-                    pass
-        cgroups.detect("/sys/fs/cgroup", parent).clear()
-        etc_accounts.remove({a.name for a in made})
-        subprocess.run(["rm", "-rf", str(students)], check=False)
+    service = {"WodOperations.start_server": True, "WodAhead.unused_minutes": UNUSED}
+    with seat_accounts(FIRST, LAST, range(FIRST, LAST + 1), students), \
+            system_users_hub(module_hubs, root, root / "notebooks", FIRST, LAST, students, service=service) as h:
+        yield h
 
 
 def book(hub, n):

@@ -21,8 +21,8 @@ import httpx
 import pytest
 
 from tests.portal_server import PortalServer
-from tests.seatutil import Kernel, live_processes, logged_in, spawn, verb
-from tests.sysusers import seat_accounts, student_python
+from tests.seatutil import Kernel, live_processes, logged_in, seat_accounts, spawn, verb
+from tests.sysusers import student_python
 from wod_jupyterhub.config import share_dir
 from wod_jupyterhub.seats import cgroups
 
