@@ -316,13 +316,13 @@ def test_a_kept_home_over_the_size_limit_is_erased_and_one_under_it_kept(account
 
 def test_leftovers_and_keyrings_go_even_when_processes_survive_the_kill(accounts, place, monkeypatch):
     """Processes that will not die fail the wipe, but never keep what the uid left elsewhere from going."""
-    from wod_jupyterhub.seats import wipe
+    from wod_jupyterhub.seats import runtime, wipe
     from wod_jupyterhub.seats.processes import ProcessesSurvived
 
     def survivors(uid, *args, **kwargs):
         raise ProcessesSurvived(f"135 process(es) of uid {uid} still live after 10 s of SIGKILL")
 
-    monkeypatch.setattr(wipe, "kill_uid", survivors)
+    monkeypatch.setattr(runtime, "kill_uid", survivors)  # the local runtime's end
     wod = Wod(students_root=str(place / "students"), uid_base=10000, system_users=True, temp_folders=[str(place / "tmp")])
     (place / "students").mkdir(mode=0o711)
     (place / "tmp").mkdir(mode=0o1777)
