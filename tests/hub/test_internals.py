@@ -122,3 +122,32 @@ def test_a_servers_oauth_tokens_tell_it_was_opened_and_a_services_request_tells_
     Request.current_user = user
     assert not internals.requested_by_service(Request())
     assert not internals.requested_by_service(None)
+
+
+def test_the_hubs_sqlite_file_commits_without_waiting_and_an_in_memory_one_is_left_alone(tmp_path):
+    # JupyterHub's own engine (orm.new_session_factory, as init_db makes it), behind an application's ``db``.
+    class Hub:
+        db = orm.new_session_factory(f"sqlite:///{tmp_path / 'jupyterhub.sqlite'}")()
+
+    Hub.db.add(orm.User(name="student5"))  # a write left open: the journal mode changes only outside a transaction
+    assert internals.sqlite_without_waiting_commits(Hub)
+    assert internals.sqlite_without_waiting_commits(Hub)  # again: still so, one listener
+    engine = Hub.db.get_bind()
+    assert orm.User.find(Hub.db, "student5") is not None  # the pending write was committed, not lost
+    engine.dispose()
+    with engine.connect() as other:  # a connection the engine opens later gets the same
+        raw = other.connection.dbapi_connection
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert raw.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        assert raw.execute("PRAGMA foreign_keys").fetchone()[0] == 1  # JupyterHub's own pragma kept
+    raw = Hub.db.connection().connection.dbapi_connection
+    assert raw.execute("PRAGMA synchronous").fetchone()[0] == 1
+    Hub.db.close()
+
+    class Memory:
+        db = orm.new_session_factory("sqlite://")()
+
+    assert not internals.sqlite_without_waiting_commits(Memory)
+    assert Memory.db.connection().connection.dbapi_connection.execute("PRAGMA journal_mode").fetchone()[0] == "memory"
+    assert not internals.sqlite_without_waiting_commits(object())
+

@@ -5,7 +5,7 @@ from jupyterhub import orm
 # The hub's own handlers of its static files and logo, which hub/frameless.py extends (re-exported).
 from jupyterhub.handlers.static import CacheControlStaticFilesHandler, LogoHandler  # noqa: F401
 from jupyterhub.utils import new_token
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import object_session
 from sqlalchemy.orm.exc import UnmappedInstanceError
 from traitlets import Float
@@ -23,6 +23,37 @@ def hub_users(app) -> dict | None:
 def hub_db(app):
     """The hub's database session (shared by all its requests), from its application or a request handler; None outside a hub."""
     return getattr(app, "db", None)
+
+
+def _no_waiting_commits(dbapi_conn, _record=None) -> bool:
+    cur = dbapi_conn.cursor()
+    try:
+        mode = cur.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        cur.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cur.close()
+    return mode == "wal"
+
+
+def sqlite_without_waiting_commits(app) -> bool:
+    """The hub's own database, when it is an SQLite file, in WAL mode with ``synchronous=NORMAL``; whether it is.
+
+    The hub commits on its event loop; in its default journal each commit
+    waits for the disk several times. Set on the connection the hub holds
+    now and on every one its engine opens later (JupyterHub's engine, made
+    in ``init_db``).
+    """
+    db = hub_db(app)
+    engine = db.get_bind() if db is not None else None
+    if engine is None or engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+        return False
+    if not event.contains(engine, "connect", _no_waiting_commits):
+        event.listen(engine, "connect", _no_waiting_commits)
+    # Outside a transaction: SQLite changes the journal mode only there.
+    db.commit()
+    wal = _no_waiting_commits(db.connection().connection.dbapi_connection)
+    db.commit()
+    return wal
 
 
 def user_db(user):
