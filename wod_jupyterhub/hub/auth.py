@@ -427,6 +427,15 @@ class WodAuthenticator(Authenticator):
             username in self.admin_users or username in self.admin_password_hashes or student_number(username) is not None
         )
 
+    # -- a server's start ------------------------------------------------
+
+    def pre_spawn_start(self, user, spawner):
+        # The participant's first visit checks the server's OAuth secret on the hub's loop:
+        # hashed as its own token row is (see internals), that check costs no more than the token's.
+        db = internals.user_db(user)
+        if internals.client_secret_as_its_token(db, spawner):
+            db.commit()
+
     # -- sessions end when the seat changes hands --------------------------
 
     def begin_session(self, db, name: str, generation: int, users=None) -> str:
