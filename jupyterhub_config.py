@@ -14,10 +14,8 @@ on http://127.0.0.1:8000 (in system-users mode on https://wod.localhost:8000,
 each seat on a host of its own: see $WOD_SUBDOMAIN_HOST below).
 """
 
-import contextlib
 import os
 import secrets
-import sqlite3
 import sys
 from pathlib import Path
 
@@ -148,17 +146,6 @@ if SYSTEM_USERS:
     HUB_DB = STATE / "jupyterhub.sqlite"
     if not HUB_DB.exists():
         os.close(os.open(HUB_DB, os.O_WRONLY | os.O_CREAT, 0o600))
-
-if not IN_SERVICE and STATE.is_dir():
-    # The hub's SQLite database in write-ahead-log mode (the file keeps it): a commit appends
-    # to the log instead of creating, syncing and deleting a journal, 0.3 ms of the hub's
-    # one thread instead of 1 ms. The first login of each participant writes once (its new
-    # session, auth.py), and a room logs in at once. PostgreSQL needs nothing of the kind.
-    try:
-        with contextlib.closing(sqlite3.connect(STATE / "jupyterhub.sqlite")) as hub_db:
-            hub_db.execute("PRAGMA journal_mode=WAL")  # a no-op once set, even beside a running hub
-    except sqlite3.Error as e:  # e.g. a `wod` command run by an account that may not write the hub's files
-        print(f"jupyterhub_config.py: the hub's database stays in its journal mode: {e}", file=sys.stderr)
 
 # Bytes a seat's home may take; checked at CLEANUP (a kept home over it is erased).
 # production: a size, and file-system quotas per uid where the file system has them.

@@ -21,6 +21,14 @@ Printed, all from the same run:
 - a lone participant's time from the form to the ready lab;
 - the room: p50, p95 and max from the form to the ready lab, and the
   failures (with what the participant saw);
+- where each participant's time went, step by step (p50, p95, max over the
+  room): the form, the login, ``/hub/spawn``, the server's redirect to the
+  hub, the hub's OAuth ``authorize``, the server's ``oauth_callback``
+  (which asks the hub for the token and the user), the lab page itself;
+  the redirects are followed one by one, as a browser does;
+- the CPU used meanwhile by the hub, its proxy, the service, the servers
+  and the bench itself (its clients are aiohttp's: a browser's CPU is not
+  the hub's machine's, and those clients cost a fraction of httpx's);
 - the hub meanwhile: an unrelated request (a participant already working:
   the hub's home page and its own server's status, in turn, every 0.1 s)
   p50, p99 and max during the room's arrival.
@@ -40,14 +48,15 @@ import os
 import re
 import shutil
 import signal
-import ssl
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import aiohttp
 import httpx
+from yarl import URL
 
 from bench import process_cpu
 from tests.hubutil import RealHub, write_workshop
@@ -89,6 +98,22 @@ def tree(pid: int) -> list[int]:
         p = todo.pop()
         out.append(p)
         todo += children.get(p, [])
+    return out
+
+
+def cpu_by_part(hub, servers: dict[str, int]) -> dict[str, float]:
+    """CPU seconds used so far by the hub, its proxy, the service, the given servers (with their children) and this bench."""
+    out = {"hub": process_cpu(hub.proc.pid), "proxy": 0.0, "service": 0.0, "servers": 0.0, "bench": time.process_time()}
+    for pid in tree(hub.proc.pid)[1:]:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"wod_jupyterhub.service" in cmd:
+            out["service"] += process_cpu(pid)
+        elif b"configurable-http-proxy" in cmd or cmd.split(b"\0")[0].endswith(b"node"):
+            out["proxy"] += process_cpu(pid)
+    out["servers"] = sum(process_cpu(p) for pid in servers.values() for p in tree(pid))
     return out
 
 
@@ -137,31 +162,69 @@ async def book_all(hub, seats) -> dict[int, str]:
     return out
 
 
+class Page:
+    """What a client kept of one answer: its status, headers, text and address."""
+
+    def __init__(self, status_code: int, headers, text: str, url: URL):
+        self.status_code, self.headers, self.text, self.url = status_code, headers, text, url
+
+
+class Browser:
+    """A client with its own cookies that follows no redirect itself (aiohttp: a browser's CPU is not the hub's,
+    and aiohttp's per request is a fraction of httpx's on the cores the hub shares with the bench)."""
+
+    def __init__(self, base_url: str, timeout: float):
+        self.base = URL(base_url)
+        self.session = aiohttp.ClientSession(
+            cookie_jar=aiohttp.CookieJar(unsafe=True),  # cookies of an IP address (127.0.0.1)
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        )
+
+    async def request(self, method: str, path, data=None) -> Page:
+        url = self.base.join(URL(path) if isinstance(path, str) else path)
+        async with self.session.request(method, url, data=data, allow_redirects=False) as r:
+            return Page(r.status, r.headers, await r.text(), r.url)
+
+    async def get(self, path) -> Page:
+        return await self.request("GET", path)
+
+    async def post(self, path: str, data) -> Page:
+        return await self.request("POST", path, data)
+
+    async def aclose(self) -> None:
+        await self.session.close()
+
+
 class Participant:
     """One browser: its own cookies; from the login form to the server's own lab page."""
 
-    def __init__(self, hub, n, password, ctx, timeout):
+    def __init__(self, hub, n, password, timeout):
         self.name, self.password, self.timeout = f"student{n}", password, timeout
-        self.client = httpx.AsyncClient(base_url=hub.url.rstrip("/"), timeout=timeout, verify=ctx, follow_redirects=False)
+        self.client = Browser(hub.url, timeout)
         self.seen = ""
+        self.steps: dict[str, float] = {}
 
     async def arrive(self) -> float:
-        """Seconds from the login form to the ready lab; raises with what the participant saw."""
+        """Seconds from the login form to the ready lab; raises with what the participant saw.
+
+        Each request's time is added to ``self.steps`` under what it was
+        (the redirects followed one by one, as a browser does).
+        """
         c, name = self.client, self.name
         t0 = time.perf_counter()
-        page = await c.get("/hub/login")
+        page = await self.timed("form", c.get("/hub/login"))
         xsrf = re.search(r'name="_xsrf"\s+value="([^"]+)"', page.text)
         if page.status_code != 200 or not xsrf:
             raise RuntimeError(f"login form: {page.status_code}")
-        r = await c.post("/hub/login", data={"username": name, "password": self.password, "_xsrf": xsrf.group(1)})
+        r = await self.timed("login", c.post("/hub/login", data={"username": name, "password": self.password, "_xsrf": xsrf.group(1)}))
         if r.status_code != 302:
             raise RuntimeError(f"login: {r.status_code}")
-        r = await c.get("/hub/spawn")
+        r = await self.timed("spawn", c.get("/hub/spawn"))
         if r.status_code not in (200, 302):
             raise RuntimeError(f"/hub/spawn: {r.status_code}")
         lab = f"/user/{name}/lab"
         while True:
-            r = await c.get(lab, follow_redirects=True)
+            r = await self.visit(lab)
             if r.status_code == 200 and r.url.path == lab:
                 return time.perf_counter() - t0
             self.seen = f"{r.status_code} {r.url.path}"
@@ -170,6 +233,38 @@ class Participant:
             if time.perf_counter() - t0 > self.timeout:
                 raise RuntimeError(f"no lab after {self.timeout:.0f} s (last {self.seen})")
             await asyncio.sleep(1)
+
+    async def timed(self, step: str, request):
+        t = time.perf_counter()
+        r = await request
+        self.took(step, t)
+        return r
+
+    def took(self, step: str, since: float) -> None:
+        self.steps[step] = self.steps.get(step, 0.0) + time.perf_counter() - since
+
+    async def visit(self, path):
+        """GET ``path`` and the redirects after it, each hop timed under what answered it."""
+        for _ in range(10):
+            t = time.perf_counter()
+            r = await self.client.get(path)
+            self.took(self.step_of(r), t)
+            if r.status_code not in (301, 302, 303, 307) or "location" not in r.headers:
+                return r
+            path = r.url.join(URL(r.headers["location"], encoded=True))
+        return r
+
+    def step_of(self, r) -> str:
+        """What answered ``r``: the hub's OAuth authorize, the server's callback, the lab (its redirect to
+        the hub, or the page itself), the hub's pending page."""
+        path = r.url.path
+        if path.endswith("/oauth2/authorize"):
+            return "authorize"
+        if path.endswith("/oauth_callback"):
+            return "oauth_callback"
+        if path == f"/user/{self.name}/lab":
+            return "lab page" if r.status_code == 200 else ("lab -> hub" if r.status_code < 400 else "lab (error)")
+        return "pending" if "spawn-pending" in path or path.startswith("/hub/") else "other"
 
 
 async def probe(client, name, stop: asyncio.Event, out: list):
@@ -184,22 +279,24 @@ async def probe(client, name, stop: asyncio.Event, out: list):
         await asyncio.sleep(0.1)
 
 
-async def room(hub, passwords, lone_n, timeout):
-    ctx = ssl.create_default_context()  # one for all: made per client it costs each ~20 ms of CPU
-    lone = Participant(hub, lone_n, passwords.pop(lone_n), ctx, timeout)
+async def room(hub, passwords, lone_n, timeout, servers):
+    lone = Participant(hub, lone_n, passwords.pop(lone_n), timeout)
     lone_s = await lone.arrive()
-    people = [Participant(hub, n, pw, ctx, timeout) for n, pw in sorted(passwords.items())]
+    people = [Participant(hub, n, pw, timeout) for n, pw in sorted(passwords.items())]
     stop, probes = asyncio.Event(), []
     watcher = asyncio.ensure_future(probe(lone.client, lone.name, stop, probes))
     await asyncio.sleep(1)  # the probe's first answers: the hub before the room
+    cpu0 = cpu_by_part(hub, servers)
     t0 = time.perf_counter()
     results = await asyncio.gather(*(p.arrive() for p in people), return_exceptions=True)
     wall = time.perf_counter() - t0
+    cpu1 = cpu_by_part(hub, servers)
     stop.set()
     await watcher
     for p in [lone, *people]:
         await p.client.aclose()
-    return lone_s, results, wall, probes
+    cpu = {part: cpu1[part] - cpu0[part] for part in cpu0}
+    return lone_s, results, wall, probes, [p.steps for p in people], cpu
 
 
 def main() -> int:
@@ -255,7 +352,7 @@ def main() -> int:
                 fig["pss_total"] = sum(per_seat)
                 fig["ahead_cpu"] = statistics.median(process_cpu(pid, children=True) for pid in started.values())
             fig["load_before"] = os.getloadavg()[0]
-            lone_s, results, wall, probes = asyncio.run(room(hub, passwords, lone_n, args.timeout))
+            lone_s, results, wall, probes, steps, cpu = asyncio.run(room(hub, passwords, lone_n, args.timeout, started))
             fig["load_after"] = os.getloadavg()[0]
     finally:
         if args.keep:
@@ -285,6 +382,15 @@ def main() -> int:
         print(f"  room            : all {len(failures)} failed")
     for f in failures[:5]:
         print(f"    e.g. {f}")
+    if times:
+        print("  each step's time per participant (all its requests of that step; p50 / p95 / max):")
+        for step in ("form", "login", "spawn", "pending", "lab -> hub", "authorize", "oauth_callback", "lab page", "lab (error)", "other"):
+            took = [s.get(step, 0.0) for s in steps]
+            if any(took):
+                print(f"    {step:<15} {pct(took, 50):6.2f} s {pct(took, 95):6.2f} s {max(took):6.2f} s")
+        print(f"  CPU during the room ({wall:.1f} s, {os.cpu_count()} CPUs): "
+              + ", ".join(f"{part} {cpu[part]:.1f} s" for part in ("hub", "proxy", "service", "servers", "bench"))
+              + f" (the bench: its {args.n} clients and the unrelated request)")
     print(f"  unrelated request during the room: p50 {pct(during, 50) * 1000:.0f} ms   p99 {pct(during, 99) * 1000:.0f} ms   "
           f"max {max(during) * 1000:.0f} ms  ({len(during)} requests, {probe_errors} not 200)")
     checks = [

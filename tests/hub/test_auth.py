@@ -433,6 +433,23 @@ async def test_sessions_of_seats_that_changed_hands_end_ahead_of_the_login(db_ur
     auth.store.dispose()
 
 
+@pytest.mark.parametrize("wal", [True, False])
+async def test_the_hubs_own_sqlite_file_commits_without_waiting_unless_turned_off(db_url, tmp_path, wal):
+    hubdb = orm.new_session_factory(f"sqlite:///{tmp_path / 'jupyterhub.sqlite'}")()
+    c = Config()
+    c.Wod.db_url, c.Wod.student_min, c.Wod.student_max = db_url, 1, 40
+    c.WodAuthenticator.session_sweep_interval = 0
+    if not wal:
+        c.WodAuthenticator.hub_sqlite_wal = False
+    auth = WodAuthenticator(config=c, parent=HubStandIn(hubdb, {}))
+    assert auth.hub_sqlite_wal is wal
+    raw = hubdb.connection().connection.dbapi_connection
+    assert raw.execute("PRAGMA journal_mode").fetchone()[0] == ("wal" if wal else "delete")
+    assert raw.execute("PRAGMA synchronous").fetchone()[0] == (1 if wal else 2)  # NORMAL, else SQLite's FULL
+    hubdb.close()
+    auth.store.dispose()
+
+
 async def test_the_sweeps_run_by_themselves_in_the_hub(db_url, hubdb):
     user = hub_user(hubdb, "student3")
     user.orm_user.cookie_id = new_cookie_id(1)

@@ -122,3 +122,69 @@ def test_a_servers_oauth_tokens_tell_it_was_opened_and_a_services_request_tells_
     Request.current_user = user
     assert not internals.requested_by_service(Request())
     assert not internals.requested_by_service(None)
+
+
+def test_the_hubs_sqlite_file_commits_without_waiting_and_an_in_memory_one_is_left_alone(tmp_path):
+    # JupyterHub's own engine (orm.new_session_factory, as init_db makes it), behind an application's ``db``.
+    class Hub:
+        db = orm.new_session_factory(f"sqlite:///{tmp_path / 'jupyterhub.sqlite'}")()
+
+    Hub.db.add(orm.User(name="student5"))  # a write left open: the journal mode changes only outside a transaction
+    assert internals.sqlite_without_waiting_commits(Hub)
+    assert internals.sqlite_without_waiting_commits(Hub)  # again: still so, one listener
+    engine = Hub.db.get_bind()
+    assert orm.User.find(Hub.db, "student5") is not None  # the pending write was committed, not lost
+    engine.dispose()
+    with engine.connect() as other:  # a connection the engine opens later gets the same
+        raw = other.connection.dbapi_connection
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert raw.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        assert raw.execute("PRAGMA foreign_keys").fetchone()[0] == 1  # JupyterHub's own pragma kept
+    raw = Hub.db.connection().connection.dbapi_connection
+    assert raw.execute("PRAGMA synchronous").fetchone()[0] == 1
+    Hub.db.close()
+
+    class Memory:
+        db = orm.new_session_factory("sqlite://")()
+
+    assert not internals.sqlite_without_waiting_commits(Memory)
+    assert Memory.db.connection().connection.dbapi_connection.execute("PRAGMA journal_mode").fetchone()[0] == "memory"
+    assert not internals.sqlite_without_waiting_commits(object())
+
+
+def test_a_servers_oauth_secret_is_stored_as_its_token_row_stores_the_same_token():
+    from types import SimpleNamespace
+
+    from jupyterhub.utils import compare_token, hash_token, new_token
+
+    db = orm.new_session_factory("sqlite://")()
+    user = orm.User(name="student6")
+    db.add_all([user, orm.OAuthClient(identifier="jupyterhub")])
+    db.commit()
+    token = user.new_api_token(note="Server at /user/student6/")  # as User.spawn makes it: generated, one round
+    client = orm.OAuthClient(identifier="jupyterhub-user-student6", secret=hash_token(token))  # as add_client stores it
+    db.add(client)
+    db.commit()
+    spawner = SimpleNamespace(orm_spawner=SimpleNamespace(oauth_client=client), api_token=token)
+    assert client.secret.startswith("sha512:16384:")
+
+    assert internals.client_secret_as_its_token(db, spawner)
+    db.commit()
+    assert client.secret.startswith("sha512:1:") and compare_token(client.secret, token)
+    assert not compare_token(client.secret, new_token())
+    assert not internals.client_secret_as_its_token(db, spawner)  # already so
+
+    # A secret that is not the server's token, or a token the hub did not generate (hashed at full rounds): left alone.
+    other = hash_token(new_token())
+    client.secret = other
+    assert not internals.client_secret_as_its_token(db, spawner) and client.secret == other
+    own = new_token()
+    user.new_api_token(own, generated=False, note="retrieved from spawner")
+    client.secret = chosen = hash_token(own)
+    spawner.api_token = own
+    assert not internals.client_secret_as_its_token(db, spawner) and client.secret == chosen
+    # No OAuth client, no token, no database: nothing.
+    assert not internals.client_secret_as_its_token(db, SimpleNamespace(orm_spawner=SimpleNamespace(oauth_client=None), api_token=token))
+    assert not internals.client_secret_as_its_token(db, SimpleNamespace(api_token=""))
+    assert not internals.client_secret_as_its_token(None, spawner)
+    db.close()

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from jupyterhub.auth import Authenticator
 from sqlalchemy.exc import SQLAlchemyError
 from tornado import web
-from traitlets import Dict, Float, Integer, List, TraitError, Unicode, default, validate
+from traitlets import Bool, Dict, Float, Integer, List, TraitError, Unicode, default, validate
 
 from ..client_address import forwarded_client, networks
 from ..config import Wod, student_number
@@ -191,6 +191,28 @@ class WodAuthenticator(Authenticator):
         # check_allowed below is the allow configuration; no "nobody can log in" warning.
         return True
 
+    hub_sqlite_wal = Bool(
+        help="""Whether the hub's own database, when it is an SQLite file, commits without waiting for the disk.
+
+        JupyterHub commits on its event loop: a participant's first visit
+        (the OAuth hand-shake with their server, the first use of its token)
+        writes several times, and in SQLite's default journal each commit
+        waits for the disk several times, while every other request of the
+        hub waits too. On, the file is put in WAL mode with
+        ``synchronous=NORMAL``, as the wod database is: a crash of the hub
+        loses nothing; a power failure may lose the last commits, never the
+        database (the sessions such a commit ended end again at the next
+        request, which compares the seat's generation). Off, the hub's
+        connections are left as JupyterHub opens them (a file once in WAL
+        mode stays in it, each commit then waiting for the disk once). No
+        effect on PostgreSQL or MySQL.
+        """,
+    ).tag(config=True)
+
+    @default("hub_sqlite_wal")
+    def _wal_default(self):
+        return True
+
     hash_threads = Integer(
         help="""Threads that check passwords (scrypt, which runs outside the GIL). Defaults to the number of CPUs.
 
@@ -214,6 +236,8 @@ class WodAuthenticator(Authenticator):
                 getattr(self.parent, "subdomain_host", ""), getattr(self.parent, "cookie_host_prefix_enabled", False)
             )
             frameless.protect(self.parent)
+            if self.hub_sqlite_wal and internals.hub_db(self.parent) is not None:
+                internals.sqlite_without_waiting_commits(self.parent)
         if exposed:
             # The authenticator is made while the hub starts: this stops it, with the sentence and no traceback.
             self.log.critical(exposed)
@@ -402,6 +426,15 @@ class WodAuthenticator(Authenticator):
         return super().validate_username(username) and (
             username in self.admin_users or username in self.admin_password_hashes or student_number(username) is not None
         )
+
+    # -- a server's start ------------------------------------------------
+
+    def pre_spawn_start(self, user, spawner):
+        # The participant's first visit checks the server's OAuth secret on the hub's loop:
+        # hashed as its own token row is (see internals), that check costs no more than the token's.
+        db = internals.user_db(user)
+        if internals.client_secret_as_its_token(db, spawner):
+            db.commit()
 
     # -- sessions end when the seat changes hands --------------------------
 

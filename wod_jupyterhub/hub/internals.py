@@ -4,8 +4,8 @@ from jupyterhub import orm
 
 # The hub's own handlers of its static files and logo, which hub/frameless.py extends (re-exported).
 from jupyterhub.handlers.static import CacheControlStaticFilesHandler, LogoHandler  # noqa: F401
-from jupyterhub.utils import new_token
-from sqlalchemy import select
+from jupyterhub.utils import compare_token, hash_token, new_token
+from sqlalchemy import event, select
 from sqlalchemy.orm import object_session
 from sqlalchemy.orm.exc import UnmappedInstanceError
 from traitlets import Float
@@ -23,6 +23,37 @@ def hub_users(app) -> dict | None:
 def hub_db(app):
     """The hub's database session (shared by all its requests), from its application or a request handler; None outside a hub."""
     return getattr(app, "db", None)
+
+
+def _no_waiting_commits(dbapi_conn, _record=None) -> bool:
+    cur = dbapi_conn.cursor()
+    try:
+        mode = cur.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        cur.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cur.close()
+    return mode == "wal"
+
+
+def sqlite_without_waiting_commits(app) -> bool:
+    """The hub's own database, when it is an SQLite file, in WAL mode with ``synchronous=NORMAL``; whether it is.
+
+    The hub commits on its event loop; in its default journal each commit
+    waits for the disk several times. Set on the connection the hub holds
+    now and on every one its engine opens later (JupyterHub's engine, made
+    in ``init_db``).
+    """
+    db = hub_db(app)
+    engine = db.get_bind() if db is not None else None
+    if engine is None or engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+        return False
+    if not event.contains(engine, "connect", _no_waiting_commits):
+        event.listen(engine, "connect", _no_waiting_commits)
+    # Outside a transaction: SQLite changes the journal mode only there.
+    db.commit()
+    wal = _no_waiting_commits(db.connection().connection.dbapi_connection)
+    db.commit()
+    return wal
 
 
 def user_db(user):
@@ -78,6 +109,30 @@ def token_id(db, token: str) -> int | None:
     """The database id of an API token the hub issued (a server's ``api_token``); None if unknown."""
     row = orm.APIToken.find(db, token) if db is not None and token else None
     return row.id if row is not None else None
+
+
+def client_secret_as_its_token(db, spawner) -> bool:
+    """Store a server's OAuth client secret hashed as the hub stored the same secret as the server's API token; whether it did.
+
+    JupyterHub gives a server's OAuth client the server's API token as its
+    secret, and hashes it there with the rounds of a secret a person chose,
+    though it hashes the same token in its token table with the one round
+    of the tokens it generates. Each browser's first visit to the server
+    checks that secret on the hub's event loop. Stored as the token row has
+    it, the secret is no weaker than it already is in the database. Only
+    when the secret is the server's token and its row is hashed with fewer
+    rounds; not committed.
+    """
+    client = getattr(getattr(spawner, "orm_spawner", None), "oauth_client", None)
+    token = getattr(spawner, "api_token", "")
+    row = orm.APIToken.find(db, token) if db is not None and token else None
+    if client is None or row is None or not client.secret:
+        return False
+    algorithm, rounds, _ = row.hashed.split(":", 2)
+    if int(rounds) >= int(client.secret.split(":")[1]) or not compare_token(client.secret, token):
+        return False
+    client.secret = hash_token(token, rounds=int(rounds), algorithm=algorithm)
+    return True
 
 
 def spawners(user) -> list:
