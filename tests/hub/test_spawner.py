@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,10 @@ from tornado import web
 from traitlets import TraitError
 from traitlets.config import Config
 
+from tests.seatutil import memory_holds
 from wod_jupyterhub.cli import users
-from wod_jupyterhub.hub.spawner import WodSpawner
+from wod_jupyterhub.hub import warmstart
+from wod_jupyterhub.hub.spawner import WodSpawner, python_command, singleuser_options
 from wod_jupyterhub.limits import Limits
 from wod_jupyterhub.seats import cgroups
 from wod_jupyterhub.store.models import Completion, Seat, Store
@@ -382,3 +385,54 @@ async def test_without_control_groups_the_server_starts_anyway(hubdb, setup, tmp
     out = subprocess.run(["pwd"], preexec_fn=sp.make_preexec_fn("student3"), capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "/"
     assert "Servers start without these per-seat limits" in caplog.text and "memory (mem_limit)" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "cmd, flags, extra, problem",
+    [
+        ([sys.executable, "-m", "jupyterhub.singleuser"], ["-P", "-s"], {}, None),
+        ([sys.executable, "-u", "-m", "jupyterhub.singleuser", "--debug"], ["-P", "-s"], {}, None),
+        (["jupyterhub-singleuser"], ["-P", "-s"], {}, "does not run python -m jupyterhub.singleuser"),
+        ([sys.executable, "-m", "other"], ["-P", "-s"], {}, "does not run python -m jupyterhub.singleuser"),
+        ([sys.executable, "-m", "jupyterhub.singleuser"], ["-P"], {}, "lacks -P or -s"),
+        ([sys.executable, "-m", "jupyterhub.singleuser"], ["-P", "-s"], {"shell_cmd": ["bash", "-c"]}, "shell_cmd"),
+        ([sys.executable, "-m", "jupyterhub.singleuser"], ["-P", "-s"], {"warm_start": False}, "warm_start is off"),
+    ],
+)
+def test_servers_start_from_the_warm_template_only_where_a_fork_runs_what_a_new_process_would(hubdb, setup, cmd, flags, extra, problem):
+    config, store, root = setup
+    config.WodSpawner.cmd = cmd
+    config.WodSpawner.python_flags = flags
+    for key, value in extra.items():
+        setattr(config.WodSpawner, key, value)
+    sp = spawner(hubdb, config)
+    found = sp.warm_template_problem(python_command(sp.cmd, sp.python_flags))
+    assert (found is None) if problem is None else (problem in found), found
+    if problem is None:
+        options, rest = singleuser_options(python_command(sp.cmd, sp.python_flags))
+        assert {"-P", "-s"} <= set(options) and rest == cmd[cmd.index("jupyterhub.singleuser") + 1:]
+
+
+def test_a_template_that_cannot_start_makes_the_server_start_the_usual_way():
+    template = warmstart.Template("/nonexistent/python3", ["-P", "-s"], [], {})
+    with pytest.raises(warmstart.Unavailable, match="could not run"):
+        template.spawn({}, None)
+
+
+def test_a_child_that_cannot_become_its_seat_says_why_and_the_template_never_holds_the_request():
+    """The child fails as a failed preexec_fn does (its reason in the seat's log); the template keeps nothing of it."""
+    secret = f"seat-secret-{os.getpid()}-{time.time_ns()}"
+    template = warmstart.Template(sys.executable, ["-P", "-s"], ["rfc3987_syntax"], {"LANG": "C.UTF-8"})
+    r, w = os.pipe()
+    request = {"argv": [sys.executable], "args": [], "env": {"JUPYTERHUB_API_TOKEN": secret}, "umask": 0o022,
+               "procs_files": ["/nonexistent/cgroup.procs"], "namespace": None, "user": None}
+    try:
+        with pytest.raises(warmstart.SeatFailed, match="nonexistent/cgroup.procs"):
+            template.spawn(request, w)
+        os.close(w)
+        assert b"could not be started" in os.read(r, 65536)
+        assert template.alive()  # the next seat's start does not wait for a new template
+        assert memory_holds(template.proc.pid, [secret.encode()]) == []
+    finally:
+        os.close(r)
+        template.stop()

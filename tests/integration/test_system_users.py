@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from tests.hubutil import write_workshop
-from tests.seatutil import cleanup, create, logged_in, open_lab, run_cells, spawn
+from tests.seatutil import cleanup, create, logged_in, memory_holds, open_lab, run_cells, spawn
 from tests.sysusers import REPO, Hopper, as_student, ensure_accounts, require_root, uid  # noqa: F401 - require_root is a fixture
 from wod_jupyterhub.seats import fdtrees
 from wod_jupyterhub.seats.leftovers import ipc_objects
@@ -238,24 +238,6 @@ def test_the_cleanup_of_a_kept_seat_kills_and_clears_too(hub, place):
     assert (home / KEPT / "0-ReadMeFirst.ipynb").is_file()  # the home itself waits for the RESET
     with hub.client("portal") as c:
         assert c.get(f"api/students/{K}").json()["state"] == "kept"
-
-
-def memory_holds(pid: int, secrets: list[bytes]) -> list[bytes]:
-    """Which of ``secrets`` appear anywhere in the readable memory of process ``pid`` (read as root)."""
-    found = set()
-    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
-        for line in maps:
-            span, perms = line.split()[:2]
-            if "r" not in perms or line.rstrip().endswith(("[vvar]", "[vsyscall]", "[vvar_vclock]")):
-                continue
-            start, end = (int(x, 16) for x in span.split("-"))
-            try:
-                mem.seek(start)
-                data = mem.read(end - start)
-            except OSError:
-                continue
-            found.update(s for s in secrets if s in data)
-    return sorted(found)
 
 
 # What each seat's kernel writes: the environment its server gave it.

@@ -121,3 +121,13 @@ def test_a_seat_that_prints_faster_than_its_rate_waits_and_loses_nothing(tmp_pat
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert waited > 0.8  # about 1.5 s past the first second's budget: the writer waited, not the pump's thread
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_a_seats_namespace_reaches_the_warm_templates_child_as_it_was_built(allow):
+    import json
+
+    built = seatns.build("64M", 1000, "/srv/students", allow_setuid_programs=allow, runtime_dir="/tmp/jupyter-runtime", uid=1234)
+    sent = seatns.SeatNamespace.from_json(json.loads(json.dumps(built.to_json())))
+    assert sent.mounts == built.mounts and sent._calls == built._calls
+    assert (sent.no_new_privs, sent._runtime_dir, sent._uid) == (not allow, "/tmp/jupyter-runtime", 1234)
