@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import wod_jupyterhub
@@ -15,6 +16,8 @@ import wod_jupyterhub
 READY_TIMEOUT = 120
 #: how long a forked child may take to answer (its pid, then whether it became the seat)
 ANSWER_TIMEOUT = 60
+#: after a template failed to start, seconds during which servers start the usual way without trying again
+RETRY_AFTER = 60
 #: the template's last argument, blanks: each child writes its seat's command line there (``/proc/<pid>/cmdline``)
 #: when the kernel does not let it point that elsewhere
 ROOM = " " * 2048
@@ -51,6 +54,7 @@ class Template:
         self.proc: subprocess.Popen | None = None
         self.channel: socket.socket | None = None
         self._lock = threading.Lock()
+        self._failed: tuple[float, str] | None = None  # (when, why) the last start failed
 
     def command(self, fd: int) -> list[str]:
         """The template's command line, its channel on descriptor ``fd``."""
@@ -99,7 +103,14 @@ class Template:
         with self._lock:
             if not self.alive():
                 self.stop()
-                self._start()
+                if self._failed and time.monotonic() - self._failed[0] < RETRY_AFTER:
+                    raise Unavailable(self._failed[1])
+                try:
+                    self._start()
+                except Unavailable as e:
+                    self._failed = (time.monotonic(), str(e))
+                    raise
+                self._failed = None
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             try:
                 socket.send_fds(self.channel, [b"s"], [theirs.fileno()])
