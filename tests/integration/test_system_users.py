@@ -22,6 +22,7 @@ The hub's folder is made as a production one would be: passable by all
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import uuid
 from pathlib import Path
@@ -29,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from tests.hubutil import write_workshop
-from tests.seatutil import cleanup, create, logged_in, memory_holds, open_lab, run_cells, spawn
+from tests.seatutil import cleanup, create, logged_in, memory_holds, open_lab, run_cells, server_get, spawn
 from tests.sysusers import REPO, Hopper, as_student, ensure_accounts, require_root, uid  # noqa: F401 - require_root is a fixture
 from wod_jupyterhub.seats import fdtrees
 from wod_jupyterhub.seats.leftovers import ipc_objects
@@ -245,7 +246,7 @@ ENVIRONMENT = "import json, os\njson.dump(dict(os.environ), open(os.path.expandu
 
 
 def test_two_seats_from_the_warm_template_hold_nothing_of_each_other(hub):
-    """Both servers are forks of the one warm template; each is its seat alone, and the template holds no seat's secret."""
+    """Both servers are forks of the one warm template; each is its seat alone, the template holds no seat's secret, and the servers outlive it."""
     seen = {}
     for n in (W1, W2):
         name = f"student{n}"
@@ -256,7 +257,7 @@ def test_two_seats_from_the_warm_template_hold_nothing_of_each_other(hub):
         lab = open_lab(browser, name)
         asyncio.run(run_cells(hub, browser, name, [ENVIRONMENT]))
         env = json.loads((Path(hub.students_root) / name / "environment.json").read_text())
-        seen[n] = {"pid": pid, "env": env, "lab": lab, "customer": customer}
+        seen[n] = {"pid": pid, "env": env, "lab": lab, "customer": customer, "browser": browser}
     template = {int(Path(f"/proc/{s['pid']}/stat").read_text().rpartition(")")[2].split()[1]) for s in seen.values()}
     assert len(template) == 1, template  # one parent for both: the template
     [template] = template
@@ -287,6 +288,17 @@ def test_two_seats_from_the_warm_template_hold_nothing_of_each_other(hub):
     assert memory_holds(two["pid"], [tokens[W1]]) == []
     assert memory_holds(template, list(tokens.values())) == []
     assert memory_holds(one["pid"], [tokens[W1]]) == [tokens[W1]]  # the search finds what is there
+    # The template dies: the servers, in sessions of their own, run on (as across a hub restart),
+    # and the next start makes a new template.
+    os.kill(template, signal.SIGKILL)
     for n, s in seen.items():
-        assert cleanup(hub, n, s["customer"])["status"] == "succeeded"
+        assert server_get(s["browser"], f"student{n}", "api/status").status_code == 200
+    assert cleanup(hub, W1, one["customer"])["status"] == "succeeded"
+    password, customer = create(hub, W1, workshop=WARM)
+    spawn(hub, logged_in(hub, f"student{W1}", password), f"student{W1}")
+    pid = hub.hub_api("GET", f"/users/student{W1}").json()["servers"][""]["state"]["pid"]
+    again = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+    assert again != template and b"wod_jupyterhub.seats import template" in Path(f"/proc/{again}/cmdline").read_bytes()
+    for n, c in ((W1, customer), (W2, two["customer"])):
+        assert cleanup(hub, n, c)["status"] == "succeeded"
     assert "from the warm template" in Path(hub.log_path).read_text()
