@@ -324,6 +324,10 @@ def main(argv=None) -> None:
     changed = [signal.Signals(s).name for s in handlers if signal.getsignal(s) != handlers[s]]
     if changed:
         raise RuntimeError(f"an import of the template set a handler for {changed[0]}")
+    # A fork copies only the thread that forks: another thread's locks would stay held in every seat.
+    threads = os.listdir("/proc/self/task")
+    if len(threads) != 1:
+        raise RuntimeError(f"an import of the template started a thread ({len(threads)} run)")
     # The imported objects in a generation the collector never visits (nor unfreezes): their pages stay shared.
     gc.freeze()
     serve(channel, seen)
