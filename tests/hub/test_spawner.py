@@ -436,3 +436,24 @@ def test_a_child_that_cannot_become_its_seat_says_why_and_the_template_never_hol
     finally:
         os.close(r)
         template.stop()
+
+
+def test_a_seat_that_sets_a_variable_the_templates_imports_read_gets_a_new_process():
+    """The fork would keep what the import made of the template's value: the child runs the seat's command afresh."""
+    template = warmstart.Template(sys.executable, ["-P", "-s"], ["rfc3987_syntax"], {"LANG": "C.UTF-8"})
+    r, w = os.pipe()
+    fresh = "import os; print('fresh', os.getpid(), os.environ['TORNADO_EXTENSION'], flush=True)"
+    # tornado reads TORNADO_EXTENSION when imported (its C speedups or not).
+    request = {"argv": [sys.executable, "-c", fresh], "args": [], "env": {"TORNADO_EXTENSION": "0", "LANG": "C.UTF-8"},
+               "umask": 0o022, "procs_files": [], "namespace": None, "user": None}
+    try:
+        pid = template.spawn(request, w)
+        os.close(w)
+        out = b""
+        while chunk := os.read(r, 65536):
+            out += chunk
+        assert b"Started afresh: the warm template read TORNADO_EXTENSION otherwise" in out, out
+        assert f"fresh {pid} 0".encode() in out, out  # the same process, exec'd
+    finally:
+        os.close(r)
+        template.stop()
