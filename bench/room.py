@@ -13,7 +13,10 @@ its own cookies; the clients are made before the clock starts.
 Printed, all from the same run:
 
 - the CPU of one cold start: the server process's CPU (user + system) from
-  its start until the hub calls it ready, for a seat started alone;
+  its start until the hub calls it ready, for a seat started alone; with
+  the warm template (``c.WodSpawner.warm_start``) the server is a fork of it
+  and its CPU counts from the fork: the template's own (its imports, once
+  per hub) and its memory are printed beside it;
 - the servers started ahead (``c.WodOperations.start_server``): how long
   until all were ready after the bookings, and the memory each holds, as
   PSS (``/proc/<pid>/smaps_rollup``: shared pages split between the seats
@@ -115,6 +118,15 @@ def cpu_by_part(hub, servers: dict[str, int]) -> dict[str, float]:
             out["proxy"] += process_cpu(pid)
     out["servers"] = sum(process_cpu(p) for pid in servers.values() for p in tree(pid))
     return out
+
+
+def template_of(pid: int) -> int | None:
+    """The warm template whose fork the server ``pid`` is, or None (a server started as a new process)."""
+    try:
+        parent = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+        return parent if b"seats import template" in Path(f"/proc/{parent}/cmdline").read_bytes() else None
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def server_pid(hub, name) -> int | None:
@@ -304,6 +316,8 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=100, help="participants arriving at once (100)")
     ap.add_argument("--ahead", choices=("default", "on", "off"), default="default",
                     help="c.WodOperations.start_server: as configured by default, or forced on or off")
+    ap.add_argument("--warm", choices=("default", "on", "off"), default="default",
+                    help="c.WodSpawner.warm_start: as configured by default, or forced on or off")
     ap.add_argument("--timeout", type=float, default=300, help="seconds a participant waits for the lab before giving up")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (hub and service logs)")
     args = ap.parse_args()
@@ -315,12 +329,13 @@ def main() -> int:
     # The service's own default (on where the machine's memory budget holds a seat), or as asked.
     ahead = WodOperations().start_server if args.ahead == "default" else args.ahead == "on"
     service = {"WodOperations.start_server": ahead}
+    warm = "" if args.warm == "default" else f"\nc.WodSpawner.warm_start = {args.warm == 'on'}"
     hub = RealHub(
         work / "hub", notebooks=[work / "notebooks"], authenticator_class="wod", spawner_class="wod",
         wod_config={"student_min": 1, "student_max": cold_n},
         service_config=service,
         # The demo's timeouts (jupyterhub_config.py); no throttle on the room's one address.
-        extra_config="c.Spawner.start_timeout = 120\nc.Spawner.http_timeout = 60\nc.WodAuthenticator.throttle_ip_failures = 0",
+        extra_config="c.Spawner.start_timeout = 120\nc.Spawner.http_timeout = 60\nc.WodAuthenticator.throttle_ip_failures = 0" + warm,
     )
     fig = {}
     try:
@@ -335,6 +350,9 @@ def main() -> int:
             pid = _wait(lambda: server_pid(hub, f"student{cold_n}"), 120)
             fig["cold_cpu"] = process_cpu(pid, children=True)
             fig["cold_pss"] = sum(pss(p) for p in tree(pid)) / MB
+            fig["template"] = template_of(pid)
+            if fig["template"]:
+                fig["template_cpu"] = process_cpu(fig["template"])
             hub.hub_api("DELETE", f"/users/student{cold_n}/server")
             _wait(lambda: not server_pid(hub, f"student{cold_n}") or None, 60)
 
@@ -351,6 +369,8 @@ def main() -> int:
                 fig["pss"] = statistics.median(per_seat)
                 fig["pss_total"] = sum(per_seat)
                 fig["ahead_cpu"] = statistics.median(process_cpu(pid, children=True) for pid in started.values())
+            if fig["template"]:
+                fig["template_pss"] = pss(fig["template"]) / MB
             fig["load_before"] = os.getloadavg()[0]
             lone_s, results, wall, probes, steps, cpu = asyncio.run(room(hub, passwords, lone_n, args.timeout, started))
             fig["load_after"] = os.getloadavg()[0]
@@ -367,7 +387,11 @@ def main() -> int:
     print(f"room: {args.n} participants at once, form -> ready lab; start ahead "
           f"{'on' if ahead else 'off'}{' (the default here)' if args.ahead == 'default' else ''}; {os.cpu_count()} CPUs, "
           f"load {fig['load_before']:.1f} before the room, {fig['load_after']:.1f} after")
-    print(f"  cold start      : {fig['cold_cpu']:.2f} s of the server's CPU until ready; PSS {fig['cold_pss']:.1f} MB alone")
+    print(f"  cold start      : {fig['cold_cpu']:.2f} s of the server's CPU until ready; PSS {fig['cold_pss']:.1f} MB alone"
+          + ("" if fig["template"] else " (started as a new process)"))
+    if fig["template"]:
+        print(f"  warm template   : {fig['template_cpu']:.2f} s of CPU once (its imports); PSS {fig.get('template_pss', 0):.1f} MB "
+              "(its share of the pages it shares with the seats)")
     if fig.get("ahead"):
         print(f"  started ahead   : {fig['ahead']} servers ready {fig['ahead_ready']:.1f} s after the bookings began "
               f"(booking {fig['booked']:.1f} s); each {fig['ahead_cpu']:.2f} s CPU (median)")

@@ -16,6 +16,12 @@ start the server, then measure
 - CPU: seconds of CPU the seat used to start, over 10 s idle, and to run
   the workshop.
 
+With the warm template (``c.WodSpawner.warm_start``, the default) a seat's
+server is a fork of it: its control group holds what the seat wrote or
+added, not the template's pages it only reads (charged to the template,
+once per hub); PSS splits those between the template and the seats. The
+template's own PSS and its CPU (its imports, once) are printed apart.
+
 Prints the figures, MB per seat and seats per GB (idle and busy), and the
 floor of the same run: the memory of one bare ``python3 -c 'import time;
 time.sleep(60)'`` process, so a reader sees the seat against the
@@ -33,6 +39,7 @@ import time
 from pathlib import Path
 
 from bench import process_cpu
+from bench.room import template_of
 from tests.hubutil import RealHub
 from tests.seatutil import Kernel, seat
 from wod_jupyterhub.seats import cgroups
@@ -111,11 +118,13 @@ def main() -> int:
                 print("seat_size: no usable control groups here:", h.warning())
                 return 0
             hub.group = lambda name: h.seat(name)
+            hub.template = None
             for folder, n in (("WKSHP-PythonBasics", 1), ("WKSHP-StdlibData", 21)):
                 name = f"student{n}"
                 client, _customer = seat(hub, n, folder)
                 g = h.seat(name)
                 started = measure(g)
+                hub.template = hub.template or next(filter(None, map(template_of, g.live_pids())), None)
                 time.sleep(5)
                 idle = measure(g)
                 time.sleep(10)
@@ -123,12 +132,17 @@ def main() -> int:
                 cells = code_cells(hub.students_root / name / folder)
                 asyncio.run(busy(hub, client, name, cells))
                 rows.append((folder, len(cells), started, idle, idle_cpu, hub.busy))
+            template = (process_cpu(hub.template), pss(hub.template) / MB) if hub.template else None
     finally:
         cgroups.shared("/sys/fs/cgroup", parent).clear()
         subprocess.run(["rm", "-rf", str(work)], check=False)
 
     floor = floor_mb()
     print(f"floor: one bare {Path(sys.executable).name} process: {floor:.1f} MB PSS")
+    if template:
+        print(f"warm template (once per hub): {template[1]:.1f} MB PSS, {template[0]:.2f} s CPU (its imports)")
+    else:
+        print("servers started as new processes (no warm template)")
     print(f"{'workshop':<22}{'state':<7}{'procs':>6}{'PSS MB':>9}{'cgroup MB':>11}{'CPU s':>8}")
     for folder, ncells, started, idle, idle_cpu, b in rows:
         print(

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,10 @@ from tornado import web
 from traitlets import TraitError
 from traitlets.config import Config
 
+from tests.seatutil import memory_holds
 from wod_jupyterhub.cli import users
-from wod_jupyterhub.hub.spawner import WodSpawner
+from wod_jupyterhub.hub import warmstart
+from wod_jupyterhub.hub.spawner import WodSpawner, python_command, singleuser_options
 from wod_jupyterhub.limits import Limits
 from wod_jupyterhub.seats import cgroups
 from wod_jupyterhub.store.models import Completion, Seat, Store
@@ -389,3 +392,75 @@ def test_make_deps_drops_exactly_the_modules_the_servers_skip():
     makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
     (line,) = [line for line in makefile.splitlines() if line.startswith("UNUSED_MODULES :=")]
     assert sorted(line.split(":=", 1)[1].split()) == sorted(WodSpawner.class_traits()["skip_imports"].default())
+
+
+@pytest.mark.parametrize(
+    "cmd, flags, extra, problem",
+    [
+        ([sys.executable, "-m", "jupyterhub.singleuser"], ["-P", "-s"], {}, None),
+        ([sys.executable, "-u", "-m", "jupyterhub.singleuser", "--debug"], ["-P", "-s"], {}, None),
+        (["jupyterhub-singleuser"], ["-P", "-s"], {}, "does not run python -m jupyterhub.singleuser"),
+        ([sys.executable, "-m", "other"], ["-P", "-s"], {}, "does not run python -m jupyterhub.singleuser"),
+        ([sys.executable, "-m", "jupyterhub.singleuser"], ["-P"], {}, "lacks -P or -s"),
+        ([sys.executable, "-m", "jupyterhub.singleuser"], ["-P", "-s"], {"shell_cmd": ["bash", "-c"]}, "shell_cmd"),
+        ([sys.executable, "-m", "jupyterhub.singleuser"], ["-P", "-s"], {"warm_start": False}, "warm_start is off"),
+    ],
+)
+def test_servers_start_from_the_warm_template_only_where_a_fork_runs_what_a_new_process_would(hubdb, setup, cmd, flags, extra, problem):
+    config, store, root = setup
+    config.WodSpawner.cmd = cmd
+    config.WodSpawner.python_flags = flags
+    for key, value in extra.items():
+        setattr(config.WodSpawner, key, value)
+    sp = spawner(hubdb, config)
+    found = sp.warm_template_problem(python_command(sp.cmd, sp.python_flags))
+    assert (found is None) if problem is None else (problem in found), found
+    if problem is None:
+        options, rest = singleuser_options(python_command(sp.cmd, sp.python_flags))
+        assert {"-P", "-s"} <= set(options) and rest == cmd[cmd.index("jupyterhub.singleuser") + 1:]
+
+
+def test_a_template_that_cannot_start_makes_the_server_start_the_usual_way():
+    template = warmstart.Template("/nonexistent/python3", ["-P", "-s"], [], {})
+    with pytest.raises(warmstart.Unavailable, match="could not run"):
+        template.spawn({}, None)
+
+
+def test_a_child_that_cannot_become_its_seat_says_why_and_the_template_never_holds_the_request():
+    """The child fails as a failed preexec_fn does (its reason in the seat's log); the template keeps nothing of it."""
+    secret = f"seat-secret-{os.getpid()}-{time.time_ns()}"
+    template = warmstart.Template(sys.executable, ["-P", "-s"], ["rfc3987_syntax"], {"LANG": "C.UTF-8"})
+    r, w = os.pipe()
+    request = {"argv": [sys.executable], "args": [], "env": {"JUPYTERHUB_API_TOKEN": secret}, "umask": 0o022,
+               "procs_files": ["/nonexistent/cgroup.procs"], "namespace": None, "user": None}
+    try:
+        with pytest.raises(warmstart.SeatFailed, match="nonexistent/cgroup.procs"):
+            template.spawn(request, w)
+        os.close(w)
+        assert b"could not be started" in os.read(r, 65536)
+        assert template.alive()  # the next seat's start does not wait for a new template
+        assert memory_holds(template.proc.pid, [secret.encode()]) == []
+    finally:
+        os.close(r)
+        template.stop()
+
+
+def test_a_seat_that_sets_a_variable_the_templates_imports_read_gets_a_new_process():
+    """The fork would keep what the import made of the template's value: the child runs the seat's command afresh."""
+    template = warmstart.Template(sys.executable, ["-P", "-s"], ["rfc3987_syntax"], {"LANG": "C.UTF-8"})
+    r, w = os.pipe()
+    fresh = "import os; print('fresh', os.getpid(), os.environ['TORNADO_EXTENSION'], flush=True)"
+    # tornado reads TORNADO_EXTENSION when imported (its C speedups or not).
+    request = {"argv": [sys.executable, "-c", fresh], "args": [], "env": {"TORNADO_EXTENSION": "0", "LANG": "C.UTF-8"},
+               "umask": 0o022, "procs_files": [], "namespace": None, "user": None}
+    try:
+        pid = template.spawn(request, w)
+        os.close(w)
+        out = b""
+        while chunk := os.read(r, 65536):
+            out += chunk
+        assert b"Started afresh: the warm template read TORNADO_EXTENSION otherwise" in out, out
+        assert f"fresh {pid} 0".encode() in out, out  # the same process, exec'd
+    finally:
+        os.close(r)
+        template.stop()

@@ -22,6 +22,7 @@ The hub's folder is made as a production one would be: passable by all
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import uuid
 from pathlib import Path
@@ -29,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from tests.hubutil import write_workshop
-from tests.seatutil import cleanup, create, logged_in, run_cells, spawn
+from tests.seatutil import cleanup, create, logged_in, memory_holds, open_lab, run_cells, server_get, spawn
 from tests.sysusers import REPO, Hopper, as_student, ensure_accounts, require_root, uid  # noqa: F401 - require_root is a fixture
 from wod_jupyterhub.seats import fdtrees
 from wod_jupyterhub.seats.leftovers import ipc_objects
@@ -38,8 +39,10 @@ from wod_jupyterhub.seats.processes import kill_uid, live_pids
 pytestmark = pytest.mark.usefixtures("require_root")
 
 A, B, K = 210, 211, 212
+W1, W2 = 213, 214  # two seats started from the warm template
 WORKSHOP = "WKSHP-Iso"
 KEPT = "WKSHP-IsoKept"  # reset: true, seat K
+WARM = "WKSHP-IsoWarm"
 STUDENT_PYTHON = os.environ.get("WOD_STUDENT_PYTHON") or str(REPO / ".venv-students" / "bin" / "python")
 
 
@@ -51,7 +54,7 @@ def place():
     top.mkdir(mode=0o711)
     top.chmod(0o711)
     yield top
-    for n in (A, B, K):
+    for n in (A, B, K, W1, W2):
         kill_uid(uid(n))
     fdtrees.erase_tree(str(top))
 
@@ -67,7 +70,8 @@ def hub(module_hubs, place):
     notebooks.mkdir(mode=0o700)
     write_workshop(notebooks, WORKSHOP, (A, B))
     write_workshop(notebooks, KEPT, (K, K), reset=True)
-    ensure_accounts(A, K, root / "students")
+    write_workshop(notebooks, WARM, (W1, W2))
+    ensure_accounts(A, W2, root / "students")
     with module_hubs(
         root,
         notebooks=[notebooks],
@@ -235,3 +239,66 @@ def test_the_cleanup_of_a_kept_seat_kills_and_clears_too(hub, place):
     assert (home / KEPT / "0-ReadMeFirst.ipynb").is_file()  # the home itself waits for the RESET
     with hub.client("portal") as c:
         assert c.get(f"api/students/{K}").json()["state"] == "kept"
+
+
+# What each seat's kernel writes: the environment its server gave it.
+ENVIRONMENT = "import json, os\njson.dump(dict(os.environ), open(os.path.expanduser('~/environment.json'), 'w'))\n"
+
+
+def test_two_seats_from_the_warm_template_hold_nothing_of_each_other(hub):
+    """Both servers are forks of the one warm template; each is its seat alone, the template holds no seat's secret, and the servers outlive it."""
+    seen = {}
+    for n in (W1, W2):
+        name = f"student{n}"
+        password, customer = create(hub, n, workshop=WARM)
+        browser = logged_in(hub, name, password)
+        spawn(hub, browser, name)
+        pid = hub.hub_api("GET", f"/users/{name}").json()["servers"][""]["state"]["pid"]
+        lab = open_lab(browser, name)
+        asyncio.run(run_cells(hub, browser, name, [ENVIRONMENT]))
+        env = json.loads((Path(hub.students_root) / name / "environment.json").read_text())
+        seen[n] = {"pid": pid, "env": env, "lab": lab, "customer": customer, "browser": browser}
+    template = {int(Path(f"/proc/{s['pid']}/stat").read_text().rpartition(")")[2].split()[1]) for s in seen.values()}
+    assert len(template) == 1, template  # one parent for both: the template
+    [template] = template
+    assert b"wod_jupyterhub.seats import template" in Path(f"/proc/{template}/cmdline").read_bytes()
+    assert "Uid:\t0\t0\t0\t0" in Path(f"/proc/{template}/status").read_text()  # root's
+    hub_ns = {k: os.readlink(f"/proc/self/ns/{k}") for k in ("mnt", "ipc")}
+    for n, s in seen.items():
+        name, pid, env = f"student{n}", s["pid"], s["env"]
+        status = Path(f"/proc/{pid}/status").read_text()
+        assert f"Uid:\t{uid(n)}\t{uid(n)}\t{uid(n)}\t{uid(n)}" in status, status
+        assert f"Gid:\t{uid(n)}\t{uid(n)}\t{uid(n)}\t{uid(n)}" in status, status
+        assert f"/{name}\n" in Path(f"/proc/{pid}/cgroup").read_text()
+        assert os.readlink(f"/proc/{pid}/cwd") == "/"
+        assert b"jupyterhub.singleuser" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        for k, ns in hub_ns.items():
+            assert os.readlink(f"/proc/{pid}/ns/{k}") != ns
+        # Its own settings, read by the server as a new process reads them.
+        assert (env["USER"], env["HOME"], env["JUPYTERHUB_USER"]) == (name, str(Path(hub.students_root) / name), name)
+        assert env["JUPYTERHUB_SERVICE_PREFIX"] == f"/user/{name}/"
+        assert env["JUPYTER_RUNTIME_DIR"] == "/tmp/jupyter-runtime"
+        assert s["lab"].status_code == 200 and f'"hubUser": "{name}"' in s["lab"].text
+    one, two = seen[W1], seen[W2]
+    assert os.readlink(f"/proc/{one['pid']}/ns/mnt") != os.readlink(f"/proc/{two['pid']}/ns/mnt")
+    tokens = {n: s["env"]["JUPYTERHUB_API_TOKEN"].encode() for n, s in seen.items()}
+    assert tokens[W1] != tokens[W2]
+    # Nothing of one seat in the other's server, nor in the template that forks the next one.
+    assert memory_holds(one["pid"], [tokens[W2]]) == []
+    assert memory_holds(two["pid"], [tokens[W1]]) == []
+    assert memory_holds(template, list(tokens.values())) == []
+    assert memory_holds(one["pid"], [tokens[W1]]) == [tokens[W1]]  # the search finds what is there
+    # The template dies: the servers, in sessions of their own, run on (as across a hub restart),
+    # and the next start makes a new template.
+    os.kill(template, signal.SIGKILL)
+    for n, s in seen.items():
+        assert server_get(s["browser"], f"student{n}", "api/status").status_code == 200
+    assert cleanup(hub, W1, one["customer"])["status"] == "succeeded"
+    password, customer = create(hub, W1, workshop=WARM)
+    spawn(hub, logged_in(hub, f"student{W1}", password), f"student{W1}")
+    pid = hub.hub_api("GET", f"/users/student{W1}").json()["servers"][""]["state"]["pid"]
+    again = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+    assert again != template and b"wod_jupyterhub.seats import template" in Path(f"/proc/{again}/cmdline").read_bytes()
+    for n, c in ((W1, customer), (W2, two["customer"])):
+        assert cleanup(hub, n, c)["status"] == "succeeded"
+    assert "from the warm template" in Path(hub.log_path).read_text()

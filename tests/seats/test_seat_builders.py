@@ -121,3 +121,27 @@ def test_a_seat_that_prints_faster_than_its_rate_waits_and_loses_nothing(tmp_pat
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert waited > 0.8  # about 1.5 s past the first second's budget: the writer waited, not the pump's thread
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_a_seats_namespace_reaches_the_warm_templates_child_as_it_was_built(allow):
+    import json
+
+    built = seatns.build("64M", 1000, "/srv/students", allow_setuid_programs=allow, runtime_dir="/tmp/jupyter-runtime", uid=1234)
+    sent = seatns.SeatNamespace.from_json(json.loads(json.dumps(built.to_json())))
+    assert sent.mounts == built.mounts and sent._calls == built._calls
+    assert (sent.no_new_privs, sent._runtime_dir, sent._uid) == (not allow, "/tmp/jupyter-runtime", 1234)
+
+
+def test_what_imports_computed_from_the_templates_user_and_home_is_the_seats_after_the_fork():
+    """``template.refresh``: jupyter_client's session user and send2trash's trash folder, as a new process would have them."""
+    code = (
+        "import os, jupyter_client.session as s, jupyter_server.services.contents.filemanager as fm\n"
+        "from wod_jupyterhub.seats import template\n"
+        "os.environ.update(USER='student7', HOME='/srv/students/student7')\n"
+        "template.refresh()\n"
+        "print(s.Session().username, fm.send2trash.__globals__['HOMETRASH'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env={"PATH": os.environ["PATH"], "USER": "root", "HOME": "/root"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["student7", "/srv/students/student7/.local/share/Trash"], out.stderr

@@ -3,20 +3,25 @@
 import asyncio
 import os
 import pwd
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
+from jupyterhub.utils import random_port
 from traitlets import Bool, CaselessStrEnum, Integer, List, TraitError, Unicode, default, validate
 
 from ..config import Wod
 from ..limits import parse_size
 from ..seats import cgroups, keyrings, seatlog, seatns
+from . import warmstart
 from .seatspawner import SeatSpawnerMixin
 
 # (cgroup_root, cgroup_parent) whose missing parts this hub process already warned about
 _WARNED: set = set()
+# Why servers start without the warm template, each said once per hub process.
+_WARM_REASONS: set = set()
 
 
 # The same-origin warning is logged once per hub process, at the first spawn.
@@ -57,6 +62,27 @@ def without_imports(cmd: list[str], modules: list[str]) -> list[str]:
         if not cmd[i].startswith("-"):  # a script or another module: not ours to change
             break
     return list(cmd)
+
+
+def singleuser_options(cmd: list[str]) -> tuple[list[str], list[str]] | None:
+    """(the interpreter's options, the words after the module) when ``cmd`` is ``python [options] -m jupyterhub.singleuser …``."""
+    if not cmd or not os.path.basename(cmd[0]).startswith("python"):
+        return None
+    for i in range(1, len(cmd) - 1):
+        if cmd[i] == "-m":
+            return (cmd[1:i], cmd[i + 2:]) if cmd[i + 1] == SINGLEUSER else None
+        if not cmd[i].startswith("-") or cmd[i] == "-c":
+            return None
+    return None
+
+
+def current_umask() -> int:
+    """This process's umask, read without changing it (another thread may be creating files)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022
 
 
 class WodSpawner(SeatSpawnerMixin, LocalProcessSpawner):
@@ -155,6 +181,30 @@ class WodSpawner(SeatSpawnerMixin, LocalProcessSpawner):
         Kernels and terminals are not affected. Empty to import everything.
         """,
     ).tag(config=True)
+
+    warm_start = Bool(
+        help="""Start each server from a warm template instead of as a new process.
+
+        The template (a process of the hub's user, root in system-users mode)
+        runs ``cmd``'s interpreter with its flags and has imported the server's
+        code once; for each server it forks a child that becomes the seat, as a
+        new process does (its control group, private namespace, uid, groups and
+        keyring, ``/`` as working folder, its log, its environment alone), then
+        runs ``jupyterhub.singleuser``. A start then costs a fraction of the
+        CPU, and the imported code's pages are shared between the seats until
+        one writes to them. The template never reads a seat's request (each
+        child reads its own), so nothing of one seat reaches another: see the
+        README's security model. Needs ``cmd`` to be ``python … -m
+        jupyterhub.singleuser`` with ``-P`` and ``-s`` in ``python_flags``,
+        and neither ``shell_cmd`` nor ``popen_kwargs``; otherwise, or when the
+        template cannot start, servers start as new processes (the hub logs
+        why). Defaults to on (Linux).
+        """,
+    ).tag(config=True)
+
+    @default("warm_start")
+    def _warm_start_default(self):
+        return sys.platform.startswith("linux")
 
     log_folder = Unicode(
         "seat-logs",
@@ -293,11 +343,25 @@ class WodSpawner(SeatSpawnerMixin, LocalProcessSpawner):
             return None
 
     async def start(self):
-        # The server's interpreter with the safe flags, whatever cmd was configured (idempotent).
-        self.cmd = without_imports(python_command(self.cmd, self.python_flags), self.skip_imports)
+        # The server's interpreter with the safe flags, whatever cmd was configured.
+        cmd = python_command(self.cmd, self.python_flags)
         self._namespace = await asyncio.to_thread(self.seat_namespace)
         out = await asyncio.to_thread(self.open_output)
-        configured = self.popen_kwargs
+        try:
+            if self.warm_template_problem(cmd) is None:
+                try:
+                    return await self.start_warm(cmd, out)
+                except warmstart.Unavailable as e:
+                    self.log.warning("The warm template is unavailable (%s): the server of %s starts as a new process", e, self.user.name)
+            return await self.start_process(cmd, out)
+        finally:
+            if out is not None:
+                os.close(out)
+
+    async def start_process(self, cmd: list[str], out: int | None):
+        """Start the server as a new process (``Popen``, then :meth:`make_preexec_fn`), its output on ``out``."""
+        configured, configured_cmd = self.popen_kwargs, self.cmd
+        self.cmd = without_imports(cmd, self.skip_imports)
         # Never the hub's stdout and stderr: a student could forge its lines and fill its disk.
         target = subprocess.DEVNULL if out is None else out
         self.popen_kwargs = {**configured, "stdin": subprocess.DEVNULL, "stdout": target, "stderr": target}
@@ -307,9 +371,60 @@ class WodSpawner(SeatSpawnerMixin, LocalProcessSpawner):
             self.log.error("The server of %s could not start; its log says why: %s", self.user.name, self.log_path())
             raise
         finally:
-            self.popen_kwargs = configured
-            if out is not None:
-                os.close(out)
+            self.popen_kwargs, self.cmd = configured, configured_cmd
+
+    def warm_template_problem(self, cmd: list[str]) -> str | None:
+        """Why this server cannot start from the warm template (said once per hub); None when it can."""
+        if not self.warm_start:
+            return "c.WodSpawner.warm_start is off"
+        parts = singleuser_options(cmd)
+        if parts is None:
+            problem = "c.WodSpawner.cmd does not run python -m jupyterhub.singleuser"
+        elif not {"-P", "-s"} <= set(parts[0]):
+            problem = "c.WodSpawner.python_flags lacks -P or -s (a new process's import path would differ)"
+        elif self.shell_cmd or self.popen_kwargs:
+            problem = "c.Spawner.shell_cmd or c.LocalProcessSpawner.popen_kwargs is set"
+        else:
+            return None
+        if problem not in _WARM_REASONS:
+            _WARM_REASONS.add(problem)
+            self.log.info("Servers start as new processes, not from the warm template: %s", problem)
+        return problem
+
+    def seat_request(self, cmd: list[str]) -> dict:
+        """What the template's child needs to become this seat and run its server (everything Popen would get)."""
+        extra = singleuser_options(cmd)[1]
+        args = [*extra, *self.get_args()]
+        user = None
+        if self.wod.system_users:
+            entry = pwd.getpwnam(self.user.name)
+            user = {"uid": entry.pw_uid, "gid": entry.pw_gid, "groups": os.getgrouplist(self.user.name, entry.pw_gid)}
+        return {
+            # The command a new process would run: the child runs it instead should the template not fit the seat.
+            "argv": [*without_imports(cmd, self.skip_imports), *self.get_args()],
+            "args": args,
+            "env": self.get_env(),
+            "procs_files": self._procs_files or [],
+            "namespace": self._namespace.to_json() if self._namespace is not None else None,
+            "user": user,
+            "umask": current_umask(),
+        }
+
+    async def start_warm(self, cmd: list[str], out: int | None):
+        """Start the server as a child of the warm template; raises :class:`warmstart.Unavailable` to fall back."""
+        if self.port == 0:
+            self.port = random_port()
+        request = self.seat_request(cmd)
+        template = warmstart.shared(cmd[0], singleuser_options(cmd)[0], sorted(self.skip_imports), warmstart.startup_env(request["env"]))
+        self.log.info("Spawning %s from the warm template", shlex.join(request["argv"]))
+        try:
+            pid = await asyncio.to_thread(template.spawn, request, out)
+        except warmstart.SeatFailed as e:
+            self.log.error("The server of %s could not start (%s); its log says why: %s", self.user.name, e, self.log_path())
+            raise RuntimeError(f"The server of {self.user.name} could not start: {e}") from None
+        self.proc = None
+        self.pid = pid
+        return (self.ip or "127.0.0.1", self.port)
 
     def make_preexec_fn(self, name):
         procs_files = self._procs_files or []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from ..limits import parse_size
 
@@ -108,6 +108,16 @@ class SeatNamespace:
         self.no_new_privs = no_new_privs
         self._calls = [(_bytes(m.source), _bytes(m.target), _bytes(m.fstype), m.flags, _bytes(m.data)) for m in mounts]
         self._runtime_dir, self._uid = runtime_dir, uid
+
+    def to_json(self) -> dict:
+        """What :meth:`from_json` makes the same namespace of (for a process that becomes the seat elsewhere)."""
+        return {"mounts": [asdict(m) for m in self.mounts], "runtime_dir": self._runtime_dir, "uid": self._uid,
+                "no_new_privs": self.no_new_privs}
+
+    @classmethod
+    def from_json(cls, data: dict) -> SeatNamespace:
+        """The namespace :meth:`to_json` described."""
+        return cls([Mount(**m) for m in data["mounts"]], data["runtime_dir"], data["uid"], data["no_new_privs"])
 
     def enter(self) -> None:
         """Unshare, mount, make the runtime folder, forbid new privileges unless allowed (in the child, as root)."""
