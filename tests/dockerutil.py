@@ -178,14 +178,16 @@ exec dockerd --data-root {data} --exec-root {self.run_dir}/exec --pidfile {self.
         """Make this engine a one-node swarm, with the seats' network (a bridge of swarm scope) routed from here."""
         self.docker("swarm", "init", "--advertise-addr", "127.0.0.1")
         self.swarm = True
-        # A bridge of swarm scope takes its subnet from a node's config-only network of the same settings.
-        self.docker("network", "create", "--config-only", "--subnet", SWARM_NET, f"{SWARM_NETWORK}-config")
+        # A bridge of swarm scope takes its subnet from a node's config-only network of the same settings: made
+        # once, kept in the data root (the engine holds on to it as in use after the swarm is left).
+        if self.docker("network", "inspect", f"{SWARM_NETWORK}-config", check=False).returncode != 0:
+            self.docker("network", "create", "--config-only", "--subnet", SWARM_NET, f"{SWARM_NETWORK}-config")
         self.docker("network", "create", "--driver", "bridge", "--scope", "swarm", "--config-from", f"{SWARM_NETWORK}-config",
                     SWARM_NETWORK)
         _ip("route", "replace", SWARM_NET, "via", NS_IP)
 
     def leave_swarm(self):
-        """Back to a plain engine: no service, no swarm, none of its networks or containers, no route to them."""
+        """Back to a plain engine: no service, no swarm, none of its containers, no route to them."""
         if self.docker("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip() != "inactive":
             services = self.docker("service", "ls", "-q", check=False).stdout.split()
             if services:
@@ -194,7 +196,6 @@ exec dockerd --data-root {data} --exec-root {self.run_dir}/exec --pidfile {self.
         left = self.containers("label=com.docker.swarm.service.id")
         if left:
             self.docker("rm", "-f", *left, check=False)
-        self.docker("network", "rm", f"{SWARM_NETWORK}-config", check=False)
         _ip("route", "del", SWARM_NET, check=False)
         self.swarm = False
 
