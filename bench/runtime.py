@@ -1,10 +1,10 @@
-"""Runtime: bursts of seats on the Docker runtime beside the local one, in the same run; a container seat's memory.
+"""Runtime: bursts of seats on the Docker runtime beside the local one, in the same run; a seat's memory on each.
 
 Two real hubs, one after the other on the same machine: the local runtime
 (``WodSpawner``, seats as processes of this machine, single-user mode) and
 the Docker runtime (``WodDockerSpawner``, a container per seat, as its uid,
-with its limits, on the bench's own dockerd of ``tests/dockerutil.py``).
-For each, a burst of ``--seats`` (50) seats:
+with the workshop's limits, on the bench's own dockerd of
+``tests/dockerutil.py``). For each, a burst of ``--seats`` (50) seats:
 
 - CREATE: every seat booked through the service's API and its server
   started through the hub's API, all at once; the wall time until the last
@@ -12,12 +12,16 @@ For each, a burst of ``--seats`` (50) seats:
 - CLEANUP: every seat's CLEANUP at once (the hub's stop, the completion, the
   wipe through the runtime); the wall time until the last has succeeded.
 
-Prints each, the Docker runtime's over the local one's (the local one is
-the floor, measured in the same run), the machine's load, and the memory of
-one container seat idle (its server, 5 s after it is ready) and busy (a
-kernel that ran every code cell of the sample workshop), as the engine's
-control group of the container accounts it, beside the same for a local
-seat's processes (PSS). Needs root, dockerd and the seats' image (``make
+Then one more seat on each: its memory idle (its server, 5 s after it is
+ready) and busy (a kernel that ran every code cell of the sample workshop,
+as ``bench/seat_size.py``'s busy seat), as PSS of the seat's processes on
+both runtimes, and for the container also as the engine accounts it (its
+control group, less the page cache it could drop: what ``docker stats``
+shows).
+
+Prints each figure, the Docker runtime's over the local one's (the local
+one is the floor, measured in the same run), seats per GB, and the
+machine's load. Needs root, dockerd and the seats' image (``make
 seat-image``); prints why and exits 0 otherwise.
 """
 
@@ -41,60 +45,42 @@ from tests.seatutil import Kernel, seat
 SAMPLES = dockerutil.REPO / "share" / "workshops"
 WORKSHOP = "WKSHP-PythonBasics"
 MB = 1024 * 1024
-UID_BASE = 10000
 FIRST = 1
+# Fifty starts at once keep the hub's answers waiting well past the tests' timeouts.
+TIMEOUT = 300
 
 
-def notebooks(work: Path, count: int) -> Path:
-    """The sample workshop with its range widened to the burst."""
-    root = work / "notebooks"
-    root.mkdir(parents=True)
-    subprocess.run(["cp", "-a", str(SAMPLES / WORKSHOP), str(root / WORKSHOP)], check=True)
-    meta = root / WORKSHOP / "wod.yml"
+def notebooks(root: Path, count: int) -> None:
+    """The sample workshop in ``root/notebooks``, its range widened to the burst."""
+    folder = root / "notebooks"
+    folder.mkdir(parents=True)
+    subprocess.run(["cp", "-a", str(SAMPLES / WORKSHOP), str(folder / WORKSHOP)], check=True)
+    meta = folder / WORKSHOP / "wod.yml"
     lines = [f"range: [{FIRST},{FIRST + count - 1}]" if line.startswith("range:") else line for line in meta.read_text().splitlines()]
     meta.write_text("\n".join(lines) + "\n")
-    return root
-
-
-def hub_for(kind: str, work: Path, count: int, engine=None) -> RealHub:
-    students = Path(tempfile.mkdtemp(prefix=f"wod-bench-{kind}-"))
-    students.chmod(0o711)
-    wod = {"student_min": FIRST, "student_max": FIRST + count - 1, "students_root": str(students)}
-    extra = ["c.Spawner.start_timeout = 300", "c.Spawner.http_timeout = 300", "c.JupyterHub.concurrent_spawn_limit = 0"]
-    if kind == "docker":
-        wod.update(system_users=True, cgroups=False, uid_base=UID_BASE, runtime="docker")
-        extra += dockerutil.hub_config(engine)
-        spawner = "wod-docker"
-    else:
-        spawner = "wod"
-    hub = RealHub(work / kind, notebooks=[notebooks(work / kind, count)], authenticator_class="wod", spawner_class=spawner,
-                  wod_config=wod, extra_config="\n".join(extra + ["c.WodAuthenticator.throttle_ip_failures = 0"]),
-                  startup_timeout=120)
-    hub.students_root = students
-    return hub
 
 
 def create_and_start(hub: RealHub, n: int) -> float:
-    with hub.client("portal", via_proxy=True) as c:
-        r = c.post("api/create?wait=300", json={"student": n, "customer": f"c{n}", "email": f"c{n}@example.com", "workshop": WORKSHOP})
+    with hub.client("portal", via_proxy=True, timeout=TIMEOUT) as c:
+        r = c.post(f"api/create?wait={TIMEOUT}", json={"student": n, "customer": f"c{n}", "email": f"c{n}@example.com", "workshop": WORKSHOP})
     assert r.status_code == 200 and r.json()["status"] == "succeeded", r.text[:500]
     name = f"student{n}"
-    # A burst of container starts keeps the hub's answer waiting well past the test helper's 30 s.
-    r = httpx.post(f"{hub.api_url}/users/{name}/server", headers={"Authorization": f"token {hub.admin_token}"}, timeout=300)
+    r = httpx.post(f"{hub.api_url}/users/{name}/server", headers={"Authorization": f"token {hub.admin_token}"}, timeout=TIMEOUT)
     assert r.status_code in (201, 202), r.text
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
-        server = hub.hub_api("GET", f"/users/{name}").json().get("servers", {}).get("")
+        r = httpx.get(f"{hub.api_url}/users/{name}", headers={"Authorization": f"token {hub.admin_token}"}, timeout=TIMEOUT)
+        server = r.json().get("servers", {}).get("")
         if server and server.get("ready"):
             return time.monotonic()
         # Fifty pollers: once a second each, so the polls do not slow the hub they measure.
         time.sleep(1)
-    raise RuntimeError(f"{name}'s server was not ready in 300 s")
+    raise RuntimeError(f"{name}'s server was not ready in {TIMEOUT} s")
 
 
 def cleanup(hub: RealHub, n: int) -> float:
-    with hub.client("portal", via_proxy=True) as c:
-        r = c.post("api/cleanup?wait=300", json={"student": n, "customer": f"c{n}"})
+    with hub.client("portal", via_proxy=True, timeout=TIMEOUT) as c:
+        r = c.post(f"api/cleanup?wait={TIMEOUT}", json={"student": n, "customer": f"c{n}"})
     assert r.status_code == 200 and r.json()["status"] == "succeeded", r.text[:500]
     return time.monotonic()
 
@@ -106,17 +92,25 @@ def burst(fn, hub, count) -> float:
     return max(ends) - started
 
 
-def container_memory(engine, n) -> float:
-    """The container's memory as the engine accounts it (its control group, through the engine's stats)."""
+def container(engine, n):
     import docker
 
     (cid,) = engine.containers(f"label=wod.seat=student{n}")
-    stats = docker.DockerClient(base_url=engine.host).containers.get(cid).stats(stream=False)
-    return stats["memory_stats"]["usage"] / MB
+    return docker.DockerClient(base_url=engine.host).containers.get(cid)
 
 
-def local_memory(name) -> float:
-    """PSS of the seat's server and its children (a local seat without control groups)."""
+def container_memory(engine, n) -> dict:
+    """The container's processes' PSS, and its memory as the engine accounts it (less the page cache it could drop)."""
+    c = container(engine, n)
+    top = c.top(ps_args="-o pid")
+    pids = [int(row[0]) for row in top["Processes"]]
+    stats = c.stats(stream=False)["memory_stats"]
+    inactive = stats.get("stats", {}).get("total_inactive_file", stats.get("stats", {}).get("inactive_file", 0))
+    return {"pss": sum(pss(p) for p in pids) / MB, "engine": (stats["usage"] - inactive) / MB}
+
+
+def local_memory(name) -> dict:
+    """PSS of the seat's server and its children (a local seat in single-user mode, found by its environment)."""
     out = subprocess.run(["pgrep", "-f", "jupyterhub.singleuser|ipykernel_launcher"], capture_output=True, text=True).stdout.split()
     total = 0
     for pid in out:
@@ -124,12 +118,12 @@ def local_memory(name) -> float:
             env = Path(f"/proc/{pid}/environ").read_bytes()
         except OSError:
             continue
-        if f"JUPYTERHUB_USER={name}".encode() in env:
+        if f"JUPYTERHUB_USER={name}\0".encode() in env:
             total += pss(int(pid))
-    return total / MB
+    return {"pss": total / MB}
 
 
-def memory(kind, hub, engine, n) -> tuple[float, float]:
+def memory(kind, hub, engine, n) -> tuple[dict, dict]:
     name = f"student{n}"
     client, _customer = seat(hub, n, WORKSHOP)
     read = (lambda: container_memory(engine, n)) if kind == "docker" else (lambda: local_memory(name))
@@ -141,9 +135,26 @@ def memory(kind, hub, engine, n) -> tuple[float, float]:
         async with Kernel(hub, client, name) as k:
             for source in cells:
                 await k.run(source)
+            # measured while the kernel is still there, as a participant leaves it
             return read()
 
     return idle, asyncio.run(busy())
+
+
+def run(kind: str, work: Path, count: int, engine) -> dict:
+    root = work / kind
+    notebooks(root, count + 1)
+    extra = [f"c.Spawner.start_timeout = {TIMEOUT}", f"c.Spawner.http_timeout = {TIMEOUT}", "c.JupyterHub.concurrent_spawn_limit = 0"]
+    with dockerutil.seat_hub(RealHub, root, engine, kind, (FIRST, FIRST + count), extra=extra) as hub:
+        load = os.getloadavg()[0]
+        create = burst(create_and_start, hub, count)
+        print(f"{kind:<7} CREATE+start of {count}: {create:6.1f} s ({create / count:.2f} s a seat; load {load:.1f})", flush=True)
+        clean = burst(cleanup, hub, count)
+        print(f"{kind:<7} CLEANUP of {count}:      {clean:6.1f} s ({clean / count:.2f} s a seat; load {os.getloadavg()[0]:.1f})", flush=True)
+        idle, busy = memory(kind, hub, engine, FIRST + count)
+        engine_view = f"; as the engine accounts it: idle {idle['engine']:.0f} MB, busy {busy['engine']:.0f} MB" if "engine" in idle else ""
+        print(f"{kind:<7} a seat's memory (PSS): idle {idle['pss']:.0f} MB, busy {busy['pss']:.0f} MB{engine_view}", flush=True)
+    return {"create": create, "cleanup": clean, "idle": idle, "busy": busy}
 
 
 def main() -> int:
@@ -154,31 +165,20 @@ def main() -> int:
     if reason:
         print(f"runtime: {reason}; skipped")
         return 0
+    print(f"load at the start: {os.getloadavg()[0]:.1f}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="wod-bench-runtime-"))
     engine = dockerutil.Dockerd().start()
-    figures = {}
     try:
-        for kind in ("local", "docker"):
-            hub = hub_for(kind, work, args.seats + 1, engine)
-            try:
-                with hub:
-                    load = os.getloadavg()[0]
-                    create = burst(create_and_start, hub, args.seats)
-                    clean = burst(cleanup, hub, args.seats)
-                    print(f"{kind:<7} CREATE+start of {args.seats}: {create:6.1f} s   CLEANUP of {args.seats}: {clean:6.1f} s", flush=True)
-                    idle, busy = memory(kind, hub, engine, FIRST + args.seats)
-                    figures[kind] = {"create": create, "cleanup": clean, "idle": idle, "busy": busy, "load": load}
-                    print(f"{kind:<7} seat memory idle {idle:5.0f} MB, busy {busy:5.0f} MB   (load at the start {load:.1f})", flush=True)
-            finally:
-                subprocess.run(["rm", "-rf", str(hub.students_root)], check=False)
+        local = run("local", work, args.seats, engine)
+        docker = run("docker", work, args.seats, engine)
     finally:
         engine.stop()
         subprocess.run(["rm", "-rf", str(work)], check=False)
-    local, docker = figures["local"], figures["docker"]
     print(f"docker / local: CREATE+start {docker['create'] / local['create']:.2f}x, CLEANUP {docker['cleanup'] / local['cleanup']:.2f}x, "
-          f"memory idle {docker['idle'] / local['idle']:.2f}x, busy {docker['busy'] / local['busy']:.2f}x")
-    print(f"container seats per GB: ~{1024 / docker['idle']:.1f} idle, ~{1024 / docker['busy']:.1f} busy; "
-          f"local: ~{1024 / local['idle']:.1f} idle, ~{1024 / local['busy']:.1f} busy (load {os.getloadavg()[0]:.1f})")
+          f"memory (PSS) idle {docker['idle']['pss'] / local['idle']['pss']:.2f}x, busy {docker['busy']['pss'] / local['busy']['pss']:.2f}x")
+    print(f"seats per GB (PSS): local ~{1024 / local['idle']['pss']:.1f} idle, ~{1024 / local['busy']['pss']:.1f} busy; "
+          f"docker ~{1024 / docker['idle']['pss']:.1f} idle, ~{1024 / docker['busy']['pss']:.1f} busy "
+          f"(~{1024 / docker['busy']['engine']:.1f} busy as the engine accounts it); load at the end {os.getloadavg()[0]:.1f}")
     return 0
 
 

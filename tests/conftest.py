@@ -5,7 +5,8 @@ on SQLite and once on the real PostgreSQL server: for the tests whose subject
 is the store (its rows, leases, queues and their concurrency). ``sqlite_url``
 gives the others one, on SQLite only. Under CI (``CI=true``) a PostgreSQL that
 cannot be reached fails the run instead of skipping.
-``module_hubs`` and ``hubs`` are the one way a test starts a real hub.
+``module_hubs`` and ``hubs`` are the one way a test starts a real hub;
+``docker_engine`` the one way it gets a Docker engine (``tests/dockerutil.py``).
 
 Markers (declared in pyproject.toml): a test that uses a hub fixture is marked ``hub``, one on
 PostgreSQL ``postgres``, one that uses ``require_root`` ``root``; a test marked ``root`` is
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import hubutil
+from tests import dockerutil, hubutil
 from tests.pgutil import pg_database
 
 REPO = Path(__file__).resolve().parent.parent
@@ -85,6 +86,15 @@ def hubs(tmp_path):
     """A real hub for one test, the same way: stopped when the test ends at the latest."""
     with _hub_factory(lambda: tmp_path / "hub") as make:
         yield make
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    """The session's own dockerd with the seats' image, started for the first test that needs it; skips (under CI fails) where it cannot run."""
+    dockerutil.require_docker()
+    engine = dockerutil.Dockerd().start()
+    yield engine
+    engine.stop()
 
 
 HUB_FIXTURES = {"module_hubs", "hubs"}

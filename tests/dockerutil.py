@@ -10,10 +10,16 @@ reach the hub at :data:`HOST_IP` (not its loopback: a container's loopback
 is its own). The image is ``make seat-image``'s root file system
 (``share/docker/seat-rootfs.sh``), imported with ``docker import``.
 
+One engine serves a whole test session (the ``docker_engine`` fixture):
+the Docker seats' tests use it as it is, the Swarm seats' tests make it a
+one-node swarm for their module (:meth:`Dockerd.init_swarm`) and leave it
+after. :func:`seat_hub` is a real hub whose seats run on it.
+
 Without root, dockerd or that root file system the tests skip with the
 reason; under CI they fail instead.
 """
 
+import contextlib
 import os
 import shutil
 import signal
@@ -23,6 +29,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.seatutil import UID_BASE
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache"
@@ -35,6 +43,8 @@ HOST_IF, NS_IF = "wodrt0", "wodrt1"
 BRIDGE, BRIDGE_NET = "10.213.0.1/24", "10.213.0.0/24"
 #: a swarm's seats' network (a bridge of swarm scope on its one node), routed the same way
 SWARM_NETWORK, SWARM_NET = "wod-seats", "10.214.0.0/24"
+#: the hub's spawner and the service's runtime class of each container runtime
+CLASSES = {"docker": ("wod-docker", "WodDockerSpawner", "DockerRuntime"), "swarm": ("wod-swarm", "WodSwarmSpawner", "SwarmRuntime")}
 
 
 def missing() -> str | None:
@@ -63,17 +73,54 @@ def student_python() -> str:
     return os.environ.get("WOD_STUDENT_PYTHON") or str(REPO / ".venv-students" / "bin" / "python")
 
 
-def hub_config(engine: "Dockerd") -> list[str]:
-    """The lines of a test hub's configuration whose seats run on ``engine`` (with ``c.Wod.runtime = "docker"``)."""
-    return [
+def hub_config(engine: "Dockerd", runtime: str = "docker") -> list[str]:
+    """The lines of a test hub's configuration whose seats run on ``engine``, as containers (``docker``) or Swarm services (``swarm``)."""
+    _name, spawner, service_runtime = CLASSES[runtime]
+    lines = [
         # The hub's API where the containers reach it (their loopback is their own).
         "c.JupyterHub.hub_ip = '0.0.0.0'",
         f"c.JupyterHub.hub_connect_ip = {HOST_IP!r}",
         f"c.DockerSpawner.client_kwargs = {{'base_url': {engine.host!r}}}",
-        f"c.DockerRuntime.docker_host = {engine.host!r}",
-        f"c.WodDockerSpawner.image = {IMAGE!r}",
-        f"c.WodDockerSpawner.cmd = [{student_python()!r}, '-m', 'jupyterhub.singleuser']",
+        f"c.{service_runtime}.docker_host = {engine.host!r}",
+        f"c.{spawner}.image = {IMAGE!r}",
+        f"c.{spawner}.cmd = [{student_python()!r}, '-m', 'jupyterhub.singleuser']",
     ]
+    if runtime == "swarm":
+        lines.append(f"c.{spawner}.network_name = {SWARM_NETWORK!r}")
+    return lines
+
+
+@contextlib.contextmanager
+def seat_hub(make, root: Path, engine: "Dockerd | None", runtime: str, seats: tuple[int, int], *,
+             limits: tuple[int, float, int] | None = None, extra=()):
+    """A real hub (``make``: ``module_hubs`` or ``RealHub``) whose seats run on ``runtime``, its workshops in ``root/notebooks``.
+
+    ``runtime``: ``local`` (processes of this machine, single-user mode), or
+    ``docker`` / ``swarm`` on ``engine`` (each seat as ``UID_BASE + N``);
+    ``limits``: the seats' memory (bytes), CPU and process limits. The homes
+    are in a folder of their own that their uids can reach (not pytest's
+    0700 one), removed after; the hub's ``students_root`` says where.
+    """
+    students = Path(tempfile.mkdtemp(prefix=f"wod-{runtime}-students-"))
+    students.chmod(0o711)
+    wod = {"student_min": seats[0], "student_max": seats[1], "students_root": str(students)}
+    lines = ["c.WodAuthenticator.throttle_ip_failures = 0"]
+    spawner_class = "wod"
+    if runtime != "local":
+        spawner_class, spawner, _service_runtime = CLASSES[runtime]
+        # The engine enforces the limits; homes belong to the seats' uids, which need no account.
+        wod.update(system_users=True, cgroups=False, uid_base=UID_BASE, runtime=runtime)
+        lines += hub_config(engine, runtime)
+        if limits:
+            memory, cpu, pids = limits
+            lines += [f"c.{spawner}.mem_limit = {memory}", f"c.{spawner}.cpu_limit = {cpu}", f"c.{spawner}.pids_limit = {pids}"]
+    try:
+        with make(root, notebooks=[root / "notebooks"], authenticator_class="wod", spawner_class=spawner_class,
+                  wod_config=wod, extra_config="\n".join([*lines, *extra]), startup_timeout=120) as hub:
+            hub.students_root = students
+            yield hub
+    finally:
+        subprocess.run(["rm", "-rf", str(students)], check=False)
 
 
 def _ip(*args, check=True):
@@ -83,8 +130,8 @@ def _ip(*args, check=True):
 class Dockerd:
     """One dockerd in its own namespaces, with the seats' image; ``host`` is its socket's URL."""
 
-    def __init__(self, swarm: bool = False):
-        self.swarm = swarm
+    def __init__(self):
+        self.swarm = False
         self.run_dir = Path(tempfile.mkdtemp(prefix="wodd-"))
         self.socket = self.run_dir / "docker.sock"
         self.host = f"unix://{self.socket}"
@@ -120,17 +167,37 @@ exec dockerd --data-root {data} --exec-root {self.run_dir}/exec --pidfile {self.
             self._wire()
             self._wait()
             self._image()
-            if self.swarm:
-                self.docker("swarm", "init", "--advertise-addr", "127.0.0.1")
-                # A bridge of swarm scope takes its subnet from a node's config-only network of the same settings.
-                self.docker("network", "create", "--config-only", "--subnet", SWARM_NET, f"{SWARM_NETWORK}-config")
-                self.docker("network", "create", "--driver", "bridge", "--scope", "swarm", "--config-from", f"{SWARM_NETWORK}-config",
-                            SWARM_NETWORK)
-                _ip("route", "add", SWARM_NET, "via", NS_IP)
+            # A crashed run's swarm lives on in the kept data root.
+            self.leave_swarm()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def init_swarm(self):
+        """Make this engine a one-node swarm, with the seats' network (a bridge of swarm scope) routed from here."""
+        self.docker("swarm", "init", "--advertise-addr", "127.0.0.1")
+        self.swarm = True
+        # A bridge of swarm scope takes its subnet from a node's config-only network of the same settings: made
+        # once, kept in the data root (the engine holds on to it as in use after the swarm is left).
+        if self.docker("network", "inspect", f"{SWARM_NETWORK}-config", check=False).returncode != 0:
+            self.docker("network", "create", "--config-only", "--subnet", SWARM_NET, f"{SWARM_NETWORK}-config")
+        self.docker("network", "create", "--driver", "bridge", "--scope", "swarm", "--config-from", f"{SWARM_NETWORK}-config",
+                    SWARM_NETWORK)
+        _ip("route", "replace", SWARM_NET, "via", NS_IP)
+
+    def leave_swarm(self):
+        """Back to a plain engine: no service, no swarm, none of its containers, no route to them."""
+        if self.docker("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip() != "inactive":
+            services = self.docker("service", "ls", "-q", check=False).stdout.split()
+            if services:
+                self.docker("service", "rm", *services, check=False)
+            self.docker("swarm", "leave", "--force", check=False)
+        left = self.containers("label=com.docker.swarm.service.id")
+        if left:
+            self.docker("rm", "-f", *left, check=False)
+        _ip("route", "del", SWARM_NET, check=False)
+        self.swarm = False
 
     def _wire(self):
         mine = os.readlink("/proc/self/ns/net")
@@ -175,9 +242,9 @@ exec dockerd --data-root {data} --exec-root {self.run_dir}/exec --pidfile {self.
         try:
             if self.proc.poll() is None:
                 # No container outlives the engine (their shims would): removed first, then dockerd ends cleanly.
-                left = self.docker("ps", "-aq", check=False).stdout.split()
                 if self.swarm:
-                    self.docker("swarm", "leave", "--force", check=False)
+                    self.leave_swarm()
+                left = self.docker("ps", "-aq", check=False).stdout.split()
                 if left:
                     self.docker("rm", "-f", *left, check=False)
                 pid = int((self.run_dir / "dockerd.pid").read_text())

@@ -1,7 +1,7 @@
 """The Docker runtime for real: a real hub whose seats run in containers of a real dockerd (DockerSpawner).
 
-The engine is the module's own (``tests/dockerutil.py``): dockerd in a
-network and mount namespace of its own, its image built here with no
+The engine is the test session's own (``tests/dockerutil.py``): dockerd in
+a network and mount namespace of its own, its image built here with no
 registry (``make seat-image``). Seats 400-409 (uids 10400-10409, no Linux
 account needed: a container's uid is a number) are this module's. Without
 root, dockerd or the image, it skips with the reason; under CI it fails.
@@ -9,7 +9,6 @@ root, dockerd or the image, it skips with the reason; under CI it fails.
 
 import asyncio
 import json
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 
 from tests import dockerutil
 from tests.hubutil import write_workshop
-from tests.seatutil import Kernel, live_processes, seat, verb
+from tests.seatutil import UID_BASE, Kernel, live_processes, seat, verb
 from wod_jupyterhub.config import Wod
 from wod_jupyterhub.seats.runtime import seat_runtime
 
@@ -28,42 +27,20 @@ FIRST, LAST = 400, 409
 WORKSHOP = "WKSHP-Box"
 MEM_LIMIT = 300 * M
 PIDS_LIMIT = 64
-UID_BASE = 10000
 
 
 @pytest.fixture(scope="module")
-def engine():
-    dockerutil.require_docker()
-    d = dockerutil.Dockerd().start()
-    yield d
-    d.stop()
+def engine(docker_engine):
+    return docker_engine
 
 
 @pytest.fixture(scope="module")
 def hub(module_hubs, tmp_path_factory, engine):
     root = tmp_path_factory.mktemp("docker")
-    notebooks = root / "notebooks"
-    write_workshop(notebooks, WORKSHOP, (FIRST, LAST))
-    # Homes must be reachable by their uids: not under pytest's 0700 tmp folder.
-    students = Path(tempfile.mkdtemp(prefix="wod-docker-students-"))
-    students.chmod(0o711)
-    extra = "\n".join([
-        *dockerutil.hub_config(engine),
-        f"c.WodDockerSpawner.mem_limit = {MEM_LIMIT}",
-        "c.WodDockerSpawner.cpu_limit = 0.5",
-        f"c.WodDockerSpawner.pids_limit = {PIDS_LIMIT}",
-        "c.Spawner.start_timeout = 90",
-        "c.WodAuthenticator.throttle_ip_failures = 0",
-    ])
-    wod = {"student_min": FIRST, "student_max": LAST, "system_users": True, "cgroups": False, "uid_base": UID_BASE,
-           "runtime": "docker", "students_root": str(students)}
-    try:
-        with module_hubs(root, notebooks=[notebooks], authenticator_class="wod", spawner_class="wod-docker",
-                         wod_config=wod, extra_config=extra) as h:
-            h.students_root = students
-            yield h
-    finally:
-        subprocess.run(["rm", "-rf", str(students)], check=False)
+    write_workshop(root / "notebooks", WORKSHOP, (FIRST, LAST))
+    with dockerutil.seat_hub(module_hubs, root, engine, "docker", (FIRST, LAST), limits=(MEM_LIMIT, 0.5, PIDS_LIMIT),
+                             extra=["c.Spawner.start_timeout = 90"]) as h:
+        yield h
 
 
 def wod_config(hub, engine):

@@ -1,24 +1,22 @@
 """The Swarm runtime for real, on a one-node swarm: a real hub whose seats are Swarm services (WodSwarmSpawner).
 
-The module's own dockerd (``tests/dockerutil.py``) runs ``docker swarm init
---advertise-addr 127.0.0.1`` and a bridge network of swarm scope for the
-seats; what more nodes add (placement, the homes on a shared file system)
-is in docs/scaling-out.md. Seats 410-419 (uids 10410-10419, no account
+The test session's dockerd (``tests/dockerutil.py``) becomes a one-node
+swarm for this module (``docker swarm init --advertise-addr 127.0.0.1``,
+a bridge network of swarm scope for the seats) and leaves it after; what
+more nodes add (placement, the homes on a shared file system) is in
+docs/scaling-out.md. Seats 410-419 (uids 10410-10419, no account
 needed) are this module's. Without root, dockerd or the image, it skips
 with the reason; under CI it fails.
 """
 
 import asyncio
 import json
-import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
 
 from tests import dockerutil
 from tests.hubutil import write_workshop
-from tests.seatutil import Kernel, live_processes, seat, verb
+from tests.seatutil import UID_BASE, Kernel, live_processes, seat, verb
 
 pytestmark = pytest.mark.root(reason="a Docker engine of the tests' own needs root (namespaces, dockerd)")
 
@@ -27,44 +25,23 @@ FIRST, LAST = 410, 419
 WORKSHOP = "WKSHP-Swarm"
 MEM_LIMIT = 300 * M
 PIDS_LIMIT = 64
-UID_BASE = 10000
 
 
 @pytest.fixture(scope="module")
-def engine():
-    dockerutil.require_docker()
-    d = dockerutil.Dockerd(swarm=True).start()
-    yield d
-    d.stop()
+def engine(docker_engine):
+    """The session's engine as a one-node swarm, for this module."""
+    docker_engine.init_swarm()
+    yield docker_engine
+    docker_engine.leave_swarm()
 
 
 @pytest.fixture(scope="module")
 def hub(module_hubs, tmp_path_factory, engine):
     root = tmp_path_factory.mktemp("swarm")
-    notebooks = root / "notebooks"
-    write_workshop(notebooks, WORKSHOP, (FIRST, LAST))
-    students = Path(tempfile.mkdtemp(prefix="wod-swarm-students-"))
-    students.chmod(0o711)
-    lines = [line.replace("WodDockerSpawner", "WodSwarmSpawner").replace("DockerRuntime", "SwarmRuntime")
-             for line in dockerutil.hub_config(engine)]
-    extra = "\n".join([
-        *lines,
-        f"c.WodSwarmSpawner.network_name = {dockerutil.SWARM_NETWORK!r}",
-        f"c.WodSwarmSpawner.mem_limit = {MEM_LIMIT}",
-        "c.WodSwarmSpawner.cpu_limit = 0.5",
-        f"c.WodSwarmSpawner.pids_limit = {PIDS_LIMIT}",
-        "c.Spawner.start_timeout = 90",
-        "c.WodAuthenticator.throttle_ip_failures = 0",
-    ])
-    wod = {"student_min": FIRST, "student_max": LAST, "system_users": True, "cgroups": False, "uid_base": UID_BASE,
-           "runtime": "swarm", "students_root": str(students)}
-    try:
-        with module_hubs(root, notebooks=[notebooks], authenticator_class="wod", spawner_class="wod-swarm",
-                         wod_config=wod, extra_config=extra) as h:
-            h.students_root = students
-            yield h
-    finally:
-        subprocess.run(["rm", "-rf", str(students)], check=False)
+    write_workshop(root / "notebooks", WORKSHOP, (FIRST, LAST))
+    with dockerutil.seat_hub(module_hubs, root, engine, "swarm", (FIRST, LAST), limits=(MEM_LIMIT, 0.5, PIDS_LIMIT),
+                             extra=["c.Spawner.start_timeout = 90"]) as h:
+        yield h
 
 
 def services(engine, n) -> list[str]:

@@ -68,8 +68,21 @@ class DockerRuntime(SeatRuntime):
         """Seat ``n``'s containers, running or not."""
         return self.client.containers.list(all=True, filters=self.filters(n))
 
-    def end(self, n: int, timeout: float = 15.0) -> dict:
+    def remove(self, n: int, containers: list, removed: set) -> None:
+        """Kill and remove seat ``n``'s ``containers`` (a frozen one too), adding each one gone to ``removed``."""
         docker = _docker()
+        for container in containers:
+            try:
+                # SIGKILL and removal in one: the hub has already stopped the server.
+                container.remove(force=True)
+                removed.add(container.id)
+            except docker.errors.NotFound:
+                removed.add(container.id)
+            except docker.errors.APIError as e:
+                # "removal already in progress": the next pass sees whether it is gone.
+                self.log.info("Removing %s of student%s: %s", container.name, n, e.explanation or e)
+
+    def end(self, n: int, timeout: float = 15.0) -> dict:
         removed: set = set()
         deadline = time.monotonic() + timeout
         while True:
@@ -79,16 +92,7 @@ class DockerRuntime(SeatRuntime):
             if time.monotonic() > deadline:
                 names = ", ".join(c.name for c in found)
                 raise SeatStillRuns(f"The container(s) {names} of student{n} are still there {timeout:g} s after their removal.")
-            for container in found:
-                try:
-                    # SIGKILL and removal in one: the hub has already stopped the server.
-                    container.remove(force=True)
-                    removed.add(container.id)
-                except docker.errors.NotFound:
-                    removed.add(container.id)
-                except docker.errors.APIError as e:
-                    # "removal already in progress": the next pass sees whether it is gone.
-                    self.log.info("Removing %s of student%s: %s", container.name, n, e.explanation or e)
+            self.remove(n, found, removed)
             time.sleep(0.1)
 
     def usage(self, n: int) -> dict | None:
@@ -129,7 +133,9 @@ class SwarmRuntime(DockerRuntime):
     Run the wod service on a manager node; every node that runs seats mounts
     the shared file system of the homes at ``c.Wod.students_root``. A
     service's containers run on whichever node Swarm placed them, so what is
-    checked here is the service and its tasks, as the managers see them.
+    checked here is the service and its tasks, as the managers see them; a
+    task's container on this node is also killed and removed here, so a
+    frozen one does not outwait its grace period.
     """
 
     name = "swarm"
@@ -147,12 +153,16 @@ class SwarmRuntime(DockerRuntime):
             except docker.errors.NotFound:
                 pass
         deadline = time.monotonic() + timeout
+        killed: set = set()
         while True:
-            # A removed service's tasks stop on their nodes a moment later; on this node their containers
-            # carry the seat's labels too (the spawner puts them on the container spec).
-            left = [s.name for s in self.services(n)] + [c.name for c in self.containers(n)]
-            if not left:
-                return {"services_removed": removed}
+            # A removed service's tasks stop on their nodes a moment later, each within its grace period, which a
+            # frozen container outwaits; on this node their containers carry the seat's labels too (the spawner
+            # puts them on the container spec), and are killed and removed here rather than waited for.
+            services, containers = self.services(n), self.containers(n)
+            if not services and not containers:
+                return {"services_removed": removed, "containers_removed": len(killed)}
             if time.monotonic() > deadline:
+                left = [s.name for s in services] + [c.name for c in containers]
                 raise SeatStillRuns(f"{', '.join(left)} of student{n} still there {timeout:g} s after the service's removal.")
+            self.remove(n, containers, killed)
             time.sleep(0.2)
