@@ -134,20 +134,23 @@ lint: deps
 # the ones marked slow, which run an outside tool's whole job (tests/conftest.py says which and why).
 ALONE = not hub and not root and not browser
 QUICK = $(ALONE) and not slow
+# Compiled modules are kept even where the environment says not to write them: each pytest process
+# otherwise rewrites every test module's asserts again, and every `wod` child compiles the package again.
+PYTEST = PYTHONDONTWRITEBYTECODE= $(BIN)/pytest
 
 # Everything, in two runs: the tests that need no hub, root or browser (slow ones included) in two
 # processes, then the rest (hubs, root, browsers: shared accounts, control groups and ports) one test at a
 # time; both run, and either failing fails the target.
 test: students-reach deps $(LABEXT) chromium lint system-users ldap-tools seat-image
 	@export PATH="$(CURDIR)/node_modules/.bin:$$PATH" WOD_STUDENT_PYTHON="$(STUDENT_VENV)/bin/python"; rc=0; \
-	$(BIN)/pytest -q -ra -n 2 --dist loadfile -m "$(ALONE)" $(PYTEST_ARGS) || rc=1; \
-	$(BIN)/pytest -q -ra -m "not ($(ALONE))" $(PYTEST_ARGS) || rc=1; \
+	$(PYTEST) -q -ra -n 2 --dist loadfile -m "$(ALONE)" $(PYTEST_ARGS) || rc=1; \
+	$(PYTEST) -q -ra -m "not ($(ALONE))" $(PYTEST_ARGS) || rc=1; \
 	exit $$rc
 
 # Two processes, as make test's first run: the quick set is mostly CPU (wod commands in child processes,
 # password hashing), so on two cores more processes only add their own start-up and collection.
 test-quick: deps
-	$(BIN)/pytest -q -ra -n 2 --dist loadfile -m "$(QUICK)" $(PYTEST_ARGS)
+	$(PYTEST) -q -ra -n 2 --dist loadfile -m "$(QUICK)" $(PYTEST_ARGS)
 
 # WOD_SYSTEM_USERS=1 make demo (as root): the accounts of the demo's range, every server as its student.
 demo: $(if $(filter-out 0,$(WOD_SYSTEM_USERS)),students-reach) deps $(DEV_LABEXT) $(if $(filter-out 0,$(WOD_SYSTEM_USERS)),system-users)

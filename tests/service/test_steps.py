@@ -12,9 +12,10 @@ import pytest
 
 from wod_jupyterhub.config import Wod, share_dir
 from wod_jupyterhub.errors import Conflict, NotFound
-from wod_jupyterhub.service.steps import StepChecks, WodSteps, steps_ratio
+from wod_jupyterhub.service.steps import StepChecks, WodSteps
 from wod_jupyterhub.store.models import Seat, SeatState, StepResult, Store
 from wod_jupyterhub.workshops.catalog import CatalogCache
+from wod_jupyterhub.workshops.steps import steps_ratio
 from wod_jupyterhub.workshops.templating import Renderer
 
 SAMPLE = "WKSHP-VerifiedSteps"

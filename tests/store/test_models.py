@@ -1,6 +1,6 @@
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect, select, text
 
-from wod_jupyterhub.store.models import Operation, Seat, Store, utcnow
+from wod_jupyterhub.store.models import MIGRATIONS, VERSION_TABLE, Operation, Seat, Store, migrations_head, utcnow
 
 
 def test_upgrade_creates_schema_and_is_idempotent(db_url):
@@ -9,6 +9,29 @@ def test_upgrade_creates_schema_and_is_idempotent(db_url):
     tables = set(inspect(store.engine).get_table_names())
     assert {"wod_students", "wod_operations", "wod_outbox", "wod_completions", "wod_throttle"} <= tables
     store.dispose()
+
+
+def test_the_head_read_from_the_scripts_is_alembic_s():
+    from alembic.script import ScriptDirectory
+
+    assert migrations_head() == ScriptDirectory(str(MIGRATIONS)).get_current_head()
+
+
+def test_a_store_at_an_older_revision_is_migrated_and_one_at_head_is_left_alone(db_url):
+    """Opening a store skips Alembic only when the database is at the newest revision."""
+    store = Store(db_url, upgrade=False)
+    assert not store.at_head()  # an empty database
+    store.upgrade()
+    assert store.at_head()
+    with store.engine.begin() as conn:
+        conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '0005_seat_ends'"))
+        conn.execute(text("DROP TABLE wod_step_results"))
+    assert not store.at_head()
+    store.dispose()
+    again = Store(db_url)  # the newest migration runs again
+    assert again.at_head()
+    assert "wod_step_results" in inspect(again.engine).get_table_names()
+    again.dispose()
 
 
 def test_roundtrip_student_and_operation(db_url):

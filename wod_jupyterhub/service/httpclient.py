@@ -1,10 +1,13 @@
 """The service's HTTP client, for its calls to the hub's REST API and to the portal."""
 
+from __future__ import annotations
+
 import asyncio
 import json as _json
+from typing import TYPE_CHECKING
 
-import aiohttp
-from yarl import URL
+if TYPE_CHECKING:
+    import aiohttp
 
 
 class HTTPError(Exception):
@@ -31,6 +34,8 @@ class Response:
 
 
 def _describe(e: BaseException, timeout: float) -> str:
+    import aiohttp
+
     if isinstance(e, asyncio.TimeoutError):
         return f"Timeout: no answer within {timeout:g} s"
     if isinstance(e, aiohttp.ClientConnectorError):
@@ -57,6 +62,10 @@ class Client:
         self._loop = None
 
     def _current(self) -> aiohttp.ClientSession:
+        # aiohttp is imported on first use: the processes that only queue (``wod mail``) load the
+        # engine, which names this module's errors, but never make a request.
+        import aiohttp
+
         loop = asyncio.get_running_loop()
         if self._session is None or self._loop is not loop or self._session.closed:
             # A session belongs to the loop it was made on; tests and a shutdown may drive us from a fresh one.
@@ -75,6 +84,9 @@ class Client:
 
     async def request(self, method: str, url: str, *, json=None, headers: dict | None = None, params: dict | None = None) -> Response:
         """One request, its answer read whole; :class:`HTTPError` when there is none."""
+        import aiohttp
+        from yarl import URL
+
         target = URL(self.base_url + url, encoded=True)
         if params:
             target = target.update_query({k: str(v) for k, v in params.items()})

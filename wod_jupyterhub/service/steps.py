@@ -256,11 +256,6 @@ def _step_json(step, done: dict | None, hinter=None) -> dict:
     }
 
 
-def steps_ratio(verified: int, total: int) -> int:
-    """The completion percentage of a workshop with steps: verified steps over steps."""
-    return round(100 * verified / total) if total else 0
-
-
 # ---------------------------------------------------------------------- the participant's endpoints
 
 

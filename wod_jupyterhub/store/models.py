@@ -3,6 +3,7 @@
 import datetime
 import logging
 import os
+import re
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from sqlalchemy import (
     create_engine,
     event,
     false,
+    inspect,
     select,
     text,
     update,
@@ -28,6 +30,21 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 log = logging.getLogger("wod.store")
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+#: the table where Alembic keeps the revision a database is at
+VERSION_TABLE = "wod_alembic_version"
+_REVISION = re.compile(r"^(down_revision|revision)\s*=\s*(None|[\"'][^\"']+[\"'])\s*$", re.M)
+
+
+def migrations_head() -> str | None:
+    """The newest migration's revision, read from the scripts' own lines; None when it is not one clear head."""
+    revisions, parents = set(), set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        found = dict(_REVISION.findall(path.read_text()))
+        if "revision" in found:
+            revisions.add(found["revision"].strip("\"'"))
+            parents.add(found.get("down_revision", "None").strip("\"'"))
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
 
 
 def utcnow() -> datetime.datetime:
@@ -367,8 +384,21 @@ class Store:
         """Whether the store is on PostgreSQL (else SQLite)."""
         return self.engine.dialect.name == "postgresql"
 
+    def at_head(self) -> bool:
+        """Whether the database is already at the newest migration (then there is nothing for Alembic to do)."""
+        head = migrations_head()
+        if head is None:
+            return False
+        with self.engine.connect() as conn:
+            if not inspect(conn).has_table(VERSION_TABLE):
+                return False
+            return list(conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars()) == [head]
+
     def upgrade(self) -> None:
-        """Run the Alembic migrations up to head, one process at a time."""
+        """Run the Alembic migrations up to head, one process at a time; nothing when the schema is current."""
+        if self.at_head():
+            # Alembic (and loading it) is for a schema that changes: every `wod` command opens the store.
+            return
         from alembic import command
         from alembic.config import Config
 

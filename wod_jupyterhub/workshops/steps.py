@@ -174,3 +174,8 @@ def find_step(steps, number) -> Step | None:
 def revealed_hints(step: Step, failures: int) -> list[str]:
     """The hints shown after ``failures`` failed checks: one more per failure, the first with the first failure."""
     return list(step.hints[: max(0, min(failures, len(step.hints)))])
+
+
+def steps_ratio(verified: int, total: int) -> int:
+    """The completion percentage of a workshop with steps: verified steps over steps."""
+    return round(100 * verified / total) if total else 0

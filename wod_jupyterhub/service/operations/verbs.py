@@ -10,9 +10,9 @@ from ...errors import Unprocessable, WodError
 from ...seats import completion as completion_mod
 from ...seats import completion_worker
 from ...store.models import SEATS, Completion, SeatState, isoformat, read_seat, update_seat, utcnow
+from ...workshops.steps import steps_ratio
 from ..expiry import parse_time, seat_end
 from ..hooks import new_vars_file, read_vars_file
-from ..steps import steps_ratio
 from .admission import check_active
 from .steps import AT_ONCE, FREED, TAKE_BACK, end_sessions_step, hooks_step, rotate_step
 

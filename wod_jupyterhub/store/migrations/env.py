@@ -3,7 +3,7 @@
 from alembic import context
 
 # Absolute: Alembic runs this file as a script, not as a module of the package.
-from wod_jupyterhub.store.models import Base
+from wod_jupyterhub.store.models import VERSION_TABLE, Base
 
 connection = context.config.attributes.get("connection")
 if connection is None:
@@ -12,7 +12,7 @@ if connection is None:
 context.configure(
     connection=connection,
     target_metadata=Base.metadata,
-    version_table="wod_alembic_version",
+    version_table=VERSION_TABLE,
     render_as_batch=connection.dialect.name == "sqlite",
 )
 with context.begin_transaction():
