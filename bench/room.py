@@ -61,7 +61,7 @@ import aiohttp
 import httpx
 from yarl import URL
 
-from bench import process_cpu
+from bench import process_cpu, pss, server_pid, tree
 from tests.hubutil import RealHub, write_workshop
 from wod_jupyterhub.service.operations.settings import WodOperations
 
@@ -73,35 +73,6 @@ MB = 1024 * 1024
 def pct(values, p):
     values = sorted(values)
     return values[min(len(values) - 1, max(0, round(p / 100 * len(values) + 0.5) - 1))] if values else float("nan")
-
-
-def pss(pid: int) -> int:
-    """Proportional set size of one process in bytes (0 when it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants (a server and its kernels)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{entry.name}/stat").read_text().rpartition(")")[2].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += children.get(p, [])
-    return out
 
 
 def cpu_by_part(hub, servers: dict[str, int]) -> dict[str, float]:
@@ -127,15 +98,6 @@ def template_of(pid: int) -> int | None:
         return parent if b"seats import template" in Path(f"/proc/{parent}/cmdline").read_bytes() else None
     except (OSError, ValueError, IndexError):
         return None
-
-
-def server_pid(hub, name) -> int | None:
-    """The pid of ``name``'s server as its spawner recorded it (the admin may read a server's state)."""
-    model = hub.hub_api("GET", f"/users/{name}").json()
-    server = (model.get("servers") or {}).get("")
-    if not server or not server.get("ready"):
-        return None
-    return (server.get("state") or {}).get("pid")
 
 
 def ready_servers(hub) -> dict[str, int]:

@@ -37,7 +37,8 @@ from pathlib import Path
 
 import httpx
 
-from bench.seat_size import code_cells, pss
+from bench import pss, server_pid, tree
+from bench.seat_size import code_cells
 from tests import dockerutil
 from tests.hubutil import RealHub
 from tests.seatutil import Kernel, seat
@@ -109,24 +110,16 @@ def container_memory(engine, n) -> dict:
     return {"pss": sum(pss(p) for p in pids) / MB, "engine": (stats["usage"] - inactive) / MB}
 
 
-def local_memory(name) -> dict:
-    """PSS of the seat's server and its children (a local seat in single-user mode, found by its environment)."""
-    out = subprocess.run(["pgrep", "-f", "jupyterhub.singleuser|ipykernel_launcher"], capture_output=True, text=True).stdout.split()
-    total = 0
-    for pid in out:
-        try:
-            env = Path(f"/proc/{pid}/environ").read_bytes()
-        except OSError:
-            continue
-        if f"JUPYTERHUB_USER={name}\0".encode() in env:
-            total += pss(int(pid))
-    return {"pss": total / MB}
+def local_memory(hub, name) -> dict:
+    """PSS of the seat's server and its children (its pid as the hub's spawner recorded it)."""
+    pid = server_pid(hub, name)
+    return {"pss": sum(pss(p) for p in tree(pid)) / MB if pid else 0.0}
 
 
 def memory(kind, hub, engine, n) -> tuple[dict, dict]:
     name = f"student{n}"
     client, _customer = seat(hub, n, WORKSHOP)
-    read = (lambda: container_memory(engine, n)) if kind == "docker" else (lambda: local_memory(name))
+    read = (lambda: container_memory(engine, n)) if kind == "docker" else (lambda: local_memory(hub, name))
     time.sleep(5)
     idle = read()
     cells = code_cells(hub.students_root / name / WORKSHOP)

@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import process_cpu
+from bench import process_cpu, pss
 from bench.room import template_of
 from tests.hubutil import RealHub
 from tests.seatutil import Kernel, seat
@@ -48,17 +48,6 @@ from wod_jupyterhub.seats import cgroups
 VARIABLES = {"BRANDING": "Bench", "BRANDINGWOD": "Workshops-on-Demand", "BRANDINGURL": "https://example.com",
              "WODBEFQDN": "127.0.0.1", "WODBEEXTFQDN": "127.0.0.1", "JPHUB": "http://127.0.0.1"}
 MB = 1024 * 1024
-
-
-def pss(pid: int) -> int:
-    """Proportional set size of one process in bytes (0 when it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def measure(group: cgroups.SeatGroup) -> dict:
