@@ -138,19 +138,21 @@ QUICK = $(ALONE) and not slow
 # otherwise rewrites every test module's asserts again, and every `wod` child compiles the package again.
 PYTEST = PYTHONDONTWRITEBYTECODE= $(BIN)/pytest
 
-# Everything, in two runs: the tests that need no hub, root or browser (slow ones included) in two
+# Processes of the runs that need no hub, root or browser: four on two cores, as their tests also wait (child
+# processes, a directory server, timeouts) and the waits of one overlap another's CPU.
+PROCESSES ?= 4
+
+# Everything, in two runs: the tests that need no hub, root or browser (slow ones included) in $(PROCESSES)
 # processes, then the rest (hubs, root, browsers: shared accounts, control groups and ports) one test at a
 # time; both run, and either failing fails the target.
 test: students-reach deps $(LABEXT) chromium lint system-users ldap-tools seat-image
 	@export PATH="$(CURDIR)/node_modules/.bin:$$PATH" WOD_STUDENT_PYTHON="$(STUDENT_VENV)/bin/python"; rc=0; \
-	$(PYTEST) -q -ra -n 2 --dist loadfile -m "$(ALONE)" $(PYTEST_ARGS) || rc=1; \
+	$(PYTEST) -q -ra -n $(PROCESSES) --dist loadfile -m "$(ALONE)" $(PYTEST_ARGS) || rc=1; \
 	$(PYTEST) -q -ra -m "not ($(ALONE))" $(PYTEST_ARGS) || rc=1; \
 	exit $$rc
 
-# Two processes, as make test's first run: the quick set is mostly CPU (wod commands in child processes,
-# password hashing), so on two cores more processes only add their own start-up and collection.
 test-quick: deps
-	$(PYTEST) -q -ra -n 2 --dist loadfile -m "$(QUICK)" $(PYTEST_ARGS)
+	$(PYTEST) -q -ra -n $(PROCESSES) --dist loadfile -m "$(QUICK)" $(PYTEST_ARGS)
 
 # WOD_SYSTEM_USERS=1 make demo (as root): the accounts of the demo's range, every server as its student.
 demo: $(if $(filter-out 0,$(WOD_SYSTEM_USERS)),students-reach) deps $(DEV_LABEXT) $(if $(filter-out 0,$(WOD_SYSTEM_USERS)),system-users)
