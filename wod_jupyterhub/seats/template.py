@@ -163,11 +163,21 @@ def refresh() -> None:
     # jupyter_client's Session takes $USER as its default when its module is imported.
     session = sys.modules.get("jupyter_client.session")
     if session is not None:
-        user = os.environ.get("USER", "username")
-        session.Session.class_traits()["username"].default_value = user
-        values = getattr(session.Session, "_static_immutable_initial_values", None)
-        if isinstance(values, dict) and "username" in values:
-            values["username"] = user
+        _set_default(session.Session, "username", os.environ.get("USER", "username"))
+    # JupyterLab's settings and workspaces folders default to ~/.jupyter/lab/… as $HOME was at its import.
+    lab = sys.modules.get("jupyterlab.labapp")
+    if lab is not None:
+        commands = sys.modules["jupyterlab.commands"]
+        _set_default(lab.LabApp, "user_settings_dir", commands.get_user_settings_dir())
+        _set_default(lab.LabApp, "workspaces_dir", commands.get_workspaces_dir())
+
+
+def _set_default(cls, name: str, value) -> None:
+    """Make ``value`` the default of trait ``name`` of ``cls``, also where traitlets keeps it for new instances."""
+    cls.class_traits()[name].default_value = value
+    values = getattr(cls, "_static_immutable_initial_values", None)
+    if isinstance(values, dict) and name in values:
+        values[name] = value
 
 
 def _reap(signum, frame) -> None:
