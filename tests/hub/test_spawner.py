@@ -471,6 +471,34 @@ def test_a_template_that_cannot_start_makes_the_server_start_the_usual_way():
         template.spawn({}, None)
 
 
+def test_a_template_refuses_to_run_as_root_what_another_user_could_change(tmp_path):
+    """The template runs the seats' interpreter as root: a folder it imports from that others may write makes it refuse."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    template = warmstart.Template(sys.executable, ["-P", "-s"], ["rfc3987_syntax"], {"LANG": "C.UTF-8", "PYTHONPATH": str(shared)})
+    try:
+        with pytest.raises(warmstart.Unavailable, match=f"refused: {shared} is writable by its group or others"):
+            template.spawn({}, None)
+    finally:
+        template.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the folders must be root's")
+def test_only_folders_root_alone_may_change_are_safe_for_the_template(tmp_path):
+    from wod_jupyterhub.seats.template import unsafe_path
+
+    tmp_path.chmod(0o755)
+    safe = tmp_path / "safe"
+    (safe / "below").mkdir(parents=True)
+    assert unsafe_path([str(safe), str(safe / "below"), str(safe / "missing")]) is None  # /tmp above: sticky
+    safe.chmod(0o775)
+    assert unsafe_path([str(safe / "below")]) == f"{safe} is writable by its group or others (mode 775)"
+    safe.chmod(0o755)
+    os.chown(safe / "below", 65534, 65534)
+    assert unsafe_path([str(safe / "below" / "x")]) == f"{safe / 'below'} belongs to uid 65534, not root"
+
+
 def test_a_child_that_cannot_become_its_seat_says_why_and_the_template_never_holds_the_request():
     """The child fails as a failed preexec_fn does (its reason in the seat's log); the template keeps nothing of it."""
     secret = f"seat-secret-{os.getpid()}-{time.time_ns()}"

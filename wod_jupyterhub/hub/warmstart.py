@@ -79,9 +79,13 @@ class Template:
             theirs.close()
         ours.settimeout(READY_TIMEOUT)
         try:
-            ready = ours.recv(16)
+            ready = ours.recv(4096)
         except OSError as e:
             ready = f"{e}".encode()
+        if ready.startswith(b"refused: "):
+            ours.close()
+            self.stop()
+            raise Unavailable(f"it {ready.decode(errors='replace')}")
         if ready != b"ready":
             ours.close()
             self.stop()

@@ -347,6 +347,35 @@ def dropped(user: dict) -> None:
             raise OSError(f"the server's process kept capabilities ({cap} {status[cap].strip()})")
 
 
+def unsafe_path(paths: list[str]) -> str | None:
+    """Why one of ``paths`` (the interpreter, the folders it imports from) might be changed by another user than root.
+
+    Each must be root's and not writable by its group or others, and so
+    must every folder above it (one with the sticky bit may be writable by
+    all: no one else can rename what root keeps there); None when all are.
+    """
+    for path in paths:
+        real = os.path.realpath(path or ".")
+        for i, folder in enumerate([real, *_parents(real)]):
+            try:
+                st = os.stat(folder)
+            except FileNotFoundError:
+                continue  # created only by whoever may write the folder above, checked next
+            if st.st_uid != 0:
+                return f"{folder} belongs to uid {st.st_uid}, not root"
+            if st.st_mode & 0o022 and not (i > 0 and st.st_mode & 0o1000):
+                return f"{folder} is writable by its group or others (mode {st.st_mode & 0o7777:o})"
+    return None
+
+
+def _parents(path: str) -> list[str]:
+    parents = []
+    while (parent := os.path.dirname(path)) != path:
+        parents.append(parent)
+        path = parent
+    return parents
+
+
 def main(argv=None) -> None:
     """``<python> -c <boot> <channel fd> <module,…> <room>``: mark the modules missing, import the server's code, serve.
 
@@ -356,6 +385,12 @@ def main(argv=None) -> None:
     channel = socket.socket(fileno=int(argv[0]))
     # As the seat's launcher does (c.WodSpawner.skip_imports), before anything is imported.
     sys.modules.update(dict.fromkeys(filter(None, argv[1].split(","))))
+    # This is the seats' interpreter, run as root: only if no one but root can change what it runs.
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    problem = unsafe_path([sys.executable, package, *sys.path])
+    if problem:
+        channel.sendall(f"refused: {problem}".encode())
+        return
     handlers = {s: signal.getsignal(s) for s in signal.valid_signals()}
     seen = preload()
     changed = [signal.Signals(s).name for s in handlers if signal.getsignal(s) != handlers[s]]
