@@ -7,8 +7,10 @@ computed environment, arguments, working folder and hooks are checked.
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -420,10 +422,81 @@ def test_servers_start_from_the_warm_template_only_where_a_fork_runs_what_a_new_
         assert {"-P", "-s"} <= set(options) and rest == cmd[cmd.index("jupyterhub.singleuser") + 1:]
 
 
+async def test_a_pid_that_now_names_another_process_counts_as_gone_and_is_never_signalled(hubdb, setup):
+    """The server's pid, reused by another process, is neither signalled by stop nor taken for the server by poll."""
+    c, _store, _root = setup
+    other = subprocess.Popen(["sleep", "60"])  # the process that got the ended server's pid
+    # Reaped as soon as it ends (as the process of another owner would be): the thread ends with it.
+    waiter = threading.Thread(target=other.wait)
+    waiter.start()
+    try:
+        sp = spawner(hubdb, c)
+        # As a hub restarted after the server ended would find it: a pid and the start time of its server.
+        started = int(Path(f"/proc/{other.pid}/stat").read_text().rpartition(")")[2].split()[19])
+        reused = {"pid": other.pid, "pid_start": started - 1}
+        sp.load_state(reused)
+        assert sp.get_state()["pid_start"] == reused["pid_start"]
+        assert await sp.poll() == 0
+        sp.load_state(reused)
+        await sp.stop(now=True)
+        waiter.join(1)
+        assert waiter.is_alive()  # never signalled
+        # The same pid with its own start time is the server: stopped.
+        sp.load_state({"pid": other.pid, "pid_start": started})
+        assert await sp.poll() is None
+        await sp.stop(now=True)
+        waiter.join(10)
+        assert other.returncode == -signal.SIGTERM
+        assert sp.pid_start is None and "pid_start" not in sp.get_state()
+    finally:
+        other.kill()
+        waiter.join()
+
+
+def test_start_time_is_field_22_of_the_processes_stat():
+    before = float(Path("/proc/uptime").read_text().split()[0])
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        started = warmstart.start_time(proc.pid) / os.sysconf("SC_CLK_TCK")
+        assert before - 1 <= started <= float(Path("/proc/uptime").read_text().split()[0])
+    finally:
+        proc.kill()
+        proc.wait()
+    assert warmstart.start_time(proc.pid) is None
+
+
 def test_a_template_that_cannot_start_makes_the_server_start_the_usual_way():
     template = warmstart.Template("/nonexistent/python3", ["-P", "-s"], [], {})
     with pytest.raises(warmstart.Unavailable, match="could not run"):
         template.spawn({}, None)
+
+
+def test_a_template_refuses_to_run_as_root_what_another_user_could_change(tmp_path):
+    """The template runs the seats' interpreter as root: a folder it imports from that others may write makes it refuse."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    template = warmstart.Template(sys.executable, ["-P", "-s"], ["rfc3987_syntax"], {"LANG": "C.UTF-8", "PYTHONPATH": str(shared)})
+    try:
+        with pytest.raises(warmstart.Unavailable, match=f"refused: {shared} is writable by its group or others"):
+            template.spawn({}, None)
+    finally:
+        template.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the folders must be root's")
+def test_only_folders_root_alone_may_change_are_safe_for_the_template(tmp_path):
+    from wod_jupyterhub.seats.template import unsafe_path
+
+    tmp_path.chmod(0o755)
+    safe = tmp_path / "safe"
+    (safe / "below").mkdir(parents=True)
+    assert unsafe_path([str(safe), str(safe / "below"), str(safe / "missing")]) is None  # /tmp above: sticky
+    safe.chmod(0o775)
+    assert unsafe_path([str(safe / "below")]) == f"{safe} is writable by its group or others (mode 775)"
+    safe.chmod(0o755)
+    os.chown(safe / "below", 65534, 65534)
+    assert unsafe_path([str(safe / "below" / "x")]) == f"{safe / 'below'} belongs to uid 65534, not root"
 
 
 def test_a_child_that_cannot_become_its_seat_says_why_and_the_template_never_holds_the_request():
@@ -454,7 +527,7 @@ def test_a_seat_that_sets_a_variable_the_templates_imports_read_gets_a_new_proce
     request = {"argv": [sys.executable, "-c", fresh], "args": [], "env": {"TORNADO_EXTENSION": "0", "LANG": "C.UTF-8"},
                "umask": 0o022, "procs_files": [], "namespace": None, "user": None}
     try:
-        pid = template.spawn(request, w)
+        pid, _started = template.spawn(request, w)
         os.close(w)
         out = b""
         while chunk := os.read(r, 65536):

@@ -145,3 +145,111 @@ def test_what_imports_computed_from_the_templates_user_and_home_is_the_seats_aft
     out = subprocess.run([sys.executable, "-c", code], env={"PATH": os.environ["PATH"], "USER": "root", "HOME": "/root"},
                          capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["student7", "/srv/students/student7/.local/share/Trash"], out.stderr
+
+
+# In a child of the template, after refresh(): every string a loaded module keeps (its globals, its classes'
+# attributes, its traits' defaults) that still holds the template's home or user.
+SCAN = """
+import os, sys
+from traitlets import HasTraits
+from wod_jupyterhub.seats import template
+template.preload()
+markers, found, path = [os.environ["HOME"], os.environ["USER"]], set(), os.environ["PATH"]
+os.environ.clear()
+os.environ.update(PATH=path, HOME="/srv/students/student7", USER="student7")
+template.refresh()
+def scan(value, where, depth=0):
+    if isinstance(value, (str, bytes)):
+        text = value if isinstance(value, str) else value.decode("latin-1")
+        if any(m in text for m in markers):
+            found.add(where)
+    elif depth < 3 and isinstance(value, (list, tuple, set, frozenset)):
+        for v in list(value):
+            scan(v, where, depth + 1)
+    elif depth < 3 and isinstance(value, dict):
+        for k, v in list(value.items()):
+            scan(k, where, depth + 1)
+            scan(v, f"{where}[{k!r}]", depth + 1)
+for name, module in list(sys.modules.items()):
+    if module is None or name in ("__main__", "__mp_main__") or name.split(".")[0] in template.FRESH:
+        continue
+    for key, value in list(vars(module).items()):
+        scan(value, f"{name}.{key}")
+        if isinstance(value, type) and value.__module__ == name:
+            for attr, v in list(vars(value).items()):
+                scan(v, f"{name}.{key}.{attr}")
+            if issubclass(value, HasTraits):
+                for trait, t in value.class_traits().items():
+                    scan(getattr(t, "default_value", None), f"{name}.{key}.{trait} (default)")
+print(__import__("site").ENABLE_USER_SITE)
+print("\\n".join(sorted(found)))
+"""
+
+
+def test_nothing_the_template_computed_from_its_home_or_user_is_left_in_a_seat():
+    """``template.refresh``: no module the template loaded keeps the template's $HOME or $USER (root's) for the seat."""
+    out = subprocess.run([sys.executable, "-P", "-s", "-c", SCAN],
+                         env={"PATH": os.environ["PATH"], "HOME": "/marker-home", "USER": "marker-user"},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    enable_user_site, *found = out.stdout.splitlines()
+    # The user site (computed from $HOME when sysconfig is asked) is never used with -s, the template's flag:
+    # neither on sys.path nor in jupyter_core's search paths, which add it only where site.ENABLE_USER_SITE.
+    assert enable_user_site == "False"
+    exempt = {"site.USER_BASE", "site.USER_SITE", "sysconfig._CONFIG_VARS['userbase']"}
+    assert [f for f in found if f not in exempt] == []
+
+
+def test_a_child_given_a_bad_request_ends_at_once_without_the_templates_exit_handlers():
+    """Before it becomes the seat the child is root: a bad request ends it with ``_exit``, never an interpreter shutdown."""
+    code = (
+        "import atexit, os, socket\n"
+        "from wod_jupyterhub.seats import template\n"
+        "atexit.register(lambda: os.write(1, b'exit handler ran as root'))\n"
+        "ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n"
+        "ours.send(b'{not json')\n"
+        "template.seat(theirs, {})\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "exit handler" not in out.stdout, out
+    assert "could not be started: Expecting property name" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_a_seat_gets_its_own_multiprocessing_key_and_random_state():
+    code = (
+        "import multiprocessing.process as p, random\n"
+        "from wod_jupyterhub.seats import template\n"
+        "key, state = p.current_process().authkey, random.getstate()\n"
+        "template.forget_template()\n"
+        "print(p.current_process().authkey != key, len(p.current_process().authkey), random.getstate() != state)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["True", "32", "True"], out.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to change uids")
+def test_a_seats_process_that_kept_any_other_id_or_a_capability_is_refused():
+    """``template.dropped``: all three uids and gids the seat's, CapPrm, CapEff and CapAmb empty; else OSError."""
+    code = (
+        "import os, sys\n"
+        "from wod_jupyterhub.seats import template\n"
+        "user = {'uid': 65534, 'gid': 65534}\n"
+        "def check(label):\n"
+        "    try:\n"
+        "        template.dropped(user)\n"
+        "        print(label, 'ok')\n"
+        "    except OSError as e:\n"
+        "        print(label, 'refused:', e)\n"
+        "check('root')\n"
+        "os.setresgid(65534, 65534, 65534)\n"
+        "os.setgroups([])\n"
+        "os.setresuid(65534, 65534, 0)\n"  # the saved uid still root: capabilities may come back
+        "check('saved-root')\n"
+        "os.setresuid(65534, 65534, 65534)\n"
+        "check('nobody')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("root refused: the server's process kept other uids"), lines
+    assert lines[1].startswith("saved-root refused: the server's process kept other uids (real, effective, saved: (65534, 65534, 0))"), lines
+    assert lines[2] == "nobody ok", lines

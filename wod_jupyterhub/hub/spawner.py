@@ -4,6 +4,7 @@ import asyncio
 import os
 import pwd
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -366,7 +367,10 @@ class WodSpawner(SeatSpawnerMixin, LocalProcessSpawner):
         target = subprocess.DEVNULL if out is None else out
         self.popen_kwargs = {**configured, "stdin": subprocess.DEVNULL, "stdout": target, "stderr": target}
         try:
-            return await super().start()
+            address = await super().start()
+            # The hub's own unreaped child: its pid cannot have been reused yet.
+            self.pid_start = warmstart.start_time(self.pid)
+            return address
         except subprocess.SubprocessError:
             self.log.error("The server of %s could not start; its log says why: %s", self.user.name, self.log_path())
             raise
@@ -418,13 +422,50 @@ class WodSpawner(SeatSpawnerMixin, LocalProcessSpawner):
         template = warmstart.shared(cmd[0], singleuser_options(cmd)[0], sorted(self.skip_imports), warmstart.startup_env(request["env"]))
         self.log.info("Spawning %s from the warm template", shlex.join(request["argv"]))
         try:
-            pid = await asyncio.to_thread(template.spawn, request, out)
+            pid, started = await asyncio.to_thread(template.spawn, request, out)
         except warmstart.SeatFailed as e:
             self.log.error("The server of %s could not start (%s); its log says why: %s", self.user.name, e, self.log_path())
             raise RuntimeError(f"The server of {self.user.name} could not start: {e}") from None
         self.proc = None
-        self.pid = pid
+        self.pid, self.pid_start = pid, started
         return (self.ip or "127.0.0.1", self.port)
+
+    # The server's pid alone names any process once the server has ended and been reaped (the template
+    # reaps its children at once): poll and stop, which signal it as root, check its start time first.
+    pid_start: int | None = None
+
+    def get_state(self):
+        state = super().get_state()
+        if self.pid and self.pid_start is not None:
+            state["pid_start"] = self.pid_start
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.pid_start = state.get("pid_start", self.pid_start)
+
+    def clear_state(self):
+        super().clear_state()
+        self.pid_start = None
+
+    async def _signal(self, sig):
+        """Signal the server's process, if ``self.pid`` still names it; False when it is gone (nothing signalled)."""
+        if self.pid_start is None:
+            return await super()._signal(sig)  # a state saved before start times were kept
+        try:
+            # A pidfd holds on to the process it was opened for: checked, it is the one signalled.
+            fd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            return False
+        try:
+            if warmstart.start_time(self.pid) != self.pid_start:
+                return False
+            signal.pidfd_send_signal(fd, sig)
+        except ProcessLookupError:
+            return False
+        finally:
+            os.close(fd)
+        return True
 
     def make_preexec_fn(self, name):
         procs_files = self._procs_files or []

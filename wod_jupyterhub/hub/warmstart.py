@@ -79,9 +79,13 @@ class Template:
             theirs.close()
         ours.settimeout(READY_TIMEOUT)
         try:
-            ready = ours.recv(16)
+            ready = ours.recv(4096)
         except OSError as e:
             ready = f"{e}".encode()
+        if ready.startswith(b"refused: "):
+            ours.close()
+            self.stop()
+            raise Unavailable(f"it {ready.decode(errors='replace')}")
         if ready != b"ready":
             ours.close()
             self.stop()
@@ -122,27 +126,33 @@ class Template:
                 theirs.close()
             return ours
 
-    def spawn(self, request: dict, output: int | None) -> int:
-        """Have a child become the seat that ``request`` describes, its output on ``output``; its pid (blocking).
+    def spawn(self, request: dict, output: int | None) -> tuple[int, int]:
+        """Have a child become the seat that ``request`` describes, its output on ``output`` (blocking).
+
+        Returns its pid and that pid's :func:`start_time`, read while the
+        child is still the template's and has run nothing of the seat's.
 
         Raises :class:`Unavailable` before a child holds the request, :class:`SeatFailed` after.
         """
         conn = self._connection()
         with conn:
             conn.settimeout(ANSWER_TIMEOUT)
-            pid = None
+            pid = started = None
             try:
                 socket.send_fds(conn, [json.dumps(request).encode()], [output] if output is not None else [])
                 pid = _answer(conn)["pid"]
+                started = start_time(pid)
                 answer = _answer(conn)
             except (OSError, ValueError, KeyError) as e:
                 if pid is None:
                     raise Unavailable(f"its child did not answer ({e or 'closed'})") from None
-                _kill(pid)
+                _kill(pid, started)
                 raise SeatFailed(f"the server's process {pid} did not answer ({e or 'closed'})") from None
             if "error" in answer:
                 raise SeatFailed(answer["error"])
-            return pid
+            if started is None:
+                raise SeatFailed(f"the server's process {pid} ended at once")
+            return pid, started
 
 
 def _answer(conn: socket.socket) -> dict:
@@ -152,7 +162,25 @@ def _answer(conn: socket.socket) -> dict:
     return json.loads(data)
 
 
-def _kill(pid: int) -> None:
+def start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, ``/proc/<pid>/stat`` field 22); None if there is none.
+
+    A pid and its start time name one process: a pid the kernel gave to
+    another process since has another start time.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # Field 2, the command, may hold spaces and parentheses: count from its last ")" (field 3 onwards).
+    return int(stat.rpartition(b")")[2].split()[19])
+
+
+def _kill(pid: int, started: int | None) -> None:
+    # Only the process that answered: the template reaps it at once, and its pid may name another one since.
+    if started is None or start_time(pid) != started:
+        return
     try:
         os.kill(pid, 9)
     except ProcessLookupError:

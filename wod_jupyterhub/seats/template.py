@@ -163,11 +163,21 @@ def refresh() -> None:
     # jupyter_client's Session takes $USER as its default when its module is imported.
     session = sys.modules.get("jupyter_client.session")
     if session is not None:
-        user = os.environ.get("USER", "username")
-        session.Session.class_traits()["username"].default_value = user
-        values = getattr(session.Session, "_static_immutable_initial_values", None)
-        if isinstance(values, dict) and "username" in values:
-            values["username"] = user
+        _set_default(session.Session, "username", os.environ.get("USER", "username"))
+    # JupyterLab's settings and workspaces folders default to ~/.jupyter/lab/… as $HOME was at its import.
+    lab = sys.modules.get("jupyterlab.labapp")
+    if lab is not None:
+        commands = sys.modules["jupyterlab.commands"]
+        _set_default(lab.LabApp, "user_settings_dir", commands.get_user_settings_dir())
+        _set_default(lab.LabApp, "workspaces_dir", commands.get_workspaces_dir())
+
+
+def _set_default(cls, name: str, value) -> None:
+    """Make ``value`` the default of trait ``name`` of ``cls``, also where traitlets keeps it for new instances."""
+    cls.class_traits()[name].default_value = value
+    values = getattr(cls, "_static_immutable_initial_values", None)
+    if isinstance(values, dict) and name in values:
+        values[name] = value
 
 
 def _reap(signum, frame) -> None:
@@ -211,27 +221,34 @@ def _send(conn: socket.socket, **message) -> None:
 
 def seat(conn: socket.socket, seen: dict) -> None:
     """In the child: read the request, become the seat, then run its server (returns when the server ends)."""
-    # The signals as at the template's start (its imports set none: see main), its reaper gone.
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    conn.settimeout(60)
-    data, fds, _flags, _addr = socket.recv_fds(conn, REQUEST_MAX, 1)
-    request = json.loads(data)
-    _send(conn, pid=os.getpid())
-    # The seat's output from here on, as Popen gives it: stdin /dev/null, stdout and stderr its log.
-    null = os.open(os.devnull, os.O_RDWR)
-    out = fds[0] if fds else null
-    os.dup2(null, 0)
-    os.dup2(out, 1)
-    os.dup2(out, 2)
     try:
+        # The signals as at the template's start (its imports set none: see main), its reaper gone.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        conn.settimeout(60)
+        data, fds, _flags, _addr = socket.recv_fds(conn, REQUEST_MAX, 1)
+        request = json.loads(data)
+        _send(conn, pid=os.getpid())
+        # The seat's output from here on, as Popen gives it: stdin /dev/null, stdout and stderr its log.
+        null = os.open(os.devnull, os.O_RDWR)
+        out = fds[0] if fds else null
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
         become(request)
-    except Exception as e:
-        os.write(2, f"The seat's server could not be started: {e}\n".encode())
-        _send(conn, error=str(e))
-        os._exit(1)
+    except BaseException as e:
+        # Still root: never the interpreter's shutdown (the template's atexit handlers), only this child's end.
+        try:
+            os.write(2, f"The seat's server could not be started: {e}\n".encode())
+            _send(conn, error=str(e))
+        finally:
+            os._exit(1)
     _send(conn, ok=True)
     conn.close()
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    if request.get("user"):
+        # As after an exec: the seat's uid may look at its own server, as at any process it runs; only now
+        # that nothing of the template's (the hub's socket, its descriptors) is left in it.
+        _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
     # The seat's environment, and nothing of the template's.
     env = request["env"]
     os.environ.clear()
@@ -245,12 +262,20 @@ def seat(conn: socket.socket, seen: dict) -> None:
     refresh()
     for name in [m for m in sys.modules if m.split(".")[0] in FRESH]:
         del sys.modules[name]
-    random.seed()
-    tempfile.tempdir = None
+    forget_template()
     sys.argv = ["-c", *request["args"]]
     import runpy
 
     runpy.run_module(SINGLEUSER, run_name="__main__", alter_sys=True)
+
+
+def forget_template() -> None:
+    """Give the seat its own secrets where the fork copied the template's: random's state, multiprocessing's key."""
+    random.seed()
+    tempfile.tempdir = None
+    process = sys.modules.get("multiprocessing.process")
+    if process is not None:
+        process.current_process().authkey = os.urandom(32)
 
 
 def show(argv: list[str], env: dict) -> None:
@@ -304,10 +329,51 @@ def become(request: dict) -> None:
         os.setgid(user["gid"])
         os.setgroups(user["groups"])
         os.setuid(user["uid"])
+        dropped(user)
         keyrings.join_new_session()
-        # As after an exec: the seat's uid may look at its own server, as at any process it runs.
-        _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
     os.chdir("/")
+
+
+def dropped(user: dict) -> None:
+    """Check this process is the seat's user through and through, with no capability left; raises OSError."""
+    ids = {"uids": (os.getresuid(), user["uid"]), "gids": (os.getresgid(), user["gid"])}
+    for what, (found, wanted) in ids.items():
+        if set(found) != {wanted}:
+            raise OSError(f"the server's process kept other {what} (real, effective, saved: {found})")
+    with open("/proc/self/status") as f:
+        status = dict(line.split(":", 1) for line in f if ":" in line)
+    for cap in ("CapPrm", "CapEff", "CapAmb"):
+        if int(status[cap], 16):
+            raise OSError(f"the server's process kept capabilities ({cap} {status[cap].strip()})")
+
+
+def unsafe_path(paths: list[str]) -> str | None:
+    """Why one of ``paths`` (the interpreter, the folders it imports from) might be changed by another user than root.
+
+    Each must be root's and not writable by its group or others, and so
+    must every folder above it (one with the sticky bit may be writable by
+    all: no one else can rename what root keeps there); None when all are.
+    """
+    for path in paths:
+        real = os.path.realpath(path or ".")
+        for i, folder in enumerate([real, *_parents(real)]):
+            try:
+                st = os.stat(folder)
+            except FileNotFoundError:
+                continue  # created only by whoever may write the folder above, checked next
+            if st.st_uid != 0:
+                return f"{folder} belongs to uid {st.st_uid}, not root"
+            if st.st_mode & 0o022 and not (i > 0 and st.st_mode & 0o1000):
+                return f"{folder} is writable by its group or others (mode {st.st_mode & 0o7777:o})"
+    return None
+
+
+def _parents(path: str) -> list[str]:
+    parents = []
+    while (parent := os.path.dirname(path)) != path:
+        parents.append(parent)
+        path = parent
+    return parents
 
 
 def main(argv=None) -> None:
@@ -319,6 +385,12 @@ def main(argv=None) -> None:
     channel = socket.socket(fileno=int(argv[0]))
     # As the seat's launcher does (c.WodSpawner.skip_imports), before anything is imported.
     sys.modules.update(dict.fromkeys(filter(None, argv[1].split(","))))
+    # This is the seats' interpreter, run as root: only if no one but root can change what it runs.
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    problem = unsafe_path([sys.executable, package, *sys.path])
+    if problem:
+        channel.sendall(f"refused: {problem}".encode())
+        return
     handlers = {s: signal.getsignal(s) for s in signal.valid_signals()}
     seen = preload()
     changed = [signal.Signals(s).name for s in handlers if signal.getsignal(s) != handlers[s]]
