@@ -138,7 +138,10 @@ async def test_the_seats_server_learns_the_services_url_and_serves_the_session_b
     sp = spawner(hubdb, config, "student5")
     await sp.run_pre_spawn_hook()
     assert sp.get_env()["WOD_SERVICE_URL"] == "http://127.0.0.1:10101/wod-hub/services/wod/"
-    assert "--ServerApp.jpserver_extensions=wod_jupyterhub.lab.extension=True" in sp.get_args()
+    flag = "--ServerApp.jpserver_extensions=wod_jupyterhub.lab.extension=True"
+    assert flag in sp.get_args()
+    # asked again (each start asks, a warm start twice): the flag once, the spawner's own args untouched
+    assert sp.get_args().count(flag) == 1 and flag not in sp.args
     # configured: that URL; empty: none
     config.WodSpawner.service_url = ""
     assert WodSpawner(config=config).service_url == ""

@@ -6,6 +6,7 @@ tests/integration/test_docker_seats.py and tests/hub/test_kubernetes.py.
 """
 
 import os
+import sys
 import time
 
 import pytest
@@ -55,3 +56,18 @@ def test_a_command_runs_as_the_seat_in_its_home_and_ends_at_its_timeout(tmp_path
     slow = runtime.exec(N, ["sh", "-c", "sleep 60 & echo started; wait"], timeout=0.5)
     assert slow.timed_out and slow.stdout == b"started\n" and time.monotonic() - started < 10
     assert runtime.end(N) == {"killed": 0}
+
+
+def test_a_timed_out_command_is_gone_with_what_it_moved_to_another_process_group(tmp_path):
+    wod = Wod(students_root=str(tmp_path), system_users=False, cgroups=False)
+    (tmp_path / f"student{N}").mkdir()
+    # A child in a process group of its own: killing the command's group misses it.
+    escape = f'{sys.executable} -c "import os, time; os.setpgid(0, 0); time.sleep(60)" >/dev/null 2>&1'
+    ran = seat_runtime(wod).exec(N, ["sh", "-c", f'{escape} & echo "$!"; wait'], timeout=0.5)
+    assert ran.timed_out
+    try:
+        with open(f"/proc/{int(ran.stdout)}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        state = "gone"
+    assert state in ("Z", "X", "gone")

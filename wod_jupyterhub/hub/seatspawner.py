@@ -263,7 +263,8 @@ class SeatSpawnerMixin(LoggingConfigurable):
         return env
 
     def get_args(self):
-        args = super().get_args()
+        # JupyterHub returns its own ``self.args`` list: appending to it would add the flag again at every start.
+        args = list(super().get_args())
         if self.service_url:
             args.append(f"--ServerApp.jpserver_extensions={SESSION_EXTENSION}=True")
         return args

@@ -49,6 +49,39 @@ def live_pids(uid: int) -> list[int]:
     return pids
 
 
+def session_pids(sid: int) -> list[int]:
+    """Pids of the live processes (zombies left out) of session ``sid``: what a command started with its own session forked."""
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                # After the command's name, which may hold spaces and parentheses: state, ppid, pgrp, session.
+                state, _ppid, _pgrp, session = f.read().rpartition(b")")[2].split()[:4]
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        if int(session) == sid and state not in (b"Z", b"X"):
+            pids.append(int(entry.name))
+    return pids
+
+
+def end_session(sid: int, timeout: float = 10.0) -> None:
+    """SIGKILL session ``sid`` until none of its processes is alive (a killed process takes a moment to exit)."""
+    deadline = time.monotonic() + timeout
+    pause = 0.002
+    while pids := session_pids(sid):
+        if time.monotonic() > deadline:
+            raise ProcessesSurvived(f"{len(pids)} process(es) of session {sid} still live after {timeout:.0f} s of SIGKILL")
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
 def _kill_as(uid: int, gid: int) -> None:
     """``kill -9 -1`` run as ``uid``: every process the uid may signal, in one walk of the kernel's list.
 

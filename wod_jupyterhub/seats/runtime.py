@@ -23,7 +23,7 @@ from traitlets.config import LoggingConfigurable
 from . import cgroups
 from .keyrings import clear_keyrings
 from .leftovers import remove_leftovers
-from .processes import kill_uid
+from .processes import end_session, kill_uid
 
 #: ``c.Wod.runtime`` → the runtime class, imported when first asked for (the container
 #: engines' clients are optional packages)
@@ -149,8 +149,10 @@ class LocalRuntime(SeatRuntime):
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            # Its own session: what it forked goes with it.
+            # Its own session: what it forked goes with it, and is gone when this returns.
             os.killpg(proc.pid, 9)
+            # One that moved to a group of its own would hold the output open: the session, then the output.
+            end_session(proc.pid)
             out, err = proc.communicate()
             return Ran(None, out, err)
         return Ran(proc.returncode, out, err)
