@@ -4,10 +4,11 @@ A real JupyterHub (its proxy, the wod service, WodAuthenticator, WodSpawner;
 the demo's ``start_timeout`` 120 s and ``http_timeout`` 60 s) and a bench
 workshop with N + 2 seats, booked over the REST API (CREATE) as a portal
 does, minutes before the class. Then each participant does what a browser
-does: GET the login form, POST it, GET ``/hub/spawn``, and look at
-``/user/<name>/lab`` about once a second (as the spawn-pending page does),
-following the redirects (the OAuth hand-shake with the hub), until the
-server's own lab page answers 200. Each participant is its own client with
+does: GET the login form, POST it, follow where the login sends it (a
+running server, or ``/hub/spawn``) and, until the server's own lab page
+answers 200, look at ``/user/<name>/lab`` about once a second (as the
+spawn-pending page does), following every redirect (the OAuth hand-shake
+with the hub, when the login did not sign in to the server). Each participant is its own client with
 its own cookies; the clients are made before the clock starts.
 
 Printed, all from the same run:
@@ -25,8 +26,8 @@ Printed, all from the same run:
 - the room: p50, p95 and max from the form to the ready lab, and the
   failures (with what the participant saw);
 - where each participant's time went, step by step (p50, p95, max over the
-  room): the form, the login, ``/hub/spawn``, the server's redirect to the
-  hub, the hub's OAuth ``authorize``, the server's ``oauth_callback``
+  room): the form, the login, ``/hub/spawn``, the server's first answer
+  (its redirect to the lab), the lab's redirect to the hub, the hub's OAuth ``authorize``, the server's ``oauth_callback``
   (which asks the hub for the token and the user), the lab page itself;
   the redirects are followed one by one, as a browser does;
 - the CPU used meanwhile by the hub, its proxy, the service, the servers
@@ -193,13 +194,11 @@ class Participant:
         r = await self.timed("login", c.post("/hub/login", data={"username": name, "password": self.password, "_xsrf": xsrf.group(1)}))
         if r.status_code != 302:
             raise RuntimeError(f"login: {r.status_code}")
-        r = await self.timed("spawn", c.get("/hub/spawn"))
-        if r.status_code not in (200, 302):
-            raise RuntimeError(f"/hub/spawn: {r.status_code}")
+        # Where the login sends the browser: the running server, or /hub/spawn.
+        r = await self.visit(r.url.join(URL(r.headers["location"], encoded=True)))
         lab = f"/user/{name}/lab"
         while True:
-            r = await self.visit(lab)
-            if r.status_code == 200 and r.url.path == lab:
+            if r.status_code == 200 and r.url.path.startswith(lab):
                 return time.perf_counter() - t0
             self.seen = f"{r.status_code} {r.url.path}"
             if r.status_code >= 500 or "Spawn failed" in r.text or "failed to start" in r.text:
@@ -207,6 +206,7 @@ class Participant:
             if time.perf_counter() - t0 > self.timeout:
                 raise RuntimeError(f"no lab after {self.timeout:.0f} s (last {self.seen})")
             await asyncio.sleep(1)
+            r = await self.visit(lab)
 
     async def timed(self, step: str, request):
         t = time.perf_counter()
@@ -231,13 +231,17 @@ class Participant:
     def step_of(self, r) -> str:
         """What answered ``r``: the hub's OAuth authorize, the server's callback, the lab (its redirect to
         the hub, or the page itself), the hub's pending page."""
-        path = r.url.path
+        path, server = r.url.path, f"/user/{self.name}/"
         if path.endswith("/oauth2/authorize"):
             return "authorize"
         if path.endswith("/oauth_callback"):
             return "oauth_callback"
-        if path == f"/user/{self.name}/lab":
+        if path == server:
+            return "server"
+        if path.startswith(server + "lab"):
             return "lab page" if r.status_code == 200 else ("lab -> hub" if r.status_code < 400 else "lab (error)")
+        if path.startswith("/hub/spawn") and "spawn-pending" not in path:
+            return "spawn"
         return "pending" if "spawn-pending" in path or path.startswith("/hub/") else "other"
 
 
@@ -370,7 +374,7 @@ def main() -> int:
         print(f"    e.g. {f}")
     if times:
         print("  each step's time per participant (all its requests of that step; p50 / p95 / max):")
-        for step in ("form", "login", "spawn", "pending", "lab -> hub", "authorize", "oauth_callback", "lab page", "lab (error)", "other"):
+        for step in ("form", "login", "spawn", "server", "pending", "lab -> hub", "authorize", "oauth_callback", "lab page", "lab (error)", "other"):
             took = [s.get(step, 0.0) for s in steps]
             if any(took):
                 print(f"    {step:<15} {pct(took, 50):6.2f} s {pct(took, 95):6.2f} s {max(took):6.2f} s")
