@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
@@ -31,6 +32,19 @@ from wod_jupyterhub.seats import cgroups
 WORKSHOP = "WKSHP-E2E"
 #: a seat's account has uid UID_BASE + its number (``c.Wod.uid_base``'s default)
 UID_BASE = 10000
+
+
+#: the students' Python with this package installed, as production has it (`make system-users` builds it, `make test` names it)
+STUDENTS_PYTHON = os.environ.get("WOD_STUDENT_PYTHON", "")
+
+#: for a module whose seats' servers need the package (its server extensions): skipped without that Python, never in CI
+needs_students_python = pytest.mark.skipif(
+    not os.path.isfile(STUDENTS_PYTHON) and not os.environ.get("CI"),
+    reason="no students' Python with the package installed: `make system-users` (as root) builds it and `make test` sets WOD_STUDENT_PYTHON",
+)
+
+#: the ``c.WodSpawner`` lines that run the seats' servers with it
+STUDENTS_PYTHON_SPAWNER = [f"c.WodSpawner.cmd = [{STUDENTS_PYTHON!r}, '-m', 'jupyterhub.singleuser']", "c.WodSpawner.environment = {}"]
 
 
 # -- helpers: what a browser does ------------------------------------------

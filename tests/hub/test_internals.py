@@ -10,7 +10,7 @@ from pathlib import Path
 
 import jupyterhub
 import pytest
-from jupyterhub import orm
+from jupyterhub import orm, roles
 from jupyterhub.app import JupyterHub
 from jupyterhub.auth import Authenticator
 from jupyterhub.handlers.base import BaseHandler
@@ -188,3 +188,76 @@ def test_a_servers_oauth_secret_is_stored_as_its_token_row_stores_the_same_token
     assert not internals.client_secret_as_its_token(db, SimpleNamespace(api_token=""))
     assert not internals.client_secret_as_its_token(None, spawner)
     db.close()
+
+
+def test_the_hubs_sqlite_connection_is_used_without_a_ping_and_other_databases_keep_theirs(tmp_path):
+    from sqlalchemy import event
+
+    class Hub:
+        db = orm.new_session_factory(f"sqlite:///{tmp_path / 'jupyterhub.sqlite'}")()
+
+    engine = Hub.db.get_bind()
+    statements = []
+    event.listen(engine, "before_cursor_execute", lambda conn, cursor, statement, *a: statements.append(statement))
+
+    names = iter(range(10, 20))
+
+    def a_transaction():
+        statements.clear()
+        Hub.db.add(orm.User(name=f"student{next(names)}"))
+        Hub.db.commit()
+        Hub.db.close()  # its connection back to the pool: the next use checks it out again
+        orm.User.find(Hub.db, "nobody")
+        return statements
+
+    assert any(s.strip().upper().startswith("SELECT 1") for s in a_transaction())  # JupyterHub's ping, as installed
+    assert internals.sqlite_without_pings(Hub)
+    assert not any(s.strip().upper().startswith("SELECT 1") for s in a_transaction())
+    assert not internals.sqlite_without_pings(Hub)  # nothing left to drop
+    assert not internals.sqlite_without_pings(object())
+    Hub.db.close()
+
+
+def test_a_servers_oauth_token_is_made_for_its_own_user_with_the_scopes_authorize_grants():
+    from jupyterhub.scopes import access_scopes, identify_scopes
+
+    db = orm.new_session_factory("sqlite://")()
+    owner, other = orm.User(name="student7"), orm.User(name="student8")
+    client = orm.OAuthClient(identifier="jupyterhub-user-student7", allowed_scopes=[])
+    db.add_all([owner, other, orm.OAuthClient(identifier="jupyterhub"), client])
+    db.commit()
+    for role in roles.get_default_roles():
+        roles.create_role(db, role)
+    for user in (owner, other):
+        roles.assign_default_roles(db, user)  # as the hub gives every user the "user" role
+    db.add(orm.Spawner(user=owner, name="", oauth_client=client))
+    db.commit()
+
+    class Spawner:
+        orm_spawner = owner._orm_spawners[0]
+
+    token = internals.oauth_token_for_server(db, owner, Spawner, "session-1", 3600)
+    row = orm.APIToken.find(db, token)
+    assert row.user is owner and row.oauth_client is client and row.session_id == "session-1"
+    assert row.expires_at is not None and not row.note
+    # What JupyterHub's authorize grants a server's client that asks for nothing more: identifying the user, the server.
+    assert set(row.scopes) == set(identify_scopes()) | set(access_scopes(client))
+    with pytest.raises(PermissionError):
+        internals.oauth_token_for_server(db, other, Spawner, "session-2", 3600)
+    Spawner.orm_spawner = None
+    with pytest.raises(PermissionError):
+        internals.oauth_token_for_server(db, owner, Spawner, "session-3", 3600)
+    assert [t.session_id for t in owner.api_tokens] == ["session-1"] and not other.api_tokens
+    db.close()
+
+
+def test_a_handler_sets_a_plain_cookie_and_knows_its_session_and_the_oauth_token_age():
+    assert "encrypted" in inspect.signature(BaseHandler._set_cookie).parameters
+    assert "_session_id" in inspect.getsource(BaseHandler.get_session_cookie)
+    assert "oauth_token_expires_in" in JupyterHub.class_traits()
+    from types import SimpleNamespace
+
+    handler = SimpleNamespace(authenticator=SimpleNamespace(parent=SimpleNamespace(oauth_token_expires_in=600)), settings={})
+    assert internals.oauth_token_expires_in(handler) == 600
+    handler = SimpleNamespace(authenticator=SimpleNamespace(parent=None), settings={"cookie_max_age_days": 2})
+    assert internals.oauth_token_expires_in(handler) == 2 * 24 * 3600

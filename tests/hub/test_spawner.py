@@ -25,7 +25,7 @@ from traitlets.config import Config
 
 from tests.seatutil import memory_holds
 from wod_jupyterhub.cli import users
-from wod_jupyterhub.hub import warmstart
+from wod_jupyterhub.hub import firstvisit, warmstart
 from wod_jupyterhub.hub.spawner import WodSpawner, python_command, singleuser_options
 from wod_jupyterhub.limits import Limits
 from wod_jupyterhub.seats import cgroups
@@ -540,3 +540,45 @@ def test_a_seat_that_sets_a_variable_the_templates_imports_read_gets_a_new_proce
     finally:
         os.close(r)
         template.stop()
+
+
+async def test_a_start_hands_its_server_a_cookie_secret_of_its_own_that_the_login_signs_with(hubdb, setup):
+    config, store, root = setup
+    book(store, root, 7)
+    book(store, root, 8)
+    hub_secret = b"h" * 32
+    hubdb.add(orm.OAuthClient(identifier="jupyterhub"))  # the hub's own client, which its API tokens belong to
+    hubdb.commit()
+
+    def seat(name):
+        sp = spawner(hubdb, config, name)
+        sp.user.settings["cookie_secret"] = hub_secret
+        sp.api_token = sp.user.orm_user.new_api_token(note=f"Server at /user/{name}/")  # as the hub makes it for a start
+        return sp
+
+    sp = seat("student7")
+    await sp.run_pre_spawn_hook()
+    secret = sp.login_cookie_secret()
+    assert secret == firstvisit.server_cookie_secret(hub_secret, "student7", sp.server_token_id) and len(secret) == 32
+    assert sp.get_env()[firstvisit.SECRET_VARIABLE] == secret.hex()
+    flag = f"--ServerApp.jpserver_extensions={firstvisit.EXTENSION}=True"
+    assert sp.get_args().count(flag) == 1
+    # Each seat and each start its own: a cookie of one counts for nothing at another, or after a restart.
+    other = seat("student8")
+    await other.run_pre_spawn_hook()
+    assert other.login_cookie_secret() not in (None, secret)
+    assert firstvisit.server_cookie_secret(hub_secret, "student7", sp.server_token_id + 1) != secret
+    assert firstvisit.server_cookie_secret(b"g" * 32, "student7", sp.server_token_id) != secret
+    # A hub restart reads it back from the state; another start's token (a restart of the server) takes it away.
+    state = sp.get_state()
+    again = WodSpawner(user=sp.user, hub=sp.hub, config=config, orm_spawner=sp.orm_spawner)
+    again.load_state(state)
+    assert again.login_cookie_secret() == secret
+    again.server_token_id += 1
+    assert again.login_cookie_secret() is None
+    # Off: no secret, no extension; the login leaves the server alone.
+    config.WodSpawner.login_cookie = False
+    book(store, root, 9)
+    off = seat("student9")
+    await off.run_pre_spawn_hook()
+    assert off.login_cookie_secret() is None and firstvisit.SECRET_VARIABLE not in off.get_env() and flag not in off.get_args()

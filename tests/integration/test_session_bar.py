@@ -21,14 +21,13 @@ import httpx
 import pytest
 
 from tests.hubutil import notebook, write_workshop
-from tests.seatutil import cleanup, seat_accounts, students_folder, system_users_hub
+from tests.seatutil import STUDENTS_PYTHON_SPAWNER, cleanup, needs_students_python, seat_accounts, students_folder, system_users_hub
 from wod_jupyterhub.cli.hubprocess import REPO
 from wod_jupyterhub.passwords import hash_password
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "artifacts"
 #: the students' Python with this package installed (not linked), as `make system-users` builds it
-STUDENT_PYTHON = os.environ.get("WOD_STUDENT_PYTHON", "")
 FIRST, LAST = 490, 499
 N = FIRST
 NAME = f"student{N}"
@@ -60,10 +59,7 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(os.geteuid() != 0, reason="system-users mode needs root (CI runs as root)"),
     pytest.mark.skipif(not os.path.exists(CHROMIUM) and not os.environ.get("CI"), reason="chromium is not installed (make chromium installs it)"),
-    pytest.mark.skipif(
-        not os.path.isfile(STUDENT_PYTHON) and not os.environ.get("CI"),
-        reason="no students' Python with the package installed: `make system-users` (as root) builds it and `make test` sets WOD_STUDENT_PYTHON",
-    ),
+    needs_students_python,
 ]
 
 
@@ -81,8 +77,7 @@ def hub(module_hubs, tmp_path_factory):
     (folder / "checks" / "steps.py").write_text(CHECKS)
     students = students_folder("wod-bar-")
     spawner = [
-        f"c.WodSpawner.cmd = [{STUDENT_PYTHON!r}, '-m', 'jupyterhub.singleuser']",
-        "c.WodSpawner.environment = {}",
+        *STUDENTS_PYTHON_SPAWNER,
         f"c.WodAuthenticator.admin_password_hashes = {{'admin': {hash_password(ADMIN_PASSWORD, cost=4)!r}}}",
     ]
     # the bar asks every second and the progress is measured again after half a second: no test waits long

@@ -1,4 +1,5 @@
-"""Servers started ahead after CREATE: each its own seat's, as its uid; one nobody opened is stopped and counts nowhere.
+"""Servers started ahead after CREATE: each its own seat's, as its uid; one nobody opened is stopped and counts nowhere;
+a login signs in to its own running server and to nothing else.
 
 A real hub in system-users mode (as root), ``c.WodOperations.start_server``
 on, with real accounts ``student430``.. (uids 10430..), made here and removed
@@ -14,10 +15,24 @@ import pytest
 from sqlalchemy import select
 
 from tests.hubutil import write_workshop
-from tests.seatutil import UID_BASE, logged_in, open_lab, seat_accounts, server_get, students_folder, system_users_hub, verb, wait_ready
+from tests.seatutil import (
+    STUDENTS_PYTHON_SPAWNER,
+    UID_BASE,
+    browser,
+    logged_in,
+    needs_students_python,
+    open_lab,
+    seat_accounts,
+    server_get,
+    students_folder,
+    system_users_hub,
+    verb,
+    wait_ready,
+)
 from wod_jupyterhub.store.models import Completion, Store
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system-users mode needs root (CI runs as root)")
+# The seats' servers run the students' Python with the package: its extension takes the cookie secret of a login.
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="system-users mode needs root (CI runs as root)"), needs_students_python]
 
 FIRST, LAST = 430, 431
 WORKSHOP = "WKSHP-Ahead"
@@ -32,7 +47,7 @@ def hub(module_hubs, tmp_path_factory):
     write_workshop(root / "notebooks", WORKSHOP, (FIRST, LAST))
     service = {"WodOperations.start_server": True, "WodAhead.unused_minutes": UNUSED}
     with seat_accounts(FIRST, LAST, range(FIRST, LAST + 1), students), \
-            system_users_hub(module_hubs, root, root / "notebooks", FIRST, LAST, students, service=service) as h:
+            system_users_hub(module_hubs, root, root / "notebooks", FIRST, LAST, students, spawner=STUDENTS_PYTHON_SPAWNER, service=service) as h:
         yield h
 
 
@@ -98,5 +113,68 @@ def test_each_participant_lands_in_their_own_seats_server_started_ahead(hub):
     assert browser_b.get("/hub/spawn").status_code == 302
     wait_ready(hub, f"student{b}")
     assert open_lab(browser_b, f"student{b}").status_code == 200
+    verb(hub, "cleanup", {"student": a, "customer": customer_a})
+    verb(hub, "cleanup", {"student": b, "customer": customer_b})
+
+
+def follow(client, path):
+    """GET ``path`` and every redirect after it, as a browser: the paths asked for and the last answer."""
+    seen = [path]
+    r = client.get(path)
+    while r.status_code in (301, 302, 303, 307) and len(seen) < 10:
+        seen.append(r.headers["location"])
+        r = client.get(r.headers["location"])
+    return seen, r
+
+
+def cookie(client, name):
+    [c] = [c for c in client.cookies.jar if c.name == name]
+    return c
+
+
+def test_a_login_signs_in_to_its_own_running_server_with_the_hand_shakes_grant_and_to_nothing_else(hub):
+    a, b = FIRST, FIRST + 1
+    (customer_a, password_a), (customer_b, _) = book(hub, a), book(hub, b)
+    name_a, name_b = f"student{a}", f"student{b}"
+    wait_ready(hub, name_a)
+    wait_ready(hub, name_b)
+    signed_in = logged_in(hub, name_a, password_a)
+    server_cookie = cookie(signed_in, f"jupyterhub-user-{name_a}")
+    assert server_cookie.path == f"/user/{name_a}/"
+    # The login's own answer signed the browser in: its lab page, without the hub's OAuth hand-shake.
+    seen, r = follow(signed_in, f"/user/{name_a}/lab")
+    assert r.status_code == 200 and not [p for p in seen if "oauth2/authorize" in p], seen
+    r = server_get(signed_in, name_a, f"api/contents/{WORKSHOP}/0-ReadMeFirst.ipynb")
+    assert r.status_code == 200 and f"for {name_a}" in r.text
+
+    # The same grant as the hand-shake's: a second browser of A's without that cookie goes through it.
+    other = logged_in(hub, name_a, password_a)
+    other.cookies.delete(f"jupyterhub-user-{name_a}")
+    seen, r = follow(other, f"/user/{name_a}/lab")
+    assert r.status_code == 200 and [p for p in seen if "oauth2/authorize" in p], seen
+    tokens = [t for t in hub.hub_api("GET", f"/users/{name_a}/tokens").json()["api_tokens"]
+              if t["oauth_client"] == f"Server at /user/{name_a}/"]
+    # Each login made one, the hand-shake the third: all of the same scopes, each of its browser's hub session.
+    sessions = [cookie(c, "jupyterhub-session-id").value for c in (signed_in, other)]
+    assert sorted(t["session_id"] for t in tokens) == sorted([sessions[0], sessions[1], sessions[1]]), tokens
+    assert len({tuple(sorted(t["scopes"])) for t in tokens}) == 1 and len({t["expires_at"][:15] for t in tokens}) == 1, tokens
+
+    # A's cookie at B's server, under B's name: B's secret is another, so B sends the browser to the hub.
+    forged = {"Cookie": f"jupyterhub-user-{name_b}={server_cookie.value}"}
+    stranger = browser(hub)
+    assert stranger.get(f"/user/{name_b}/api/status", headers=forged).status_code == 403
+    r = stranger.get(f"/user/{name_b}/lab", headers=forged)
+    assert r.status_code == 302 and "/hub/api/oauth2/authorize" in r.headers["location"]
+    # At A's own server the cookie alone is the sign-in...
+    own = {"Cookie": f"jupyterhub-user-{name_a}={server_cookie.value}"}
+    assert stranger.get(f"/user/{name_a}/api/status", headers=own).status_code == 200
+    # ... until the server starts again: a new start, a new secret; the hand-shake brings A back in.
+    assert hub.hub_api("DELETE", f"/users/{name_a}/server").status_code in (202, 204)
+    wait_stopped(hub, name_a, 60)
+    assert hub.hub_api("POST", f"/users/{name_a}/server").status_code in (201, 202)
+    wait_ready(hub, name_a)
+    assert stranger.get(f"/user/{name_a}/api/status", headers=own).status_code == 403
+    seen, r = follow(signed_in, f"/user/{name_a}/lab")
+    assert r.status_code == 200 and [p for p in seen if "oauth2/authorize" in p], seen
     verb(hub, "cleanup", {"student": a, "customer": customer_a})
     verb(hub, "cleanup", {"student": b, "customer": customer_b})

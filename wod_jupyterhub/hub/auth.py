@@ -8,6 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from jupyterhub.auth import Authenticator
+from jupyterhub.handlers.login import LoginHandler
 from sqlalchemy.exc import SQLAlchemyError
 from tornado import web
 from traitlets import Bool, Dict, Float, Integer, List, TraitError, Unicode, default, validate
@@ -18,6 +19,7 @@ from ..local_peers import is_local_address, student_peer
 from ..passwords import cheap_hash, hash_password, refusal_time, verify_password
 from ..store.models import SeatState, Store, utcnow
 from . import frameless, internals
+from .firstvisit import WodLoginHandler
 from .hash_budget import Busy, HashBudget
 from .seatspawner import server_token_ids
 from .sessions import changed_hands, keep_sweeping, new_cookie_id, revoke_sessions, session_generation
@@ -236,8 +238,10 @@ class WodAuthenticator(Authenticator):
                 getattr(self.parent, "subdomain_host", ""), getattr(self.parent, "cookie_host_prefix_enabled", False)
             )
             frameless.protect(self.parent)
-            if self.hub_sqlite_wal and internals.hub_db(self.parent) is not None:
-                internals.sqlite_without_waiting_commits(self.parent)
+            if internals.hub_db(self.parent) is not None:
+                internals.sqlite_without_pings(self.parent)
+                if self.hub_sqlite_wal:
+                    internals.sqlite_without_waiting_commits(self.parent)
         if exposed:
             # The authenticator is made while the hub starts: this stops it, with the sentence and no traceback.
             self.log.critical(exposed)
@@ -409,8 +413,10 @@ class WodAuthenticator(Authenticator):
         return forwarded_client(peer, forwarded, self._trusted)
 
     def get_handlers(self, app):
-        # Placed before the hub's own: its logo, like its static files, must not be framed (see frameless).
-        return [*super().get_handlers(app), *frameless.handlers(app)]
+        # The login page, whose logins also sign in to the running server (WodSpawner.login_cookie); then, placed
+        # before the hub's own, its logo, which like its static files must not be framed (see frameless).
+        pages = [(url, WodLoginHandler if handler is LoginHandler else handler) for url, handler in super().get_handlers(app)]
+        return [*pages, *frameless.handlers(app)]
 
     # -- allow ------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """What the hub parts use of JupyterHub beyond its documented extension points, in one place."""
 
-from jupyterhub import orm
+from jupyterhub import orm, roles, scopes
 
 # The hub's own handlers of its static files and logo, which hub/frameless.py extends (re-exported).
 from jupyterhub.handlers.static import CacheControlStaticFilesHandler, LogoHandler  # noqa: F401
@@ -54,6 +54,25 @@ def sqlite_without_waiting_commits(app) -> bool:
     wal = _no_waiting_commits(db.connection().connection.dbapi_connection)
     db.commit()
     return wal
+
+
+def sqlite_without_pings(app) -> bool:
+    """No ``SELECT 1`` before each use of the hub's SQLite connection; whether there was one to drop.
+
+    JupyterHub pings every connection its engine hands out, to find one a
+    database server dropped; a file has no server to drop it, and the ping
+    cost a tenth of the hub's CPU in a room's first visits (one per
+    transaction, several per request). Other databases keep it.
+    """
+    db = hub_db(app)
+    engine = db.get_bind() if db is not None else None
+    if engine is None or engine.dialect.name != "sqlite":
+        return False
+    pings = [fn for fn in engine.dispatch.engine_connect
+             if getattr(fn, "__module__", "") == orm.__name__ and getattr(fn, "__name__", "").startswith("ping_connection")]
+    for fn in pings:
+        event.remove(engine, "engine_connect", fn)
+    return bool(pings)
 
 
 def user_db(user):
@@ -163,3 +182,46 @@ def requested_by_service(handler) -> bool:
     """Whether the request behind a spawn (``Spawner.handler``) came from a service's token, not from a user."""
     user = getattr(handler, "current_user", None) if handler is not None else None
     return getattr(user, "kind", None) == "service"
+
+
+def oauth_client_of(spawner):
+    """The ORM row of a server's OAuth client; None before its first start."""
+    return getattr(getattr(spawner, "orm_spawner", None), "oauth_client", None)
+
+
+def oauth_token_for_server(db, user, spawner, session_id: str | None, expires_in: int | None) -> str:
+    """A new OAuth access token of ``spawner``'s client for ``user``: what the hand-shake of the user's first visit gives.
+
+    The scopes are the ones JupyterHub's ``authorize`` grants a client that
+    asks for none (its allowed scopes, with identifying the user and
+    accessing the server), intersected with the user's own; the token
+    belongs to the browser's hub session (``session_id``), so logging out
+    ends it as it ends the hand-shake's. Committed (JupyterHub's
+    ``APIToken.new`` commits). Raises ``PermissionError`` when the user may
+    not access the server.
+    """
+    row, client = orm_user(user), oauth_client_of(spawner)
+    if client is None or client.spawner is None or client.spawner.user_id != row.id:
+        raise PermissionError(f"{row.name} may not access the server of OAuth client {getattr(client, 'identifier', None)}")
+    requested = set(client.allowed_scopes)
+    if "inherit" not in requested:
+        requested |= scopes.identify_scopes() | scopes.access_scopes(client)
+    held = roles.roles_to_scopes(roles.get_roles_for(row)) | {"inherit", *scopes.identify_scopes(), *scopes.access_scopes(client)}
+    granted, _ = scopes._resolve_requested_scopes(requested, held, user=row, client=client, db=db)
+    return orm.APIToken.new(user=row, oauth_client=client, scopes=granted, session_id=session_id, expires_in=expires_in)
+
+
+def oauth_token_expires_in(handler) -> int:
+    """Seconds an OAuth token of this hub lives (``c.JupyterHub.oauth_token_expires_in``; its default, the login cookie's age)."""
+    value = getattr(getattr(handler.authenticator, "parent", None), "oauth_token_expires_in", None)
+    return int(value) if value else int(handler.settings["cookie_max_age_days"] * 24 * 3600)
+
+
+def session_id(handler) -> str | None:
+    """The browser's hub session id (the one its login just set, or the one it sent)."""
+    return handler.get_session_cookie()
+
+
+def set_plain_cookie(handler, name: str, value: str, path: str) -> None:
+    """Set a cookie as the hub sets its own (httponly, secure over HTTPS, ``c.JupyterHub.cookie_options``), its value as given."""
+    handler._set_cookie(name, value, encrypted=False, path=path)

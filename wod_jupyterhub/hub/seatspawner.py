@@ -15,7 +15,7 @@ import pwd
 
 from jupyterhub.utils import maybe_future, url_path_join
 from tornado import web
-from traitlets import Integer, TraitError, Unicode, default, validate
+from traitlets import Bool, Integer, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from ..config import Wod, student_number
@@ -25,7 +25,7 @@ from ..seats import completion, completion_worker
 from ..seats.runtime import default_backend
 from ..store.models import Completion, Store
 from ..workshops.catalog import find_workshop, load_catalog, parse_workshop_name
-from . import internals
+from . import firstvisit, internals
 
 
 def server_token_ids(user, generation: int) -> set:
@@ -94,6 +94,23 @@ class SeatSpawnerMixin(LoggingConfigurable):
                 return service["url"].rstrip("/") + url_path_join(hub.get("base_url", None) or "/", "services", SERVICE_NAME) + "/"
         return ""
 
+    login_cookie = Bool(
+        True,
+        help="""Whether a participant's login also signs them in to their running server.
+
+        Then the login's answer carries the server's own cookie, and the
+        browser's first visit to the server skips the OAuth hand-shake with
+        the hub (three requests to the hub and three through the proxy per
+        participant: what a room arriving at once waits for). The server
+        gets a cookie secret of its own for each start, derived from the
+        hub's, in its environment; its ``wod_jupyterhub.lab.login_cookie``
+        extension takes it. Not on subdomains (``c.JupyterHub.subdomain_host``)
+        or with ``c.JupyterHub.cookie_host_prefix_enabled``: there the
+        hand-shake runs as without it. A server started before a change of
+        this option keeps what it was started with.
+        """,
+    ).tag(config=True)
+
     pids_limit = Integer(
         512,
         allow_none=True,
@@ -158,6 +175,8 @@ class SeatSpawnerMixin(LoggingConfigurable):
         # The id (not the secret) of the API token the hub issued to this server: WodAuthenticator keeps
         # that token, and no other, when it ends the user's sessions (a note says nothing: users write them).
         self.server_token_id = None
+        # The start (server_token_id) whose server took a cookie secret from the hub (login_cookie).
+        self._login_cookie_start = None
         # The seat's limits (seat_limits), set at each start.
         self._limits = None
         self._workshop = None  # (folder, catalog entry) of this start's seat
@@ -224,6 +243,7 @@ class SeatSpawnerMixin(LoggingConfigurable):
         self._assignment["ahead"] = internals.requested_by_service(self.handler)
         self.apply_assignment(self._assignment)
         self.server_token_id = self.find_server_token_id()
+        self._login_cookie_start = self.server_token_id if self.login_cookie and self._hub_cookie_secret() else None
         self._limits = await asyncio.to_thread(self.seat_limits, self._assignment["workshop"])
         return self._assignment
 
@@ -260,6 +280,9 @@ class SeatSpawnerMixin(LoggingConfigurable):
         env = super().get_env()
         if self.service_url:
             env["WOD_SERVICE_URL"] = self.service_url
+        secret = self.login_cookie_secret()
+        if secret is not None:
+            env[firstvisit.SECRET_VARIABLE] = secret.hex()
         return env
 
     def get_args(self):
@@ -267,7 +290,20 @@ class SeatSpawnerMixin(LoggingConfigurable):
         args = list(super().get_args())
         if self.service_url:
             args.append(f"--ServerApp.jpserver_extensions={SESSION_EXTENSION}=True")
+        if self._login_cookie_start is not None:
+            args.append(f"--ServerApp.jpserver_extensions={firstvisit.EXTENSION}=True")
         return args
+
+    def _hub_cookie_secret(self) -> bytes | None:
+        secret = getattr(getattr(self, "user", None), "settings", {}).get("cookie_secret")
+        return secret if isinstance(secret, bytes) and secret else None
+
+    def login_cookie_secret(self) -> bytes | None:
+        """The cookie secret the server of this start takes from the hub (``login_cookie``); None if it takes none."""
+        hub_secret = self._hub_cookie_secret()
+        if self._login_cookie_start is None or self._login_cookie_start != self.server_token_id or hub_secret is None:
+            return None
+        return firstvisit.server_cookie_secret(hub_secret, self.user.name, self._login_cookie_start)
 
     # The assignment a server was started for outlives a hub restart, so the
     # snapshot at its stop names the participant who used it.
@@ -277,12 +313,15 @@ class SeatSpawnerMixin(LoggingConfigurable):
             state["wod_assignment"] = self._assignment
         if self.server_token_id is not None:
             state["wod_server_token"] = self.server_token_id
+        if self._login_cookie_start is not None:
+            state["wod_login_cookie"] = self._login_cookie_start
         return state
 
     def load_state(self, state):
         super().load_state(state)
         self._assignment = state.get("wod_assignment") or self._assignment
         self.server_token_id = state.get("wod_server_token", self.server_token_id)
+        self._login_cookie_start = state.get("wod_login_cookie", self._login_cookie_start)
 
     def find_server_token_id(self):
         """The database id of ``self.api_token``, the token the hub made for this server start."""
@@ -348,5 +387,6 @@ class SeatSpawnerMixin(LoggingConfigurable):
         # Not in clear_state: poll() clears the state before this hook runs.
         self._assignment = None
         self.server_token_id = None
+        self._login_cookie_start = None
         self._never_opened = False
         return await maybe_future(super().run_post_stop_hook())
