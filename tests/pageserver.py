@@ -1,4 +1,5 @@
-"""A page an attacker's seat would serve: one HTML page on loopback, with the cookies each request brought."""
+"""For the browser tests: a page an attacker's seat would serve (one HTML page on loopback, with the cookies
+each request brought), and the hub's login form filled in and sent."""
 
 import http.server
 import threading
@@ -36,3 +37,14 @@ class PageServer:
     def __exit__(self, *exc):
         self._server.shutdown()
         self._server.server_close()
+
+
+def log_in(page, login_url: str, name: str, password: str) -> None:
+    """Opens the hub's login form at ``login_url`` in the Playwright ``page``, fills in ``name`` and ``password`` and sends it.
+
+    Where the browser lands is the caller's to wait for: a student's lab, the dashboard, ``next``.
+    """
+    page.goto(login_url)
+    page.fill("input[name=username]", name)
+    page.fill("input[name=password]", password)
+    page.click("input[type=submit], button[type=submit]")

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.hubutil import RealHub
+from tests.pageserver import log_in
 from wod_jupyterhub.cli.hubprocess import REPO
 from wod_jupyterhub.passwords import hash_password
 
@@ -107,10 +108,7 @@ def test_student_logs_in_and_sees_the_readme_in_jupyterlab(hub):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.goto(hub.url + "hub/login")
-            page.fill("input[name=username]", "student1")
-            page.fill("input[name=password]", password)
-            page.click("input[type=submit], button[type=submit]")
+            log_in(page, hub.url + "hub/login", "student1", password)
             # the hub spawns the server and sends the browser to the workshop's ReadMeFirst
             page.wait_for_url("**/user/student1/lab/**", timeout=120_000)
             assert f"/lab/tree/{WORKSHOP}/0-ReadMeFirst.ipynb" in page.url

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.hubutil import write_workshop
+from tests.pageserver import log_in
 from wod_jupyterhub.cli.hubprocess import REPO
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -55,10 +56,7 @@ def browser():
 
 def login(browser, hub, name):
     page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
-    page.goto(hub.url + "hub/login")
-    page.fill("input[name=username]", name)
-    page.fill("input[name=password]", "any")  # the dummy authenticator of the test hub
-    page.click("input[type=submit], button[type=submit]")
+    log_in(page, hub.url + "hub/login", name, "any")  # the dummy authenticator of the test hub
     page.wait_for_url("**/hub/**", timeout=60_000)
     return page
 

@@ -25,6 +25,7 @@ import pytest
 
 from tests.hubutil import write_workshop
 from tests.lockutil import locked_keys
+from tests.pageserver import log_in
 from tests.seatutil import Kernel, end_processes, logged_in, login_form, spawn, verb
 from tests.seatutil import browser as http_browser
 from tests.svcutil import DB, check
@@ -214,10 +215,7 @@ def test_the_live_class_view_in_a_browser_shows_progress_moving_and_acts_on_seat
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
             page = browser.new_context(viewport={"width": 1400, "height": 1200}).new_page()
-            page.goto(hub.url + "hub/login")
-            page.fill("input[name=username]", "admin")
-            page.fill("input[name=password]", ADMIN_PASSWORD)
-            page.click("input[type=submit], button[type=submit]")
+            log_in(page, hub.url + "hub/login", "admin", ADMIN_PASSWORD)
             page.wait_for_url("**/services/wod/**", timeout=60_000)
             page.goto(hub.url + "services/wod/")
             row = {n: page.locator(f"#live tr[data-student='{n}']") for n in (a, b)}

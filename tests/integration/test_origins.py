@@ -16,7 +16,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.pageserver import PageServer
+from tests.pageserver import PageServer, log_in
 from wod_jupyterhub.config import Wod
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -119,10 +119,7 @@ def test_a_page_served_on_the_hubs_origin_cannot_read_its_xsrf_cookie_or_mint_a_
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"])
             try:
                 page = browser.new_page()
-                page.goto(hub.url + "hub/login?next=/hub/home")
-                page.fill("input[name=username]", "student1")
-                page.fill("input[name=password]", password)
-                page.click("input[type=submit], button[type=submit]")
+                log_in(page, hub.url + "hub/login?next=/hub/home", "student1", password)
                 page.wait_for_url("**/hub/home", timeout=60_000)
                 assert any(c["name"] == "_xsrf" for c in page.context.cookies())  # the cookie the page is after
                 page.goto(hub.url + "user/student2/attack.html")

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from tests.hubutil import notebook, write_workshop
+from tests.pageserver import log_in
 from tests.seatutil import STUDENTS_PYTHON_SPAWNER, cleanup, needs_students_python, seat_accounts, students_folder, system_users_hub
 from wod_jupyterhub.cli.hubprocess import REPO
 from wod_jupyterhub.passwords import hash_password
@@ -154,10 +155,7 @@ def announce_from_the_dashboard(browser, hub, text: str) -> None:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     try:
         page = context.new_page()
-        page.goto(hub.url + "hub/login")
-        page.fill("input[name=username]", "admin")
-        page.fill("input[name=password]", ADMIN_PASSWORD)
-        page.click("input[type=submit], button[type=submit]")
+        log_in(page, hub.url + "hub/login", "admin", ADMIN_PASSWORD)
         page.wait_for_url(lambda url: "/hub/login" not in url, timeout=60_000)
         page.goto(hub.url + "services/wod/")
         expect(page.locator("#announce-workshop option", has_text=WORKSHOP)).to_have_count(1, timeout=60_000)
@@ -177,10 +175,7 @@ def test_the_participant_sees_time_progress_checks_announcements_and_the_end(hub
         browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.goto(hub.url + "hub/login")
-            page.fill("input[name=username]", NAME)
-            page.fill("input[name=password]", password)
-            page.click("input[type=submit], button[type=submit]")
+            log_in(page, hub.url + "hub/login", NAME, password)
             page.wait_for_url(f"**/user/{NAME}/lab/**", timeout=120_000)
             bar = page.locator("#wod-session-bar")
             expect(bar.locator(".wod-SessionBar-workshop")).to_have_text(WORKSHOP, timeout=90_000)

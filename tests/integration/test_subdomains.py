@@ -33,7 +33,7 @@ import httpx
 import pytest
 
 from tests.hubutil import write_workshop
-from tests.pageserver import PageServer
+from tests.pageserver import PageServer, log_in
 from tests.seatutil import live_processes
 from tests.sysusers import student_python
 from wod_jupyterhub.cli import demo
@@ -250,10 +250,7 @@ def test_each_seat_the_hub_and_the_service_answer_on_their_own_origins_and_a_sea
             browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
             try:
                 page = browser.new_page(ignore_https_errors=True)
-                page.goto(created["login_url"])
-                page.fill("input[name=username]", f"student{VICTIM}")
-                page.fill("input[name=password]", created["password"])
-                page.click("input[type=submit], button[type=submit]")
+                log_in(page, created["login_url"], f"student{VICTIM}", created["password"])
                 # login and the lab still work: the seat's server on its own host
                 try:
                     page.wait_for_url(f"{victim_origin}/user/student{VICTIM}/lab/**", timeout=120_000)
@@ -291,10 +288,7 @@ def test_the_admin_lands_on_the_dashboard_on_the_services_own_host(hub):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         try:
             page = browser.new_page(ignore_https_errors=True)
-            page.goto(hub.origin + "/hub/login")
-            page.fill("input[name=username]", "admin")
-            page.fill("input[name=password]", ADMIN_PASSWORD)
-            page.click("input[type=submit], button[type=submit]")
+            log_in(page, hub.origin + "/hub/login", "admin", ADMIN_PASSWORD)
             page.wait_for_url(f"https://wod--service.{DOMAIN}:{hub.port}/services/wod/**", timeout=60_000)
             expect(page.locator("body")).to_contain_text(WORKSHOP, timeout=30_000)
         finally:
