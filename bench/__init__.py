@@ -47,6 +47,15 @@ def tree(pid: int) -> list[int]:
     return out
 
 
+def template_of(pid: int) -> int | None:
+    """The warm template whose fork the server ``pid`` is, or None (a server started as a new process)."""
+    try:
+        parent = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+        return parent if b"seats import template" in Path(f"/proc/{parent}/cmdline").read_bytes() else None
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def server_pid(hub, name) -> int | None:
     """The pid of ``name``'s server as its spawner recorded it (the admin may read a server's state)."""
     model = hub.hub_api("GET", f"/users/{name}").json()

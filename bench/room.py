@@ -62,7 +62,7 @@ import aiohttp
 import httpx
 from yarl import URL
 
-from bench import process_cpu, pss, server_pid, tree
+from bench import process_cpu, pss, server_pid, template_of, tree
 from tests.hubutil import RealHub, write_workshop
 from wod_jupyterhub.service.operations.settings import WodOperations
 
@@ -90,15 +90,6 @@ def cpu_by_part(hub, servers: dict[str, int]) -> dict[str, float]:
             out["proxy"] += process_cpu(pid)
     out["servers"] = sum(process_cpu(p) for pid in servers.values() for p in tree(pid))
     return out
-
-
-def template_of(pid: int) -> int | None:
-    """The warm template whose fork the server ``pid`` is, or None (a server started as a new process)."""
-    try:
-        parent = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
-        return parent if b"seats import template" in Path(f"/proc/{parent}/cmdline").read_bytes() else None
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def ready_servers(hub) -> dict[str, int]:

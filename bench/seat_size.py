@@ -38,8 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import process_cpu, pss
-from bench.room import template_of
+from bench import process_cpu, pss, template_of
 from tests.hubutil import RealHub
 from tests.seatutil import Kernel, seat
 from wod_jupyterhub.seats import cgroups
