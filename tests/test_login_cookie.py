@@ -20,7 +20,7 @@ def server(secret=b"own random secret"):
 
 
 def test_the_server_takes_the_hubs_secret_and_leaves_none_to_its_kernels(monkeypatch):
-    secret = firstvisit.server_cookie_secret(b"h" * 32, "student3", 12)
+    secret = firstvisit.server_cookie_secret(b"h" * 32, "student3", 12, "a-start")
     monkeypatch.setenv(login_cookie.SECRET_VARIABLE, secret.hex())
     app = server()
     login_cookie._load_jupyter_server_extension(app)

@@ -559,7 +559,8 @@ async def test_a_start_hands_its_server_a_cookie_secret_of_its_own_that_the_logi
     sp = seat("student7")
     await sp.run_pre_spawn_hook()
     secret = sp.login_cookie_secret()
-    assert secret == firstvisit.server_cookie_secret(hub_secret, "student7", sp.server_token_id) and len(secret) == 32
+    salt = sp.get_state()["wod_login_cookie_salt"]
+    assert secret == firstvisit.server_cookie_secret(hub_secret, "student7", sp.server_token_id, salt) and len(secret) == 32
     assert sp.get_env()[firstvisit.SECRET_VARIABLE] == secret.hex()
     flag = f"--ServerApp.jpserver_extensions={firstvisit.EXTENSION}=True"
     assert sp.get_args().count(flag) == 1
@@ -567,8 +568,8 @@ async def test_a_start_hands_its_server_a_cookie_secret_of_its_own_that_the_logi
     other = seat("student8")
     await other.run_pre_spawn_hook()
     assert other.login_cookie_secret() not in (None, secret)
-    assert firstvisit.server_cookie_secret(hub_secret, "student7", sp.server_token_id + 1) != secret
-    assert firstvisit.server_cookie_secret(b"g" * 32, "student7", sp.server_token_id) != secret
+    assert firstvisit.server_cookie_secret(hub_secret, "student7", sp.server_token_id + 1, salt) != secret
+    assert firstvisit.server_cookie_secret(b"g" * 32, "student7", sp.server_token_id, salt) != secret
     # A hub restart reads it back from the state; another start's token (a restart of the server) takes it away.
     state = sp.get_state()
     again = WodSpawner(user=sp.user, hub=sp.hub, config=config, orm_spawner=sp.orm_spawner)
@@ -576,6 +577,15 @@ async def test_a_start_hands_its_server_a_cookie_secret_of_its_own_that_the_logi
     assert again.login_cookie_secret() == secret
     again.server_token_id += 1
     assert again.login_cookie_secret() is None
+    # The hub deletes a stopped server's token, and its SQLite may give the next start's token the same id:
+    # that start's secret is still another (its participant may read it, as the previous one read theirs).
+    for token in hubdb.query(orm.APIToken):  # both servers stopped: the hub deleted their tokens
+        hubdb.delete(token)
+    hubdb.commit()
+    await sp.run_post_stop_hook()
+    sp.api_token = sp.user.orm_user.new_api_token(note="Server at /user/student7/")
+    await sp.run_pre_spawn_hook()
+    assert sp.server_token_id == state["wod_server_token"] and sp.login_cookie_secret() not in (None, secret)
     # Off: no secret, no extension; the login leaves the server alone.
     config.WodSpawner.login_cookie = False
     book(store, root, 9)

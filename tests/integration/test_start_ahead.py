@@ -7,6 +7,7 @@ at the end. The participants sign in through the login form as a browser does.
 """
 
 import os
+import re
 import secrets
 import time
 from pathlib import Path
@@ -178,3 +179,37 @@ def test_a_login_signs_in_to_its_own_running_server_with_the_hand_shakes_grant_a
     assert r.status_code == 200 and [p for p in seen if "oauth2/authorize" in p], seen
     verb(hub, "cleanup", {"student": a, "customer": customer_a})
     verb(hub, "cleanup", {"student": b, "customer": customer_b})
+
+
+def server_cookie_secrets(hub, name) -> set[str]:
+    """The cookie secrets the running server of ``name`` holds, as its own uid may read them: its environment, its memory."""
+    pid = hub.hub_api("GET", f"/users/{name}").json()["servers"][""]["state"]["pid"]
+    found = set()
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        for line in maps:
+            span, perms = line.split()[:2]
+            if "r" not in perms or line.rstrip().endswith(("[vvar]", "[vsyscall]", "[vvar_vclock]")):
+                continue
+            start, end = (int(x, 16) for x in span.split("-"))
+            try:
+                mem.seek(start)
+                found.update(m.group(1) for m in re.finditer(rb"WOD_SERVER_COOKIE_SECRET\W{1,4}([0-9a-f]{64})", mem.read(end - start)))
+            except OSError:
+                continue
+    assert found, f"no cookie secret found in the server of {name}"
+    return found
+
+
+def test_the_next_participant_of_a_seat_gets_a_server_cookie_secret_the_previous_one_never_saw(hub):
+    # The participant may read their own server's environment (their uid's process): what they read there
+    # must be worth nothing once the seat changed hands, however the hub numbers the next start's token.
+    a = FIRST
+    name = f"student{a}"
+    held = []
+    for _ in range(2):  # a participant, then the seat's next one
+        customer, password = book(hub, a)
+        wait_ready(hub, name)
+        logged_in(hub, name, password)  # opened: the server started ahead is not stopped as unused meanwhile
+        held.append(server_cookie_secrets(hub, name))
+        verb(hub, "cleanup", {"student": a, "customer": customer})
+    assert not held[0] & held[1]

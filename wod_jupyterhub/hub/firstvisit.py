@@ -10,8 +10,9 @@ With it, the login's answer carries the server's own cookie: an OAuth token
 of the server's client, made as ``authorize`` would make it (the same
 scopes, the browser's hub session), signed with the server's cookie secret.
 That secret is derived from the hub's cookie secret, the user and the
-server's start (a new start, a new secret: a cookie of an earlier server
-counts for nothing), and handed to the server in its environment, which its
+server's start, with a salt drawn at each start (a new start, a new secret,
+even where the hub numbers its token as an earlier start's: what an earlier
+server held counts for nothing), and handed to the server in its environment, which its
 ``wod_jupyterhub.lab.login_cookie`` extension takes as the server's own. A
 server that did not take it (another image, an older package) finds the
 cookie's signature wrong and sends the browser through the hand-shake as
@@ -32,9 +33,9 @@ from . import internals
 EXTENSION = login_cookie.__name__
 
 
-def server_cookie_secret(hub_secret: bytes, name: str, start: int) -> bytes:
-    """The cookie secret of ``name``'s server for its start ``start`` (its API token's id), from the hub's secret."""
-    return hmac.new(hub_secret, f"wod server cookie\0{name}\0{start}".encode(), hashlib.sha256).digest()
+def server_cookie_secret(hub_secret: bytes, name: str, start: int, salt: str) -> bytes:
+    """The cookie secret of ``name``'s server for its start ``start`` (its API token's id) and that start's random ``salt``."""
+    return hmac.new(hub_secret, f"wod server cookie\0{name}\0{start}\0{salt}".encode(), hashlib.sha256).digest()
 
 
 def server_cookie(spawner, secret: bytes, token: str) -> tuple[str, str, str]:

@@ -12,6 +12,7 @@ engine's runtime (``seats/runtime.py``).
 import asyncio
 import os
 import pwd
+import secrets
 
 from jupyterhub.utils import maybe_future, url_path_join
 from tornado import web
@@ -177,6 +178,8 @@ class SeatSpawnerMixin(LoggingConfigurable):
         self.server_token_id = None
         # The start (server_token_id) whose server took a cookie secret from the hub (login_cookie).
         self._login_cookie_start = None
+        # Drawn at each such start: the hub's SQLite gives a later start's token the id of a deleted one.
+        self._login_cookie_salt = None
         # The seat's limits (seat_limits), set at each start.
         self._limits = None
         self._workshop = None  # (folder, catalog entry) of this start's seat
@@ -244,6 +247,7 @@ class SeatSpawnerMixin(LoggingConfigurable):
         self.apply_assignment(self._assignment)
         self.server_token_id = self.find_server_token_id()
         self._login_cookie_start = self.server_token_id if self.login_cookie and self._hub_cookie_secret() else None
+        self._login_cookie_salt = secrets.token_hex(16) if self._login_cookie_start is not None else None
         self._limits = await asyncio.to_thread(self.seat_limits, self._assignment["workshop"])
         return self._assignment
 
@@ -301,9 +305,10 @@ class SeatSpawnerMixin(LoggingConfigurable):
     def login_cookie_secret(self) -> bytes | None:
         """The cookie secret the server of this start takes from the hub (``login_cookie``); None if it takes none."""
         hub_secret = self._hub_cookie_secret()
-        if self._login_cookie_start is None or self._login_cookie_start != self.server_token_id or hub_secret is None:
+        start, salt = self._login_cookie_start, self._login_cookie_salt
+        if start is None or start != self.server_token_id or not salt or hub_secret is None:
             return None
-        return firstvisit.server_cookie_secret(hub_secret, self.user.name, self._login_cookie_start)
+        return firstvisit.server_cookie_secret(hub_secret, self.user.name, start, salt)
 
     # The assignment a server was started for outlives a hub restart, so the
     # snapshot at its stop names the participant who used it.
@@ -315,6 +320,7 @@ class SeatSpawnerMixin(LoggingConfigurable):
             state["wod_server_token"] = self.server_token_id
         if self._login_cookie_start is not None:
             state["wod_login_cookie"] = self._login_cookie_start
+            state["wod_login_cookie_salt"] = self._login_cookie_salt
         return state
 
     def load_state(self, state):
@@ -322,6 +328,7 @@ class SeatSpawnerMixin(LoggingConfigurable):
         self._assignment = state.get("wod_assignment") or self._assignment
         self.server_token_id = state.get("wod_server_token", self.server_token_id)
         self._login_cookie_start = state.get("wod_login_cookie", self._login_cookie_start)
+        self._login_cookie_salt = state.get("wod_login_cookie_salt", self._login_cookie_salt)
 
     def find_server_token_id(self):
         """The database id of ``self.api_token``, the token the hub made for this server start."""
@@ -388,5 +395,6 @@ class SeatSpawnerMixin(LoggingConfigurable):
         self._assignment = None
         self.server_token_id = None
         self._login_cookie_start = None
+        self._login_cookie_salt = None
         self._never_opened = False
         return await maybe_future(super().run_post_stop_hook())
