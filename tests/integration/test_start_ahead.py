@@ -9,6 +9,7 @@ at the end. The participants sign in through the login form as a browser does.
 import os
 import re
 import secrets
+import sqlite3
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from tests.seatutil import (
     UID_BASE,
     browser,
     logged_in,
+    login_form,
     needs_students_python,
     open_lab,
     seat_accounts,
@@ -213,3 +215,34 @@ def test_the_next_participant_of_a_seat_gets_a_server_cookie_secret_the_previous
         held.append(server_cookie_secrets(hub, name))
         verb(hub, "cleanup", {"student": a, "customer": customer})
     assert not held[0] & held[1]
+
+
+def test_a_login_whose_server_cookie_cannot_be_made_still_signs_in_and_the_hand_shake_follows(hub):
+    a = FIRST
+    name = f"student{a}"
+    customer, password = book(hub, a)
+    wait_ready(hub, name)
+    # The hub's own database refuses the server's token (as a full disk or a lock would), and only that one.
+    db = sqlite3.connect(hub.root / "jupyterhub.sqlite")
+    db.execute(f"CREATE TRIGGER no_server_token BEFORE INSERT ON api_tokens WHEN NEW.client_id = 'jupyterhub-user-{name}'"
+               " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
+    db.commit()
+    logged = hub.log_path.stat().st_size
+    signed_in = browser(hub)
+    try:
+        r = login_form(signed_in, name, password)
+    finally:
+        db.execute("DROP TRIGGER no_server_token")
+        db.commit()
+        db.close()
+    assert r.status_code == 302, (r.status_code, r.text[-300:])
+    assert not [c for c in signed_in.cookies.jar if c.name == f"jupyterhub-user-{name}"]
+    # Its log names what failed, never the statement with the token's parameters.
+    with open(hub.log_path, "rb") as log:
+        log.seek(logged)
+        written = log.read().decode(errors="replace")
+    assert "No server cookie at the login of" in written and "INSERT INTO api_tokens" not in written, written[-2000:]
+    # The login stands; the first visit goes through the hand-shake.
+    seen, r = follow(signed_in, f"/user/{name}/lab")
+    assert r.status_code == 200 and [p for p in seen if "oauth2/authorize" in p], seen
+    verb(hub, "cleanup", {"student": a, "customer": customer})

@@ -23,6 +23,7 @@ import hashlib
 import hmac
 
 from jupyterhub.handlers.login import LoginHandler
+from sqlalchemy.exc import SQLAlchemyError
 from tornado.web import create_signed_value
 
 from ..lab import login_cookie
@@ -57,6 +58,12 @@ def sign_in_to_server(handler, user) -> bool:
         )
     except PermissionError as e:
         handler.log.warning("No server cookie at the login of %s: %s", user.name, e)
+        return False
+    except SQLAlchemyError as e:
+        # The login stands: the first visit goes through the hand-shake. Only the error's kind is logged:
+        # its text carries the statement's parameters (the token's hash, the browser's session id).
+        handler.db.rollback()
+        handler.log.error("No server cookie at the login of %s: the hub database failed (%s)", user.name, e.__class__.__name__)
         return False
     internals.set_plain_cookie(handler, *server_cookie(spawner, secret, token))
     return True
