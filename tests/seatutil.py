@@ -347,9 +347,8 @@ def system_users_hub(module_hubs, root, notebooks, first: int, last: int, studen
         subprocess.run(["rm", "-rf", str(students), *map(str, remove)], check=False)
 
 
-def memory_holds(pid: int, needles: list[bytes]) -> list[bytes]:
-    """Which of ``needles`` appear anywhere in the readable memory of process ``pid`` (read as root)."""
-    found = set()
+def memory_regions(pid: int):
+    """The contents of each readable memory region of process ``pid`` (read as root), one ``bytes`` at a time."""
     with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
         for line in maps:
             span, perms = line.split()[:2]
@@ -358,8 +357,14 @@ def memory_holds(pid: int, needles: list[bytes]) -> list[bytes]:
             start, end = (int(x, 16) for x in span.split("-"))
             try:
                 mem.seek(start)
-                data = mem.read(end - start)
+                yield mem.read(end - start)
             except OSError:
                 continue
-            found.update(n for n in needles if n in data)
+
+
+def memory_holds(pid: int, needles: list[bytes]) -> list[bytes]:
+    """Which of ``needles`` appear anywhere in the readable memory of process ``pid`` (read as root)."""
+    found = set()
+    for data in memory_regions(pid):
+        found.update(n for n in needles if n in data)
     return sorted(found)

@@ -23,6 +23,7 @@ from tests.seatutil import (
     browser,
     logged_in,
     login_form,
+    memory_regions,
     needs_students_python,
     open_lab,
     seat_accounts,
@@ -187,17 +188,8 @@ def server_cookie_secrets(hub, name) -> set[str]:
     """The cookie secrets the running server of ``name`` holds, as its own uid may read them: its environment, its memory."""
     pid = hub.hub_api("GET", f"/users/{name}").json()["servers"][""]["state"]["pid"]
     found = set()
-    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
-        for line in maps:
-            span, perms = line.split()[:2]
-            if "r" not in perms or line.rstrip().endswith(("[vvar]", "[vsyscall]", "[vvar_vclock]")):
-                continue
-            start, end = (int(x, 16) for x in span.split("-"))
-            try:
-                mem.seek(start)
-                found.update(m.group(1) for m in re.finditer(rb"WOD_SERVER_COOKIE_SECRET\W{1,4}([0-9a-f]{64})", mem.read(end - start)))
-            except OSError:
-                continue
+    for data in memory_regions(pid):
+        found.update(m.group(1) for m in re.finditer(rb"WOD_SERVER_COOKIE_SECRET\W{1,4}([0-9a-f]{64})", data))
     assert found, f"no cookie secret found in the server of {name}"
     return found
 
