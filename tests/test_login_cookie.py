@@ -47,3 +47,30 @@ def test_without_a_usable_secret_the_server_keeps_its_own_and_says_so(monkeypatc
     assert app.cookie_secret == b"own random secret" == app.web_app.settings["cookie_secret"]
     assert login_cookie.SECRET_VARIABLE not in os.environ
     assert "OAuth hand-shake" in caplog.text
+
+
+async def test_logins_do_their_work_after_the_password_one_at_a_time_and_a_failure_gives_its_turn_back(monkeypatch):
+    # JupyterHub's own auth_to_user needs a running hub (tests/integration/test_start_ahead.py logs in through it);
+    # here it is replaced by one that takes its time, or fails, to watch the turns alone.
+    import asyncio
+
+    from jupyterhub.handlers.login import LoginHandler
+
+    inside, most = 0, 0
+
+    async def slow(self, authenticated, user=None):
+        nonlocal inside, most
+        inside += 1
+        most = max(most, inside)
+        await asyncio.sleep(0.01)
+        inside -= 1
+        if authenticated == "fails":
+            raise RuntimeError("the hub could not make the user")
+        return authenticated
+
+    monkeypatch.setattr(LoginHandler, "auth_to_user", slow)
+    handler = object.__new__(firstvisit.WodLoginHandler)
+    results = await asyncio.gather(*(handler.auth_to_user(name) for name in ["a", "fails", "b", "c"]), return_exceptions=True)
+    assert results[0] == "a" and isinstance(results[1], RuntimeError) and results[2:] == ["b", "c"]
+    assert most == 1  # never two at once
+    assert await asyncio.wait_for(handler.auth_to_user("d"), 1) == "d"  # the failed one gave its turn back

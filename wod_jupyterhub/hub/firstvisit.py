@@ -19,6 +19,7 @@ cookie's signature wrong and sends the browser through the hand-shake as
 before.
 """
 
+import asyncio
 import hashlib
 import hmac
 
@@ -69,8 +70,25 @@ def sign_in_to_server(handler, user) -> bool:
     return True
 
 
+#: one login at a time does its work on the hub's thread after its password was checked
+_TURNS = asyncio.Semaphore(1)
+
+
 class WodLoginHandler(LoginHandler):
-    """JupyterHub's login page; a login also signs the participant in to their running server (see this module)."""
+    """JupyterHub's login page; a login also signs the participant in to their running server (see this module).
+
+    After its password is checked, a login's work on the hub's one thread
+    (its user, its cookies, the server's token: some 10 ms, with no wait
+    between them) starts only in its turn: a room's logins then run one per
+    turn of the event loop, and a request that arrives meanwhile (a
+    participant already working, the admin's pages) is answered between two
+    of them instead of after all. The password checks and a refusal's wait
+    take no turn.
+    """
+
+    async def auth_to_user(self, authenticated, user=None):
+        async with _TURNS:
+            return await super().auth_to_user(authenticated, user)
 
     async def login_user(self, data=None):
         user = await super().login_user(data)
