@@ -251,6 +251,22 @@ def test_make_demo_path_books_a_seat_and_logs_in(tmp_path):
     assert (tmp_path / "state" / "wod.sqlite").exists() and (tmp_path / "state" / "students").is_dir()
 
 
+@pytest.mark.root(reason="system-users mode is root's")
+def test_the_demo_in_system_users_mode_without_the_students_python_says_so(tmp_path):
+    import subprocess
+    import sys
+
+    from wod_jupyterhub.cli.hubprocess import hub_env
+
+    env = {**hub_env(), "WOD_SYSTEM_USERS": "1", "WOD_STUDENT_PYTHON": str(tmp_path / "no-such-python")}
+    r = subprocess.run(
+        [sys.executable, "-m", "wod_jupyterhub.cli.demo", "--check", "--state", str(tmp_path / "state")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert f"demo: {tmp_path / 'no-such-python'} cannot run jupyterhub as another account; run `make system-users`" in r.stderr
+
+
 def test_create_can_start_the_students_server(hubs, tmp_path):
     """c.WodOperations.start_server: CREATE ends with the participant's server starting; CLEANUP stops it."""
     notebooks = tmp_path / "notebooks"

@@ -214,9 +214,10 @@ class DemoHub:
         return self
 
     def log_tail(self, chars: int = 6000) -> str:
-        if self.log_path is None:
+        """The end of the hub's log; empty before the hub was started."""
+        if self.log_path is None or not self.log_path.exists():
             return ""
-        if self._log:
+        if getattr(self, "_log", None):
             self._log.flush()
         return self.log_path.read_text(errors="replace")[-chars:]
 
@@ -243,8 +244,11 @@ def make_accounts(config: str, env: dict) -> None:
     if os.geteuid() != 0:
         raise RuntimeError("WOD_SYSTEM_USERS=1 needs root: the servers run as the accounts student<N>")
     python = env.get("WOD_STUDENT_PYTHON") or sys.executable
-    probe = subprocess.run([python, "-c", "import jupyterhub"], user=65534, group=65534, extra_groups=[], capture_output=True)
-    if probe.returncode != 0:
+    try:
+        probe = subprocess.run([python, "-c", "import jupyterhub"], user=65534, group=65534, extra_groups=[], capture_output=True)
+    except OSError:  # no such file, or not a program
+        probe = None
+    if probe is None or probe.returncode != 0:
         raise RuntimeError(f"{python} cannot run jupyterhub as another account; run `make system-users` or set WOD_STUDENT_PYTHON")
     r = subprocess.run([sys.executable, "-m", "wod_jupyterhub.cli.users", "create", "--config", config], env=env, capture_output=True, text=True)
     if r.returncode != 0:
