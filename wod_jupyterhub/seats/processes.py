@@ -66,20 +66,37 @@ def session_pids(sid: int) -> list[int]:
     return pids
 
 
-def end_session(sid: int, timeout: float = 10.0) -> None:
-    """SIGKILL session ``sid`` until none of its processes is alive (a killed process takes a moment to exit)."""
+def end_session(sid: int, timeout: float = 10.0) -> int:
+    """SIGKILL session ``sid`` until none of its processes is alive; how many were seen alive."""
+    return _kill_until_gone(lambda: session_pids(sid), f"session {sid}", timeout)
+
+
+def _kill_until_gone(look, what: str, timeout: float, each_round=None) -> int:
+    """SIGKILL what ``look()`` lists (after ``each_round()``, if given) until a look lists nothing; how many were seen.
+
+    Raises :class:`ProcessesSurvived`, naming ``what``, when some still live after ``timeout`` seconds.
+    """
+    pids = look()
+    seen = set(pids)
     deadline = time.monotonic() + timeout
     pause = 0.002
-    while pids := session_pids(sid):
-        if time.monotonic() > deadline:
-            raise ProcessesSurvived(f"{len(pids)} process(es) of session {sid} still live after {timeout:.0f} s of SIGKILL")
+    while True:
+        if each_round is not None:
+            each_round()
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        # A killed process takes a moment to exit: look again after it.
         time.sleep(pause)
         pause = min(pause * 2, 0.1)
+        pids = look()
+        if not pids:
+            return len(seen)
+        seen.update(pids)
+        if time.monotonic() > deadline:
+            raise ProcessesSurvived(f"{len(pids)} process(es) of {what} still live after {timeout:.0f} s of SIGKILL: {sorted(pids)[:10]}")
 
 
 def _kill_as(uid: int, gid: int) -> None:
@@ -120,26 +137,5 @@ def kill_uid(uid: int, gid: int | None = None, timeout: float = 10.0) -> int:
     if uid == 0 or uid == os.getuid():
         raise ValueError(f"refusing to kill every process of uid {uid}")
     gid = uid if gid is None else gid
-    seen: set[int] = set(live_pids(uid))
-    deadline = time.monotonic() + timeout
-    pause = 0.002
-    pids = sorted(seen)
-    while True:
-        if os.geteuid() == 0:
-            _kill_as(uid, gid)
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        # A killed process takes a moment to exit: look again after it.
-        time.sleep(pause)
-        pause = min(pause * 2, 0.1)
-        pids = live_pids(uid)
-        if not pids:
-            return len(seen)
-        seen.update(pids)
-        if time.monotonic() > deadline:
-            raise ProcessesSurvived(
-                f"{len(pids)} process(es) of uid {uid} still live after {timeout:.0f} s of SIGKILL: {sorted(pids)[:10]}",
-            )
+    as_uid = (lambda: _kill_as(uid, gid)) if os.geteuid() == 0 else None
+    return _kill_until_gone(lambda: sorted(live_pids(uid)), f"uid {uid}", timeout, as_uid)
