@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from dataclasses import asdict, dataclass
 
@@ -18,7 +17,8 @@ PR_SET_NO_NEW_PRIVS = 38
 PRIVATE_FOLDERS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 MQUEUE = "/dev/mqueue"
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The C library this process already runs with (finding it by name runs ldconfig: tens of ms at each import).
+_libc = ctypes.CDLL(None, use_errno=True)
 # Resolved now, in the parent: a lookup after the fork could take the loader's lock.
 _unshare, _mount, _prctl = _libc.unshare, _libc.mount, _libc.prctl
 

@@ -1,10 +1,9 @@
 # The checks of WKSHP-VerifiedSteps, rendered for each seat (its number is {{ STDID }}).
 # Each check gets the seat (seat.home, seat.folder, seat.student) and returns None when the
 # step is done, or a sentence saying what is missing. The solutions do the step.
+# Every press of Check runs this file afresh: a module only one check needs is imported in it.
 import os
-import subprocess
 import sys
-import urllib.request
 
 STUDENT = {{ STDID }}
 PORT = {{ 20000 + STDID }}
@@ -57,6 +56,8 @@ def server_answers(seat):
         return f"Nothing listens on port {PORT} yet."
     if owner != os.getuid():
         return f"Port {PORT} is taken by a process that is not yours."
+    import urllib.request
+
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/", timeout=3) as r:
             body = r.read(65536).decode("utf-8", "replace")
@@ -67,6 +68,8 @@ def server_answers(seat):
 
 
 def start_server(seat):
+    import subprocess
+
     www = os.path.join(seat.folder, "www")
     os.makedirs(www, exist_ok=True)
     with open(os.path.join(www, "index.html"), "w") as f:
