@@ -8,6 +8,10 @@ CHP := node_modules/.bin/configurable-http-proxy
 STUDENT_PYTHON ?= /usr/bin/python3
 STUDENT_VENV ?= $(CURDIR)/.venv-students
 
+# Debian's packages, never a question: a configuration file a test or an admin changed (the tests write
+# /etc/at.deny) is kept, where dpkg would otherwise stop at its prompt and leave the package half set up.
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold
+
 .PHONY: demo test test-quick lint bench deps chromium system-users students-reach ldap-tools labextension docker-tools seat-image clean
 
 $(BIN)/python:
@@ -32,7 +36,7 @@ $(CHP): package.json
 
 # Debian's Chromium for the browser test; its own download would fail here.
 chromium:
-	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@command -v chromium >/dev/null || { apt-get update -qq && $(APT_INSTALL) chromium >/dev/null; }
 
 deps: $(VENV)/.installed $(CHP)
 	@$(call drop-unused,$(BIN)/python)
@@ -44,7 +48,7 @@ ldap-tools:
 	@if [ "$$(id -u)" = 0 ]; then \
 	  { test -x /usr/sbin/slapd && command -v ldapwhoami && command -v cc && command -v strace && command -v gdb; } >/dev/null || { \
 	    echo "slapd slapd/no_configuration boolean true" | debconf-set-selections; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slapd ldap-utils gcc libc6-dev strace gdb >/dev/null; }; \
+	    apt-get update -qq && $(APT_INSTALL) slapd ldap-utils gcc libc6-dev strace gdb >/dev/null; }; \
 	else echo "ldap-tools: not root; the tests needing slapd or root will be skipped"; fi
 
 # The session bar, a JupyterLab extension (labextension/): its npm packages, then TypeScript and webpack
@@ -100,7 +104,7 @@ students-reach:
 # (the tests show that `wod users create` refuses them to students). Not root: those tests skip.
 system-users: deps
 	@if [ "$$(id -u)" = 0 ]; then \
-	  { command -v crontab && command -v at; } >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cron at >/dev/null; }; \
+	  { command -v crontab && command -v at; } >/dev/null || { apt-get update -qq && $(APT_INSTALL) cron at >/dev/null; }; \
 	  $(MAKE) --no-print-directory $(STUDENT_VENV)/.installed; \
 	  $(call drop-unused,$(STUDENT_VENV)/bin/python); \
 	  $(MAKE) --no-print-directory $(STUDENT_VENV)/.wod-installed; \
@@ -111,7 +115,7 @@ system-users: deps
 docker-tools:
 	@if [ "$$(id -u)" = 0 ]; then \
 	  { command -v dockerd && command -v containerd && command -v debootstrap; } >/dev/null || { \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io debootstrap >/dev/null; }; \
+	    apt-get update -qq && $(APT_INSTALL) --no-install-recommends docker.io debootstrap >/dev/null; }; \
 	else echo "docker-tools: not root; the Docker tests will be skipped"; fi
 
 # The seats' container image as a root file system for `docker import` (no registry): Debian's minimal base
