@@ -4,9 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 CHP := node_modules/.bin/configurable-http-proxy
 # System-users mode runs each server as student<N>: with a Python every account may execute
-# (the one of $(VENV) may sit under /root). Put STUDENT_VENV where all can reach it.
+# (the one of $(VENV) may sit under /root). As root in a clone other accounts cannot enter (a 0700
+# /root, mktemp -d) it goes in a folder of root's under /opt, one per clone; else beside the code.
 STUDENT_PYTHON ?= /usr/bin/python3
-STUDENT_VENV ?= $(CURDIR)/.venv-students
+CLOSED_CLONE := $(shell [ "$$(id -u)" = 0 ] && d="$(CURDIR)" && while [ "$$d" != / ]; do   [ $$(( 0$$(stat -c %a "$$d") & 1 )) = 0 ] && { echo yes; break; }; d=$$(dirname "$$d"); done)
+STUDENT_VENV ?= $(if $(CLOSED_CLONE),/opt/wod-jupyterhub/students-$(shell printf %s "$(CURDIR)" | md5sum | cut -c1-12),$(CURDIR)/.venv-students)
 
 # Debian's packages, never a question: a configuration file a test or an admin changed (the tests write
 # /etc/at.deny) is kept, where dpkg would otherwise stop at its prompt and leave the package half set up.
@@ -92,8 +94,8 @@ $(STUDENT_VENV)/.wod-installed: $(STUDENT_VENV)/.installed $(LABEXT) $(PACKAGE_S
 	chmod -R a+rX $(STUDENT_VENV)
 	touch $@
 
-# As root, the students' Python must sit where every account can reach it: a clone in a folder
-# others cannot enter (a 0700 /root or mktemp -d) stops here, first, with what to do.
+# As root, the students' Python must sit where every account can reach it: a STUDENT_VENV chosen in a
+# folder others cannot enter stops here, first, with what to do.
 students-reach:
 	@if [ "$$(id -u)" = 0 ]; then d="$(abspath $(STUDENT_VENV))"; while [ "$$d" != / ]; do d=$$(dirname "$$d"); \
 	  if [ -d "$$d" ] && [ $$(( 0$$(stat -c %a "$$d") & 1 )) = 0 ]; then \
