@@ -3,18 +3,18 @@
 import os
 from pathlib import Path
 
+from wod_jupyterhub.procfs import stat_fields
+
 
 def process_cpu(pid: int, children: bool = False) -> float:
     """CPU seconds (user + system, all threads) a process has used so far; 0.0 once it is gone.
 
     ``children``: add its waited-for children's (a kernel that ran a cell and ended).
     """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    fields = stat_fields(pid)
+    if fields is None:
         return 0.0
-    fields = stat.rpartition(")")[2].split()
-    used = (11, 12, 13, 14) if children else (11, 12)
+    used = (11, 12, 13, 14) if children else (11, 12)  # fields 14-17: utime, stime, cutime, cstime
     return sum(int(fields[i]) for i in used) / os.sysconf("SC_CLK_TCK")
 
 
@@ -33,12 +33,9 @@ def tree(pid: int) -> list[int]:
     """``pid`` and all its descendants (a server and its kernels)."""
     children: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{entry.name}/stat").read_text().rpartition(")")[2].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
+        fields = stat_fields(int(entry.name)) if entry.name.isdigit() else None
+        if fields:  # field 4: the parent
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
@@ -49,10 +46,11 @@ def tree(pid: int) -> list[int]:
 
 def template_of(pid: int) -> int | None:
     """The warm template whose fork the server ``pid`` is, or None (a server started as a new process)."""
+    fields = stat_fields(pid)
     try:
-        parent = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+        parent = int(fields[1])
         return parent if b"seats import template" in Path(f"/proc/{parent}/cmdline").read_bytes() else None
-    except (OSError, ValueError, IndexError):
+    except (OSError, TypeError):
         return None
 
 

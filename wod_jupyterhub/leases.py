@@ -5,6 +5,8 @@ import os
 import socket
 import uuid
 
+from .procfs import start_time
+
 # Owners must fit the shortest column they are stored in (wod_outbox.lease_owner, 64).
 _HOST_MAX = 32
 
@@ -16,14 +18,9 @@ def _host() -> str:
 
 
 def _proc_start_time(pid: int) -> str | None:
-    """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/pid/stat), or None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode(errors="replace")
-    except OSError:
-        return None
-    # The command name may hold spaces and parentheses; fields resume after the last ")".
-    return stat.rsplit(")", 1)[1].split()[19]
+    """Start time of ``pid`` as the owner string writes it, or None if gone."""
+    started = start_time(pid)
+    return None if started is None else str(started)
 
 
 def make_owner() -> str:

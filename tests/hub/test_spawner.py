@@ -27,7 +27,9 @@ from tests.seatutil import memory_holds
 from wod_jupyterhub.cli import users
 from wod_jupyterhub.hub import firstvisit, warmstart
 from wod_jupyterhub.hub.spawner import WodSpawner, python_command, singleuser_options
+from wod_jupyterhub.lab import login_cookie
 from wod_jupyterhub.limits import Limits
+from wod_jupyterhub.procfs import start_time
 from wod_jupyterhub.seats import cgroups
 from wod_jupyterhub.store.models import Completion, Seat, Store
 
@@ -460,12 +462,12 @@ def test_start_time_is_field_22_of_the_processes_stat():
     before = float(Path("/proc/uptime").read_text().split()[0])
     proc = subprocess.Popen(["sleep", "30"])
     try:
-        started = warmstart.start_time(proc.pid) / os.sysconf("SC_CLK_TCK")
+        started = start_time(proc.pid) / os.sysconf("SC_CLK_TCK")
         assert before - 1 <= started <= float(Path("/proc/uptime").read_text().split()[0])
     finally:
         proc.kill()
         proc.wait()
-    assert warmstart.start_time(proc.pid) is None
+    assert start_time(proc.pid) is None
 
 
 def test_a_template_that_cannot_start_makes_the_server_start_the_usual_way():
@@ -561,8 +563,8 @@ async def test_a_start_hands_its_server_a_cookie_secret_of_its_own_that_the_logi
     secret = sp.login_cookie_secret()
     salt = sp.get_state()["wod_login_cookie_salt"]
     assert secret == firstvisit.server_cookie_secret(hub_secret, "student7", sp.server_token_id, salt) and len(secret) == 32
-    assert sp.get_env()[firstvisit.SECRET_VARIABLE] == secret.hex()
-    flag = f"--ServerApp.jpserver_extensions={firstvisit.EXTENSION}=True"
+    assert sp.get_env()[login_cookie.SECRET_VARIABLE] == secret.hex()
+    flag = f"--ServerApp.jpserver_extensions={login_cookie.__name__}=True"
     assert sp.get_args().count(flag) == 1
     # Each seat and each start its own: a cookie of one counts for nothing at another, or after a restart.
     other = seat("student8")
@@ -591,4 +593,4 @@ async def test_a_start_hands_its_server_a_cookie_secret_of_its_own_that_the_logi
     book(store, root, 9)
     off = seat("student9")
     await off.run_pre_spawn_hook()
-    assert off.login_cookie_secret() is None and firstvisit.SECRET_VARIABLE not in off.get_env() and flag not in off.get_args()
+    assert off.login_cookie_secret() is None and login_cookie.SECRET_VARIABLE not in off.get_env() and flag not in off.get_args()

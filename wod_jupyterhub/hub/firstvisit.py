@@ -27,12 +27,7 @@ from jupyterhub.handlers.login import LoginHandler
 from sqlalchemy.exc import SQLAlchemyError
 from tornado.web import create_signed_value
 
-from ..lab import login_cookie
-from ..lab.login_cookie import SECRET_VARIABLE  # noqa: F401  (the spawner hands the secret in it)
 from . import internals
-
-#: the server extension that takes the secret
-EXTENSION = login_cookie.__name__
 
 
 def server_cookie_secret(hub_secret: bytes, name: str, start: int, salt: str) -> bytes:
@@ -48,7 +43,7 @@ def server_cookie(spawner, secret: bytes, token: str) -> tuple[str, str, str]:
 
 def sign_in_to_server(handler, user) -> bool:
     """After a login: the server's cookie added to the answer, when the user's default server is running and takes one."""
-    spawner = user.spawners.get("") if hasattr(user, "spawners") else None
+    spawner = user.spawners.get("")
     secret = spawner.login_cookie_secret() if spawner is not None and hasattr(spawner, "login_cookie_secret") else None
     # On subdomains or with __Host- cookies a server's cookie is not one the hub's answer may set.
     if secret is None or not spawner.ready or handler.subdomain_host or handler.settings.get("cookie_host_prefix_enabled"):
@@ -78,8 +73,8 @@ class WodLoginHandler(LoginHandler):
     """JupyterHub's login page; a login also signs the participant in to their running server (see this module).
 
     After its password is checked, a login's work on the hub's one thread
-    (its user, its cookies, the server's token: some 10 ms, with no wait
-    between them) starts only in its turn: a room's logins then run one per
+    (its user, its cookies, the server's token, with no wait between them)
+    starts only in its turn: a room's logins then run one per
     turn of the event loop, and a request that arrives meanwhile (a
     participant already working, the admin's pages) is answered between two
     of them instead of after all. The password checks and a refusal's wait

@@ -61,8 +61,8 @@ def sqlite_without_pings(app) -> bool:
 
     JupyterHub pings every connection its engine hands out, to find one a
     database server dropped; a file has no server to drop it, and the ping
-    cost a tenth of the hub's CPU in a room's first visits (one per
-    transaction, several per request). Other databases keep it.
+    is one more statement per transaction (several per request), on the
+    hub's one thread. Other databases keep it.
     """
     db = hub_db(app)
     engine = db.get_bind() if db is not None else None

@@ -21,6 +21,7 @@ from traitlets.config import LoggingConfigurable
 
 from ..config import Wod, student_number
 from ..errors import WodError
+from ..lab import login_cookie as login_cookie_extension
 from ..limits import Limits, limits_from_meta
 from ..seats import completion, completion_worker
 from ..seats.runtime import default_backend
@@ -286,7 +287,7 @@ class SeatSpawnerMixin(LoggingConfigurable):
             env["WOD_SERVICE_URL"] = self.service_url
         secret = self.login_cookie_secret()
         if secret is not None:
-            env[firstvisit.SECRET_VARIABLE] = secret.hex()
+            env[login_cookie_extension.SECRET_VARIABLE] = secret.hex()
         return env
 
     def get_args(self):
@@ -295,7 +296,7 @@ class SeatSpawnerMixin(LoggingConfigurable):
         if self.service_url:
             args.append(f"--ServerApp.jpserver_extensions={SESSION_EXTENSION}=True")
         if self._login_cookie_start is not None:
-            args.append(f"--ServerApp.jpserver_extensions={firstvisit.EXTENSION}=True")
+            args.append(f"--ServerApp.jpserver_extensions={login_cookie_extension.__name__}=True")
         return args
 
     def _hub_cookie_secret(self) -> bytes | None:

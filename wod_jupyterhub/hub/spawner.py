@@ -15,6 +15,7 @@ from traitlets import Bool, CaselessStrEnum, Integer, List, TraitError, Unicode,
 
 from ..config import Wod
 from ..limits import parse_size
+from ..procfs import start_time
 from ..seats import cgroups, keyrings, seatlog, seatns
 from . import warmstart
 from .seatspawner import SeatSpawnerMixin
@@ -369,7 +370,7 @@ class WodSpawner(SeatSpawnerMixin, LocalProcessSpawner):
         try:
             address = await super().start()
             # The hub's own unreaped child: its pid cannot have been reused yet.
-            self.pid_start = warmstart.start_time(self.pid)
+            self.pid_start = start_time(self.pid)
             return address
         except subprocess.SubprocessError:
             self.log.error("The server of %s could not start; its log says why: %s", self.user.name, self.log_path())
@@ -458,7 +459,7 @@ class WodSpawner(SeatSpawnerMixin, LocalProcessSpawner):
         except ProcessLookupError:
             return False
         try:
-            if warmstart.start_time(self.pid) != self.pid_start:
+            if start_time(self.pid) != self.pid_start:
                 return False
             signal.pidfd_send_signal(fd, sig)
         except ProcessLookupError:

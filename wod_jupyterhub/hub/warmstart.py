@@ -12,6 +12,8 @@ from pathlib import Path
 
 import wod_jupyterhub
 
+from ..procfs import start_time
+
 #: how long the template may take to import the server's code (once) before it counts as unavailable
 READY_TIMEOUT = 120
 #: how long a forked child may take to answer (its pid, then whether it became the seat)
@@ -160,21 +162,6 @@ def _answer(conn: socket.socket) -> dict:
     if not data:
         raise ValueError("")
     return json.loads(data)
-
-
-def start_time(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks since boot, ``/proc/<pid>/stat`` field 22); None if there is none.
-
-    A pid and its start time name one process: a pid the kernel gave to
-    another process since has another start time.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # Field 2, the command, may hold spaces and parentheses: count from its last ")" (field 3 onwards).
-    return int(stat.rpartition(b")")[2].split()[19])
 
 
 def _kill(pid: int, started: int | None) -> None:

@@ -73,7 +73,7 @@ def default_python() -> str:
 
 
 # The child imports this module too, before it runs the check: what only the parent needs (subprocess,
-# selectors; a namedtuple, not a dataclass) is imported where it is used, which halves what a check costs.
+# selectors; a namedtuple, not a dataclass) is imported where it is used, and the child pays for none of it.
 class Outcome(namedtuple("Outcome", "passed message seconds")):
     """What one run answered: passed or not, the sentence the participant reads, how long it took."""
 
@@ -229,7 +229,7 @@ def _become(order: dict) -> None:
     """Join the seat's group, enter its namespace, drop to its uid (in the child, as root when given a uid)."""
     import resource
 
-    # Imported only when used: each costs a check that needs neither (no group, no namespace) a third of its time.
+    # Imported only when used: a check that joins no group and enters no namespace pays for neither.
     if order["procs_files"]:
         from . import cgroups
 

@@ -6,6 +6,7 @@ import subprocess
 import time
 
 from ..errors import WodError
+from ..procfs import stat_fields
 
 
 class ProcessesSurvived(WodError):
@@ -53,15 +54,9 @@ def session_pids(sid: int) -> list[int]:
     """Pids of the live processes (zombies left out) of session ``sid``: what a command started with its own session forked."""
     pids = []
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                # After the command's name, which may hold spaces and parentheses: state, ppid, pgrp, session.
-                state, _ppid, _pgrp, session = f.read().rpartition(b")")[2].split()[:4]
-        except (OSError, ValueError):
-            continue  # gone meanwhile
-        if int(session) == sid and state not in (b"Z", b"X"):
+        fields = stat_fields(int(entry.name)) if entry.name.isdigit() else None  # None: gone meanwhile
+        # Fields 3 and 6: the state, the session.
+        if fields and int(fields[3]) == sid and fields[0] not in ("Z", "X"):
             pids.append(int(entry.name))
     return pids
 

@@ -98,7 +98,6 @@ class SeatRuntime(LoggingConfigurable):
         raise NotImplementedError(f"The {self.name} runtime cannot run a command in a seat.")
 
 
-
 class LocalRuntime(SeatRuntime):
     """Seats as processes of this machine: the seat's uid and its control group (``c.Wod.cgroups``)."""
 
@@ -149,9 +148,8 @@ class LocalRuntime(SeatRuntime):
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            # Its own session: what it forked goes with it, and is gone when this returns.
-            os.killpg(proc.pid, 9)
-            # One that moved to a group of its own would hold the output open: the session, then the output.
+            # Its own session: what it forked goes with it, in whatever process group, and is gone when this
+            # returns; first, as one still alive would hold the output open.
             end_session(proc.pid)
             out, err = proc.communicate()
             return Ran(None, out, err)

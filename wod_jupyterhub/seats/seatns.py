@@ -17,7 +17,7 @@ PR_SET_NO_NEW_PRIVS = 38
 PRIVATE_FOLDERS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 MQUEUE = "/dev/mqueue"
 
-# The C library this process already runs with (finding it by name runs ldconfig: tens of ms at each import).
+# The C library this process already runs with (finding it by name runs ldconfig at each import).
 _libc = ctypes.CDLL(None, use_errno=True)
 # Resolved now, in the parent: a lookup after the fork could take the loader's lock.
 _unshare, _mount, _prctl = _libc.unshare, _libc.mount, _libc.prctl
