@@ -175,21 +175,32 @@ def student_python(uid: int) -> tuple[list[str], dict]:
     The hub's interpreter may live where a student cannot run it (a pyenv
     under /root here): then the system's Python of the same version runs the
     servers with the hub's site-packages on its path (same ABI, read-only
-    for the student).
+    for the student), or, where the student cannot read those either, the
+    students' Python (``$WOD_STUDENT_PYTHON``).
     """
     exe = sys.executable
-    try:
-        ok = subprocess.run([exe, "-c", "pass"], user=uid, group=uid, capture_output=True, cwd="/").returncode == 0
-    except PermissionError:
-        ok = False
-    if ok:
+    if runs_as(uid, [exe, "-c", "pass"], dict(os.environ)):
         return [exe, "-m", "jupyterhub.singleuser"], {}
     system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
     if not os.access(system, os.X_OK):
         pytest.skip(f"no Python a student uid can run: {exe} is closed to it and {system} is missing")
     # The hub's environment's jupyter config (the lab extension) and data (lab assets) too.
-    return [system, "-m", "jupyterhub.singleuser"], {
+    env = {
         "PYTHONPATH": sysconfig.get_paths()["purelib"],
         "JUPYTER_CONFIG_PATH": os.path.join(sys.prefix, "etc", "jupyter"),
         "JUPYTER_PATH": os.path.join(sys.prefix, "share", "jupyter"),
     }
+    # The hub's packages may sit where the uid cannot read them either (a clone in a 0700 folder): then the
+    # students' Python that `make test` builds where every account can reach it.
+    students = os.environ.get("WOD_STUDENT_PYTHON", "")
+    if students and not runs_as(uid, [system, "-c", "import jupyterhub"], env) and runs_as(uid, [students, "-c", "import jupyterhub"], {}):
+        return [students, "-m", "jupyterhub.singleuser"], {}
+    return [system, "-m", "jupyterhub.singleuser"], env
+
+
+def runs_as(uid: int, argv: list[str], env: dict) -> bool:
+    """Whether ``argv`` runs to a zero exit as ``uid`` (from ``/``, with ``env``)."""
+    try:
+        return subprocess.run(argv, user=uid, group=uid, env=env, capture_output=True, cwd="/").returncode == 0
+    except (PermissionError, FileNotFoundError):
+        return False
