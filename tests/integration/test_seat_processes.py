@@ -21,6 +21,7 @@ import pytest
 from tests import seatutil
 from tests.hubutil import write_workshop
 from tests.seatutil import Kernel, live_processes, logged_in, spawn, verb
+from tests.sysusers import student_python
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="system-users mode needs root (CI runs as root)")
 
@@ -221,11 +222,14 @@ def test_the_server_imports_nothing_from_the_home(hub):
     # the server runs, and has imported neither (before any kernel starts: a kernel does read the user's site)
     assert not (home / "MARK-imported-from-home").exists()
     assert not (home / "MARK-user-site").exists()
-    # a kernel still imports from the notebook's folder and the user's site (the flags are not inherited)
+    # a kernel still imports from the notebook's folder and the user's site (the flags are not inherited),
+    # where its interpreter has one: a virtualenv's (the students' Python of a closed clone) has none
     (home / "mymodule.py").write_text("VALUE = 42\n")
     os.chown(home / "mymodule.py", UID + n, UID + n)
+    cmd, env = student_python(UID + n)
+    user_site = subprocess.run([cmd[0], "-c", "import site, sys; sys.exit(not site.ENABLE_USER_SITE)"], env={**os.environ, **env}).returncode == 0
     out = asyncio.run(run(hub, c, n, "import os, mymodule\nprint(mymodule.VALUE, os.path.exists(os.path.expanduser('~/MARK-user-site')))"))
-    assert out.split() == ["42", "True"], out
+    assert out.split() == ["42", str(user_site)], out
     verb(hub, "cleanup", {"student": n, "customer": customer})
 
 

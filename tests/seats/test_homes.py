@@ -891,12 +891,16 @@ def test_without_root_a_read_only_home_is_still_replaced_and_erased(tmp_path):
     """Moving the previous home into the side folder rewrites its ``..``: without root that needs it writable."""
     area = Path(tempfile.mkdtemp(prefix="wod-nonroot-", dir="/tmp"))  # pytest's tmp_path is root's alone
     try:
-        os.chown(area, 65534, 65534)
+        # The workshops and the corpus's variables beside it: the clone may sit where another user cannot read.
+        workshops, variables = area / "workshops", area / "corpus_variables.yml"
+        shutil.copytree(share_dir() / "workshops", workshops)
+        shutil.copy(Path(__file__).parents[1] / "corpus_variables.yml", variables)
+        subprocess.run(["chown", "-R", "65534:65534", str(area)], check=True)
         # Our venv's Python lies under /root; the students' Python (``make system-users``) is readable by all.
         python = os.environ.get("WOD_STUDENT_PYTHON") or str(Path(__file__).resolve().parents[2] / ".venv-students" / "bin" / "python")
         assert os.access(python, os.X_OK), f"{python} is missing: `make system-users` builds the students' Python"
         r = subprocess.run(
-            [python, "-c", _NON_ROOT, str(area), str(share_dir() / "workshops"), str(Path(__file__).parents[1] / "corpus_variables.yml")],
+            [python, "-c", _NON_ROOT, str(area), str(workshops), str(variables)],
             user=65534, group=65534, extra_groups=[], capture_output=True, text=True, timeout=60,
             cwd=str(Path(__file__).resolve().parents[2]), env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])},
         )
